@@ -519,6 +519,25 @@ async def test_stls_sasl_offered_only_after_tls(
     assert_no_secrets(rec)
 
 
+class ForgetfulMasker(Masker):
+    """Learns no secrets, so only the client's own masking of PASS and AUTH lines is left to test."""
+
+    def add(self, secret: str, username: str | None = None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("sasl", [True, False])
+async def test_transcript_masks_credentials_by_command(serve: Serve, sasl: bool) -> None:
+    port = await serve(FakeMailbox(sasl_plain=sasl))
+    rec = Recorder(masker=ForgetfulMasker(), transcript=[])
+    async with await POP3Client.connect(endpoint(port, "none"), rec, timeout=5) as client:
+        await client.login(Credentials(USER, PASSWORD), allow_plaintext=True)
+    assert rec.transcript is not None
+    expected = ["C: pop3 AUTH PLAIN ********"] if sasl else [f"C: pop3 USER {USER}", "C: pop3 PASS ********"]
+    assert [line for line in rec.transcript if line.startswith("C: pop3 ") and "CAPA" not in line] == expected
+    assert_no_secrets(rec)
+
+
 async def test_close_and_context_exit_do_not_commit_deletions(serve: Serve) -> None:
     box = FakeMailbox(messages={1: ("u1", message("one")), 2: ("u2", message("two"))})
     port = await serve(box)
