@@ -1,0 +1,63 @@
+"""Shared fixtures. Mailstack: one real Postfix + Dovecot per session (tests/mailstack)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.mailstack import MailStack, StackError, make_root, requirement_problems
+
+# ---- mailstack ------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the real stack, so `-m "not mailstack"` deselects them."""
+    for item in items:
+        if "mailstack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mailstack)
+
+
+@pytest.fixture(scope="session")
+def mailstack() -> Iterator[MailStack]:
+    """One running MailStack for the whole session, stopped (and its root removed) at the end.
+
+    Missing daemons are a failure, not a skip: a skip would let CI pass while testing nothing.
+    Set MAILSTACK_KEEP=1 to keep the root (configs, logs, Maildirs) for a post-mortem.
+    """
+    problems = requirement_problems()
+    if problems:
+        pytest.fail("the real mail stack cannot run: " + "; ".join(problems), pytrace=False)
+    stack = MailStack(make_root())
+    try:
+        stack.start()
+    except StackError as exc:
+        pytest.fail(f"mail stack did not start (root {stack.root}):\n{exc}", pytrace=False)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        if os.environ.get("MAILSTACK_KEEP") != "1":
+            shutil.rmtree(stack.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fresh_mailbox(mailstack: MailStack) -> Callable[[], str]:
+    """Call it for another emptied mailbox address (cycles through ``mailstack.test_addresses``)."""
+    addresses = itertools.cycle(mailstack.test_addresses)
+
+    def take() -> str:
+        address = next(addresses)
+        mailstack.clear(address)
+        return address
+
+    return take
+
+
+@pytest.fixture
+def mailbox(fresh_mailbox: Callable[[], str]) -> str:
+    """A fresh, emptied mailbox address of the session stack; its password is ``mailstack.password(...)``."""
+    return fresh_mailbox()
