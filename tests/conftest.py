@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.mailstack import MailStack, StackError, make_root, requirement_problems
+from tests.mailstack import MailStack, StackError, make_root, reap_orphans, requirement_problems
 
 # ---- mailstack ------------------------------------------------------------------------------------
 
@@ -31,7 +31,9 @@ def mailstack() -> Iterator[MailStack]:
     problems = requirement_problems()
     if problems:
         pytest.fail("the real mail stack cannot run: " + "; ".join(problems), pytrace=False)
+    reap_orphans()  # daemons of an earlier session that was killed before its teardown
     stack = MailStack(make_root())
+    stack.claim()
     try:
         stack.start()
     except StackError as exc:

@@ -27,6 +27,8 @@ from ._system import (
     check_traversable,
     chown,
     ensure_account,
+    pid_alive,
+    read_pid,
     requirement_problems,
     tail,
 )
@@ -39,6 +41,8 @@ DEFAULT_USERS = ("canary", "alice", "bob", "carol", "dave", "erin")
 PORT_NAMES = POSTFIX_PORT_NAMES + DOVECOT_PORT_NAMES
 # Dovecot and Postfix put unix sockets below the root; sun_path holds 107 bytes.
 MAX_ROOT_LENGTH = 64
+ROOT_PREFIX = "mailcanary-stack-"
+OWNER_FILE = "owner.pid"
 
 _SLOW_SCRIPT = """#!/bin/sh
 # Postfix pipe(8) transport of the slow test mailbox: wait, then deliver with dovecot-lda as vmail.
@@ -72,11 +76,31 @@ namespace inbox {{
 """
 
 
-def make_root(prefix: str = "mailcanary-stack-") -> Path:
+def make_root(prefix: str = ROOT_PREFIX) -> Path:
     """A fresh 0755 directory under /tmp: pytest's tmp dirs are 0700, which the daemons cannot enter."""
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     root.chmod(0o755)
     return root
+
+
+def reap_orphans(parent: Path = Path("/tmp"), prefix: str = ROOT_PREFIX) -> list[Path]:
+    """Stop and delete stacks whose owner (see ``MailStack.claim``) died without stopping them.
+
+    A pytest killed mid-session leaves its daemons on loopback; the next session cleans them up.
+    Stacks without an owner file (``start --detach``) or with a live owner are left alone.
+    """
+    reaped: list[Path] = []
+    for root in sorted(parent.glob(prefix + "*")):
+        owner = read_pid(root / OWNER_FILE)
+        if owner is None or pid_alive(owner):
+            continue
+        try:
+            MailStack.load(root).stop()
+        except (StackError, OSError, ValueError, KeyError):
+            continue
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
 
 
 def _password(local: str) -> str:
@@ -391,7 +415,8 @@ class MailStack:
     def stop(self) -> None:
         """Stop Postfix then Dovecot by their pid files and wait until every port is closed."""
         errors: list[str] = []
-        for instance in (self._postfix, self._dovecot):
+        instances = (self.postfix, self.dovecot) if self._set_up else (self._postfix, self._dovecot)
+        for instance in instances:
             if instance is None:
                 continue
             try:
@@ -404,6 +429,11 @@ class MailStack:
     def _stop_quietly(self) -> None:
         with contextlib.suppress(StackError):
             self.stop()
+
+    def claim(self, pid: int | None = None) -> None:
+        """Record the process that will stop this stack: if it dies first, ``reap_orphans`` may stop it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / OWNER_FILE).write_text(f"{pid or os.getpid()}\n")
 
     def stop_dovecot(self) -> None:
         """Stop only Dovecot: IMAP/POP3 refuse connections, SMTP AUTH fails ("receiving server down")."""
