@@ -1,0 +1,1 @@
+"""Protocol probes for mail systems: a library with no knowledge of the daemon that schedules it."""

@@ -1,0 +1,52 @@
+"""Probe errors: each carries one short, fixed ``reason`` that becomes a metric label value.
+
+The set is closed on purpose: a label value that could be anything would be unbounded cardinality, so a
+new failure mode gets a new constant here (and a line in docs/metrics.md), never free text.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REASONS: Final[frozenset[str]] = frozenset(
+    {
+        "smtp_connect",  # TCP connect, DNS, or connection closed before the banner
+        "smtp_tls",  # handshake or certificate verification failed, or STARTTLS not offered
+        "smtp_auth",  # credentials refused, or no usable AUTH mechanism
+        "smtp_rejected",  # MAIL/RCPT/DATA or banner/EHLO answered with a non-success code
+        "smtp_protocol",  # garbage or unexpected reply, connection lost mid-dialogue
+        "receive_connect",
+        "receive_tls",
+        "receive_auth",
+        "receive_protocol",  # IMAP/POP3 answered NO/BAD/-ERR where OK was needed, or garbage
+        "canary_invalid",  # a message with our token header arrived but its HMAC or body did not verify
+        "cleanup",  # delete/expunge of our own canary failed
+        "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout
+        "config",  # the probe's settings cannot work (e.g. AUTH over plaintext not allowed)
+        "internal",  # a bug: anything unexpected, logged with its traceback
+    }
+)
+
+
+class ProbeError(Exception):
+    """Base of every failure a probe reports; ``reason`` is one of :data:`REASONS`."""
+
+    reason: str = "internal"
+
+    def __init__(self, message: str, *, reason: str | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+        if self.reason not in REASONS:  # pragma: no cover - programming error
+            raise ValueError(f"unknown probe failure reason {self.reason!r}")
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.reason
+
+
+class ProbeTimeout(ProbeError, TimeoutError):
+    """A stall: mixes in TimeoutError so callers may catch either (as aiosmtplib does)."""
+
+    reason = "timeout"

@@ -1,0 +1,80 @@
+"""The recorder a probe writes facts into as it goes, so that facts gathered before a failure survive it."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+MASK = "********"
+
+
+class Masker:
+    """Replaces every known secret, in the encodings a mail dialogue may carry it, by ``MASK``.
+
+    Masking is by value, not by command, so a secret that turns up somewhere unexpected (an error message,
+    a server echoing it back) is hidden too.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._needles: list[str] = []
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str, username: str | None = None) -> None:
+        if not secret:
+            return
+        forms = {secret, base64.b64encode(secret.encode()).decode()}
+        quoted = secret.replace("\\", "\\\\").replace('"', '\\"')
+        forms.add(quoted)
+        if username is not None:
+            # SASL PLAIN initial response: authzid NUL authcid NUL passwd, base64-encoded.
+            for authz in ("", username):
+                forms.add(base64.b64encode(f"{authz}\0{username}\0{secret}".encode()).decode())
+        for form in forms:
+            if form and form not in self._needles:
+                self._needles.append(form)
+        self._needles.sort(key=len, reverse=True)  # longest first: a prefix must not leave a tail
+
+    def __call__(self, text: str) -> str:
+        for needle in self._needles:
+            if needle in text:
+                text = text.replace(needle, MASK)
+        return text
+
+
+@dataclass
+class Recorder:
+    """Per-run facts: phase timings, protocol reply codes, TLS facts, and an optional debug transcript."""
+
+    masker: Masker = field(default_factory=Masker)
+    transcript: list[str] | None = None  # None: debug off, nothing is kept
+    phases: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    tls: dict[str, Any] = field(default_factory=dict)  # endpoint "host:port" -> probes.tls.TLSFacts
+    commands: int = 0  # protocol commands issued on the receiving side (benchmarks read it)
+    clock: Callable[[], float] = time.monotonic
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase; a phase that fails is still recorded up to the failure."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + (self.clock() - start)
+
+    def set_phase(self, name: str, seconds: float) -> None:
+        self.phases[name] = seconds
+
+    def debug(self, who: str, line: str) -> None:
+        """Add one line of protocol dialogue (``who`` is e.g. ``C: smtp`` / ``S: imap``), secrets masked."""
+        if self.transcript is not None:
+            self.transcript.append(f"{who} {self.masker(line.rstrip())}")
+
+    @property
+    def debugging(self) -> bool:
+        return self.transcript is not None

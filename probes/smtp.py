@@ -1,0 +1,183 @@
+"""SMTP submission of a canary with aiosmtplib, phase by phase, every failure mapped to a fixed reason."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse
+
+from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
+from .errors import ProbeError, ProbeTimeout
+from .recorder import Recorder
+
+
+@dataclass(frozen=True)
+class SMTPSettings:
+    endpoint: Endpoint
+    credentials: Credentials | None = None
+    allow_plaintext_auth: bool = False
+    helo_name: str | None = None  # default: aiosmtplib's (the local FQDN)
+    timeout: float = 10.0  # per command
+
+
+@dataclass(frozen=True)
+class SendResult:
+    accepted_at: float  # recorder clock (monotonic) when the server accepted the end of DATA
+    reply: str  # the final reply text, e.g. "2.0.0 Ok: queued as 4Xyz" (debug output only: unbounded)
+    tls_version: str | None
+
+
+def _fail(exc: BaseException, reason: str, step: str) -> ProbeError:
+    """Turn an aiosmtplib/OS error into a probe error that names the step that failed."""
+    if isinstance(exc, ProbeError):
+        return exc
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | aiosmtplib.SMTPConnectTimeoutError | TimeoutError):
+        return ProbeTimeout(f"SMTP {step}: no reply within the command timeout")
+    cause = exc.__cause__ or exc.__context__
+    for candidate in (exc, cause):
+        if isinstance(candidate, ssl.SSLError):
+            return ProbeError(f"SMTP {step}: {tls_error_message(candidate)}", reason="smtp_tls")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        text = " ".join(exc.message.split())
+        return ProbeError(f"SMTP {step} answered {exc.code} {text}", reason=reason, code=exc.code)
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return ProbeError(f"SMTP {step}: server closed the connection", reason="smtp_protocol")
+    return ProbeError(f"SMTP {step}: {exc}", reason=reason)
+
+
+def _reply(recorder: Recorder, step: str, response: SMTPResponse) -> None:
+    for line in response.message.splitlines() or [""]:
+        recorder.debug("S: smtp", f"{response.code} {line}")
+    if not 200 <= response.code < 400:
+        text = " ".join(response.message.split())
+        raise ProbeError(
+            f"SMTP {step} answered {response.code} {text}", reason="smtp_rejected", code=response.code
+        )
+
+
+async def send_message(
+    settings: SMTPSettings,
+    sender: str,
+    recipients: Sequence[str],
+    message: bytes,
+    recorder: Recorder,
+    prefix: str = "smtp",
+) -> SendResult:
+    """Submit ``message`` and return when the server has accepted DATA.
+
+    Phases: ``connect`` (TCP), ``banner``, ``ehlo``, ``tls`` (STARTTLS, or for implicit TLS the handshake
+    together with the greeting, which aiosmtplib reads in the same call), ``auth``, ``send``.
+    """
+    ep = settings.endpoint
+    creds = settings.credentials
+    if creds is not None and ep.tls_mode == "none" and not settings.allow_plaintext_auth:
+        raise ProbeError("refusing SMTP AUTH over an unencrypted connection", reason="config")
+    ctx = client_context(ep.tls) if ep.tls_mode != "none" else None
+    with recorder.phase(f"{prefix}_connect"):
+        sock = await tcp_connect(ep, reason="smtp_connect")
+    smtp = aiosmtplib.SMTP(
+        hostname=ep.server_hostname,  # with sock= this is only the TLS server name
+        port=ep.port,
+        use_tls=ep.tls_mode == "implicit",
+        start_tls=False,
+        tls_context=ctx,
+        timeout=settings.timeout,
+        local_hostname=settings.helo_name,
+    )
+    try:
+        banner_phase = f"{prefix}_tls" if ep.tls_mode == "implicit" else f"{prefix}_banner"
+        recorder.debug("C: smtp", f"connect {ep.address} ({ep.tls_mode})")
+        with recorder.phase(banner_phase):
+            try:
+                banner = await smtp.connect(sock=sock)
+            except aiosmtplib.SMTPConnectResponseError as exc:
+                raise _fail(exc, "smtp_rejected", "banner") from exc
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                reason = "smtp_tls" if ep.tls_mode == "implicit" else "smtp_connect"
+                raise _fail(exc, reason, "connect") from exc
+        _reply(recorder, "banner", banner)
+        await _ehlo(smtp, recorder, prefix)
+        if ep.tls_mode == "starttls":
+            if not smtp.supports_extension("starttls"):
+                raise ProbeError("SMTP server does not offer STARTTLS", reason="smtp_tls")
+            recorder.debug("C: smtp", "STARTTLS")
+            with recorder.phase(f"{prefix}_tls"):
+                try:
+                    resp = await smtp.starttls(server_hostname=ep.server_hostname, tls_context=ctx)
+                except (aiosmtplib.SMTPException, OSError) as exc:
+                    raise _fail(exc, "smtp_tls", "STARTTLS") from exc
+            _reply(recorder, "STARTTLS", resp)
+            await _ehlo(smtp, recorder, prefix)
+        ssl_object = smtp.get_transport_info("ssl_object")
+        tls_version = ssl_object.version() if ssl_object is not None else None
+        if creds is not None:
+            await _auth(smtp, creds, recorder, prefix)
+        with recorder.phase(f"{prefix}_send"):
+            result = await _send(smtp, sender, recipients, message, recorder)
+        accepted_at = recorder.clock()
+        recorder.debug("C: smtp", "QUIT")
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.quit()  # the message is accepted; a rude goodbye changes nothing
+        return SendResult(accepted_at=accepted_at, reply=result, tls_version=tls_version)
+    finally:
+        smtp.close()
+
+
+async def _ehlo(smtp: aiosmtplib.SMTP, recorder: Recorder, prefix: str) -> None:
+    recorder.debug("C: smtp", f"EHLO {smtp.local_hostname}")
+    with recorder.phase(f"{prefix}_ehlo"):
+        try:
+            resp = await smtp.ehlo()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _fail(exc, "smtp_rejected", "EHLO") from exc
+    _reply(recorder, "EHLO", resp)
+
+
+async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, prefix: str) -> None:
+    methods = [m for m in ("plain", "login") if m in smtp.supported_auth_methods]
+    if not methods:
+        offered = " ".join(smtp.supported_auth_methods) or "none"
+        raise ProbeError(
+            f"SMTP server offers no AUTH PLAIN or LOGIN (offered: {offered})",
+            reason="smtp_auth",
+        )
+    method = methods[0]
+    recorder.debug("C: smtp", f"AUTH {method.upper()} ********")
+    with recorder.phase(f"{prefix}_auth"):
+        try:
+            if method == "plain":
+                resp = await smtp.auth_plain(creds.username, creds.password)
+            else:
+                resp = await smtp.auth_login(creds.username, creds.password)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _fail(exc, "smtp_auth", "AUTH") from exc
+    _reply(recorder, "AUTH", resp)
+
+
+async def _send(
+    smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], message: bytes, recorder: Recorder
+) -> str:
+    recorder.debug("C: smtp", f"MAIL FROM:<{sender}>")
+    try:
+        resp = await smtp.mail(sender)
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _fail(exc, "smtp_rejected", "MAIL FROM") from exc
+    _reply(recorder, "MAIL FROM", resp)
+    for rcpt in recipients:
+        recorder.debug("C: smtp", f"RCPT TO:<{rcpt}>")
+        try:
+            resp = await smtp.rcpt(rcpt)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _fail(exc, "smtp_rejected", "RCPT TO") from exc
+        _reply(recorder, "RCPT TO", resp)
+    recorder.debug("C: smtp", f"DATA ({len(message)} bytes)")
+    try:
+        resp = await smtp.data(message)
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _fail(exc, "smtp_rejected", "DATA") from exc
+    _reply(recorder, "DATA", resp)
+    return resp.message
