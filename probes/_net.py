@@ -8,7 +8,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import ProbeError
+from .errors import ProbeError, ProbeTimeout
 
 TLSMode = Literal["implicit", "starttls", "none"]
 
@@ -62,12 +62,20 @@ def client_context(settings: TLSSettings) -> ssl.SSLContext:
     return ctx
 
 
-async def tcp_connect(endpoint: Endpoint, reason: str) -> socket.socket:
+async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = None) -> socket.socket:
     """Resolve and connect, trying each address in turn; returns a connected non-blocking socket.
 
     Done by hand (not by ``create_connection``) so that the TCP connect can be timed apart from the TLS
     handshake and the greeting that the protocol libraries fold into their own ``connect``.
     """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _connect(endpoint, reason)
+    except TimeoutError as exc:
+        raise ProbeTimeout(f"TCP connect to {endpoint.address} timed out after {timeout:g}s") from exc
+
+
+async def _connect(endpoint: Endpoint, reason: str) -> socket.socket:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)

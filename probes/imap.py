@@ -55,11 +55,20 @@ def parse_exists(lines: Iterable[bytes | bytearray]) -> int | None:
 
 
 def parse_search(lines: Iterable[bytes | bytearray]) -> list[int]:
-    """UIDs from ``* SEARCH n n n`` lines; anything else is ignored."""
+    """UIDs from the untagged SEARCH data.
+
+    aioimaplib hands ``* SEARCH 1 2`` over as ``1 2`` (the name stripped); both forms are accepted, and a
+    line that is not made of numbers only (the tagged status text) is ignored.
+    """
     uids: list[int] = []
     for line in lines:
-        if isinstance(line, bytes) and line.upper().startswith(b"SEARCH"):
-            uids.extend(int(tok) for tok in line.split()[1:] if tok.isdigit())
+        if not isinstance(line, bytes):
+            continue
+        words = line.split()
+        if words and words[0].upper() == b"SEARCH":
+            words = words[1:]
+        if words and all(w.isdigit() for w in words):
+            uids.extend(int(w) for w in words)
     return uids
 
 
@@ -148,7 +157,7 @@ class IMAPSession:
             _tap(proto, rec)
         ctx = client_context(ep.tls) if ep.tls_mode != "none" else None
         with rec.phase(f"{p}_connect"):
-            sock = await tcp_connect(ep, reason="receive_connect")
+            sock = await tcp_connect(ep, reason="receive_connect", timeout=st.timeout)
             rec.debug("C: imap", f"connect {ep.address} ({ep.tls_mode})")
             transport, _ = await loop.create_connection(lambda: proto, sock=sock)
         if ep.tls_mode == "implicit":
@@ -166,7 +175,7 @@ class IMAPSession:
                 await self._command("STARTTLS", proto.execute(cmd), reason="receive_tls")
                 await self._start_tls(proto.transport, ctx)
                 # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
-                await self._command("CAPABILITY", proto.capability())
+                await self._capability()
         with rec.phase(f"{p}_login"):
             if "LOGINDISABLED" in proto.capabilities:
                 raise ProbeError("IMAP server disables LOGIN on this connection", reason="receive_auth")
@@ -177,9 +186,14 @@ class IMAPSession:
             if resp.result != "OK":
                 raise ProbeError(f"IMAP LOGIN refused: {_tail_text(resp.lines)}", reason="receive_auth")
             if not any(c.startswith("IMAP4") for c in proto.capabilities) or len(proto.capabilities) < 3:
-                await self._command("CAPABILITY", proto.capability())
+                await self._capability()
             resp = await self._command(f"SELECT {st.mailbox}", proto.select(st.mailbox))
             self.exists = parse_exists(resp.lines) or 0
+
+    async def _capability(self) -> None:
+        """aioimaplib's CAPABILITY returns nothing and raises on NO/BAD; it refreshes ``capabilities``."""
+        self.recorder.commands += 1
+        await self._run("CAPABILITY", self._proto.capability())
 
     async def _start_tls(self, transport: asyncio.BaseTransport, ctx: ssl.SSLContext) -> None:
         ep = self.settings.endpoint

@@ -191,7 +191,7 @@ class POP3Client:
         recorder: Recorder,
         *,
         phase_prefix: str = "receive",
-        timeout: float = 10.0,  # noqa: ASYNC109 - per-read timeout, part of the API contract
+        timeout: float = 10.0,
         max_line: int = MAX_LINE,
         max_response: int = MAX_RESPONSE,
     ) -> POP3Client:

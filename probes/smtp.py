@@ -78,10 +78,9 @@ async def send_message(
         raise ProbeError("refusing SMTP AUTH over an unencrypted connection", reason="config")
     ctx = client_context(ep.tls) if ep.tls_mode != "none" else None
     with recorder.phase(f"{prefix}_connect"):
-        sock = await tcp_connect(ep, reason="smtp_connect")
+        sock = await tcp_connect(ep, reason="smtp_connect", timeout=settings.timeout)
     smtp = aiosmtplib.SMTP(
         hostname=ep.server_hostname,  # with sock= this is only the TLS server name
-        port=ep.port,
         use_tls=ep.tls_mode == "implicit",
         start_tls=False,
         tls_context=ctx,
