@@ -142,20 +142,24 @@ def pid_runs(pid: int, executable: str) -> bool:
     return Path(exe.removesuffix(" (deleted)")).name == executable
 
 
-def terminate(pid_file: Path, executable: str, timeout: float) -> None:
-    """SIGTERM the daemon named by the pid file, then SIGKILL it if it outlives the timeout."""
+def terminate(pid_file: Path, executable: str, timeout: float) -> bool:
+    """SIGTERM the daemon named by the pid file, SIGKILL it if it outlives the timeout.
+
+    Returns False if no live ``executable`` was named there (then its ports are not ours to wait for).
+    """
     pid = read_pid(pid_file)
     if pid is None or not pid_runs(pid, executable):
-        return
+        return False
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        return False
     deadline = time.monotonic() + timeout
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     if pid_runs(pid, executable):
         os.kill(pid, signal.SIGKILL)
+    return True
 
 
 def tail(path: Path, lines: int = 30) -> str:

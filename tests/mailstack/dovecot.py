@@ -210,7 +210,8 @@ class DovecotInstance:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the master named in the pid file, then wait until its ports refuse connections."""
-        terminate(self.pid_file, self.executable, timeout)
+        if not terminate(self.pid_file, self.executable, timeout):
+            return
         still_open = wait_closed(self.endpoints(), timeout)
         if still_open:
             raise StackError(

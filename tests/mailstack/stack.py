@@ -111,17 +111,19 @@ class MailStack:
     """Postfix + Dovecot on 127.0.0.1 with free ports, a throwaway CA and mailboxes in example.test.
 
     Ports (``ports``, also ``smtp_port`` ...): ``smtp`` MX-style (STARTTLS optional, AUTH only after
-    STARTTLS, unauthenticated mail only to our domain; also on ::1 when IPv6 works), ``submission``
-    (STARTTLS + AUTH required), ``submissions`` (implicit TLS + AUTH), ``imap``/``pop3`` (STARTTLS/STLS;
-    also on ::1) and ``imaps``/``pop3s`` (implicit TLS). The certificate is for ``server_name``,
+    STARTTLS, unauthenticated mail only to our domain), ``submission`` (STARTTLS + AUTH required),
+    ``submissions`` (implicit TLS + AUTH), ``imap``/``pop3`` (STARTTLS/STLS) and ``imaps``/``pop3s``
+    (implicit TLS). ``smtp`` and the Dovecot ports also listen on ::1 when IPv6 works (``ipv6``).
+    Everything else binds 127.0.0.1 only. The certificate is for ``server_name``,
     localhost, 127.0.0.1 and ::1, signed by the CA in ``ca_file``. Postfix never relays: any other
     domain goes to the ``error`` transport (a bounce to the sender, never a connection out).
 
     Dovecot treats a connection from 127.0.0.1 to 127.0.0.1 as secure and allows plaintext LOGIN
     there. Tests that check TLS enforcement must connect *from* another loopback address: bind the
-    client socket to 127.0.0.2 (Linux routes all of 127.0.0.0/8 to lo). Failed logins are not slowed
+    client socket to 127.0.0.2 (Linux routes all of 127.0.0.0/8 to lo). Failed logins are hardly slowed
     (``auth_failure_delay = 0``, anvil's per-IP penalty off unless ``auth_penalty=True``, Postfix's
-    ``smtpd_error_sleep_time = 0``); still, a distinct source address per negative test is good hygiene.
+    ``smtpd_error_sleep_time = 0``), but Dovecot still answers a failure on its 0.5 s timer tick; a
+    distinct source address per negative test keeps them apart if the penalty is ever turned on.
 
     ``slow_address`` is delivered through a pipe that sleeps ``slow_delay`` seconds (settable while
     running) before dovecot-lda writes the Maildir: a canary that arrives after its timeout.
@@ -162,6 +164,7 @@ class MailStack:
         for special in (self.slow_address, self.postmaster_address):
             self.users.setdefault(special, _password(special.split("@")[0]))
         self.ipv6 = ipv6_available() if ipv6 is None else ipv6
+        self._fixed_ports = ports is not None
         if ports is None:
             ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES), ipv6=self.ipv6), strict=True))
         missing = set(PORT_NAMES) - set(ports)
@@ -396,9 +399,27 @@ class MailStack:
         script.chmod(0o755)
 
     def start(self) -> None:
-        """Start Dovecot (it creates Postfix's SASL socket) then Postfix; wait until every port greets."""
+        """Start Dovecot (it creates Postfix's SASL socket) then Postfix; wait until every port greets.
+
+        If another process took one of our free ports in the meantime, new ports are chosen and the
+        start is retried (twice at most), unless the ports were given to the constructor.
+        """
         if not self._set_up:
             self.setup()
+        for attempt in range(3):
+            try:
+                self._start_once()
+                return
+            except StackError as exc:
+                if "Address already in use" not in str(exc) or self._fixed_ports or attempt == 2:
+                    raise
+            self.ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES), ipv6=self.ipv6), strict=True))
+            self._dovecot = self._postfix = None
+            self.dovecot.render()
+            self.postfix.render()
+            self.write_json()
+
+    def _start_once(self) -> None:
         try:
             self.dovecot.start()
             self.postfix.start()
