@@ -62,10 +62,12 @@ class Recorder:
     def phase(self, name: str) -> Iterator[None]:
         """Time a phase; a phase that fails is still recorded up to the failure."""
         start = self.clock()
+        self.facts["current_phase"] = name  # left in place if the phase fails: the failed phase
         try:
             yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + (self.clock() - start)
+        self.facts.pop("current_phase", None)
 
     def set_phase(self, name: str, seconds: float) -> None:
         self.phases[name] = seconds

@@ -94,7 +94,9 @@ async def probe_roundtrip(
         sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
         recorder.facts["smtp_tls_version"] = sent.tls_version
         commands_before = recorder.commands
-        seen_at = await receiver.wait(token, sent.accepted_at)
+        with recorder.phase("receive_wait"):
+            seen_at = await receiver.wait(token, sent.accepted_at)
+        recorder.facts["seen"] = True
         delivery = seen_at - sent.accepted_at
         recorder.set_phase("receive_wait", delivery)
         recorder.facts["wait_commands"] = recorder.commands - commands_before

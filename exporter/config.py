@@ -1,0 +1,343 @@
+"""The YAML configuration: a frozen pydantic model, loaded with errors that name file, key and problem.
+
+Secrets are resolved at load time (``password_file`` / ``password_env``) so that a missing secret is a
+config error at start or reload, not a probe failure an hour later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from probes.canary import PROBE_NAME_RE
+
+from .durations import parse_duration
+
+DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
+
+
+def _duration(value: object) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+TLSModeName = Literal["implicit", "starttls", "none"]
+
+_DEFAULT_PORTS = {
+    ("smtp", "implicit"): 465,
+    ("smtp", "starttls"): 587,
+    ("smtp", "none"): 25,
+    ("imap", "implicit"): 993,
+    ("imap", "starttls"): 143,
+    ("imap", "none"): 143,
+    ("pop3", "implicit"): 995,
+    ("pop3", "starttls"): 110,
+    ("pop3", "none"): 110,
+}
+
+
+class Model(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class TLSConfig(Model):
+    ca_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> Self:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{key}: cannot read {path}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class EndpointConfig(Model):
+    host: str = Field(min_length=1)
+    port: Port | None = None  # default from protocol and tls mode
+    tls: TLSModeName = "starttls"
+    tls_config: TLSConfig = TLSConfig()
+    source_address: str | None = None
+    timeout: Duration = 10.0  # per command / read
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    password_file: str | None = None
+    password_env: str | None = None
+    allow_plaintext_auth: bool = False
+
+    @model_validator(mode="after")
+    def _auth(self) -> Self:
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"give only one of password, password_file, password_env (got {', '.join(given)})"
+            )
+        if given and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.username is not None and not given:
+            raise ValueError("username given without password_file, password_env or password")
+        if self.username is not None and self.tls == "none" and not self.allow_plaintext_auth:
+            raise ValueError(
+                "credentials over tls: none would travel in clear text; use starttls or implicit, "
+                "or set allow_plaintext_auth: true"
+            )
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return self
+
+
+class SMTPConfig(EndpointConfig):
+    helo: str | None = None
+
+
+class ReceiveConfig(EndpointConfig):
+    protocol: Literal["imap", "pop3"]
+    mailbox: str = "INBOX"  # IMAP only
+    idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
+    poll_initial: Duration = 0.05
+    poll_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    poll_max: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _receive(self) -> Self:
+        if self.username is None:
+            raise ValueError("the receiving side needs username and a password")
+        if not 0 < self.poll_initial <= self.poll_max:
+            raise ValueError("need 0 < poll_initial <= poll_max")
+        if self.protocol == "pop3" and self.mailbox != "INBOX":
+            raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
+        return self
+
+
+class RoundTripConfig(Model):
+    name: str
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    sender: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    recipient: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    sweep_after: Duration = 3600.0
+    smtp: SMTPConfig
+    receive: ReceiveConfig
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not PROBE_NAME_RE.match(v):
+            raise ValueError(
+                "must be 1-63 characters of letters, digits, '_', '.', '-', starting alphanumeric"
+            )
+        return v
+
+
+class GlobalConfig(Model):
+    interval: Duration = 300.0
+    timeout: Duration = 120.0
+    state_dir: str | None = None  # default: $STATE_DIRECTORY (systemd) or ~/.local/state/mailcanary
+    canary_key_file: str | None = None
+
+
+class Config(Model):
+    global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
+    roundtrip: list[RoundTripConfig] = []
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        seen: set[str] = set()
+        for i, probe in enumerate(self.roundtrip):
+            if probe.name in seen:
+                raise ValueError(f"roundtrip[{i}].name: duplicate probe name {probe.name!r}")
+            seen.add(probe.name)
+        for i, probe in enumerate(self.roundtrip):
+            interval, timeout = self.interval_of(probe), self.timeout_of(probe)
+            if interval < 1:
+                raise ValueError(f"roundtrip[{i}].interval: must be at least 1s")
+            if timeout <= 0:
+                raise ValueError(f"roundtrip[{i}].timeout: must be > 0")
+        return self
+
+    def interval_of(self, probe: RoundTripConfig) -> float:
+        return probe.interval if probe.interval is not None else self.global_.interval
+
+    def timeout_of(self, probe: RoundTripConfig) -> float:
+        return probe.timeout if probe.timeout is not None else self.global_.timeout
+
+
+class ConfigError(Exception):
+    """One or more problems, each a line ``file: key.path: what is wrong``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class LoadedConfig:
+    path: str
+    config: Config
+    secrets: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (probe, side) -> password
+    warnings: list[str] = field(default_factory=list)
+    digest: str = ""
+
+    def password(self, probe: str, side: str) -> str:
+        return self.secrets[(probe, side)]
+
+    def all_secrets(self) -> Iterable[tuple[str, str]]:
+        """(username, password) pairs, for the log and transcript masker."""
+        for probe in self.config.roundtrip:
+            for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+                if (probe.name, side) in self.secrets and ep.username:
+                    yield ep.username, self.secrets[(probe.name, side)]
+
+
+def _loc(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            part = "global" if part == "global_" else part
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _message(err: Any) -> str:
+    kind, msg = str(err["type"]), str(err["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_pattern_mismatch":
+        return "must be a mail address like user@example.com"
+    if kind == "literal_error":
+        return msg.replace("Input should be", "must be")
+    msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    return msg
+
+
+def _problems(path: str, exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        msg = _message(err)
+        # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
+        m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
+        if m and m.group(1).startswith(("roundtrip", "global")):
+            lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
+            continue
+        if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
+            key, msg = msg.split(": ", 1)
+            loc.append(key)
+        lines.append(f"{path}: {_loc(loc)}: {msg}")
+    return lines
+
+
+def parse_config(text: str, path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Parse and validate; raises ConfigError listing every problem found."""
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}: {where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: (top level): must be a mapping with keys global, roundtrip"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(path, exc)) from None
+    loaded = LoadedConfig(path=path, config=config)
+    problems: list[str] = []
+    for i, probe in enumerate(config.roundtrip):
+        for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+            where = f"roundtrip[{i}].{side}"
+            if ep.password is not None:
+                loaded.secrets[(probe.name, side)] = ep.password
+                loaded.warnings.append(
+                    f"{path}: {where}.password: inline password; prefer password_file or password_env"
+                )
+            elif ep.password_file is not None:
+                try:
+                    secret = Path(ep.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+                except OSError as exc:
+                    problems.append(
+                        f"{path}: {where}.password_file: cannot read {ep.password_file}: "
+                        f"{exc.strerror or exc}"
+                    )
+                    continue
+                if not secret:
+                    problems.append(f"{path}: {where}.password_file: {ep.password_file} is empty")
+                loaded.secrets[(probe.name, side)] = secret
+            elif ep.password_env is not None:
+                secret = environ.get(ep.password_env, "")
+                if not secret:
+                    problems.append(
+                        f"{path}: {where}.password_env: environment variable {ep.password_env} "
+                        "is not set or empty"
+                    )
+                loaded.secrets[(probe.name, side)] = secret
+        if config.timeout_of(probe) > config.interval_of(probe):
+            loaded.warnings.append(
+                f"{path}: roundtrip[{i}].timeout: longer than the interval; "
+                "a run that overruns skips the next slot"
+            )
+    if config.global_.canary_key_file is not None and not os.access(config.global_.canary_key_file, os.R_OK):
+        problems.append(f"{path}: global.canary_key_file: cannot read {config.global_.canary_key_file}")
+    if problems:
+        raise ConfigError(problems)
+    loaded.digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return loaded
+
+
+def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: (file): not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: (file): cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
+    return parse_config(text, path, environ)
+
+
+def default_port(protocol: str, tls: str) -> int:
+    return _DEFAULT_PORTS[(protocol, tls)]
+
+
+def state_dir(config: Config, environ: dict[str, str] | None = None) -> Path:
+    environ = dict(os.environ) if environ is None else environ
+    if config.global_.state_dir:
+        return Path(config.global_.state_dir)
+    if environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(environ["STATE_DIRECTORY"].split(":")[0])
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mailcanary"

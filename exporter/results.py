@@ -1,0 +1,126 @@
+"""Outcomes of probe runs, kept per probe; the metrics collector renders them at scrape time."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from probes.errors import REASONS
+
+# Bounds suit 50 ms .. 10 min; 60 s is an edge so "delivered within 60 s" (the default SLO) is exact.
+DELIVERY_BUCKETS: tuple[float, ...] = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+OUTCOMES: tuple[str, ...] = ("success", *sorted(REASONS))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    probe: str
+    success: bool
+    reason: str  # "success" or a failure reason from probes.errors.REASONS
+    message: str
+    started: float  # wall clock, unix seconds
+    duration: float
+    phases: dict[str, float]
+    delivery: float | None = None
+    late: int = 0  # earlier canaries seen this run that had timed out
+    swept: int = 0  # other stale canaries of this probe deleted this run
+    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
+    failed_phase: str | None = None
+    transcript: list[str] | None = None
+
+
+@dataclass
+class ProbeStats:
+    last: RunResult | None = None
+    runs: Counter[str] = field(default_factory=Counter)
+    late_total: int = 0
+    swept_total: int = 0
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
+    delivery_sum: float = 0.0
+    delivery_count: int = 0
+    last_success: float | None = None
+    last_delivery: float | None = None
+    scheduler_lag: float | None = None
+    skipped_runs: int = 0
+
+
+class ResultStore:
+    """Thread-safe because prometheus_client may collect from another thread in some deployments."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, ProbeStats] = {}
+
+    def ensure(self, probes: list[str]) -> None:
+        """Keep exactly these probes: new ones start empty, removed ones disappear from /metrics."""
+        with self._lock:
+            for name in probes:
+                self._stats.setdefault(name, ProbeStats())
+            for name in list(self._stats):
+                if name not in probes:
+                    del self._stats[name]
+
+    def record(self, result: RunResult) -> None:
+        with self._lock:
+            st = self._stats.setdefault(result.probe, ProbeStats())
+            st.last = result
+            st.runs[result.reason] += 1
+            st.late_total += result.late
+            st.swept_total += result.swept
+            if result.success:
+                st.last_success = result.started + result.duration
+            if result.delivery is not None:
+                st.last_delivery = result.delivery
+                st.delivery_sum += result.delivery
+                st.delivery_count += 1
+                i = bisect.bisect_left(DELIVERY_BUCKETS, result.delivery)
+                for j in range(i, len(DELIVERY_BUCKETS)):
+                    st.bucket_counts[j] += 1
+
+    def note_lag(self, probe: str, lag: float) -> None:
+        with self._lock:
+            if probe in self._stats:
+                self._stats[probe].scheduler_lag = lag
+
+    def note_skipped(self, probe: str) -> None:
+        with self._lock:
+            if probe in self._stats:
+                self._stats[probe].skipped_runs += 1
+
+    def snapshot(self) -> dict[str, ProbeStats]:
+        """Copies, so a scrape never sees a half-recorded run."""
+        with self._lock:
+            return {
+                name: ProbeStats(
+                    last=st.last,
+                    runs=Counter(st.runs),
+                    late_total=st.late_total,
+                    swept_total=st.swept_total,
+                    bucket_counts=list(st.bucket_counts),
+                    delivery_sum=st.delivery_sum,
+                    delivery_count=st.delivery_count,
+                    last_success=st.last_success,
+                    last_delivery=st.last_delivery,
+                    scheduler_lag=st.scheduler_lag,
+                    skipped_runs=st.skipped_runs,
+                )
+                for name, st in self._stats.items()
+            }
