@@ -9,6 +9,7 @@ import socket
 import ssl
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import pytest
@@ -229,3 +230,27 @@ def test_certificate_names_and_ca(mailstack: MailStack) -> None:
         ssl.create_default_context().wrap_socket(raw, server_hostname=mailstack.server_name),
     ):
         pass
+
+
+def test_second_dovecot_with_another_chain_runs_beside_the_first(mailstack: MailStack, mailbox: str) -> None:
+    """The design hook for certificate-variant tests: an extra instance, its own base_dir and port."""
+    now = datetime.now(UTC)
+    expired = mailstack.issue_leaf(
+        "expired", not_before=now - timedelta(days=10), not_after=now - timedelta(days=1)
+    )
+    extra = mailstack.make_dovecot("dovecot-expired", tls=expired)
+    extra.render()
+    extra.start()
+    try:
+        extra.wait_ready()
+        with (
+            socket.create_connection((mailstack.host, extra.ports["imaps"]), timeout=5) as raw,
+            pytest.raises(ssl.SSLCertVerificationError, match="expired"),
+        ):
+            mailstack.ssl_context().wrap_socket(raw, server_hostname=mailstack.server_name)
+        imap = imaplib.IMAP4_SSL(mailstack.host, mailstack.imaps_port, ssl_context=mailstack.ssl_context())
+        imap.login(mailbox, mailstack.password(mailbox))
+        imap.logout()
+    finally:
+        extra.stop()
+    assert mailstack.dovecot.running

@@ -6,8 +6,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ._net import LOOPBACK_V4, LOOPBACK_V6, Endpoint, wait_closed
-from ._system import Account, StackError, pid_runs, read_pid, run, tail, terminate
+from ._daemon import Daemon
+from ._net import LOOPBACK_V4, LOOPBACK_V6, Endpoint
+from ._system import Account, StackError, run, tail
 from .tls import TLSFiles
 
 DOVECOT_PORT_NAMES = ("imap", "imaps", "pop3", "pop3s")
@@ -20,7 +21,7 @@ def _value(value: str | int | bool) -> str:
     return str(value)
 
 
-class DovecotInstance:
+class DovecotInstance(Daemon):
     """A Dovecot master with its own ``base_dir``, ``instance_name``, config, log and pid file.
 
     ``ports`` maps any of imap/imaps/pop3/pop3s to a port; the missing ones are disabled, so a variant
@@ -185,11 +186,6 @@ class DovecotInstance:
         """Let doveconf parse the config, so mistakes surface with Dovecot's own message."""
         run(["doveconf", "-c", str(self.config_file), "-n"])
 
-    @property
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_runs(pid, self.executable)
-
     def start(self) -> None:
         """Start the master (it daemonizes) and wait for its pid file; callers check the ports."""
         if self.running:
@@ -207,13 +203,3 @@ class DovecotInstance:
                     f"dovecot {self.name} wrote no live pid to {self.pid_file}\n{tail(self.log_file)}"
                 )
             time.sleep(0.01)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the master named in the pid file, then wait until its ports refuse connections."""
-        if not terminate(self.pid_file, self.executable, timeout):
-            return
-        still_open = wait_closed(self.endpoints(), timeout)
-        if still_open:
-            raise StackError(
-                f"dovecot {self.name}: still accepting on {[e.address for e in still_open]} after stop"
-            )

@@ -8,15 +8,16 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._net import LOOPBACK_V4, LOOPBACK_V6, Endpoint, wait_closed
-from ._system import Account, StackError, pid_runs, read_pid, run, tail, terminate
+from ._daemon import Daemon
+from ._net import LOOPBACK_V4, LOOPBACK_V6, Endpoint
+from ._system import Account, StackError, run, tail
 from .tls import TLSFiles
 
 POSTFIX_PORT_NAMES = ("smtp", "submission", "submissions")
 _NO_RELAY = "error:outbound mail disabled in the mailcanary test stack"
 
 
-class PostfixInstance:
+class PostfixInstance(Daemon):
     """Postfix run with ``-c <root>/etc``: an MX-style smtpd plus submission- and submissions-style ports.
 
     ``ports`` maps any of smtp/submission/submissions to a port (missing ones are not served).
@@ -236,11 +237,6 @@ class PostfixInstance:
         """``postfix check``: configuration and queue ownership sanity, with Postfix's own words."""
         run(["postfix", "-c", str(self.config_dir), "check"])
 
-    @property
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_runs(pid, self.executable)
-
     def start(self) -> None:
         """``postfix start`` (master daemonizes); port readiness is checked by callers."""
         if self.running:
@@ -253,14 +249,4 @@ class PostfixInstance:
             raise StackError(
                 f"postfix {self.name} failed to start (exit {proc.returncode}):\n{proc.stderr}{proc.stdout}"
                 f"--- {self.log_file}\n{tail(self.log_file)}"
-            )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM master(8) named in the pid file, then wait until its ports refuse connections."""
-        if not terminate(self.pid_file, self.executable, timeout):
-            return
-        still_open = wait_closed(self.endpoints(), timeout)
-        if still_open:
-            raise StackError(
-                f"postfix {self.name}: still accepting on {[e.address for e in still_open]} after stop"
             )

@@ -12,7 +12,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -177,7 +177,7 @@ class MailStack:
         self.postfix_settings = dict(postfix_settings or {})
         self.start_timeout = start_timeout
         self._slow_delay = float(slow_delay)
-        self.ca: trustme.CA | None = None
+        self._ca: trustme.CA | None = None
         self._account: Account | None = None
         self._dovecot: DovecotInstance | None = None
         self._postfix: PostfixInstance | None = None
@@ -339,8 +339,8 @@ class MailStack:
             d.mkdir(exist_ok=True)
             d.chmod(0o755)
         self.tls_dir.chmod(0o711)
-        self.ca = write_ca(self.tls_dir)
-        write_leaf(self.ca, self.tls_dir, "server", ca_file=self.ca_file)
+        self._ca = write_ca(self.tls_dir)
+        write_leaf(self._ca, self.tls_dir, "server", ca_file=self.ca_file)
         self._write_users_file()
         self.mail_root.mkdir(exist_ok=True)
         chown(self.mail_root, acct, 0o755)
@@ -463,9 +463,82 @@ class MailStack:
     def start_dovecot(self) -> None:
         """Bring Dovecot back after ``stop_dovecot`` and wait until its ports greet."""
         self.dovecot.start()
-        pending = wait_ready(self.dovecot.endpoints(), self.start_timeout)
-        if pending:
-            raise StackError(f"dovecot not greeting on {[e.address for e in pending]}\n{self.log_tails()}")
+        self.dovecot.wait_ready(self.start_timeout)
+
+    # ---- extra instances (other certificate chains, legacy TLS) ---------------------------------
+
+    @property
+    def ca(self) -> trustme.CA:
+        """The test CA (reloaded from ``tls/ca.pem`` + ``ca.key`` for a stack rebuilt by ``load``)."""
+        if self._ca is None:
+            key = self.tls_dir / "ca.key"
+            self._ca = trustme.CA.from_pem(self.ca_file.read_bytes(), key.read_bytes())
+        return self._ca
+
+    def issue_leaf(self, name: str, **kwargs: Any) -> TLSFiles:
+        """Issue another server chain from the stack's CA (``write_leaf`` options: identities,
+        common_name, not_before, not_after) into ``tls/<name>.pem`` / ``.key``.
+
+        For chains the CA must not sign (self-signed, another CA) call ``write_ca``/``write_leaf``.
+        """
+        return write_leaf(self.ca, self.tls_dir, name, ca_file=self.ca_file, **kwargs)
+
+    def make_dovecot(
+        self,
+        name: str,
+        *,
+        tls: TLSFiles,
+        ports: Mapping[str, int] | None = None,
+        ssl_min_protocol: str = "TLSv1.2",
+        settings: Mapping[str, str | int | bool] | None = None,
+        auth_sockets: Sequence[Path] = (),
+    ) -> DovecotInstance:
+        """Another Dovecot over the same users and Maildirs, under ``root/<name>`` (imaps only by default).
+
+        Not started: call ``render()``, ``start()``, ``wait_ready()``, and ``stop()`` when done (before
+        ``MailStack.stop``). E.g. ``ssl_min_protocol="TLSv1", settings={"ssl_cipher_list":
+        "ALL:@SECLEVEL=0"}`` for legacy TLS, or ``tls=stack.issue_leaf("expired", not_after=...)``.
+        """
+        return DovecotInstance(
+            self.root / name,
+            name=f"{self.root.name}-{name}",
+            tls=tls,
+            ports=dict(ports) if ports else {"imaps": free_ports(1)[0]},
+            users_file=self.users_file,
+            mail_root=self.mail_root,
+            account=self.account,
+            log_file=self.log_dir / f"{name}.log",
+            ssl_min_protocol=ssl_min_protocol,
+            auth_penalty=self.auth_penalty,
+            auth_sockets=auth_sockets,
+            settings=settings,
+        )
+
+    def make_postfix(
+        self,
+        name: str,
+        *,
+        tls: TLSFiles,
+        ports: Mapping[str, int] | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> PostfixInstance:
+        """Another Postfix delivering to the same Maildirs, under ``root/<name>`` (default: submissions only).
+
+        Not started. Its SASL socket (``.sasl_socket``) must be served by a Dovecot: pass it in
+        ``make_dovecot(..., auth_sockets=[pf.sasl_socket])`` and render the Postfix first (that
+        creates ``private/``), then start the Dovecot before the Postfix.
+        """
+        return PostfixInstance(
+            self.root / name,
+            name=f"{self.root.name}-{name}",
+            tls=tls,
+            ports=dict(ports) if ports else {"submissions": free_ports(1)[0]},
+            mailboxes={a: self._mailbox_relpath(a) for a in self.users if a != self.slow_address},
+            mail_root=self.mail_root,
+            account=self.account,
+            log_file=self.log_dir / f"{name}.log",
+            settings=settings,
+        )
 
     def __enter__(self) -> MailStack:
         self.start()
