@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +31,12 @@ class SendResult:
     accepted_at: float  # recorder clock (monotonic) when the server accepted the end of DATA
     reply: str  # the final reply text, e.g. "2.0.0 Ok: queued as 4Xyz" (debug output only: unbounded)
     tls_version: str | None
+
+
+@functools.cache
+def _local_name() -> str:
+    """The EHLO name: the host name as configured, not a DNS lookup (aiosmtplib's getfqdn may stall)."""
+    return socket.gethostname() or "localhost"
 
 
 def _fail(exc: BaseException, reason: str, step: str) -> ProbeError:
@@ -85,7 +93,7 @@ async def send_message(
         start_tls=False,
         tls_context=ctx,
         timeout=settings.timeout,
-        local_hostname=settings.helo_name,
+        local_hostname=settings.helo_name or _local_name(),
     )
     try:
         banner_phase = f"{prefix}_tls" if ep.tls_mode == "implicit" else f"{prefix}_banner"

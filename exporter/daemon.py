@@ -1,0 +1,139 @@
+"""The long-running daemon: config, probes on a schedule, HTTP, signals, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import structlog
+
+from . import logs
+from .config import ConfigError, LoadedConfig, load_config, state_dir
+from .http import HTTPServer
+from .metrics import ExporterState, build_registry
+from .results import ResultStore
+from .runner import Runner, make_masker
+from .scheduler import ProbeScheduler
+from .state import Ledger, load_or_create_key
+
+log = structlog.get_logger("mailcanary")
+
+STOP_GRACE = 3.0  # seconds given to in-flight probes on shutdown before they are cancelled
+
+
+class Daemon:
+    def __init__(
+        self, config_path: str, listen: str, loader: Callable[[str], LoadedConfig] = load_config
+    ) -> None:
+        self.config_path = config_path
+        self.listen = listen
+        self.loader = loader
+        self.store = ResultStore()
+        self.state = ExporterState(config_path=config_path)
+        self.registry = build_registry(self.store, self.state)
+        self.scheduler = ProbeScheduler(self.store)
+        self.http = HTTPServer(
+            self.registry, ready=lambda: self.scheduler.running and self.runner is not None
+        )
+        self.runner: Runner | None = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    def _prepare(self, loaded: LoadedConfig) -> Runner:
+        """Everything that can fail for a new config, done before anything is swapped in."""
+        cfg = loaded.config
+        state = state_dir(cfg)
+        key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
+        ledger = self.runner.ledger if self.runner is not None else Ledger(state / "ledger.json")
+        return Runner(loaded=loaded, key=key, ledger=ledger, store=self.store, masker=make_masker(loaded))
+
+    def _apply(self, runner: Runner) -> None:
+        loaded = runner.loaded
+        for warning in loaded.warnings:
+            log.warning("config_warning", problem=warning)
+        self.runner = runner
+        logs.set_masker(runner.masker)
+        cfg = loaded.config
+        names = [p.name for p in cfg.roundtrip]
+        runner.ledger.prune(keep=set(names))
+        self.store.ensure(names)
+        self.state.probes = {n: "roundtrip" for n in names}
+        self.state.config_digest = loaded.digest
+        self.state.reload_ok = True
+        self.state.reload_success_time = time.time()
+        jobs: dict[str, tuple[float, Callable[[], Awaitable[Any]], Any]] = {}
+        for probe in cfg.roundtrip:
+            spec = (probe, cfg.timeout_of(probe))
+            jobs[probe.name] = (cfg.interval_of(probe), partial(self._run_roundtrip, probe.name), spec)
+        self.scheduler.set_jobs(jobs)
+
+    async def _run_roundtrip(self, name: str) -> None:
+        runner = self.runner
+        if runner is None:
+            return
+        probe = next((p for p in runner.loaded.config.roundtrip if p.name == name), None)
+        if probe is not None:
+            await runner.run_roundtrip(probe)
+
+    async def start(self) -> None:
+        """Load the config (raising ConfigError), then serve and schedule."""
+        loaded = self.loader(self.config_path)
+        self._apply(self._prepare(loaded))
+        await self.http.start(self.listen)
+        self.scheduler.start()
+        log.info(
+            "started",
+            listen=[f"{h}:{p}" for h, p in self.http.bound],
+            config=self.config_path,
+            probes=sorted(self.state.probes),
+        )
+
+    async def reload(self) -> bool:
+        """Validate the new config first; on any problem keep running the old one."""
+        async with self._reload_lock:
+            try:
+                runner = self._prepare(self.loader(self.config_path))
+            except ConfigError as exc:
+                self.state.reload_ok = False
+                for problem in exc.problems:
+                    log.error("config_reload_failed", problem=problem)
+                return False
+            self._apply(runner)
+            log.info("config_reloaded", probes=sorted(self.state.probes), digest=self.state.config_digest)
+            return True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("stopping")
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def shutdown(self) -> None:
+        self.scheduler.shutdown()
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        probes = [t for t in pending if "run_coroutine_job" in repr(t.get_coro())]
+        if probes:
+            _, still = await asyncio.wait(probes, timeout=STOP_GRACE)
+            for task in still:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*still, return_exceptions=True)
+        await self.http.stop()
+        log.info("stopped")

@@ -1,0 +1,93 @@
+"""The HTTP side: /metrics, /-/healthy, /-/ready and a small landing page, on aiohttp in the daemon's loop."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+
+def parse_listen(listen: str) -> tuple[str | None, int]:
+    """``:9925`` (all interfaces), ``127.0.0.1:9925``, ``[::1]:9925`` -> (host or None, port)."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"--listen {listen!r}: expected [HOST]:PORT, e.g. :9925 or 127.0.0.1:9925")
+    host = host.strip("[]")
+    return (host or None), int(port_text)
+
+
+def render(registry: CollectorRegistry, accept: str) -> web.Response:
+    """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+    if "application/openmetrics-text" in accept:
+        body, ctype = generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
+    else:
+        body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = ctype
+    return resp
+
+
+LANDING = """<!doctype html><html><head><title>mailcanary</title></head><body>
+<h1>mailcanary</h1><p>Mail delivery and TLS monitor.</p>
+<ul><li><a href="metrics">/metrics</a></li><li><a href="-/healthy">/-/healthy</a></li>
+<li><a href="-/ready">/-/ready</a></li></ul></body></html>
+"""
+
+
+class HTTPServer:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        extra_routes: list[web.RouteDef] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.ready = ready
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.get("/", self._landing),
+                web.get("/metrics", self._metrics),
+                web.get("/-/healthy", self._healthy),
+                web.get("/-/ready", self._ready),
+                *(extra_routes or []),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self.bound: list[tuple[str, int]] = []
+
+    async def _landing(self, request: web.Request) -> web.Response:
+        return web.Response(text=LANDING, content_type="text/html")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return render(self.registry, request.headers.get("Accept", ""))
+
+    async def _healthy(self, request: web.Request) -> web.Response:
+        return web.Response(text="Healthy\n")
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        if self.ready():
+            return web.Response(text="Ready\n")
+        return web.Response(text="Not ready\n", status=503)
+
+    async def start(self, listen: str) -> None:
+        host, port = parse_listen(listen)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host=host, port=port, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        for sock in getattr(server, "sockets", None) or []:
+            addr = sock.getsockname()
+            self.bound.append((str(addr[0]), int(addr[1])))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,76 @@
+"""structlog set-up: JSON when not on a TTY, console otherwise, every value passed through the masker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+from probes.recorder import Masker
+
+LogFormat = Literal["auto", "json", "console"]
+
+_masker = Masker()
+
+
+def set_masker(masker: Masker) -> None:
+    """Swap the masker used by every log line (on config load and reload)."""
+    global _masker
+    _masker = masker
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return _masker(value)
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(v) for v in value]
+    return value
+
+
+def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        event[key] = _mask(value)
+    return event
+
+
+def _mask_record(record: logging.LogRecord) -> bool:
+    record.msg = _masker(record.getMessage())
+    record.args = None
+    return True
+
+
+def configure(fmt: LogFormat = "auto", level: str = "info", stream: Any = None) -> None:
+    stream = sys.stderr if stream is None else stream
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _mask_processor,  # last before rendering: also covers formatted tracebacks
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    # Library loggers (aioimaplib logs the dialogue at DEBUG; APScheduler logs every run at INFO).
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_mask_record)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for noisy in ("aioimaplib", "apscheduler", "aiohttp.access", "mail.log"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "apscheduler" else logging.WARNING)
