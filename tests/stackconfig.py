@@ -1,0 +1,76 @@
+"""Build mailcanary YAML configs that point at the test MailStack (shared by the integration tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.mailstack import MailStack
+
+SMTP_PORTS = {"starttls": "submission", "implicit": "submissions", "none": "smtp"}
+RECEIVE_PORTS = {("imap", "starttls"): "imap", ("imap", "implicit"): "imaps",
+                 ("pop3", "starttls"): "pop3", ("pop3", "implicit"): "pop3s"}
+
+
+def secret_file(tmp: Path, name: str, secret: str) -> str:
+    path = tmp / f"{name}.pw"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def roundtrip(
+    stack: MailStack,
+    tmp: Path,
+    name: str,
+    address: str,
+    *,
+    protocol: str = "imap",
+    receive_tls: str = "implicit",
+    smtp_tls: str = "starttls",
+    smtp_password: str | None = None,
+    receive_password: str | None = None,
+    ca_file: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One round-trip probe: submit as ``address`` to ``address``, read it back over ``protocol``."""
+    tls_config = {"ca_file": ca_file or str(stack.ca_file), "server_name": stack.server_name}
+    password = stack.password(address)
+    probe: dict[str, Any] = {
+        "name": name,
+        "sender": address,
+        "recipient": address,
+        "smtp": {
+            "host": stack.host,
+            "port": stack.ports[SMTP_PORTS[smtp_tls]],
+            "tls": smtp_tls,
+            "tls_config": dict(tls_config),
+            "username": address,
+            "password_file": secret_file(tmp, f"{name}-smtp", smtp_password or password),
+        },
+        "receive": {
+            "protocol": protocol,
+            "host": stack.host,
+            "port": stack.ports[RECEIVE_PORTS[(protocol, receive_tls)]],
+            "tls": receive_tls,
+            "tls_config": dict(tls_config),
+            "username": address,
+            "password_file": secret_file(tmp, f"{name}-recv", receive_password or password),
+        },
+    }
+    for key, value in extra.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            probe[section][sub] = value
+        else:
+            probe[key] = value
+    return probe
+
+
+def write_config(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Path:
+    data = {"global": {"state_dir": str(tmp / "state"), **global_}, "roundtrip": probes}
+    path = tmp / "mailcanary.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,191 @@
+"""Round trips against the real Postfix + Dovecot: every TLS mode, every failure a user meets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import load_config
+from exporter.results import ResultStore, RunResult
+from exporter.runner import Runner, make_masker
+from exporter.state import Ledger
+from probes import canary
+from tests.mailstack import MailStack
+from tests.stackconfig import roundtrip, write_config
+
+KEY = b"e2e-test-key-0123456789abcdef"
+
+
+def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runner:
+    key_file = tmp / "canary.key"
+    key_file.write_bytes(KEY)
+    loaded = load_config(str(write_config(tmp, probes, canary_key_file=str(key_file), **global_)))
+    return Runner(loaded=loaded, key=KEY, ledger=Ledger(tmp / "ledger.json"), store=ResultStore(),
+                  masker=make_masker(loaded))
+
+
+def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> RunResult:
+    probes = runner.loaded.config.roundtrip
+    probe = probes[0] if name is None else next(p for p in probes if p.name == name)
+    return asyncio.run(runner.run_roundtrip(probe, debug=debug))
+
+
+@pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])
+@pytest.mark.parametrize(("protocol", "receive_tls"),
+                         [("imap", "starttls"), ("imap", "implicit"), ("pop3", "starttls"), ("pop3", "implicit")])
+def test_roundtrip_delivers_and_cleans_up(mailstack: MailStack, mailbox: str, tmp_path: Path,
+                                          smtp_tls: str, protocol: str, receive_tls: str) -> None:
+    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "rt", mailbox, protocol=protocol,
+                                              receive_tls=receive_tls, smtp_tls=smtp_tls)])
+    result = run_one(runner)
+    assert result.success, result.message
+    assert result.reason == "success"
+    assert result.delivery is not None and 0 < result.delivery < 5
+    assert result.phases["receive_wait"] == pytest.approx(result.delivery)
+    expected = {"smtp_connect", "smtp_tls", "smtp_ehlo", "smtp_auth", "smtp_send", "receive_connect",
+                "receive_tls", "receive_banner", "receive_login", "receive_wait", "receive_fetch",
+                "receive_delete"}
+    assert expected <= set(result.phases)
+    if smtp_tls == "starttls":
+        assert "smtp_banner" in result.phases
+    assert mailstack.messages(mailbox) == []  # the canary was deleted, nothing left behind
+
+
+def test_wrong_receive_password_is_receive_auth(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    for protocol in ("imap", "pop3"):
+        runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, f"bad-{protocol}", mailbox,
+                                                  protocol=protocol, receive_password="wrong-password")])
+        result = run_one(runner)
+        assert (result.success, result.reason) == (False, "receive_auth"), result.message
+        assert "wrong-password" not in result.message
+
+
+def test_wrong_smtp_password_is_smtp_auth(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "bad-smtp", mailbox,
+                                              smtp_password="not-the-password")])
+    result = run_one(runner)
+    assert (result.success, result.reason) == (False, "smtp_auth"), result.message
+    assert "535" in result.message  # the reply code is part of the reason text
+    assert mailstack.messages(mailbox) == []
+
+
+def test_stopped_dovecot_is_receive_connect(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "down", mailbox, protocol="imap")])
+    mailstack.stop_dovecot()
+    try:
+        result = run_one(runner)
+    finally:
+        mailstack.start_dovecot()
+    assert (result.success, result.reason) == (False, "receive_connect"), result.message
+    assert result.failed_phase == "receive_connect"
+
+
+def test_untrusted_ca_fails_tls(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    import trustme
+
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    probe = roundtrip(mailstack, tmp_path, "untrusted", mailbox, ca_file=str(other_ca))
+    result = run_one(make_runner(tmp_path, [probe]))
+    assert (result.success, result.reason) == (False, "receive_tls"), result.message  # receiver opens first
+    assert "certificate verify failed" in result.message or "verification failed" in result.message
+    probe["receive"]["tls_config"]["ca_file"] = str(mailstack.ca_file)
+    probe["smtp"]["tls_config"]["ca_file"] = str(other_ca)
+    result = run_one(make_runner(tmp_path, [probe]))
+    assert (result.success, result.reason) == (False, "smtp_tls"), result.message
+
+
+def _foreign_mails(probe_name: str) -> list[bytes]:
+    other_key = b"somebody-elses-key-0123456789"
+    forged = canary.new_token(probe_name, now=time.time() - 7200)
+    mails = [
+        b"From: a@example.test\r\nTo: b@example.test\r\nSubject: hello\r\n\r\nA real user's mail.\r\n",
+        # our header, our probe name, wrong key: must never be touched
+        canary.build_message(forged, other_key, "x@example.test", "y@example.test"),
+        # a valid token of ANOTHER probe, old: not this probe's to sweep
+        canary.build_message(canary.new_token("another-probe", now=time.time() - 7200), KEY,
+                             "x@example.test", "y@example.test"),
+        # garbage in the header
+        b"X-Mailcanary-Token: v1;probe=sweep;sent=1;nonce=zz;mac=00\r\nSubject: junk\r\n\r\nbody\r\n",
+    ]
+    return mails
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(mailstack: MailStack, mailbox: str,
+                                                             tmp_path: Path, protocol: str) -> None:
+    name = f"sweep-{protocol}"
+    foreign = {mailstack.inject(mailbox, raw): raw for raw in _foreign_mails(name)}
+    stale = [canary.new_token(name, now=time.time() - 7200 - i) for i in range(2)]
+    for tok in stale:
+        mailstack.inject(mailbox, canary.build_message(tok, KEY, mailbox, mailbox))
+    young = canary.new_token(name, now=time.time() - 60)  # maybe another instance's canary in flight
+    mailstack.inject(mailbox, canary.build_message(young, KEY, mailbox, mailbox))
+
+    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, name, mailbox, protocol=protocol,
+                                              sweep_after="1h")])
+    result = run_one(runner)
+    assert result.success, result.message
+    assert (result.swept, result.late) == (2, 0)
+    left = {p.read_bytes() for p in mailstack.messages(mailbox)}
+    for raw in foreign.values():
+        assert raw in left or raw.replace(b"\r\n", b"\n") in left, "a foreign mail was touched"
+    assert len(left) == len(foreign) + 1  # foreign ones plus the young canary
+    assert any(young.nonce.encode() in raw for raw in left)
+
+
+def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: Path) -> None:
+    address = mailstack.slow_address
+    mailstack.clear(address)
+    mailstack.slow_delay = 2.5
+    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "late", address, timeout="1.5s")])
+    try:
+        first = run_one(runner)
+        assert (first.success, first.reason) == (False, "timeout"), first.message
+        assert len(runner.ledger.nonces("late")) == 1
+        mailstack.wait_for_messages(address, 1, timeout=10)
+        mailstack.slow_delay = 0
+        second = run_one(runner)
+    finally:
+        mailstack.slow_delay = 0
+    assert second.success, second.message
+    assert (second.late, second.swept) == (1, 0)
+    assert runner.ledger.nonces("late") == frozenset()
+    stats = runner.store.snapshot()["late"]
+    assert stats.late_total == 1 and stats.runs["timeout"] == 1 and stats.runs["success"] == 1
+    assert mailstack.messages(address) == []
+
+
+def test_secrets_never_in_logs_or_transcript(mailstack: MailStack, fresh_mailbox: Callable[[], str],
+                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter import logs
+
+    a, b = fresh_mailbox(), fresh_mailbox()
+    probes = [
+        roundtrip(mailstack, tmp_path, "ok-imap", a, protocol="imap", receive_tls="starttls"),
+        roundtrip(mailstack, tmp_path, "ok-pop3", b, protocol="pop3", receive_tls="starttls"),
+        roundtrip(mailstack, tmp_path, "bad-pop3", b, protocol="pop3", receive_password="Wr0ng-s3cret!"),
+        roundtrip(mailstack, tmp_path, "bad-smtp", a, smtp_password='Qu"ote\\d-s3cret'),
+    ]
+    runner = make_runner(tmp_path, probes)
+    logs.configure("json", "debug")
+    logs.set_masker(runner.masker)
+    try:
+        results = [run_one(runner, p["name"], debug=True) for p in probes]
+    finally:
+        logs.configure("json", "info")
+    out = capsys.readouterr()
+    text = out.out + out.err + "\n".join(line for r in results for line in (r.transcript or []))
+    assert [r.success for r in results] == [True, True, False, False]
+    assert "C: smtp AUTH PLAIN ********" in text and "C: imap" in text and "C: pop3" in text
+    secrets = [mailstack.password(a), mailstack.password(b), "Wr0ng-s3cret!", 'Qu"ote\\d-s3cret']
+    import base64
+
+    for secret in secrets:
+        assert secret not in text
+        assert base64.b64encode(secret.encode()).decode() not in text
