@@ -10,8 +10,12 @@ import yaml
 from tests.mailstack import MailStack
 
 SMTP_PORTS = {"starttls": "submission", "implicit": "submissions", "none": "smtp"}
-RECEIVE_PORTS = {("imap", "starttls"): "imap", ("imap", "implicit"): "imaps",
-                 ("pop3", "starttls"): "pop3", ("pop3", "implicit"): "pop3s"}
+RECEIVE_PORTS = {
+    ("imap", "starttls"): "imap",
+    ("imap", "implicit"): "imaps",
+    ("pop3", "starttls"): "pop3",
+    ("pop3", "implicit"): "pop3s",
+}
 
 
 def secret_file(tmp: Path, name: str, secret: str) -> str:

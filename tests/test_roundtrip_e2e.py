@@ -25,8 +25,13 @@ def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runn
     key_file = tmp / "canary.key"
     key_file.write_bytes(KEY)
     loaded = load_config(str(write_config(tmp, probes, canary_key_file=str(key_file), **global_)))
-    return Runner(loaded=loaded, key=KEY, ledger=Ledger(tmp / "ledger.json"), store=ResultStore(),
-                  masker=make_masker(loaded))
+    return Runner(
+        loaded=loaded,
+        key=KEY,
+        ledger=Ledger(tmp / "ledger.json"),
+        store=ResultStore(),
+        masker=make_masker(loaded),
+    )
 
 
 def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> RunResult:
@@ -36,20 +41,46 @@ def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> Run
 
 
 @pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])
-@pytest.mark.parametrize(("protocol", "receive_tls"),
-                         [("imap", "starttls"), ("imap", "implicit"), ("pop3", "starttls"), ("pop3", "implicit")])
-def test_roundtrip_delivers_and_cleans_up(mailstack: MailStack, mailbox: str, tmp_path: Path,
-                                          smtp_tls: str, protocol: str, receive_tls: str) -> None:
-    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "rt", mailbox, protocol=protocol,
-                                              receive_tls=receive_tls, smtp_tls=smtp_tls)])
+@pytest.mark.parametrize(
+    ("protocol", "receive_tls"),
+    [("imap", "starttls"), ("imap", "implicit"), ("pop3", "starttls"), ("pop3", "implicit")],
+)
+def test_roundtrip_delivers_and_cleans_up(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, smtp_tls: str, protocol: str, receive_tls: str
+) -> None:
+    runner = make_runner(
+        tmp_path,
+        [
+            roundtrip(
+                mailstack,
+                tmp_path,
+                "rt",
+                mailbox,
+                protocol=protocol,
+                receive_tls=receive_tls,
+                smtp_tls=smtp_tls,
+            )
+        ],
+    )
     result = run_one(runner)
     assert result.success, result.message
     assert result.reason == "success"
     assert result.delivery is not None and 0 < result.delivery < 5
     assert result.phases["receive_wait"] == pytest.approx(result.delivery)
-    expected = {"smtp_connect", "smtp_tls", "smtp_ehlo", "smtp_auth", "smtp_send", "receive_connect",
-                "receive_tls", "receive_banner", "receive_login", "receive_wait", "receive_fetch",
-                "receive_delete"}
+    expected = {
+        "smtp_connect",
+        "smtp_tls",
+        "smtp_ehlo",
+        "smtp_auth",
+        "smtp_send",
+        "receive_connect",
+        "receive_tls",
+        "receive_banner",
+        "receive_login",
+        "receive_wait",
+        "receive_fetch",
+        "receive_delete",
+    }
     assert expected <= set(result.phases)
     if smtp_tls == "starttls":
         assert "smtp_banner" in result.phases
@@ -58,16 +89,28 @@ def test_roundtrip_delivers_and_cleans_up(mailstack: MailStack, mailbox: str, tm
 
 def test_wrong_receive_password_is_receive_auth(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
     for protocol in ("imap", "pop3"):
-        runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, f"bad-{protocol}", mailbox,
-                                                  protocol=protocol, receive_password="wrong-password")])
+        runner = make_runner(
+            tmp_path,
+            [
+                roundtrip(
+                    mailstack,
+                    tmp_path,
+                    f"bad-{protocol}",
+                    mailbox,
+                    protocol=protocol,
+                    receive_password="wrong-password",
+                )
+            ],
+        )
         result = run_one(runner)
         assert (result.success, result.reason) == (False, "receive_auth"), result.message
         assert "wrong-password" not in result.message
 
 
 def test_wrong_smtp_password_is_smtp_auth(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
-    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "bad-smtp", mailbox,
-                                              smtp_password="not-the-password")])
+    runner = make_runner(
+        tmp_path, [roundtrip(mailstack, tmp_path, "bad-smtp", mailbox, smtp_password="not-the-password")]
+    )
     result = run_one(runner)
     assert (result.success, result.reason) == (False, "smtp_auth"), result.message
     assert "535" in result.message  # the reply code is part of the reason text
@@ -108,8 +151,9 @@ def _foreign_mails(probe_name: str) -> list[bytes]:
         # our header, our probe name, wrong key: must never be touched
         canary.build_message(forged, other_key, "x@example.test", "y@example.test"),
         # a valid token of ANOTHER probe, old: not this probe's to sweep
-        canary.build_message(canary.new_token("another-probe", now=time.time() - 7200), KEY,
-                             "x@example.test", "y@example.test"),
+        canary.build_message(
+            canary.new_token("another-probe", now=time.time() - 7200), KEY, "x@example.test", "y@example.test"
+        ),
         # garbage in the header
         b"X-Mailcanary-Token: v1;probe=sweep;sent=1;nonce=zz;mac=00\r\nSubject: junk\r\n\r\nbody\r\n",
     ]
@@ -117,8 +161,9 @@ def _foreign_mails(probe_name: str) -> list[bytes]:
 
 
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])
-def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(mailstack: MailStack, mailbox: str,
-                                                             tmp_path: Path, protocol: str) -> None:
+def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, protocol: str
+) -> None:
     name = f"sweep-{protocol}"
     foreign = {mailstack.inject(mailbox, raw): raw for raw in _foreign_mails(name)}
     stale = [canary.new_token(name, now=time.time() - 7200 - i) for i in range(2)]
@@ -127,8 +172,9 @@ def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(mailstack: MailStac
     young = canary.new_token(name, now=time.time() - 60)  # maybe another instance's canary in flight
     mailstack.inject(mailbox, canary.build_message(young, KEY, mailbox, mailbox))
 
-    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, name, mailbox, protocol=protocol,
-                                              sweep_after="1h")])
+    runner = make_runner(
+        tmp_path, [roundtrip(mailstack, tmp_path, name, mailbox, protocol=protocol, sweep_after="1h")]
+    )
     result = run_one(runner)
     assert result.success, result.message
     assert (result.swept, result.late) == (2, 0)
@@ -161,8 +207,9 @@ def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: 
     assert mailstack.messages(address) == []
 
 
-def test_secrets_never_in_logs_or_transcript(mailstack: MailStack, fresh_mailbox: Callable[[], str],
-                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_secrets_never_in_logs_or_transcript(
+    mailstack: MailStack, fresh_mailbox: Callable[[], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from exporter import logs
 
     a, b = fresh_mailbox(), fresh_mailbox()

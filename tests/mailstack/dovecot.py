@@ -126,6 +126,9 @@ class DovecotInstance(Daemon):
             # Tests and benchmarks open many sessions per user from one address.
             "mail_max_userip_connections": 500,
             "pop3_uidl_format": "%08Xu%08Xv",
+            # No stats: a login process spawned just before shutdown otherwise waits 5 s for the
+            # stats-writer handshake and holds the master (and stop_dovecot) that long.
+            "stats_writer_socket_path": "",
         }
         if _DH_FILE.exists():
             values["ssl_dh"] = f"<{_DH_FILE}"
