@@ -1,0 +1,167 @@
+"""`mailcanary run` as a user runs it: a subprocess probing the real stack, scraped over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.mailstack import MailStack, free_ports
+from tests.stackconfig import roundtrip, write_config
+
+
+def scrape(port: int) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        out[fam.name] = [(s.name, s.labels, s.value) for s in fam.samples]
+    return out
+
+
+def value(metrics: dict[str, list[tuple[str, dict[str, str], float]]], sample: str, **labels: str) -> float:
+    for fam in metrics.values():
+        for name, lab, val in fam:
+            if name == sample and all(lab.get(k) == v for k, v in labels.items()):
+                return val
+    raise KeyError(f"{sample}{labels} not exported")
+
+
+@pytest.fixture
+def daemon(
+    mailstack: MailStack, fresh_mailbox: Callable[[], str], tmp_path: Path
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = free_ports(1)[0]
+    probes = [
+        roundtrip(mailstack, tmp_path, "imap-rt", fresh_mailbox(), protocol="imap", receive_tls="starttls"),
+        roundtrip(
+            mailstack,
+            tmp_path,
+            "pop3-rt",
+            fresh_mailbox(),
+            protocol="pop3",
+            receive_tls="implicit",
+            smtp_tls="implicit",
+        ),
+    ]
+    config = write_config(tmp_path, probes, interval="2s", timeout="10s")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]]) -> None:
+    port, proc = daemon
+    deadline = time.monotonic() + 30
+    metrics: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            metrics = scrape(port)
+            if all(
+                value(metrics, "mailcanary_roundtrip_runs_total", probe=p, outcome="success") >= 2
+                for p in ("imap-rt", "pop3-rt")
+            ):
+                break
+        except (OSError, KeyError):
+            pass
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"no two successful runs per probe within 30 s; last scrape: {metrics}")
+
+    now = time.time()
+    for probe in ("imap-rt", "pop3-rt"):
+        assert value(metrics, "mailcanary_roundtrip_success", probe=probe) == 1
+        last = value(metrics, "mailcanary_roundtrip_last_delivery_seconds", probe=probe)
+        assert 0 < last < 5
+        assert value(metrics, "mailcanary_roundtrip_delivery_seconds_count", probe=probe) >= 2
+        assert value(metrics, "mailcanary_roundtrip_delivery_seconds_bucket", probe=probe, le="60.0") >= 2
+        assert value(metrics, "mailcanary_roundtrip_delivery_seconds_sum", probe=probe) > 0
+        assert value(metrics, "mailcanary_roundtrip_phase_seconds", probe=probe, phase="smtp_send") > 0
+        assert value(metrics, "mailcanary_roundtrip_phase_seconds", probe=probe, phase="receive_wait") == last
+        assert value(metrics, "mailcanary_roundtrip_runs_total", probe=probe, outcome="timeout") == 0
+        assert value(metrics, "mailcanary_roundtrip_late_total", probe=probe) == 0
+        assert (
+            abs(value(metrics, "mailcanary_roundtrip_last_success_timestamp_seconds", probe=probe) - now) < 10
+        )
+        assert value(metrics, "mailcanary_scheduler_lag_seconds", probe=probe) < 5
+    assert value(metrics, "mailcanary_build_info") == 1
+    assert value(metrics, "mailcanary_config_last_reload_successful") == 1
+    # No label carries anything unbounded (tokens, message ids, nonces).
+    for fam in metrics.values():
+        for _, labels, _ in fam:
+            for v in labels.values():
+                assert len(v) < 64 and "@" not in v, v
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=5) as resp:
+        assert resp.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as resp:
+        assert resp.status == 200
+
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+    out = proc.stdout.read() if proc.stdout else ""
+    assert '"event": "probe_run"' in out and '"event": "stopped"' in out
+
+
+def test_run_without_config_names_default_and_demo(tmp_path: Path) -> None:
+    env = {**os.environ, "MAILCANARY_CONFIG": str(tmp_path / "nope.yml")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "run"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert proc.returncode == 3
+    assert str(tmp_path / "nope.yml") in proc.stderr and "mailcanary demo" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_probe_command_exit_codes_and_debug(
+    mailstack: MailStack, fresh_mailbox: Callable[[], str], tmp_path: Path
+) -> None:
+    good = roundtrip(mailstack, tmp_path, "good", fresh_mailbox())
+    bad = roundtrip(
+        mailstack, tmp_path, "bad", fresh_mailbox(), protocol="pop3", receive_password="nope-nope"
+    )
+    config = str(write_config(tmp_path, [good, bad]))
+    cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", config]
+    ok = subprocess.run([*cmd, "good", "--debug"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("MAILCANARY OK - 1/1 round trips delivered | 'good_delivery'=")
+    assert "C: smtp AUTH PLAIN ********" in ok.stdout and "receive_wait" in ok.stdout
+    assert mailstack.password(good["sender"]) not in ok.stdout + ok.stderr
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert failed.stdout.startswith("MAILCANARY CRITICAL - bad: receive_auth")
+    unknown = subprocess.run([*cmd, "nosuch"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 3 and "no probe named 'nosuch'" in unknown.stderr
