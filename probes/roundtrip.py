@@ -96,7 +96,7 @@ async def probe_roundtrip(
         commands_before = recorder.commands
         with recorder.phase("receive_wait"):
             seen_at = await receiver.wait(token, sent.accepted_at)
-        recorder.facts["seen"] = True
+        recorder.facts.update(seen=True, seen_at=seen_at, accepted_at=sent.accepted_at)
         delivery = seen_at - sent.accepted_at
         recorder.set_phase("receive_wait", delivery)
         recorder.facts["wait_commands"] = recorder.commands - commands_before

@@ -1,0 +1,189 @@
+"""How early does the probe see a canary, compared with the moment it lands in the Maildir?
+
+Runs N round trips per detection strategy against a real Postfix + Dovecot (tests/mailstack, started
+here on loopback) and compares the probe's "first seen" time with the moment a 1 ms watcher thread sees
+the message file appear in ``new/`` or ``cur/`` (Dovecot moves it as soon as a session syncs, so both
+are watched). Reports p50/p99 of that overhead, the receiving side's commands per round, and commands
+per second while a canary is in flight, measured on the stack's slow mailbox (delivery delayed by
+``--slow-delay``): with immediate delivery a round is over after one or two looks, so a per-second
+rate over a 50 ms wait says nothing about the load a probe puts on a server.
+
+    python -m bench.detection [--rounds 30] [--slow-delay 3] [--json out.json]
+
+A benchmark, not a test: it prints figures and ratios; nothing is asserted. Machines are shared and
+noisy, so compare strategies within one run rather than across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from probes._net import Credentials, Endpoint, TLSSettings
+from probes.imap import IMAPSettings
+from probes.recorder import Recorder
+from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.smtp import SMTPSettings
+from tests.mailstack import MailStack, make_root
+
+KEY = b"bench-detection-key-0123456789ab"
+
+
+class MaildirWatcher:
+    """Polls new/ and cur/ every millisecond; records the monotonic time each file name first shows up."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.dirs = [maildir / "new", maildir / "cur"]
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for d in self.dirs:
+                try:
+                    for name in os.listdir(d):
+                        self.seen.setdefault(name.split(":", 1)[0], now)
+                except FileNotFoundError:
+                    pass
+            time.sleep(0.001)
+
+    def __enter__(self) -> MaildirWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def landed_after(self, t: float) -> float | None:
+        times = [v for v in self.seen.values() if v >= t]
+        return min(times) if times else None
+
+
+@dataclass
+class Sample:
+    overhead: float  # detected - landed (seconds)
+    delivery: float  # as the probe reports it: detected - DATA accepted
+    wait_commands: int
+    wait_seconds: float
+
+
+def settings_for(stack: MailStack, address: str, strategy: str, protocol: str = "imap") -> RoundTripSettings:
+    tls = TLSSettings(ca_file=str(stack.ca_file), server_name=stack.server_name)
+    creds = Credentials(address, stack.password(address))
+    smtp = SMTPSettings(Endpoint(stack.host, stack.ports["submission"], "starttls", tls), creds)
+    if protocol == "pop3":
+        receiver: IMAPSettings | POP3Settings = POP3Settings(
+            Endpoint(stack.host, stack.ports["pop3s"], "implicit", tls), creds
+        )
+    else:
+        receiver = IMAPSettings(Endpoint(stack.host, stack.ports["imaps"], "implicit", tls), creds)
+    base = RoundTripSettings(
+        name=f"bench-{strategy}", smtp=smtp, receiver=receiver, sender=address, recipient=address, key=KEY
+    )
+    if strategy == "idle-only":  # wait in IDLE for the server's push, never poll
+        assert isinstance(receiver, IMAPSettings)
+        return replace(base, poll=PollSchedule(60.0, 1.0, 60.0), idle_min_gap=0.0, search_every=3600.0)
+    if strategy == "noop-25ms":  # NOOP every 25 ms, never IDLE
+        assert isinstance(receiver, IMAPSettings)
+        return replace(base, receiver=replace(receiver, use_idle=False), poll=PollSchedule(0.025, 1.0, 0.025))
+    return base  # "default": the shipped schedule
+
+
+async def one(stack: MailStack, settings: RoundTripSettings, watcher: MaildirWatcher) -> Sample:
+    rec = Recorder()
+    t0 = time.monotonic()
+    result = await asyncio.wait_for(probe_roundtrip(settings, rec), 60)
+    landed = watcher.landed_after(t0)
+    if landed is None:
+        raise RuntimeError("the watcher never saw the message file")
+    seen_at = rec.facts["seen_at"]
+    return Sample(
+        overhead=seen_at - landed,
+        delivery=result.delivery_seconds,
+        wait_commands=int(rec.facts["wait_commands"]),
+        wait_seconds=result.delivery_seconds,
+    )
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def bench(stack: MailStack, rounds: int, slow_delay: float) -> dict[str, dict[str, float]]:
+    report: dict[str, dict[str, float]] = {}
+    address = stack.test_addresses[0]
+    cases = [("idle-only", "imap"), ("noop-25ms", "imap"), ("default", "imap"), ("default", "pop3")]
+    for strategy, protocol in cases:
+        label = f"{strategy}/{protocol}"
+        stack.clear(address)
+        samples: list[Sample] = []
+        with MaildirWatcher(stack.maildir(address)) as watcher:
+            for _ in range(rounds):
+                samples.append(await one(stack, settings_for(stack, address, strategy, protocol), watcher))
+                await asyncio.sleep(0.05)
+        over = [s.overhead * 1000 for s in samples]
+        report[label] = {
+            "rounds": len(samples),
+            "overhead_p50_ms": statistics.median(over),
+            "overhead_p99_ms": pct(over, 0.99),
+            "overhead_max_ms": max(over),
+            "delivery_p50_ms": statistics.median(s.delivery * 1000 for s in samples),
+            "commands_per_round": statistics.mean(s.wait_commands for s in samples),
+        }
+    # Steady state: a canary in flight for `slow_delay` seconds (the slow mailbox), default strategies.
+    stack.slow_delay = slow_delay
+    slow = stack.slow_address
+    for protocol in ("imap", "pop3"):
+        stack.clear(slow)
+        samples = []
+        with MaildirWatcher(stack.maildir(slow)) as watcher:
+            for _ in range(max(3, rounds // 10)):
+                samples.append(await one(stack, settings_for(stack, slow, "default", protocol), watcher))
+        over = [s.overhead * 1000 for s in samples]
+        report[f"default/{protocol} ({slow_delay:g}s in flight)"] = {
+            "rounds": len(samples),
+            "overhead_p50_ms": statistics.median(over),
+            "overhead_p99_ms": pct(over, 0.99),
+            "overhead_max_ms": max(over),
+            "delivery_p50_ms": statistics.median(s.delivery * 1000 for s in samples),
+            "commands_per_round": statistics.mean(s.wait_commands for s in samples),
+            "commands_per_s_in_flight": statistics.mean(s.wait_commands / s.wait_seconds for s in samples),
+        }
+    stack.slow_delay = 0
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--slow-delay", type=float, default=3.0)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args()
+    with MailStack(make_root()) as stack:
+        report = asyncio.run(bench(stack, args.rounds, args.slow_delay))
+    width = max(len(k) for k in report)
+    print(f"{'strategy'.ljust(width)}  p50 ms  p99 ms  max ms  delivery p50 ms  cmds/round  cmds/s")
+    for label, r in report.items():
+        rate = f"{r['commands_per_s_in_flight']:6.1f}" if "commands_per_s_in_flight" in r else "     -"
+        print(
+            f"{label.ljust(width)}  {r['overhead_p50_ms']:6.1f}  {r['overhead_p99_ms']:6.1f}  "
+            f"{r['overhead_max_ms']:6.1f}  {r['delivery_p50_ms']:15.1f}  {r['commands_per_round']:10.1f}  "
+            f"{rate:6.1f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
