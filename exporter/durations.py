@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Final
 
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -42,9 +43,16 @@ def parse_duration(value: object) -> float:
 
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling, for messages and the example config."""
+    exact = Decimal(repr(float(seconds)))  # not :g, which rounds to 6 digits and writes 1e+06
     if seconds and seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{_plain(exact.scaleb(3))}ms"
     for unit, size in (("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+            return f"{_plain(exact / size)}{unit}"
+    return f"{_plain(exact)}s"
+
+
+def _plain(value: Decimal) -> str:
+    """Positional notation without trailing zeros: what parse_duration reads back."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
