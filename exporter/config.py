@@ -154,6 +154,55 @@ class RoundTripConfig(Model):
         return v
 
 
+class TLSCheckConfig(Model):
+    """A TLS audit of an endpoint that needs no mailbox: an MX on 25, a submission port, IMAP/POP3."""
+
+    name: str
+    host: str = Field(min_length=1)
+    port: Port | None = None
+    protocol: Literal["smtp", "imap", "pop3", "tcp"]
+    tls: Literal["implicit", "starttls"] = "starttls"
+    tls_config: TLSConfig = TLSConfig()
+    source_address: str | None = None
+    interval: Duration | None = None
+    timeout: Duration = 10.0
+    check_legacy: bool = True
+    helo: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return RoundTripConfig._name(v)
+
+    @model_validator(mode="after")
+    def _tcp(self) -> Self:
+        if self.protocol == "tcp" and self.tls == "starttls":
+            raise ValueError("protocol tcp has no STARTTLS; use tls: implicit")
+        if self.protocol == "tcp" and self.port is None:
+            raise ValueError("port: required for protocol tcp")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return self
+
+
+class ModuleConfig(Model):
+    """A /probe module: how to audit whatever target the scraper names (blackbox_exporter style)."""
+
+    protocol: Literal["smtp", "imap", "pop3", "tcp"]
+    tls: Literal["implicit", "starttls"] = "starttls"
+    tls_config: TLSConfig = TLSConfig()
+    timeout: Duration = 10.0
+    check_legacy: bool = True
+    helo: str | None = None
+
+
+DEFAULT_MODULES: dict[str, ModuleConfig] = {
+    f"{proto}_{mode}": ModuleConfig(protocol=proto, tls=mode)
+    for proto in ("smtp", "imap", "pop3")
+    for mode in ("starttls", "implicit")
+} | {"tcp_tls": ModuleConfig(protocol="tcp", tls="implicit")}
+
+
 class GlobalConfig(Model):
     interval: Duration = 300.0
     timeout: Duration = 120.0
@@ -164,16 +213,25 @@ class GlobalConfig(Model):
 class Config(Model):
     global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
     roundtrip: list[RoundTripConfig] = []
+    tls_checks: list[TLSCheckConfig] = []
+    modules: dict[str, ModuleConfig] = {}  # /probe modules; the built-in defaults are always there too
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
         seen: set[str] = set()
-        for i, probe in enumerate(self.roundtrip):
-            if probe.name in seen:
-                raise ValueError(f"roundtrip[{i}].name: duplicate probe name {probe.name!r}")
-            seen.add(probe.name)
+        named: list[tuple[str, RoundTripConfig | TLSCheckConfig]] = [
+            *((f"roundtrip[{i}]", p) for i, p in enumerate(self.roundtrip)),
+            *((f"tls_checks[{i}]", c) for i, c in enumerate(self.tls_checks)),
+        ]
+        for where, item in named:
+            if item.name in seen:
+                raise ValueError(f"{where}.name: duplicate probe name {item.name!r}")
+            seen.add(item.name)
+        for name in self.modules:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", name):
+                raise ValueError(f"modules.{name}: module names are 1-63 of letters, digits, '_', '.', '-'")
         for i, probe in enumerate(self.roundtrip):
             interval, timeout = self.interval_of(probe), self.timeout_of(probe)
             if interval < 1:
@@ -182,7 +240,10 @@ class Config(Model):
                 raise ValueError(f"roundtrip[{i}].timeout: must be > 0")
         return self
 
-    def interval_of(self, probe: RoundTripConfig) -> float:
+    def all_modules(self) -> dict[str, ModuleConfig]:
+        return DEFAULT_MODULES | dict(self.modules)
+
+    def interval_of(self, probe: RoundTripConfig | TLSCheckConfig) -> float:
         return probe.interval if probe.interval is not None else self.global_.interval
 
     def timeout_of(self, probe: RoundTripConfig) -> float:
@@ -248,7 +309,7 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
         msg = _message(err)
         # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
         m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
-        if m and m.group(1).startswith(("roundtrip", "global")):
+        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules")):
             lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
             continue
         if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
@@ -263,7 +324,7 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     environ = dict(os.environ) if environ is None else environ
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(top level)"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
