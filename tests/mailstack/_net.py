@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -75,18 +76,29 @@ def free_ports(count: int, *, ipv6: bool = False) -> list[int]:
     return ports
 
 
-def greets(endpoint: Endpoint, timeout: float = 2.0) -> bool:
-    """True once the endpoint accepts and (plain-text protocols) sends its first reply line.
+def _unverified_context() -> ssl.SSLContext:
+    # Readiness only: variant instances may serve expired or foreign chains on purpose.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
-    Accepting alone is not enough for Postfix: master(8) accepts before smtpd is spawned. For
-    implicit-TLS ports accepting is enough (a handshake would only test the certificate).
+
+def greets(endpoint: Endpoint, timeout: float = 2.0) -> bool:
+    """True once the endpoint accepts and sends its first reply line (inside TLS for implicit-TLS ports).
+
+    Accepting alone is not enough: Postfix's master(8) accepts before smtpd is spawned. And a
+    connection dropped right after accept leaves a Dovecot login process half-initialised; one caught
+    by a shutdown then holds the master for 5 s. A full greeting lets it finish first.
     """
     try:
-        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as sock:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as raw:
+            raw.settimeout(timeout)
             if endpoint.implicit_tls:
-                return True
-            sock.settimeout(timeout)
-            line = sock.recv(512)
+                with _unverified_context().wrap_socket(raw, server_hostname=None) as tls:
+                    line = tls.recv(512)
+            else:
+                line = raw.recv(512)
     except OSError:
         return False
     return line.startswith((b"220", b"* OK", b"+OK"))
@@ -113,15 +125,42 @@ def wait_ready(endpoints: Iterable[Endpoint], timeout: float) -> list[Endpoint]:
     return pending
 
 
+def _listening_ports() -> set[tuple[str, int]] | None:
+    """(host, port) of loopback TCP sockets in LISTEN state, from /proc/net/tcp{,6}; None if unreadable."""
+    hosts = {"0100007F": LOOPBACK_V4, "00000000000000000000000001000000": LOOPBACK_V6}
+    found: set[tuple[str, int]] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue  # no IPv6 in this kernel
+        except OSError:
+            return None
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                addr, port = fields[1].split(":")
+                if addr in hosts:
+                    found.add((hosts[addr], int(port, 16)))
+    return found
+
+
 def wait_closed(endpoints: Sequence[Endpoint], timeout: float) -> list[Endpoint]:
-    """Wait until no endpoint accepts; return the ones still open when the timeout ends.
+    """Wait until no endpoint listens any more; return the ones still listening at the timeout.
 
     Checking the port, not the pid: a stopped daemon can linger as a zombie (``kill -0`` succeeds).
+    The kernel's socket table is read rather than connecting: Dovecot login processes inherit the
+    listening socket, and a probe connection would hand one of them a client to wait on for seconds.
     """
     pending = list(endpoints)
     deadline = time.monotonic() + timeout
     while pending:
-        pending = [e for e in pending if accepts(e, timeout=0.5)]
+        listening = _listening_ports()
+        if listening is None:
+            pending = [e for e in pending if accepts(e, timeout=0.5)]
+        else:
+            pending = [e for e in pending if (e.host, e.port) in listening]
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(0.02)
