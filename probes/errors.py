@@ -21,6 +21,8 @@ REASONS: Final[frozenset[str]] = frozenset(
         "receive_protocol",  # IMAP/POP3 answered NO/BAD/-ERR where OK was needed, or garbage
         "canary_invalid",  # a message with our token header arrived but its HMAC or body did not verify
         "cleanup",  # delete/expunge of our own canary failed
+        "tls_connect",  # TLS check: TCP connect, DNS, or the dialogue before TLS failed
+        "tls_handshake",  # TLS check: no TLS session at all (STARTTLS not offered, every handshake failed)
         "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout
         "config",  # the probe's settings cannot work (e.g. AUTH over plaintext not allowed)
         "internal",  # a bug: anything unexpected, logged with its traceback

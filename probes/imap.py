@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 from aioimaplib import aioimaplib
 
+from ._certs import facts_from_connection
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
 from .recorder import Recorder
@@ -96,6 +97,7 @@ class IMAPSession:
         self.exists = 0
         self._client: _Client | None = None
         self._lost: asyncio.Future[None] | None = None
+        self.plain_capabilities: set[str] | None = None  # offered before STARTTLS (None: not seen)
 
     @property
     def capabilities(self) -> set[str]:
@@ -143,39 +145,8 @@ class IMAPSession:
         st, ep, rec, p = self.settings, self.settings.endpoint, self.recorder, self.prefix
         if ep.tls_mode == "none" and not st.allow_plaintext_auth:
             raise ProbeError("refusing IMAP LOGIN over an unencrypted connection", reason="config")
-        loop = asyncio.get_running_loop()
-        self._lost = loop.create_future()
-        lost = self._lost
-
-        def on_lost(exc: Exception | None) -> None:
-            if not lost.done():
-                lost.set_result(None)
-
-        self._client = _Client(host=ep.host, port=ep.port, timeout=st.timeout, conn_lost_cb=on_lost)
+        await self.secure()
         proto = self._proto
-        if rec.debugging:
-            _tap(proto, rec)
-        ctx = client_context(ep.tls) if ep.tls_mode != "none" else None
-        with rec.phase(f"{p}_connect"):
-            sock = await tcp_connect(ep, reason="receive_connect", timeout=st.timeout)
-            rec.debug("C: imap", f"connect {ep.address} ({ep.tls_mode})")
-            transport, _ = await loop.create_connection(lambda: proto, sock=sock)
-        if ep.tls_mode == "implicit":
-            assert ctx is not None
-            with rec.phase(f"{p}_tls"):
-                await self._start_tls(transport, ctx)
-        with rec.phase(f"{p}_banner"):
-            await self._run("greeting", proto.wait("AUTH|NONAUTH"), reason="receive_connect")
-        if ep.tls_mode == "starttls":
-            assert ctx is not None
-            if "STARTTLS" not in proto.capabilities:
-                raise ProbeError("IMAP server does not offer STARTTLS", reason="receive_tls")
-            with rec.phase(f"{p}_tls"):
-                cmd = aioimaplib.Command("STARTTLS", proto.new_tag(), loop=loop)
-                await self._command("STARTTLS", proto.execute(cmd), reason="receive_tls")
-                await self._start_tls(proto.transport, ctx)
-                # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
-                await self._capability()
         with rec.phase(f"{p}_login"):
             if "LOGINDISABLED" in proto.capabilities:
                 raise ProbeError("IMAP server disables LOGIN on this connection", reason="receive_auth")
@@ -189,6 +160,49 @@ class IMAPSession:
                 await self._capability()
             resp = await self._command(f"SELECT {st.mailbox}", proto.select(st.mailbox))
             self.exists = parse_exists(resp.lines) or 0
+
+    async def secure(self, tls_context: ssl.SSLContext | None = None) -> None:
+        """Connect and secure the session as the endpoint asks, without logging in; phases connect, tls,
+        banner. The TLS audit calls it alone: ``tls_context`` replaces the endpoint's context, and the
+        capabilities offered before STARTTLS stay in ``plain_capabilities``. The TLS facts of the
+        connection go to ``recorder.tls``."""
+        st, ep, rec, p = self.settings, self.settings.endpoint, self.recorder, self.prefix
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        lost = self._lost
+
+        def on_lost(exc: Exception | None) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        self._client = _Client(host=ep.host, port=ep.port, timeout=st.timeout, conn_lost_cb=on_lost)
+        proto = self._proto
+        if rec.debugging:
+            _tap(proto, rec)
+        ctx = (tls_context or client_context(ep.tls)) if ep.tls_mode != "none" else None
+        with rec.phase(f"{p}_connect"):
+            sock = await tcp_connect(ep, reason="receive_connect", timeout=st.timeout)
+            rec.debug("C: imap", f"connect {ep.address} ({ep.tls_mode})")
+            transport, _ = await loop.create_connection(lambda: proto, sock=sock)
+        if ep.tls_mode == "implicit":
+            assert ctx is not None
+            with rec.phase(f"{p}_tls"):
+                await self._start_tls(transport, ctx)
+        with rec.phase(f"{p}_banner"):
+            await self._run("greeting", proto.wait("AUTH|NONAUTH"), reason="receive_connect")
+        if ep.tls_mode == "starttls":
+            assert ctx is not None
+            self.plain_capabilities = set(proto.capabilities)
+            if "STARTTLS" not in proto.capabilities:
+                raise ProbeError("IMAP server does not offer STARTTLS", reason="receive_tls")
+            with rec.phase(f"{p}_tls"):
+                cmd = aioimaplib.Command("STARTTLS", proto.new_tag(), loop=loop)
+                await self._command("STARTTLS", proto.execute(cmd), reason="receive_tls")
+                await self._start_tls(proto.transport, ctx)
+                # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
+                await self._capability()
+        if self.ssl_object is not None:  # the TLS audit of this endpoint, from this very connection
+            rec.tls[ep.address] = await facts_from_connection(self.ssl_object, ep, "imap", ep.tls_mode)
 
     async def _capability(self) -> None:
         """aioimaplib's CAPABILITY returns nothing and raises on NO/BAD; it refreshes ``capabilities``."""

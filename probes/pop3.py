@@ -10,10 +10,11 @@ import asyncio
 import base64
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Self, TypeAlias
 
+from ._certs import facts_from_connection
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
 from .recorder import MASK, Recorder
@@ -183,6 +184,7 @@ class POP3Client:
         self._max_response = max_response
         self._encrypted = False
         self._closed = False
+        self._tls_context: ssl.SSLContext | None = None  # None: the endpoint's own (client_context)
 
     @classmethod
     async def connect(
@@ -194,8 +196,14 @@ class POP3Client:
         timeout: float = 10.0,
         max_line: int = MAX_LINE,
         max_response: int = MAX_RESPONSE,
+        tls_context: ssl.SSLContext | None = None,
+        on_plaintext: Callable[[Capabilities], None] | None = None,
     ) -> POP3Client:
-        """Connect, secure the session as ``endpoint.tls_mode`` asks, read the greeting and capabilities."""
+        """Connect, secure the session as ``endpoint.tls_mode`` asks, read the greeting and capabilities.
+
+        For the TLS audit: ``tls_context`` replaces the endpoint's context, ``on_plaintext`` is shown the
+        capabilities offered before STLS. The TLS facts of the connection go to ``recorder.tls``.
+        """
         if endpoint.tls_mode not in ("implicit", "starttls", "none"):
             raise ProbeError(f"unknown tls_mode {endpoint.tls_mode!r}", reason="config")
         with recorder.phase(f"{phase_prefix}_connect"):
@@ -215,6 +223,7 @@ class POP3Client:
         client = cls(
             reader, writer, recorder, endpoint, timeout=timeout, max_line=max_line, max_response=max_response
         )
+        client._tls_context = tls_context
         try:
             if endpoint.tls_mode == "implicit":
                 with recorder.phase(f"{phase_prefix}_tls"):
@@ -227,13 +236,20 @@ class POP3Client:
                     )
                 client.greeting = text
             if endpoint.tls_mode == "starttls":
-                if "STLS" not in await client.capa():
+                plain = await client.capa()
+                if on_plaintext is not None:
+                    on_plaintext(plain)
+                if "STLS" not in plain:
                     raise ProbeError("server does not offer STLS", reason="receive_tls")
                 with recorder.phase(f"{phase_prefix}_tls"):
                     await client._command("STLS", err_reason="receive_tls")
                     client._refuse_buffered_plaintext()
                     await client._start_tls()
             await client.capa()  # again after STLS: RFC 2595 says capabilities may change
+            if (ssl_object := client.ssl_object) is not None:  # TLS audit, from this very connection
+                recorder.tls[endpoint.address] = await facts_from_connection(
+                    ssl_object, endpoint, "pop3", endpoint.tls_mode
+                )
         except BaseException:
             client._abort()
             raise
@@ -480,7 +496,7 @@ class POP3Client:
 
     async def _start_tls(self) -> None:
         try:
-            context = client_context(self.endpoint.tls)
+            context = self._tls_context or client_context(self.endpoint.tls)
         except OSError as exc:  # includes ssl.SSLError: an unreadable CA or client certificate
             raise ProbeError(f"cannot load TLS settings: {exc}", reason="config") from exc
         try:

@@ -6,12 +6,13 @@ import contextlib
 import functools
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
+from ._certs import facts_from_connection
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
 from .recorder import Recorder
@@ -80,11 +81,43 @@ async def send_message(
     Phases: ``connect`` (TCP), ``banner``, ``ehlo``, ``tls`` (STARTTLS, or for implicit TLS the handshake
     together with the greeting, which aiosmtplib reads in the same call), ``auth``, ``send``.
     """
-    ep = settings.endpoint
     creds = settings.credentials
-    if creds is not None and ep.tls_mode == "none" and not settings.allow_plaintext_auth:
+    if creds is not None and settings.endpoint.tls_mode == "none" and not settings.allow_plaintext_auth:
         raise ProbeError("refusing SMTP AUTH over an unencrypted connection", reason="config")
-    ctx = client_context(ep.tls) if ep.tls_mode != "none" else None
+    smtp = await open_session(settings, recorder, prefix)
+    try:
+        ssl_object = smtp.get_transport_info("ssl_object")
+        tls_version = ssl_object.version() if ssl_object is not None else None
+        if creds is not None:
+            await _auth(smtp, creds, recorder, prefix)
+        with recorder.phase(f"{prefix}_send"):
+            result = await _send(smtp, sender, recipients, message, recorder)
+        accepted_at = recorder.clock()
+        recorder.debug("C: smtp", "QUIT")
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await smtp.quit()  # the message is accepted; a rude goodbye changes nothing
+        return SendResult(accepted_at=accepted_at, reply=result, tls_version=tls_version)
+    finally:
+        smtp.close()
+
+
+async def open_session(
+    settings: SMTPSettings,
+    recorder: Recorder,
+    prefix: str = "smtp",
+    *,
+    tls_context: ssl.SSLContext | None = None,
+    on_plaintext: Callable[[aiosmtplib.SMTP], None] | None = None,
+) -> aiosmtplib.SMTP:
+    """Connect, read the banner, EHLO and secure the session as the endpoint asks; no AUTH, no mail.
+
+    ``tls_context`` replaces the endpoint's context (the TLS audit's unverified and legacy looks);
+    ``on_plaintext`` is shown the session after the first EHLO, before STARTTLS (what it offers in
+    clear). The TLS facts of the secured connection go to ``recorder.tls``. The caller closes the
+    session (``close()``; ``quit()`` first to be polite).
+    """
+    ep = settings.endpoint
+    ctx = (tls_context or client_context(ep.tls)) if ep.tls_mode != "none" else None
     with recorder.phase(f"{prefix}_connect"):
         sock = await tcp_connect(ep, reason="smtp_connect", timeout=settings.timeout)
     smtp = aiosmtplib.SMTP(
@@ -109,6 +142,8 @@ async def send_message(
         _reply(recorder, "banner", banner)
         await _ehlo(smtp, recorder, prefix)
         if ep.tls_mode == "starttls":
+            if on_plaintext is not None:
+                on_plaintext(smtp)
             if not smtp.supports_extension("starttls"):
                 raise ProbeError("SMTP server does not offer STARTTLS", reason="smtp_tls")
             recorder.debug("C: smtp", "STARTTLS")
@@ -120,18 +155,12 @@ async def send_message(
             _reply(recorder, "STARTTLS", resp)
             await _ehlo(smtp, recorder, prefix)
         ssl_object = smtp.get_transport_info("ssl_object")
-        tls_version = ssl_object.version() if ssl_object is not None else None
-        if creds is not None:
-            await _auth(smtp, creds, recorder, prefix)
-        with recorder.phase(f"{prefix}_send"):
-            result = await _send(smtp, sender, recipients, message, recorder)
-        accepted_at = recorder.clock()
-        recorder.debug("C: smtp", "QUIT")
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            await smtp.quit()  # the message is accepted; a rude goodbye changes nothing
-        return SendResult(accepted_at=accepted_at, reply=result, tls_version=tls_version)
-    finally:
+        if ssl_object is not None:  # the TLS audit of this endpoint, from this very connection
+            recorder.tls[ep.address] = await facts_from_connection(ssl_object, ep, "smtp", ep.tls_mode)
+    except BaseException:
         smtp.close()
+        raise
+    return smtp
 
 
 async def _ehlo(smtp: aiosmtplib.SMTP, recorder: Recorder, prefix: str) -> None:
