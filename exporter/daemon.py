@@ -11,11 +11,15 @@ from functools import partial
 from typing import Any
 
 import structlog
+from aiohttp import web
+
+from probes.recorder import Masker
 
 from . import logs
-from .config import ConfigError, LoadedConfig, load_config, state_dir
+from .config import DEFAULT_MODULES, ConfigError, LoadedConfig, ModuleConfig, load_config, state_dir
 from .http import HTTPServer
 from .metrics import ExporterState, build_registry
+from .multitarget import probe_handler
 from .results import ResultStore
 from .runner import Runner, make_masker
 from .scheduler import ProbeScheduler
@@ -38,11 +42,27 @@ class Daemon:
         self.registry = build_registry(self.store, self.state)
         self.scheduler = ProbeScheduler(self.store)
         self.http = HTTPServer(
-            self.registry, ready=lambda: self.scheduler.running and self.runner is not None
+            self.registry,
+            ready=lambda: self.scheduler.running and self.runner is not None,
+            extra_routes=[
+                web.get("/probe", probe_handler(self._modules, self._masker)),
+                web.post("/-/reload", self._http_reload),
+            ],
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+
+    def _modules(self) -> dict[str, ModuleConfig]:
+        return self.runner.loaded.config.all_modules() if self.runner else DEFAULT_MODULES
+
+    def _masker(self) -> Masker:
+        return self.runner.masker if self.runner else Masker()
+
+    async def _http_reload(self, request: web.Request) -> web.Response:
+        if await self.reload():
+            return web.Response(text="reloaded\n")
+        return web.Response(status=500, text="reload failed; the previous configuration keeps running\n")
 
     def _prepare(self, loaded: LoadedConfig) -> Runner:
         """Everything that can fail for a new config, done before anything is swapped in."""
@@ -61,8 +81,8 @@ class Daemon:
         cfg = loaded.config
         names = [p.name for p in cfg.roundtrip]
         runner.ledger.prune(keep=set(names))
-        self.store.ensure(names)
-        self.state.probes = {n: "roundtrip" for n in names}
+        self.store.ensure(names + [c.name for c in cfg.tls_checks])
+        self.state.probes = {n: "roundtrip" for n in names} | {c.name: "tls" for c in cfg.tls_checks}
         self.state.config_digest = loaded.digest
         self.state.reload_ok = True
         self.state.reload_success_time = time.time()
@@ -70,7 +90,17 @@ class Daemon:
         for probe in cfg.roundtrip:
             spec = (probe, cfg.timeout_of(probe))
             jobs[probe.name] = (cfg.interval_of(probe), partial(self._run_roundtrip, probe.name), spec)
+        for check in cfg.tls_checks:
+            jobs[check.name] = (cfg.interval_of(check), partial(self._run_tls, check.name), check)
         self.scheduler.set_jobs(jobs)
+
+    async def _run_tls(self, name: str) -> None:
+        runner = self.runner
+        if runner is None:
+            return
+        check = next((c for c in runner.loaded.config.tls_checks if c.name == name), None)
+        if check is not None:
+            await runner.run_tls_check(check)
 
     async def _run_roundtrip(self, name: str) -> None:
         runner = self.runner

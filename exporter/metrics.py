@@ -21,7 +21,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .results import DELIVERY_BUCKETS, OUTCOMES, ResultStore
+from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
+from .tlsmetrics import legacy_testable, tls_families
 
 
 @dataclass
@@ -44,8 +45,45 @@ class MailcanaryCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
+        snap = self.store.snapshot()
         yield from self._exporter()
-        yield from self._roundtrip()
+        yield from self._roundtrip(snap)
+        yield from self._tls(snap)
+
+    def _tls(self, snap: dict[str, ProbeStats]) -> Iterator[Metric]:
+        checks = sorted(n for n in snap if self.state.probes.get(n) == "tls")
+        success = GaugeMetricFamily(
+            "mailcanary_tls_check_success",
+            "1 if the last TLS check verified the chain and the name, else 0.",
+            labels=["probe"],
+        )
+        duration = GaugeMetricFamily(
+            "mailcanary_tls_check_duration_seconds", "Wall time of the last TLS check.", labels=["probe"]
+        )
+        last_run = GaugeMetricFamily(
+            "mailcanary_tls_check_last_run_timestamp_seconds",
+            "When the last TLS check finished.",
+            labels=["probe"],
+        )
+        runs = CounterMetricFamily(
+            "mailcanary_tls_check_runs", "Completed TLS checks by outcome.", labels=["probe", "outcome"]
+        )
+        for name in checks:
+            st = snap[name]
+            if st.last is not None:
+                success.add_metric([name], 1 if st.last.success else 0)
+                duration.add_metric([name], st.last.duration)
+                last_run.add_metric([name], st.last.started + st.last.duration)
+            for outcome in TLS_OUTCOMES:
+                runs.add_metric([name, outcome], st.runs.get(outcome, 0))
+        yield from (success, duration, last_run, runs)
+        rows = [
+            ([name, facts.endpoint, facts.protocol], facts)
+            for name in sorted(snap)
+            for _, facts in sorted(snap[name].tls.items())
+        ]
+        yield from tls_families(rows, ["probe", "endpoint", "protocol"])
+        yield legacy_testable()
 
     def _exporter(self) -> Iterator[Metric]:
         st = self.state
@@ -74,8 +112,7 @@ class MailcanaryCollector(Collector):
             kinds.add_metric([kind], n)
         yield kinds
 
-    def _roundtrip(self) -> Iterator[Metric]:
-        snap = self.store.snapshot()
+    def _roundtrip(self, snap: dict[str, ProbeStats]) -> Iterator[Metric]:
         names = sorted(n for n in snap if self.state.probes.get(n, "roundtrip") == "roundtrip")
 
         def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:

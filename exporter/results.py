@@ -27,7 +27,16 @@ DELIVERY_BUCKETS: tuple[float, ...] = (
     300.0,
     600.0,
 )
-OUTCOMES: tuple[str, ...] = ("success", *sorted(REASONS))
+OUTCOMES: tuple[str, ...] = ("success", *sorted(r for r in REASONS if not r.startswith("tls_")))
+TLS_OUTCOMES: tuple[str, ...] = (
+    "success",
+    "tls_verify",
+    "tls_handshake",
+    "tls_connect",
+    "timeout",
+    "config",
+    "internal",
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class ProbeStats:
     last_delivery: float | None = None
     scheduler_lag: float | None = None
     skipped_runs: int = 0
+    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.TLSFacts
 
 
 class ResultStore:
@@ -83,6 +93,7 @@ class ResultStore:
             st = self._stats.setdefault(result.probe, ProbeStats())
             st.last = result
             st.runs[result.reason] += 1
+            st.tls.update(result.tls)  # facts survive a later run that failed before reaching TLS
             st.late_total += result.late
             st.swept_total += result.swept
             if result.success:
@@ -121,6 +132,7 @@ class ResultStore:
                     last_delivery=st.last_delivery,
                     scheduler_lag=st.scheduler_lag,
                     skipped_runs=st.skipped_runs,
+                    tls=dict(st.tls),
                 )
                 for name, st in self._stats.items()
             }

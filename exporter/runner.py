@@ -15,29 +15,71 @@ from probes.imap import IMAPSettings
 from probes.recorder import Masker, Recorder
 from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
+from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
 
-from .config import EndpointConfig, LoadedConfig, RoundTripConfig, default_port
+from .config import (
+    EndpointConfig,
+    LoadedConfig,
+    ModuleConfig,
+    RoundTripConfig,
+    TLSCheckConfig,
+    TLSConfig,
+    default_port,
+)
 from .results import ResultStore, RunResult
 from .state import Ledger
 
 log = structlog.get_logger("mailcanary.runner")
 
 
+TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
+
+
+def _tls_settings(tc: TLSConfig) -> TLSSettings:
+    return TLSSettings(
+        ca_file=tc.ca_file,
+        server_name=tc.server_name,
+        insecure_skip_verify=tc.insecure_skip_verify,
+        cert_file=tc.cert_file,
+        key_file=tc.key_file,
+    )
+
+
 def _endpoint(ep: EndpointConfig, protocol: str) -> Endpoint:
-    tc = ep.tls_config
     return Endpoint(
         host=ep.host,
         port=ep.port or default_port(protocol, ep.tls),
         tls_mode=ep.tls,
-        tls=TLSSettings(
-            ca_file=tc.ca_file,
-            server_name=tc.server_name,
-            insecure_skip_verify=tc.insecure_skip_verify,
-            cert_file=tc.cert_file,
-            key_file=tc.key_file,
-        ),
+        tls=_tls_settings(ep.tls_config),
         source_address=ep.source_address,
     )
+
+
+def tls_check_settings(check: TLSCheckConfig | ModuleConfig, host: str, port: int | None) -> TLSCheckSettings:
+    if port is None:
+        port = default_port(check.protocol, check.tls)
+    endpoint = Endpoint(
+        host=host,
+        port=port,
+        tls_mode=check.tls,
+        tls=_tls_settings(check.tls_config),
+        source_address=getattr(check, "source_address", None),
+    )
+    return TLSCheckSettings(
+        endpoint=endpoint,
+        protocol=check.protocol,
+        timeout=check.timeout,
+        check_legacy=check.check_legacy,
+        helo_name=check.helo,
+    )
+
+
+def tls_outcome(facts: TLSFacts | None) -> str:
+    """``success`` only for a verified chain whose name matches; a handshake that works but does not
+    verify is ``tls_verify`` (the facts are still exported)."""
+    if facts is None or not facts.handshake_ok:
+        return "tls_handshake"
+    return "success" if facts.verified else "tls_verify"
 
 
 def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes) -> RoundTripSettings:
@@ -125,6 +167,8 @@ class Runner:
         if seen_before:
             late = self.ledger.settle(probe.name, seen_before)
             swept = len(seen_before) - late
+        if reason in ("smtp_tls", "receive_tls"):
+            await self._tls_second_look(probe, reason, rec)
         token = rec.facts.get("token")
         if reason != "success" and isinstance(token, Token) and not rec.facts.get("seen"):
             self.ledger.add(probe.name, token)  # in flight and unseen: if it turns up later it is late
@@ -143,19 +187,92 @@ class Runner:
             failed_phase=rec.facts.get("current_phase"),
             transcript=rec.transcript,
         )
+        self._log(run)
+        return run
+
+    async def _tls_second_look(self, probe: RoundTripConfig, reason: str, rec: Recorder) -> None:
+        """The round trip failed at TLS: audit that endpoint anyway, so expiry and reason are exported."""
+        side = probe.smtp if reason == "smtp_tls" else probe.receive
+        protocol = "smtp" if reason == "smtp_tls" else probe.receive.protocol
+        if side.tls == "none":
+            return
+        endpoint = _endpoint(side, protocol)
+        settings = TLSCheckSettings(
+            endpoint=endpoint,
+            protocol=protocol,
+            timeout=side.timeout,
+            check_legacy=False,
+            helo_name=getattr(side, "helo", None),
+        )
+        scratch = Recorder(masker=rec.masker)
+        try:
+            async with asyncio.timeout(side.timeout * 3):
+                await probe_tls(settings, scratch)
+        except (ProbeError, TimeoutError):
+            pass  # whatever was learnt is in scratch.tls
+        rec.tls.update(scratch.tls)
+
+    async def run_tls_check(self, check: TLSCheckConfig, debug: bool = False) -> RunResult:
+        rec = Recorder(masker=self.masker, transcript=[] if debug else None)
+        started, t0 = time.time(), time.monotonic()
+        facts: TLSFacts | None = None
+        message = "ok"
+        try:
+            settings = tls_check_settings(check, check.host, check.port)
+            async with asyncio.timeout(check.timeout * TLS_CHECK_STEPS):
+                facts = await probe_tls(settings, rec)
+            reason = tls_outcome(facts)
+            if reason != "success":
+                message = facts.error or f"certificate not verified: {facts.verify_reason}"
+        except TimeoutError as exc:
+            reason = "timeout"
+            message = str(exc) if isinstance(exc, ProbeError) else "no result within the check's deadline"
+        except ProbeError as exc:
+            reason, message = exc.reason, exc.message
+        except Exception as exc:
+            reason, message = "internal", f"{type(exc).__name__}: {exc}"
+            log.exception("probe_internal_error", probe=check.name)
+        run = RunResult(
+            probe=check.name,
+            success=reason == "success",
+            reason=reason,
+            message=self.masker(" ".join(message.split())),
+            started=started,
+            duration=time.monotonic() - t0,
+            phases=dict(rec.phases),
+            tls=dict(rec.tls),
+            failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
+            transcript=rec.transcript,
+        )
+        self._log(run)
+        return run
+
+    def _log(self, run: RunResult) -> None:
         self.store.record(run)
-        fields = {
-            "probe": probe.name,
+        fields: dict[str, object] = {
+            "probe": run.probe,
             "outcome": run.reason,
             "duration_seconds": round(run.duration, 4),
             "phases": {k: round(v, 4) for k, v in run.phases.items()},
         }
-        if delivery is not None:
-            fields["delivery_seconds"] = round(delivery, 4)
-        if late or swept:
-            fields.update(late=late, swept=swept)
+        if run.delivery is not None:
+            fields["delivery_seconds"] = round(run.delivery, 4)
+        if run.late or run.swept:
+            fields.update(late=run.late, swept=run.swept)
+        tls = {
+            endpoint: {
+                "version": facts.version,
+                "verified": facts.verified,
+                "days_left": round((facts.earliest_not_after - time.time()) / 86400, 1),
+            }
+            for endpoint, facts in run.tls.items()
+            if facts.earliest_not_after is not None
+        }
+        if tls:
+            fields["tls"] = tls
         if run.success:
             log.info("probe_run", **fields)
         else:
-            log.warning("probe_run", reason=run.reason, error=run.message, **fields)
-        return run
+            log.warning(
+                "probe_run", reason=run.reason, error=run.message, failed_phase=run.failed_phase, **fields
+            )
