@@ -6,13 +6,23 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TextIO
 
+from probes.tls import TLSFacts
+
 from . import __version__, logs
-from .config import DEFAULT_CONFIG_PATH, ConfigError, LoadedConfig, load_config, state_dir
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    RoundTripConfig,
+    TLSCheckConfig,
+    load_config,
+    state_dir,
+)
 from .daemon import Daemon
-from .metrics import ExporterState
 from .results import ResultStore, RunResult
 from .runner import Runner, make_masker
 from .state import Ledger, load_or_create_key
@@ -62,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(log_level="warning")  # the report says it all; logs only for trouble
     probe.add_argument("names", nargs="*", metavar="NAME", help="probes to run (default: all)")
     probe.add_argument("--debug", action="store_true", help="print the protocol dialogue (secrets masked)")
+    probe.add_argument(
+        "--warn-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="exit 1 (WARNING) if a certificate expires within DAYS",
+    )
+    probe.add_argument(
+        "--crit-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="exit 2 (CRITICAL) if a certificate expires within DAYS",
+    )
     check = sub.add_parser("check-config", help="validate a configuration file")
     common(check)
     return parser
@@ -124,25 +148,25 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
         return 1
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=out)
-    print(f"{path}: ok ({len(loaded.config.roundtrip)} round-trip probes)", file=out)
+    cfg = loaded.config
+    print(f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks)", file=out)
     return EXIT_OK
 
 
 async def _probe(args: argparse.Namespace, out: TextIO) -> int:
     loaded = load_config(_config_path(args))
     cfg = loaded.config
-    known = {p.name: p for p in cfg.roundtrip}
+    known: dict[str, RoundTripConfig | TLSCheckConfig] = {p.name: p for p in cfg.roundtrip}
+    known.update({c.name: c for c in cfg.tls_checks})
     unknown = [n for n in args.names if n not in known]
     if unknown:
+        have = ", ".join(known) or "none"
         raise ConfigError(
-            [
-                f"{loaded.path}: roundtrip: no probe named {n!r} (have: {', '.join(known) or 'none'})"
-                for n in unknown
-            ]
+            [f"{loaded.path}: no probe or TLS check named {n!r} (have: {have})" for n in unknown]
         )
     selected = [known[n] for n in args.names] if args.names else list(known.values())
     if not selected:
-        raise ConfigError([f"{loaded.path}: roundtrip: no probes configured"])
+        raise ConfigError([f"{loaded.path}: (top level): no roundtrip probes or tls_checks configured"])
     state = state_dir(cfg)
     key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
     runner = Runner(
@@ -153,28 +177,73 @@ async def _probe(args: argparse.Namespace, out: TextIO) -> int:
         masker=make_masker(loaded),
     )
     logs.set_masker(runner.masker)
-    results = await asyncio.gather(*(runner.run_roundtrip(p, debug=args.debug) for p in selected))
-    print(report(results, loaded, ExporterState()), file=out)
-    if any(r.reason == "internal" for r in results):
-        return EXIT_UNKNOWN
-    return EXIT_OK if all(r.success for r in results) else EXIT_CRITICAL
-
-
-def report(results: Sequence[RunResult], loaded: LoadedConfig, _: ExporterState) -> str:
-    """Nagios-style first line (status, summary | perfdata), then a readable table per probe."""
-    failed = [r for r in results if not r.success]
-    status = (
-        "OK" if not failed else ("UNKNOWN" if any(r.reason == "internal" for r in failed) else "CRITICAL")
+    results = await asyncio.gather(
+        *(
+            runner.run_roundtrip(p, debug=args.debug)
+            if isinstance(p, RoundTripConfig)
+            else runner.run_tls_check(p, debug=args.debug)
+            for p in selected
+        )
     )
-    if failed:
-        summary = "; ".join(f"{r.probe}: {r.reason}" for r in failed)
+    text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days)
+    print(text, file=out)
+    return code
+
+
+def _days_left(facts: TLSFacts, now: float) -> float | None:
+    return None if facts.earliest_not_after is None else (facts.earliest_not_after - now) / 86400
+
+
+def report(
+    results: Sequence[RunResult], warn_days: float | None = None, crit_days: float | None = None
+) -> tuple[str, int]:
+    """Nagios-style first line (status - summary | perfdata), then a readable section per probe."""
+    now = time.time()
+    problems: list[tuple[int, str]] = []
+    for r in results:
+        if not r.success:
+            problems.append(
+                (EXIT_UNKNOWN if r.reason == "internal" else EXIT_CRITICAL, f"{r.probe}: {r.reason}")
+            )
+        for endpoint, facts in r.tls.items():
+            days = _days_left(facts, now)
+            if days is None:
+                continue
+            if crit_days is not None and days < crit_days:
+                problems.append(
+                    (EXIT_CRITICAL, f"{r.probe} {endpoint}: certificate expires in {days:.1f} days")
+                )
+            elif warn_days is not None and days < warn_days:
+                problems.append(
+                    (EXIT_WARNING, f"{r.probe} {endpoint}: certificate expires in {days:.1f} days")
+                )
+    code = max((c for c, _ in problems), default=EXIT_OK)
+    if EXIT_UNKNOWN in (c for c, _ in problems):
+        code = EXIT_UNKNOWN
+    status = {EXIT_OK: "OK", EXIT_WARNING: "WARNING", EXIT_CRITICAL: "CRITICAL", EXIT_UNKNOWN: "UNKNOWN"}[
+        code
+    ]
+    if problems:
+        summary = "; ".join(text for _, text in problems)
     else:
-        summary = f"{len(results)}/{len(results)} round trips delivered"
-    perf = " ".join(f"'{r.probe}_delivery'={r.delivery:.3f}s;;;0" for r in results if r.delivery is not None)
-    lines = [f"MAILCANARY {status} - {summary}" + (f" | {perf}" if perf else "")]
+        trips = sum(1 for r in results if r.delivery is not None)
+        checks = len(results) - trips
+        parts = [f"{trips} round trips delivered"] if trips else []
+        parts += [f"{checks} TLS checks verified"] if checks else []
+        summary = ", ".join(parts)
+    perf = [f"'{r.probe}_delivery'={r.delivery:.3f}s;;;0" for r in results if r.delivery is not None]
+    for r in results:
+        for endpoint, facts in r.tls.items():
+            days = _days_left(facts, now)
+            if days is not None:
+                perf.append(f"'{r.probe}_{endpoint}_days'={days:.1f};{warn_days or ''};{crit_days or ''}")
+    lines = [f"MAILCANARY {status} - {summary}" + (f" | {' '.join(perf)}" if perf else "")]
     for r in results:
         lines.append("")
-        verdict = f"delivered in {r.delivery:.3f}s" if r.delivery is not None else f"FAILED {r.reason}"
+        if r.delivery is not None:
+            verdict = f"delivered in {r.delivery:.3f}s"
+        else:
+            verdict = "OK" if r.success else f"FAILED {r.reason}"
         lines.append(f"{r.probe}: {verdict} (run took {r.duration:.3f}s)")
         if not r.success:
             where = f" during {r.failed_phase}" if r.failed_phase else ""
@@ -184,12 +253,52 @@ def report(results: Sequence[RunResult], loaded: LoadedConfig, _: ExporterState)
         if r.phases:
             width = max(len(p) for p in r.phases)
             lines.append(f"  {'phase'.ljust(width)}  seconds")
-            for phase, secs in r.phases.items():
-                lines.append(f"  {phase.ljust(width)}  {secs:.4f}")
+            lines.extend(f"  {phase.ljust(width)}  {secs:.4f}" for phase, secs in r.phases.items())
+        for endpoint, facts in r.tls.items():
+            lines.extend(_tls_report(endpoint, facts, now))
         if r.transcript:
             lines.append("  dialogue (secrets masked):")
             lines.extend(f"    {line}" for line in r.transcript)
-    return "\n".join(lines)
+    return "\n".join(lines), code
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _tls_report(endpoint: str, f: TLSFacts, now: float) -> list[str]:
+    yes = {True: "yes", False: "no", None: "unknown"}
+    lines = [f"  TLS {endpoint} ({f.protocol}, {f.mode}):"]
+    if f.leaf is not None:
+        leaf = f.leaf
+        lines += [
+            f"    subject    {leaf.subject}",
+            f"    SANs       {', '.join(leaf.sans) or '(none)'}",
+            f"    issuer     {leaf.issuer}",
+            f"    valid      {_when(leaf.not_before)} .. {_when(leaf.not_after)}",
+        ]
+    for i, cert in enumerate(f.chain):
+        lines.append(f"    chain[{i}]   {cert.subject} (expires {_when(cert.not_after)})")
+    days = _days_left(f, now)
+    if days is not None:
+        lines.append(f"    days left  {days:.1f} (earliest expiry in the chain)")
+    lines.append(f"    version    {f.version or 'none'}   cipher {f.cipher or 'none'}")
+    lines.append(
+        f"    verified   {yes[f.verified]}"
+        + (f" ({f.verify_reason})" if f.verify_reason else "")
+        + f"   hostname match {yes[f.hostname_match]}"
+    )
+    legacy = ", ".join(f"{v} {yes[a]}" for v, a in f.legacy.items())
+    lines.append(f"    legacy TLS accepted: {legacy}")
+    if f.mode == "starttls":
+        lines.append(
+            f"    STARTTLS offered {yes[f.starttls_offered]}   AUTH before TLS {yes[f.auth_before_tls]}"
+        )
+    verdict = "GOOD" if f.verified and f.handshake_ok and not any(f.legacy.values()) else "NEEDS ATTENTION"
+    if f.auth_before_tls:
+        verdict = "NEEDS ATTENTION"
+    lines.append(f"    verdict    {verdict}")
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover
