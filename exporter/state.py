@@ -78,7 +78,7 @@ class Ledger:
         self.path = path
         self._entries: dict[str, dict[str, float]] = {}
         if path is not None and path.exists():
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, TypeError):  # TypeError: float(null)
                 raw = json.loads(path.read_text(encoding="utf-8"))
                 if isinstance(raw, dict):
                     self._entries = {
