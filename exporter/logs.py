@@ -39,8 +39,17 @@ def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
 
 
 def _mask_record(record: logging.LogRecord) -> bool:
-    record.msg = _masker(record.getMessage())
+    text = record.getMessage()
+    # The handler would append the traceback and stack unmasked: fold them into the masked message.
+    if record.exc_info:
+        text += "\n" + logging.Formatter().formatException(record.exc_info)
+    elif record.exc_text:
+        text += "\n" + record.exc_text
+    if record.stack_info:
+        text += "\n" + record.stack_info
+    record.msg = _masker(text)
     record.args = None
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
     return True
 
 
