@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -20,12 +21,14 @@ from .config import (
     RoundTripConfig,
     TLSCheckConfig,
     load_config,
+    parse_shard,
     state_dir,
 )
 from .daemon import Daemon
 from .results import ResultStore, RunResult
 from .runner import Runner, make_masker
 from .state import Ledger, load_or_create_key
+from .webconfig import load_web_config
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
 EXIT_USAGE = 3
@@ -66,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=":9925",
         metavar="[HOST]:PORT",
         help="HTTP listen address for /metrics (default :9925, all interfaces)",
+    )
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        default=None,
+        metavar="FILE",
+        help="TLS and basic auth for every endpoint (Prometheus exporter-toolkit format)",
+    )
+    run.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/N",
+        help="run only the probes whose name hashes to share i of N (overrides global.shard)",
+    )
+    run.add_argument(
+        "--vantage",
+        default=None,
+        metavar="NAME",
+        help="add vantage=NAME to every mailcanary_* series (overrides global.vantage)",
     )
     probe = sub.add_parser("probe", help="run probes once, print a report, exit 0 OK / 2 failed / 3 error")
     common(probe)
@@ -129,7 +151,17 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mailcanary: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    daemon = Daemon(path, args.listen)
+    web_config = load_web_config(args.web_config) if args.web_config else None
+    if args.shard:
+        try:
+            parse_shard(args.shard)
+        except ValueError as exc:
+            print(f"mailcanary: --shard: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.vantage and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,63}", args.vantage):
+        print("mailcanary: --vantage: 1-63 of letters, digits, '_', '.', ':', '-'", file=sys.stderr)
+        return EXIT_USAGE
+    daemon = Daemon(path, args.listen, web_config=web_config, shard=args.shard, vantage=args.vantage)
     try:
         asyncio.run(daemon.run_forever())
     except OSError as exc:  # e.g. the listen port is taken

@@ -208,6 +208,34 @@ class GlobalConfig(Model):
     timeout: Duration = 120.0
     state_dir: str | None = None  # default: $STATE_DIRECTORY (systemd) or ~/.local/state/mailcanary
     canary_key_file: str | None = None
+    shard: str | None = Field(default=None, pattern=r"^\d+/\d+$")  # "i/N": run only this share of probes
+    vantage: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,63}$")  # label on every series
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_shard(v)
+        return v
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` with 0 <= i < N; raises ValueError with a one-line reason."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if m is None:
+        raise ValueError(f"shard {text!r}: expected i/N, e.g. 0/2")
+    index, count = int(m[1]), int(m[2])
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard {text!r}: need 0 <= i < N")
+    return index, count
+
+
+def in_shard(name: str, shard: tuple[int, int] | None) -> bool:
+    """Stable across restarts, machines and Python versions (not ``hash()``, which is salted)."""
+    if shard is None:
+        return True
+    index, count = shard
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % count == index
 
 
 class Config(Model):
@@ -295,7 +323,9 @@ def _message(err: Any) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "string_pattern_mismatch":
-        return "must be a mail address like user@example.com"
+        if "@" in str(err.get("ctx", {}).get("pattern", "")):
+            return "must be a mail address like user@example.com"
+        return f"must match {err.get('ctx', {}).get('pattern', 'the expected form')}"
     if kind == "literal_error":
         return msg.replace("Input should be", "must be")
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)

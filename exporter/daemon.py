@@ -16,7 +16,16 @@ from aiohttp import web
 from probes.recorder import Masker
 
 from . import logs
-from .config import DEFAULT_MODULES, ConfigError, LoadedConfig, ModuleConfig, load_config, state_dir
+from .config import (
+    DEFAULT_MODULES,
+    ConfigError,
+    LoadedConfig,
+    ModuleConfig,
+    in_shard,
+    load_config,
+    parse_shard,
+    state_dir,
+)
 from .http import HTTPServer
 from .metrics import ExporterState, build_registry
 from .multitarget import probe_handler
@@ -24,6 +33,7 @@ from .results import ResultStore
 from .runner import Runner, make_masker
 from .scheduler import ProbeScheduler
 from .state import Ledger, load_or_create_key
+from .webconfig import WebConfig
 
 log = structlog.get_logger("mailcanary")
 
@@ -32,11 +42,19 @@ STOP_GRACE = 3.0  # seconds given to in-flight probes on shutdown before they ar
 
 class Daemon:
     def __init__(
-        self, config_path: str, listen: str, loader: Callable[[str], LoadedConfig] = load_config
+        self,
+        config_path: str,
+        listen: str,
+        loader: Callable[[str], LoadedConfig] = load_config,
+        web_config: WebConfig | None = None,
+        shard: str | None = None,
+        vantage: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.listen = listen
         self.loader = loader
+        self.shard_override = shard
+        self.vantage_override = vantage
         self.store = ResultStore()
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
@@ -48,6 +66,7 @@ class Daemon:
                 web.get("/probe", probe_handler(self._modules, self._masker)),
                 web.post("/-/reload", self._http_reload),
             ],
+            web_config=web_config,
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()
@@ -79,18 +98,24 @@ class Daemon:
         self.runner = runner
         logs.set_masker(runner.masker)
         cfg = loaded.config
-        names = [p.name for p in cfg.roundtrip]
+        shard_text = self.shard_override or cfg.global_.shard
+        shard = parse_shard(shard_text) if shard_text else None
+        roundtrips = [p for p in cfg.roundtrip if in_shard(p.name, shard)]
+        checks = [c for c in cfg.tls_checks if in_shard(c.name, shard)]
+        self.state.shard = shard_text or ""
+        self.state.vantage = self.vantage_override or cfg.global_.vantage or ""
+        names = [p.name for p in roundtrips]
         runner.ledger.prune(keep=set(names))
-        self.store.ensure(names + [c.name for c in cfg.tls_checks])
-        self.state.probes = {n: "roundtrip" for n in names} | {c.name: "tls" for c in cfg.tls_checks}
+        self.store.ensure(names + [c.name for c in checks])
+        self.state.probes = {n: "roundtrip" for n in names} | {c.name: "tls" for c in checks}
         self.state.config_digest = loaded.digest
         self.state.reload_ok = True
         self.state.reload_success_time = time.time()
         jobs: dict[str, tuple[float, Callable[[], Awaitable[Any]], Any]] = {}
-        for probe in cfg.roundtrip:
+        for probe in roundtrips:
             spec = (probe, cfg.timeout_of(probe))
             jobs[probe.name] = (cfg.interval_of(probe), partial(self._run_roundtrip, probe.name), spec)
-        for check in cfg.tls_checks:
+        for check in checks:
             jobs[check.name] = (cfg.interval_of(check), partial(self._run_tls, check.name), check)
         self.scheduler.set_jobs(jobs)
 

@@ -9,6 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from .webconfig import WebConfig, middleware, server_context
+
 
 def parse_listen(listen: str) -> tuple[str | None, int]:
     """``:9925`` (all interfaces), ``127.0.0.1:9925``, ``[::1]:9925`` -> (host or None, port)."""
@@ -43,10 +45,12 @@ class HTTPServer:
         registry: CollectorRegistry,
         ready: Callable[[], bool],
         extra_routes: list[web.RouteDef] | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
-        self.app = web.Application()
+        self.web_config = web_config
+        self.app = web.Application(middlewares=[middleware(web_config)] if web_config else [])
         self.app.add_routes(
             [
                 web.get("/", self._landing),
@@ -77,7 +81,9 @@ class HTTPServer:
         host, port = parse_listen(listen)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host=host, port=port, reuse_address=True)
+        tls = self.web_config.tls_server_config if self.web_config else None
+        ssl_context = server_context(tls) if tls is not None else None
+        site = web.TCPSite(self._runner, host=host, port=port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         server = getattr(site, "_server", None)
         for sock in getattr(server, "sockets", None) or []:

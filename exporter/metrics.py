@@ -37,6 +37,8 @@ class ExporterState:
     reload_failures_total: int = 0
     probes: dict[str, str] = field(default_factory=dict)  # probe name -> kind ("roundtrip", "tls")
     sandbox: bool = False
+    shard: str = ""  # "i/N" when this instance runs a share of the probes
+    vantage: str = ""  # where this instance probes from; a label on every mailcanary_* series when set
 
 
 class MailcanaryCollector(Collector):
@@ -46,9 +48,12 @@ class MailcanaryCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.store.snapshot()
-        yield from self._exporter()
-        yield from self._roundtrip(snap)
-        yield from self._tls(snap)
+        families = [*self._exporter(), *self._roundtrip(snap), *self._tls(snap)]
+        vantage = self.state.vantage
+        for fam in families:
+            if vantage:
+                fam.samples = [s._replace(labels={**s.labels, "vantage": vantage}) for s in fam.samples]
+            yield fam
 
     def _tls(self, snap: dict[str, ProbeStats]) -> Iterator[Metric]:
         checks = sorted(n for n in snap if self.state.probes.get(n) == "tls")
@@ -91,7 +96,9 @@ class MailcanaryCollector(Collector):
         info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
         yield info
         cfg = InfoMetricFamily("mailcanary_config", "Digest of the loaded configuration file.")
-        cfg.add_metric([], {"digest": st.config_digest, "sandbox": "true" if st.sandbox else "false"})
+        cfg.add_metric(
+            [], {"digest": st.config_digest, "sandbox": "true" if st.sandbox else "false", "shard": st.shard}
+        )
         yield cfg
         yield GaugeMetricFamily(
             "mailcanary_config_last_reload_successful",
