@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import ssl
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -245,9 +246,9 @@ def _unverified_context(ep: Endpoint) -> ssl.SSLContext:
     only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway."""
     ctx = client_context(dataclasses.replace(ep.tls, insecure_skip_verify=True))
     if openssl_offers(ssl.TLSVersion.TLSv1):
-        with contextlib.suppress(ValueError, ssl.SSLError):
-            legacy = legacy_context(ssl.TLSVersion.TLSv1)
-            ctx.minimum_version = legacy.minimum_version
+        with contextlib.suppress(ValueError, ssl.SSLError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # allowing TLS 1.0 on purpose
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
             ctx.set_ciphers(LEGACY_CIPHERS)
     return ctx
 

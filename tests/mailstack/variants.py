@@ -285,6 +285,7 @@ class VariantSet:
         self.ca_file = self.pki.write_ca(self.tls_dir / "ca.pem")
         self.variants: dict[str, Variant] = {}
         self._started: list[DovecotInstance | PostfixInstance] = []
+        self.startup_seconds: float | None = None  # of the last start(), for the suite's time budget
 
     def add(
         self,
@@ -347,6 +348,7 @@ class VariantSet:
     def start(self, timeout: float = 20.0) -> None:
         """Render every instance, start the Dovecots (they create Postfix's SASL sockets), then the
         Postfixes, and wait until every port greets."""
+        began = time.monotonic()
         try:
             for v in self.variants.values():
                 if v.postfix is not None:
@@ -365,6 +367,7 @@ class VariantSet:
                     f"variants not greeting after {timeout:.0f}s: {[e.name for e in pending]}\n"
                     + self.log_tails()
                 )
+            self.startup_seconds = time.monotonic() - began
         except BaseException:
             with contextlib.suppress(StackError):
                 self.stop()
@@ -536,15 +539,15 @@ class BlackboxExporter:
 
 
 def parse_samples(text: str) -> dict[str, float]:
-    """Metric name -> value from the text exposition format (the last sample wins for labelled ones)."""
+    """Series -> value from the text exposition format, keyed both by the series as written
+    (``probe_tls_version_info{version="TLS 1.3"}``) and by the bare metric name (last sample wins)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
-        name_part, _, value = line.rpartition(" ")
-        name = name_part.split("{", 1)[0]
+        series, _, value = line.rpartition(" ")
         with contextlib.suppress(ValueError):
-            out[name] = float(value)
+            out[series] = out[series.split("{", 1)[0]] = float(value)
     return out
 
 

@@ -1,0 +1,519 @@
+"""The TLS audit against real Dovecot and Postfix servers, each configured to show one property.
+
+Variant servers (tests/mailstack/variants.py) run beside the session stack with certificates made here,
+so every expected value is known exactly: each test asserts the facts probes.tls reports (timestamps
+against the generated certificates, reasons, legacy flags, STARTTLS/AUTH before TLS), and one test runs
+Debian's prometheus-blackbox-exporter on the same endpoints to show that our earliest expiry is its
+``probe_ssl_earliest_cert_expiry``. Clients connect from 127.0.0.2: Dovecot treats 127.0.0.1 -> 127.0.0.1
+as a secure connection and would offer plaintext LOGIN there whatever its settings.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from probes._net import Credentials, Endpoint, TLSSettings
+from probes.errors import ProbeError
+from probes.imap import IMAPSession, IMAPSettings
+from probes.pop3 import POP3Client
+from probes.recorder import Recorder
+from probes.smtp import SMTPSettings, open_session
+from probes.tls import LEGACY_VERSIONS, TLSCheckSettings, TLSFacts, openssl_offers, probe_tls
+from tests.mailstack import SERVER_NAME, MailStack, free_ports
+from tests.mailstack.variants import (
+    BlackboxExporter,
+    Issued,
+    TestPKI,
+    Variant,
+    VariantSet,
+    blackbox_available,
+    blackbox_starttls_modules,
+    reap_orphans,
+)
+
+SOURCE = "127.0.0.2"
+NAMES = (SERVER_NAME, "localhost", "127.0.0.1")
+IMPLICIT_PORTS = {"imaps", "pop3s", "submissions"}
+PROTOCOL_OF = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3", "smtp": "smtp"}
+
+
+@dataclass
+class Certs:
+    pki: TestPKI
+    inter: Issued  # the long-lived intermediate most chains use
+    early: Issued  # an intermediate that expires (in 20 days) before the leaf it signs (60 days)
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certs:
+    pki = TestPKI("mailcanary tls audit")
+    inter = pki.ca("audit intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(1000))
+    early = pki.ca(
+        "short-lived intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(20)
+    )
+    return Certs(pki, inter, early)
+
+
+@pytest.fixture(scope="module")
+def variants(mailstack: MailStack, certs: Certs) -> Iterator[VariantSet]:
+    """One Dovecot per case (two with a Postfix smtpd), started together, stopped at the module's end."""
+    reap_orphans()
+    pki, inter = certs.pki, certs.inter
+
+    def leaf(**kw: object) -> Issued:
+        return pki.leaf(NAMES, issuer=inter, common_name=SERVER_NAME, **kw)  # type: ignore[arg-type]
+
+    vs = VariantSet(mailstack, pki)
+    vs.add("valid", [leaf(not_after=pki.days(90)), inter])
+    vs.add(
+        "expired",
+        [leaf(not_before=pki.days(-30), not_after=pki.days(-2)), inter],
+        dovecot_ports=("imaps", "pop3"),
+    )
+    vs.add("expiring", [leaf(not_after=pki.days(5)), inter], dovecot_ports=("imaps",))
+    vs.add(
+        "wronghost",
+        [pki.leaf(["other.example.test"], issuer=inter, common_name="other.example.test"), inter],
+        dovecot_ports=("imaps",),
+    )
+    vs.add("selfsigned", [pki.leaf(NAMES, issuer=None, common_name=SERVER_NAME)], dovecot_ports=("imaps",))
+    vs.add("notyet", [leaf(not_before=pki.days(2), not_after=pki.days(60)), inter], dovecot_ports=("imaps",))
+    vs.add(
+        "earlyinter",
+        [pki.leaf(NAMES, issuer=certs.early, not_after=pki.days(60)), certs.early],
+        dovecot_ports=("imap", "imaps"),
+        postfix_settings={"smtpd_tls_protocols": ">=TLSv1.2"},
+    )
+    vs.add(
+        "legacy",
+        [leaf(), inter],
+        dovecot_ports=("imap", "imaps", "pop3"),
+        ssl_min_protocol="TLSv1",
+        dovecot_settings={"ssl_cipher_list": "ALL:@SECLEVEL=0"},
+    )
+    vs.add(
+        "plainauth",
+        [leaf(), inter],
+        dovecot_ports=("imap", "pop3"),
+        # ssl=required would refuse plaintext auth whatever disable_plaintext_auth says.
+        dovecot_settings={"ssl": "yes", "disable_plaintext_auth": False},
+        postfix_settings={"smtpd_tls_auth_only": "no", "smtpd_tls_protocols": ">=TLSv1"},
+    )
+    vs.add(
+        "notls",
+        [leaf(), inter],
+        dovecot_ports=("imap", "pop3"),
+        dovecot_settings={"ssl": "no", "disable_plaintext_auth": False},
+    )
+    with vs:
+        yield vs
+
+
+def endpoint(
+    host: str,
+    port: int,
+    mode: str,
+    *,
+    ca_file: Path | None,
+    server_name: str = SERVER_NAME,
+    source: str | None = SOURCE,
+) -> Endpoint:
+    return Endpoint(
+        host,
+        port,
+        tls_mode=mode,  # type: ignore[arg-type]
+        tls=TLSSettings(ca_file=str(ca_file) if ca_file else None, server_name=server_name),
+        source_address=source,
+    )
+
+
+@dataclass
+class Audit:
+    facts: TLSFacts | None  # what recorder.tls holds for the endpoint, raise or not
+    recorder: Recorder
+    error: ProbeError | None
+    returned: TLSFacts | None
+
+
+async def audit(
+    v: Variant,
+    port_name: str,
+    ca_file: Path | None,
+    *,
+    protocol: str | None = None,
+    check_legacy: bool = True,
+) -> Audit:
+    """probe_tls on one port of a variant, from 127.0.0.2, verifying against ``ca_file``."""
+    mode = "implicit" if port_name in IMPLICIT_PORTS else "starttls"
+    ep = endpoint(v.host, v.ports[port_name], mode, ca_file=ca_file)
+    rec = Recorder(transcript=[])
+    settings = TLSCheckSettings(
+        ep, protocol or PROTOCOL_OF[port_name], timeout=5.0, check_legacy=check_legacy
+    )
+    try:
+        facts = await probe_tls(settings, rec)
+    except ProbeError as exc:
+        return Audit(rec.tls.get(ep.address), rec, exc, None)
+    assert rec.tls[ep.address] is facts
+    return Audit(facts, rec, None, facts)
+
+
+def expected_legacy(accepted: bool) -> dict[str, bool | None]:
+    """What a server that does/does not accept legacy versions must show: None where this machine's
+    OpenSSL cannot even offer the version (never a false 0)."""
+    return {name: (accepted if openssl_offers(v) else None) for name, v in LEGACY_VERSIONS.items()}
+
+
+def assert_chain(facts: TLSFacts, chain: tuple[Issued, ...]) -> None:
+    assert [c.fingerprint_sha256 for c in facts.chain] == [
+        c.cert.fingerprint(hashes.SHA256()).hex() for c in chain
+    ]
+    assert facts.leaf_not_before == pytest.approx(chain[0].not_before, abs=1)
+    assert facts.leaf_not_after == pytest.approx(chain[0].not_after, abs=1)
+    assert facts.earliest_not_after == pytest.approx(min(c.not_after for c in chain), abs=1)
+
+
+def stdlib_negotiates(v: Variant, port: int, ca_file: Path) -> tuple[str | None, str]:
+    """Version and cipher a plain stdlib client negotiates with an implicit-TLS port (our reference)."""
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((v.host, port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        cipher = tls.cipher()
+        assert cipher is not None
+        return tls.version(), cipher[0]
+
+
+# ---- a good chain, every protocol and mode ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("port_name", "protocol"),
+    [("imap", None), ("imaps", None), ("pop3", None), ("pop3s", None), ("imaps", "tcp")],
+)
+async def test_valid_chain(variants: VariantSet, port_name: str, protocol: str | None) -> None:
+    v = variants["valid"]
+    a = await audit(v, port_name, variants.ca_file, protocol=protocol)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert f.protocol == (protocol or PROTOCOL_OF[port_name])
+    assert f.endpoint == f"127.0.0.1:{v.ports[port_name]}"
+    assert (f.handshake_ok, f.verified, f.verify_reason, f.hostname_match, f.error) == (
+        True,
+        True,
+        None,
+        True,
+        None,
+    )
+    version, cipher = stdlib_negotiates(v, v.ports["imaps"], variants.ca_file)
+    assert (f.version, f.cipher) == (version, cipher) == ("TLSv1.3", "TLS_AES_256_GCM_SHA384")
+    assert_chain(f, v.chain)
+    assert f.chain[0].sans == NAMES and f.chain[0].subject == f"CN={SERVER_NAME},O=mailcanary tls audit"
+    assert f.chain[1].is_ca and not f.chain[1].self_signed
+    assert f.legacy == expected_legacy(False)  # Dovecot's default ssl_min_protocol TLSv1.2
+    if port_name in IMPLICIT_PORTS:
+        assert (f.mode, f.starttls_offered, f.auth_before_tls) == ("implicit", None, None)
+    else:
+        # Dovecot: disable_plaintext_auth=yes, and 127.0.0.2 is not "secure" localhost to it.
+        assert (f.mode, f.starttls_offered, f.auth_before_tls) == ("starttls", True, False)
+    assert set(a.recorder.phases) == {"tls_connect", "tls_handshake", "tls_legacy"}
+    assert a.recorder.phases["tls_handshake"] > 0
+
+
+async def test_untrusted_chain_is_reported_with_its_dates(variants: VariantSet, mailstack: MailStack) -> None:
+    v = variants["valid"]
+    for ca in (None, mailstack.ca_file):  # the system store, and another CA
+        a = await audit(v, "imaps", ca)
+        f = a.returned
+        assert a.error is None and f is not None
+        assert (f.handshake_ok, f.verified, f.verify_reason, f.hostname_match) == (
+            True,
+            False,
+            "untrusted",
+            True,
+        )
+        assert f.error == "certificate verification failed: unable to get local issuer certificate"
+        assert_chain(f, v.chain)
+
+
+# ---- certificate problems: the facts still come, from the unverified second look ------------------------
+
+
+@pytest.mark.parametrize("port_name", ["imaps", "pop3"])
+async def test_expired_leaf(variants: VariantSet, certs: Certs, port_name: str) -> None:
+    v = variants["expired"]
+    a = await audit(v, port_name, variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.handshake_ok, f.verified, f.verify_reason, f.hostname_match) == (True, False, "expired", True)
+    assert f.error == "certificate verification failed: certificate has expired"
+    assert_chain(f, v.chain)
+    assert f.leaf_not_after == certs.pki.days(-2).timestamp()
+    assert f.earliest_not_after == f.leaf_not_after < time.time()
+    assert f.version == "TLSv1.3"
+    assert f.legacy == expected_legacy(False)
+    if port_name == "pop3":
+        assert (f.starttls_offered, f.auth_before_tls) == (True, False)
+
+
+async def test_leaf_expiring_in_five_days(variants: VariantSet, certs: Certs) -> None:
+    v = variants["expiring"]
+    a = await audit(v, "imaps", variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.verified, f.verify_reason) == (True, None)
+    assert_chain(f, v.chain)
+    assert f.leaf_not_after == f.earliest_not_after == certs.pki.days(5).timestamp()
+    assert (f.earliest_not_after - time.time()) / 86400 == pytest.approx(5, abs=0.01)
+
+
+async def test_wrong_hostname(variants: VariantSet) -> None:
+    v = variants["wronghost"]
+    a = await audit(v, "imaps", variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.handshake_ok, f.verified, f.verify_reason, f.hostname_match) == (
+        True,
+        False,
+        "hostname_mismatch",
+        False,
+    )
+    assert f.error == (
+        "certificate verification failed: Hostname mismatch, certificate is not valid for "
+        "'mail.example.test'."
+    )
+    assert f.chain[0].sans == ("other.example.test",)
+    assert_chain(f, v.chain)
+
+
+async def test_self_signed_leaf(variants: VariantSet) -> None:
+    v = variants["selfsigned"]
+    a = await audit(v, "imaps", variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.verified, f.verify_reason, f.hostname_match) == (False, "self_signed", True)
+    assert len(f.chain) == 1 and f.chain[0].self_signed and f.chain[0].subject == f.chain[0].issuer
+    assert_chain(f, v.chain)
+
+
+async def test_leaf_not_yet_valid(variants: VariantSet, certs: Certs) -> None:
+    v = variants["notyet"]
+    a = await audit(v, "imaps", variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.verified, f.verify_reason) == (False, "not_yet_valid")
+    assert f.leaf_not_before == certs.pki.days(2).timestamp() > time.time()
+    assert_chain(f, v.chain)
+
+
+@pytest.mark.parametrize("port_name", ["imap", "imaps", "smtp"])
+async def test_intermediate_expiring_before_the_leaf_is_the_earliest(
+    variants: VariantSet, certs: Certs, port_name: str
+) -> None:
+    v = variants["earlyinter"]
+    a = await audit(v, port_name, variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.verified, f.verify_reason) == (True, None)
+    assert_chain(f, v.chain)
+    assert f.leaf_not_after == certs.pki.days(60).timestamp()
+    assert f.earliest_not_after == certs.early.not_after == certs.pki.days(20).timestamp()
+    if port_name == "smtp":
+        # Postfix, smtpd_tls_auth_only=yes (the stack's default) and smtpd_tls_protocols = >=TLSv1.2.
+        assert (f.starttls_offered, f.auth_before_tls) == (True, False)
+        assert f.legacy == expected_legacy(False)
+
+
+# ---- legacy protocol versions -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port_name", ["imaps", "imap", "pop3"])
+async def test_legacy_versions_accepted(variants: VariantSet, port_name: str) -> None:
+    """Dovecot with ssl_min_protocol=TLSv1 and ALL:@SECLEVEL=0, through implicit TLS and both STARTTLS
+    dialogues; the main handshake is still the best version both sides have."""
+    assert openssl_offers(LEGACY_VERSIONS["TLSv1"]), "DESIGN.md: this machine's OpenSSL can offer TLS 1.0"
+    v = variants["legacy"]
+    a = await audit(v, port_name, variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert f.legacy == expected_legacy(True) == {"TLSv1": True, "TLSv1.1": True}
+    assert (f.verified, f.version) == (True, "TLSv1.3")
+    assert a.recorder.phases["tls_legacy"] > 0
+
+
+async def test_legacy_not_checked_stays_unknown(variants: VariantSet) -> None:
+    a = await audit(variants["legacy"], "imaps", variants.ca_file, check_legacy=False)
+    assert a.returned is not None
+    assert a.returned.legacy == {"TLSv1": None, "TLSv1.1": None}
+    assert "tls_legacy" not in a.recorder.phases
+
+
+# ---- what plain ports offer before TLS -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port_name", ["smtp", "imap", "pop3"])
+async def test_auth_offered_before_starttls(variants: VariantSet, port_name: str) -> None:
+    """Postfix with smtpd_tls_auth_only=no; Dovecot with ssl=yes and disable_plaintext_auth=no."""
+    a = await audit(variants["plainauth"], port_name, variants.ca_file)
+    f = a.returned
+    assert a.error is None and f is not None
+    assert (f.starttls_offered, f.auth_before_tls, f.verified) == (True, True, True)
+    if port_name == "smtp":
+        assert f.legacy == expected_legacy(True)  # smtpd_tls_protocols = >=TLSv1
+
+
+@pytest.mark.parametrize("port_name", ["smtp", "imap", "pop3"])
+async def test_session_stack_offers_no_auth_before_tls(mailstack: MailStack, port_name: str) -> None:
+    """The stack's stock settings: Postfix smtpd_tls_auth_only=yes, Dovecot disable_plaintext_auth=yes."""
+    ep = endpoint(mailstack.host, mailstack.ports[port_name], "starttls", ca_file=mailstack.ca_file)
+    f = await probe_tls(TLSCheckSettings(ep, PROTOCOL_OF[port_name], check_legacy=False), Recorder())
+    assert (f.starttls_offered, f.auth_before_tls, f.verified) == (True, False, True)
+
+
+async def test_dovecot_offers_login_to_localhost_itself(mailstack: MailStack) -> None:
+    """Why the audit must come from another address: 127.0.0.1 -> 127.0.0.1 counts as secure to Dovecot."""
+    ep = endpoint(
+        mailstack.host, mailstack.imap_port, "starttls", ca_file=mailstack.ca_file, source="127.0.0.1"
+    )
+    f = await probe_tls(TLSCheckSettings(ep, "imap", check_legacy=False), Recorder())
+    assert f.auth_before_tls is True
+
+
+@pytest.mark.parametrize("port_name", ["imap", "pop3"])
+async def test_no_starttls_offered(variants: VariantSet, port_name: str) -> None:
+    """No TLS session at all is the one case probe_tls raises; the facts are in the recorder anyway."""
+    v = variants["notls"]
+    a = await audit(v, port_name, variants.ca_file)
+    assert a.error is not None and a.error.reason == "tls_handshake"
+    f = a.facts
+    assert f is not None
+    assert (f.starttls_offered, f.auth_before_tls, f.handshake_ok, f.verified) == (False, True, False, False)
+    assert f.verify_reason == "other" and f.chain == [] and f.earliest_not_after is None
+    assert f.error in ("IMAP server does not offer STARTTLS", "server does not offer STLS")
+    assert f.legacy == {"TLSv1": None, "TLSv1.1": None}  # not asked: there is no TLS to ask about
+    assert a.recorder.facts["current_phase"] == "tls_connect"
+
+
+async def test_nothing_listening_is_tls_connect(variants: VariantSet) -> None:
+    port = free_ports(1)[0]
+    ep = endpoint("127.0.0.1", port, "implicit", ca_file=variants.ca_file)
+    rec = Recorder()
+    with pytest.raises(ProbeError) as info:
+        await probe_tls(TLSCheckSettings(ep, "imap", timeout=3), rec)
+    assert info.value.reason == "tls_connect"
+    assert rec.tls == {}
+
+
+async def test_bad_settings_are_config_errors(variants: VariantSet) -> None:
+    v = variants["valid"]
+    plain = endpoint(v.host, v.ports["imap"], "none", ca_file=None)
+    for settings in (
+        TLSCheckSettings(plain, "imap"),
+        TLSCheckSettings(endpoint(v.host, v.ports["imap"], "starttls", ca_file=None), "tcp"),
+        TLSCheckSettings(endpoint(v.host, v.ports["imaps"], "implicit", ca_file=None), "ftp"),
+    ):
+        with pytest.raises(ProbeError) as info:
+            await probe_tls(settings, Recorder())
+        assert info.value.reason == "config"
+
+
+# ---- the round trip's own connections record their facts (no extra connection) -------------------------
+
+
+async def test_clients_record_tls_facts_of_their_own_connection(
+    variants: VariantSet, certs: Certs, mailstack: MailStack, mailbox: str
+) -> None:
+    """The SMTP, IMAP and POP3 clients of the round trip leave recorder.tls[endpoint] behind."""
+    v = variants["earlyinter"]
+    rec = Recorder()
+    smtp_ep = endpoint(v.host, v.ports["smtp"], "starttls", ca_file=variants.ca_file)
+    smtp = await open_session(SMTPSettings(smtp_ep), rec)
+    smtp.close()
+    creds = Credentials(mailbox, mailstack.password(mailbox))
+    imap_ep = endpoint(v.host, v.ports["imap"], "starttls", ca_file=variants.ca_file)
+    session = IMAPSession(IMAPSettings(imap_ep, creds), rec)
+    try:
+        await session.open()  # a full login: the variant shares the stack's users and Maildirs
+    finally:
+        await session.close()
+    pop_ep = endpoint(mailstack.host, mailstack.pop3s_port, "implicit", ca_file=mailstack.ca_file)
+    client = await POP3Client.connect(pop_ep, rec)
+    await client.close()
+    for ep, protocol in ((smtp_ep, "smtp"), (imap_ep, "imap"), (pop_ep, "pop3")):
+        f = rec.tls[ep.address]
+        assert (f.protocol, f.mode, f.handshake_ok, f.verified, f.hostname_match) == (
+            protocol,
+            ep.tls_mode,
+            True,
+            True,
+            True,
+        )
+        assert f.legacy == {"TLSv1": None, "TLSv1.1": None}  # never measured on the round trip's connection
+    assert rec.tls[smtp_ep.address].earliest_not_after == certs.early.not_after
+    assert rec.tls[imap_ep.address].earliest_not_after == certs.early.not_after
+    assert rec.tls[pop_ep.address].starttls_offered is None
+
+
+# ---- the same expiry as prometheus-blackbox-exporter ---------------------------------------------------
+
+
+BLACKBOX_CASES = [
+    # (variant, port, blackbox module, verified by blackbox with our CA too)
+    ("valid", "imaps", "implicit", True),
+    ("valid", "pop3", "pop3_starttls", True),
+    ("expired", "imaps", "implicit", False),
+    ("expiring", "imaps", "implicit", True),
+    ("wronghost", "imaps", "implicit", False),
+    ("selfsigned", "imaps", "implicit", False),
+    ("earlyinter", "imap", "imap_starttls", True),
+    ("earlyinter", "smtp", "smtp_starttls", True),
+    ("legacy", "pop3", "pop3_starttls", True),
+]
+
+
+@pytest.fixture(scope="module")
+def blackbox(variants: VariantSet) -> Iterator[BlackboxExporter]:
+    if not blackbox_available():
+        pytest.fail(
+            "prometheus-blackbox-exporter is not installed (Debian package of that name)", pytrace=False
+        )
+    modules = blackbox_starttls_modules(SERVER_NAME, None)
+    modules |= {f"{k}_verify": m for k, m in blackbox_starttls_modules(SERVER_NAME, variants.ca_file).items()}
+    with BlackboxExporter(variants.root / "blackbox", modules) as bb:
+        yield bb
+
+
+@pytest.mark.parametrize(("name", "port_name", "module", "verifies"), BLACKBOX_CASES)
+async def test_earliest_expiry_equals_blackbox_exporter(
+    variants: VariantSet, blackbox: BlackboxExporter, name: str, port_name: str, module: str, verifies: bool
+) -> None:
+    v = variants[name]
+    a = await audit(v, port_name, variants.ca_file, check_legacy=False)
+    f = a.returned
+    assert f is not None and f.earliest_not_after is not None
+    assert f.earliest_not_after == v.earliest_not_after
+    target = v.address(port_name)
+    bb = blackbox.probe(module, target)
+    assert bb["probe_success"] == 1, blackbox.probe_text(module, target)
+    assert bb["probe_ssl_earliest_cert_expiry"] == f.earliest_not_after
+    assert bb[f'probe_tls_version_info{{version="{f.version.replace("v", " ")}"}}'] == 1  # type: ignore[union-attr]
+    verified = blackbox.probe(f"{module}_verify", target)
+    assert verified["probe_success"] == (1 if verifies else 0)
+    assert f.verified is verifies
+    if verifies:
+        # The verified chain ends at our root, which outlives everything else here.
+        assert verified["probe_ssl_last_chain_expiry_timestamp_seconds"] == f.earliest_not_after
+
+
+def test_variant_startup_time(variants: VariantSet) -> None:
+    """Ten Dovecots and two Postfixes must not dominate the suite."""
+    assert variants.startup_seconds is not None and variants.startup_seconds < 15
