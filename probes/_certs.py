@@ -51,6 +51,7 @@ _TLS_RECORD_VERSION: Final[dict[ssl.TLSVersion, bytes]] = {
     ssl.TLSVersion.TLSv1: b"\x03\x01",
     ssl.TLSVersion.TLSv1_1: b"\x03\x02",
     ssl.TLSVersion.TLSv1_2: b"\x03\x03",
+    ssl.TLSVersion.TLSv1_3: b"\x03\x03",  # 1.3 keeps 1.2 in the legacy field (RFC 8446 §4.1.2)
 }
 
 
