@@ -178,6 +178,7 @@ async def probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
     if not facts.handshake_ok:
         if facts.verify_reason is None:
             facts.verify_reason = "other"
+        recorder.facts["current_phase"] = "tls_handshake"  # the legacy phase has cleared it
         raise ProbeError(
             f"no TLS session with {ep.address}: {facts.error or 'handshake failed'}", reason="tls_handshake"
         )

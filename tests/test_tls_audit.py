@@ -10,6 +10,7 @@ as a secure connection and would offer plaintext LOGIN there whatever its settin
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import time
@@ -400,7 +401,40 @@ async def test_no_starttls_offered(variants: VariantSet, port_name: str) -> None
     assert f.verify_reason == "other" and f.chain == [] and f.earliest_not_after is None
     assert f.error in ("IMAP server does not offer STARTTLS", "server does not offer STLS")
     assert f.legacy == {"TLSv1": None, "TLSv1.1": None}  # not asked: there is no TLS to ask about
-    assert a.recorder.facts["current_phase"] == "tls_connect"
+    assert a.recorder.facts["current_phase"] == "tls_handshake"
+
+
+async def test_a_server_that_never_completes_a_handshake() -> None:
+    """Every handshake fails (a listener that answers in plain text): tls_handshake is raised, and the
+    facts say so, legacy included (a handshake was attempted and not completed: False, not unknown)."""
+
+    async def plaintext(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK this is no TLS server\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plaintext, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        ep = endpoint("127.0.0.1", port, "implicit", ca_file=None, source=None)
+        rec = Recorder()
+        with pytest.raises(ProbeError) as info:
+            await probe_tls(TLSCheckSettings(ep, "tcp", timeout=3), rec)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert info.value.reason == "tls_handshake"
+    f = rec.tls[ep.address]
+    assert (f.handshake_ok, f.verified, f.verify_reason, f.chain, f.version) == (
+        False,
+        False,
+        "other",
+        [],
+        None,
+    )
+    assert f.error is not None and "TLS handshake failed" in f.error
+    assert f.legacy == expected_legacy(False)
+    assert rec.facts["current_phase"] == "tls_handshake"
 
 
 async def test_nothing_listening_is_tls_connect(variants: VariantSet) -> None:
