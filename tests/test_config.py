@@ -1,0 +1,706 @@
+"""exporter.config: loading, one-line errors, secrets, defaults; and the check-config / probe / run CLI."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from exporter import cli
+from exporter.config import (
+    ConfigError,
+    LoadedConfig,
+    default_port,
+    load_config,
+    parse_config,
+    state_dir,
+)
+from exporter.runner import roundtrip_settings
+from probes.imap import IMAPSettings
+from probes.roundtrip import POP3Settings
+
+F = "/etc/mailcanary/test.yml"
+ENV = {"RECV_PW": "env-secret"}
+
+# One line per problem: "FILE: key.path: message" (the path may be "(top level)" or "line L, column C").
+LINE_RE = re.compile(r"^(?P<file>[^:]+): (?P<key>[^:]+): (?P<msg>.+)$")
+
+
+@pytest.fixture
+def pw_file(tmp_path: Path) -> Path:
+    path = tmp_path / "smtp.pw"
+    path.write_text("file-secret\n", encoding="utf-8")
+    return path
+
+
+def full_config(pw_file: Path) -> str:
+    return f"""\
+global:
+  interval: 5m
+  timeout: 2m
+roundtrip:
+  - name: imap-probe
+    sender: canary@example.com
+    recipient: inbox@example.net
+    interval: 1m
+    timeout: 30s
+    smtp:
+      host: smtp.example.com
+      tls: starttls
+      username: canary@example.com
+      password_file: {pw_file}
+    receive:
+      protocol: imap
+      host: imap.example.net
+      tls: implicit
+      username: inbox@example.net
+      password_env: RECV_PW
+      mailbox: Canaries
+  - name: pop3.probe_2
+    sender: canary@example.com
+    recipient: pop@example.net
+    smtp:
+      host: mx.example.net
+      port: 25
+      tls: none
+    receive:
+      protocol: pop3
+      host: pop.example.net
+      tls: starttls
+      username: pop@example.net
+      password_env: RECV_PW
+"""
+
+
+def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, F, ENV if environ is None else environ)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def one_problem(text: str, environ: dict[str, str] | None = None) -> str:
+    problems = problems_of(text, environ)
+    assert len(problems) == 1, problems
+    (line,) = problems
+    assert "\n" not in line
+    assert LINE_RE.match(line), line
+    return line
+
+
+# ---- a good file ----------------------------------------------------------------------------------------
+
+
+def test_full_config_loads(pw_file: Path) -> None:
+    loaded = parse_config(full_config(pw_file), F, ENV)
+    cfg = loaded.config
+    assert loaded.path == F
+    assert loaded.warnings == []
+    assert re.fullmatch(r"[0-9a-f]{12}", loaded.digest)
+    assert cfg.global_.interval == 300.0
+    assert cfg.global_.timeout == 120.0
+    assert [p.name for p in cfg.roundtrip] == ["imap-probe", "pop3.probe_2"]
+    imap, pop = cfg.roundtrip
+    assert (cfg.interval_of(imap), cfg.timeout_of(imap)) == (60.0, 30.0)
+    assert (cfg.interval_of(pop), cfg.timeout_of(pop)) == (300.0, 120.0)  # from global
+    assert imap.receive.protocol == "imap"
+    assert imap.receive.mailbox == "Canaries"
+    assert imap.receive.port is None  # resolved later from protocol and tls
+    assert imap.smtp.tls == "starttls"
+    assert pop.receive.protocol == "pop3"
+    assert pop.smtp.port == 25
+    assert pop.smtp.username is None
+    assert loaded.secrets == {
+        ("imap-probe", "smtp"): "file-secret",  # trailing newline of the file stripped
+        ("imap-probe", "receive"): "env-secret",
+        ("pop3.probe_2", "receive"): "env-secret",
+    }
+    assert loaded.password("imap-probe", "smtp") == "file-secret"
+    assert sorted(loaded.all_secrets()) == [
+        ("canary@example.com", "file-secret"),
+        ("inbox@example.net", "env-secret"),
+        ("pop@example.net", "env-secret"),
+    ]
+    assert "file-secret" not in repr(loaded)
+    assert "env-secret" not in repr(loaded)
+
+
+def test_digest_follows_the_text(pw_file: Path) -> None:
+    a = parse_config(full_config(pw_file), F, ENV).digest
+    b = parse_config(full_config(pw_file), F, ENV).digest
+    c = parse_config(full_config(pw_file).replace("interval: 5m", "interval: 6m"), F, ENV).digest
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing here\n", "---\n"])
+def test_empty_file_is_an_empty_config(text: str) -> None:
+    loaded = parse_config(text, F, {})
+    assert loaded.config.roundtrip == []
+    assert loaded.config.global_.interval == 300.0
+    assert loaded.config.global_.timeout == 120.0
+
+
+def test_inline_password_loads_with_a_warning(pw_file: Path) -> None:
+    text = full_config(pw_file).replace(
+        "password_env: RECV_PW\n      mailbox", "password: hunter2\n      mailbox"
+    )
+    loaded = parse_config(text, F, ENV)
+    assert loaded.password("imap-probe", "receive") == "hunter2"
+    assert loaded.warnings == [
+        f"{F}: roundtrip[0].receive.password: inline password; prefer password_file or password_env"
+    ]
+    assert "hunter2" not in repr(loaded.config)
+
+
+def test_timeout_longer_than_interval_warns(pw_file: Path) -> None:
+    loaded = parse_config(full_config(pw_file).replace("timeout: 30s", "timeout: 2m"), F, ENV)
+    assert loaded.warnings == [
+        f"{F}: roundtrip[0].timeout: longer than the interval; a run that overruns skips the next slot"
+    ]
+
+
+def test_password_file_crlf_is_stripped(tmp_path: Path, pw_file: Path) -> None:
+    pw_file.write_bytes(b"with space \r\n")
+    loaded = parse_config(full_config(pw_file), F, ENV)
+    assert loaded.password("imap-probe", "smtp") == "with space "
+
+
+# ---- one line per problem -------------------------------------------------------------------------------
+
+
+def _edit(pw_file: Path, old: str, new: str, count: int = 1) -> str:
+    text = full_config(pw_file)
+    assert old in text, old
+    return text.replace(old, new, count)
+
+
+def test_unknown_top_level_key(pw_file: Path) -> None:
+    assert one_problem(full_config(pw_file) + "bogus: 1\n") == f"{F}: bogus: unknown key"
+
+
+def test_unknown_global_key(pw_file: Path) -> None:
+    text = _edit(pw_file, "  timeout: 2m\n", "  timeout: 2m\n  intervall: 3m\n")
+    assert one_problem(text) == f"{F}: global.intervall: unknown key"
+
+
+def test_unknown_probe_key(pw_file: Path) -> None:
+    text = _edit(pw_file, "    interval: 1m\n", "    interval: 1m\n    retries: 3\n")
+    assert one_problem(text) == f"{F}: roundtrip[0].retries: unknown key"
+
+
+def test_unknown_smtp_key(pw_file: Path) -> None:
+    text = _edit(pw_file, "      tls: none\n", "      tls: none\n      hello: x\n")
+    assert one_problem(text) == f"{F}: roundtrip[1].smtp.hello: unknown key"
+
+
+def test_unknown_receive_key(pw_file: Path) -> None:
+    text = _edit(pw_file, "      mailbox: Canaries\n", "      mailbox: Canaries\n      folder: X\n")
+    assert one_problem(text) == f"{F}: roundtrip[0].receive.folder: unknown key"
+
+
+def test_unknown_tls_config_key(pw_file: Path) -> None:
+    text = _edit(pw_file, "      tls: implicit\n", "      tls: implicit\n      tls_config:\n        ca: /x\n")
+    assert one_problem(text) == f"{F}: roundtrip[0].receive.tls_config.ca: unknown key"
+
+
+def test_wrong_tls_mode(pw_file: Path) -> None:
+    text = _edit(pw_file, "tls: starttls", "tls: ssl")
+    assert one_problem(text) == f"{F}: roundtrip[0].smtp.tls: must be 'implicit', 'starttls' or 'none'"
+
+
+def test_wrong_protocol(pw_file: Path) -> None:
+    text = _edit(pw_file, "protocol: pop3", "protocol: jmap")
+    assert one_problem(text) == f"{F}: roundtrip[1].receive.protocol: must be 'imap' or 'pop3'"
+
+
+def test_bad_global_duration(pw_file: Path) -> None:
+    text = _edit(pw_file, "interval: 5m", "interval: 5x")
+    assert one_problem(text) == (
+        f"{F}: global.interval: '5x' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)"
+    )
+
+
+def test_bad_probe_duration(pw_file: Path) -> None:
+    text = _edit(pw_file, "timeout: 30s", "timeout: soon")
+    assert one_problem(text) == (
+        f"{F}: roundtrip[0].timeout: 'soon' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)"
+    )
+
+
+def test_bad_nested_duration(pw_file: Path) -> None:
+    text = _edit(pw_file, "      mailbox: Canaries\n", "      mailbox: Canaries\n      poll_max: [1s]\n")
+    assert (
+        one_problem(text) == f"{F}: roundtrip[0].receive.poll_max: expected a duration such as 30s, 5m or 1h"
+    )
+
+
+@pytest.mark.parametrize("value", ["yes", "true"])
+def test_boolean_duration(pw_file: Path, value: str) -> None:
+    text = _edit(pw_file, "interval: 5m", f"interval: {value}")
+    assert one_problem(text) == f"{F}: global.interval: expected a duration such as 30s, 5m or 1h"
+
+
+def test_huge_integer_duration_is_a_config_error(pw_file: Path) -> None:
+    text = _edit(pw_file, "interval: 5m", "interval: " + "9" * 400)
+    line = one_problem(text)
+    assert line.startswith(f"{F}: global.interval: ")
+    assert "finite" in line
+
+
+def test_interval_below_one_second(pw_file: Path) -> None:
+    text = _edit(pw_file, "interval: 1m", "interval: 500ms")
+    assert one_problem(text) == f"{F}: roundtrip[0].interval: must be at least 1s"
+
+
+def test_missing_required_key(pw_file: Path) -> None:
+    text = _edit(pw_file, "      host: smtp.example.com\n", "")
+    assert one_problem(text) == f"{F}: roundtrip[0].smtp.host: required key is missing"
+
+
+def test_missing_receive_section(pw_file: Path) -> None:
+    text = full_config(pw_file)
+    text = text[: text.index("    receive:\n      protocol: pop3")]
+    assert one_problem(text) == f"{F}: roundtrip[1].receive: required key is missing"
+
+
+def test_duplicate_probe_names(pw_file: Path) -> None:
+    text = _edit(pw_file, "name: pop3.probe_2", "name: imap-probe")
+    assert one_problem(text) == f"{F}: roundtrip[1].name: duplicate probe name 'imap-probe'"
+
+
+@pytest.mark.parametrize("name", ["-starts-with-dash", "has space", "ü-umlaut", "x" * 64, "''", "a/b"])
+def test_bad_probe_name(pw_file: Path, name: str) -> None:
+    text = _edit(pw_file, "name: imap-probe", f"name: {name}")
+    assert one_problem(text) == (
+        f"{F}: roundtrip[0].name: must be 1-63 characters of letters, digits, '_', '.', '-', "
+        "starting alphanumeric"
+    )
+
+
+def test_probe_name_of_63_characters_is_fine(pw_file: Path) -> None:
+    loaded = parse_config(_edit(pw_file, "name: imap-probe", "name: " + "n" * 63), F, ENV)
+    assert loaded.config.roundtrip[0].name == "n" * 63
+
+
+@pytest.mark.parametrize("address", ["not-an-address", "two@at@example.com", "'<x@example.com>'", "a b@c"])
+def test_bad_mail_address(pw_file: Path, address: str) -> None:
+    text = _edit(pw_file, "recipient: inbox@example.net", f"recipient: {address}")
+    assert one_problem(text) == f"{F}: roundtrip[0].recipient: must be a mail address like user@example.com"
+
+
+def test_password_file_missing(pw_file: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pw"
+    text = full_config(pw_file).replace(str(pw_file), str(missing))
+    assert one_problem(text) == (
+        f"{F}: roundtrip[0].smtp.password_file: cannot read {missing}: No such file or directory"
+    )
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_password_file_empty(pw_file: Path, content: bytes) -> None:
+    pw_file.write_bytes(content)
+    assert one_problem(full_config(pw_file)) == f"{F}: roundtrip[0].smtp.password_file: {pw_file} is empty"
+
+
+def test_password_env_unset(pw_file: Path) -> None:
+    problems = problems_of(full_config(pw_file), environ={})
+    # Both probes read RECV_PW: one line for each, each naming its own key.
+    assert problems == [
+        f"{F}: roundtrip[0].receive.password_env: environment variable RECV_PW is not set or empty",
+        f"{F}: roundtrip[1].receive.password_env: environment variable RECV_PW is not set or empty",
+    ]
+
+
+def test_password_env_empty(pw_file: Path) -> None:
+    assert len(problems_of(full_config(pw_file), environ={"RECV_PW": ""})) == 2
+
+
+def test_two_password_sources(pw_file: Path) -> None:
+    text = _edit(
+        pw_file,
+        "      password_env: RECV_PW\n      mailbox",
+        "      password_env: RECV_PW\n      password: x\n      mailbox",
+    )
+    assert one_problem(text) == (
+        f"{F}: roundtrip[0].receive: give only one of password, password_file, password_env "
+        "(got password, password_env)"
+    )
+
+
+def test_username_without_password(pw_file: Path) -> None:
+    text = _edit(pw_file, f"      password_file: {pw_file}\n", "")
+    assert one_problem(text) == (
+        f"{F}: roundtrip[0].smtp: username given without password_file, password_env or password"
+    )
+
+
+def test_password_without_username(pw_file: Path) -> None:
+    text = _edit(pw_file, "      username: canary@example.com\n", "")
+    assert one_problem(text) == f"{F}: roundtrip[0].smtp: a password needs a username"
+
+
+def test_credentials_over_plaintext(pw_file: Path) -> None:
+    text = _edit(pw_file, "tls: starttls\n      username: canary", "tls: none\n      username: canary")
+    assert one_problem(text) == (
+        f"{F}: roundtrip[0].smtp: credentials over tls: none would travel in clear text; use starttls "
+        "or implicit, or set allow_plaintext_auth: true"
+    )
+
+
+def test_credentials_over_plaintext_allowed_explicitly(pw_file: Path) -> None:
+    text = _edit(
+        pw_file,
+        "tls: starttls\n      username: canary",
+        "tls: none\n      allow_plaintext_auth: true\n      username: canary",
+    )
+    loaded = parse_config(text, F, ENV)
+    assert loaded.config.roundtrip[0].smtp.tls == "none"
+    assert loaded.config.roundtrip[0].smtp.allow_plaintext_auth is True
+
+
+def test_cert_file_without_key_file(pw_file: Path) -> None:
+    text = _edit(
+        pw_file,
+        "      tls: implicit\n",
+        f"      tls: implicit\n      tls_config:\n        cert_file: {pw_file}\n",
+    )
+    assert one_problem(text) == f"{F}: roundtrip[0].receive.tls_config: cert_file and key_file go together"
+
+
+def test_unreadable_ca_file(pw_file: Path, tmp_path: Path) -> None:
+    # A missing file: permission bits would not stop root, which the test may run as.
+    ca = tmp_path / "missing-ca.pem"
+    text = _edit(pw_file, "      tls: none\n", f"      tls: none\n      tls_config:\n        ca_file: {ca}\n")
+    assert one_problem(text) == f"{F}: roundtrip[1].smtp.tls_config.ca_file: cannot read {ca}"
+
+
+def test_readable_tls_files_load(pw_file: Path) -> None:
+    text = _edit(
+        pw_file,
+        "      tls: implicit\n",
+        f"      tls: implicit\n      tls_config:\n        ca_file: {pw_file}\n        cert_file: {pw_file}\n"
+        f"        key_file: {pw_file}\n        server_name: imap.internal\n",
+    )
+    tc = parse_config(text, F, ENV).config.roundtrip[0].receive.tls_config
+    assert (tc.ca_file, tc.cert_file, tc.key_file, tc.server_name) == (
+        str(pw_file),
+        str(pw_file),
+        str(pw_file),
+        "imap.internal",
+    )
+
+
+def test_unreadable_canary_key_file(pw_file: Path, tmp_path: Path) -> None:
+    key = tmp_path / "missing.key"
+    text = _edit(pw_file, "  timeout: 2m\n", f"  timeout: 2m\n  canary_key_file: {key}\n")
+    assert one_problem(text) == f"{F}: global.canary_key_file: cannot read {key}"
+
+
+def test_pop3_with_mailbox(pw_file: Path) -> None:
+    text = _edit(pw_file, "protocol: pop3\n", "protocol: pop3\n      mailbox: Other\n")
+    assert (
+        one_problem(text)
+        == f"{F}: roundtrip[1].receive: mailbox is an IMAP setting; POP3 always reads the inbox"
+    )
+
+
+def test_port_out_of_range(pw_file: Path) -> None:
+    text = _edit(pw_file, "port: 25", "port: 70000")
+    line = one_problem(text)
+    assert line.startswith(f"{F}: roundtrip[1].smtp.port: ")
+    assert "65535" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        (
+            "global:\n  interval: [5m\n",
+            "line 3, column 1",
+            "invalid YAML: expected ',' or ']', but got '<stream end>'",
+        ),
+        ("a: b\n c: d\n", "line 2, column 3", "invalid YAML: mapping values are not allowed here"),
+        (
+            "global:\n\tinterval: 5m\n",
+            "line 2, column 1",
+            "invalid YAML: found character '\\t' that cannot start any token",
+        ),
+    ],
+)
+def test_yaml_syntax_error(text: str, where: str, problem: str) -> None:
+    assert one_problem(text) == f"{F}: {where}: {problem}"
+
+
+def test_yaml_value_error_is_a_config_error() -> None:
+    # PyYAML raises ValueError (not YAMLError) for an impossible timestamp.
+    line = one_problem("global:\n  state_dir: 2024-13-45\n")
+    assert line.startswith(f"{F}: ")
+    assert "month must be in 1..12" in line
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_top_level_not_a_mapping(text: str) -> None:
+    assert one_problem(text) == f"{F}: (top level): must be a mapping with keys global, roundtrip"
+
+
+def test_several_problems_one_line_each(pw_file: Path) -> None:
+    text = _edit(pw_file, "interval: 5m", "interval: 5x")
+    text = text.replace("recipient: pop@example.net", "recipient: nobody")
+    problems = problems_of(text)
+    assert problems == [
+        f"{F}: global.interval: '5x' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)",
+        f"{F}: roundtrip[1].recipient: must be a mail address like user@example.com",
+    ]
+
+
+# ---- load_config, defaults ------------------------------------------------------------------------------
+
+
+def test_load_config_missing_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yml"
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.problems == [f"{path}: (file): not found"]
+
+
+def test_load_config_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path))
+    (line,) = info.value.problems
+    assert line.startswith(f"{tmp_path}: (file): cannot read: ")
+
+
+def test_load_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yml"
+    path.write_bytes(b"global:\n  state_dir: /tmp/\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    (line,) = info.value.problems
+    assert line.startswith(f"{path}: (file): cannot read: ")
+
+
+def test_load_config_reads_the_file(tmp_path: Path, pw_file: Path) -> None:
+    path = tmp_path / "mailcanary.yml"
+    path.write_text(full_config(pw_file), encoding="utf-8")
+    loaded = load_config(str(path), ENV)
+    assert loaded.path == str(path)
+    assert len(loaded.config.roundtrip) == 2
+
+
+def test_load_config_names_the_file_in_errors(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text("bogus: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert info.value.problems == [f"{path}: bogus: unknown key"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "tls", "port"),
+    [
+        ("smtp", "implicit", 465),
+        ("smtp", "starttls", 587),
+        ("smtp", "none", 25),
+        ("imap", "implicit", 993),
+        ("imap", "starttls", 143),
+        ("imap", "none", 143),
+        ("pop3", "implicit", 995),
+        ("pop3", "starttls", 110),
+        ("pop3", "none", 110),
+    ],
+)
+def test_default_port(protocol: str, tls: str, port: int) -> None:
+    assert default_port(protocol, tls) == port
+
+
+def test_default_ports_reach_the_probe_settings(pw_file: Path) -> None:
+    loaded = parse_config(full_config(pw_file), F, ENV)
+    imap, pop = loaded.config.roundtrip
+    s1 = roundtrip_settings(loaded, imap, b"k" * 32)
+    assert s1.smtp.endpoint.port == 587  # starttls, no port given
+    assert isinstance(s1.receiver, IMAPSettings)
+    assert s1.receiver.endpoint.port == 993  # implicit
+    assert s1.receiver.mailbox == "Canaries"
+    s2 = roundtrip_settings(loaded, pop, b"k" * 32)
+    assert s2.smtp.endpoint.port == 25  # given explicitly
+    assert isinstance(s2.receiver, POP3Settings)
+    assert s2.receiver.endpoint.port == 110  # pop3 starttls
+
+
+def _loaded(state: str | None = None) -> LoadedConfig:
+    text = f"global:\n  state_dir: {state}\n" if state else ""
+    return parse_config(text, F, {})
+
+
+def test_state_dir_key_wins(tmp_path: Path) -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/sd", "XDG_STATE_HOME": "/xdg"}
+    assert state_dir(_loaded("/srv/state").config, env) == Path("/srv/state")
+
+
+def test_state_dir_systemd_next() -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/mailcanary:/var/lib/other", "XDG_STATE_HOME": "/xdg"}
+    assert state_dir(_loaded().config, env) == Path("/var/lib/mailcanary")
+
+
+def test_state_dir_xdg_next() -> None:
+    assert state_dir(_loaded().config, {"XDG_STATE_HOME": "/xdg", "STATE_DIRECTORY": ""}) == Path(
+        "/xdg/mailcanary"
+    )
+
+
+def test_state_dir_home_last(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert state_dir(_loaded().config, {}) == tmp_path / ".local" / "state" / "mailcanary"
+
+
+def test_state_dir_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/run/sd-state")
+    assert state_dir(_loaded().config) == Path("/run/sd-state")
+
+
+# ---- the command line -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """cli.main() configures structlog and the root logger onto the captured stderr; undo that."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {
+        n: logging.getLogger(n).level for n in ("aioimaplib", "apscheduler", "aiohttp.access", "mail.log")
+    }
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lvl in noisy.items():
+        logging.getLogger(name).setLevel(lvl)
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def good_file(tmp_path: Path, pw_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RECV_PW", "env-secret")
+    path = tmp_path / "good.yml"
+    path.write_text(full_config(pw_file), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path, pw_file: Path) -> Path:
+    path = tmp_path / "bad.yml"
+    text = (
+        full_config(pw_file).replace("interval: 5m", "interval: 5x").replace("tls: starttls", "tls: tls", 1)
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_cli_check_config_ok(good_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config", "--config", str(good_file)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{good_file}: ok (2 round-trip probes, 0 TLS checks)\n"
+    assert "Traceback" not in err
+
+
+def test_cli_check_config_prints_warnings(
+    tmp_path: Path, pw_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECV_PW", "env-secret")
+    path = tmp_path / "inline.yml"
+    text = full_config(pw_file).replace("password_env: RECV_PW\n      mailbox", "password: x\n      mailbox")
+    path.write_text(text, encoding="utf-8")
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    out, _ = capsys.readouterr()
+    assert out.splitlines() == [
+        f"warning: {path}: roundtrip[0].receive.password: inline password; "
+        "prefer password_file or password_env",
+        f"{path}: ok (2 round-trip probes, 0 TLS checks)",
+    ]
+
+
+def test_cli_check_config_bad(
+    bad_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECV_PW", "env-secret")
+    assert cli.main(["check-config", "--config", str(bad_file)]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{bad_file}: global.interval: '5x' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)",
+        f"{bad_file}: roundtrip[0].smtp.tls: must be 'implicit', 'starttls' or 'none'",
+    ]
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: [\n",
+        "- 1\n",
+        "global:\n  interval: " + "9" * 400 + "\n",
+        "global:\n  state_dir: 2024-13-45\n",
+        "\x00",
+    ],
+)
+def test_cli_check_config_never_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    path = tmp_path / "weird.yml"
+    path.write_text(text, encoding="utf-8")
+    assert cli.main(["check-config", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{path}: ")
+    assert "Traceback" not in out + err
+
+
+def test_cli_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.yml"
+    assert cli.main(["check-config", "--config", str(path)]) == 1
+    out, _ = capsys.readouterr()
+    assert out == f"{path}: (file): not found\n"
+
+
+def test_cli_probe_with_bad_config_is_unknown(
+    bad_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECV_PW", "env-secret")
+    assert cli.main(["probe", "--config", str(bad_file)]) == 3
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{bad_file}: global.interval: '5x' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)",
+        f"{bad_file}: roundtrip[0].smtp.tls: must be 'implicit', 'starttls' or 'none'",
+    ]
+
+
+def test_cli_probe_unknown_name_is_unknown(good_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["probe", "--config", str(good_file), "nope"]) == 3
+    _, err = capsys.readouterr()
+    assert err == f"{good_file}: no probe or TLS check named 'nope' (have: imap-probe, pop3.probe_2)\n"
+
+
+def test_cli_run_with_missing_default_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "nowhere" / "mailcanary.yml"
+    monkeypatch.setenv("MAILCANARY_CONFIG", str(path))
+    assert cli.main(["run"]) == 3
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{path}: (file): not found")
+    assert "mailcanary demo" in lines[0]
+    assert "--config" in lines[0]
+
+
+def test_cli_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 3
+    _, err = capsys.readouterr()
+    assert "usage: mailcanary" in err
