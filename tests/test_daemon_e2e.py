@@ -157,11 +157,11 @@ def test_probe_command_exit_codes_and_debug(
     cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", config]
     ok = subprocess.run([*cmd, "good", "--debug"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.startswith("MAILCANARY OK - 1/1 round trips delivered | 'good_delivery'=")
+    assert ok.stdout.startswith("MAILCANARY OK - 1 round trips delivered | 'good_delivery'=")
     assert "C: smtp AUTH PLAIN ********" in ok.stdout and "receive_wait" in ok.stdout
     assert mailstack.password(good["sender"]) not in ok.stdout + ok.stderr
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert failed.stdout.startswith("MAILCANARY CRITICAL - bad: receive_auth")
     unknown = subprocess.run([*cmd, "nosuch"], capture_output=True, text=True, timeout=60)
-    assert unknown.returncode == 3 and "no probe named 'nosuch'" in unknown.stderr
+    assert unknown.returncode == 3 and "no probe or TLS check named 'nosuch'" in unknown.stderr
