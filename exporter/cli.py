@@ -1,4 +1,4 @@
-"""The ``mailcanary`` command: run (daemon), probe (one-shot, Nagios exit codes), check-config."""
+"""The ``mailcanary`` command: run (daemon), probe (one-shot, Nagios exit codes), check-config, demo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import TextIO
 
 from probes.tls import TLSFacts
 
-from . import __version__, logs
+from . import __version__, demo, logs
 from .config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a configuration file")
     common(check)
+    demo.add_arguments(
+        sub.add_parser("demo", help="see it work: the daemon on a built-in sandbox mail server")
+    )
     return parser
 
 
@@ -123,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "demo":
+            return demo.main(args)
         if args.command == "probe":
             return asyncio.run(_probe(args, sys.stdout))
         return _check(args, sys.stdout)
