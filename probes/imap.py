@@ -23,8 +23,10 @@ from .errors import ProbeError, ProbeTimeout
 from .recorder import Recorder
 
 T = TypeVar("T")
-_EXISTS_RE = re.compile(rb"^(?:\* )?(\d+) EXISTS\b", re.IGNORECASE)
-_FETCH_UID_RE = re.compile(rb"\bUID (\d+)\b")
+# IMAP numbers are 32-bit (RFC 3501 nz-number): at most 10 digits. Longer is garbage, and int() of a
+# few thousand digits would raise ValueError.
+_EXISTS_RE = re.compile(rb"^(?:\* )?(\d{1,10}) EXISTS\b", re.IGNORECASE)
+_FETCH_UID_RE = re.compile(rb"\bUID (\d{1,10})\b")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def parse_search(lines: Iterable[bytes | bytearray]) -> list[int]:
         words = line.split()
         if words and words[0].upper() == b"SEARCH":
             words = words[1:]
-        if words and all(w.isdigit() for w in words):
+        if words and all(w.isdigit() and len(w) <= 10 for w in words):
             uids.extend(int(w) for w in words)
     return uids
 

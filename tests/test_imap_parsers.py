@@ -180,14 +180,8 @@ def test_parsers_never_raise_on_arbitrary_bytes(lines: list[bytes]) -> None:
     assert parse_fetch_literals(lines) == {}  # no literal, nothing to return
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="int() refuses more than 4300 digits: a hostile server line raises ValueError (see report)",
-)
 def test_parsers_survive_absurdly_long_numbers() -> None:
     digits = b"9" * 5000
-    assert not isinstance(parse_exists([digits + b" EXISTS"]), str)
-    assert isinstance(parse_search([digits]), list)
-    assert isinstance(
-        parse_fetch_literals([b"1 FETCH (UID " + digits + b" BODY[] {1}", bytearray(b"x")]), dict
-    )
+    assert parse_exists([digits + b" EXISTS"]) is None
+    assert parse_search([digits]) == []
+    assert parse_fetch_literals([b"1 FETCH (UID " + digits + b" BODY[] {1}", bytearray(b"x")]) == {}
