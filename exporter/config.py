@@ -30,6 +30,7 @@ from probes.canary import PROBE_NAME_RE
 from .durations import parse_duration
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
+_SECTIONS = ("global", "roundtrip", "tls_checks", "modules")
 
 
 def _duration(value: object) -> float:
@@ -354,6 +355,8 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     environ = dict(os.environ) if environ is None else environ
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError([f"{path}: (top level): invalid YAML: nested too deeply"]) from None
     except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(top level)"
@@ -362,7 +365,9 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: (top level): must be a mapping with keys global, roundtrip"])
+        raise ConfigError([f"{path}: (top level): must be a mapping with keys global, roundtrip, tls_checks"])
+    # A section left empty ("roundtrip:" with nothing under it) means "none", not "null".
+    data = {k: v for k, v in data.items() if not (v is None and k in _SECTIONS)}
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

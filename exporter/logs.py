@@ -23,13 +23,16 @@ def set_masker(masker: Masker) -> None:
 
 
 def _mask(value: Any) -> Any:
+    """Mask strings, recursively; anything else that would be rendered as text is rendered and masked."""
     if isinstance(value, str):
         return _masker(value)
     if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+        return {_masker(str(k)): _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [_mask(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _masker(str(value))  # exceptions, paths, objects: their text may hold a secret
 
 
 def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -76,16 +76,30 @@ def parse_search(lines: Iterable[bytes | bytearray]) -> list[int]:
 
 
 def parse_fetch_literals(lines: Iterable[bytes | bytearray]) -> dict[int, bytes]:
-    """UID -> literal from a ``UID FETCH`` response (aioimaplib puts each literal after its FETCH line)."""
+    """UID -> literal from a ``UID FETCH`` response.
+
+    aioimaplib hands each literal over after its FETCH line; the UID may stand before the data
+    (``1 FETCH (UID 5 BODY[] {n}``) or after it (``1 FETCH (BODY[] {n}`` ... `` UID 5)``), as servers differ.
+    """
     out: dict[int, bytes] = {}
     uid: int | None = None
+    literal: bytes | None = None  # a literal whose UID had not been seen yet
     for line in lines:
         if isinstance(line, bytearray):
             if uid is not None:
                 out[uid] = bytes(line)
+                literal = None
+            else:
+                literal = bytes(line)
             uid = None
-        elif (m := _FETCH_UID_RE.search(line)) is not None and b"FETCH" in line:
-            uid = int(m.group(1))
+            continue
+        m = _FETCH_UID_RE.search(line)
+        if b"FETCH" in line:
+            uid = int(m.group(1)) if m is not None else None
+            literal = None
+        elif m is not None and literal is not None:  # the tail of the same FETCH: " UID 5)"
+            out[int(m.group(1))] = literal
+            literal = None
     return out
 
 

@@ -445,7 +445,7 @@ def test_yaml_value_error_is_a_config_error() -> None:
 
 @pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
 def test_top_level_not_a_mapping(text: str) -> None:
-    assert one_problem(text) == f"{F}: (top level): must be a mapping with keys global, roundtrip"
+    assert one_problem(text) == f"{F}: (top level): must be a mapping with keys global, roundtrip, tls_checks"
 
 
 def test_several_problems_one_line_each(pw_file: Path) -> None:
