@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -245,7 +245,6 @@ class Variant:
     postfix: PostfixInstance | None = None
     host: str = LOOPBACK_V4
     server_name: str = SERVER_NAME
-    notes: dict[str, str] = field(default_factory=dict)
 
     @property
     def leaf(self) -> Issued:
