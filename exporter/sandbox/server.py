@@ -324,7 +324,7 @@ class Sandbox:
                 auth_data.login.decode("utf-8", errors="replace"),
                 auth_data.password.decode("utf-8", errors="replace"),
             )
-            return AuthResult(success=ok)
+            return AuthResult(success=ok, handled=False)  # handled=True would mean: reply already sent
 
         def factory(implicit: bool) -> SMTP:
             with warnings.catch_warnings():  # "Requiring AUTH while not requiring TLS": see _AiosmtpdNoise
