@@ -8,6 +8,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from probes.tls import LEGACY_VERSIONS, TLSFacts, openssl_offers
 
+# blackbox_exporter spells versions the Go way; /probe answers as it does, /metrics the OpenSSL way.
+BLACKBOX_VERSIONS = {"TLSv1": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2", "TLSv1.3": "TLS 1.3"}
+
 
 def _bool(v: bool) -> int:
     return 1 if v else 0
@@ -120,7 +123,7 @@ def blackbox_families(f: TLSFacts | None, success: bool, duration: float) -> Ite
         fam = GaugeMetricFamily(
             "probe_tls_version_info", "Returns the TLS version used or NaN when unknown", labels=["version"]
         )
-        fam.add_metric([f.version], 1)
+        fam.add_metric([BLACKBOX_VERSIONS.get(f.version, f.version)], 1)
         yield fam
     if f.leaf is not None:
         info = GaugeMetricFamily(
