@@ -1,0 +1,193 @@
+"""The shipped Prometheus rules: promtool check + unit tests, and the conventions every alert follows.
+
+promtool comes with Debian's ``prometheus`` package (scripts/install-deps.sh installs it). Its absence is
+a failure, not a skip: a skip would let CI pass without having tested a single rule.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_DIR = ROOT / "deploy" / "prometheus"
+RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
+TEST_FILES = sorted((RULES_DIR / "tests").glob("*.yml"))
+ALERTS_DOC = ROOT / "docs" / "alerts.md"
+SLO_FILE = RULES_DIR / "mailcanary-slo.yml"
+RUNBOOK_BASE = "https://github.com/mailcanary/mailcanary/blob/main/docs/alerts.md#"
+SEVERITIES = {"critical", "warning"}
+
+pytestmark = pytest.mark.prometheus
+
+
+def promtool() -> str:
+    path = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
+    if path is None:
+        pytest.fail(
+            "promtool not found: install Debian's prometheus package (sudo scripts/install-deps.sh, "
+            "or apt-get install prometheus)",
+            pytrace=False,
+        )
+    return path
+
+
+def run_promtool(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool(), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=RULES_DIR
+    )
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules = []
+    for path in RULE_FILES:
+        for group in load(path)["groups"]:
+            rules.extend(r for r in group["rules"] if "alert" in r)
+    return rules
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """Anchors GitHub derives from headings: lower case, punctuation dropped, spaces to dashes."""
+    anchors = set()
+    for line in markdown.splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            anchors.add(text.replace(" ", "-"))
+    return anchors
+
+
+# ---- promtool ---------------------------------------------------------------------------------------
+
+
+def test_rule_files_exist() -> None:
+    names = {p.name for p in RULE_FILES}
+    assert {"mailcanary-rules.yml", "mailcanary-slo.yml"} <= names
+    assert TEST_FILES, "no promtool unit tests in deploy/prometheus/tests/"
+
+
+def test_promtool_check_rules() -> None:
+    proc = run_promtool("check", "rules", *(str(p) for p in RULE_FILES))
+    assert proc.returncode == 0, f"promtool check rules failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_promtool_unit_tests() -> None:
+    proc = run_promtool("test", "rules", *(str(p.relative_to(RULES_DIR)) for p in TEST_FILES))
+    assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.count("SUCCESS") == len(TEST_FILES), proc.stdout
+
+
+# ---- conventions -----------------------------------------------------------------------------------
+
+
+def test_unit_tests_load_the_shipped_rule_files() -> None:
+    loaded = set()
+    for path in TEST_FILES:
+        loaded |= {(path.parent / f).resolve() for f in load(path)["rule_files"]}
+    assert loaded == {p.resolve() for p in RULE_FILES}
+
+
+def test_every_alert_rule_fires_and_stays_quiet_in_a_unit_test() -> None:
+    """Per alert name: a case where it fires and one where it stays quiet; per rule (several rules may
+    share a name, like the burn-rate pairs): a firing case whose labels carry that rule's labels."""
+    cases: dict[str, list[list[dict[str, Any]]]] = {}
+    for path in TEST_FILES:
+        for test in load(path)["tests"]:
+            for case in test.get("alert_rule_test", []):
+                cases.setdefault(case["alertname"], []).append(case.get("exp_alerts") or [])
+    problems = []
+    for rule in alert_rules():
+        name = rule["alert"]
+        found = cases.get(name, [])
+        if not any(found):
+            problems.append(f"{name}: no unit test where it fires")
+        if not any(not exp for exp in found):
+            problems.append(f"{name}: no unit test where it stays quiet")
+        labels = {k: str(v) for k, v in rule.get("labels", {}).items()}
+        fired = [a.get("exp_labels", {}) for exp in found for a in exp]
+        if not any(labels.items() <= {k: str(v) for k, v in f.items()}.items() for f in fired):
+            problems.append(f"{name} {labels}: no unit test where this rule fires")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_alert_has_summary_description_severity_and_runbook() -> None:
+    anchors = github_anchors(ALERTS_DOC.read_text(encoding="utf-8"))
+    problems = []
+    for rule in alert_rules():
+        name = rule["alert"]
+        ann = rule.get("annotations", {})
+        for key in ("summary", "description"):
+            if not str(ann.get(key, "")).strip():
+                problems.append(f"{name}: no {key}")
+        severity = rule.get("labels", {}).get("severity")
+        if severity not in SEVERITIES:
+            problems.append(f"{name}: severity {severity!r} is not one of {sorted(SEVERITIES)}")
+        url = ann.get("runbook_url", "")
+        if url != RUNBOOK_BASE + name.lower():
+            problems.append(f"{name}: runbook_url {url!r} is not {RUNBOOK_BASE}{name.lower()}")
+        if name.lower() not in anchors:
+            problems.append(f"{name}: docs/alerts.md has no section '## {name}'")
+    assert not problems, "\n".join(problems)
+
+
+def test_alert_names_are_unique_per_labels() -> None:
+    seen = set()
+    for rule in alert_rules():
+        key = (rule["alert"], tuple(sorted(rule.get("labels", {}).items())))
+        assert key not in seen, f"two rules {key}"
+        seen.add(key)
+
+
+# ---- SLO generator -----------------------------------------------------------------------------------
+
+
+def gen_slo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_slo_rules.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_committed_slo_file_is_the_generator_output() -> None:
+    proc = gen_slo()
+    assert proc.returncode == 0, proc.stderr
+    assert SLO_FILE.read_text(encoding="utf-8") == proc.stdout, (
+        "deploy/prometheus/mailcanary-slo.yml differs from tools/gen_slo_rules.py's output; "
+        "run: python3 tools/gen_slo_rules.py -o deploy/prometheus/mailcanary-slo.yml"
+    )
+
+
+def test_slo_file_records_every_window() -> None:
+    records = {r["record"] for g in load(SLO_FILE)["groups"] for r in g["rules"] if "record" in r}
+    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"):
+        assert f"mailcanary:delivery_slo_errors:ratio_rate{window}" in records
+
+
+def test_generator_refuses_a_threshold_that_is_not_a_bucket_edge() -> None:
+    proc = gen_slo("--threshold", "45")
+    assert proc.returncode != 0
+    assert "not a histogram bucket edge" in proc.stderr
+
+
+def test_generator_output_for_other_numbers_passes_promtool(tmp_path: Path) -> None:
+    out = tmp_path / "slo.yml"
+    proc = gen_slo("--threshold", "0.5", "--target", "0.995", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text(encoding="utf-8")
+    assert 'le="0.5"' in text and "vector(0.995)" in text and "(14.4 * 0.005)" in text
+    check = run_promtool("check", "rules", str(out))
+    assert check.returncode == 0, check.stdout + check.stderr
