@@ -13,13 +13,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import hashes
+from prometheus_client.parser import text_string_to_metric_families
 
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes.errors import ProbeError
@@ -551,3 +557,281 @@ async def test_earliest_expiry_equals_blackbox_exporter(
 def test_variant_startup_time(variants: VariantSet) -> None:
     """Ten Dovecots and two Postfixes must not dominate the suite."""
     assert variants.startup_seconds is not None and variants.startup_seconds < 15
+
+
+# ---- the daemon's side: /metrics, /probe, the one-shot report ------------------------------------------
+
+MODULE_OF = {
+    "imaps": ("imap", "implicit"),
+    "pop3": ("pop3", "starttls"),
+    "imap": ("imap", "starttls"),
+    "smtp": ("smtp", "starttls"),
+    "pop3s": ("pop3", "implicit"),
+}
+
+
+@dataclass
+class Daemon:
+    port: int
+    proc: subprocess.Popen[str]
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=20) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+DAEMON_CHECKS = [  # (check name, variant, port)
+    ("valid-imaps", "valid", "imaps"),
+    ("expired-imaps", "expired", "imaps"),
+    ("expiring-imaps", "expiring", "imaps"),
+    ("wronghost-imaps", "wronghost", "imaps"),
+    ("selfsigned-imaps", "selfsigned", "imaps"),
+    ("early-smtp", "earlyinter", "smtp"),
+    ("legacy-pop3", "legacy", "pop3"),
+    ("plainauth-imap", "plainauth", "imap"),
+]
+
+
+@pytest.fixture(scope="module")
+def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("tlsdaemon")
+    checks = []
+    for name, variant, port_name in DAEMON_CHECKS:
+        protocol, mode = MODULE_OF[port_name]
+        checks.append(
+            {
+                "name": name,
+                "host": "127.0.0.1",
+                "port": variants[variant].ports[port_name],
+                "protocol": protocol,
+                "tls": mode,
+                "source_address": SOURCE,
+                "interval": "1h",
+                "tls_config": {"ca_file": str(variants.ca_file), "server_name": SERVER_NAME},
+            }
+        )
+    modules = {
+        f"{p}_{m}_test": {
+            "protocol": p,
+            "tls": m,
+            "check_legacy": False,
+            "tls_config": {"ca_file": str(variants.ca_file), "server_name": SERVER_NAME},
+        }
+        for p, m in set(MODULE_OF.values())
+    }
+    config = tmp / "mc.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {"global": {"state_dir": str(tmp / "state")}, "tls_checks": checks, "modules": modules}
+        )
+    )
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    d = Daemon(port, proc)
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            status, text = d.get("/metrics")
+            done = {dict(k[1]).get("probe") for k in _samples(text) if k[0] == "mailcanary_tls_check_success"}
+            if status == 200 and done >= {c[0] for c in DAEMON_CHECKS}:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the TLS checks did not all complete within 30 s"
+        time.sleep(0.2)
+    try:
+        yield d
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_daemon_exports_every_tls_fact(daemon: Daemon, variants: VariantSet) -> None:
+    m = _samples(daemon.get("/metrics")[1])
+
+    def val(metric: str, check: str, **extra: str) -> float | None:
+        for (name, labels), value in m.items():
+            lab = dict(labels)
+            if (
+                name == metric
+                and lab.get("probe") == check
+                and all(lab.get(k) == v for k, v in extra.items())
+            ):
+                return value
+        return None
+
+    for check, variant, port_name in DAEMON_CHECKS:
+        v = variants[variant]
+        endpoint = f"127.0.0.1:{v.ports[port_name]}"
+        protocol = MODULE_OF[port_name][0]
+        where = {"endpoint": endpoint, "protocol": protocol}
+        assert (
+            val("mailcanary_tls_earliest_cert_expiry_timestamp_seconds", check, **where)
+            == v.earliest_not_after
+        )
+        assert val("mailcanary_tls_cert_not_after_timestamp_seconds", check, **where) == v.leaf.not_after
+        assert val("mailcanary_tls_cert_not_before_timestamp_seconds", check, **where) == v.leaf.not_before
+    expectations = {
+        "valid-imaps": (1, None, 1),
+        "expired-imaps": (0, "expired", 1),
+        "expiring-imaps": (1, None, 1),
+        "wronghost-imaps": (0, "hostname_mismatch", 0),
+        "selfsigned-imaps": (0, "self_signed", 1),
+        "early-smtp": (1, None, 1),
+        "legacy-pop3": (1, None, 1),
+        "plainauth-imap": (1, None, 1),
+    }
+    for check, (verified, reason, hostname) in expectations.items():
+        assert val("mailcanary_tls_cert_verified", check) == verified, check
+        assert val("mailcanary_tls_check_success", check) == verified, check
+        assert val("mailcanary_tls_hostname_match", check) == hostname, check
+        if reason is None:
+            assert not any(
+                n == "mailcanary_tls_cert_verify_error_info" and dict(k).get("probe") == check for n, k in m
+            ), check
+        else:
+            assert val("mailcanary_tls_cert_verify_error_info", check, reason=reason) == 1, check
+        outcome = "success" if verified else "tls_verify"
+        assert val("mailcanary_tls_check_runs_total", check, outcome=outcome) == 1, check
+    assert val("mailcanary_tls_legacy_protocol_accepted", "legacy-pop3", version="TLSv1") == 1
+    assert val("mailcanary_tls_legacy_protocol_accepted", "legacy-pop3", version="TLSv1.1") == 1
+    assert val("mailcanary_tls_legacy_protocol_accepted", "valid-imaps", version="TLSv1") == 0
+    assert val("mailcanary_tls_auth_before_tls", "plainauth-imap") == 1
+    assert val("mailcanary_tls_starttls_offered", "plainauth-imap") == 1
+    assert val("mailcanary_tls_auth_before_tls", "legacy-pop3") == 0
+    assert val("mailcanary_tls_starttls_offered", "valid-imaps") is None  # implicit TLS: no plain dialogue
+    assert val("mailcanary_tls_version_info", "valid-imaps", version="TLSv1.3") == 1
+    assert ("mailcanary_tls_legacy_protocol_testable", frozenset({("version", "TLSv1")})) in m
+
+
+@pytest.mark.parametrize(("name", "port_name", "module", "verifies"), BLACKBOX_CASES)
+def test_probe_endpoint_matches_blackbox_exporter(
+    daemon: Daemon,
+    variants: VariantSet,
+    blackbox: BlackboxExporter,
+    name: str,
+    port_name: str,
+    module: str,
+    verifies: bool,
+) -> None:
+    """The same endpoint through blackbox_exporter and through our /probe: same expiry, same verdict."""
+    v = variants[name]
+    target = v.address(port_name)
+    protocol, mode = MODULE_OF[port_name]
+    status, text = daemon.get(
+        f"/probe?module={protocol}_{mode}_test&target={target}", {"X-Prometheus-Scrape-Timeout-Seconds": "10"}
+    )
+    assert status == 200, text
+    ours = {name_: value for (name_, labels), value in _samples(text).items() if not labels}
+    bb = blackbox.probe(f"{module}_verify", target)
+    assert (
+        ours["probe_ssl_earliest_cert_expiry"]
+        == blackbox.probe(module, target)["probe_ssl_earliest_cert_expiry"]
+    )
+    assert ours["probe_ssl_earliest_cert_expiry"] == v.earliest_not_after
+    assert ours["probe_success"] == bb["probe_success"] == (1 if verifies else 0)
+    if verifies:
+        assert (
+            ours["probe_ssl_last_chain_expiry_timestamp_seconds"]
+            == bb["probe_ssl_last_chain_expiry_timestamp_seconds"]
+        )
+    version = [
+        dict(lab)["version"] for (n, lab), _ in _samples(text).items() if n == "probe_tls_version_info"
+    ]
+    unverified = blackbox.probe(module, target)  # blackbox reports no version when its handshake fails
+    assert version and unverified[f'probe_tls_version_info{{version="{version[0]}"}}'] == 1
+    assert ours["mailcanary_tls_cert_verified"] == (1 if verifies else 0)
+
+
+def test_probe_endpoint_rejects_bad_requests(daemon: Daemon) -> None:
+    status, text = daemon.get("/probe?module=nope&target=127.0.0.1:1")
+    assert status == 400 and text.startswith("unknown module 'nope' (have: ")
+    status, text = daemon.get("/probe?module=smtp_starttls&target=http://x/")
+    assert status == 400 and text == "target 'http://x/' is not host:port\n"
+    status, text = daemon.get("/probe?module=smtp_starttls&target=h:99999")
+    assert status == 400 and "port out of range" in text
+
+
+def test_probe_endpoint_answers_within_the_scrape_timeout(daemon: Daemon) -> None:
+    """A target that never answers: /probe must answer (probe_success 0) before Prometheus gives up."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        status, text = daemon.get(
+            f"/probe?module=smtp_starttls&target=127.0.0.1:{port}",
+            {"X-Prometheus-Scrape-Timeout-Seconds": "2"},
+        )
+        elapsed = time.monotonic() - t0
+    assert status == 200
+    assert _samples(text)[("probe_success", frozenset())] == 0
+    assert elapsed < 2.0
+
+
+def test_one_shot_report_and_expiry_exit_codes(variants: VariantSet, tmp_path: Path) -> None:
+    v = variants["expiring"]
+    config = tmp_path / "mc.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"state_dir": str(tmp_path / "state")},
+                "tls_checks": [
+                    {
+                        "name": "expiring",
+                        "host": "127.0.0.1",
+                        "port": v.ports["imaps"],
+                        "protocol": "imap",
+                        "tls": "implicit",
+                        "tls_config": {"ca_file": str(variants.ca_file), "server_name": SERVER_NAME},
+                    }
+                ],
+            }
+        )
+    )
+    cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", str(config)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("MAILCANARY OK - 1 TLS checks verified")
+    for line in (
+        "subject    CN=mail.example.test",
+        "days left  5.0 (earliest expiry in the chain)",
+        "legacy TLS accepted: TLSv1 no, TLSv1.1 no",
+        "verified   yes",
+    ):
+        assert line in ok.stdout, ok.stdout
+    warn = subprocess.run(
+        [*cmd, "--warn-days", "7", "--crit-days", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert warn.returncode == 1 and warn.stdout.startswith("MAILCANARY WARNING - expiring ")
+    crit = subprocess.run(
+        [*cmd, "--warn-days", "30", "--crit-days", "7"], capture_output=True, text=True, timeout=60
+    )
+    assert crit.returncode == 2 and crit.stdout.startswith("MAILCANARY CRITICAL - expiring ")
