@@ -407,7 +407,9 @@ async def run_demo(options: DemoOptions, out: TextIO) -> int:
             await daemon.run_forever()  # installs its own SIGINT/SIGTERM/SIGHUP handlers, removes them
         except OSError as exc:
             print(
-                f"mailcanary demo: cannot listen on {options.listen}: {exc.strerror or exc}", file=sys.stderr
+                f"mailcanary demo: cannot listen on {options.listen}: {exc.strerror or exc} "
+                "(another port: --listen 127.0.0.1:9926; any free one: --listen 127.0.0.1:0)",
+                file=sys.stderr,
             )
             return EXIT_ERROR
         except ConfigError as exc:  # pragma: no cover - the generated config is validated by the tests
@@ -417,15 +419,21 @@ async def run_demo(options: DemoOptions, out: TextIO) -> int:
         finally:
             for sig in signals:  # a second Ctrl-C during the teardown must not turn into a traceback
                 loop.add_signal_handler(sig, on_signal)
+        await _cancel(tasks)  # no feed line after the last word
         print("mailcanary demo: stopped; the sandbox and its mail are gone.", file=out, flush=True)
         return EXIT_OK
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(tasks)
         await sandbox.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    tasks.clear()
