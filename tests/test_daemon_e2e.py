@@ -115,6 +115,13 @@ def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]
             abs(value(metrics, "mailcanary_roundtrip_last_success_timestamp_seconds", probe=probe) - now) < 10
         )
         assert value(metrics, "mailcanary_scheduler_lag_seconds", probe=probe) < 5
+    # TLS facts of the endpoints each round trip used, from the round trip's own connections.
+    for probe, protocol in (("imap-rt", "imap"), ("pop3-rt", "pop3")):
+        for proto in ("smtp", protocol):
+            assert value(metrics, "mailcanary_tls_cert_verified", probe=probe, protocol=proto) == 1
+            assert value(metrics, "mailcanary_tls_hostname_match", probe=probe, protocol=proto) == 1
+            assert value(metrics, "mailcanary_tls_earliest_cert_expiry_timestamp_seconds", probe=probe,
+                         protocol=proto) > now + 86400
     assert value(metrics, "mailcanary_build_info") == 1
     assert value(metrics, "mailcanary_config_last_reload_successful") == 1
     # No label carries anything unbounded (tokens, message ids, nonces).
