@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -30,6 +32,14 @@ from .results import ResultStore, RunResult
 from .state import Ledger
 
 log = structlog.get_logger("mailcanary.runner")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Attempt(Generic[T]):
+    value: T | None
+    reason: str
+    message: str
 
 
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
@@ -143,37 +153,34 @@ class Runner:
     store: ResultStore
     masker: Masker
 
-    async def run_roundtrip(self, probe: RoundTripConfig, debug: bool = False) -> RunResult:
-        timeout = self.loaded.config.timeout_of(probe)
-        rec = Recorder(masker=self.masker, transcript=[] if debug else None)
-        started, t0 = time.time(), time.monotonic()
-        reason, message, delivery, late, swept = "success", "ok", None, 0, 0
+    async def _attempt(self, name: str, run: Callable[[], Awaitable[T]], deadline: float) -> Attempt[T]:
+        """Run under the deadline; every way it can end becomes (value or None, reason, message)."""
         try:
-            settings = roundtrip_settings(self.loaded, probe, self.key)
-            async with asyncio.timeout(timeout):
-                result = await probe_roundtrip(settings, rec, self.ledger.nonces(probe.name))
-            delivery = result.delivery_seconds
+            async with asyncio.timeout(deadline):
+                return Attempt(await run(), "success", "ok")
         except TimeoutError as exc:
-            reason = "timeout"
-            message = (
-                str(exc) if isinstance(exc, ProbeError) else f"no result within the {timeout:g}s timeout"
-            )
+            text = str(exc) if isinstance(exc, ProbeError) else f"no result within the {deadline:g}s deadline"
+            return Attempt(None, "timeout", text)
         except ProbeError as exc:
-            reason, message = exc.reason, exc.message
+            return Attempt(None, exc.reason, exc.message)
         except Exception as exc:  # a bug, not a mail problem: keep the daemon alive, say so loudly
-            reason, message = "internal", f"{type(exc).__name__}: {exc}"
-            log.exception("probe_internal_error", probe=probe.name)
-        seen_before: list[Token] = rec.facts.get("swept", [])
-        if seen_before:
-            late = self.ledger.settle(probe.name, seen_before)
-            swept = len(seen_before) - late
-        if reason in ("smtp_tls", "receive_tls"):
-            await self._tls_second_look(probe, reason, rec)
-        token = rec.facts.get("token")
-        if reason != "success" and isinstance(token, Token) and not rec.facts.get("seen"):
-            self.ledger.add(probe.name, token)  # in flight and unseen: if it turns up later it is late
+            log.exception("probe_internal_error", probe=name)
+            return Attempt(None, "internal", f"{type(exc).__name__}: {exc}")
+
+    def _finish(
+        self,
+        name: str,
+        rec: Recorder,
+        reason: str,
+        message: str,
+        started: float,
+        t0: float,
+        delivery: float | None = None,
+        late: int = 0,
+        swept: int = 0,
+    ) -> RunResult:
         run = RunResult(
-            probe=probe.name,
+            probe=name,
             success=reason == "success",
             reason=reason,
             message=self.masker(" ".join(message.split())),
@@ -184,11 +191,35 @@ class Runner:
             late=late,
             swept=swept,
             tls=dict(rec.tls),
-            failed_phase=rec.facts.get("current_phase"),
+            failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=rec.transcript,
         )
         self._log(run)
         return run
+
+    async def run_roundtrip(self, probe: RoundTripConfig, debug: bool = False) -> RunResult:
+        rec = Recorder(masker=self.masker, transcript=[] if debug else None)
+        started, t0 = time.time(), time.monotonic()
+        settings = roundtrip_settings(self.loaded, probe, self.key)
+        attempt = await self._attempt(
+            probe.name,
+            lambda: probe_roundtrip(settings, rec, self.ledger.nonces(probe.name)),
+            self.loaded.config.timeout_of(probe),
+        )
+        late = swept = 0
+        seen_before: list[Token] = rec.facts.get("swept", [])
+        if seen_before:
+            late = self.ledger.settle(probe.name, seen_before)
+            swept = len(seen_before) - late
+        if attempt.reason in ("smtp_tls", "receive_tls"):
+            await self._tls_second_look(probe, attempt.reason, rec)
+        token = rec.facts.get("token")
+        if attempt.reason != "success" and isinstance(token, Token) and not rec.facts.get("seen"):
+            self.ledger.add(probe.name, token)  # in flight and unseen: if it turns up later it is late
+        delivery = attempt.value.delivery_seconds if attempt.value is not None else None
+        return self._finish(
+            probe.name, rec, attempt.reason, attempt.message, started, t0, delivery, late, swept
+        )
 
     async def _tls_second_look(self, probe: RoundTripConfig, reason: str, rec: Recorder) -> None:
         """The round trip failed at TLS: audit that endpoint anyway, so expiry and reason are exported."""
@@ -215,37 +246,17 @@ class Runner:
     async def run_tls_check(self, check: TLSCheckConfig, debug: bool = False) -> RunResult:
         rec = Recorder(masker=self.masker, transcript=[] if debug else None)
         started, t0 = time.time(), time.monotonic()
-        facts: TLSFacts | None = None
-        message = "ok"
-        try:
-            settings = tls_check_settings(check, check.host, check.port)
-            async with asyncio.timeout(check.timeout * TLS_CHECK_STEPS):
-                facts = await probe_tls(settings, rec)
+        settings = tls_check_settings(check, check.host, check.port)
+        attempt = await self._attempt(
+            check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
+        )
+        reason, message = attempt.reason, attempt.message
+        facts = attempt.value
+        if facts is not None:
             reason = tls_outcome(facts)
             if reason != "success":
                 message = facts.error or f"certificate not verified: {facts.verify_reason}"
-        except TimeoutError as exc:
-            reason = "timeout"
-            message = str(exc) if isinstance(exc, ProbeError) else "no result within the check's deadline"
-        except ProbeError as exc:
-            reason, message = exc.reason, exc.message
-        except Exception as exc:
-            reason, message = "internal", f"{type(exc).__name__}: {exc}"
-            log.exception("probe_internal_error", probe=check.name)
-        run = RunResult(
-            probe=check.name,
-            success=reason == "success",
-            reason=reason,
-            message=self.masker(" ".join(message.split())),
-            started=started,
-            duration=time.monotonic() - t0,
-            phases=dict(rec.phases),
-            tls=dict(rec.tls),
-            failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
-            transcript=rec.transcript,
-        )
-        self._log(run)
-        return run
+        return self._finish(check.name, rec, reason, message, started, t0)
 
     def _log(self, run: RunResult) -> None:
         self.store.record(run)
