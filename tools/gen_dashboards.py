@@ -175,6 +175,8 @@ def table_options() -> Json:
 def merged_table(columns: dict[str, str], hide: tuple[str, ...] = ("Time",)) -> list[Json]:
     """Instant queries (one per column, refIds A, B, ...) merged into one row per label set."""
     rename = {f"Value #{ref}": name for ref, name in columns.items()}
+    if len(columns) == 1:  # with a single query Grafana names the column "Value", not "Value #A"
+        rename["Value"] = next(iter(columns.values()))
     return [
         {"id": "merge", "options": {}},
         {
