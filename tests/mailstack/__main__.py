@@ -70,6 +70,13 @@ def _start(args: argparse.Namespace) -> int:
         return 1
     stack.write_json()
     print(json.dumps(stack.describe(), indent=2) if args.json else _summary(stack), flush=True)
+    if args.mailcanary_config:
+        config = _write_mailcanary_config(stack, Path(args.mailcanary_config).absolute())
+        print(
+            f"mailcanary config for this stack: {config}\n  run it: mailcanary run --config {config}",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.detach:
         print(f"detached; stop with: python -m tests.mailstack stop --root {root}", file=sys.stderr)
         return 0
@@ -96,6 +103,56 @@ def _start(args: argparse.Namespace) -> int:
             pid_file.unlink(missing_ok=True)
     print("mail stack stopped", file=sys.stderr)
     return 0
+
+
+def _write_mailcanary_config(stack: MailStack, path: Path) -> Path:
+    """A working mailcanary config for this stack: IMAP and POP3 round trips, TLS checks of each port."""
+    from tests.stackconfig import roundtrip, write_config  # the same builder the integration tests use
+
+    secrets = path.parent / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    imap_box, pop_box = stack.test_addresses[0], stack.test_addresses[1]
+    probes = [
+        roundtrip(stack, secrets, "stack-imap", imap_box, protocol="imap", receive_tls="implicit"),
+        roundtrip(
+            stack,
+            secrets,
+            "stack-pop3",
+            pop_box,
+            protocol="pop3",
+            receive_tls="starttls",
+            smtp_tls="implicit",
+        ),
+    ]
+    tls = {"ca_file": str(stack.ca_file), "server_name": stack.server_name}
+    kinds = {
+        "submission": ("smtp", "starttls"),
+        "submissions": ("smtp", "implicit"),
+        "imap": ("imap", "starttls"),
+        "imaps": ("imap", "implicit"),
+        "pop3": ("pop3", "starttls"),
+        "pop3s": ("pop3", "implicit"),
+    }
+    checks = [
+        {
+            "name": f"stack-tls-{port}",
+            "host": stack.host,
+            "port": stack.ports[port],
+            "protocol": proto,
+            "tls": mode,
+            "tls_config": dict(tls),
+        }
+        for port, (proto, mode) in kinds.items()
+    ]
+    written = write_config(path.parent, probes, interval="15s", timeout="15s")
+    import yaml
+
+    data = yaml.safe_load(written.read_text())
+    data["tls_checks"] = checks
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    if written != path:
+        written.unlink()
+    return path
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -138,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--root", help="directory for configs, Maildirs, logs (default: a new /tmp dir)")
     start.add_argument("--json", action="store_true", help="print the stack description as JSON")
     start.add_argument("--detach", action="store_true", help="return once running (stop it with `stop`)")
+    start.add_argument(
+        "--mailcanary-config",
+        metavar="FILE",
+        help="also write a mailcanary config for this stack (round trips + TLS checks) to FILE",
+    )
     start.add_argument("--slow-delay", type=float, default=5.0, help="seconds before slow@ mail arrives")
     stop = sub.add_parser("stop", help="stop a stack started earlier")
     stop.add_argument("--root", required=True)
