@@ -142,6 +142,7 @@ class RoundTripConfig(Model):
     sender: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")
     recipient: str = Field(pattern=r"^[^@\s<>]+@[^@\s<>]+$")
     sweep_after: Duration = 3600.0
+    lost_after: Duration = 3600.0  # a timed-out canary unseen this long after sending is counted lost
     smtp: SMTPConfig
     receive: ReceiveConfig
 

@@ -166,6 +166,14 @@ class MailcanaryCollector(Collector):
             "mailcanary_roundtrip_swept",
             "Stale canaries of this probe deleted that were not known to be late (sent before a restart).",
         )
+        lost = counter(
+            "mailcanary_roundtrip_lost",
+            "Canaries that timed out and were still unseen lost_after their sending: given up on.",
+        )
+        outstanding = gauge(
+            "mailcanary_roundtrip_canaries_outstanding",
+            "Canaries that timed out and are still awaited (would count as late if they turn up).",
+        )
         lag = gauge(
             "mailcanary_scheduler_lag_seconds",
             "How late the scheduler started the last run compared with its planned time.",
@@ -196,6 +204,9 @@ class MailcanaryCollector(Collector):
                 runs.add_metric([name, outcome], st.runs.get(outcome, 0))
             late.add_metric([name], st.late_total)
             swept.add_metric([name], st.swept_total)
+            lost.add_metric([name], st.lost_total)
+            if st.last is not None:
+                outstanding.add_metric([name], st.last.outstanding)
             if st.scheduler_lag is not None:
                 lag.add_metric([name], st.scheduler_lag)
             skipped.add_metric([name], st.skipped_runs)
@@ -213,6 +224,8 @@ class MailcanaryCollector(Collector):
             runs,
             late,
             swept,
+            lost,
+            outstanding,
             lag,
             skipped,
         )

@@ -51,6 +51,8 @@ class RunResult:
     delivery: float | None = None
     late: int = 0  # earlier canaries seen this run that had timed out
     swept: int = 0  # other stale canaries of this probe deleted this run
+    lost: int = 0  # timed-out canaries given up on this run (unseen for lost_after)
+    outstanding: int = 0  # timed-out canaries still awaited after this run
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
     failed_phase: str | None = None
     transcript: list[str] | None = None
@@ -62,6 +64,7 @@ class ProbeStats:
     runs: Counter[str] = field(default_factory=Counter)
     late_total: int = 0
     swept_total: int = 0
+    lost_total: int = 0
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -96,6 +99,7 @@ class ResultStore:
             st.tls.update(result.tls)  # facts survive a later run that failed before reaching TLS
             st.late_total += result.late
             st.swept_total += result.swept
+            st.lost_total += result.lost
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -125,6 +129,7 @@ class ResultStore:
                     runs=Counter(st.runs),
                     late_total=st.late_total,
                     swept_total=st.swept_total,
+                    lost_total=st.lost_total,
                     bucket_counts=list(st.bucket_counts),
                     delivery_sum=st.delivery_sum,
                     delivery_count=st.delivery_count,

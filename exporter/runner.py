@@ -178,6 +178,8 @@ class Runner:
         delivery: float | None = None,
         late: int = 0,
         swept: int = 0,
+        lost: int = 0,
+        outstanding: int = 0,
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -190,6 +192,8 @@ class Runner:
             delivery=delivery,
             late=late,
             swept=swept,
+            lost=lost,
+            outstanding=outstanding,
             tls=dict(rec.tls),
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=rec.transcript,
@@ -216,9 +220,20 @@ class Runner:
         token = rec.facts.get("token")
         if attempt.reason != "success" and isinstance(token, Token) and not rec.facts.get("seen"):
             self.ledger.add(probe.name, token)  # in flight and unseen: if it turns up later it is late
+        lost = self.ledger.expire(probe.name, probe.lost_after)
         delivery = attempt.value.delivery_seconds if attempt.value is not None else None
         return self._finish(
-            probe.name, rec, attempt.reason, attempt.message, started, t0, delivery, late, swept
+            probe.name,
+            rec,
+            attempt.reason,
+            attempt.message,
+            started,
+            t0,
+            delivery,
+            late,
+            swept,
+            lost=lost,
+            outstanding=len(self.ledger.nonces(probe.name)),
         )
 
     async def _tls_second_look(self, probe: RoundTripConfig, reason: str, rec: Recorder) -> None:
@@ -268,8 +283,8 @@ class Runner:
         }
         if run.delivery is not None:
             fields["delivery_seconds"] = round(run.delivery, 4)
-        if run.late or run.swept:
-            fields.update(late=run.late, swept=run.swept)
+        if run.late or run.swept or run.lost:
+            fields.update(late=run.late, swept=run.swept, lost=run.lost)
         tls = {
             endpoint: {
                 "version": facts.version,

@@ -104,6 +104,18 @@ class Ledger:
             self._save()
         return len(late)
 
+    def expire(self, probe: str, older_than: float, now: float | None = None) -> int:
+        """Give up on this probe's canaries sent more than ``older_than`` seconds ago; returns how many
+        (they are lost: if one turns up after all, it is swept as stale, not counted late)."""
+        now = time.time() if now is None else now
+        waiting = self._entries.get(probe, {})
+        old = [n for n, t in waiting.items() if now - t > older_than]
+        for n in old:
+            del waiting[n]
+        if old:
+            self._save()
+        return len(old)
+
     def prune(self, now: float | None = None, keep: set[str] | None = None) -> int:
         """Forget entries older than a week (lost) and of probes no longer configured; returns lost count."""
         now = time.time() if now is None else now

@@ -194,6 +194,7 @@ def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: 
         first = run_one(runner)
         assert (first.success, first.reason) == (False, "timeout"), first.message
         assert len(runner.ledger.nonces("late")) == 1
+        assert (first.outstanding, first.lost) == (1, 0)
         mailstack.wait_for_messages(address, 1, timeout=10)
         mailstack.slow_delay = 0
         second = run_one(runner)
@@ -202,9 +203,33 @@ def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: 
     assert second.success, second.message
     assert (second.late, second.swept) == (1, 0)
     assert runner.ledger.nonces("late") == frozenset()
+    assert (second.outstanding, second.lost) == (0, 0)
     stats = runner.store.snapshot()["late"]
     assert stats.late_total == 1 and stats.runs["timeout"] == 1 and stats.runs["success"] == 1
     assert mailstack.messages(address) == []
+
+
+def test_canary_unseen_past_lost_after_is_lost(mailstack: MailStack, tmp_path: Path) -> None:
+    """Runs after the late test: its canaries land in the slow mailbox only after this test is over."""
+    address = mailstack.slow_address
+    mailstack.clear(address)
+    mailstack.slow_delay = 8
+    runner = make_runner(
+        tmp_path, [roundtrip(mailstack, tmp_path, "lost", address, timeout="1s", lost_after="2s")]
+    )
+    try:
+        first = run_one(runner)
+        assert (first.reason, first.outstanding, first.lost) == ("timeout", 1, 0)
+        time.sleep(2.2)
+        second = run_one(runner)
+    finally:
+        mailstack.slow_delay = 0
+    assert (second.reason, second.lost, second.outstanding) == (
+        "timeout",
+        1,
+        1,
+    )  # first given up, second awaited
+    assert runner.store.snapshot()["lost"].lost_total == 1
 
 
 def test_secrets_never_in_logs_or_transcript(
