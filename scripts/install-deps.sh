@@ -1,10 +1,11 @@
 #!/bin/sh
 # Install the Debian 12 packages that mailcanary's tests drive for real: Postfix, Dovecot (IMAP, POP3),
-# Prometheus, Alertmanager, blackbox_exporter, openssl. Run as root; idempotent and quick when all
+# Prometheus, Alertmanager, blackbox_exporter, openssl, and systemd (for `systemd-analyze verify` of
+# the shipped unit; installed only if missing). Run as root; idempotent and quick when all
 # is present. Python packages are installed by scripts/test, not here.
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-pop3d prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl"
+PACKAGES="postfix dovecot-imapd dovecot-pop3d prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
