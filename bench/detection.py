@@ -172,6 +172,8 @@ def main() -> None:
     args = ap.parse_args()
     with MailStack(make_root()) as stack:
         report = asyncio.run(bench(stack, args.rounds, args.slow_delay))
+    if args.json:  # first: figures must not be lost to a printing slip
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     width = max(len(k) for k in report)
     print(f"{'strategy'.ljust(width)}  p50 ms  p99 ms  max ms  delivery p50 ms  cmds/round  cmds/s")
     for label, r in report.items():
@@ -179,10 +181,8 @@ def main() -> None:
         print(
             f"{label.ljust(width)}  {r['overhead_p50_ms']:6.1f}  {r['overhead_p99_ms']:6.1f}  "
             f"{r['overhead_max_ms']:6.1f}  {r['delivery_p50_ms']:15.1f}  {r['commands_per_round']:10.1f}  "
-            f"{rate:6.1f}"
+            f"{rate}"
         )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
