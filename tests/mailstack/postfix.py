@@ -136,6 +136,9 @@ class PostfixInstance(Daemon):
             "virtual_transport": "virtual",
             "smtpd_tls_chain_files": f"{self.tls.key}, {self.tls.chain}",
             "smtpd_tls_security_level": "may",
+            # Debian's default (>=TLSv1) accepts TLS 1.0/1.1: a healthy stack should not.
+            "smtpd_tls_protocols": ">=TLSv1.2",
+            "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
             "smtpd_tls_auth_only": "yes",
             "smtpd_tls_loglevel": "1",
             "smtpd_tls_received_header": "yes",
