@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,20 @@ def write_config(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Pat
     path = tmp / "mailcanary.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def exporter_argv(config: Path, port: int, *extra: str) -> list[str]:
+    """``mailcanary run`` as a subprocess on 127.0.0.1:port, JSON logs (the tests parse them)."""
+    return [
+        sys.executable,
+        "-m",
+        "exporter.cli",
+        "run",
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-format",
+        "json",
+        *extra,
+    ]

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import roundtrip, write_config
+from tests.stackconfig import exporter_argv, roundtrip, write_config
 
 
 def scrape(port: int) -> dict[str, list[tuple[str, dict[str, str], float]]]:
@@ -55,18 +55,7 @@ def daemon(
     config = write_config(tmp_path, probes, interval="2s", timeout="10s")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.cli",
-            "run",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-format",
-            "json",
-        ],
+        exporter_argv(config, port),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -120,8 +109,15 @@ def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]
         for proto in ("smtp", protocol):
             assert value(metrics, "mailcanary_tls_cert_verified", probe=probe, protocol=proto) == 1
             assert value(metrics, "mailcanary_tls_hostname_match", probe=probe, protocol=proto) == 1
-            assert value(metrics, "mailcanary_tls_earliest_cert_expiry_timestamp_seconds", probe=probe,
-                         protocol=proto) > now + 86400
+            assert (
+                value(
+                    metrics,
+                    "mailcanary_tls_earliest_cert_expiry_timestamp_seconds",
+                    probe=probe,
+                    protocol=proto,
+                )
+                > now + 86400
+            )
     assert value(metrics, "mailcanary_build_info") == 1
     assert value(metrics, "mailcanary_config_last_reload_successful") == 1
     # No label carries anything unbounded (tokens, message ids, nonces).

@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import MailStack, free_ports
+from tests.stackconfig import exporter_argv
 
 
 def tls_check(
@@ -49,19 +50,7 @@ class Exporter:
     def __init__(self, config: Path, *extra: str) -> None:
         self.port = free_ports(1)[0]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter.cli",
-                "run",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--log-format",
-                "json",
-                *extra,
-            ],
+            exporter_argv(config, self.port, *extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

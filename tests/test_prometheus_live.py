@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -38,6 +37,7 @@ import pytest
 import yaml
 
 from tests.mailstack import MailStack
+from tests.stackconfig import exporter_argv
 from tests.test_dashboards import DASHBOARD_DIR, load, queries, substitute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,18 +273,7 @@ def live(
     with exporter_log.open("wb") as elog, prometheus_log.open("wb") as plog:
         try:
             exporter = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "exporter.cli",
-                    "run",
-                    "--config",
-                    str(config),
-                    "--listen",
-                    f"127.0.0.1:{exporter_port}",
-                    "--log-format",
-                    "json",
-                ],
+                exporter_argv(config, exporter_port),
                 cwd=ROOT,
                 stdout=elog,
                 stderr=subprocess.STDOUT,

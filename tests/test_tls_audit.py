@@ -45,6 +45,7 @@ from tests.mailstack.variants import (
     blackbox_starttls_modules,
     reap_orphans,
 )
+from tests.stackconfig import exporter_argv
 
 SOURCE = "127.0.0.2"
 NAMES = (SERVER_NAME, "localhost", "127.0.0.1")
@@ -639,16 +640,7 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     port = free_ports(1)[0]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.cli",
-            "run",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
+        exporter_argv(config, port),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
