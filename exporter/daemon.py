@@ -114,26 +114,25 @@ class Daemon:
         jobs: dict[str, tuple[float, Callable[[], Awaitable[Any]], Any]] = {}
         for probe in roundtrips:
             spec = (probe, cfg.timeout_of(probe))
-            jobs[probe.name] = (cfg.interval_of(probe), partial(self._run_roundtrip, probe.name), spec)
+            jobs[probe.name] = (cfg.interval_of(probe), partial(self._run, probe.name), spec)
         for check in checks:
-            jobs[check.name] = (cfg.interval_of(check), partial(self._run_tls, check.name), check)
+            jobs[check.name] = (cfg.interval_of(check), partial(self._run, check.name), check)
         self.scheduler.set_jobs(jobs)
 
-    async def _run_tls(self, name: str) -> None:
+    async def _run(self, name: str) -> None:
+        """The job of probe ``name``, looked up in the config current at run time (reload-safe)."""
         runner = self.runner
         if runner is None:
             return
-        check = next((c for c in runner.loaded.config.tls_checks if c.name == name), None)
-        if check is not None:
-            await runner.run_tls_check(check)
-
-    async def _run_roundtrip(self, name: str) -> None:
-        runner = self.runner
-        if runner is None:
-            return
-        probe = next((p for p in runner.loaded.config.roundtrip if p.name == name), None)
-        if probe is not None:
-            await runner.run_roundtrip(probe)
+        cfg = runner.loaded.config
+        for probe in cfg.roundtrip:
+            if probe.name == name:
+                await runner.run_roundtrip(probe)
+                return
+        for check in cfg.tls_checks:
+            if check.name == name:
+                await runner.run_tls_check(check)
+                return
 
     async def start(self) -> None:
         """Load the config (raising ConfigError), then serve and schedule."""

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -66,6 +66,18 @@ def _reply(recorder: Recorder, step: str, response: SMTPResponse) -> None:
         raise ProbeError(
             f"SMTP {step} answered {response.code} {text}", reason="smtp_rejected", code=response.code
         )
+
+
+async def _step(
+    recorder: Recorder, step: str, aw: Awaitable[SMTPResponse], reason: str = "smtp_rejected"
+) -> SMTPResponse:
+    """One command: a library or OS error, or a failure reply, becomes a probe error naming the step."""
+    try:
+        resp = await aw
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _fail(exc, reason, step) from exc
+    _reply(recorder, step, resp)
+    return resp
 
 
 async def send_message(
@@ -148,11 +160,8 @@ async def open_session(
                 raise ProbeError("SMTP server does not offer STARTTLS", reason="smtp_tls")
             recorder.debug("C: smtp", "STARTTLS")
             with recorder.phase(f"{prefix}_tls"):
-                try:
-                    resp = await smtp.starttls(server_hostname=ep.server_hostname, tls_context=ctx)
-                except (aiosmtplib.SMTPException, OSError) as exc:
-                    raise _fail(exc, "smtp_tls", "STARTTLS") from exc
-            _reply(recorder, "STARTTLS", resp)
+                starttls = smtp.starttls(server_hostname=ep.server_hostname, tls_context=ctx)
+                await _step(recorder, "STARTTLS", starttls, "smtp_tls")
             await _ehlo(smtp, recorder, prefix)
         ssl_object = smtp.get_transport_info("ssl_object")
         if ssl_object is not None:  # the TLS audit of this endpoint, from this very connection
@@ -166,11 +175,7 @@ async def open_session(
 async def _ehlo(smtp: aiosmtplib.SMTP, recorder: Recorder, prefix: str) -> None:
     recorder.debug("C: smtp", f"EHLO {smtp.local_hostname}")
     with recorder.phase(f"{prefix}_ehlo"):
-        try:
-            resp = await smtp.ehlo()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _fail(exc, "smtp_rejected", "EHLO") from exc
-    _reply(recorder, "EHLO", resp)
+        await _step(recorder, "EHLO", smtp.ehlo())
 
 
 async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, prefix: str) -> None:
@@ -183,37 +188,18 @@ async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, p
         )
     method = methods[0]
     recorder.debug("C: smtp", f"AUTH {method.upper()} ********")
+    login = smtp.auth_plain if method == "plain" else smtp.auth_login
     with recorder.phase(f"{prefix}_auth"):
-        try:
-            if method == "plain":
-                resp = await smtp.auth_plain(creds.username, creds.password)
-            else:
-                resp = await smtp.auth_login(creds.username, creds.password)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _fail(exc, "smtp_auth", "AUTH") from exc
-    _reply(recorder, "AUTH", resp)
+        await _step(recorder, "AUTH", login(creds.username, creds.password), "smtp_auth")
 
 
 async def _send(
     smtp: aiosmtplib.SMTP, sender: str, recipients: Sequence[str], message: bytes, recorder: Recorder
 ) -> str:
     recorder.debug("C: smtp", f"MAIL FROM:<{sender}>")
-    try:
-        resp = await smtp.mail(sender)
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        raise _fail(exc, "smtp_rejected", "MAIL FROM") from exc
-    _reply(recorder, "MAIL FROM", resp)
+    await _step(recorder, "MAIL FROM", smtp.mail(sender))
     for rcpt in recipients:
         recorder.debug("C: smtp", f"RCPT TO:<{rcpt}>")
-        try:
-            resp = await smtp.rcpt(rcpt)
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _fail(exc, "smtp_rejected", "RCPT TO") from exc
-        _reply(recorder, "RCPT TO", resp)
+        await _step(recorder, "RCPT TO", smtp.rcpt(rcpt))
     recorder.debug("C: smtp", f"DATA ({len(message)} bytes)")
-    try:
-        resp = await smtp.data(message)
-    except (aiosmtplib.SMTPException, OSError) as exc:
-        raise _fail(exc, "smtp_rejected", "DATA") from exc
-    _reply(recorder, "DATA", resp)
-    return resp.message
+    return (await _step(recorder, "DATA", smtp.data(message))).message
