@@ -218,8 +218,9 @@ class Runner:
         if attempt.reason in ("smtp_tls", "receive_tls"):
             await self._tls_second_look(probe, attempt.reason, rec)
         token = rec.facts.get("token")
-        if attempt.reason != "success" and isinstance(token, Token) and not rec.facts.get("seen"):
-            self.ledger.add(probe.name, token)  # in flight and unseen: if it turns up later it is late
+        in_flight = rec.facts.get("accepted") and not rec.facts.get("seen")
+        if attempt.reason != "success" and isinstance(token, Token) and in_flight:
+            self.ledger.add(probe.name, token)  # accepted, unseen: if it turns up later it is late
         lost = self.ledger.expire(probe.name, probe.lost_after)
         delivery = attempt.value.delivery_seconds if attempt.value is not None else None
         return self._finish(

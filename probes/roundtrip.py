@@ -77,8 +77,8 @@ async def probe_roundtrip(
     """Run one round trip. ``late`` holds nonces of earlier canaries that timed out: seen, they are
     deleted whatever their age (and reported in ``swept`` so the caller can count them late).
 
-    ``recorder.facts["token"]`` is set before the canary is sent, so a caller whose deadline cancels the
-    wait still knows which canary is in flight.
+    ``recorder.facts["token"]`` is set before the canary is sent and ``recorder.facts["accepted"]`` once
+    the SMTP server took it, so a caller whose deadline cancels the wait knows which canary is in flight.
     """
     receiver: _Receiver
     if isinstance(settings.receiver, IMAPSettings):
@@ -92,6 +92,7 @@ async def probe_roundtrip(
         message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
         recorder.facts["token"] = token
         sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
+        recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
         recorder.facts["smtp_tls_version"] = sent.tls_version
         commands_before = recorder.commands
         with recorder.phase("receive_wait"):

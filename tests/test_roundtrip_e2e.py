@@ -114,6 +114,9 @@ def test_wrong_smtp_password_is_smtp_auth(mailstack: MailStack, mailbox: str, tm
     result = run_one(runner)
     assert (result.success, result.reason) == (False, "smtp_auth"), result.message
     assert "535" in result.message  # the reply code is part of the reason text
+    # never accepted, so never awaited: an SMTP outage must not turn into "lost" canaries
+    assert (result.outstanding, result.lost) == (0, 0)
+    assert runner.ledger.nonces("bad-smtp") == frozenset()
     assert mailstack.messages(mailbox) == []
 
 
