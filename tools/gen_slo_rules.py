@@ -127,8 +127,9 @@ def render(threshold: float = DEFAULT_THRESHOLD, target: float = DEFAULT_TARGET)
         "      - record: mailcanary:delivery_slo:error_budget_remaining_ratio",
         f"        expr: 1 - mailcanary:delivery_slo_errors:ratio_rate30d / {bd}",
         "",
-        "  - name: mailcanary.slo.delivery.alerts",
-        "    rules:",
+        "      # The burn-rate alerts share the group with the ratios, after them: rules of one group are",
+        "      # evaluated in order, so an alert always reads this evaluation's ratios (in separate groups",
+        "      # it could read the previous evaluation's, and its value would lag by one interval).",
     ]
     for rule in BURN_RULES:
         anchor = rule.alert.lower()
