@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -61,24 +62,52 @@ def load_web_config(path: str) -> WebConfig:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError([f"{path}: (file): cannot read: {exc.strerror or exc}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: (top level): invalid YAML: {str(exc).splitlines()[0]}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: (file): not UTF-8 text"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: (top level): invalid YAML: nested too deeply"]) from None
+    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}: (top level): invalid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [f"{path}: (top level): must be a mapping (tls_server_config, basic_auth_users, ...)"]
+        )
     try:
         cfg = WebConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_problems(path, exc)) from None
     problems = []
     for user, hashed in cfg.basic_auth_users.items():
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"{path}: basic_auth_users.{user}: not a bcrypt hash (htpasswd -nBC 10 user)")
-    if cfg.tls_server_config is not None:
-        try:
-            server_context(cfg.tls_server_config)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            problems.append(f"{path}: tls_server_config: {getattr(exc, 'strerror', None) or exc}")
+        if not _valid_bcrypt(hashed):
+            problems.append(
+                f"{path}: basic_auth_users.{user}: not a bcrypt hash (make one with htpasswd -nBC 10 {user})"
+            )
+    tls = cfg.tls_server_config
+    if tls is not None:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            name = getattr(tls, key)
+            if name is not None and not os.access(name, os.R_OK):
+                problems.append(f"{path}: tls_server_config.{key}: cannot read {name}")
+        if not problems:
+            try:
+                server_context(tls)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                problems.append(f"{path}: tls_server_config: {getattr(exc, 'strerror', None) or exc}")
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _valid_bcrypt(hashed: str) -> bool:
+    """A hash bcrypt can check against (a mangled one would make every request fail at check time)."""
+    if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        return False
+    try:
+        bcrypt.checkpw(b"", hashed.encode())
+    except ValueError:
+        return False
+    return True
 
 
 def server_context(tls: TLSServerConfig) -> ssl.SSLContext:
@@ -118,10 +147,13 @@ def middleware(cfg: WebConfig) -> Middleware:
         key = (user, hashlib.sha256(f"{hashed}\0{password}".encode()).digest())
         if key in cache:
             return True
-        if bcrypt.checkpw(password.encode(), hashed.encode()):
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed.encode())
+        except ValueError:  # never a 500: an unusable hash simply lets nobody in
+            return False
+        if ok:
             cache.add(key)
-            return True
-        return False
+        return ok
 
     @web.middleware
     async def secure(request: web.Request, handler: Handler) -> web.StreamResponse:

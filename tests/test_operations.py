@@ -236,3 +236,29 @@ def test_ready_and_healthy(mailstack: MailStack, tmp_path: Path, exporters: list
     e.wait(lambda m: True)
     assert e.get("/-/healthy") == (200, "Healthy\n")
     assert e.get("/-/ready") == (200, "Ready\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"x: 2020-13-45\n", "(top level): invalid YAML: month must be in 1..12"),
+        (b"\xff\xfe", "(file): not UTF-8 text"),
+        (b'basic_auth_users: {u: "$2b$10$abc"}\n', "basic_auth_users.u: not a bcrypt hash"),
+        (
+            b"tls_server_config: {cert_file: /nonexistent.pem, key_file: /nonexistent.key}\n",
+            "tls_server_config.cert_file: cannot read /nonexistent.pem",
+        ),
+        (b"- a\n", "(top level): must be a mapping"),
+        (b"tls_server_config: {cert_file: a}\n", "tls_server_config.key_file: required key is missing"),
+    ],
+)
+def test_web_config_problems_are_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    from exporter.config import ConfigError
+    from exporter.webconfig import load_web_config
+
+    path = tmp_path / "web.yml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_web_config(str(path))
+    assert any(p.startswith(f"{path}: {expected}") for p in err.value.problems), err.value.problems
+    assert all("\n" not in p for p in err.value.problems)
