@@ -282,16 +282,20 @@ class IMAPSession:
                 await self._run("DONE", idle_task)
         return self._saw_exists(pushed)
 
-    async def search_header(self, header: str, value: str) -> list[int]:
+    async def search_header(self, header: str, value: str, *, undeleted: bool = False) -> list[int]:
+        """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted."""
         self.recorder.commands += 1
-        resp = await self._run(
-            "UID SEARCH", self._proto.search("HEADER", header, value, charset=None, by_uid=True)
-        )
+        criteria = ("UNDELETED", "HEADER", header, value) if undeleted else ("HEADER", header, value)
+        resp = await self._run("UID SEARCH", self._proto.search(*criteria, charset=None, by_uid=True))
         if resp.result != "OK":
             raise ProbeError(
                 f"IMAP UID SEARCH answered {resp.result} {_tail_text(resp.lines)}", reason="receive_protocol"
             )
         return parse_search(resp.lines)
+
+    @property
+    def can_expunge_by_uid(self) -> bool:
+        return "UIDPLUS" in self.capabilities
 
     async def fetch(self, uids: Iterable[int], part: str) -> dict[int, bytes]:
         uid_set = ",".join(str(u) for u in uids)
@@ -307,7 +311,13 @@ class IMAPSession:
         return parse_fetch_literals(resp.lines)
 
     async def delete(self, uids: Iterable[int]) -> None:
-        """Flag and expunge exactly ``uids``; never expunges anything else a user has flagged \\Deleted."""
+        """Flag ``uids`` \\Deleted and, with UIDPLUS, expunge exactly those.
+
+        Without UIDPLUS there is no way to expunge only our messages: a plain EXPUNGE also removes
+        whatever the user has flagged \\Deleted, even between a check and the EXPUNGE. So our canaries
+        stay flagged (gone from view in most clients) until the user's own client expunges, and later
+        sweeps pass over them.
+        """
         uid_set = ",".join(str(u) for u in uids)
         if not uid_set:
             return
@@ -315,17 +325,10 @@ class IMAPSession:
         await self._command(
             "UID STORE", proto.store(uid_set, "+FLAGS.SILENT", r"(\Deleted)", by_uid=True), reason="cleanup"
         )
-        if "UIDPLUS" in proto.capabilities:
+        if self.can_expunge_by_uid:
             await self._command("UID EXPUNGE", proto.expunge(uid_set, by_uid=True), reason="cleanup")
-            return
-        # Without UIDPLUS, EXPUNGE removes every \Deleted message: only do it if all of them are ours.
-        self.recorder.commands += 1
-        resp = await self._run("SEARCH DELETED", proto.search("DELETED", charset=None, by_uid=True))
-        flagged = set(parse_search(resp.lines))
-        if flagged <= {int(u) for u in uid_set.split(",")}:
-            await self._command("EXPUNGE", proto.expunge(), reason="cleanup")
         else:
-            self.recorder.facts["imap_expunge_skipped"] = True  # ours stay flagged for the user's client
+            self.recorder.facts["imap_expunge_skipped"] = True
 
     async def close(self) -> None:
         """LOGOUT politely if possible, then drop the connection; never raises."""

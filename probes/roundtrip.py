@@ -141,7 +141,11 @@ class _IMAPReceiver(_Receiver):
         await self.session.open()
         s = self.session
         with self.recorder.phase("receive_sweep"):
-            uids = await s.search_header(canary.HEADER, canary.probe_search_key(self.settings.name))
+            # With UIDPLUS, canaries left flagged by an interrupted delete are finished off too; without
+            # it, flagged ones are passed over (they cannot be expunged without touching user mail).
+            uids = await s.search_header(
+                canary.HEADER, canary.probe_search_key(self.settings.name), undeleted=not s.can_expunge_by_uid
+            )
             heads = await s.fetch(uids, f"BODY.PEEK[HEADER.FIELDS ({canary.HEADER})]")
             found: dict[int, Token] = {}
             for uid, head in heads.items():

@@ -264,3 +264,46 @@ def test_secrets_never_in_logs_or_transcript(
     for secret in secrets:
         assert secret not in text
         assert base64.b64encode(secret.encode()).decode() not in text
+
+
+def test_imap_without_uidplus_never_expunges(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    """A real Dovecot that does not announce UIDPLUS: our canary is flagged \\Deleted but nothing is
+    expunged, so a message the user flagged \\Deleted (and has not expunged yet) stays exactly as it is."""
+    from tests.mailstack import SERVER_NAME
+    from tests.mailstack.variants import TestPKI, VariantSet
+
+    pki = TestPKI("no-uidplus")
+    leaf = pki.leaf((SERVER_NAME, "127.0.0.1"), issuer=pki.root, common_name=SERVER_NAME)
+    users_deleted = mailstack.inject(mailbox, b"Subject: user's, flagged deleted\r\n\r\nkeep me\r\n")
+    flagged = users_deleted.parent.parent / "cur" / (users_deleted.name + ":2,T")  # T = \Deleted
+    users_deleted.rename(flagged)
+    variants = VariantSet(mailstack, pki)
+    v = variants.add(
+        "nouidplus",
+        [leaf],
+        dovecot_ports=("imaps",),
+        dovecot_settings={"imap_capability": "IMAP4rev1 IDLE LITERAL+ SASL-IR"},
+    )
+    probe = roundtrip(
+        mailstack,
+        tmp_path,
+        "nouidplus",
+        mailbox,
+        protocol="imap",
+        receive_tls="implicit",
+        receive__port=v.ports["imaps"],
+    )
+    probe["receive"]["tls_config"]["ca_file"] = str(variants.ca_file)
+    with variants:
+        result = run_one(make_runner(tmp_path, [probe]), debug=True)
+    assert result.success, result.message
+    transcript = "\n".join(result.transcript or [])
+    assert "UID STORE" in transcript and "EXPUNGE" not in transcript
+    assert "UIDPLUS" not in transcript  # the server really did not announce it
+    left = mailstack.messages(mailbox)
+    assert any(
+        p.name.split(":", 1)[0] == flagged.name.split(":", 1)[0] and p.name.endswith(",T") for p in left
+    )
+    ours = [p for p in left if b"X-Mailcanary-Token" in p.read_bytes()]
+    assert len(ours) == 1 and "T" in ours[0].name.rsplit(",", 1)[-1]  # ours: flagged, not expunged
+    assert len(left) == 2
