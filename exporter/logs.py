@@ -56,8 +56,21 @@ def _mask_record(record: logging.LogRecord) -> bool:
     return True
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time (it may be swapped after logging is configured)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(fmt: LogFormat = "auto", level: str = "info", stream: Any = None) -> None:
-    stream = sys.stderr if stream is None else stream
+    stream = _Stderr() if stream is None else stream
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     renderer: Any = (
