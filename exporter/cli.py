@@ -18,6 +18,7 @@ from . import __version__, demo, logs
 from .config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
+    LoadedConfig,
     RoundTripConfig,
     TLSCheckConfig,
     load_config,
@@ -176,9 +177,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
-    path = _config_path(args)
     try:
+        path = _config_path(args)
         loaded = load_config(path)
+        problem = _state_dir_problem(loaded)
+        if problem:
+            raise ConfigError([problem])
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=out)
@@ -188,6 +192,19 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     cfg = loaded.config
     print(f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks)", file=out)
     return EXIT_OK
+
+
+def _state_dir_problem(loaded: LoadedConfig) -> str | None:
+    """Would ``run`` be able to keep its key and ledger there? Checked without writing anything."""
+    directory = state_dir(loaded.config)
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if loaded.config.global_.canary_key_file is None and not (
+        probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)
+    ):
+        return f"{loaded.path}: global.state_dir: cannot create or write {directory} (as this user)"
+    return None
 
 
 async def _probe(args: argparse.Namespace, out: TextIO) -> int:

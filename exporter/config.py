@@ -7,6 +7,7 @@ config error at start or reload, not a probe failure an hour later.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -86,7 +88,10 @@ class EndpointConfig(Model):
     source_address: str | None = None
     timeout: Duration = 10.0  # per command / read
     username: str | None = None
-    password: str | None = Field(default=None, repr=False)
+    # Not stripped like other strings: spaces may be part of a password.
+    password: Annotated[str, StringConstraints(strip_whitespace=False)] | None = Field(
+        default=None, repr=False
+    )
     password_file: str | None = None
     password_env: str | None = None
     allow_plaintext_auth: bool = False
@@ -372,37 +377,25 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(path, exc)) from None
+        # Structure first, but also what can be told from the raw data, so one run lists it all.
+        found = _problems(path, exc) + _raw_problems(path, data, environ)
+        raise ConfigError(list(dict.fromkeys(found))) from None
     loaded = LoadedConfig(path=path, config=config)
     problems: list[str] = []
     for i, probe in enumerate(config.roundtrip):
         for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
             where = f"roundtrip[{i}].{side}"
+            secret, problem = _read_secret(
+                path, where, ep.password, ep.password_file, ep.password_env, environ
+            )
+            if problem is not None:
+                problems.append(problem)
+            if secret is not None:
+                loaded.secrets[(probe.name, side)] = secret
             if ep.password is not None:
-                loaded.secrets[(probe.name, side)] = ep.password
                 loaded.warnings.append(
                     f"{path}: {where}.password: inline password; prefer password_file or password_env"
                 )
-            elif ep.password_file is not None:
-                try:
-                    secret = Path(ep.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-                except OSError as exc:
-                    problems.append(
-                        f"{path}: {where}.password_file: cannot read {ep.password_file}: "
-                        f"{exc.strerror or exc}"
-                    )
-                    continue
-                if not secret:
-                    problems.append(f"{path}: {where}.password_file: {ep.password_file} is empty")
-                loaded.secrets[(probe.name, side)] = secret
-            elif ep.password_env is not None:
-                secret = environ.get(ep.password_env, "")
-                if not secret:
-                    problems.append(
-                        f"{path}: {where}.password_env: environment variable {ep.password_env} "
-                        "is not set or empty"
-                    )
-                loaded.secrets[(probe.name, side)] = secret
         if config.timeout_of(probe) > config.interval_of(probe):
             loaded.warnings.append(
                 f"{path}: roundtrip[{i}].timeout: longer than the interval; "
@@ -412,8 +405,80 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
         problems.append(f"{path}: global.canary_key_file: cannot read {config.global_.canary_key_file}")
     if problems:
         raise ConfigError(problems)
-    loaded.digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    # Digest of the validated config without its passwords: an inline password must not be
+    # confirmable offline from /metrics.
+    public = json.dumps(_without_passwords(config.model_dump(mode="json")), sort_keys=True)
+    loaded.digest = hashlib.sha256(public.encode()).hexdigest()[:12]
     return loaded
+
+
+def _without_passwords(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_passwords(v) for k, v in value.items() if k != "password"}
+    if isinstance(value, list):
+        return [_without_passwords(v) for v in value]
+    return value
+
+
+def _read_secret(
+    path: str,
+    where: str,
+    password: object,
+    password_file: object,
+    password_env: object,
+    environ: dict[str, str],
+) -> tuple[str | None, str | None]:
+    """(secret, problem) for one endpoint's password_file / password_env / inline password."""
+    if isinstance(password, str):
+        return password, None
+    if isinstance(password_file, str):
+        try:
+            secret = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            detail = getattr(exc, "strerror", None) or exc
+            return None, f"{path}: {where}.password_file: cannot read {password_file}: {detail}"
+        if not secret:
+            return None, f"{path}: {where}.password_file: {password_file} is empty"
+        return secret, None
+    if isinstance(password_env, str):
+        secret = environ.get(password_env, "")
+        if not secret:
+            return (
+                None,
+                f"{path}: {where}.password_env: environment variable {password_env} is not set or empty",
+            )
+        return secret, None
+    return None, None
+
+
+def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> list[str]:
+    """Secrets and duplicate names checked on the raw YAML, for when the structure did not validate."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for section in ("roundtrip", "tls_checks"):
+        items = data.get(section)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(item, dict):
+                continue
+            name = item.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    problems.append(f"{path}: {section}[{i}].name: duplicate probe name {name!r}")
+                seen.add(name)
+            for side in ("smtp", "receive") if section == "roundtrip" else ():
+                ep = item.get(side)
+                if isinstance(ep, dict):
+                    _, problem = _read_secret(
+                        path,
+                        f"{section}[{i}].{side}",
+                        ep.get("password"),
+                        ep.get("password_file"),
+                        ep.get("password_env"),
+                        environ,
+                    )
+                    if problem is not None:
+                        problems.append(problem)
+    return problems
 
 
 def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:

@@ -704,3 +704,59 @@ def test_cli_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main([]) == 3
     _, err = capsys.readouterr()
     assert "usage: mailcanary" in err
+
+
+def test_structure_and_secret_problems_are_listed_in_one_run() -> None:
+    text = """
+roundtrip:
+  - name: a
+    intervall: 5m
+    sender: a@example.test
+    recipient: a@example.test
+    smtp: {host: h, username: u, password_file: /nonexistent/pw}
+    receive: {protocol: imap, host: h, username: u, password_env: MAILCANARY_TEST_UNSET}
+  - name: a
+    sender: a@example.test
+    recipient: a@example.test
+    smtp: {host: h}
+    receive: {protocol: imap, host: h, username: u, password: x}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, F, {})
+    assert err.value.problems == [
+        f"{F}: roundtrip[0].intervall: unknown key",
+        f"{F}: roundtrip[0].smtp.password_file: cannot read /nonexistent/pw: No such file or directory",
+        f"{F}: roundtrip[0].receive.password_env: environment variable MAILCANARY_TEST_UNSET "
+        "is not set or empty",
+        f"{F}: roundtrip[1].name: duplicate probe name 'a'",
+    ]
+
+
+def test_inline_password_keeps_its_spaces_and_stays_out_of_the_digest() -> None:
+    def config(password: str) -> str:
+        return f"""
+roundtrip:
+  - name: a
+    sender: a@example.test
+    recipient: a@example.test
+    smtp: {{host: h}}
+    receive: {{protocol: imap, host: h, username: u, password: '{password}'}}
+"""
+
+    one, two = parse_config(config("  secret one "), F, {}), parse_config(config("other"), F, {})
+    assert one.password("a", "receive") == "  secret one "
+    assert one.digest == two.digest  # the digest is exported: it must not depend on a password
+
+
+def test_check_config_reports_an_unusable_state_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "mc.yml"
+    config.write_text(f"global: {{state_dir: {blocker}/state}}\n")
+    assert cli.main(["check-config", "--config", str(config)]) == 1
+    assert (
+        capsys.readouterr().out
+        == f"{config}: global.state_dir: cannot create or write {blocker}/state (as this user)\n"
+    )
