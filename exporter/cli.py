@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from probes.tls import TLSFacts
 
@@ -39,8 +39,16 @@ def _default_config() -> str:
     return os.environ.get("MAILCANARY_CONFIG", DEFAULT_CONFIG_PATH)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 3 (UNKNOWN), not argparse's 2, which a Nagios-style caller reads as CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mailcanary",
         description="Mail-delivery monitor: canary round trips and TLS audits, exported to Prometheus.",
     )

@@ -760,3 +760,10 @@ def test_check_config_reports_an_unusable_state_dir(
         capsys.readouterr().out
         == f"{config}: global.state_dir: cannot create or write {blocker}/state (as this user)\n"
     )
+
+
+def test_command_line_typos_exit_3_not_nagios_critical() -> None:
+    for argv in (["probe", "--warn-days", "abc"], ["run", "--no-such-flag"], ["nonsense"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 3, argv
