@@ -30,7 +30,7 @@ from .http import HTTPServer
 from .metrics import ExporterState, build_registry
 from .multitarget import probe_handler
 from .results import ResultStore
-from .runner import Runner, make_masker
+from .runner import Runner, endpoint_of, make_masker, tls_check_settings
 from .scheduler import ProbeScheduler
 from .state import Ledger, load_or_create_key
 from .webconfig import WebConfig
@@ -107,6 +107,16 @@ class Daemon:
         names = [p.name for p in roundtrips]
         runner.ledger.prune(keep=set(names))
         self.store.ensure(names + [c.name for c in checks])
+        self.store.retain_tls(
+            {
+                p.name: {
+                    endpoint_of(p.smtp, "smtp").address,
+                    endpoint_of(p.receive, p.receive.protocol).address,
+                }
+                for p in roundtrips
+            }
+            | {c.name: {tls_check_settings(c, c.host, c.port).endpoint.address} for c in checks}
+        )
         self.state.probes = {n: "roundtrip" for n in names} | {c.name: "tls" for c in checks}
         self.state.config_digest = loaded.digest
         self.state.reload_ok = True

@@ -91,6 +91,13 @@ class ResultStore:
                 if name not in probes:
                     del self._stats[name]
 
+    def retain_tls(self, endpoints: dict[str, set[str]]) -> None:
+        """Forget TLS facts of endpoints a probe no longer uses (after a reload moved it elsewhere)."""
+        with self._lock:
+            for name, st in self._stats.items():
+                keep = endpoints.get(name, set())
+                st.tls = {ep: facts for ep, facts in st.tls.items() if ep in keep}
+
     def record(self, result: RunResult) -> None:
         with self._lock:
             st = self._stats.setdefault(result.probe, ProbeStats())

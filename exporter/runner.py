@@ -55,7 +55,7 @@ def _tls_settings(tc: TLSConfig) -> TLSSettings:
     )
 
 
-def _endpoint(ep: EndpointConfig, protocol: str) -> Endpoint:
+def endpoint_of(ep: EndpointConfig, protocol: str) -> Endpoint:
     return Endpoint(
         host=ep.host,
         port=ep.port or default_port(protocol, ep.tls),
@@ -100,7 +100,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
     rc = probe.receive
     assert rc.username is not None
     recv_creds = Credentials(rc.username, loaded.password(probe.name, "receive"))
-    recv_ep = _endpoint(rc, rc.protocol)
+    recv_ep = endpoint_of(rc, rc.protocol)
     receiver: IMAPSettings | POP3Settings
     if rc.protocol == "imap":
         receiver = IMAPSettings(
@@ -121,7 +121,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
     return RoundTripSettings(
         name=probe.name,
         smtp=SMTPSettings(
-            endpoint=_endpoint(probe.smtp, "smtp"),
+            endpoint=endpoint_of(probe.smtp, "smtp"),
             credentials=smtp_creds,
             allow_plaintext_auth=probe.smtp.allow_plaintext_auth,
             helo_name=probe.smtp.helo,
@@ -243,7 +243,7 @@ class Runner:
         protocol = "smtp" if reason == "smtp_tls" else probe.receive.protocol
         if side.tls == "none":
             return
-        endpoint = _endpoint(side, protocol)
+        endpoint = endpoint_of(side, protocol)
         settings = TLSCheckSettings(
             endpoint=endpoint,
             protocol=protocol,

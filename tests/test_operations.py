@@ -262,3 +262,26 @@ def test_web_config_problems_are_one_line(tmp_path: Path, content: bytes, expect
         load_web_config(str(path))
     assert any(p.startswith(f"{path}: {expected}") for p in err.value.problems), err.value.problems
     assert all("\n" not in p for p in err.value.problems)
+
+
+def test_reload_drops_tls_series_of_endpoints_no_longer_probed(
+    mailstack: MailStack, tmp_path: Path, exporters: list[Exporter]
+) -> None:
+    config = write(tmp_path / "mc.yml", [tls_check(mailstack, "a")])
+    e = Exporter(config)
+    exporters.append(e)
+
+    def endpoints(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+        return {
+            dict(labels)["endpoint"]
+            for (name, labels) in m
+            if name == "mailcanary_tls_earliest_cert_expiry_timestamp_seconds"
+            and dict(labels)["probe"] == "a"
+        }
+
+    old = f"{mailstack.host}:{mailstack.ports['submission']}"
+    new = f"{mailstack.host}:{mailstack.ports['imaps']}"
+    e.wait(lambda m: endpoints(m) == {old})
+    write(config, [tls_check(mailstack, "a", "imaps", "imap", "implicit")])
+    e.proc.send_signal(signal.SIGHUP)
+    e.wait(lambda m: endpoints(m) == {new})  # the old endpoint's frozen expiry is gone, not kept forever
