@@ -33,8 +33,6 @@ class ExporterState:
     config_digest: str = ""
     reload_ok: bool = True
     reload_success_time: float | None = None
-    reloads_total: int = 0
-    reload_failures_total: int = 0
     probes: dict[str, str] = field(default_factory=dict)  # probe name -> kind ("roundtrip", "tls")
     sandbox: bool = False
     shard: str = ""  # "i/N" when this instance runs a share of the probes

@@ -337,7 +337,6 @@ class IMAPSession:
         proto = self._proto
         try:
             if proto.transport is not None and not proto.transport.is_closing() and proto.state != "LOGOUT":
-                self.recorder.debug("C: imap", "LOGOUT")
                 await asyncio.wait_for(proto.logout(), timeout=min(self.settings.timeout, 2.0))
         except Exception:
             pass  # closing must not mask the run's result

@@ -767,3 +767,18 @@ def test_command_line_typos_exit_3_not_nagios_critical() -> None:
         with pytest.raises(SystemExit) as exit_:
             cli.main(argv)
         assert exit_.value.code == 3, argv
+
+
+def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "examples" / "mailcanary.yml").read_text()
+    pw, ca = tmp_path / "pw", tmp_path / "ca.pem"
+    pw.write_text("secret\n")
+    ca.write_text("")
+    text = text.replace("/etc/mailcanary/canary.password", str(pw)).replace(
+        "/etc/ssl/certs/internal-ca.pem", str(ca)
+    )
+    env = {"MAILCANARY_SMTP_PASSWORD": "a", "MAILCANARY_POP_PASSWORD": "b"}
+    loaded = parse_config(text, "examples/mailcanary.yml", env)
+    assert [p.name for p in loaded.config.roundtrip] == ["corp-imap", "corp-pop3"]
+    assert loaded.warnings == []

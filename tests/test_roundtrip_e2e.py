@@ -181,9 +181,13 @@ def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(
     result = run_one(runner)
     assert result.success, result.message
     assert (result.swept, result.late) == (2, 0)
-    left = {p.read_bytes() for p in mailstack.messages(mailbox)}
+    files = mailstack.messages(mailbox)
+    left = {p.read_bytes() for p in files}
     for raw in foreign.values():
         assert raw in left or raw.replace(b"\r\n", b"\n") in left, "a foreign mail was touched"
+    for path in files:  # no flag set on anything left: not \Deleted (T), not \Seen (S)
+        flags = path.name.split(":2,", 1)[1] if ":2," in path.name else ""
+        assert not set(flags) & set("TS"), path.name
     assert len(left) == len(foreign) + 1  # foreign ones plus the young canary
     assert any(young.nonce.encode() in raw for raw in left)
 

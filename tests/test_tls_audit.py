@@ -555,11 +555,6 @@ async def test_earliest_expiry_equals_blackbox_exporter(
         assert verified["probe_ssl_last_chain_expiry_timestamp_seconds"] == f.earliest_not_after
 
 
-def test_variant_startup_time(variants: VariantSet) -> None:
-    """Ten Dovecots and two Postfixes must not dominate the suite."""
-    assert variants.startup_seconds is not None and variants.startup_seconds < 15
-
-
 # ---- the daemon's side: /metrics, /probe, the one-shot report ------------------------------------------
 
 MODULE_OF = {
