@@ -29,7 +29,7 @@ from pathlib import Path
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes.imap import IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import DEFAULT_POLL_MAX, PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from tests.mailstack import MailStack, make_root
 
@@ -96,7 +96,7 @@ def settings_for(stack: MailStack, address: str, strategy: str, protocol: str = 
     if strategy == "noop-25ms":  # NOOP every 25 ms, never IDLE
         assert isinstance(receiver, IMAPSettings)
         return replace(base, receiver=replace(receiver, use_idle=False), poll=PollSchedule(0.025, 1.0, 0.025))
-    return base  # "default": the shipped schedule
+    return replace(base, poll=PollSchedule(maximum=DEFAULT_POLL_MAX[protocol]))  # "default": as shipped
 
 
 async def one(stack: MailStack, settings: RoundTripSettings, watcher: MaildirWatcher) -> Sample:
@@ -120,7 +120,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def bench(stack: MailStack, rounds: int, slow_delay: float) -> dict[str, dict[str, float]]:
+async def bench(
+    stack: MailStack, rounds: int, slow_delay: float, slow_rounds: int = 10
+) -> dict[str, dict[str, float]]:
     report: dict[str, dict[str, float]] = {}
     address = stack.test_addresses[0]
     cases = [("idle-only", "imap"), ("noop-25ms", "imap"), ("default", "imap"), ("default", "pop3")]
@@ -148,7 +150,7 @@ async def bench(stack: MailStack, rounds: int, slow_delay: float) -> dict[str, d
         stack.clear(slow)
         samples = []
         with MaildirWatcher(stack.maildir(slow)) as watcher:
-            for _ in range(max(3, rounds // 10)):
+            for _ in range(slow_rounds):
                 samples.append(await one(stack, settings_for(stack, slow, "default", protocol), watcher))
         over = [s.overhead * 1000 for s in samples]
         report[f"default/{protocol} ({slow_delay:g}s in flight)"] = {
@@ -168,10 +170,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--slow-delay", type=float, default=3.0)
+    ap.add_argument("--slow-rounds", type=int, default=10, help="rounds with the canary in flight")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
     with MailStack(make_root()) as stack:
-        report = asyncio.run(bench(stack, args.rounds, args.slow_delay))
+        report = asyncio.run(bench(stack, args.rounds, args.slow_delay, args.slow_rounds))
     if args.json:  # first: figures must not be lost to a printing slip
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     width = max(len(k) for k in report)

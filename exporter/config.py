@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from probes.canary import PROBE_NAME_RE
+from probes.roundtrip import DEFAULT_POLL_MAX
 
 from .durations import parse_duration
 
@@ -127,13 +128,19 @@ class ReceiveConfig(EndpointConfig):
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
     poll_initial: Duration = 0.05
     poll_factor: float = Field(default=1.25, ge=1.0, le=10.0)
-    poll_max: Duration = 1.0
+    poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
+
+    @property
+    def max_gap(self) -> float:
+        if self.poll_max is not None:
+            return self.poll_max
+        return DEFAULT_POLL_MAX[self.protocol]
 
     @model_validator(mode="after")
     def _receive(self) -> Self:
         if self.username is None:
             raise ValueError("the receiving side needs username and a password")
-        if not 0 < self.poll_initial <= self.poll_max:
+        if not 0 < self.poll_initial <= self.max_gap:
             raise ValueError("need 0 < poll_initial <= poll_max")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")

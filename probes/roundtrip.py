@@ -27,13 +27,18 @@ from .smtp import SMTPSettings, send_message
 K = TypeVar("K")
 
 
+# Default cap on the gap between looks, per protocol: an IMAP look is one NOOP (plus IDLE in the gap),
+# a POP3 look is a whole session (connect, TLS, login, UIDL), so POP3 looks less often.
+DEFAULT_POLL_MAX = {"imap": 0.25, "pop3": 1.0}
+
+
 @dataclass(frozen=True)
 class PollSchedule:
     """Gaps between looks: ``initial``, growing by ``factor``, capped at ``maximum`` (seconds)."""
 
     initial: float = 0.05
     factor: float = 1.25
-    maximum: float = 1.0
+    maximum: float = DEFAULT_POLL_MAX["imap"]
 
     def gaps(self) -> Iterator[float]:
         gap = self.initial
@@ -59,7 +64,7 @@ class RoundTripSettings:
     recipient: str
     key: bytes = field(repr=False)
     poll: PollSchedule = PollSchedule()
-    idle_min_gap: float = 0.4  # shorter gaps are slept, not IDLEd: IDLE + DONE costs more than it saves
+    idle_min_gap: float = 0.2  # shorter gaps are slept, not IDLEd: IDLE + DONE costs more than it saves
     search_every: float = 5.0  # search even without an EXISTS this often (servers that announce nothing)
     sweep_after: float = 3600.0  # our own canaries older than this are deleted when seen
 
