@@ -336,6 +336,10 @@ def _message(err: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
+    if kind in ("model_type", "dict_type"):
+        return "must be a mapping (key: value)"
+    if kind == "list_type":
+        return "must be a list"
     if kind == "string_pattern_mismatch":
         if "@" in str(err.get("ctx", {}).get("pattern", "")):
             return "must be a mail address like user@example.com"
