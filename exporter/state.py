@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from probes.canary import MIN_KEY_BYTES, Token
@@ -70,76 +72,104 @@ def load_or_create_key(key_file: str | None, state: Path, config_path: str) -> b
 class Ledger:
     """Canaries sent but not seen in time, per probe: when one turns up later it is counted late.
 
-    Persisted (atomically, on every change) so that a restart between the timeout and the late arrival
-    does not turn a late canary into an unexplained one.
+    Persisted atomically on every change, so that a restart between the timeout and the late arrival does
+    not turn a late canary into an unexplained one. Every operation re-reads the file under an exclusive
+    lock (``ledger.json.lock``), so a daemon and a one-shot ``mailcanary probe`` sharing the state dir do
+    not overwrite each other's entries.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._entries: dict[str, dict[str, float]] = {}
-        if path is not None and path.exists():
-            with contextlib.suppress(OSError, ValueError, TypeError):  # TypeError: float(null)
-                raw = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(raw, dict):
-                    self._entries = {
-                        str(p): {str(n): float(t) for n, t in v.items()}
-                        for p, v in raw.items()
-                        if isinstance(v, dict)
-                    }
+        with self._transaction():
+            pass
 
-    def nonces(self, probe: str) -> frozenset[str]:
-        return frozenset(self._entries.get(probe, {}))
-
-    def add(self, probe: str, token: Token) -> None:
-        self._entries.setdefault(probe, {})[token.nonce] = token.sent
-        self._save()
-
-    def settle(self, probe: str, seen: list[Token]) -> int:
-        """Remove the canaries now seen; returns how many of them the ledger was waiting for (late)."""
-        waiting = self._entries.get(probe, {})
-        late = [t for t in seen if t.nonce in waiting]
-        for t in late:
-            del waiting[t.nonce]
-        if late:
-            self._save()
-        return len(late)
-
-    def expire(self, probe: str, older_than: float, now: float | None = None) -> int:
-        """Give up on this probe's canaries sent more than ``older_than`` seconds ago; returns how many
-        (they are lost: if one turns up after all, it is swept as stale, not counted late)."""
-        now = time.time() if now is None else now
-        waiting = self._entries.get(probe, {})
-        old = [n for n, t in waiting.items() if now - t > older_than]
-        for n in old:
-            del waiting[n]
-        if old:
-            self._save()
-        return len(old)
-
-    def prune(self, now: float | None = None, keep: set[str] | None = None) -> int:
-        """Forget entries older than a week (lost) and of probes no longer configured; returns lost count."""
-        now = time.time() if now is None else now
-        lost = 0
-        for probe in list(self._entries):
-            if keep is not None and probe not in keep:
-                del self._entries[probe]
-                continue
-            old = [n for n, t in self._entries[probe].items() if now - t > LEDGER_MAX_AGE]
-            for n in old:
-                del self._entries[probe][n]
-            lost += len(old)
-        if lost:
-            self._save()
-        return lost
-
-    def _save(self) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[dict[str, dict[str, float]]]:
+        """The entries as on disk now, locked; written back if the body changed them."""
         if self.path is None:
+            yield self._entries
             return
+        lock_fd: int | None = None
         try:
             _private_dir(self.path.parent)
+            lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        except OSError:
+            lock_fd = None  # an unwritable state dir: work in memory, as before the first save
+        try:
+            self._entries = self._read() if lock_fd is not None else self._entries
+            before = json.dumps(self._entries, sort_keys=True)
+            yield self._entries
+            if lock_fd is not None and json.dumps(self._entries, sort_keys=True) != before:
+                self._write()
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)  # releases the lock
+
+    def _read(self) -> dict[str, dict[str, float]]:
+        assert self.path is not None
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(raw, dict):
+                return {
+                    str(p): {str(n): float(t) for n, t in v.items()}
+                    for p, v in raw.items()
+                    if isinstance(v, dict)
+                }
+        except (OSError, ValueError, TypeError):  # missing, corrupt, or float(null)
+            pass
+        return {}
+
+    def _write(self) -> None:
+        assert self.path is not None
+        try:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self._entries, fh)
             os.replace(tmp, self.path)
         except OSError:
             pass  # losing the ledger only loses "late" accounting; never worth failing a probe over
+
+    def nonces(self, probe: str) -> frozenset[str]:
+        with self._transaction() as entries:
+            return frozenset(entries.get(probe, {}))
+
+    def add(self, probe: str, token: Token) -> None:
+        with self._transaction() as entries:
+            entries.setdefault(probe, {})[token.nonce] = token.sent
+
+    def settle(self, probe: str, seen: list[Token]) -> int:
+        """Remove the canaries now seen; returns how many of them the ledger was waiting for (late)."""
+        with self._transaction() as entries:
+            waiting = entries.get(probe, {})
+            late = [t for t in seen if t.nonce in waiting]
+            for t in late:
+                del waiting[t.nonce]
+            return len(late)
+
+    def expire(self, probe: str, older_than: float, now: float | None = None) -> int:
+        """Give up on this probe's canaries sent more than ``older_than`` seconds ago; returns how many
+        (they are lost: if one turns up after all, it is swept as stale, not counted late)."""
+        now = time.time() if now is None else now
+        with self._transaction() as entries:
+            waiting = entries.get(probe, {})
+            old = [n for n, t in waiting.items() if now - t > older_than]
+            for n in old:
+                del waiting[n]
+            return len(old)
+
+    def prune(self, now: float | None = None, keep: set[str] | None = None) -> int:
+        """Forget entries older than a week (lost) and of probes no longer configured; returns lost count."""
+        now = time.time() if now is None else now
+        lost = 0
+        with self._transaction() as entries:
+            for probe in list(entries):
+                if keep is not None and probe not in keep:
+                    del entries[probe]
+                    continue
+                old = [n for n, t in entries[probe].items() if now - t > LEDGER_MAX_AGE]
+                for n in old:
+                    del entries[probe][n]
+                lost += len(old)
+        return lost

@@ -11,7 +11,7 @@ import pytest
 
 from exporter.config import ConfigError
 from exporter.state import LEDGER_MAX_AGE, Ledger, load_or_create_key
-from probes.canary import MIN_KEY_BYTES, Token
+from probes.canary import MIN_KEY_BYTES, Token, new_token
 
 CFG = "/etc/mailcanary/mailcanary.yml"
 NOW = 1_700_000_000.0
@@ -207,3 +207,14 @@ def test_ledger_file_is_not_world_readable(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     Ledger(path).add("p", tok("a"))
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+
+
+def test_two_processes_sharing_a_ledger_keep_each_others_entries(tmp_path: Path) -> None:
+    """A daemon and a one-shot `mailcanary probe` on one state dir: neither may overwrite the other."""
+    daemon, oneshot = Ledger(tmp_path / "ledger.json"), Ledger(tmp_path / "ledger.json")
+    t1, t2 = new_token("p", now=NOW), new_token("p", now=NOW + 1)
+    daemon.add("p", t1)
+    oneshot.add("p", t2)  # this one has never seen t1 in memory
+    assert daemon.nonces("p") == oneshot.nonces("p") == frozenset({t1.nonce, t2.nonce})
+    assert daemon.settle("p", [t2]) == 1
+    assert oneshot.nonces("p") == frozenset({t1.nonce})
