@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ProbeError
+
 MASK = "********"
 
 
@@ -68,6 +70,15 @@ class Recorder:
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + (self.clock() - start)
         self.facts.pop("current_phase", None)
+
+    @contextmanager
+    def masked_errors(self) -> Iterator[None]:
+        """Probe errors leave with secrets masked, whatever server text they quote (a server may echo)."""
+        try:
+            yield
+        except ProbeError as exc:
+            exc.args = (self.masker(exc.message), *exc.args[1:])
+            raise
 
     def set_phase(self, name: str, seconds: float) -> None:
         self.phases[name] = seconds

@@ -91,25 +91,32 @@ async def probe_roundtrip(
     else:
         receiver = _POP3Receiver(settings, recorder)
     try:
-        swept = await receiver.open_and_sweep(set(late))
-        recorder.facts["swept"] = swept
-        token = canary.new_token(settings.name)
-        message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
-        recorder.facts["token"] = token
-        sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
-        recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
-        recorder.facts["smtp_tls_version"] = sent.tls_version
-        commands_before = recorder.commands
-        with recorder.phase("receive_wait"):
-            seen_at = await receiver.wait(token, sent.accepted_at)
-        recorder.facts.update(seen=True, seen_at=seen_at, accepted_at=sent.accepted_at)
-        delivery = seen_at - sent.accepted_at
-        recorder.set_phase("receive_wait", delivery)
-        recorder.facts["wait_commands"] = recorder.commands - commands_before
-        await receiver.fetch_verify_delete(token)
-        return RoundTripResult(token=token, delivery_seconds=delivery, swept=swept)
+        with recorder.masked_errors():
+            return await _run(settings, recorder, receiver, late)
     finally:
         await receiver.close()
+
+
+async def _run(
+    settings: RoundTripSettings, recorder: Recorder, receiver: _Receiver, late: Collection[str]
+) -> RoundTripResult:
+    swept = await receiver.open_and_sweep(set(late))
+    recorder.facts["swept"] = swept
+    token = canary.new_token(settings.name)
+    message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
+    recorder.facts["token"] = token
+    sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
+    recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
+    recorder.facts["smtp_tls_version"] = sent.tls_version
+    commands_before = recorder.commands
+    with recorder.phase("receive_wait"):
+        seen_at = await receiver.wait(token, sent.accepted_at)
+    recorder.facts.update(seen=True, seen_at=seen_at, accepted_at=sent.accepted_at)
+    delivery = seen_at - sent.accepted_at
+    recorder.set_phase("receive_wait", delivery)
+    recorder.facts["wait_commands"] = recorder.commands - commands_before
+    await receiver.fetch_verify_delete(token)
+    return RoundTripResult(token=token, delivery_seconds=delivery, swept=swept)
 
 
 class _Receiver:

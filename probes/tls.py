@@ -113,6 +113,12 @@ def pop3_auth_offered(capabilities: Mapping[str, Sequence[str]]) -> bool | None:
 
 
 async def probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
+    """Audit one endpoint (see :func:`_probe_tls`); errors leave with secrets masked."""
+    with recorder.masked_errors():
+        return await _probe_tls(settings, recorder)
+
+
+async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
     """Audit one endpoint; phases ``tls_connect`` (TCP and the dialogue before TLS), ``tls_handshake``
     (STARTTLS and the verified handshake) and ``tls_legacy`` (all legacy handshakes).
 

@@ -164,3 +164,13 @@ def test_recorder_defaults_are_independent() -> None:
     assert b.phases == {}
     assert b.facts == {}
     assert a.commands == 0
+
+
+def test_masked_errors_hide_a_secret_a_server_echoed() -> None:
+    from probes.errors import ProbeError
+
+    rec = Recorder(masker=Masker(["hunter2"]))
+    with pytest.raises(ProbeError) as err, rec.masked_errors():
+        raise ProbeError("server said: bad password hunter2", reason="receive_auth", code=535)
+    assert str(err.value) == "server said: bad password ********"
+    assert (err.value.reason, err.value.code) == ("receive_auth", 535)
