@@ -29,7 +29,14 @@ from pathlib import Path
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes.imap import IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import DEFAULT_POLL_MAX, PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import (
+    DEFAULT_POLL_FACTOR,
+    DEFAULT_POLL_MAX,
+    PollSchedule,
+    POP3Settings,
+    RoundTripSettings,
+    probe_roundtrip,
+)
 from probes.smtp import SMTPSettings
 from tests.mailstack import MailStack, make_root
 
@@ -96,7 +103,8 @@ def settings_for(stack: MailStack, address: str, strategy: str, protocol: str = 
     if strategy == "noop-25ms":  # NOOP every 25 ms, never IDLE
         assert isinstance(receiver, IMAPSettings)
         return replace(base, receiver=replace(receiver, use_idle=False), poll=PollSchedule(0.025, 1.0, 0.025))
-    return replace(base, poll=PollSchedule(maximum=DEFAULT_POLL_MAX[protocol]))  # "default": as shipped
+    shipped = PollSchedule(factor=DEFAULT_POLL_FACTOR[protocol], maximum=DEFAULT_POLL_MAX[protocol])
+    return replace(base, poll=shipped)  # "default": the schedule the config gives this protocol
 
 
 async def one(stack: MailStack, settings: RoundTripSettings, watcher: MaildirWatcher) -> Sample:

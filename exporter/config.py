@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from probes.canary import PROBE_NAME_RE
-from probes.roundtrip import DEFAULT_POLL_MAX
+from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 from .durations import parse_duration
 
@@ -127,8 +127,12 @@ class ReceiveConfig(EndpointConfig):
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
     poll_initial: Duration = 0.05
-    poll_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
+
+    @property
+    def gap_factor(self) -> float:
+        return self.poll_factor if self.poll_factor is not None else DEFAULT_POLL_FACTOR[self.protocol]
 
     @property
     def max_gap(self) -> float:

@@ -131,7 +131,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
         sender=probe.sender,
         recipient=probe.recipient,
         key=key,
-        poll=PollSchedule(initial=rc.poll_initial, factor=rc.poll_factor, maximum=rc.max_gap),
+        poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
     )
 

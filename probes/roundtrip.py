@@ -30,6 +30,7 @@ K = TypeVar("K")
 # Default cap on the gap between looks, per protocol: an IMAP look is one NOOP (plus IDLE in the gap),
 # a POP3 look is a whole session (connect, TLS, login, UIDL), so POP3 looks less often.
 DEFAULT_POLL_MAX = {"imap": 0.25, "pop3": 1.0}
+DEFAULT_POLL_FACTOR = {"imap": 1.25, "pop3": 2.0}
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class PollSchedule:
     """Gaps between looks: ``initial``, growing by ``factor``, capped at ``maximum`` (seconds)."""
 
     initial: float = 0.05
-    factor: float = 1.25
+    factor: float = DEFAULT_POLL_FACTOR["imap"]
     maximum: float = DEFAULT_POLL_MAX["imap"]
 
     def gaps(self) -> Iterator[float]:
