@@ -556,12 +556,17 @@ def overview() -> Json:
     )
     b.add(
         "timeseries",
-        "Late and swept canaries",
+        "Late, lost and swept canaries",
         [
             target(
                 f"sum by (probe) (increase(mailcanary_roundtrip_late_total{{{RT}}}[$__rate_interval]))",
                 "{{probe}} late",
                 "A",
+            ),
+            target(
+                f"sum by (probe) (increase(mailcanary_roundtrip_lost_total{{{RT}}}[$__rate_interval]))",
+                "{{probe}} lost",
+                "C",
             ),
             target(
                 f"sum by (probe) (increase(mailcanary_roundtrip_swept_total{{{RT}}}[$__rate_interval]))",
@@ -572,8 +577,9 @@ def overview() -> Json:
         w=8,
         h=8,
         description=(
-            "Late: canaries that arrived after their run had timed out. Swept: stale canaries deleted "
-            "that were not known to be late (e.g. sent before a restart)."
+            "Late: canaries that arrived after their run had timed out. Lost: timed out and still unseen "
+            "lost_after (default 1h) after sending. Swept: stale canaries deleted that were not known to "
+            "be late (e.g. sent before a restart)."
         ),
         defaults=ts_defaults("short", bars=True),
         options=TS_OPTIONS,
