@@ -24,6 +24,19 @@ KEY_FILE = "sandbox-server.key"
 
 DEFAULT_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 
+# The key usage of a certificate authority (signs certificates and CRLs); shared with the test PKI.
+CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
 
 @dataclass(frozen=True)
 class SandboxPKI:
@@ -81,17 +94,7 @@ def make_pki(directory: Path, names: tuple[str, ...] = DEFAULT_NAMES, days: int 
         .not_valid_after(now + dt.timedelta(days=days + 1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            CA_KEY_USAGE,
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)

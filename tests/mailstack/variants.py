@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from exporter.sandbox.ca import CA_KEY_USAGE
+
 from ._net import LOOPBACK_V4, free_ports, wait_ready
 from ._system import StackError, find_binary, pid_alive, read_pid, tail, terminate
 from .dovecot import DovecotInstance
@@ -124,17 +126,7 @@ class TestPKI:
             self._base(subject, issuer.cert.subject if issuer else subject, key, not_before, not_after)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                CA_KEY_USAGE,
                 critical=True,
             )
             .add_extension(ski, critical=False)
