@@ -16,7 +16,9 @@ def parse_listen(listen: str) -> tuple[str | None, int]:
     """``:9925`` (all interfaces), ``127.0.0.1:9925``, ``[::1]:9925`` -> (host or None, port)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"--listen {listen!r}: expected [HOST]:PORT, e.g. :9925 or 127.0.0.1:9925")
+        raise ValueError(
+            f"--web.listen-address (--listen) {listen!r}: expected [HOST]:PORT, e.g. :9925 or 127.0.0.1:9925"
+        )
     host = host.strip("[]")
     return (host or None), int(port_text)
 

@@ -164,7 +164,7 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_the_daemon() -> None:
     assert ("EXPOSE", str(PORT)) in final
     assert json.loads(dict(final)["ENTRYPOINT"]) == ["mailcanary"]
     cmd = json.loads(next(arg for w, arg in reversed(final) if w == "CMD"))
-    assert cmd == ["run", "--config", "/etc/mailcanary/mailcanary.yml"]
+    assert cmd == ["run", "--config.file", "/etc/mailcanary/mailcanary.yml"]
     cli_args(cmd)
     assert "HEALTHCHECK" in words
     envs = " ".join(arg for w, arg in final if w == "ENV")

@@ -69,9 +69,7 @@ def probe_samples(endpoint: str, not_after: float) -> list[tuple[str, dict[str, 
     """What GET /probe answers for this target, as (name, labels, value) samples."""
     facts = bad_facts(endpoint, not_after)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        _Fixed([*blackbox_families(facts, False, 0.5), *tls_families([([], facts)], [])])
-    )
+    registry.register(_Fixed([*blackbox_families(facts, False, 0.5), *tls_families([([], facts)], [])]))
     text = generate_latest(registry).decode()
     return [
         (s.name, dict(s.labels), float(s.value))
@@ -142,8 +140,12 @@ def coexistence_test(rule_files: list[Path], job: str) -> dict[str, Any]:
         "rule_files": [str(p) for p in rule_files],
         "evaluation_interval": "1m",
         "tests": [
-            {"name": f"/probe scraped as job {job}", "interval": "1m", "input_series": inputs,
-             "alert_rule_test": cases}
+            {
+                "name": f"/probe scraped as job {job}",
+                "interval": "1m",
+                "input_series": inputs,
+                "alert_rule_test": cases,
+            }
         ],
     }
 
@@ -195,6 +197,8 @@ def test_the_check_fails_on_unscoped_rules(tmp_path: Path) -> None:
     code, out = run_coexistence(tmp_path, [*rules, BLACKBOX_RULES])
     assert code != 0
     for alert in (
-        "MailcanaryTLSCertExpiringCritical", "MailcanaryTLSCertExpired", "MailcanaryTLSHostnameMismatch",
+        "MailcanaryTLSCertExpiringCritical",
+        "MailcanaryTLSCertExpired",
+        "MailcanaryTLSHostnameMismatch",
     ):
         assert alert in out, out
