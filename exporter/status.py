@@ -83,7 +83,11 @@ def phase_bar(phases: Mapping[str, float]) -> str:
             f'<span data-phase="{escape(name)}" title="{escape(name)} {secs:.3f} s" '
             f'style="width:{100 * secs / total:.2f}%;background:{colour}"></span>'
         )
-    return f'<div class="bar" title="total {total:.3f} s">{"".join(spans)}</div>'
+    name, secs = max(phases.items(), key=lambda kv: kv[1])
+    return (
+        f'<div class="bar" title="total {total:.3f} s">{"".join(spans)}</div>'
+        f'<span class="muted">longest: {escape(name)} {secs:.3f} s of {total:.3f} s</span>'
+    )
 
 
 def _outcome(success: bool, reason: str) -> str:
