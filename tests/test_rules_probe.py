@@ -202,3 +202,38 @@ def test_the_check_fails_on_unscoped_rules(tmp_path: Path) -> None:
         "MailcanaryTLSHostnameMismatch",
     ):
         assert alert in out, out
+
+
+def test_summaries_only_name_labels_the_expression_guarantees() -> None:
+    """No "certificate of  expires": a probe/endpoint/protocol label in an annotation needs a matcher that
+    makes it non-empty. endpoint!="" keeps only /metrics TLS series, which always carry probe, endpoint
+    and protocol. Alerts on recorded series (name with a colon) inherit the recording rules' scope, and
+    every recording rule is checked for it here."""
+    from .test_rules import alert_rules
+
+    guards = {
+        "probe": ('probe!=""', 'endpoint!=""'),
+        "endpoint": ('endpoint!=""',),
+        "protocol": ('endpoint!=""',),
+    }
+    problems = []
+    for rule in alert_rules():
+        expr = rule["expr"]
+        if re.search(r"\bmailcanary:\w", expr) and "mailcanary_" not in expr:
+            continue  # over recorded series only: scoped where they are recorded
+        ann = rule.get("annotations", {})
+        used = set(re.findall(r"\$labels\.(\w+)", f"{ann.get('summary', '')} {ann.get('description', '')}"))
+        for label in sorted(used & guards.keys()):
+            if not any(g in expr for g in guards[label]):
+                problems.append(f"{rule['alert']}: uses $labels.{label}; expr has none of {guards[label]}")
+        if 'job="mailcanary"' not in expr:
+            problems.append(f'{rule["alert"]}: not scoped to job="mailcanary"')
+    for path in RULE_FILES:
+        for group in load(path)["groups"]:
+            for rule in group["rules"]:
+                if "record" not in rule:
+                    continue
+                selectors = re.findall(r"\bmailcanary_\w+", rule["expr"])
+                if len(selectors) != rule["expr"].count('{job="mailcanary",probe!=""'):
+                    problems.append(f"recording rule {rule['record']}: a selector is not scoped")
+    assert not problems, "\n".join(problems)
