@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--log.format",
             "--log-format",
             dest="log_format",
-            choices=["auto", "json", "console"],
+            choices=["auto", "json", "console", "logfmt"],
             default="auto",
             help="log format (default: console on a TTY, JSON otherwise); alias --log-format",
         )

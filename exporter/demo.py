@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--log.format",
         "--log-format",
         dest="log_format",
-        choices=["auto", "json", "console"],
+        choices=["auto", "json", "console", "logfmt"],
         default="auto",
         help="log format (default: console on a TTY, JSON otherwise)",
     )

@@ -161,3 +161,18 @@ def test_wheel_metadata_license_extras_and_build_info(dists: tuple[Path, Path]) 
     sandbox = [r for r in requires if r.startswith(("aiosmtpd", "pymap"))]
     assert sandbox and all('extra == "demo"' in r for r in sandbox)
     assert info["revision"] == head and info["branch"] != "unknown"
+
+
+def test_log_format_logfmt_as_the_toolkit_spells_it() -> None:
+    import io
+
+    from exporter import logs
+
+    out = io.StringIO()
+    logs.configure("logfmt", "info", stream=out)
+    try:
+        logs.structlog.get_logger("t").info("probe_run", probe="p1", outcome="success")
+    finally:
+        logs.configure("json", "info")
+    line = out.getvalue().strip()
+    assert line.startswith("timestamp=") and "level=info event=probe_run" in line and "probe=p1" in line
