@@ -16,6 +16,7 @@ from aiohttp import web
 from probes.recorder import Masker
 
 from . import logs
+from .buildinfo import build_info
 from .config import (
     DEFAULT_MODULES,
     ConfigError,
@@ -62,6 +63,7 @@ class Daemon:
         self.registry = build_registry(self.store, self.state)
         self.scheduler = ProbeScheduler(self.store)
         self.history = History()
+        build_info()  # asks git (a checkout) once, here, rather than on the event loop at the first scrape
         self.http = HTTPServer(
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
