@@ -72,6 +72,9 @@ class History:
         self._runs_per_probe = runs_per_probe
         self._points: dict[str, deque[Point]] = {}
         self._failures: deque[Failure] = deque(maxlen=failures)
+        # Each probe's last failure too, so one flapping probe cannot push every other probe's last
+        # failure out of the ring buffer. Bounded by the number of configured probes (see retain).
+        self._last_failure: dict[str, Failure] = {}
         self._lock = threading.Lock()
 
     def record(self, run: RunResult, dialogue: Iterable[str] | None) -> None:
@@ -81,24 +84,30 @@ class History:
             points = self._points.setdefault(run.probe, deque(maxlen=self._runs_per_probe))
             points.append(Point(finished, run.success, run.delivery))
             if not run.success:
-                self._failures.append(
-                    Failure(run.probe, finished, run.reason, run.failed_phase, run.message, tuple(lines))
-                )
+                phase, message = run.failed_phase, run.message
+                failure = Failure(run.probe, finished, run.reason, phase, message, tuple(lines))
+                self._failures.append(failure)
+                self._last_failure[run.probe] = failure
 
     def points(self, probe: str) -> list[Point]:
         with self._lock:
             return list(self._points.get(probe, ()))
 
     def failures(self) -> list[Failure]:
-        """Newest first."""
+        """The ring buffer plus each probe's last failure if the buffer no longer has it; newest first."""
         with self._lock:
-            return list(reversed(self._failures))
+            kept = list(self._failures)
+            kept += [f for f in self._last_failure.values() if f not in kept]
+        return sorted(kept, key=lambda f: f.finished, reverse=True)
 
     def last_failure(self, probe: str) -> Failure | None:
-        return next((f for f in self.failures() if f.probe == probe), None)
+        with self._lock:
+            return self._last_failure.get(probe)
 
     def retain(self, probes: set[str]) -> None:
         """Forget probes a reload removed (their failures stay until the ring buffer drops them)."""
         with self._lock:
             for name in set(self._points) - probes:
                 del self._points[name]
+            for name in set(self._last_failure) - probes:
+                del self._last_failure[name]

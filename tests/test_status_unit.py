@@ -43,7 +43,18 @@ def test_history_is_bounded_per_probe_and_in_failures() -> None:
     assert len(failures) == 3 and failures[0].finished > failures[-1].finished  # newest first
     assert h.last_failure("a") == failures[0] and failures[0].dialogue == ("C: smtp QUIT",)
     h.retain(set())
-    assert h.points("a") == []
+    assert h.points("a") == [] and h.last_failure("a") is None
+
+
+def test_a_flapping_probe_does_not_push_out_the_last_failure_of_another() -> None:
+    h = History(failures=3)
+    h.record(run("quiet", ok=False, started=1.0), ["S: imap NO"])
+    for i in range(10):
+        h.record(run("noisy", ok=False, started=10.0 + i), ["S: smtp 535"])
+    names = [f.probe for f in h.failures()]
+    assert names == ["noisy", "noisy", "noisy", "quiet"]  # the buffer's 3, then quiet's last
+    last = h.last_failure("quiet")
+    assert last is not None and last.dialogue == ("S: imap NO",)
 
 
 def test_page_escapes_what_it_shows() -> None:
