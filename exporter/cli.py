@@ -14,7 +14,8 @@ from typing import NoReturn, TextIO
 
 from probes.tls import TLSFacts
 
-from . import __version__, demo, logs
+from . import demo, logs
+from .buildinfo import version_text
 from .config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
@@ -47,37 +48,60 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """Print the multi-line build report as is (argparse's own version action rewraps it) and exit 0."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> NoReturn:
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mailcanary",
         description="Mail-delivery monitor: canary round trips and TLS audits, exported to Prometheus.",
     )
-    parser.add_argument("--version", action="version", version=f"mailcanary {__version__}")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print version, revision, branch, build date, Python"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
+            "--config.file",
             "--config",
             "-c",
+            dest="config",
             default=None,
             metavar="FILE",
-            help=f"configuration file (default: $MAILCANARY_CONFIG or {DEFAULT_CONFIG_PATH})",
+            help=f"configuration file (default: $MAILCANARY_CONFIG or {DEFAULT_CONFIG_PATH}); alias --config",
         )
         p.add_argument(
+            "--log.format",
             "--log-format",
-            choices=["auto", "json", "console"],
+            dest="log_format",
+            choices=["auto", "json", "console", "logfmt"],
             default="auto",
-            help="log format (default: console on a TTY, JSON otherwise)",
+            help="log format (default: console on a TTY, JSON otherwise); alias --log-format",
         )
-        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+        p.add_argument(
+            "--log.level",
+            "--log-level",
+            dest="log_level",
+            choices=["debug", "info", "warning", "error"],
+            default="info",
+            help="lowest level logged (default info); alias --log-level",
+        )
 
     run = sub.add_parser("run", help="run the exporter daemon")
     common(run)
     run.add_argument(
+        "--web.listen-address",
         "--listen",
+        dest="listen",
         default=":9925",
         metavar="[HOST]:PORT",
-        help="HTTP listen address for /metrics (default :9925, all interfaces)",
+        help="HTTP listen address for /metrics (default :9925, all interfaces); alias --listen",
     )
     run.add_argument(
         "--web.config.file",
@@ -119,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check = sub.add_parser("check-config", help="validate a configuration file")
     common(check)
+    sub.add_parser("config-schema", help="print the JSON Schema of the configuration file (for editors)")
     demo.add_arguments(
         sub.add_parser("demo", help="see it work: the daemon on a built-in sandbox mail server")
     )
@@ -131,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.command == "config-schema":
+        from .schema import config_schema_text
+
+        sys.stdout.write(config_schema_text())
+        return EXIT_OK
     logs.configure(args.log_format, args.log_level)
     try:
         if args.command == "run":

@@ -16,6 +16,7 @@ from aiohttp import web
 from probes.recorder import Masker
 
 from . import logs
+from .buildinfo import build_info
 from .config import (
     DEFAULT_MODULES,
     ConfigError,
@@ -26,6 +27,7 @@ from .config import (
     parse_shard,
     state_dir,
 )
+from .history import History
 from .http import HTTPServer
 from .metrics import ExporterState, build_registry
 from .multitarget import probe_handler
@@ -33,6 +35,7 @@ from .results import ResultStore
 from .runner import Runner, endpoint_of, make_masker, tls_check_settings
 from .scheduler import ProbeScheduler
 from .state import Ledger, load_or_create_key
+from .status import render_status
 from .webconfig import WebConfig
 
 log = structlog.get_logger("mailcanary")
@@ -59,6 +62,8 @@ class Daemon:
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
         self.scheduler = ProbeScheduler(self.store)
+        self.history = History()
+        build_info()  # asks git (a checkout) once, here, rather than on the event loop at the first scrape
         self.http = HTTPServer(
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
@@ -67,6 +72,9 @@ class Daemon:
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
+            status_page=lambda: render_status(
+                self.store.snapshot(), self.state, self.history, self._modules()
+            ),
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()
@@ -89,7 +97,10 @@ class Daemon:
         state = state_dir(cfg)
         key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
         ledger = self.runner.ledger if self.runner is not None else Ledger(state / "ledger.json")
-        return Runner(loaded=loaded, key=key, ledger=ledger, store=self.store, masker=make_masker(loaded))
+        masker = make_masker(loaded)
+        return Runner(
+            loaded=loaded, key=key, ledger=ledger, store=self.store, masker=masker, history=self.history
+        )
 
     def _apply(self, runner: Runner) -> None:
         loaded = runner.loaded

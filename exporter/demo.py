@@ -48,7 +48,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 3, 3
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--web.listen-address",
         "--listen",
+        dest="listen",
         default=":9925",
         metavar="[HOST]:PORT",
         help="HTTP listen address for /metrics (default :9925, all interfaces)",
@@ -78,13 +80,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="add a random 0..JITTER seconds to each delivery (default 0)",
     )
     p.add_argument(
+        "--log.format",
         "--log-format",
-        choices=["auto", "json", "console"],
+        dest="log_format",
+        choices=["auto", "json", "console", "logfmt"],
         default="auto",
         help="log format (default: console on a TTY, JSON otherwise)",
     )
     p.add_argument(
+        "--log.level",
         "--log-level",
+        dest="log_level",
         choices=["debug", "info", "warning", "error"],
         default="warning",
         help="log level (default warning: the demo prints its own one line per probe run)",
@@ -135,8 +141,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         from . import sandbox  # noqa: F401  (aiosmtpd and pymap: fail here with a clear message)
     except ImportError as exc:
         print(
-            f"mailcanary demo: the sandbox mail server needs {exc.name or 'a missing package'}; "
-            "install mailcanary with its dependencies (pip install .)",
+            f"mailcanary demo: the sandbox mail server needs {exc.name or 'a missing package'}: "
+            "pip install 'mailcanary[demo]' (from a checkout: pip install '.[demo]')",
             file=sys.stderr,
         )
         return EXIT_ERROR

@@ -11,12 +11,17 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from .webconfig import WebConfig, middleware, server_context
 
+# The status page is inline styles and inline SVG only: nothing to fetch, nothing to run.
+CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"
+
 
 def parse_listen(listen: str) -> tuple[str | None, int]:
     """``:9925`` (all interfaces), ``127.0.0.1:9925``, ``[::1]:9925`` -> (host or None, port)."""
     host, sep, port_text = listen.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"--listen {listen!r}: expected [HOST]:PORT, e.g. :9925 or 127.0.0.1:9925")
+        raise ValueError(
+            f"--web.listen-address (--listen) {listen!r}: expected [HOST]:PORT, e.g. :9925 or 127.0.0.1:9925"
+        )
     host = host.strip("[]")
     return (host or None), int(port_text)
 
@@ -46,9 +51,11 @@ class HTTPServer:
         ready: Callable[[], bool],
         extra_routes: list[web.RouteDef] | None = None,
         web_config: WebConfig | None = None,
+        status_page: Callable[[], str] | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
+        self.status_page = status_page  # the page at / (exporter.status); else the short LANDING
         self.web_config = web_config
         self.app = web.Application(middlewares=[middleware(web_config)] if web_config else [])
         self.app.add_routes(
@@ -64,7 +71,11 @@ class HTTPServer:
         self.bound: list[tuple[str, int]] = []
 
     async def _landing(self, request: web.Request) -> web.Response:
-        return web.Response(text=LANDING, content_type="text/html")
+        if self.status_page is None:
+            return web.Response(text=LANDING, content_type="text/html")
+        resp = web.Response(text=self.status_page(), content_type="text/html")
+        resp.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return resp
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return render(self.registry, request.headers.get("Accept", ""))

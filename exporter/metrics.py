@@ -6,7 +6,6 @@ Nothing here is a global gauge mutated by probe code: a probe removed from the c
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from . import __version__
+from .buildinfo import build_info
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
 
@@ -90,8 +89,10 @@ class MailcanaryCollector(Collector):
 
     def _exporter(self) -> Iterator[Metric]:
         st = self.state
-        info = InfoMetricFamily("mailcanary_build", "mailcanary version and the Python it runs on.")
-        info.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+        info = InfoMetricFamily("mailcanary_build", "mailcanary version, git revision and branch, Python.")
+        b = build_info()
+        labels = {"version": b.version, "revision": b.revision, "branch": b.branch}
+        info.add_metric([], {**labels, "python_version": b.python_version})
         yield info
         cfg = InfoMetricFamily("mailcanary_config", "Digest of the loaded configuration file.")
         cfg.add_metric(

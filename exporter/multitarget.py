@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -17,6 +17,7 @@ from probes.recorder import Masker, Recorder
 from probes.tls import TLSFacts, probe_tls
 
 from .config import ModuleConfig
+from .history import BoundedTranscript
 from .http import render
 from .runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
 from .tlsmetrics import blackbox_families, tls_families
@@ -44,6 +45,27 @@ class _Fixed(Collector):
         return iter(self.metrics)
 
 
+def debug_response(rec: Recorder, facts: TLSFacts | None, duration: float, exposition: str) -> web.Response:
+    """What blackbox_exporter answers to ?debug=true: the probe's log (here its masked dialogue), the
+    outcome and the metrics that would have been returned, as plain text."""
+    outcome = tls_outcome(facts)
+    lines = rec.transcript.lines() if isinstance(rec.transcript, BoundedTranscript) else []
+    error = f" ({rec.masker(facts.error)})" if facts is not None and facts.error else ""
+    text = "\n".join(
+        [
+            "Logs for the probe (secrets masked):",
+            *lines,
+            "",
+            f"Probe {'succeeded' if outcome == 'success' else 'failed: ' + outcome}{error}, "
+            f"duration {duration:.3f}s",
+            "",
+            "Metrics that would have been returned:",
+            exposition,
+        ]
+    )
+    return web.Response(text=text, content_type="text/plain")
+
+
 def probe_handler(
     modules: Callable[[], dict[str, ModuleConfig]], masker: Callable[[], Masker]
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -68,13 +90,15 @@ def probe_handler(
             except ValueError:
                 return web.Response(status=400, text="X-Prometheus-Scrape-Timeout-Seconds is not a number\n")
         settings = tls_check_settings(module, host, port)
-        rec = Recorder(masker=masker())
+        debug = request.query.get("debug", "").lower() == "true"  # blackbox_exporter's ?debug=true
+        rec = Recorder(masker=masker(), transcript=BoundedTranscript() if debug else None)
         t0 = time.monotonic()
         facts: TLSFacts | None = None
         try:
             async with asyncio.timeout(deadline):
                 facts = await probe_tls(settings, rec)
-        except (ProbeError, TimeoutError):
+        except (ProbeError, TimeoutError) as exc:
+            rec.debug("error:", str(exc) or f"no answer within {deadline:g}s")
             facts = rec.tls.get(settings.endpoint.address)
         duration = time.monotonic() - t0
         metrics = list(blackbox_families(facts, tls_outcome(facts) == "success", duration))
@@ -82,6 +106,8 @@ def probe_handler(
             metrics.extend(tls_families([([], facts)], []))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed(metrics))
+        if debug:
+            return debug_response(rec, facts, duration, generate_latest(registry).decode())
         return render(registry, request.headers.get("Accept", ""))
 
     return handle

@@ -28,6 +28,7 @@ from .config import (
     TLSConfig,
     default_port,
 )
+from .history import BoundedTranscript, History
 from .results import ResultStore, RunResult
 from .state import Ledger
 
@@ -152,6 +153,7 @@ class Runner:
     ledger: Ledger
     store: ResultStore
     masker: Masker
+    history: History | None = None  # the status page's recent runs and failed dialogues
 
     async def _attempt(self, name: str, run: Callable[[], Awaitable[T]], deadline: float) -> Attempt[T]:
         """Run under the deadline; every way it can end becomes (value or None, reason, message)."""
@@ -196,13 +198,19 @@ class Runner:
             outstanding=outstanding,
             tls=dict(rec.tls),
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
-            transcript=rec.transcript,
+            transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )
+        if self.history is not None:
+            self.history.record(run, rec.transcript)
         self._log(run)
         return run
 
+    def _transcript(self, debug: bool) -> list[str] | None:
+        """Everything for --debug; with a status page, a bounded one for the failed-run history."""
+        return [] if debug else BoundedTranscript() if self.history is not None else None
+
     async def run_roundtrip(self, probe: RoundTripConfig, debug: bool = False) -> RunResult:
-        rec = Recorder(masker=self.masker, transcript=[] if debug else None)
+        rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
         settings = roundtrip_settings(self.loaded, probe, self.key)
         attempt = await self._attempt(
@@ -260,7 +268,7 @@ class Runner:
         rec.tls.update(scratch.tls)
 
     async def run_tls_check(self, check: TLSCheckConfig, debug: bool = False) -> RunResult:
-        rec = Recorder(masker=self.masker, transcript=[] if debug else None)
+        rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
         settings = tls_check_settings(check, check.host, check.port)
         attempt = await self._attempt(

@@ -155,10 +155,12 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         first_error = exc
         facts.error = exc.message
         publish()
+        recorder.debug("tls:", f"verified handshake failed ({exc.reason}): {exc.message}")
     else:
         _copy_phases(scratch, recorder, failed=False)
         _merge(facts, live)
         publish()
+        recorder.debug("tls:", f"verified handshake ok: {facts.version} {facts.cipher}")
 
     # 2. Verification failed: look again without it, for the chain and dates.
     if first_error is not None and facts.starttls_offered is not False:
@@ -173,6 +175,11 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         facts.verify_reason = classify_verify_error(first_error, facts.chain, time.time())
         facts.error = _one_line(first_error)
         publish()
+        recorder.debug(
+            "tls:",
+            f"unverified look: handshake {'ok' if facts.handshake_ok else 'failed'}, "
+            f"{len(facts.chain)} certificate(s), verify reason {facts.verify_reason}",
+        )
 
     # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of.
     if settings.check_legacy and facts.starttls_offered is not False:
@@ -180,6 +187,8 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
             for name, version in LEGACY_VERSIONS.items():
                 facts.legacy[name] = await _accepts(settings, recorder, version)
         publish()
+        answers = {True: "accepted", False: "refused", None: "not tested"}
+        recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
 
     if not facts.handshake_ok:
         if facts.verify_reason is None:

@@ -1,11 +1,13 @@
 #!/bin/sh
 # Install the Debian 12 packages that mailcanary's tests drive for real: Postfix, Dovecot (IMAP, POP3),
-# Prometheus, Alertmanager, blackbox_exporter, openssl, and systemd (for `systemd-analyze verify` of
-# the shipped unit; installed only if missing). Run as root; idempotent and quick when all
+# Prometheus, Alertmanager, blackbox_exporter, openssl, systemd (for `systemd-analyze verify` of
+# the shipped unit; installed only if missing), Chromium (headless, for the status page test) and
+# node + npm (tsc checks the dashboards against @grafana/schema; a node that brings its own npm,
+# e.g. NodeSource's, is kept as is). Run as root; idempotent and quick when all
 # is present. Python packages are installed by scripts/test, not here.
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-pop3d prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd"
+PACKAGES="postfix dovecot-imapd dovecot-pop3d prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
@@ -16,6 +18,9 @@ missing=""
 for pkg in $PACKAGES; do
   installed "$pkg" || missing="$missing $pkg"
 done
+# node and npm: by command, not by package, so that another packaging of node is not replaced.
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 # scripts/test needs a venv where pip may not install into an externally managed system Python.
 if command -v python3 >/dev/null 2>&1; then
   if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)' \

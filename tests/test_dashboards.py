@@ -76,7 +76,7 @@ def documented_metrics() -> set[str]:
     """Metric names in docs/metrics.md tables, with the series names a histogram or counter exposes."""
     names: set[str] = set()
     for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
-        m = re.match(r"^\|\s*`(mailcanary_\w+)`\s*\|\s*(\w+)", line)
+        m = re.match(r"^\|\s*`((?:mailcanary|probe)_\w+)`\s*\|\s*(\w+)", line)
         if not m:
             continue
         name, kind = m.groups()
@@ -98,7 +98,11 @@ def recorded_series() -> set[str]:
 
 
 def test_both_dashboards_exist() -> None:
-    assert {p.name for p in DASHBOARDS} == {"mailcanary-overview.json", "mailcanary-tls.json"}
+    assert {p.name for p in DASHBOARDS} == {
+        "mailcanary-overview.json",
+        "mailcanary-tls.json",
+        "mailcanary-probe.json",
+    }
 
 
 def test_committed_json_is_the_generator_output() -> None:
@@ -132,8 +136,9 @@ def test_uids_unique_and_ids_unique_per_dashboard() -> None:
 
 def test_variables() -> None:
     expected = {
-        "mailcanary-overview.json": {"datasource", "job", "probe"},
-        "mailcanary-tls.json": {"datasource", "job", "probe", "endpoint"},
+        "mailcanary-overview.json": {"datasource", "job", "vantage", "instance", "probe"},
+        "mailcanary-tls.json": {"datasource", "job", "vantage", "instance", "probe", "endpoint"},
+        "mailcanary-probe.json": {"datasource", "job", "instance"},
     }
     for path in DASHBOARDS:
         variables = {v["name"]: v for v in load(path)["templating"]["list"]}

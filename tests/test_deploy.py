@@ -164,7 +164,7 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_the_daemon() -> None:
     assert ("EXPOSE", str(PORT)) in final
     assert json.loads(dict(final)["ENTRYPOINT"]) == ["mailcanary"]
     cmd = json.loads(next(arg for w, arg in reversed(final) if w == "CMD"))
-    assert cmd == ["run", "--config", "/etc/mailcanary/mailcanary.yml"]
+    assert cmd == ["run", "--config.file", "/etc/mailcanary/mailcanary.yml"]
     cli_args(cmd)
     assert "HEALTHCHECK" in words
     envs = " ".join(arg for w, arg in final if w == "ENV")
@@ -497,10 +497,10 @@ def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
     return [(path, doc) for path in k8s_files() for doc in load_all(path)]
 
 
-def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+def test_kustomization_lists_every_manifest_but_the_examples() -> None:
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"  # kustomize's own file, not an API object: not schema-checked
-    expected = {p.name for p in k8s_files()} - {"secret.example.yaml"}
+    expected = {p.name for p in k8s_files()} - {"secret.example.yaml", "probe.example.yaml"}
     assert set(kust["resources"]) == expected
     assert [i["name"] for i in kust["images"]] == ["mailcanary"]
 
@@ -548,7 +548,7 @@ def test_prometheus_operator_resources_validate_against_the_crd_models() -> None
         dumped = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
         assert dumped == doc, f"{path.name}: fields the {doc['kind']} CRD does not define"
         seen.add(doc["kind"])
-    assert seen == {"ServiceMonitor", "PrometheusRule"}
+    assert seen == {"ServiceMonitor", "PrometheusRule", "Probe"}
 
 
 def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:

@@ -276,7 +276,8 @@ def test_exporter_metrics() -> None:
     assert info.labels["digest"] == "abc123def456"
     assert info.labels["sandbox"] == "false"
     (build,) = m["mailcanary_build_info"]
-    assert set(build.labels) == {"version", "python_version"}
+    assert set(build.labels) == {"version", "revision", "branch", "python_version"}
+    assert build.labels["revision"] and build.labels["branch"]
 
 
 # ---- PollSchedule ---------------------------------------------------------------------------------------

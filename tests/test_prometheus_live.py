@@ -3,10 +3,11 @@ probing the session's Postfix + Dovecot.
 
 One Prometheus (1 s scrape and evaluation) loads the shipped rule files plus a variant of every alert
 with `for:` shortened to 2 s (rewritten from the shipped files here, never copied by hand), and scrapes
-one exporter (2 s probe interval). In order:
+one exporter (2 s probe interval), both its /metrics and, as a second job in the documented blackbox
+relabel setup, its /probe against Dovecot's IMAPS port. In order:
 
 (a) every query of every dashboard panel returns data (variables substituted as Grafana would);
-(b) with the stack healthy, no alert is pending or firing;
+(b) with the stack healthy, no alert is pending or firing (the /probe series included);
 (c) with Dovecot stopped, the probe-failing alert goes pending or firing; Dovecot is restarted after;
 (d) after a reload that adds TLS checks of two extra Dovecots, whose certificates expire in 15 and
     3 days, the warning and critical expiry alerts fire for exactly those endpoints.
@@ -43,6 +44,7 @@ from tests.test_dashboards import DASHBOARD_DIR, load, queries, substitute
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
 JOB = "mailcanary"
+PROBE_JOB = "mailcanary-tls"  # Prometheus scraping the exporter's /probe, blackbox style
 SHORT_FOR = "2s"
 VARIANT_LABEL = ("rules_variant", "short-for")
 PROBE_INTERVAL = "2s"
@@ -221,6 +223,7 @@ def exporter_config(stack: MailStack, tmp: Path, addresses: tuple[str, str]) -> 
         )
     return {
         "global": {"interval": PROBE_INTERVAL, "timeout": "8s", "state_dir": str(tmp / "state")},
+        "modules": {"live_imaps": {"protocol": "imap", "tls": "implicit", "tls_config": dict(tls_config)}},
         "roundtrip": probes,
         "tls_checks": [
             tls_check("tls-submission", stack.submission_port, "smtp", "starttls", stack),
@@ -262,7 +265,21 @@ def live(
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(p) for p in RULE_FILES] + [str(variant)],
                 "scrape_configs": [
-                    {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
+                    {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]},
+                    # The documented relabel setup (docs/tls.md): target -> instance, /probe on the exporter.
+                    {
+                        "job_name": PROBE_JOB,
+                        "metrics_path": "/probe",
+                        "params": {"module": ["live_imaps"]},
+                        "scrape_interval": "2s",
+                        "scrape_timeout": "2s",
+                        "static_configs": [{"targets": [f"{mailstack.host}:{mailstack.imaps_port}"]}],
+                        "relabel_configs": [
+                            {"source_labels": ["__address__"], "target_label": "__param_target"},
+                            {"source_labels": ["__param_target"], "target_label": "instance"},
+                            {"target_label": "__address__", "replacement": f"127.0.0.1:{exporter_port}"},
+                        ],
+                    },
                 ],
             }
         )
@@ -330,17 +347,17 @@ def wait_for_data(live: Live) -> None:
         wait_for(f"{expr} in Prometheus\n{live.logs()}", lambda e=expr: has_value(live.query(e)), timeout=30)
 
 
-def dashboard_queries(name: str) -> list[tuple[str, str, str]]:
+def dashboard_queries(name: str, job: str = JOB) -> list[tuple[str, str, str]]:
     board = load(DASHBOARD_DIR / name)
     return [
-        (panel["title"], target["refId"], substitute(target["expr"], job=JOB))
+        (panel["title"], target["refId"], substitute(target["expr"], job=job))
         for panel, target in queries(board)
     ]
 
 
-def empty_queries(live: Live, name: str, timeout: float) -> list[str]:
+def empty_queries(live: Live, name: str, timeout: float, job: str = JOB) -> list[str]:
     """The queries of a dashboard that still return no number after ``timeout`` s of retrying."""
-    pending = dashboard_queries(name)
+    pending = dashboard_queries(name, job)
     deadline = time.monotonic() + timeout
     while True:
         pending = [(t, r, e) for t, r, e in pending if not has_value(live.query(e))]
@@ -370,6 +387,17 @@ def test_tls_dashboard_queries_return_data(live: Live) -> None:
     testable = live.query("mailcanary_tls_legacy_protocol_testable == 0")
     hint = f"\n(this machine's OpenSSL cannot offer: {testable})" if testable else ""
     assert not empty, "TLS panels without data:\n" + "\n".join(empty) + hint
+
+
+def test_probe_dashboard_queries_return_data(live: Live) -> None:
+    wait_for_data(live)
+    wait_for(
+        f"probe_success from the {PROBE_JOB} job\n{live.logs()}",
+        lambda: has_value(live.query(f'probe_success{{job="{PROBE_JOB}"}} == 1')),
+        timeout=30,
+    )
+    empty = empty_queries(live, "mailcanary-probe.json", timeout=15, job=PROBE_JOB)
+    assert not empty, "/probe panels without data:\n" + "\n".join(empty)
 
 
 # ---- (b) healthy: quiet ------------------------------------------------------------------------------

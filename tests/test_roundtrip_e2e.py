@@ -11,9 +11,12 @@ from typing import Any
 import pytest
 
 from exporter.config import load_config
+from exporter.history import History
+from exporter.metrics import ExporterState
 from exporter.results import ResultStore, RunResult
 from exporter.runner import Runner, make_masker
 from exporter.state import Ledger
+from exporter.status import render_status
 from probes import canary
 from tests.mailstack import MailStack
 from tests.stackconfig import roundtrip, write_config
@@ -239,7 +242,7 @@ def test_canary_unseen_past_lost_after_is_lost(mailstack: MailStack, tmp_path: P
     assert runner.store.snapshot()["lost"].lost_total == 1
 
 
-def test_secrets_never_in_logs_or_transcript(
+def test_secrets_never_in_logs_transcript_or_status_page(
     mailstack: MailStack, fresh_mailbox: Callable[[], str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from exporter import logs
@@ -252,15 +255,20 @@ def test_secrets_never_in_logs_or_transcript(
         roundtrip(mailstack, tmp_path, "bad-smtp", a, smtp_password='Qu"ote\\d-s3cret'),
     ]
     runner = make_runner(tmp_path, probes)
+    runner.history = History()  # as the daemon runs it: failed dialogues kept for the status page
     logs.configure("json", "debug")
     logs.set_masker(runner.masker)
     try:
         results = [run_one(runner, p["name"], debug=True) for p in probes]
+        again = [run_one(runner, name) for name in ("bad-pop3", "bad-smtp")]  # bounded, non-debug dialogue
     finally:
         logs.configure("json", "info")
     out = capsys.readouterr()
-    text = out.out + out.err + "\n".join(line for r in results for line in (r.transcript or []))
+    page = render_status(runner.store.snapshot(), ExporterState(), runner.history, {})
+    text = out.out + out.err + "\n".join(line for r in results for line in (r.transcript or [])) + page
     assert [r.success for r in results] == [True, True, False, False]
+    assert not any(r.success for r in again)
+    assert page.count('class="failure"') == 4 and "C: smtp AUTH PLAIN ********" in page
     assert "C: smtp AUTH PLAIN ********" in text and "C: imap" in text and "C: pop3" in text
     secrets = [mailstack.password(a), mailstack.password(b), "Wr0ng-s3cret!", 'Qu"ote\\d-s3cret']
     import base64

@@ -197,12 +197,14 @@ def column_override(name: str, **props: Any) -> Json:
     }
 
 
+ALL = {"selected": True, "text": ["All"], "value": ["$__all"]}
+
+
 def variable_query(name: str, label: str, query: str, *, all_value: str = ".*") -> Json:
     return {
         "allValue": all_value,
-        "current": {},
+        "current": ALL,
         "datasource": DS,
-        "definition": query,
         "hide": 0,
         "includeAll": True,
         "label": label,
@@ -219,7 +221,9 @@ def variable_query(name: str, label: str, query: str, *, all_value: str = ".*") 
 
 
 DATASOURCE_VAR = {
-    "current": {},
+    # ${DS_PROMETHEUS} is the __inputs entry: grafana.com import asks for the data source and fills it in;
+    # provisioned from a file, Grafana finds no such data source and selects the default one.
+    "current": {"selected": False, "text": "Prometheus", "value": "${DS_PROMETHEUS}"},
     "hide": 0,
     "includeAll": False,
     "label": "Data source",
@@ -233,10 +237,64 @@ DATASOURCE_VAR = {
     "type": "datasource",
 }
 JOB_VAR = variable_query("job", "Job", "label_values(mailcanary_build_info, job)")
+# Where the probes run from (global.vantage / --vantage); All also matches instances that set none.
+VANTAGE_VAR = variable_query(
+    "vantage", "Vantage", 'label_values(mailcanary_build_info{job=~"$job"}, vantage)'
+)
+INSTANCE_VAR = variable_query(
+    "instance", "Instance", 'label_values(mailcanary_build_info{job=~"$job", vantage=~"$vantage"}, instance)'
+)
+SCOPE_VARS = [JOB_VAR, VANTAGE_VAR, INSTANCE_VAR]
+
+GRAFANA_MIN_VERSION = "10.4.0"
+PANEL_NAMES = {
+    "stat": "Stat",
+    "state-timeline": "State timeline",
+    "table": "Table",
+    "timeseries": "Time series",
+    "bargauge": "Bar gauge",
+    "heatmap": "Heatmap",
+    "gauge": "Gauge",
+    "text": "Text",
+    "piechart": "Pie chart",
+    "status-history": "Status history",
+}
 
 
-def dashboard(uid: str, title: str, description: str, variables: list[Json], board: Board) -> Json:
+def requires(board: Board) -> list[Json]:
+    """``__requires``: what grafana.com's import checks before it accepts the dashboard."""
+    kinds = sorted({p["type"] for p in board.panels if p["type"] != "row"})
+    return [
+        {"type": "grafana", "id": "grafana", "name": "Grafana", "version": GRAFANA_MIN_VERSION},
+        {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+        *({"type": "panel", "id": k, "name": PANEL_NAMES[k], "version": ""} for k in kinds),
+    ]
+
+
+INPUTS = [
+    {
+        "name": "DS_PROMETHEUS",
+        "label": "Prometheus",
+        "description": "The Prometheus that scrapes mailcanary",
+        "type": "datasource",
+        "pluginId": "prometheus",
+        "pluginName": "Prometheus",
+    }
+]
+
+
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    variables: list[Json],
+    board: Board,
+    *,
+    scope: list[Json] | None = None,
+) -> Json:
     return {
+        "__inputs": INPUTS,
+        "__requires": requires(board),
         "annotations": {
             "list": [
                 {
@@ -264,6 +322,7 @@ def dashboard(uid: str, title: str, description: str, variables: list[Json], boa
                 "tags": ["mailcanary"],
                 "targetBlank": False,
                 "title": "mailcanary",
+                "tooltip": "The other mailcanary dashboards",
                 "type": "dashboards",
             }
         ],
@@ -271,7 +330,7 @@ def dashboard(uid: str, title: str, description: str, variables: list[Json], boa
         "refresh": "1m",
         "schemaVersion": SCHEMA_VERSION,
         "tags": ["mailcanary", "mail"],
-        "templating": {"list": [DATASOURCE_VAR, JOB_VAR, *variables]},
+        "templating": {"list": [DATASOURCE_VAR, *(SCOPE_VARS if scope is None else scope), *variables]},
         "time": {"from": "now-24h", "to": "now"},
         "timepicker": {},
         "timezone": "",
@@ -283,7 +342,9 @@ def dashboard(uid: str, title: str, description: str, variables: list[Json], boa
 
 # ---- overview --------------------------------------------------------------------------------------
 
-RT = 'job=~"$job", probe=~"$probe"'
+# Every /metrics query: the job, where it probes from, which instance.
+S = 'job=~"$job", instance=~"$instance", vantage=~"$vantage"'
+RT = S + ', probe=~"$probe"'
 
 
 def overview() -> Json:
@@ -346,6 +407,81 @@ def overview() -> Json:
             "showValue": "never",
             "tooltip": {"mode": "single", "sort": "none"},
         },
+    )
+
+    b.row("Status")
+    by = "max by (job, instance, probe)"
+    b.add(
+        "table",
+        "Round-trip probes",
+        [
+            target(f"{by} (mailcanary_roundtrip_success{{{RT}}})", ref="A", instant=True, fmt="table"),
+            target(
+                f"{by} (mailcanary_roundtrip_last_delivery_seconds{{{RT}}})",
+                ref="B",
+                instant=True,
+                fmt="table",
+            ),
+            target(
+                f"{by} (time() - mailcanary_roundtrip_last_success_timestamp_seconds{{{RT}}})",
+                ref="C",
+                instant=True,
+                fmt="table",
+            ),
+            target(
+                f"{by} (avg_over_time(mailcanary_roundtrip_success{{{RT}}}[$__range]))",
+                ref="D",
+                instant=True,
+                fmt="table",
+            ),
+            target(
+                f"{by} (avg_over_time(mailcanary_roundtrip_success{{{RT}}}[30d]))",
+                ref="E",
+                instant=True,
+                fmt="table",
+            ),
+        ],
+        w=24,
+        h=7,
+        description=(
+            "One row per probe and instance: last outcome, last delivery latency, time since the last "
+            "success, and uptime (share of scrapes whose last run had succeeded) over the dashboard's "
+            "time range and over 30 days."
+        ),
+        options=table_options(),
+        transformations=merged_table(
+            {
+                "A": "last run",
+                "B": "last delivery",
+                "C": "since success",
+                "D": "uptime (range)",
+                "E": "uptime (30 d)",
+            }
+        ),
+        overrides=[
+            column_override(
+                "last run",
+                mappings=OK_FAIL,
+                custom__cellOptions={"type": "color-background"},
+                thresholds=thresholds((None, "red")),
+            ),
+            column_override("last delivery", unit="s", decimals=2),
+            column_override("since success", unit="s", decimals=0),
+            column_override(
+                "uptime (range)",
+                unit="percentunit",
+                decimals=2,
+                custom__cellOptions={"type": "color-text"},
+                thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
+            ),
+            column_override(
+                "uptime (30 d)",
+                unit="percentunit",
+                decimals=3,
+                custom__cellOptions={"type": "color-text"},
+                thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
+            ),
+        ],
     )
 
     b.row("Delivery SLO")
@@ -500,7 +636,7 @@ def overview() -> Json:
         "Phase breakdown (last run): $probe",
         [
             target(
-                'max by (phase) (mailcanary_roundtrip_phase_seconds{job=~"$job", probe=~"$probe"})',
+                "max by (phase) (mailcanary_roundtrip_phase_seconds{" + S + ', probe=~"$probe"})',
                 "{{phase}}",
             )
         ],
@@ -642,7 +778,7 @@ def overview() -> Json:
     b.add(
         "stat",
         "Exporter scrape",
-        [target('up{job=~"$job"}', "{{instance}}")],
+        [target('up{job=~"$job", instance=~"$instance"}', "{{instance}}")],
         w=6,
         h=5,
         description="Whether Prometheus can scrape each mailcanary instance.",
@@ -655,7 +791,12 @@ def overview() -> Json:
     b.add(
         "stat",
         "Configuration",
-        [target('mailcanary_config_last_reload_successful{job=~"$job"}', "{{instance}}")],
+        [
+            target(
+                "mailcanary_config_last_reload_successful{" + S + "}",
+                "{{instance}}",
+            )
+        ],
         w=6,
         h=5,
         description="1 if the last configuration (re)load succeeded; on failure the previous config runs.",
@@ -668,7 +809,12 @@ def overview() -> Json:
     b.add(
         "stat",
         "Probes configured",
-        [target('sum by (kind) (mailcanary_config_probes{job=~"$job"})', "{{kind}}")],
+        [
+            target(
+                "sum by (kind) (mailcanary_config_probes{" + S + "})",
+                "{{kind}}",
+            )
+        ],
         w=6,
         h=5,
         description="Configured round-trip probes and TLS checks.",
@@ -678,7 +824,14 @@ def overview() -> Json:
     b.add(
         "table",
         "Version",
-        [target('mailcanary_build_info{job=~"$job"}', "", instant=True, fmt="table")],
+        [
+            target(
+                "mailcanary_build_info{" + S + "}",
+                "",
+                instant=True,
+                fmt="table",
+            )
+        ],
         w=6,
         h=5,
         description="mailcanary and Python version of each instance.",
@@ -698,14 +851,20 @@ def overview() -> Json:
         "mailcanary-overview",
         "mailcanary / Overview",
         "Mail round trips: delivery success, latency, SLO, failures by reason, the exporter itself.",
-        [variable_query("probe", "Probe", 'label_values(mailcanary_roundtrip_success{job=~"$job"}, probe)')],
+        [
+            variable_query(
+                "probe",
+                "Probe",
+                "label_values(mailcanary_roundtrip_success{" + S + "}, probe)",
+            )
+        ],
         b,
     )
 
 
 # ---- TLS -------------------------------------------------------------------------------------------
 
-T = 'job=~"$job", probe=~"$probe", endpoint=~"$endpoint"'
+T = RT + ', endpoint=~"$endpoint"'
 BY = "probe, endpoint, protocol"
 
 
@@ -952,7 +1111,12 @@ def tls() -> Json:
     b.add(
         "stat",
         "Legacy protocols testable here",
-        [target('max by (version) (mailcanary_tls_legacy_protocol_testable{job=~"$job"})', "{{version}}")],
+        [
+            target(
+                "max by (version) (mailcanary_tls_legacy_protocol_testable{" + S + "})",
+                "{{version}}",
+            )
+        ],
         w=12,
         h=7,
         description="Whether this exporter's OpenSSL can offer TLS 1.0 / 1.1; if not, none is measured.",
@@ -967,7 +1131,12 @@ def tls() -> Json:
     b.add(
         "stat",
         "TLS check status",
-        [target('mailcanary_tls_check_success{job=~"$job", probe=~"$probe"}', "{{probe}}")],
+        [
+            target(
+                "mailcanary_tls_check_success{" + S + ', probe=~"$probe"}',
+                "{{probe}}",
+            )
+        ],
         w=12,
         h=6,
         description="Standalone TLS checks (tls_checks): 1 if the last check completed and verified.",
@@ -977,7 +1146,12 @@ def tls() -> Json:
     b.add(
         "timeseries",
         "TLS check duration",
-        [target('mailcanary_tls_check_duration_seconds{job=~"$job", probe=~"$probe"}', "{{probe}}")],
+        [
+            target(
+                "mailcanary_tls_check_duration_seconds{" + S + ', probe=~"$probe"}',
+                "{{probe}}",
+            )
+        ],
         w=12,
         h=6,
         description="Wall time of the last check, legacy-protocol handshakes included.",
@@ -990,19 +1164,245 @@ def tls() -> Json:
         "TLS audit of every endpoint mailcanary talks to: expiry, verification, versions, STARTTLS.",
         [
             variable_query(
-                "probe", "Probe", 'label_values(mailcanary_tls_cert_verified{job=~"$job"}, probe)'
+                "probe",
+                "Probe",
+                "label_values(mailcanary_tls_cert_verified{" + S + "}, probe)",
             ),
             variable_query(
                 "endpoint",
                 "Endpoint",
-                'label_values(mailcanary_tls_cert_verified{job=~"$job", probe=~"$probe"}, endpoint)',
+                "label_values(mailcanary_tls_cert_verified{" + S + ', probe=~"$probe"}, endpoint)',
             ),
         ],
         b,
     )
 
 
-DASHBOARDS = {"mailcanary-overview.json": overview, "mailcanary-tls.json": tls}
+# ---- /probe (TLS targets) -----------------------------------------------------------------------------
+
+P = 'job=~"$job", instance=~"$instance"'
+# /probe's mailcanary_tls_* series carry no endpoint label (the target is the instance): that keeps the
+# /metrics series of the same names out of these panels.
+PT = P + ', endpoint=""'
+
+
+def probe_targets() -> Json:
+    b = Board()
+    b.row("Status")
+    days = f"(probe_ssl_earliest_cert_expiry{{{P}}} - time()) / 86400"
+    by = "max by (job, instance)"
+    b.add(
+        "stat",
+        "Targets failing",
+        [target(f"count(probe_success{{{P}}} == 0) or vector(0)", "failing")],
+        w=6,
+        h=5,
+        description="Targets whose last /probe scrape failed (probe_success 0).",
+        defaults={"thresholds": thresholds((None, "green"), (1, "red"))},
+        options=stat_options(text_mode="value"),
+    )
+    b.add(
+        "stat",
+        "Soonest expiry",
+        [target(f"min({days})", "days")],
+        w=6,
+        h=5,
+        description="Days until the first certificate of any target's chain expires.",
+        defaults={"unit": "d", "decimals": 1, "thresholds": DAYS_THRESHOLDS},
+        options=stat_options(text_mode="value"),
+    )
+    b.add(
+        "stat",
+        "Uptime (range)",
+        [target(f"avg(avg_over_time(probe_success{{{P}}}[$__range]))", "uptime")],
+        w=6,
+        h=5,
+        description="Share of successful /probe scrapes over the dashboard's time range, all targets.",
+        defaults={
+            "unit": "percentunit",
+            "decimals": 2,
+            "thresholds": thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
+        },
+        options=stat_options(text_mode="value"),
+    )
+    b.add(
+        "stat",
+        "Uptime (30 d)",
+        [target(f"avg(avg_over_time(probe_success{{{P}}}[30d]))", "uptime")],
+        w=6,
+        h=5,
+        description="Share of successful /probe scrapes over 30 days, all targets.",
+        defaults={
+            "unit": "percentunit",
+            "decimals": 3,
+            "thresholds": thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
+        },
+        options=stat_options(text_mode="value"),
+    )
+    b.add(
+        "table",
+        "Targets",
+        [
+            target(f"{by} (probe_success{{{P}}})", ref="A", instant=True, fmt="table"),
+            target(f"{by} ({days})", ref="B", instant=True, fmt="table"),
+            target(f"{by} (mailcanary_tls_cert_verified{{{PT}}})", ref="C", instant=True, fmt="table"),
+            target(f"{by} (probe_duration_seconds{{{P}}})", ref="D", instant=True, fmt="table"),
+            target(
+                f"{by} (avg_over_time(probe_success{{{P}}}[$__range]))", ref="E", instant=True, fmt="table"
+            ),
+            target(f"{by} (avg_over_time(probe_success{{{P}}}[30d]))", ref="F", instant=True, fmt="table"),
+        ],
+        w=24,
+        h=8,
+        description=(
+            "One row per /probe target (the instance label of the documented relabel setup): last result, "
+            "days to the earliest expiry in the chain, chain verified, probe duration, uptime over the "
+            "time range and over 30 days."
+        ),
+        options=table_options(),
+        transformations=merged_table(
+            {
+                "A": "success",
+                "B": "days left",
+                "C": "verified",
+                "D": "duration",
+                "E": "uptime (range)",
+                "F": "uptime (30 d)",
+            }
+        ),
+        overrides=[
+            column_override(
+                "success",
+                mappings=OK_FAIL,
+                custom__cellOptions={"type": "color-background"},
+                thresholds=thresholds((None, "red")),
+            ),
+            column_override(
+                "days left",
+                unit="d",
+                decimals=1,
+                custom__cellOptions={"type": "color-background"},
+                thresholds=DAYS_THRESHOLDS,
+            ),
+            column_override(
+                "verified",
+                mappings=YES_NO_GOOD,
+                custom__cellOptions={"type": "color-text"},
+                thresholds=thresholds((None, "red")),
+            ),
+            column_override("duration", unit="s", decimals=3),
+            column_override("uptime (range)", unit="percentunit", decimals=2),
+            column_override("uptime (30 d)", unit="percentunit", decimals=3),
+        ],
+    )
+
+    b.row("Over time")
+    b.add(
+        "state-timeline",
+        "Probe success",
+        [target(f"probe_success{{{P}}}", "{{instance}}")],
+        w=24,
+        h=6,
+        description="Result of each /probe scrape over time (green success, red failure).",
+        defaults={
+            "mappings": OK_FAIL,
+            "color": {"mode": "thresholds"},
+            "thresholds": thresholds((None, "red")),
+            "custom": {"fillOpacity": 80, "lineWidth": 0},
+        },
+        options={
+            "alignValue": "left",
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False},
+            "mergeValues": True,
+            "rowHeight": 0.9,
+            "showValue": "never",
+            "tooltip": {"mode": "single", "sort": "none"},
+        },
+    )
+    b.add(
+        "timeseries",
+        "Days to expiry",
+        [target(days, "{{instance}}")],
+        w=12,
+        h=7,
+        description="Days until the earliest certificate expiry in each target's chain.",
+        defaults=ts_defaults("d"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "timeseries",
+        "Probe duration",
+        [target(f"probe_duration_seconds{{{P}}}", "{{instance}}")],
+        w=12,
+        h=7,
+        description="Wall time of each /probe request, legacy-protocol handshakes included.",
+        defaults=ts_defaults("s"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "table",
+        "TLS version",
+        [target(f"probe_tls_version_info{{{P}}}", "", instant=True, fmt="table")],
+        w=12,
+        h=6,
+        description="Negotiated TLS version per target (blackbox_exporter's spelling).",
+        options=table_options(),
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True, "__name__": True},
+                    "renameByName": {},
+                    "indexByName": {},
+                },
+            }
+        ],
+    )
+    b.add(
+        "table",
+        "Legacy TLS accepted",
+        [
+            target(
+                f"max by (instance, version) (mailcanary_tls_legacy_protocol_accepted{{{PT}}})",
+                "",
+                instant=True,
+                fmt="table",
+            )
+        ],
+        w=12,
+        h=6,
+        description="1 if the target completed a handshake pinned to TLS 1.0 / 1.1 (deprecated, RFC 8996).",
+        options=table_options(),
+        defaults={"mappings": YES_NO_BAD},
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"Value": "accepted"},
+                    "indexByName": {},
+                },
+            }
+        ],
+    )
+    return dashboard(
+        "mailcanary-probe",
+        "mailcanary / TLS targets (/probe)",
+        "TLS targets audited on demand through /probe (blackbox_exporter names): status, expiry, uptime.",
+        [],
+        b,
+        scope=[
+            variable_query("job", "Job", "label_values(probe_success, job)"),
+            variable_query("instance", "Target", 'label_values(probe_success{job=~"$job"}, instance)'),
+        ],
+    )
+
+
+DASHBOARDS = {
+    "mailcanary-overview.json": overview,
+    "mailcanary-tls.json": tls,
+    "mailcanary-probe.json": probe_targets,
+}
 
 
 def render() -> dict[str, str]:

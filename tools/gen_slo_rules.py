@@ -32,6 +32,8 @@ DEFAULT_THRESHOLD = 60.0
 DEFAULT_TARGET = 0.999
 DEFAULT_OUTPUT = ROOT / "deploy" / "prometheus" / "mailcanary-slo.yml"
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d")
+# The series these rules are written for: the exporter's own scrape job, per probe (never /probe's).
+SCOPE = 'job="mailcanary",probe!=""'
 RUNBOOK = "https://github.com/mailcanary/mailcanary/blob/main/docs/alerts.md"
 
 
@@ -76,9 +78,9 @@ def ratio_expr(threshold: float, window: str) -> str:
         "clamp_min(\n"
         "  1 - (\n"
         "    sum without (le) (rate(mailcanary_roundtrip_delivery_seconds_bucket"
-        f"{{{le_matcher(threshold)}}}[{window}]))\n"
+        f"{{{SCOPE},{le_matcher(threshold)}}}[{window}]))\n"
         "    /\n"
-        f"    sum without (outcome) (rate(mailcanary_roundtrip_runs_total[{window}]))\n"
+        f"    sum without (outcome) (rate(mailcanary_roundtrip_runs_total{{{SCOPE}}}[{window}]))\n"
         "  ),\n"
         "  0\n"
         ")"

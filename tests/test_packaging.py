@@ -1,0 +1,178 @@
+"""Packaging and the Prometheus toolkit conventions: flags, --version, build_info, sdist/wheel contents.
+
+The sdist and wheel are built for real with PyPA's ``build`` (an isolated build env from the package
+registry, as CI has it), once per session.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import subprocess
+import sys
+import tarfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from exporter import buildinfo, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def git_head() -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.skip("not a git checkout")
+    return proc.stdout.strip()
+
+
+# ---- flags -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toolkit", "old", "dest", "value"),
+    [
+        ("--config.file", "--config", "config", "/tmp/x.yml"),
+        ("--web.listen-address", "--listen", "listen", "127.0.0.1:1"),
+        ("--log.level", "--log-level", "log_level", "debug"),
+        ("--log.format", "--log-format", "log_format", "json"),
+    ],
+)
+def test_toolkit_flags_and_their_old_aliases(toolkit: str, old: str, dest: str, value: str) -> None:
+    parser = cli.build_parser()
+    for flag in (toolkit, old):
+        args = parser.parse_args(["run", flag, value])
+        assert getattr(args, dest) == value, flag
+    assert toolkit in parser._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
+
+
+def test_demo_takes_the_toolkit_spellings_too() -> None:
+    args = cli.build_parser().parse_args(["demo", "--web.listen-address", ":1", "--log.level", "info"])
+    assert (args.listen, args.log_level) == (":1", "info")
+
+
+def test_version_reports_revision_branch_date_python(capsys: pytest.CaptureFixture[str]) -> None:
+    head = git_head()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"mailcanary, version {buildinfo.__version__} (branch: ")
+    assert f"revision: {head})" in lines[0]
+    assert lines[1].split(":", 1)[0].strip() == "build date" and "unknown" not in lines[1]
+    assert lines[2].split(":", 1)[0].strip() == "python version"
+
+
+def test_build_info_file_is_read_when_there_is_no_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "_build.json"
+    f.write_text(json.dumps({"revision": "abc", "branch": "main", "build_date": "20260101-00:00:00"}))
+    monkeypatch.setattr(buildinfo, "_BUILD_FILE", f)
+    assert buildinfo._from_file() == {"revision": "abc", "branch": "main", "build_date": "20260101-00:00:00"}
+    f.write_text("not json")
+    assert buildinfo._from_file() == {}
+    assert buildinfo.from_git(tmp_path)["revision"] == "unknown"  # not a repository: unknown, no error
+
+
+# ---- dependencies --------------------------------------------------------------------------------------
+
+
+def test_no_exact_pins_and_the_sandbox_only_in_the_demo_extra() -> None:
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"].values()
+    specs = [*project["dependencies"], *(d for deps in extras for d in deps)]
+    assert not [s for s in specs if "==" in s], "exact pins"
+    core = " ".join(project["dependencies"]).lower()
+    assert "aiosmtpd" not in core and "pymap" not in core
+    demo = " ".join(project["optional-dependencies"]["demo"])
+    assert "aiosmtpd" in demo and "pymap" in demo
+    assert project["license"] == "Apache-2.0"
+
+
+def test_demo_without_the_extra_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['aiosmtpd'] = None; sys.modules['aiosmtpd.smtp'] = None\n"
+        "from exporter.cli import main\n"
+        "sys.exit(main(['demo', '--web.listen-address', '127.0.0.1:0', '--duration', '1']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "pip install 'mailcanary[demo]'" in lines[0] and "aiosmtpd" in lines[0]
+    assert proc.stdout == ""
+
+
+# ---- sdist and wheel -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel
+
+
+def test_sdist_carries_dashboards_deploy_docs_examples_license(dists: tuple[Path, Path]) -> None:
+    with tarfile.open(dists[0]) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for must in (
+        "LICENSE",
+        "setup.py",
+        "dashboards/mailcanary-overview.json",
+        "deploy/prometheus/mailcanary-rules.yml",
+        "deploy/kubernetes/kustomization.yaml",
+        "docs/configuration.md",
+        "docs/mailcanary.schema.json",
+        "examples/mailcanary.yml",
+        "exporter/_build.json",
+    ):
+        assert must in names, must
+    assert not [n for n in names if n.startswith(".venv") or "__pycache__" in n]
+
+
+def test_wheel_metadata_license_extras_and_build_info(dists: tuple[Path, Path]) -> None:
+    head = git_head()
+    with zipfile.ZipFile(dists[1]) as whl:
+        meta_name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_bytes(whl.read(meta_name))
+        info = json.loads(whl.read("exporter/_build.json"))
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())
+    assert meta["License-Expression"] == "Apache-2.0"
+    requires = meta.get_all("Requires-Dist") or []
+    sandbox = [r for r in requires if r.startswith(("aiosmtpd", "pymap"))]
+    assert sandbox and all('extra == "demo"' in r for r in sandbox)
+    assert info["revision"] == head and info["branch"] != "unknown"
+
+
+def test_log_format_logfmt_as_the_toolkit_spells_it() -> None:
+    import io
+
+    from exporter import logs
+
+    out = io.StringIO()
+    logs.configure("logfmt", "info", stream=out)
+    try:
+        logs.structlog.get_logger("t").info("probe_run", probe="p1", outcome="success")
+    finally:
+        logs.configure("json", "info")
+    line = out.getvalue().strip()
+    assert line.startswith("timestamp=") and "level=info event=probe_run" in line and "probe=p1" in line
