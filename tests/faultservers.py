@@ -312,7 +312,7 @@ def pop3_handler(store: Store, fault: Fault) -> Handler:
                     await writer.drain()
                     return False
                 if fault.action == "overlong" and number is not None:  # a foreign header line over 64 KiB
-                    head, _, rest = store.messages[snapshot[number - 1]].partition(b"\r\n")
+                    head, _, _ = store.messages[snapshot[number - 1]].partition(b"\r\n")
                     long_line = b"X-Long: " + b"z" * 200_000 + b"\r\n"
                     writer.write(b"+OK\r\n" + head + b"\r\n" + long_line + b"\r\n.\r\n")
                     await writer.drain()

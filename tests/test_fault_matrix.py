@@ -23,7 +23,7 @@ from probes._net import Credentials, Endpoint, TLSMode, TLSSettings
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import POP3Settings, PollSchedule, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from tests.faultservers import (
     NO_FAULT,
