@@ -173,6 +173,8 @@ class _IMAPReceiver(_Receiver):
                 if len(toks := canary.candidates(h, name)) == 1
             }
             maybe_stale = self._stale(hinted, late)
+            # Too big to be a canary (the size came with the header): never fetched whole.
+            maybe_stale = {u: t for u, t in maybe_stale.items() if heads.sizes.get(u, 0) <= self._canary_cap}
             whole = await s.fetch(maybe_stale, "BODY.PEEK[]", cap=self._canary_cap)
             found: dict[int, Token] = {}
             for uid, raw in whole.data.items():
