@@ -52,6 +52,7 @@ class Case:
     receiver: str = "imap"
     tls: TLSMode = "none"  # of the faulty side's endpoint
     foreign: bytes | None = None  # a foreign message in the mailbox beforehand
+    idle: bool = False  # IMAP: wait in IDLE first (the first gap is long enough)
 
 
 def _smtp_cases() -> Iterator[Case]:
@@ -94,6 +95,17 @@ def _imap_cases() -> Iterator[Case]:
     for step in ("SELECT", "UID FETCH", "NOOP"):
         s = step.replace(" ", "_").lower()
         yield Case(f"imap-{s}-huge-literal", "imap", Fault(step, "huge_literal"), "receive_protocol")
+    # IDLE: the continuation comes, then the fault answers our DONE.
+    for action, reason in (
+        ("close", "receive_protocol"),
+        ("silence", "timeout"),
+        ("garbage", "receive_protocol"),
+        ("overlong", "receive_protocol"),
+        ("err", "receive_protocol"),
+        ("huge_literal", "receive_protocol"),
+    ):
+        yield Case(f"imap-idle-{action}", "imap", Fault("IDLE", action), reason, idle=True)
+    yield Case("imap-idle-healthy", "imap", NO_FAULT, "success", idle=True)
 
 
 def _pop3_cases() -> Iterator[Case]:
@@ -161,10 +173,11 @@ def _settings(name: str, smtp_port: int, recv_port: int, case: Case | None) -> R
     smtp = SMTPSettings(Endpoint("127.0.0.1", smtp_port, smtp_tls, tls), timeout=STEP, helo_name="probe.test")
     recv_ep = Endpoint("127.0.0.1", recv_port, recv_tls, tls)
     receiver: IMAPSettings | POP3Settings
+    idle = case is not None and case.idle
     if case is not None and case.receiver == "pop3":
         receiver = POP3Settings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP)
     else:
-        receiver = IMAPSettings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP, use_idle=False)
+        receiver = IMAPSettings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP, use_idle=idle)
     return RoundTripSettings(
         name=name,
         smtp=smtp,
@@ -172,7 +185,7 @@ def _settings(name: str, smtp_port: int, recv_port: int, case: Case | None) -> R
         sender="canary@example.test",
         recipient="canary@example.test",
         key=KEY,
-        poll=PollSchedule(initial=0.01, factor=1.5, maximum=0.05),
+        poll=PollSchedule(initial=0.3, factor=1.0, maximum=0.3) if idle else PollSchedule(0.01, 1.5, 0.05),
     )
 
 
