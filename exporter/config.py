@@ -129,6 +129,10 @@ class ReceiveConfig(EndpointConfig):
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
+    # Read caps (bytes): a server line, a fetched header block, a fetched message (see docs/configuration.md).
+    max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=4096, le=256 * 1024 * 1024)
 
     @property
     def gap_factor(self) -> float:

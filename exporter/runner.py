@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from probes._framing import ReadLimits
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes.canary import Token
 from probes.errors import ProbeError
@@ -102,6 +103,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
     assert rc.username is not None
     recv_creds = Credentials(rc.username, loaded.password(probe.name, "receive"))
     recv_ep = endpoint_of(rc, rc.protocol)
+    limits = ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes)
     receiver: IMAPSettings | POP3Settings
     if rc.protocol == "imap":
         receiver = IMAPSettings(
@@ -111,6 +113,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
             mailbox=rc.mailbox,
             timeout=rc.timeout,
             use_idle=rc.idle,
+            limits=limits,
         )
     else:
         receiver = POP3Settings(
@@ -118,6 +121,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
             credentials=recv_creds,
             allow_plaintext_auth=rc.allow_plaintext_auth,
             timeout=rc.timeout,
+            limits=limits,
         )
     return RoundTripSettings(
         name=probe.name,
