@@ -371,11 +371,74 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(text: str, path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
-    """Parse and validate; raises ConfigError listing every problem found."""
-    environ = dict(os.environ) if environ is None else environ
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is kilobytes; anything near this is a mistake or an attack
+MAX_YAML_NODES = 1_000_000  # values after alias expansion: a "billion laughs" file is refused, not expanded
+
+class _Strict:
+    """Safe YAML where a key given twice in one mapping is an error naming its line (the last one would
+    silently win otherwise)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor below reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+        return result
+
+
+class _StrictLoader(_Strict, yaml.SafeLoader):
+    """Pure Python: its error messages are the ones we show."""
+
+
+_FastLoader: Any = (
+    type("_FastLoader", (_Strict, yaml.CSafeLoader), {}) if hasattr(yaml, "CSafeLoader") else _StrictLoader
+)  # libyaml's parser (~3x faster); a file it refuses is parsed again by _StrictLoader for the message
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with every alias expanded (memoised by identity: linear time)."""
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        if not isinstance(obj, dict | list):
+            return 1
+        known = sizes.get(id(obj))
+        if known is not None:
+            return known
+        sizes[id(obj)] = limit + 1  # a cycle (recursive alias) counts as too big
+        children = obj.values() if isinstance(obj, dict) else obj
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[id(obj)] = total
+        return total
+
+    return size(data)
+
+
+def load_yaml(text: str, path: str) -> Any:
+    """Strict safe YAML (duplicate keys are errors, aliases bounded); problems as one line each."""
     try:
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.load(text, Loader=_FastLoader)  # SafeLoader subclasses: safe
+        except yaml.YAMLError:
+            data = yaml.load(text, Loader=_StrictLoader)  # raises again, with PyYAML's clearer message
     except RecursionError:
         raise ConfigError([f"{path}: (top level): invalid YAML: nested too deeply"]) from None
     except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
@@ -383,8 +446,28 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(top level)"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}: {where}: invalid YAML: {problem}"]) from None
+    try:
+        too_big = _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES
+    except RecursionError:
+        too_big = True
+    if too_big:
+        raise ConfigError(
+            [f"{path}: (top level): more than {MAX_YAML_NODES} values once aliases are expanded"]
+        )
+    return data
+
+
+def parse_config(text: str, path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Parse and validate; raises ConfigError listing every problem found."""
+    environ = dict(os.environ) if environ is None else environ
+    data = load_yaml(text, path)
     if data is None:
-        data = {}
+        raise ConfigError(
+            [
+                f"{path}: (top level): the file is empty (a truncated write?); a config with no probes "
+                "says so explicitly, e.g. `roundtrip: []`"
+            ]
+        )
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: (top level): must be a mapping with keys global, roundtrip, tls_checks"])
     # A section left empty ("roundtrip:" with nothing under it) means "none", not "null".
@@ -496,14 +579,28 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
     return problems
 
 
-def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+def read_text_capped(path: str, limit: int = MAX_CONFIG_BYTES) -> str:
+    """The file's text, refused (one line, without reading on) when it is bigger than ``limit`` bytes."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+        if len(raw) > limit:
+            raise ConfigError(
+                [f"{path}: (file): bigger than {limit // (1024 * 1024)} MiB ({limit} bytes); not a config?"]
+            )
+        return raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: (file): not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: (file): cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
-    return parse_config(text, path, environ)
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: (file): not UTF-8 text"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: (file): cannot read: {exc.strerror or exc}"]) from None
+
+
+def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Read (size-capped), parse and validate. Blocking and possibly slow: the daemon calls it on a
+    worker thread, so a reload never stalls probes or scrapes."""
+    return parse_config(read_text_capped(path), path, environ)
 
 
 def default_port(protocol: str, tls: str) -> int:

@@ -12,16 +12,14 @@ import hashlib
 import os
 import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Literal
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import Field, ValidationError
 
-from .config import ConfigError, Model, _problems
+from .config import ConfigError, Model, _problems, load_yaml, read_text_capped
 
 ClientAuth = Literal[
     "NoClientCert",
@@ -58,17 +56,7 @@ class WebConfig(Model):
 
 
 def load_web_config(path: str) -> WebConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError([f"{path}: (file): cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: (file): not UTF-8 text"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: (top level): invalid YAML: nested too deeply"]) from None
-    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{path}: (top level): invalid YAML: {problem}"]) from None
+    data = load_yaml(read_text_capped(path), path) or {}  # size-capped, duplicate keys refused
     if not isinstance(data, dict):
         raise ConfigError(
             [f"{path}: (top level): must be a mapping (tls_server_config, basic_auth_users, ...)"]
