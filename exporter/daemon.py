@@ -58,9 +58,7 @@ class Daemon:
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
         self.health = StateHealth()
-        self.registry.register(
-            StateCollector(self.health, lambda: {"vantage": self.state.vantage} if self.state.vantage else {})
-        )
+        self.registry.register(StateCollector(self.health, self._labels))
         self.scheduler = ProbeScheduler(self.store)
         self.http = HTTPServer(
             self.registry,
@@ -70,12 +68,17 @@ class Daemon:
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
+            labels=self._labels,
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[None]] = set()  # probe runs, in their own tasks (see _run)
         self._stopping = False
+
+    def _labels(self) -> dict[str, str]:
+        """Labels on every mailcanary_* series of our own collectors (as MailcanaryCollector adds them)."""
+        return {"vantage": self.state.vantage} if self.state.vantage else {}
 
     def _modules(self) -> dict[str, ModuleConfig]:
         return self.runner.loaded.config.all_modules() if self.runner else DEFAULT_MODULES
