@@ -6,7 +6,9 @@ config error at start or reload, not a probe failure an hour later.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -33,7 +35,7 @@ from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 from .durations import parse_duration
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
-_SECTIONS = ("global", "roundtrip", "tls_checks", "modules")
+_SECTIONS = ("global", "roundtrip", "tls_checks", "modules", "probe_endpoint")
 
 
 def _duration(value: object) -> float:
@@ -221,6 +223,57 @@ DEFAULT_MODULES: dict[str, ModuleConfig] = {
 } | {"tcp_tls": ModuleConfig(protocol="tcp", tls="implicit")}
 
 
+_HOST_PATTERN = re.compile(r"^[A-Za-z0-9*?_.-]{1,253}$")
+
+
+class ProbeEndpointConfig(Model):
+    """Who may make /probe connect where: it opens connections to a target the *scraper* names, so it is
+    an SSRF and port-scan surface for anyone who reaches the listen port. Restrict it here (and/or with
+    --web.config.file basic auth, or by binding --listen to loopback)."""
+
+    enabled: bool = True
+    max_concurrent: int = Field(default=16, ge=1, le=1024)  # more at once: 503 with a one-line reason
+    allow_targets: list[str] | None = None  # host patterns (fnmatch, "*.example.com") or CIDRs
+    allow_modules: list[str] | None = None  # module names; None: every module
+
+    @field_validator("allow_targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        for i, item in enumerate(v or []):
+            if "/" in item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"entry {i}, {item!r}, is not a CIDR like 192.0.2.0/24") from None
+            elif not _HOST_PATTERN.match(item):
+                raise ValueError(
+                    f"entry {i}, {item!r}, is neither a host pattern (letters, digits, '.', '-', '*', '?') "
+                    "nor a CIDR"
+                )
+        return v
+
+    def target_allowed(self, host: str) -> bool:
+        """An IP literal must be in a listed CIDR (or listed literally); a name must match a pattern.
+
+        Names are not resolved here: a CIDR never admits a name (DNS could point it anywhere)."""
+        if self.allow_targets is None:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        for item in self.allow_targets:
+            if "/" in item:
+                if address is not None and address in ipaddress.ip_network(item, strict=False):
+                    return True
+            elif fnmatch.fnmatchcase(host.lower().rstrip("."), item.lower().rstrip(".")):
+                return True
+        return False
+
+    def module_allowed(self, name: str) -> bool:
+        return self.allow_modules is None or name in self.allow_modules
+
+
 class GlobalConfig(Model):
     interval: Duration = 300.0
     timeout: Duration = 120.0
@@ -261,6 +314,7 @@ class Config(Model):
     roundtrip: list[RoundTripConfig] = []
     tls_checks: list[TLSCheckConfig] = []
     modules: dict[str, ModuleConfig] = {}  # /probe modules; the built-in defaults are always there too
+    probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()  # who may use /probe, and how much
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -278,6 +332,9 @@ class Config(Model):
         for name in self.modules:
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", name):
                 raise ValueError(f"modules.{name}: module names are 1-63 of letters, digits, '_', '.', '-'")
+        for i, name in enumerate(self.probe_endpoint.allow_modules or []):
+            if name not in self.all_modules():
+                raise ValueError(f"probe_endpoint.allow_modules[{i}]: no module named {name!r}")
         for i, probe in enumerate(self.roundtrip):
             interval, timeout = self.interval_of(probe), self.timeout_of(probe)
             if interval < 1:
@@ -361,7 +418,7 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
         msg = _message(err)
         # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
         m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
-        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules")):
+        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules", "probe_endpoint")):
             lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
             continue
         if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
@@ -373,6 +430,7 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is kilobytes; anything near this is a mistake or an attack
 MAX_YAML_NODES = 1_000_000  # values after alias expansion: a "billion laughs" file is refused, not expanded
+
 
 class _Strict:
     """Safe YAML where a key given twice in one mapping is an error naming its line (the last one would

@@ -20,6 +20,7 @@ from .config import (
     ConfigError,
     LoadedConfig,
     ModuleConfig,
+    ProbeEndpointConfig,
     in_shard,
     load_config,
     parse_shard,
@@ -64,7 +65,7 @@ class Daemon:
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
             extra_routes=[
-                web.get("/probe", probe_handler(self._modules, self._masker)),
+                web.get("/probe", probe_handler(self._modules, self._masker, self._probe_rules)),
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
@@ -82,6 +83,9 @@ class Daemon:
 
     def _modules(self) -> dict[str, ModuleConfig]:
         return self.runner.loaded.config.all_modules() if self.runner else DEFAULT_MODULES
+
+    def _probe_rules(self) -> ProbeEndpointConfig:
+        return self.runner.loaded.config.probe_endpoint if self.runner else ProbeEndpointConfig()
 
     def _masker(self) -> Masker:
         return self.runner.masker if self.runner else Masker()

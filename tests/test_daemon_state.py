@@ -43,10 +43,10 @@ def slow(mailstack: MailStack) -> Iterator[str]:
 
 
 class Daemon:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *extra: str) -> None:
         self.port = free_ports(1)[0]
         self.proc = subprocess.Popen(
-            exporter_argv(config, self.port),
+            exporter_argv(config, self.port, *extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
