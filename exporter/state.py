@@ -45,6 +45,7 @@ LEDGER_MAX_AGE = 7 * 86400.0  # a canary not seen within a week is forgotten wha
 LEDGER_VERSION = 2
 MAX_LEDGER_BYTES = 16 * 1024 * 1024  # a bigger "ledger" is not ours: moved aside as corrupt
 MAX_ENTRIES_PER_PROBE = 1000  # canaries remembered per probe; the oldest unowned ones go first
+MAX_SESSION_SCAN = 1000  # session lock files looked at per start when cleaning up after dead processes
 LEDGER_WAIT = 10.0  # seconds a run waits for the ledger (a hung disk must not hang probes)
 
 # Entry states. Owned by a live run: "sending" (recorded before DATA), "accepted" (the server took it).
@@ -306,7 +307,14 @@ class _Sessions:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._fd = fd
         except OSError:
-            pass  # state dir unwritable: our entries cannot be saved either, the ledger reports that
+            return  # state dir unwritable: our entries cannot be saved either, the ledger reports that
+        # Lock files of processes that died (kill -9) are removed here, so a crash loop leaves no pile.
+        with contextlib.suppress(OSError), os.scandir(self.dir) as found:
+            for n, item in enumerate(found):
+                if n >= MAX_SESSION_SCAN:
+                    break
+                if _SESSION_RE.match(item.name):
+                    self.alive(item.name)  # unlinks the file of a dead session
 
     def alive(self, session: str) -> bool:
         if session == self.id:

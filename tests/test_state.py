@@ -296,9 +296,19 @@ def test_canary_of_a_killed_process_is_awaited_by_the_next(tmp_path: Path) -> No
     assert begin(live, "p") == {"d" * 32}
     assert live.entries("p")["d" * 32].state == "waiting"
     assert finish(live, "p", None, swept=[tok("d")]) == (1, 0, 0)
-    assert not list((tmp_path / "sessions").glob("*")) or all(
-        p.name == live.sessions.id for p in (tmp_path / "sessions").iterdir()
-    )
+    assert [p.name for p in (tmp_path / "sessions").iterdir()] == [live.sessions.id]  # the dead one's gone
+    live.close()
+    assert list((tmp_path / "sessions").iterdir()) == []  # a clean stop removes its own
+
+
+def test_lock_files_of_dead_processes_are_cleaned_at_start(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    for n in range(3):
+        (sessions / f"{n:016x}").write_text("")  # left by processes killed with -9 (no lock held)
+    (sessions / "not-a-session").write_text("")
+    ledger = Ledger(tmp_path / "ledger.json")
+    assert sorted(p.name for p in sessions.iterdir()) == sorted([ledger.sessions.id, "not-a-session"])
 
 
 def test_orphan_that_was_never_accepted_is_not_counted_lost() -> None:
