@@ -112,6 +112,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: Any = None) 
     handler.addFilter(_mask_record)
     if fmt == "json":
         handler.setFormatter(_JSONFormatter())
+    logging.captureWarnings(True)  # Python warnings go through the same handler (JSON in JSON mode)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

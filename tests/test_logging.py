@@ -34,6 +34,7 @@ def stream() -> Iterator[io.StringIO]:
     root.setLevel(level)
     for name, lvl in noisy.items():
         logging.getLogger(name).setLevel(lvl)
+    logging.captureWarnings(False)
     structlog.reset_defaults()
 
 
@@ -121,6 +122,19 @@ def test_stdlib_records_are_masked(stream: io.StringIO) -> None:
         "aioimaplib",
         "somelib",
     ]
+
+
+def test_python_warnings_are_json_lines_too(stream: io.StringIO) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logging.captureWarnings(True)  # what configure() set (pytest's own capture swaps it per test)
+        warnings.warn(f"deprecated thing {SECRET}", DeprecationWarning, stacklevel=1)
+    (line,) = lines_of(stream)
+    record = json.loads(line)
+    assert record["logger"] == "py.warnings" and "DeprecationWarning" in record["event"]
+    assert SECRET not in line
 
 
 def test_stdlib_tracebacks_are_masked(stream: io.StringIO) -> None:
