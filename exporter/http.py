@@ -24,7 +24,7 @@ log = structlog.get_logger("mailcanary.http")
 # Bounds on what one client can hold. A request's headers (and body, if any) must arrive within
 # HEADER_TIMEOUT of its first byte (of the connection, for the first request); an idle keep-alive
 # connection is closed after KEEPALIVE_TIMEOUT. At MAX_CONNECTIONS, a new connection evicts the oldest
-# one still sending its request (a slow-loris), so a scraper always gets in.
+# one still sending its request (a slow-loris), else the oldest idle keep-alive one, so a scraper gets in.
 HEADER_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 15.0
 MAX_CONNECTIONS = 256
@@ -56,7 +56,9 @@ class _Connections:
 
     def admit(self, guard: _Guard) -> bool:
         if len(self.live) >= MAX_CONNECTIONS:
-            victim = next((g for g in self.live if g.waiting), None)
+            victim = next((g for g in self.live if g.waiting), None) or next(
+                (g for g in self.live if g.idle), None
+            )
             if victim is None:
                 self.closed["over_capacity"] += 1
                 return False
@@ -86,6 +88,11 @@ class _Guard(asyncio.Protocol):
             self.abort()
             return
         self._arm()
+
+    @property
+    def idle(self) -> bool:
+        """Between requests on a keep-alive connection (aiohttp's own flag; unknown counts as busy)."""
+        return not self.waiting and not getattr(self.inner, "_request_in_progress", True)
 
     def _arm(self) -> None:
         if self._timer is None:

@@ -298,6 +298,25 @@ def test_slow_loris_connections_are_closed_and_metrics_answers(
             s.close()
 
 
+def test_idle_keepalive_connections_at_the_cap_do_not_lock_scrapers_out(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(280):  # more than the cap, each one a finished request on a kept-alive connection
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            idle.append(s)
+        assert get(d.port, "/metrics")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+
+
 @pytest.mark.parametrize(
     "request_line", [b"GET /" + b"a" * 9000 + b" HTTP/1.1", b"GET * HTTP/1.1"], ids=["9k-line", "asterisk"]
 )
