@@ -205,26 +205,29 @@ class Runner:
         rec = Recorder(masker=self.masker, transcript=[] if debug else None)
         started, t0 = time.time(), time.monotonic()
         settings = roundtrip_settings(self.loaded, probe, self.key)
-        awaited = await self.ledger.begin(probe.name)
 
         async def write_ahead(state: str, token: object) -> None:
             if isinstance(token, Token):
                 await self.ledger.record(probe.name, token, state)
 
         rec.on_canary = write_ahead
+        settled = False
         try:
+            awaited = await self.ledger.begin(probe.name)
             attempt = await self._attempt(
                 probe.name,
                 lambda: probe_roundtrip(settings, rec, awaited),
                 self.loaded.config.timeout_of(probe),
             )
+            if attempt.reason in ("smtp_tls", "receive_tls"):
+                await self._tls_second_look(probe, attempt.reason, rec)
+            settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
+            late, swept, lost, outstanding = await self._settle(probe, rec)
         except asyncio.CancelledError:  # the daemon is stopping: leave the ledger right, say so, go on
-            await self._settle(probe, rec)
+            if not settled:
+                await self._settle(probe, rec)
             self._log_cancelled(probe.name, rec, t0)
             raise
-        if attempt.reason in ("smtp_tls", "receive_tls"):
-            await self._tls_second_look(probe, attempt.reason, rec)
-        late, swept, lost, outstanding = await self._settle(probe, rec)
         delivery = attempt.value.delivery_seconds if attempt.value is not None else None
         return self._finish(
             probe.name,
