@@ -192,12 +192,17 @@ def load_or_create_key(
             health.error("key", "read", problem, "see the problem text")
         raise ConfigError([problem])
     if key_file is not None:
-        return Path(key_file).read_bytes().strip()
+        key = Path(key_file).read_bytes().strip()
+        if health is not None:
+            health.ok("key")
+        return key
     path = state / "canary.key"
     tmp: str | None = None
     try:
         _private_dir(state)
         if path.exists():
+            if health is not None:
+                health.ok("key")
             return path.read_bytes().strip()
         fd, tmp = tempfile.mkstemp(dir=state, prefix=".canary-key-", suffix=".tmp")
         key = secrets.token_hex(32).encode()
@@ -210,6 +215,8 @@ def load_or_create_key(
         except FileExistsError:
             key = path.read_bytes().strip()
         _fsync_dir(state)
+        if health is not None:
+            health.ok("key")
         return key
     except OSError as exc:
         problem = f"{config_path}: global.state_dir: cannot keep the canary key in {state}: {_why(exc)}"
@@ -366,6 +373,7 @@ class Ledger:
         self.sessions = _Sessions(path.parent / "sessions" if path is not None else None)
         self._entries: Entries = {}
         self._dirty = False  # the last save failed: memory is ahead of the file
+        self._unsaved = False  # the file could not be read (so was not written): save when it can be
         self._queue: queue.SimpleQueue[tuple[Op, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -437,7 +445,10 @@ class Ledger:
                 except Exception as failure:  # a bug in an operation: its caller gets it
                     results.append((fut, None, failure))
             self._entries = entries
-            if self.path is not None and not blocked and (self._dirty or _dump(entries) != before):
+            if blocked:
+                self._unsaved = True  # the file could not be read: save once it can be, never over it
+            elif self.path is not None and (self._dirty or self._unsaved or _dump(entries) != before):
+                self._unsaved = False
                 self._save(entries)
         finally:
             if lock_fd is not None:
