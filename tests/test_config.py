@@ -865,3 +865,46 @@ def test_check_config_refuses_a_short_generated_key(
     config.write_text(f"global: {{state_dir: {state}}}\nroundtrip: []\n")
     assert cli.main(["check-config", "--config", str(config)]) == 1
     assert f"delete {state / 'canary.key'} to have a new one generated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "probe_endpoint: {allow_targets: ['10.0.0.0/33']}\n",
+            f"{F}: probe_endpoint.allow_targets: entry 0, '10.0.0.0/33', is not a CIDR like 192.0.2.0/24",
+        ),
+        (
+            "probe_endpoint: {allow_targets: ['a b']}\n",
+            f"{F}: probe_endpoint.allow_targets: entry 0, 'a b', is neither a host pattern (letters, digits, "
+            "'.', '-', '*', '?') nor a CIDR",
+        ),
+        (
+            "probe_endpoint: {allow_modules: [nope]}\n",
+            f"{F}: probe_endpoint.allow_modules[0]: no module named 'nope'",
+        ),
+        (
+            "probe_endpoint: {max_concurrent: 0}\n",
+            f"{F}: probe_endpoint.max_concurrent: Input should be greater than or equal to 1",
+        ),
+        ("probe_endpoint: {bogus: 1}\n", f"{F}: probe_endpoint.bogus: unknown key"),
+    ],
+)
+def test_probe_endpoint_problems(text: str, problem: str) -> None:
+    assert one_problem(text) == problem
+
+
+def test_probe_endpoint_matching() -> None:
+    text = "probe_endpoint: {allow_targets: ['*.Example.com', '192.0.2.0/24', '2001:db8::/32', 'mx.test']}\n"
+    rules = parse_config(text, F, {}).config.probe_endpoint
+    assert rules.target_allowed("mx.example.com") and rules.target_allowed("MX.EXAMPLE.COM.")
+    assert (
+        rules.target_allowed("192.0.2.7")
+        and rules.target_allowed("2001:db8::1")
+        and rules.target_allowed("mx.test")
+    )
+    assert not rules.target_allowed("example.com")  # the pattern needs a label before it
+    assert not rules.target_allowed("192.0.3.1") and not rules.target_allowed("::1")
+    assert not rules.target_allowed("evil.mx.test")
+    assert not rules.target_allowed("localhost")  # a name is never admitted by a CIDR
+    assert parse_config("roundtrip: []\n", F, {}).config.probe_endpoint.target_allowed("anything")
