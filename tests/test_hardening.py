@@ -179,6 +179,44 @@ def test_duplicate_keys_and_empty_file_keep_the_old_config(
     assert line["problem"].startswith(f"{config}: {problem}")
 
 
+# ---- state -------------------------------------------------------------------------------------------
+
+
+def test_corrupt_ledger_at_start_is_moved_aside_counted_and_logged(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "ledger.json").write_bytes(b"[]")
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    m = metrics(d.port)
+    assert m[("mailcanary_state_errors_total", frozenset({("file", "ledger"), ("kind", "corrupt")}))] == 1
+    assert m[("mailcanary_state_writable", frozenset())] == 1
+    (aside,) = state.glob("ledger.json.corrupt-*")
+    assert aside.read_bytes() == b"[]"
+    _, err = d.stop()
+    (line,) = [e for e in json_lines(err) if e["event"] == "state_error"]
+    assert line["kind"] == "corrupt" and str(aside) in line["problem"]
+
+
+def test_unreadable_ledger_shows_as_not_writable(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    state = tmp_path / "state"
+    (state / "ledger.json").mkdir(parents=True)  # e.g. a botched volume mount
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    m = metrics(d.port)
+    assert m[("mailcanary_state_writable", frozenset())] == 0
+    assert m[("mailcanary_state_errors_total", frozenset({("file", "ledger"), ("kind", "read")}))] >= 1
+    _, err = d.stop()
+    (line,) = [e for e in json_lines(err) if e["event"] == "state_error"]
+    assert line["kind"] == "read" and "ledger.json" in line["problem"] and line["action"]
+
+
 # ---- basic auth ----------------------------------------------------------------------------------------
 
 
