@@ -374,6 +374,7 @@ class Ledger:
         self._entries: Entries = {}
         self._dirty = False  # the last save failed: memory is ahead of the file
         self._unsaved = False  # the file could not be read (so was not written): save when it can be
+        self._swept_temps = False
         self._queue: queue.SimpleQueue[tuple[Op, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -436,6 +437,8 @@ class Ledger:
         self.transactions += 1
         lock_fd = self._lock()
         try:
+            if lock_fd is not None and not self._swept_temps:
+                self._sweep_temps()
             entries, blocked = (self._entries, False) if self.path is None or self._dirty else self._load()
             before = _dump(entries)
             results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
@@ -459,6 +462,16 @@ class Ledger:
                     fut.set_result(value)
                 else:
                     fut.set_exception(exc)
+
+    def _sweep_temps(self) -> None:
+        """Temp files left by a process killed mid-save. Saves happen under the lock we hold, so any
+        ``.ledger-*`` present now belongs to nobody."""
+        assert self.path is not None
+        self._swept_temps = True
+        with contextlib.suppress(OSError):
+            for stale in self.path.parent.glob(".ledger-*"):  # (older versions: no .tmp suffix)
+                with contextlib.suppress(OSError):
+                    stale.unlink()
 
     def _lock(self) -> int | None:
         if self.path is None:

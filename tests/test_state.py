@@ -220,6 +220,13 @@ def test_ledger_persists_across_instances(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
 
 
+def test_temp_files_of_a_process_killed_mid_save_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".ledger-abc123.tmp").write_text("{")  # what kill -9 between write and rename leaves
+    (tmp_path / ".ledger-k2j4h5").write_text("")  # what older versions leaked on a full disk
+    Ledger(tmp_path / "ledger.json")
+    assert not list(tmp_path.glob(".ledger-*"))
+
+
 def test_version_1_ledger_is_read(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     path.write_text(json.dumps({"p": {"a" * 32: NOW}}))
