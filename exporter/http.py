@@ -26,7 +26,7 @@ log = structlog.get_logger("mailcanary.http")
 # connection is closed after KEEPALIVE_TIMEOUT. At MAX_CONNECTIONS, a new connection evicts the oldest
 # one still sending its request (a slow-loris), else the oldest idle keep-alive one, so a scraper gets in.
 HEADER_TIMEOUT = 10.0
-KEEPALIVE_TIMEOUT = 15.0
+KEEPALIVE_TIMEOUT = 75.0  # longer than usual scrape intervals, so scrapers reuse connections
 MAX_CONNECTIONS = 256
 _HEAD_KEEP = 65536  # bytes of a request head kept to read its Content-Length
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
@@ -181,7 +181,7 @@ class _HTTPCollector(Collector):
         closed = CounterMetricFamily(
             "mailcanary_http_connections_closed",
             "HTTP connections closed by the exporter: header_timeout (request not sent in time), evicted "
-            "(oldest slow one, to admit a new one at the cap), over_capacity (cap reached, none slow).",
+            "(oldest slow or idle one, to admit a new one at the cap), over_capacity (all busy at the cap).",
             labels=["reason", *names],
         )
         for reason, count in self.pool.closed.items():
