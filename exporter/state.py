@@ -310,8 +310,15 @@ class _Sessions:
             return
         try:
             _private_dir(self.dir)
-            fd = os.open(self.dir / self.id, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Locked under a name no scan looks at, then renamed: nobody ever sees it unlocked.
+            fresh = self.dir / f".{self.id}.new"
+            fd = os.open(fresh, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(fresh, self.dir / self.id)
+            except OSError:
+                os.close(fd)
+                raise
             self._fd = fd
         except OSError:
             return  # state dir unwritable: our entries cannot be saved either, the ledger reports that
