@@ -437,8 +437,11 @@ class Ledger:
             jobs = [b for b in batch if b is not None]
             if jobs:
                 self._transaction(jobs)
-            if len(jobs) != len(batch):
-                return
+            if len(jobs) != len(batch):  # asked to stop: only once nothing is queued (checked under the
+                with self._start_lock:  # lock submit() holds, so nothing submitted meanwhile is stranded)
+                    if self._queue.empty():
+                        self._thread = None
+                        return
 
     def _transaction(self, jobs: list[tuple[Op, concurrent.futures.Future[Any]]]) -> None:
         self.transactions += 1
