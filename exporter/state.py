@@ -312,7 +312,7 @@ class _Sessions:
             _private_dir(self.dir)
             # Locked under a name no scan looks at, then renamed: nobody ever sees it unlocked.
             fresh = self.dir / f".{self.id}.new"
-            fd = os.open(fresh, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(fresh, os.O_RDONLY | os.O_CREAT, 0o600)  # read-only: flock needs no more
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.rename(fresh, self.dir / self.id)
@@ -336,7 +336,7 @@ class _Sessions:
         if session in self._dead or self.dir is None or not _SESSION_RE.match(session):
             return False
         try:
-            fd = os.open(self.dir / session, os.O_RDWR)
+            fd = os.open(self.dir / session, os.O_RDONLY)
         except FileNotFoundError:
             self._dead.add(session)
             return False

@@ -460,6 +460,29 @@ def test_full_disk_no_leak_visible_and_recovers(small_fs: Path) -> None:
     assert len(Ledger(path).nonces("p")) == 8
 
 
+def test_read_only_state_dir_is_visible_and_recovers(small_fs: Path) -> None:
+    view = small_fs.parent / "view"  # a bind mount of our tmpfs that we can make read-only at will
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(small_fs), str(view)], check=True)
+    try:
+        path = view / "ledger.json"
+        ledger = Ledger(path)
+        finish(ledger, "p", tok("a"))
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        with capture_logs() as logs:
+            finish(ledger, "p", tok("b"))
+            finish(ledger, "p", tok("c"))
+        assert metric(ledger.health, "mailcanary_state_writable") == 0
+        (line,) = [e for e in logs if e["event"] == "state_error"]
+        assert "Read-only file system" in line["problem"]
+        subprocess.run(["mount", "-o", "remount,bind,rw", str(view)], check=True)
+        finish(ledger, "p", None)
+        assert metric(ledger.health, "mailcanary_state_writable") == 1
+        assert Ledger(path).nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
+
+
 def test_full_disk_at_first_start_leaves_no_short_key(small_fs: Path) -> None:
     fill(small_fs)
     health = StateHealth()
