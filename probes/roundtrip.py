@@ -109,8 +109,10 @@ async def _run(
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
     recorder.facts["token"] = token
+    await recorder.canary("sending", token)
     sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
     recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
+    await recorder.canary("accepted", token)
     recorder.facts["smtp_tls_version"] = sent.tls_version
     commands_before = recorder.commands
     with recorder.phase("receive_wait"):
