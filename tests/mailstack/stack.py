@@ -30,6 +30,7 @@ from ._system import (
     pid_alive,
     read_pid,
     requirement_problems,
+    run,
     tail,
 )
 from .dovecot import DOVECOT_PORT_NAMES, DovecotInstance
@@ -73,6 +74,30 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
+"""
+
+# The junk mailbox's dovecot-lda: Pigeonhole runs a global script (precompiled as root by sievec, or
+# dovecot-lda running as vmail could not write the binary) that files canaries into Junk (\Junk).
+_JUNK_LDA_EXTRA = """mailbox_list_index = no
+namespace inbox {{
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+}}
+protocol lda {{
+  mail_plugins = sieve
+}}
+plugin {{
+  sieve_before = {script}
+}}
+"""
+
+# "Mail matching a rule": ours carries X-Mailcanary-Token; anything else stays in INBOX.
+_JUNK_SIEVE = """require ["fileinto", "mailbox"];
+if exists "X-Mailcanary-Token" {
+  fileinto :create "Junk";
+  stop;
+}
 """
 
 
@@ -159,9 +184,11 @@ class MailStack:
                 raise ValueError(f"user {address!r} is not an address")
         self.test_addresses: tuple[str, ...] = tuple(regular)
         self.slow_address = f"slow@{DOMAIN}"
+        # Delivered by dovecot-lda + sieve: canaries are filed into Junk (\Junk), other mail into INBOX.
+        self.junk_address = f"junk@{DOMAIN}"
         self.postmaster_address = f"postmaster@{DOMAIN}"
         self.users: dict[str, str] = dict(regular)
-        for special in (self.slow_address, self.postmaster_address):
+        for special in (self.slow_address, self.junk_address, self.postmaster_address):
             self.users.setdefault(special, _password(special.split("@")[0]))
         self.ipv6 = ipv6_available() if ipv6 is None else ipv6
         self._fixed_ports = ports is not None
@@ -300,6 +327,7 @@ class MailStack:
     def postfix(self) -> PostfixInstance:
         if self._postfix is None:
             script = self.root / "bin" / "slow-deliver"
+            junk_script = self.root / "bin" / "junk-deliver"
             self._postfix = PostfixInstance(
                 self.root / "postfix",
                 name=f"{self.root.name}-postfix",
@@ -307,16 +335,22 @@ class MailStack:
                 ports={n: self.ports[n] for n in POSTFIX_PORT_NAMES},
                 mailboxes={a: self._mailbox_relpath(a) for a in self.users},
                 aliases={f"{u}@{DOMAIN}": self.postmaster_address for u in ("abuse", "MAILER-DAEMON")},
-                transports={self.slow_address: "slowdeliver:"},
+                transports={self.slow_address: "slowdeliver:", self.junk_address: "junkdeliver:"},
                 extra_master=(
                     "slowdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={script} ${{sender}} ${{recipient}}\n"
+                    "junkdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={junk_script} ${{sender}} ${{recipient}}\n"
                 ),
                 mail_root=self.mail_root,
                 account=self.account,
                 log_file=self.log_dir / "postfix.log",
                 ipv6=self.ipv6,
-                settings={"slowdeliver_destination_recipient_limit": "1", **self.postfix_settings},
+                settings={
+                    "slowdeliver_destination_recipient_limit": "1",
+                    "junkdeliver_destination_recipient_limit": "1",
+                    **self.postfix_settings,
+                },
             )
         return self._postfix
 
@@ -394,6 +428,23 @@ class MailStack:
         script.write_text(
             _SLOW_SCRIPT.format(
                 delay_file=self.slow_delay_file, mail_root=self.mail_root, lda=DOVECOT_LDA, lda_conf=lda_conf
+            )
+        )
+        script.chmod(0o755)
+        self._write_junk_transport(lda_run, lda_log, lda_conf)
+
+    def _write_junk_transport(self, lda_run: Path, lda_log: Path, slow_conf: Path) -> None:
+        sieve = self.root / "lda" / "junk.sieve"
+        sieve.write_text(_JUNK_SIEVE)
+        sieve.chmod(0o644)
+        conf = self.root / "lda" / "dovecot-lda-junk.conf"
+        conf.write_text(slow_conf.read_text() + _JUNK_LDA_EXTRA.format(script=sieve))
+        conf.chmod(0o644)
+        run(["sievec", "-c", str(conf), str(sieve)])  # as root: vmail could not write junk.svbin
+        script = self.root / "bin" / "junk-deliver"
+        script.write_text(
+            _SLOW_SCRIPT.format(
+                delay_file=self.root / "junk_delay", mail_root=self.mail_root, lda=DOVECOT_LDA, lda_conf=conf
             )
         )
         script.chmod(0o755)
