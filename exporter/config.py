@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from probes.canary import PROBE_NAME_RE
+from probes.placement import DEFAULT_JUNK_FOLDERS
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 from .durations import parse_duration
@@ -128,6 +129,10 @@ class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
+    # IMAP only: also watch the junk folder (SPECIAL-USE \\Junk, else the first of junk_folders that
+    # exists); a canary found there is delivered with placement "junk" and deleted there.
+    junk: bool = False
+    junk_folders: list[str] = Field(default_factory=lambda: list(DEFAULT_JUNK_FOLDERS), max_length=20)
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
@@ -154,6 +159,8 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("need 0 < poll_initial <= poll_max")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
+        if self.protocol == "pop3" and self.junk:
+            raise ValueError("junk is an IMAP setting; POP3 sees only the inbox")
         return self
 
 

@@ -19,6 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from probes.placement import PLACEMENTS
+
 from .buildinfo import build_info
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
@@ -173,6 +175,16 @@ class MailcanaryCollector(Collector):
             "mailcanary_roundtrip_canaries_outstanding",
             "Canaries that timed out and are still awaited (would count as late if they turn up).",
         )
+        placement = gauge(
+            "mailcanary_roundtrip_placement",
+            "Where the last delivered canary was found: 1 for that folder (inbox, junk, other), 0 else.",
+            "folder",
+        )
+        placements = counter(
+            "mailcanary_roundtrip_placements",
+            "Delivered canaries by the folder they were found in (inbox, junk, other).",
+            "folder",
+        )
         lag = gauge(
             "mailcanary_scheduler_lag_seconds",
             "How late the scheduler started the last run compared with its planned time.",
@@ -204,6 +216,10 @@ class MailcanaryCollector(Collector):
             late.add_metric([name], st.late_total)
             swept.add_metric([name], st.swept_total)
             lost.add_metric([name], st.lost_total)
+            for folder in PLACEMENTS:  # fixed set: every series present from the first delivery
+                if st.last_placement is not None:
+                    placement.add_metric([name, folder], 1 if folder == st.last_placement else 0)
+                placements.add_metric([name, folder], st.placements.get(folder, 0))
             if st.last is not None:
                 outstanding.add_metric([name], st.last.outstanding)
             if st.scheduler_lag is not None:
@@ -225,6 +241,8 @@ class MailcanaryCollector(Collector):
             swept,
             lost,
             outstanding,
+            placement,
+            placements,
             lag,
             skipped,
         )

@@ -53,6 +53,7 @@ class RunResult:
     swept: int = 0  # other stale canaries of this probe deleted this run
     lost: int = 0  # timed-out canaries given up on this run (unseen for lost_after)
     outstanding: int = 0  # timed-out canaries still awaited after this run
+    placement: str | None = None  # where the canary was found (probes.placement.PLACEMENTS), if it was
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
     failed_phase: str | None = None
     transcript: list[str] | None = None
@@ -65,6 +66,8 @@ class ProbeStats:
     late_total: int = 0
     swept_total: int = 0
     lost_total: int = 0
+    placements: Counter[str] = field(default_factory=Counter)  # delivered runs by placement
+    last_placement: str | None = None
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -107,6 +110,9 @@ class ResultStore:
             st.late_total += result.late
             st.swept_total += result.swept
             st.lost_total += result.lost
+            if result.placement is not None:
+                st.placements[result.placement] += 1
+                st.last_placement = result.placement
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -137,6 +143,8 @@ class ResultStore:
                     late_total=st.late_total,
                     swept_total=st.swept_total,
                     lost_total=st.lost_total,
+                    placements=Counter(st.placements),
+                    last_placement=st.last_placement,
                     bucket_counts=list(st.bucket_counts),
                     delivery_sum=st.delivery_sum,
                     delivery_count=st.delivery_count,

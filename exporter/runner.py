@@ -138,6 +138,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
         key=key,
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
+        junk_folders=tuple(rc.junk_folders) if rc.protocol == "imap" and rc.junk else None,
     )
 
 
@@ -186,6 +187,7 @@ class Runner:
         swept: int = 0,
         lost: int = 0,
         outstanding: int = 0,
+        placement: str | None = None,
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -200,6 +202,7 @@ class Runner:
             swept=swept,
             lost=lost,
             outstanding=outstanding,
+            placement=placement,
             tls=dict(rec.tls),
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
@@ -253,6 +256,7 @@ class Runner:
             swept,
             lost=lost,
             outstanding=outstanding,
+            placement=attempt.value.placement if attempt.value is not None else None,
         )
 
     async def _settle(self, probe: RoundTripConfig, rec: Recorder) -> tuple[int, int, int, int]:
@@ -333,6 +337,8 @@ class Runner:
         }
         if run.delivery is not None:
             fields["delivery_seconds"] = round(run.delivery, 4)
+        if run.placement is not None:
+            fields["placement"] = run.placement
         if run.late or run.swept or run.lost:
             fields.update(late=run.late, swept=run.swept, lost=run.lost)
         tls = {

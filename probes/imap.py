@@ -423,6 +423,15 @@ class IMAPSession:
                 uids.extend(found)
         return sorted(set(uids))
 
+    async def list_mailboxes(self) -> list[wire.Response]:
+        """Untagged replies of ``LIST "" "*"`` (asking for SPECIAL-USE flags where LIST-EXTENDED is
+        offered), bounded by the reply budget; parsed by :func:`probes.placement.parse_list`."""
+        pieces: list[bytes | str] = [b'LIST "" "*"']
+        if "LIST-EXTENDED" in self._caps and "SPECIAL-USE" in self._caps:
+            pieces.append(b" RETURN (SPECIAL-USE)")
+        _, untagged = await self._command("LIST", pieces)
+        return untagged
+
     @property
     def can_expunge_by_uid(self) -> bool:
         return "UIDPLUS" in self._caps

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from . import canary
@@ -21,6 +21,7 @@ from ._net import Credentials, Endpoint
 from .canary import Token
 from .errors import ProbeError
 from .imap import IMAPSession, IMAPSettings
+from .placement import MAX_MAILBOXES, Placement, choose_junk, parse_list
 from .pop3 import POP3Client
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
@@ -71,6 +72,9 @@ class RoundTripSettings:
     idle_min_gap: float = 0.2  # shorter gaps are slept, not IDLEd: IDLE + DONE costs more than it saves
     search_every: float = 5.0  # search even without an EXISTS this often (servers that announce nothing)
     sweep_after: float = 3600.0  # our own canaries older than this are deleted when seen
+    # IMAP only: also watch the junk folder (SPECIAL-USE \\Junk, else the first of these names that
+    # exists); None: the inbox only.
+    junk_folders: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -78,6 +82,7 @@ class RoundTripResult:
     token: Token
     delivery_seconds: float
     swept: list[Token] = field(default_factory=list)  # earlier canaries of this probe deleted this run
+    placement: Placement = "inbox"  # where the receiver filed it (POP3 sees the inbox only)
 
 
 async def probe_roundtrip(
@@ -122,13 +127,16 @@ async def _run(
     recorder.set_phase("receive_wait", delivery)
     recorder.facts["wait_commands"] = recorder.commands - commands_before
     await receiver.fetch_verify_delete(token)
-    return RoundTripResult(token=token, delivery_seconds=delivery, swept=swept)
+    placement = receiver.placement
+    recorder.facts["placement"] = placement
+    return RoundTripResult(token=token, delivery_seconds=delivery, swept=swept, placement=placement)
 
 
 class _Receiver:
     def __init__(self, settings: RoundTripSettings, recorder: Recorder) -> None:
         self.settings = settings
         self.recorder = recorder
+        self.placement: Placement = "inbox"
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         raise NotImplementedError
@@ -155,11 +163,39 @@ class _IMAPReceiver(_Receiver):
         self.session = IMAPSession(settings.receiver, recorder)
         self.limits = settings.receiver.limits
         self.uids: list[int] = []
+        self.junk: IMAPSession | None = None  # a second session on the junk folder, if watched
+        self.junk_recorder: Recorder | None = None
+        self.found_in: IMAPSession = self.session
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
-        s, name = self.session, self.settings.name
-        with self.recorder.phase("receive_sweep"):
+        swept = await self._sweep(self.session, self.recorder, late)
+        if self.settings.junk_folders is not None:
+            swept += await self._open_junk(late)
+        return swept
+
+    async def _open_junk(self, late: set[str]) -> list[Token]:
+        """Find the junk folder (LIST) and watch it in a session of its own, swept like the inbox.
+        Its timings go to a recorder of their own, so they never overwrite the inbox session's."""
+        assert isinstance(self.settings.receiver, IMAPSettings) and self.settings.junk_folders is not None
+        listing = [m for r in (await self.session.list_mailboxes())[:MAX_MAILBOXES] if (m := parse_list(r))]
+        folder = choose_junk(listing, self.settings.junk_folders, self.settings.receiver.mailbox)
+        self.recorder.facts["junk_folder"] = folder
+        if folder is None:
+            return []
+        rec = self.recorder
+        self.junk_recorder = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+        self.junk = IMAPSession(replace(self.settings.receiver, mailbox=folder), self.junk_recorder, "junk")
+        try:
+            await self.junk.open()
+            return await self._sweep(self.junk, self.junk_recorder, late)
+        finally:
+            rec.commands += self.junk_recorder.commands
+            self.junk_recorder.commands = 0
+
+    async def _sweep(self, s: IMAPSession, recorder: Recorder, late: set[str]) -> list[Token]:
+        name = self.settings.name
+        with recorder.phase("receive_sweep"):
             # With UIDPLUS, canaries left flagged by an interrupted delete are finished off too; without
             # it, flagged ones are passed over (they cannot be expunged without touching user mail).
             uids = await s.search_header(
@@ -206,19 +242,37 @@ class _IMAPReceiver(_Receiver):
             else:
                 await asyncio.sleep(gap)
                 announced = await s.noop()
+            junk_announced = False
+            if self.junk is not None:
+                junk_announced = await self.junk.noop()
+                self._count_junk_commands()
             seen = rec.clock()
-            if announced or seen - last_search >= self.settings.search_every:
-                last_search = seen
+            due = seen - last_search >= self.settings.search_every
+            if announced or due:
                 uids = await s.search_header(canary.HEADER, token.nonce)
                 if uids:
                     self.uids = uids[-FETCH_CANDIDATES:]
                     return seen
+            if self.junk is not None and (junk_announced or due):
+                uids = await self.junk.search_header(canary.HEADER, token.nonce)
+                self._count_junk_commands()
+                if uids:
+                    self.uids = uids[-FETCH_CANDIDATES:]
+                    self.found_in, self.placement = self.junk, "junk"
+                    return seen
+            if due:
+                last_search = seen
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
+
+    def _count_junk_commands(self) -> None:
+        if self.junk_recorder is not None:
+            self.recorder.commands += self.junk_recorder.commands
+            self.junk_recorder.commands = 0
 
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.uids
         with self.recorder.phase("receive_fetch"):
-            fetched = await self.session.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
+            fetched = await self.found_in.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
         # A copy of our token on another message (forwarded, header copied) is passed over: the one
         # message that verifies as a whole is ours.
         ours = [
@@ -234,10 +288,12 @@ class _IMAPReceiver(_Receiver):
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
         with self.recorder.phase("receive_delete"):
-            await self.session.delete(ours[:1])
+            await self.found_in.delete(ours[:1])  # from the junk folder too: ours, verified
 
     async def close(self) -> None:
         await self.session.close()
+        if self.junk is not None:
+            await self.junk.close()
 
 
 def _count_skipped(recorder: Recorder, n: int) -> None:
