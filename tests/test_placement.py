@@ -19,6 +19,7 @@ from probes import _imapwire as wire
 from probes.errors import ProbeError
 from probes.placement import DEFAULT_JUNK_FOLDERS, ListedMailbox, choose_junk, parse_list
 from tests.mailstack import MailStack
+from tests.mailstack._system import chown
 from tests.stackconfig import roundtrip
 from tests.test_roundtrip_e2e import make_runner, run_one
 
@@ -68,6 +69,15 @@ def _send_foreign(stack: MailStack, address: str) -> None:
         )
 
 
+def _make_junk_folder(stack: MailStack, address: str) -> None:
+    junk = stack.maildir(address) / ".Junk"
+    for sub in ("", "new", "cur", "tmp"):
+        (junk / sub).mkdir(exist_ok=True)
+        chown(junk / sub, stack.account, 0o700)
+    (junk / "maildirfolder").touch()
+    chown(junk / "maildirfolder", stack.account, 0o600)
+
+
 def _junk_files(stack: MailStack, address: str) -> list[Path]:
     junk = stack.maildir(address) / ".Junk"
     return [p for sub in ("new", "cur") for p in (junk / sub).glob("*")]
@@ -78,6 +88,7 @@ def test_canary_filed_into_junk_by_sieve_is_found_and_deleted_there(
 ) -> None:
     address = mailstack.junk_address
     mailstack.clear(address)
+    _make_junk_folder(mailstack, address)  # as a user's client would have: the sieve only files into it
     _send_foreign(mailstack, address)  # no token: the sieve rule leaves it in INBOX
     mailstack.wait_for_messages(address, 1)
     probe = roundtrip(mailstack, tmp_path, "junkrt", address, receive__junk=True)
