@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from probes.canary import PROBE_NAME_RE
-from probes.placement import DEFAULT_JUNK_FOLDERS
+from probes.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 from .durations import parse_duration
@@ -133,6 +133,10 @@ class ReceiveConfig(EndpointConfig):
     # exists); a canary found there is delivered with placement "junk" and deleted there.
     junk: bool = False
     junk_folders: list[str] = Field(default_factory=lambda: list(DEFAULT_JUNK_FOLDERS), max_length=20)
+    # IMAP only: also look in every other folder (the first placement_max_folders of LIST): a canary
+    # filed there by a rule is delivered with placement "other" instead of timing out.
+    placement_all_folders: bool = False
+    placement_max_folders: int = Field(default=20, ge=1, le=MAX_OTHER_FOLDERS)
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
@@ -161,6 +165,8 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
         if self.protocol == "pop3" and self.junk:
             raise ValueError("junk is an IMAP setting; POP3 sees only the inbox")
+        if self.protocol == "pop3" and self.placement_all_folders:
+            raise ValueError("placement_all_folders is an IMAP setting; POP3 sees only the inbox")
         return self
 
 

@@ -55,6 +55,9 @@ class RunResult:
     outstanding: int = 0  # timed-out canaries still awaited after this run
     placement: str | None = None  # where the canary was found (probes.placement.PLACEMENTS), if it was
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
+    # What the receiver did, for the log line and the status page (folders, bounce, path): small,
+    # bounded values from the probe's facts (runner.RECEIVER_FACTS), never labels.
+    receiver: dict[str, Any] = field(default_factory=dict)
     failed_phase: str | None = None
     transcript: list[str] | None = None
 

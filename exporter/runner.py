@@ -44,6 +44,8 @@ class Attempt(Generic[T]):
     message: str
 
 
+# Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
+RECEIVER_FACTS = ("junk_folder", "other_folders", "found_folder")
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
 
@@ -139,6 +141,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
         junk_folders=tuple(rc.junk_folders) if rc.protocol == "imap" and rc.junk else None,
+        other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,
     )
 
 
@@ -204,6 +207,7 @@ class Runner:
             outstanding=outstanding,
             placement=placement,
             tls=dict(rec.tls),
+            receiver={k: rec.facts[k] for k in RECEIVER_FACTS if rec.facts.get(k) is not None},
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )
@@ -339,6 +343,7 @@ class Runner:
             fields["delivery_seconds"] = round(run.delivery, 4)
         if run.placement is not None:
             fields["placement"] = run.placement
+        fields.update(run.receiver)
         if run.late or run.swept or run.lost:
             fields.update(late=run.late, swept=run.swept, lost=run.lost)
         tls = {

@@ -409,6 +409,11 @@ class IMAPSession:
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=_PROTOCOL)
         return self._saw_exists(pushed)
 
+    async def select(self, mailbox: str) -> None:
+        """SELECT another mailbox in this session (the all-folders walk); expunges nothing."""
+        _, untagged = await self._command(f"SELECT {mailbox}", [b"SELECT ", mailbox])
+        self.exists = _exists(untagged, 0) or 0
+
     async def search_header(self, header: str, value: str, *, undeleted: bool = False) -> list[int]:
         """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted."""
         pieces: list[bytes | str] = [b"UID SEARCH "]

@@ -21,6 +21,7 @@ PLACEMENTS: Final[tuple[Placement, ...]] = ("inbox", "junk", "other")
 DEFAULT_JUNK_FOLDERS: Final[tuple[str, ...]] = ("Junk", "Spam", "[Gmail]/Spam", "Junk E-mail", "Junk Email")
 MAX_MAILBOXES: Final = 1000  # LIST entries looked at, at most (a server listing more is cut short)
 MAX_NAME_BYTES: Final = 1024
+MAX_OTHER_FOLDERS: Final = 100  # upper bound of receive.placement_max_folders
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,21 @@ def choose_junk(listing: Iterable[ListedMailbox], fallbacks: Sequence[str], inbo
         if found is not None:
             return found
     return None
+
+
+def other_folders(listing: Iterable[ListedMailbox], exclude: Iterable[str], limit: int) -> list[str]:
+    """Selectable folders other than those watched already (the inbox, the junk folder), in LIST
+    order, at most ``limit``: each costs a SELECT and a SEARCH per look, so the walk is bounded."""
+    skip = {_key(e) for e in exclude}
+    out: list[str] = []
+    for box in listing:
+        if box.selectable and _key(box.name) not in skip and box.name not in out:
+            out.append(box.name)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _key(name: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 5.1); every other name is compared as it is."""
+    return "INBOX" if name.upper() == "INBOX" else name

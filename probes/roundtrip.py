@@ -21,7 +21,7 @@ from ._net import Credentials, Endpoint
 from .canary import Token
 from .errors import ProbeError
 from .imap import IMAPSession, IMAPSettings
-from .placement import MAX_MAILBOXES, Placement, choose_junk, parse_list
+from .placement import MAX_MAILBOXES, ListedMailbox, Placement, choose_junk, other_folders, parse_list
 from .pop3 import POP3Client
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
@@ -75,6 +75,9 @@ class RoundTripSettings:
     # IMAP only: also watch the junk folder (SPECIAL-USE \\Junk, else the first of these names that
     # exists); None: the inbox only.
     junk_folders: tuple[str, ...] | None = None
+    # IMAP only: also look in up to this many other folders (0: none). Each look at them is one
+    # SELECT + SEARCH per folder, done every search_every, in a session of its own.
+    other_folders: int = 0
 
 
 @dataclass
@@ -166,32 +169,80 @@ class _IMAPReceiver(_Receiver):
         self.junk: IMAPSession | None = None  # a second session on the junk folder, if watched
         self.junk_recorder: Recorder | None = None
         self.found_in: IMAPSession = self.session
+        self.others: list[str] = []  # other folders looked at (placement_all_folders), bounded
+        self.other: IMAPSession | None = None  # the session walking them
+        self.other_recorder: Recorder | None = None
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
         swept = await self._sweep(self.session, self.recorder, late)
+        if self.settings.junk_folders is None and self.settings.other_folders <= 0:
+            return swept
+        listing = [m for r in (await self.session.list_mailboxes())[:MAX_MAILBOXES] if (m := parse_list(r))]
         if self.settings.junk_folders is not None:
-            swept += await self._open_junk(late)
+            swept += await self._open_junk(listing, late)
+        if self.settings.other_folders > 0:
+            swept += await self._open_others(listing, late)
         return swept
 
-    async def _open_junk(self, late: set[str]) -> list[Token]:
-        """Find the junk folder (LIST) and watch it in a session of its own, swept like the inbox.
-        Its timings go to a recorder of their own, so they never overwrite the inbox session's."""
+    def _aux_recorder(self) -> Recorder:
+        """A recorder for a second session: its timings never overwrite the inbox session's."""
+        rec = self.recorder
+        return Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+
+    async def _open_junk(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
+        """Watch the junk folder in a session of its own, swept like the inbox."""
         assert isinstance(self.settings.receiver, IMAPSettings) and self.settings.junk_folders is not None
-        listing = [m for r in (await self.session.list_mailboxes())[:MAX_MAILBOXES] if (m := parse_list(r))]
         folder = choose_junk(listing, self.settings.junk_folders, self.settings.receiver.mailbox)
         self.recorder.facts["junk_folder"] = folder
         if folder is None:
             return []
-        rec = self.recorder
-        self.junk_recorder = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+        self.junk_recorder = self._aux_recorder()
         self.junk = IMAPSession(replace(self.settings.receiver, mailbox=folder), self.junk_recorder, "junk")
         try:
             await self.junk.open()
             return await self._sweep(self.junk, self.junk_recorder, late)
         finally:
-            rec.commands += self.junk_recorder.commands
-            self.junk_recorder.commands = 0
+            self._count_junk_commands()
+
+    async def _open_others(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
+        """Open the session that walks the other folders; each is swept once here."""
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        watched = [self.settings.receiver.mailbox, *([self.junk.settings.mailbox] if self.junk else [])]
+        self.others = other_folders(listing, watched, self.settings.other_folders)
+        self.recorder.facts["other_folders"] = len(self.others)
+        if not self.others:
+            return []
+        self.other_recorder = self._aux_recorder()
+        self.other = IMAPSession(
+            replace(self.settings.receiver, mailbox=self.others[0]), self.other_recorder, "other"
+        )
+        swept: list[Token] = []
+        try:
+            await self.other.open()
+            for i, folder in enumerate(self.others):
+                if i:
+                    await self.other.select(folder)
+                swept += await self._sweep(self.other, self.other_recorder, late)
+        finally:
+            self._count_junk_commands()
+        return swept
+
+    async def _search_others(self, token: Token) -> bool:
+        """One walk over the other folders; True (the folder left selected) if the canary is there."""
+        assert self.other is not None
+        try:
+            for folder in self.others:
+                await self.other.select(folder)  # a fresh SELECT also makes the server look now
+                uids = await self.other.search_header(canary.HEADER, token.nonce)
+                if uids:
+                    self.uids = uids[-FETCH_CANDIDATES:]
+                    self.found_in, self.placement = self.other, "other"
+                    self.recorder.facts["found_folder"] = folder
+                    return True
+        finally:
+            self._count_junk_commands()
+        return False
 
     async def _sweep(self, s: IMAPSession, recorder: Recorder, late: set[str]) -> list[Token]:
         name = self.settings.name
@@ -260,14 +311,18 @@ class _IMAPReceiver(_Receiver):
                     self.uids = uids[-FETCH_CANDIDATES:]
                     self.found_in, self.placement = self.junk, "junk"
                     return seen
+            if self.other is not None and due and await self._search_others(token):
+                return seen
             if due:
                 last_search = seen
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
 
     def _count_junk_commands(self) -> None:
-        if self.junk_recorder is not None:
-            self.recorder.commands += self.junk_recorder.commands
-            self.junk_recorder.commands = 0
+        """Commands of the second and third session count as the run's (wait_commands)."""
+        for aux in (self.junk_recorder, self.other_recorder):
+            if aux is not None:
+                self.recorder.commands += aux.commands
+                aux.commands = 0
 
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.uids
@@ -294,6 +349,8 @@ class _IMAPReceiver(_Receiver):
         await self.session.close()
         if self.junk is not None:
             await self.junk.close()
+        if self.other is not None:
+            await self.other.close()
 
 
 def _count_skipped(recorder: Recorder, n: int) -> None:

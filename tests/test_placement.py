@@ -17,7 +17,7 @@ from exporter.metrics import ExporterState, build_registry
 from exporter.runner import Runner
 from probes import _imapwire as wire
 from probes.errors import ProbeError
-from probes.placement import DEFAULT_JUNK_FOLDERS, ListedMailbox, choose_junk, parse_list
+from probes.placement import DEFAULT_JUNK_FOLDERS, ListedMailbox, choose_junk, other_folders, parse_list
 from tests.mailstack import MailStack
 from tests.mailstack._system import chown
 from tests.stackconfig import roundtrip
@@ -123,3 +123,50 @@ def test_pop3_with_junk_is_a_config_error(mailstack: MailStack, mailbox: str, tm
 
 def _render(runner: Runner) -> str:
     return generate_latest(build_registry(runner.store, ExporterState())).decode()
+
+
+def test_other_folders_are_bounded_and_skip_watched_ones() -> None:
+    boxes = [
+        ListedMailbox("inbox", frozenset()),
+        ListedMailbox("Junk", frozenset({"\\junk"})),
+        ListedMailbox("Archive", frozenset()),
+        ListedMailbox("Lists", frozenset({"\\noselect"})),
+        ListedMailbox("Lists/dev", frozenset()),
+        ListedMailbox("Archive", frozenset()),
+    ]
+    assert other_folders(boxes, ["INBOX", "Junk"], 10) == ["Archive", "Lists/dev"]
+    assert other_folders(boxes, ["INBOX"], 2) == ["Junk", "Archive"]
+    assert other_folders(boxes, ["INBOX"], 1) == ["Junk"]
+
+
+def test_canary_in_another_folder_found_by_the_all_folders_walk(mailstack: MailStack, tmp_path: Path) -> None:
+    """The sieve files the canary into Junk; with junk off but placement_all_folders on, the walk finds
+    it there (placement "other"), deletes it there, and leaves the foreign message alone."""
+    address = mailstack.junk_address
+    mailstack.clear(address)
+    _make_junk_folder(mailstack, address)
+    _send_foreign(mailstack, address)
+    mailstack.wait_for_messages(address, 1)
+    probe = roundtrip(mailstack, tmp_path, "otherrt", address, receive__placement_all_folders=True)
+    runner = make_runner(tmp_path, [probe])
+    result = run_one(runner, debug=True)
+    assert result.success, result.message
+    assert result.placement == "other"
+    assert result.receiver.get("found_folder") == "Junk"
+    assert _junk_files(mailstack, address) == []
+    assert len(mailstack.messages(address)) == 1
+    text = _render(runner)
+    assert 'mailcanary_roundtrip_placement{folder="other",probe="otherrt"} 1.0' in text
+    assert 'mailcanary_roundtrip_placements_total{folder="other",probe="otherrt"} 1.0' in text
+
+
+def test_pop3_with_all_folders_is_a_config_error(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="POP3 sees only the inbox"):
+        make_runner(
+            tmp_path,
+            [
+                roundtrip(
+                    mailstack, tmp_path, "p", mailbox, protocol="pop3", receive__placement_all_folders=True
+                )
+            ],
+        )

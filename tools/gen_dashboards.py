@@ -774,6 +774,62 @@ def overview() -> Json:
         options=TS_OPTIONS,
     )
 
+    b.row("What the receiver did")
+    b.add(
+        "timeseries",
+        "Delivered canaries by folder",
+        [
+            target(
+                "sum by (probe, folder) "
+                f"(increase(mailcanary_roundtrip_placements_total{{{RT}}}[$__rate_interval])) > 0",
+                "{{probe}} {{folder}}",
+            )
+        ],
+        w=16,
+        h=8,
+        description=(
+            "Where each delivered canary was found: inbox, junk (receive.junk, IMAP only) or another "
+            "folder (receive.placement_all_folders). POP3 sees the inbox only."
+        ),
+        defaults=ts_defaults("short", bars=True, stack=True),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* inbox"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}}],
+            },
+            {
+                "matcher": {"id": "byRegexp", "options": ".* junk"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
+            },
+        ],
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+    b.add(
+        "stat",
+        "In junk (time range)",
+        [
+            target(
+                "sum by (probe) "
+                f'(increase(mailcanary_roundtrip_placements_total{{{RT}, folder="junk"}}[$__range])) '
+                "/ sum by (probe) "
+                f"(increase(mailcanary_roundtrip_placements_total{{{RT}}}[$__range]))",
+                "{{probe}}",
+            )
+        ],
+        w=8,
+        h=8,
+        description="Share of the delivered canaries found in the junk folder in the selected time range.",
+        defaults={
+            "unit": "percentunit",
+            "decimals": 1,
+            "min": 0,
+            "max": 1,
+            "thresholds": thresholds((None, "green"), (0.0001, "red")),
+        },
+        options=stat_options(),
+    )
+
     b.row("Exporter")
     b.add(
         "stat",
