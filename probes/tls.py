@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import ssl
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -25,7 +24,6 @@ from typing import Final
 import aiosmtplib
 
 from ._certs import (
-    LEGACY_CIPHERS,
     LEGACY_VERSIONS,
     VERIFY_REASONS,
     CertInfo,
@@ -250,14 +248,10 @@ def _copy_phases(scratch: Recorder, recorder: Recorder, *, failed: bool) -> None
 
 def _unverified_context(ep: Endpoint) -> ssl.SSLContext:
     """No verification (the client certificate kept), and old versions allowed too: a server that speaks
-    only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway."""
-    ctx = client_context(dataclasses.replace(ep.tls, insecure_skip_verify=True))
-    if openssl_offers(ssl.TLSVersion.TLSv1):
-        with contextlib.suppress(ValueError, ssl.SSLError), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # allowing TLS 1.0 on purpose
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.set_ciphers(LEGACY_CIPHERS)
-    return ctx
+    only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway.
+    Shared and cached like every client context (probes._net.client_context)."""
+    unverified = dataclasses.replace(ep.tls, insecure_skip_verify=True)
+    return client_context(unverified, any_version=openssl_offers(ssl.TLSVersion.TLSv1))
 
 
 async def _accepts(settings: TLSCheckSettings, recorder: Recorder, version: ssl.TLSVersion) -> bool | None:
