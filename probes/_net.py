@@ -132,7 +132,7 @@ def context_builds() -> int:
     return _builds
 
 
-def _literal_infos(host: str, port: int) -> list[tuple[int, int, int, str, tuple[Any, ...]]] | None:
+def _literal_infos(host: str, port: int) -> list[tuple[Any, Any, int, str, tuple[Any, ...]]] | None:
     """The getaddrinfo answer for an IP literal, computed here: no trip to the thread pool."""
     if "%" in host:  # a scoped IPv6 literal needs the interface index: let getaddrinfo do it
         return None
@@ -160,6 +160,7 @@ async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = N
 
 async def _connect(endpoint: Endpoint, reason: str) -> socket.socket:
     loop = asyncio.get_running_loop()
+    infos: list[tuple[Any, Any, int, str, tuple[Any, ...]]] | None
     infos = _literal_infos(endpoint.host, endpoint.port)
     if infos is None:
         try:
