@@ -13,6 +13,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from probes._net import clear_contexts
+from probes._slots import ServerSlots
 from probes.recorder import Masker
 
 from . import logs
@@ -59,6 +61,7 @@ class Daemon:
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
         self.scheduler = ProbeScheduler(self.store)
+        self.slots = ServerSlots()
         self.http = HTTPServer(
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
@@ -89,10 +92,14 @@ class Daemon:
         state = state_dir(cfg)
         key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
         ledger = self.runner.ledger if self.runner is not None else Ledger(state / "ledger.json")
-        return Runner(loaded=loaded, key=key, ledger=ledger, store=self.store, masker=make_masker(loaded))
+        slots = self.slots  # one limiter for the daemon's life: sessions in flight span reloads
+        return Runner(
+            loaded=loaded, key=key, ledger=ledger, store=self.store, masker=make_masker(loaded), slots=slots
+        )
 
     def _apply(self, runner: Runner) -> None:
         loaded = runner.loaded
+        clear_contexts()  # TLS contexts are rebuilt from the new config (and re-read trust stores)
         for warning in loaded.warnings:
             log.warning("config_warning", problem=warning)
         self.runner = runner

@@ -33,6 +33,7 @@ TLS_OUTCOMES: tuple[str, ...] = (
     "tls_verify",
     "tls_handshake",
     "tls_connect",
+    "queue_timeout",
     "timeout",
     "config",
     "internal",

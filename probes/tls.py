@@ -39,6 +39,7 @@ from ._certs import (
     presented_chain,
 )
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
+from ._slots import ServerSlots, maybe_session
 from .errors import ProbeError, ProbeTimeout
 from .imap import IMAPSession, IMAPSettings
 from .pop3 import POP3Client
@@ -83,6 +84,7 @@ class TLSCheckSettings:
     timeout: float = 10.0  # per step (connect, each command, each handshake)
     check_legacy: bool = True
     helo_name: str | None = None  # SMTP EHLO name; default: the local host name
+    slots: ServerSlots | None = dataclasses.field(default=None, compare=False, repr=False)  # session limits
 
 
 # ---- what a plain port offers before TLS (pure) -----------------------------------------------------
@@ -113,7 +115,9 @@ def pop3_auth_offered(capabilities: Mapping[str, Sequence[str]]) -> bool | None:
 async def probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
     """Audit one endpoint (see :func:`_probe_tls`); errors leave with secrets masked."""
     with recorder.masked_errors():
-        return await _probe_tls(settings, recorder)
+        # One slot for the whole audit: its handshakes are sequential, one session at a time.
+        async with maybe_session(settings.slots, settings.endpoint, settings.protocol, recorder):
+            return await _probe_tls(settings, recorder)
 
 
 async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:

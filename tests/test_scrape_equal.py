@@ -1,0 +1,110 @@
+"""The pre-rendered /metrics body must be byte for byte what prometheus_client renders from the collector.
+
+Two anchors: ``tests/data/scrape_golden.txt`` was written by the renderer of the day before the scrape
+path changed (generate_latest over MailcanaryCollector, the only renderer then), and that same collector
+is still rendered here beside the cached path for whatever state a test builds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.metrics import ExporterState, MailcanaryCollector
+from exporter.results import ResultStore, RunResult
+from probes.tls import CertInfo, TLSFacts
+
+GOLDEN = Path(__file__).parent / "data" / "scrape_golden.txt"
+
+
+def facts(endpoint: str, protocol: str, *, ok: bool = True) -> TLSFacts:
+    leaf = CertInfo(
+        subject="CN=mail.example.test",
+        issuer='CN=Test "CA"\\x',
+        sans=("mail.example.test", "127.0.0.1"),
+        not_before=1_690_000_000.0,
+        not_after=1_790_000_000.5,
+        serial="0a1b",
+        self_signed=False,
+        is_ca=False,
+        fingerprint_sha256="ab" * 32,
+    )
+    f = TLSFacts(endpoint=endpoint, protocol=protocol, mode="starttls", starttls_offered=True)
+    f.auth_before_tls = False
+    f.handshake_ok = ok
+    f.version = "TLSv1.3" if ok else None
+    f.cipher = "TLS_AES_256_GCM_SHA384" if ok else None
+    f.chain = [leaf]
+    f.verified = ok
+    f.verify_reason = None if ok else "expired"
+    f.hostname_match = ok
+    f.legacy = {"TLSv1": False, "TLSv1.1": None}
+    return f
+
+
+def result(probe: str, reason: str = "success", **kw: object) -> RunResult:
+    base: dict[str, object] = {
+        "probe": probe,
+        "success": reason == "success",
+        "reason": reason,
+        "message": "ok",
+        "started": 1_700_000_000.25,
+        "duration": 1.5,
+        "phases": {"smtp_connect": 0.0125, "receive_wait": 0.3, "queue": 0.0},
+    }
+    base.update(kw)
+    return RunResult(**base)  # type: ignore[arg-type]
+
+
+def build(vantage: str = "") -> tuple[ResultStore, ExporterState]:
+    """A store with every kind of series: runs of each outcome, histogram, TLS facts, lag, skips."""
+    store = ResultStore()
+    names = [f"rt-{i:02d}" for i in range(5)] + ["tls-a", "tls-b", "fresh"]
+    store.ensure(names)
+    for i in range(5):
+        name = f"rt-{i:02d}"
+        store.record(result(name, delivery=0.05 * (i + 1), late=i, swept=1, lost=i % 2, outstanding=i))
+        store.record(result(name, "timeout" if i % 2 else "receive_tls", message="x", outstanding=1))
+        store.record(
+            result(name, delivery=1e-7 * i + 123.456, tls={"127.0.0.1:587": facts("127.0.0.1:587", "smtp")})
+        )
+        store.note_lag(name, 0.001 * i)
+        if i == 3:
+            store.note_skipped(name)
+    store.record(result("tls-a", phases={"tls_connect": 0.01}, tls={"[::1]:993": facts("[::1]:993", "imap")}))
+    store.record(result("tls-b", "tls_verify", tls={"h:25": facts("h:25", "smtp", ok=False)}))
+    store.record(result("tls-b", "queue_timeout", phases={"queue": 30.0}))
+    state = ExporterState(
+        config_path="/etc/mailcanary/mailcanary.yml",
+        config_digest="abc123",
+        reload_ok=True,
+        reload_success_time=1_700_000_000.0,
+        probes={
+            **{f"rt-{i:02d}": "roundtrip" for i in range(5)},
+            "fresh": "roundtrip",
+            "tls-a": "tls",
+            "tls-b": "tls",
+        },
+        shard="0/1",
+        vantage=vantage,
+    )
+    return store, state
+
+
+def reference(store: ResultStore, state: ExporterState) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    return generate_latest(registry).decode()
+
+
+def _unversioned(text: str) -> str:
+    """mailcanary_build_info carries the version and Python: not part of what is compared."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("mailcanary_build_info{"))
+
+
+def test_golden_from_the_renderer_before_the_change() -> None:
+    store, state = build(vantage="eu-1")
+    if not GOLDEN.exists():  # pragma: no cover - written once, by the renderer of the day
+        GOLDEN.write_text(reference(store, state))
+    assert _unversioned(reference(store, state)) == _unversioned(GOLDEN.read_text())
