@@ -29,7 +29,7 @@ from .config import (
     state_dir,
 )
 from .http import HTTPServer
-from .metrics import ExporterState, build_registry
+from .metrics import ExporterState, SeriesCache, build_registry, runtime_registry
 from .multitarget import probe_handler
 from .results import ResultStore
 from .runner import Runner, endpoint_of, make_masker, tls_check_settings
@@ -60,6 +60,7 @@ class Daemon:
         self.store = ResultStore()
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
+        self.series = SeriesCache(self.store, self.state, runtime_registry())
         self.scheduler = ProbeScheduler(self.store)
         self.slots = ServerSlots()
         self.http = HTTPServer(
@@ -70,6 +71,7 @@ class Daemon:
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
+            text_body=self.series.body,
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -27,6 +28,10 @@ def render(registry: CollectorRegistry, accept: str) -> web.Response:
         body, ctype = generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
     else:
         body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+    return _response(body, ctype)
+
+
+def _response(body: bytes, ctype: str) -> web.Response:
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = ctype
     return resp
@@ -46,8 +51,10 @@ class HTTPServer:
         ready: Callable[[], bool],
         extra_routes: list[web.RouteDef] | None = None,
         web_config: WebConfig | None = None,
+        text_body: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.registry = registry
+        self.text_body = text_body  # pre-rendered Prometheus text (exporter.metrics.SeriesCache.body)
         self.ready = ready
         self.web_config = web_config
         self.app = web.Application(middlewares=[middleware(web_config)] if web_config else [])
@@ -67,7 +74,12 @@ class HTTPServer:
         return web.Response(text=LANDING, content_type="text/html")
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return render(self.registry, request.headers.get("Accept", ""))
+        """Never renders on the loop: the text format is pre-rendered, OpenMetrics (rarely asked for) is
+        rendered in a worker thread."""
+        accept = request.headers.get("Accept", "")
+        if self.text_body is not None and "application/openmetrics-text" not in accept:
+            return _response(await self.text_body(), CONTENT_TYPE_LATEST)
+        return await asyncio.to_thread(render, self.registry, accept)
 
     async def _healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")

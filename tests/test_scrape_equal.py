@@ -7,11 +7,13 @@ is still rendered here beside the cached path for whatever state a test builds.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.metrics import ExporterState, MailcanaryCollector
+from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache, runtime_registry
 from exporter.results import ResultStore, RunResult
 from probes.tls import CertInfo, TLSFacts
 
@@ -108,3 +110,59 @@ def test_golden_from_the_renderer_before_the_change() -> None:
     if not GOLDEN.exists():  # pragma: no cover - written once, by the renderer of the day
         GOLDEN.write_text(reference(store, state))
     assert _unversioned(reference(store, state)) == _unversioned(GOLDEN.read_text())
+
+
+def cached(store: ResultStore, state: ExporterState) -> str:
+    return SeriesCache(store, state).text()
+
+
+@pytest.mark.parametrize("vantage", ["", "eu-1"])
+def test_cached_equals_the_reference(vantage: str) -> None:
+    store, state = build(vantage)
+    assert cached(store, state) == reference(store, state)
+
+
+def test_cached_equals_the_golden() -> None:
+    store, state = build(vantage="eu-1")
+    assert _unversioned(cached(store, state)) == _unversioned(GOLDEN.read_text())
+
+
+def test_cache_follows_every_change_without_rendering_at_scrape() -> None:
+    """Runs, lag, skips, added and removed probes after the cache exists: still equal, and a scrape with
+    nothing changed renders no probe again."""
+    store, state = build()
+    cache = SeriesCache(store, state)
+    assert cache.text() == reference(store, state)
+    store.record(result("rt-01", "smtp_auth", message="no"))
+    store.note_lag("rt-02", 0.5)
+    store.note_skipped("tls-a")
+    store.ensure([*store.names(), "new-one"])
+    state.probes["new-one"] = "roundtrip"
+    assert cache.text() == reference(store, state)
+    store.ensure([n for n in store.names() if n != "rt-00"])
+    del state.probes["rt-00"]
+    store.retain_tls({})
+    assert cache.text() == reference(store, state)
+    renders = cache.renders
+    for _ in range(3):
+        cache.text()
+    assert cache.renders == renders
+
+
+def test_reload_changing_vantage_and_kinds_renders_again() -> None:
+    store, state = build()
+    cache = SeriesCache(store, state)
+    cache.text()
+    state.vantage = "us-2"
+    state.probes["fresh"] = "tls"
+    assert cache.stale
+    assert cache.text() == reference(store, state)
+    assert not cache.stale
+
+
+def test_body_has_the_runtime_collectors_after_ours() -> None:
+    store, state = build()
+    cache = SeriesCache(store, state, runtime_registry())
+    body = asyncio.run(cache.body()).decode()
+    assert body.startswith(reference(store, state))
+    assert "\n# TYPE python_info gauge\n" in body
