@@ -71,6 +71,8 @@ class ServerSlots:
         """New limits (a reload): a raised limit lets waiters in at once, a lowered one takes effect as
         sessions end (nothing running is cut)."""
         self.default_limit, self.limits, self.queue_timeout = default_limit, dict(limits), queue_timeout
+        for key in [k for k, p in self._pools.items() if p.in_use == 0 and not p.waiters]:
+            del self._pools[key]  # bounded: pools of servers no longer configured go with the reload
         for key, pool in self._pools.items():
             pool.limit = self.limit_of(key)
             self._wake(pool)
@@ -118,8 +120,6 @@ class ServerSlots:
         pool = self._pools[key]
         pool.in_use -= 1
         self._wake(pool)
-        if pool.in_use == 0 and not pool.waiters and key not in self.limits:
-            del self._pools[key]  # bounded: only servers with sessions in flight keep a pool
 
     async def _acquire(self, key: str) -> None:
         pool = self._pool(key)
