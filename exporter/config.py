@@ -186,6 +186,7 @@ class TLSCheckConfig(Model):
     interval: Duration | None = None
     timeout: Duration = 10.0
     check_legacy: bool = True
+    legacy_recheck: Duration = 86400.0  # legacy TLS answers are tested again after this (or a new cert)
     helo: str | None = None
     max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 

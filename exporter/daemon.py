@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from probes._legacy import LegacyCache
 from probes._net import clear_contexts
 from probes._slots import ServerSlots
 from probes.recorder import Masker
@@ -95,8 +96,15 @@ class Daemon:
         key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
         ledger = self.runner.ledger if self.runner is not None else Ledger(state / "ledger.json")
         slots = self.slots  # one limiter for the daemon's life: sessions in flight span reloads
+        legacy = self.runner.legacy if self.runner is not None else LegacyCache()
         return Runner(
-            loaded=loaded, key=key, ledger=ledger, store=self.store, masker=make_masker(loaded), slots=slots
+            loaded=loaded,
+            key=key,
+            ledger=ledger,
+            store=self.store,
+            masker=make_masker(loaded),
+            slots=slots,
+            legacy=legacy,
         )
 
     def _apply(self, runner: Runner) -> None:

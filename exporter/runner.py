@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
@@ -68,7 +69,11 @@ def endpoint_of(ep: EndpointConfig, protocol: str) -> Endpoint:
 
 
 def tls_check_settings(
-    check: TLSCheckConfig | ModuleConfig, host: str, port: int | None, slots: ServerSlots | None = None
+    check: TLSCheckConfig | ModuleConfig,
+    host: str,
+    port: int | None,
+    slots: ServerSlots | None = None,
+    legacy: LegacyCache | None = None,
 ) -> TLSCheckSettings:
     if port is None:
         port = default_port(check.protocol, check.tls)
@@ -86,6 +91,8 @@ def tls_check_settings(
         check_legacy=check.check_legacy,
         helo_name=check.helo,
         slots=slots,
+        legacy_cache=legacy,
+        legacy_recheck=getattr(check, "legacy_recheck", 0.0),
     )
 
 
@@ -179,6 +186,7 @@ class Runner:
     store: ResultStore
     masker: Masker
     slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
+    legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
 
     def __post_init__(self) -> None:
         g = self.loaded.config.global_
@@ -307,7 +315,7 @@ class Runner:
     async def run_tls_check(self, check: TLSCheckConfig, debug: bool = False) -> RunResult:
         rec = Recorder(masker=self.masker, transcript=[] if debug else None)
         started, t0 = time.time(), time.monotonic()
-        settings = tls_check_settings(check, check.host, check.port, self.slots)
+        settings = tls_check_settings(check, check.host, check.port, self.slots, self.legacy)
         attempt = await self._attempt(
             check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
         )

@@ -91,6 +91,7 @@ class TLSFacts:
     legacy: dict[str, bool | None] = field(default_factory=lambda: dict.fromkeys(LEGACY_VERSIONS))
     error: str | None = None  # why the verified handshake (or the whole check) failed, one line
     server_name: str | None = None  # the name sent in SNI and matched against the certificate
+    legacy_checked_at: float | None = None  # when the legacy answers were tested (they may be remembered)
 
     @property
     def leaf(self) -> CertInfo | None:

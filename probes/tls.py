@@ -38,6 +38,7 @@ from ._certs import (
     openssl_offers,
     presented_chain,
 )
+from ._legacy import DEFAULT_RECHECK, LegacyCache
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from ._slots import ServerSlots, maybe_session
 from .errors import ProbeError, ProbeTimeout
@@ -85,6 +86,8 @@ class TLSCheckSettings:
     check_legacy: bool = True
     helo_name: str | None = None  # SMTP EHLO name; default: the local host name
     slots: ServerSlots | None = dataclasses.field(default=None, compare=False, repr=False)  # session limits
+    legacy_cache: LegacyCache | None = dataclasses.field(default=None, compare=False, repr=False)
+    legacy_recheck: float = DEFAULT_RECHECK  # with a cache: test legacy versions again after this long
 
 
 # ---- what a plain port offers before TLS (pure) -----------------------------------------------------
@@ -178,9 +181,16 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
 
     # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of.
     if settings.check_legacy and facts.starttls_offered is not False:
-        with recorder.phase("tls_legacy"):
-            for name, version in LEGACY_VERSIONS.items():
-                facts.legacy[name] = await _accepts(settings, recorder, version)
+        cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
+        fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
+        known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
+        if known is not None:  # same certificate, answered recently: no more sessions for it
+            facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
+        else:
+            with recorder.phase("tls_legacy"):
+                for name, version in LEGACY_VERSIONS.items():
+                    facts.legacy[name] = await _accepts(settings, recorder, version)
+            facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
         publish()
 
     if not facts.handshake_ok:
