@@ -416,10 +416,10 @@ class SeriesCache:
         """The /metrics body; a full re-render after a reload runs in a thread, never on the loop."""
         if self.stale:
             await asyncio.to_thread(self.rerender_all)
-        text = self.text()
-        if self.runtime is not None:
-            text += generate_latest(self.runtime).decode()
-        return text.encode()
+        body = self.text().encode()
+        if self.runtime is None:
+            return body
+        return b"".join((body, generate_latest(self.runtime)))
 
 
 def runtime_registry() -> CollectorRegistry:
