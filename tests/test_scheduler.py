@@ -8,7 +8,16 @@ import statistics
 from datetime import UTC, datetime, timedelta
 
 from exporter.results import ResultStore
-from exporter.scheduler import EPOCH, ProbeScheduler, jitter_for, next_slot, offset_for
+from exporter.scheduler import (
+    EPOCH,
+    START_MIN,
+    PhaseTrigger,
+    ProbeScheduler,
+    jitter_for,
+    next_slot,
+    offset_for,
+    start_window,
+)
 
 
 async def _noop() -> None:
@@ -54,7 +63,30 @@ def test_jitter_is_small() -> None:
     assert jitter_for(2.0) == 0.02
 
 
-def test_jobs_are_planned_at_their_phase_and_reload_keeps_it() -> None:
+def test_start_window_caps_first_runs_per_second() -> None:
+    assert start_window(60.0, 1000) == 50.0  # 20 first runs a second
+    assert start_window(60.0, 5) == START_MIN  # a handful: all at once, data within moments
+    assert start_window(300.0, 300) == 15.0
+    assert start_window(10.0, 1000) == 10.0  # never longer than the interval
+
+
+def test_trigger_stays_on_the_grid_and_jitter_never_accumulates() -> None:
+    trigger = PhaseTrigger("alpha", 60.0, jitter_for(60.0))
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    fire = now + timedelta(seconds=0.3)  # a catch-up run right after a start
+    first = trigger.get_next_fire_time(fire, fire)
+    assert first - fire >= timedelta(seconds=30)  # never twice in quick succession
+    previous = first
+    for _ in range(1000):  # 1,000 runs later the phase is still where the name puts it
+        nxt = trigger.get_next_fire_time(previous, previous)
+        since = (nxt - EPOCH).total_seconds() - offset_for("alpha", 60.0)
+        assert -1e-3 <= since % 60.0 <= 0.6 + 1e-3
+        assert timedelta(seconds=59.3) <= nxt - previous <= timedelta(seconds=60.7)
+        previous = nxt
+    assert trigger.get_next_fire_time(None, now) >= next_slot("alpha", 60.0, now)
+
+
+def test_jobs_start_soon_spread_then_keep_their_phase_on_reload() -> None:
     async def main() -> None:
         sched = ProbeScheduler(ResultStore())
         sched.start()
@@ -62,21 +94,18 @@ def test_jobs_are_planned_at_their_phase_and_reload_keeps_it() -> None:
             jobs = {f"p{i}": (60.0, _noop, ("spec", i)) for i in range(50)}
             before = datetime.now(UTC)
             sched.set_jobs(jobs)
+            window = timedelta(seconds=start_window(60.0, 50))
             planned = {name: sched.planned(name) for name in jobs}
             for name, when in planned.items():
                 assert when is not None
-                assert before - timedelta(seconds=1) <= when <= before + timedelta(seconds=61)
-                assert when == next_slot(name, 60.0, before) or when == next_slot(
-                    name, 60.0, before + timedelta(seconds=1)
-                )
-            # Not all at once: the 50 first runs span most of the interval.
-            spread = max(planned.values()) - min(planned.values())  # type: ignore[type-var]
-            assert spread > timedelta(seconds=30)
-            # A reload that changes one probe's spec replaces that job at the same phase.
+                assert before <= when <= before + window + timedelta(seconds=1), name
+            # Ordered by the hash inside the window, not all at the same moment.
+            assert len({when for when in planned.values()}) == 50
+            # A reload that changes one probe's spec replaces that job; the others keep their plan.
             jobs["p3"] = (60.0, _noop, ("changed", 3))
             sched.set_jobs(jobs)
-            assert sched.planned("p3") == planned["p3"]
             assert sched.planned("p4") == planned["p4"]
+            assert sched.planned("p3") is not None
             # Removing drops the job.
             del jobs["p5"]
             sched.set_jobs(jobs)
