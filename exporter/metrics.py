@@ -338,6 +338,8 @@ class SeriesCache:
         self.runtime = runtime  # process, platform and GC collectors: a handful of series, rendered live
         self._lock = threading.Lock()
         self._frags: dict[str, _Fragment] = {}
+        self._want: dict[str, int] = {}  # probe -> sequence number of the newest render in progress
+        self._seq = 0
         self._legacy = ""
         self._signature: tuple[tuple[tuple[str, str], ...], str] | None = None
         self.renders = 0  # probe renders so far (tests and benchmarks read it)
@@ -361,15 +363,20 @@ class SeriesCache:
         return _Fragment(kind, rt, check, text(tls_fact_families(snap, [name])))
 
     def _changed(self, name: str) -> None:
+        with self._lock:  # a render that started later wins, whichever thread finishes first
+            self._seq += 1
+            mine = self._want[name] = self._seq
         st = self.store.stats_of(name)
+        frag = None if st is None else self._fragment(name, st)
         with self._lock:
-            if st is None:
-                self._frags.pop(name, None)
+            if self._want.get(name) != mine:
                 return
-        frag = self._fragment(name, st)
-        with self._lock:
-            self._frags[name] = frag
-            self.renders += 1
+            del self._want[name]
+            if frag is None:
+                self._frags.pop(name, None)
+            else:
+                self._frags[name] = frag
+                self.renders += 1
 
     def rerender_all(self) -> None:
         """Every probe again (the probe kinds or the vantage changed); safe to run in a worker thread."""

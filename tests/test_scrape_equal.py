@@ -177,3 +177,26 @@ def test_body_has_the_runtime_collectors_after_ours() -> None:
     body = asyncio.run(cache.body()).decode()
     assert body.startswith(reference(store, state))
     assert "\n# TYPE python_info gauge\n" in body
+
+
+def test_a_later_render_wins_over_an_earlier_one_that_finishes_last() -> None:
+    """A full re-render in a worker thread reads a probe's stats, then a run finishes on the loop and
+    renders it anew before the thread writes: the thread's older text must not overwrite the newer."""
+    store, state = build()
+    cache = SeriesCache(store, state)
+    real = store.stats_of
+    raced = False
+
+    def stats_then_a_newer_run(name: str):  # type: ignore[no-untyped-def]
+        nonlocal raced
+        old = real(name)
+        if name == "rt-01" and not raced:
+            raced = True
+            store.record(result("rt-01", "smtp_auth", message="newer"))  # renders inside, and wins
+        return old
+
+    store.stats_of = stats_then_a_newer_run  # type: ignore[method-assign]
+    cache.rerender_all()
+    store.stats_of = real  # type: ignore[method-assign]
+    assert raced
+    assert cache.text() == reference(store, state)
