@@ -303,6 +303,7 @@ class Runner:
             timeout=side.timeout,
             check_legacy=False,
             helo_name=getattr(side, "helo", None),
+            slots=self.slots,  # one more session on that server: it counts against the limit too
         )
         scratch = Recorder(masker=rec.masker)
         try:
