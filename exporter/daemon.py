@@ -68,7 +68,7 @@ class Daemon:
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
             extra_routes=[
-                web.get("/probe", probe_handler(self._modules, self._masker)),
+                web.get("/probe", probe_handler(self._modules, self._masker, lambda: self.slots)),
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,

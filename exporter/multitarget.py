@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from probes._slots import QueueTimeout, ServerSlots
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
 from probes.tls import TLSFacts, probe_tls
@@ -45,7 +46,9 @@ class _Fixed(Collector):
 
 
 def probe_handler(
-    modules: Callable[[], dict[str, ModuleConfig]], masker: Callable[[], Masker]
+    modules: Callable[[], dict[str, ModuleConfig]],
+    masker: Callable[[], Masker],
+    slots: Callable[[], ServerSlots | None] = lambda: None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.Response:
         available = modules()
@@ -67,14 +70,19 @@ def probe_handler(
                 deadline = min(deadline, max(float(header) - SCRAPE_TIMEOUT_OFFSET, 0.1))
             except ValueError:
                 return web.Response(status=400, text="X-Prometheus-Scrape-Timeout-Seconds is not a number\n")
-        settings = tls_check_settings(module, host, port)
+        settings = tls_check_settings(module, host, port, slots())
         rec = Recorder(masker=masker())
         t0 = time.monotonic()
         facts: TLSFacts | None = None
         try:
             async with asyncio.timeout(deadline):
                 facts = await probe_tls(settings, rec)
+        except QueueTimeout as exc:
+            # Our own session limit, not the target: a failed scrape, never a false probe_success 0.
+            return web.Response(status=503, text=f"{exc.message}\n")
         except (ProbeError, TimeoutError):
+            if rec.facts.get("current_phase") == "queue":  # the deadline came while waiting for a slot
+                return web.Response(status=503, text="no session slot for the target before the deadline\n")
             facts = rec.tls.get(settings.endpoint.address)
         duration = time.monotonic() - t0
         metrics = list(blackbox_families(facts, tls_outcome(facts) == "success", duration))

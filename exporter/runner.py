@@ -154,6 +154,20 @@ def roundtrip_settings(
 def session_limits(loaded: LoadedConfig) -> dict[str, int]:
     """Per-pool limits from the endpoints that set ``max_sessions`` (the smallest wins for a shared pool)."""
     limits: dict[str, int] = {}
+    for ep, service, limit in _sides(loaded):
+        if limit is not None:
+            for key in ServerSlots.keys(ep, service):
+                limits[key] = min(limits.get(key, limit), limit)
+    return limits
+
+
+def session_pools(loaded: LoadedConfig) -> set[str]:
+    """Every pool a configured probe uses."""
+    return {key for ep, service, _ in _sides(loaded) for key in ServerSlots.keys(ep, service)}
+
+
+def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
+    """(endpoint, service, max_sessions) of every server a configured probe talks to."""
     sides: list[tuple[Endpoint, str, int | None]] = []
     for probe in loaded.config.roundtrip:
         sides.append((endpoint_of(probe.smtp, "smtp"), "smtp", probe.smtp.max_sessions))
@@ -162,11 +176,7 @@ def session_limits(loaded: LoadedConfig) -> dict[str, int]:
     for check in loaded.config.tls_checks:
         ep = tls_check_settings(check, check.host, check.port).endpoint
         sides.append((ep, check.protocol, check.max_sessions))
-    for ep, service, limit in sides:
-        if limit is not None:
-            for key in ServerSlots.keys(ep, service):
-                limits[key] = min(limits.get(key, limit), limit)
-    return limits
+    return sides
 
 
 def make_masker(loaded: LoadedConfig) -> Masker:
@@ -190,7 +200,9 @@ class Runner:
 
     def __post_init__(self) -> None:
         g = self.loaded.config.global_
-        self.slots.configure(g.max_sessions, session_limits(self.loaded), g.queue_timeout)
+        self.slots.configure(
+            g.max_sessions, session_limits(self.loaded), g.queue_timeout, known=session_pools(self.loaded)
+        )
 
     async def _attempt(self, name: str, run: Callable[[], Awaitable[T]], deadline: float) -> Attempt[T]:
         """Run under the deadline; every way it can end becomes (value or None, reason, message).

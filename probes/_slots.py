@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ._net import Endpoint
@@ -62,15 +62,25 @@ class ServerSlots:
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
     ) -> None:
         self._pools: dict[str, _Pool] = {}
+        self.known: set[str] | None = None  # None: keep every pool (a limiter used without a config)
         self.default_limit = default_limit
         self.limits: dict[str, int] = {}
         self.queue_timeout = queue_timeout
         self.configure(default_limit, limits or {}, queue_timeout)
 
-    def configure(self, default_limit: int, limits: Mapping[str, int], queue_timeout: float) -> None:
+    def configure(
+        self,
+        default_limit: int,
+        limits: Mapping[str, int],
+        queue_timeout: float,
+        known: Iterable[str] | None = None,
+    ) -> None:
         """New limits (a reload): a raised limit lets waiters in at once, a lowered one takes effect as
-        sessions end (nothing running is cut)."""
+        sessions end (nothing running is cut). ``known``: the pools of configured servers, kept (with
+        their high-water mark) while idle; any other pool (a /probe target) goes once idle."""
         self.default_limit, self.limits, self.queue_timeout = default_limit, dict(limits), queue_timeout
+        if known is not None:
+            self.known = set(known)
         for key in [k for k, p in self._pools.items() if p.in_use == 0 and not p.waiters]:
             del self._pools[key]  # bounded: pools of servers no longer configured go with the reload
         for key, pool in self._pools.items():
@@ -120,6 +130,8 @@ class ServerSlots:
         pool = self._pools[key]
         pool.in_use -= 1
         self._wake(pool)
+        if pool.in_use == 0 and not pool.waiters and self.known is not None and key not in self.known:
+            del self._pools[key]  # bounded: an idle pool of an unconfigured server (a /probe target)
 
     async def _acquire(self, key: str) -> None:
         pool = self._pool(key)
