@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from .metrics import text_of
 from .webconfig import WebConfig, middleware, server_context
 
 
@@ -26,8 +27,8 @@ def render(registry: CollectorRegistry, accept: str) -> web.Response:
     """Prometheus text format, or OpenMetrics when the scraper asks for it."""
     if "application/openmetrics-text" in accept:
         body, ctype = generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
-    else:
-        body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+    else:  # the same bytes as generate_latest, faster (tests/test_scrape_equal.py)
+        body, ctype = text_of(registry.collect()).encode(), CONTENT_TYPE_LATEST
     return _response(body, ctype)
 
 

@@ -200,3 +200,30 @@ def test_a_later_render_wins_over_an_earlier_one_that_finishes_last() -> None:
     store.stats_of = real  # type: ignore[method-assign]
     assert raced
     assert cache.text() == reference(store, state)
+
+
+def test_text_of_equals_generate_latest_for_probe_and_runtime_families() -> None:
+    """/probe's families (blackbox names and the TLS facts) and the process/platform/GC collectors."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from exporter.metrics import text_of
+    from exporter.tlsmetrics import blackbox_families, tls_families
+
+    f = facts("127.0.0.1:993", "imap")
+    probe_families = [*blackbox_families(f, True, 0.123), *tls_families([([], f)], [])]
+    weird = GaugeMetricFamily("x_weird", 'doc with \\ and\nnewline and "quotes"', labels=["l"])
+    weird.add_metric(['va"l\\ue\nx'], float("inf"))
+    weird.add_metric(["n"], float("nan"))
+    big = CounterMetricFamily("x_big", "big numbers", labels=["l"])
+    big.add_metric(["a"], 1234567890123.0)
+    big.add_metric(["b"], 1e-9)
+    runtime = list(runtime_registry().collect())
+    for families in (probe_families, [weird, big], runtime):
+
+        class Fixed:
+            def collect(self, fams: list = families):  # type: ignore[no-untyped-def,type-arg]
+                return iter(fams)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Fixed())  # type: ignore[arg-type]
+        assert text_of(families) == generate_latest(registry).decode()
