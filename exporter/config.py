@@ -99,6 +99,7 @@ class EndpointConfig(Model):
     password_file: str | None = None
     password_env: str | None = None
     allow_plaintext_auth: bool = False
+    max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 
     @model_validator(mode="after")
     def _auth(self) -> Self:
@@ -204,7 +205,9 @@ class TLSCheckConfig(Model):
     interval: Duration | None = None
     timeout: Duration = 10.0
     check_legacy: bool = True
+    legacy_recheck: Duration = 86400.0  # legacy TLS answers are tested again after this (or a new cert)
     helo: str | None = None
+    max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 
     @field_validator("name")
     @classmethod
@@ -298,12 +301,23 @@ class GlobalConfig(Model):
     canary_key_file: str | None = None
     shard: str | None = Field(default=None, pattern=r"^\d+/\d+$")  # "i/N": run only this share of probes
     vantage: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,63}$")  # label on every series
+    # Sessions at once per server (host:port) and per login service (host + protocol): well under the
+    # 100 login processes of a stock Dovecot and the 100 smtpd of a stock Postfix.
+    max_sessions: int = Field(default=50, ge=1, le=10000)
+    queue_timeout: Duration = 30.0  # a run that gets no session slot within this fails: queue_timeout
 
     @field_validator("shard")
     @classmethod
     def _shard(cls, v: str | None) -> str | None:
         if v is not None:
             parse_shard(v)
+        return v
+
+    @field_validator("queue_timeout")
+    @classmethod
+    def _queue_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0")
         return v
 
 
@@ -358,6 +372,14 @@ class Config(Model):
                 raise ValueError(f"roundtrip[{i}].interval: must be at least 1s")
             if timeout <= 0:
                 raise ValueError(f"roundtrip[{i}].timeout: must be > 0")
+            rc = probe.receive
+            needed = 1 + int(rc.junk) + int(rc.placement_all_folders)  # sessions one run opens there
+            limit = rc.max_sessions if rc.max_sessions is not None else self.global_.max_sessions
+            if limit < needed:
+                raise ValueError(
+                    f"roundtrip[{i}].receive.max_sessions: {limit} is fewer than the {needed} sessions a run "
+                    "opens with junk/placement_all_folders (it would always end in queue_timeout)"
+                )
         return self
 
     def all_modules(self) -> dict[str, ModuleConfig]:

@@ -10,6 +10,7 @@ waits ~0.5 s) look at the mailbox now. Canaries are found by their token, never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from typing import TypeVar
 from . import canary
 from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
+from ._slots import ServerSlots, maybe_session
 from .canary import Token
 from .errors import ProbeError
 from .imap import IMAPSession, IMAPSettings
@@ -78,6 +80,7 @@ class RoundTripSettings:
     # IMAP only: also look in up to this many other folders (0: none). Each look at them is one
     # SELECT + SEARCH per folder, done every search_every, in a session of its own.
     other_folders: int = 0
+    slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
 
 
 @dataclass
@@ -102,11 +105,15 @@ async def probe_roundtrip(
         receiver = _IMAPReceiver(settings, recorder)
     else:
         receiver = _POP3Receiver(settings, recorder)
-    try:
-        with recorder.masked_errors():
-            return await _run(settings, recorder, receiver, late)
-    finally:
-        await receiver.close()
+    service = "imap" if isinstance(settings.receiver, IMAPSettings) else "pop3"
+    with recorder.masked_errors():
+        # The receiving side's slot is held for the whole run (its session, or POP3's looks, one at a
+        # time); the SMTP slot only while sending (see _run).
+        async with maybe_session(settings.slots, settings.receiver.endpoint, service, recorder):
+            try:
+                return await _run(settings, recorder, receiver, late)
+            finally:
+                await receiver.close()
 
 
 async def _run(
@@ -117,8 +124,9 @@ async def _run(
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
     recorder.facts["token"] = token
-    await recorder.canary("sending", token)
-    sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
+    async with maybe_session(settings.slots, settings.smtp.endpoint, "smtp", recorder):
+        await recorder.canary("sending", token)
+        sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
     recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
     await recorder.canary("accepted", token)
     recorder.facts["smtp_tls_version"] = sent.tls_version
@@ -172,6 +180,7 @@ class _IMAPReceiver(_Receiver):
         self.others: list[str] = []  # other folders looked at (placement_all_folders), bounded
         self.other: IMAPSession | None = None  # the session walking them
         self.other_recorder: Recorder | None = None
+        self._aux_slots = contextlib.AsyncExitStack()  # session slots of the junk / other sessions
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
@@ -185,10 +194,14 @@ class _IMAPReceiver(_Receiver):
             swept += await self._open_others(listing, late)
         return swept
 
-    def _aux_recorder(self) -> Recorder:
-        """A recorder for a second session: its timings never overwrite the inbox session's."""
+    async def _aux_recorder(self) -> Recorder:
+        """A recorder for a second session (its timings never overwrite the inbox session's), after
+        taking a session slot of its own on the server: it is one more login there."""
         rec = self.recorder
-        return Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+        aux = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+        slot = maybe_session(self.settings.slots, self.settings.receiver.endpoint, "imap", aux)
+        await self._aux_slots.enter_async_context(slot)
+        return aux
 
     async def _open_junk(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
         """Watch the junk folder in a session of its own, swept like the inbox."""
@@ -197,7 +210,7 @@ class _IMAPReceiver(_Receiver):
         self.recorder.facts["junk_folder"] = folder
         if folder is None:
             return []
-        self.junk_recorder = self._aux_recorder()
+        self.junk_recorder = await self._aux_recorder()
         self.junk = IMAPSession(replace(self.settings.receiver, mailbox=folder), self.junk_recorder, "junk")
         try:
             await self.junk.open()
@@ -213,7 +226,7 @@ class _IMAPReceiver(_Receiver):
         self.recorder.facts["other_folders"] = len(self.others)
         if not self.others:
             return []
-        self.other_recorder = self._aux_recorder()
+        self.other_recorder = await self._aux_recorder()
         self.other = IMAPSession(
             replace(self.settings.receiver, mailbox=self.others[0]), self.other_recorder, "other"
         )
@@ -346,11 +359,14 @@ class _IMAPReceiver(_Receiver):
             await self.found_in.delete(ours[:1])  # from the junk folder too: ours, verified
 
     async def close(self) -> None:
-        await self.session.close()
-        if self.junk is not None:
-            await self.junk.close()
-        if self.other is not None:
-            await self.other.close()
+        try:
+            await self.session.close()
+            if self.junk is not None:
+                await self.junk.close()
+            if self.other is not None:
+                await self.other.close()
+        finally:
+            await self._aux_slots.aclose()
 
 
 def _count_skipped(recorder: Recorder, n: int) -> None:

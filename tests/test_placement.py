@@ -170,3 +170,14 @@ def test_pop3_with_all_folders_is_a_config_error(mailstack: MailStack, mailbox: 
                 )
             ],
         )
+
+
+def test_junk_with_too_few_session_slots_is_a_config_error(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    """A run with junk opens two sessions on the server: one slot would make every run queue_timeout."""
+    with pytest.raises(ConfigError, match="fewer than the 2 sessions"):
+        make_runner(
+            tmp_path,
+            [roundtrip(mailstack, tmp_path, "p", mailbox, receive__junk=True, receive__max_sessions=1)],
+        )
