@@ -198,6 +198,12 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(canonical_body(body)).hexdigest()[:32]
 
 
+def expected_body_digest(token: Token) -> str:
+    """The body digest a v2 canary of ``token`` carries: the body is determined by the token, so a
+    bounce that returns only the headers can still be verified (probes.dsn)."""
+    return body_digest(_body_text(token).replace("\n", "\r\n").encode("ascii"))
+
+
 def build_message(token: Token, key: bytes, sender: str, recipient: str) -> bytes:
     """A well-formed canary: RFC 5322 headers, a MIME text/plain body, CRLF line ends, 7-bit body."""
     if any(c in sender + recipient for c in "\r\n\0"):
