@@ -181,6 +181,34 @@ class RoundTripConfig(Model):
     lost_after: Duration = 3600.0  # a timed-out canary unseen this long after sending is counted lost
     smtp: SMTPConfig
     receive: ReceiveConfig
+    # The sender's mailbox, watched for bounces (IMAP). Without it, bounces are watched in the receive
+    # mailbox when sender = recipient (IMAP), else not at all.
+    bounce_receive: ReceiveConfig | None = None
+
+    def sides(self) -> list[tuple[str, EndpointConfig]]:
+        """The endpoints that need a password, by side name."""
+        out: list[tuple[str, EndpointConfig]] = [("smtp", self.smtp), ("receive", self.receive)]
+        if self.bounce_receive is not None:
+            out.append(("bounce_receive", self.bounce_receive))
+        return out
+
+    @property
+    def watches_bounces_here(self) -> bool:
+        """Bounces come back to the sender: here, that is the receive mailbox."""
+        return (
+            self.bounce_receive is None
+            and self.receive.protocol == "imap"
+            and self.sender.casefold() == self.recipient.casefold()
+        )
+
+    @model_validator(mode="after")
+    def _bounce_receive(self) -> Self:
+        br = self.bounce_receive
+        if br is not None and br.protocol != "imap":
+            raise ValueError("bounce_receive: bounces are found with IMAP SEARCH; protocol must be imap")
+        if br is not None and (br.junk or br.placement_all_folders):
+            raise ValueError("bounce_receive: junk and placement_all_folders are receive settings")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -414,7 +442,7 @@ class LoadedConfig:
     def all_secrets(self) -> Iterable[tuple[str, str]]:
         """(username, password) pairs, for the log and transcript masker."""
         for probe in self.config.roundtrip:
-            for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+            for side, ep in probe.sides():
                 if (probe.name, side) in self.secrets and ep.username:
                     yield ep.username, self.secrets[(probe.name, side)]
 
@@ -578,7 +606,7 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     loaded = LoadedConfig(path=path, config=config)
     problems: list[str] = []
     for i, probe in enumerate(config.roundtrip):
-        for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+        for side, ep in probe.sides():
             where = f"roundtrip[{i}].{side}"
             secret, problem = _read_secret(
                 path, where, ep.password, ep.password_file, ep.password_env, environ
@@ -660,7 +688,7 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
                 if name in seen:
                     problems.append(f"{path}: {section}[{i}].name: duplicate probe name {name!r}")
                 seen.add(name)
-            for side in ("smtp", "receive") if section == "roundtrip" else ():
+            for side in ("smtp", "receive", "bounce_receive") if section == "roundtrip" else ():
                 ep = item.get(side)
                 if isinstance(ep, dict):
                     _, problem = _read_secret(

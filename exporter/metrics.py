@@ -157,7 +157,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 16 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 17 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -221,6 +221,11 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "Delivered canaries by the folder they were found in (inbox, junk, other).",
         "folder",
     )
+    bounces = counter(
+        "mailcanary_roundtrip_bounces",
+        "Verified bounces (DSNs) about this probe's canaries, by status class (5.1.x, 4.4.x, unknown).",
+        "class",
+    )
     lag = gauge(
         "mailcanary_scheduler_lag_seconds",
         "How late the scheduler started the last run compared with its planned time.",
@@ -256,6 +261,8 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
             if st.last_placement is not None:
                 placement.add_metric([name, folder], 1 if folder == st.last_placement else 0)
             placements.add_metric([name, folder], st.placements.get(folder, 0))
+        for cls, n in sorted(st.bounces.items()):  # only classes seen: RFC 3463 has 16 (4|5 x 8)
+            bounces.add_metric([name, cls], n)
         if st.last is not None:
             outstanding.add_metric([name], st.last.outstanding)
         if st.scheduler_lag is not None:
@@ -279,6 +286,7 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         outstanding,
         placement,
         placements,
+        bounces,
         lag,
         skipped,
     ]

@@ -60,6 +60,7 @@ class RunResult:
     # What the receiver did, for the log line and the status page (folders, bounce, path): small,
     # bounded values from the probe's facts (runner.RECEIVER_FACTS), never labels.
     receiver: dict[str, Any] = field(default_factory=dict)
+    bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.dsn)
     failed_phase: str | None = None
     transcript: list[str] | None = None
 
@@ -73,6 +74,7 @@ class ProbeStats:
     lost_total: int = 0
     placements: Counter[str] = field(default_factory=Counter)  # delivered runs by placement
     last_placement: str | None = None
+    bounces: Counter[str] = field(default_factory=Counter)  # verified bounces by status class
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -142,6 +144,7 @@ class ResultStore:
             if result.placement is not None:
                 st.placements[result.placement] += 1
                 st.last_placement = result.placement
+            st.bounces.update(result.bounces)
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -191,6 +194,7 @@ def _copy(st: ProbeStats) -> ProbeStats:
         lost_total=st.lost_total,
         placements=Counter(st.placements),
         last_placement=st.last_placement,
+        bounces=Counter(st.bounces),
         bucket_counts=list(st.bucket_counts),
         delivery_sum=st.delivery_sum,
         delivery_count=st.delivery_count,

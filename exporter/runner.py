@@ -27,6 +27,7 @@ from .config import (
     EndpointConfig,
     LoadedConfig,
     ModuleConfig,
+    ReceiveConfig,
     RoundTripConfig,
     TLSCheckConfig,
     TLSConfig,
@@ -48,7 +49,7 @@ class Attempt(Generic[T]):
 
 
 # Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
-RECEIVER_FACTS = ("junk_folder", "other_folders", "found_folder")
+RECEIVER_FACTS = ("junk_folder", "other_folders", "found_folder", "bounces", "bounce_watch")
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
 
@@ -122,15 +123,7 @@ def roundtrip_settings(
     limits = ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes)
     receiver: IMAPSettings | POP3Settings
     if rc.protocol == "imap":
-        receiver = IMAPSettings(
-            endpoint=recv_ep,
-            credentials=recv_creds,
-            allow_plaintext_auth=rc.allow_plaintext_auth,
-            mailbox=rc.mailbox,
-            timeout=rc.timeout,
-            use_idle=rc.idle,
-            limits=limits,
-        )
+        receiver = _imap_settings(loaded, probe.name, "receive", rc)
     else:
         receiver = POP3Settings(
             endpoint=recv_ep,
@@ -157,6 +150,25 @@ def roundtrip_settings(
         junk_folders=tuple(rc.junk_folders) if rc.protocol == "imap" and rc.junk else None,
         other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,
         slots=slots,
+        bounces_here=probe.watches_bounces_here,
+        bounce_receiver=(
+            _imap_settings(loaded, probe.name, "bounce_receive", probe.bounce_receive)
+            if probe.bounce_receive is not None
+            else None
+        ),
+    )
+
+
+def _imap_settings(loaded: LoadedConfig, name: str, side: str, rc: ReceiveConfig) -> IMAPSettings:
+    assert rc.username is not None  # the config requires it
+    return IMAPSettings(
+        endpoint=endpoint_of(rc, "imap"),
+        credentials=Credentials(rc.username, loaded.password(name, side)),
+        allow_plaintext_auth=rc.allow_plaintext_auth,
+        mailbox=rc.mailbox,
+        timeout=rc.timeout,
+        use_idle=rc.idle,
+        limits=ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes),
     )
 
 
@@ -182,6 +194,9 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
         sides.append((endpoint_of(probe.smtp, "smtp"), "smtp", probe.smtp.max_sessions))
         rc = probe.receive
         sides.append((endpoint_of(rc, rc.protocol), rc.protocol, rc.max_sessions))
+        if probe.bounce_receive is not None:
+            br = probe.bounce_receive
+            sides.append((endpoint_of(br, br.protocol), br.protocol, br.max_sessions))
     for check in loaded.config.tls_checks:
         ep = tls_check_settings(check, check.host, check.port).endpoint
         sides.append((ep, check.protocol, check.max_sessions))
@@ -280,6 +295,7 @@ class Runner:
             placement=placement,
             tls=dict(rec.tls),
             receiver={k: rec.facts[k] for k in RECEIVER_FACTS if rec.facts.get(k) is not None},
+            bounces=tuple(str(b["class"]) for b in rec.facts.get("bounces", ()) if isinstance(b, dict)),
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )
@@ -342,7 +358,8 @@ class Runner:
         late, lost, outstanding = await self.ledger.finish(
             probe.name,
             token if isinstance(token, Token) else None,
-            accepted=bool(rec.facts.get("accepted")),  # accepted, unseen: if it turns up later it is late
+            # accepted, unseen: if it turns up later it is late; bounced: it never will
+            accepted=bool(rec.facts.get("accepted")) and not rec.facts.get("bounced"),
             seen=bool(rec.facts.get("seen")),
             swept=seen_before,
             lost_after=probe.lost_after,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class IMAPSession:
         self.recorder = recorder
         self.prefix = prefix
         self.exists = 0
+        self.uidnext: int | None = None  # UIDNEXT of the last SELECT (RFC 3501 requires it)
         self._caps: set[str] = set()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -94,6 +96,7 @@ class IMAPSession:
                 await self._capability()
             _, untagged = await self._command(f"SELECT {st.mailbox}", [b"SELECT ", st.mailbox])
             self.exists = _exists(untagged, 0) or 0
+            self.uidnext = _uidnext(untagged)
 
     async def secure(self, tls_context: ssl.SSLContext | None = None) -> None:
         """Connect and secure the session as the endpoint asks, without logging in; phases connect, tls,
@@ -413,6 +416,20 @@ class IMAPSession:
         """SELECT another mailbox in this session (the all-folders walk); expunges nothing."""
         _, untagged = await self._command(f"SELECT {mailbox}", [b"SELECT ", mailbox])
         self.exists = _exists(untagged, 0) or 0
+        self.uidnext = _uidnext(untagged)
+
+    async def search_text(self, value: str, since_uid: int) -> list[int]:
+        """UIDs from ``since_uid`` on whose text (headers, body, attached messages' headers) contains
+        ``value``: how bounces, which carry our token only inside, are found. Limited to new UIDs so the
+        server never scans the whole mailbox's bodies."""
+        pieces: list[bytes | str] = [b"UID SEARCH UID %d:* TEXT " % since_uid, value]
+        _, untagged = await self._command("UID SEARCH", pieces)
+        uids: set[int] = set()
+        for resp in untagged:
+            found = wire.parse_search(resp)
+            if found is not None:
+                uids.update(u for u in found if u >= since_uid)  # n:* also matches the last UID below n
+        return sorted(uids)
 
     async def search_header(self, header: str, value: str, *, undeleted: bool = False) -> list[int]:
         """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted."""
@@ -520,6 +537,20 @@ class IMAPSession:
             self._closed = True
             if self._writer is not None:
                 self._writer.transport.abort()
+
+
+_UIDNEXT_RE = re.compile(rb"\[UIDNEXT ([0-9]{1,10})\]", re.IGNORECASE)
+
+
+def _uidnext(untagged: Iterable[wire.Response]) -> int | None:
+    """``* OK [UIDNEXT n]`` of a SELECT, if the server sent it."""
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = _UIDNEXT_RE.search(first)
+            if m is not None:
+                return int(m.group(1))
+    return None
 
 
 def _exists(untagged: Iterable[wire.Response], default: int | None) -> int | None:

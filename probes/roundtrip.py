@@ -21,6 +21,7 @@ from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
+from .dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
 from .errors import ProbeError
 from .imap import IMAPSession, IMAPSettings
 from .placement import MAX_MAILBOXES, ListedMailbox, Placement, choose_junk, other_folders, parse_list
@@ -80,6 +81,10 @@ class RoundTripSettings:
     # IMAP only: also look in up to this many other folders (0: none). Each look at them is one
     # SELECT + SEARCH per folder, done every search_every, in a session of its own.
     other_folders: int = 0
+    # Bounces (IMAP): watch the receive session's mailbox (the sender's, when sender = recipient) or a
+    # mailbox of its own (bounce_receiver) for DSNs and bounces about our canary.
+    bounces_here: bool = False
+    bounce_receiver: IMAPSettings | None = None
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
 
 
@@ -89,6 +94,7 @@ class RoundTripResult:
     delivery_seconds: float
     swept: list[Token] = field(default_factory=list)  # earlier canaries of this probe deleted this run
     placement: Placement = "inbox"  # where the receiver filed it (POP3 sees the inbox only)
+    bounces: list[dict[str, object]] = field(default_factory=list)  # delay notices etc. seen this run
 
 
 async def probe_roundtrip(
@@ -140,7 +146,13 @@ async def _run(
     await receiver.fetch_verify_delete(token)
     placement = receiver.placement
     recorder.facts["placement"] = placement
-    return RoundTripResult(token=token, delivery_seconds=delivery, swept=swept, placement=placement)
+    return RoundTripResult(
+        token=token,
+        delivery_seconds=delivery,
+        swept=swept,
+        placement=placement,
+        bounces=list(recorder.facts.get("bounces", [])),
+    )
 
 
 class _Receiver:
@@ -181,10 +193,13 @@ class _IMAPReceiver(_Receiver):
         self.other: IMAPSession | None = None  # the session walking them
         self.other_recorder: Recorder | None = None
         self._aux_slots = contextlib.AsyncExitStack()  # session slots of the junk / other sessions
+        self.bounce: _BounceWatch | None = None
+        self.bounce_session: IMAPSession | None = None  # its own session (bounce_receiver), if any
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
         swept = await self._sweep(self.session, self.recorder, late)
+        await self._open_bounces()
         if self.settings.junk_folders is None and self.settings.other_folders <= 0:
             return swept
         listing = [m for r in (await self.session.list_mailboxes())[:MAX_MAILBOXES] if (m := parse_list(r))]
@@ -194,12 +209,25 @@ class _IMAPReceiver(_Receiver):
             swept += await self._open_others(listing, late)
         return swept
 
-    async def _aux_recorder(self) -> Recorder:
+    async def _open_bounces(self) -> None:
+        """Bounce watching starts from the mailbox's UIDNEXT now: only mail arriving during the run is
+        searched, so a big mailbox costs nothing (bounces of earlier runs are handled if they arrive now)."""
+        st = self.settings
+        if st.bounce_receiver is not None:
+            aux = await self._aux_recorder(st.bounce_receiver.endpoint)
+            self.bounce_session = IMAPSession(st.bounce_receiver, aux, "bounce")
+            await self.bounce_session.open()
+            self._count_junk_commands()
+            self.bounce = _BounceWatch(self.bounce_session, aux, st, self.recorder)
+        elif st.bounces_here:
+            self.bounce = _BounceWatch(self.session, self.recorder, st, self.recorder)
+
+    async def _aux_recorder(self, endpoint: Endpoint | None = None) -> Recorder:
         """A recorder for a second session (its timings never overwrite the inbox session's), after
         taking a session slot of its own on the server: it is one more login there."""
         rec = self.recorder
         aux = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
-        slot = maybe_session(self.settings.slots, self.settings.receiver.endpoint, "imap", aux)
+        slot = maybe_session(self.settings.slots, endpoint or self.settings.receiver.endpoint, "imap", aux)
         await self._aux_slots.enter_async_context(slot)
         return aux
 
@@ -326,13 +354,20 @@ class _IMAPReceiver(_Receiver):
                     return seen
             if self.other is not None and due and await self._search_others(token):
                 return seen
+            if self.bounce is not None:
+                own = self.bounce_session is not None
+                bounce_announced = await self.bounce.session.noop() if own else announced
+                if bounce_announced or due:
+                    await self.bounce.look(token)  # raises "bounced" on a permanent failure
+                self._count_junk_commands()
             if due:
                 last_search = seen
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
 
     def _count_junk_commands(self) -> None:
         """Commands of the second and third session count as the run's (wait_commands)."""
-        for aux in (self.junk_recorder, self.other_recorder):
+        bounce = self.bounce.recorder if self.bounce is not None and self.bounce_session else None
+        for aux in (self.junk_recorder, self.other_recorder, bounce):
             if aux is not None:
                 self.recorder.commands += aux.commands
                 aux.commands = 0
@@ -365,8 +400,80 @@ class _IMAPReceiver(_Receiver):
                 await self.junk.close()
             if self.other is not None:
                 await self.other.close()
+            if self.bounce_session is not None:
+                await self.bounce_session.close()
         finally:
             await self._aux_slots.aclose()
+
+
+class _BounceWatch:
+    """Finds bounces about our canaries in one IMAP mailbox: ``UID SEARCH UID n:* TEXT`` for the probe's
+    token key among mail that arrived since the run began (a DSN carries the token only inside), then
+    each candidate fetched (at most MAX_BOUNCE_BYTES) and parsed. A message that carries our token at
+    the top is a canary, never a bounce; a bounce counts only if the canary headers it returns verify
+    (probes.dsn). Verified bounces are deleted (they are about our canary and nothing else); a
+    permanent failure of this run's canary ends the run with reason ``bounced``."""
+
+    MAX_LOOKED = 1000  # UIDs remembered as looked at (not bounces, or handled): bounded
+    FETCH_AT_ONCE = 8
+    LOOK_BACK = 50  # UIDs before the run's start looked at too
+
+    def __init__(
+        self, session: IMAPSession, recorder: Recorder, settings: RoundTripSettings, run: Recorder
+    ) -> None:
+        self.session, self.recorder, self.settings, self.run = session, recorder, settings, run
+        # From a few UIDs back: a bounce that arrived between two runs is still seen (and deleted).
+        self.since = None if session.uidnext is None else max(1, session.uidnext - self.LOOK_BACK)
+        self.looked: set[int] = set()
+        if self.since is None:  # pragma: no cover - RFC 3501 requires UIDNEXT in SELECT
+            run.facts["bounce_watch"] = "off: the server sent no UIDNEXT"
+
+    async def look(self, token: Token) -> None:
+        if self.since is None:
+            return
+        name = self.settings.name
+        uids = await self.session.search_text(canary.probe_search_key(name), self.since)
+        fresh = [u for u in uids if u not in self.looked][: self.FETCH_AT_ONCE]
+        if not fresh:
+            return
+        if len(self.looked) < self.MAX_LOOKED:
+            self.looked.update(fresh)
+        else:  # never grows past the bound: from here on, look only past the highest UID seen
+            self.since = max(fresh) + 1
+        fetched = await self.session.fetch(fresh, "BODY.PEEK[]", cap=MAX_BOUNCE_BYTES)
+        ours: list[int] = []
+        permanent: dict[str, object] | None = None
+        for uid, raw in sorted(fetched.data.items()):
+            bounce = parse_bounce(raw)
+            if bounce is None:
+                continue  # our canary (a late one, or this run's), or mail that merely quotes the key
+            tok = returned_token(bounce, self.settings.key, name)
+            if tok is None:
+                _count_skipped(self.run, 1)
+                continue
+            ours.append(uid)
+            event: dict[str, object] = {
+                "action": bounce.action,
+                "status": bounce.status,
+                "class": bounce.status_class,
+                "kind": bounce.kind,
+                "this_run": tok.nonce == token.nonce,
+            }
+            if bounce.diagnostic:
+                event["diagnostic"] = bounce.diagnostic
+            events = self.run.facts.setdefault("bounces", [])
+            if len(events) < 20:
+                events.append(event)
+            if tok.nonce == token.nonce and bounce.permanent and permanent is None:
+                permanent = event
+        if ours:
+            with self.recorder.phase("bounce_delete"):
+                await self.session.delete(ours)
+        if permanent is not None:
+            self.run.facts["bounced"] = True
+            status = permanent["status"] or "no status code"
+            detail = f": {permanent['diagnostic']}" if permanent.get("diagnostic") else ""
+            raise ProbeError(f"the canary bounced ({status}){detail}", reason="bounced")
 
 
 def _count_skipped(recorder: Recorder, n: int) -> None:

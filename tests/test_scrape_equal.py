@@ -105,6 +105,8 @@ def reference(store: ResultStore, state: ExporterState) -> str:
 ADDED_SINCE_GOLDEN = (
     "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
     "mailcanary_roundtrip_placement",  # also matches mailcanary_roundtrip_placements_total
+    "mailcanary_roundtrip_bounces_total",
+    'outcome="bounced"',  # a reason added since
 )
 
 
