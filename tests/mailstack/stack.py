@@ -76,6 +76,28 @@ namespace inbox {{
 }}
 """
 
+# Bounce and deferral transports (Postfix pipe(8)): exit 67 (EX_NOUSER) makes Postfix bounce with a real
+# DSN, 5.1.1; exit 75 (EX_TEMPFAIL) defers (4.3.0) as many times as the count file says, then delivers.
+_NOUSER_SCRIPT = """#!/bin/sh
+cat >/dev/null
+exit 67
+"""
+
+_DEFER_SCRIPT = """#!/bin/sh
+left=$(cat '{count_file}' 2>/dev/null) || left=0
+if [ "${{left:-0}}" -gt 0 ]; then
+  echo $((left - 1)) > '{count_file}'
+  cat >/dev/null
+  exit 75
+fi
+rcpt_local=${{2%@*}}
+rcpt_domain=${{2#*@}}
+HOME='{mail_root}'/$rcpt_domain/$rcpt_local
+USER=$2
+export HOME USER
+exec '{lda}' -c '{lda_conf}' -f "${{1:-MAILER-DAEMON}}"
+"""
+
 # The junk mailbox's dovecot-lda: Pigeonhole runs a global script (precompiled as root by sievec, or
 # dovecot-lda running as vmail could not write the binary) that files canaries into Junk (\Junk).
 _JUNK_LDA_EXTRA = """mailbox_list_index = no
@@ -195,8 +217,19 @@ class MailStack:
         # Delivered by dovecot-lda + sieve: canaries are filed into Junk (\Junk), other mail into INBOX.
         self.junk_address = f"junk@{DOMAIN}"
         self.postmaster_address = f"postmaster@{DOMAIN}"
+        # Mail to nouser@ bounces (a real Postfix DSN, 5.1.1); mail to defer@ is deferred (4.x.x)
+        # defer_count times (file defer_count_file, read at each attempt), then delivered.
+        self.nouser_address = f"nouser@{DOMAIN}"
+        self.defer_address = f"defer@{DOMAIN}"
         self.users: dict[str, str] = dict(regular)
-        for special in (self.slow_address, self.junk_address, self.postmaster_address):
+        specials = (
+            self.slow_address,
+            self.junk_address,
+            self.postmaster_address,
+            self.nouser_address,
+            self.defer_address,
+        )
+        for special in specials:
             self.users.setdefault(special, _password(special.split("@")[0]))
         self.ipv6 = ipv6_available() if ipv6 is None else ipv6
         self._fixed_ports = ports is not None
@@ -343,12 +376,22 @@ class MailStack:
                 ports={n: self.ports[n] for n in POSTFIX_PORT_NAMES},
                 mailboxes={a: self._mailbox_relpath(a) for a in self.users},
                 aliases={f"{u}@{DOMAIN}": self.postmaster_address for u in ("abuse", "MAILER-DAEMON")},
-                transports={self.slow_address: "slowdeliver:", self.junk_address: "junkdeliver:"},
+                transports={
+                    self.slow_address: "slowdeliver:",
+                    self.junk_address: "junkdeliver:",
+                    self.nouser_address: "nouserdeliver:",
+                    self.defer_address: "deferdeliver:",
+                },
                 extra_master=(
                     "slowdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={script} ${{sender}} ${{recipient}}\n"
                     "junkdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={junk_script} ${{sender}} ${{recipient}}\n"
+                    "nouserdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'nouser-deliver'}\n"
+                    "deferdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'defer-deliver'}"
+                    " ${sender} ${recipient}\n"
                 ),
                 mail_root=self.mail_root,
                 account=self.account,
@@ -357,6 +400,7 @@ class MailStack:
                 settings={
                     "slowdeliver_destination_recipient_limit": "1",
                     "junkdeliver_destination_recipient_limit": "1",
+                    "deferdeliver_destination_recipient_limit": "1",
                     **self.postfix_settings,
                 },
             )
@@ -440,6 +484,34 @@ class MailStack:
         )
         script.chmod(0o755)
         self._write_junk_transport(lda_run, lda_log, lda_conf)
+        nouser = self.root / "bin" / "nouser-deliver"
+        nouser.write_text(_NOUSER_SCRIPT)
+        nouser.chmod(0o755)
+        defer = self.root / "bin" / "defer-deliver"
+        defer.write_text(
+            _DEFER_SCRIPT.format(
+                count_file=self.defer_count_file, mail_root=self.mail_root, lda=DOVECOT_LDA, lda_conf=lda_conf
+            )
+        )
+        defer.chmod(0o755)
+        self.defer_count = 0
+
+    @property
+    def defer_count_file(self) -> Path:
+        return self.root / "defer_count"
+
+    @property
+    def defer_count(self) -> int:
+        """How many more delivery attempts to defer@ are deferred (4.3.0) before one is delivered."""
+        try:
+            return int(self.defer_count_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    @defer_count.setter
+    def defer_count(self, value: int) -> None:
+        self.defer_count_file.write_text(f"{int(value)}\n")
+        chown(self.defer_count_file, self.account, 0o644)  # the pipe runs as the mail user
 
     def _write_junk_transport(self, lda_run: Path, lda_log: Path, slow_conf: Path) -> None:
         sieve = self.root / "lda" / "junk.sieve"
