@@ -830,6 +830,33 @@ def overview() -> Json:
         options=stat_options(),
     )
 
+    b.add(
+        "timeseries",
+        "Bounces by status class",
+        [
+            target(
+                "sum by (probe, class) "
+                f"(increase(mailcanary_roundtrip_bounces_total{{{RT}}}[$__rate_interval])) > 0",
+                "{{probe}} {{class}}",
+            )
+        ],
+        w=12,
+        h=8,
+        description=(
+            "Verified bounces about the canaries, by RFC 3463 class: 5.x.x permanent (the run ended "
+            "bounced: 5.1.x address, 5.2.x mailbox, 5.7.x policy), 4.x.x delay notices (the run went on)."
+        ),
+        defaults=ts_defaults("short", bars=True, stack=True),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* 5\\..*"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
+            }
+        ],
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+
     b.row("Exporter")
     b.add(
         "stat",
