@@ -121,8 +121,9 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     return head, body
 
 
-def header_values(raw: bytes, name: str) -> list[str]:
-    """Every value of header ``name`` in a raw header block, unfolded and with whitespace removed.
+def header_values(raw: bytes, name: str, *, spaced: bool = False) -> list[str]:
+    """Every value of header ``name`` in a raw header block, unfolded and with whitespace removed
+    (``spaced``: each run of whitespace kept as one space, for fields such as ``Received``).
 
     A small parser of our own: total on arbitrary bytes, linear, and cheap next to the email package.
     """
@@ -136,14 +137,18 @@ def header_values(raw: bytes, name: str) -> list[str]:
                 current.append(line)
             continue
         if current is not None:
-            out.append(b"".join(b"".join(current).split()).decode("latin-1"))
+            out.append(_join(current, spaced))
             current = None
         field, colon, value = line.partition(b":")
         if colon and field.strip().lower() == wanted:
             current = [value]
     if current is not None:
-        out.append(b"".join(b"".join(current).split()).decode("latin-1"))
+        out.append(_join(current, spaced))
     return out
+
+
+def _join(lines: list[bytes], spaced: bool) -> str:
+    return (b" " if spaced else b"").join(b" ".join(lines).split()).decode("latin-1")
 
 
 def tokens_in_header(raw: bytes) -> list[str]:
