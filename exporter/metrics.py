@@ -34,6 +34,8 @@ from .buildinfo import build_info
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
 
+MAX_HOP_LABELS = 8  # hop label values "1".."8": the path's first hops; the count is exact beyond
+
 
 @dataclass
 class ExporterState:
@@ -157,7 +159,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 17 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 22 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -226,6 +228,28 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "Verified bounces (DSNs) about this probe's canaries, by status class (5.1.x, 4.4.x, unknown).",
         "class",
     )
+    hops = gauge(
+        "mailcanary_roundtrip_hops",
+        "Received fields of the last delivered canary: the servers it passed (at most 30 read).",
+    )
+    path_seconds = gauge(
+        "mailcanary_roundtrip_path_seconds",
+        "Last minus first Received time stamp of the last delivered canary (1 s resolution, skew shown).",
+    )
+    hop_delay = gauge(
+        "mailcanary_roundtrip_hop_delay_seconds",
+        "Per hop (2.. from the sender): its Received stamp minus the previous one's; negative = clock skew.",
+        "hop",
+    )
+    hop_tls = gauge(
+        "mailcanary_roundtrip_hop_tls",
+        "Per hop (1.. from the sender): 1 if its Received field says the message came in over TLS.",
+        "hop",
+    )
+    clock_offset = gauge(
+        "mailcanary_roundtrip_clock_offset_seconds",
+        "First Received stamp minus this host's send time: beyond about +-1 s, the clocks disagree.",
+    )
     lag = gauge(
         "mailcanary_scheduler_lag_seconds",
         "How late the scheduler started the last run compared with its planned time.",
@@ -261,6 +285,18 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
             if st.last_placement is not None:
                 placement.add_metric([name, folder], 1 if folder == st.last_placement else 0)
             placements.add_metric([name, folder], st.placements.get(folder, 0))
+        path = st.last_path
+        if path is not None:
+            hops.add_metric([name], path.count)
+            if path.total is not None:
+                path_seconds.add_metric([name], path.total)
+            for hop in path.hops[:MAX_HOP_LABELS]:
+                hop_tls.add_metric([name, str(hop.index)], 1 if hop.tls else 0)
+            for i, delay in enumerate(path.delays()[: MAX_HOP_LABELS - 1], start=2):
+                if delay is not None:
+                    hop_delay.add_metric([name, str(i)], delay)
+        if st.last_clock_offset is not None:
+            clock_offset.add_metric([name], st.last_clock_offset)
         for cls, n in sorted(st.bounces.items()):  # only classes seen: RFC 3463 has 16 (4|5 x 8)
             bounces.add_metric([name, cls], n)
         if st.last is not None:
@@ -287,6 +323,11 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         placement,
         placements,
         bounces,
+        hops,
+        path_seconds,
+        hop_delay,
+        hop_tls,
+        clock_offset,
         lag,
         skipped,
     ]

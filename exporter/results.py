@@ -61,6 +61,8 @@ class RunResult:
     # bounded values from the probe's facts (runner.RECEIVER_FACTS), never labels.
     receiver: dict[str, Any] = field(default_factory=dict)
     bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.dsn)
+    path: Any = None  # probes.received.Path of the delivered canary
+    clock_offset: float | None = None  # first Received stamp minus our send time (seconds)
     failed_phase: str | None = None
     transcript: list[str] | None = None
 
@@ -75,6 +77,8 @@ class ProbeStats:
     placements: Counter[str] = field(default_factory=Counter)  # delivered runs by placement
     last_placement: str | None = None
     bounces: Counter[str] = field(default_factory=Counter)  # verified bounces by status class
+    last_path: Any = None  # probes.received.Path of the last delivered canary
+    last_clock_offset: float | None = None
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -145,6 +149,9 @@ class ResultStore:
                 st.placements[result.placement] += 1
                 st.last_placement = result.placement
             st.bounces.update(result.bounces)
+            if result.path is not None:
+                st.last_path = result.path
+                st.last_clock_offset = result.clock_offset
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -195,6 +202,8 @@ def _copy(st: ProbeStats) -> ProbeStats:
         placements=Counter(st.placements),
         last_placement=st.last_placement,
         bounces=Counter(st.bounces),
+        last_path=st.last_path,
+        last_clock_offset=st.last_clock_offset,
         bucket_counts=list(st.bucket_counts),
         delivery_sum=st.delivery_sum,
         delivery_count=st.delivery_count,

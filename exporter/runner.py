@@ -49,7 +49,15 @@ class Attempt(Generic[T]):
 
 
 # Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
-RECEIVER_FACTS = ("junk_folder", "other_folders", "found_folder", "bounces", "bounce_watch")
+RECEIVER_FACTS = (
+    "junk_folder",
+    "other_folders",
+    "found_folder",
+    "bounces",
+    "bounce_watch",
+    "sender_ip",  # kept for a blocklist check of the IP the receiver saw
+    "clock_offset",
+)
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
 
@@ -296,6 +304,8 @@ class Runner:
             tls=dict(rec.tls),
             receiver={k: rec.facts[k] for k in RECEIVER_FACTS if rec.facts.get(k) is not None},
             bounces=tuple(str(b["class"]) for b in rec.facts.get("bounces", ()) if isinstance(b, dict)),
+            path=rec.facts.get("path") if reason == "success" else None,
+            clock_offset=rec.facts.get("clock_offset") if reason == "success" else None,
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )
@@ -434,6 +444,14 @@ class Runner:
         if run.placement is not None:
             fields["placement"] = run.placement
         fields.update(run.receiver)
+        if run.path is not None:
+            fields["path"] = {
+                "hops": run.path.count,
+                "tls": [h.tls for h in run.path.hops],
+                "delays_seconds": run.path.delays(),
+                "total_seconds": run.path.total,
+                **({"truncated": True} if run.path.truncated else {}),
+            }
         if run.late or run.swept or run.lost:
             fields.update(late=run.late, swept=run.swept, lost=run.lost)
         tls = {

@@ -26,6 +26,8 @@ from .errors import ProbeError
 from .imap import IMAPSession, IMAPSettings
 from .placement import MAX_MAILBOXES, ListedMailbox, Placement, choose_junk, other_folders, parse_list
 from .pop3 import POP3Client
+from .received import Path as ReceivedPath
+from .received import path_of
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
 
@@ -95,6 +97,7 @@ class RoundTripResult:
     swept: list[Token] = field(default_factory=list)  # earlier canaries of this probe deleted this run
     placement: Placement = "inbox"  # where the receiver filed it (POP3 sees the inbox only)
     bounces: list[dict[str, object]] = field(default_factory=list)  # delay notices etc. seen this run
+    path: ReceivedPath | None = None  # from the canary's Received chain
 
 
 async def probe_roundtrip(
@@ -146,12 +149,21 @@ async def _run(
     await receiver.fetch_verify_delete(token)
     placement = receiver.placement
     recorder.facts["placement"] = placement
+    path = path_of(receiver.verified) if receiver.verified is not None else None
+    if path is not None:
+        recorder.facts["path"] = path
+        if path.sender_ip is not None:
+            recorder.facts["sender_ip"] = path.sender_ip  # for a blocklist check, and the log
+        first = path.hops[0].timestamp if path.hops else None
+        if first is not None:  # the first server's clock against ours (1 s resolution): skew shown
+            recorder.facts["clock_offset"] = round(first - token.sent, 3)
     return RoundTripResult(
         token=token,
         delivery_seconds=delivery,
         swept=swept,
         placement=placement,
         bounces=list(recorder.facts.get("bounces", [])),
+        path=path,
     )
 
 
@@ -160,6 +172,7 @@ class _Receiver:
         self.settings = settings
         self.recorder = recorder
         self.placement: Placement = "inbox"
+        self.verified: bytes | None = None  # the canary as received (with the receiver's headers)
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         raise NotImplementedError
@@ -390,6 +403,7 @@ class _IMAPReceiver(_Receiver):
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
+        self.verified = fetched.data[ours[0]]
         with self.recorder.phase("receive_delete"):
             await self.found_in.delete(ours[:1])  # from the junk folder too: ours, verified
 
@@ -598,6 +612,7 @@ class _POP3Receiver(_Receiver):
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
+        self.verified = body
         with self.recorder.phase("receive_delete"):
             await self.client.dele(self.number, err_reason="cleanup")
             await self.client.quit(err_reason="cleanup")

@@ -107,6 +107,9 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_placement",  # also matches mailcanary_roundtrip_placements_total
     "mailcanary_roundtrip_bounces_total",
     'outcome="bounced"',  # a reason added since
+    "mailcanary_roundtrip_hop",  # hops, hop_delay_seconds, hop_tls
+    "mailcanary_roundtrip_path_seconds",
+    "mailcanary_roundtrip_clock_offset_seconds",
 )
 
 

@@ -221,6 +221,11 @@ class MailStack:
         # defer_count times (file defer_count_file, read at each attempt), then delivered.
         self.nouser_address = f"nouser@{DOMAIN}"
         self.defer_address = f"defer@{DOMAIN}"
+        # Mail to hop@ is relayed over SMTP (STARTTLS when offered) to a second Postfix on relay_port,
+        # which delivers it: a two-hop chain. That Postfix is started by start_relay() when a test needs it.
+        self.hop_address = f"hop@{DOMAIN}"
+        self.relay_port = free_ports(1)[0]
+        self._relay: PostfixInstance | None = None
         self.users: dict[str, str] = dict(regular)
         specials = (
             self.slow_address,
@@ -228,6 +233,7 @@ class MailStack:
             self.postmaster_address,
             self.nouser_address,
             self.defer_address,
+            self.hop_address,
         )
         for special in specials:
             self.users.setdefault(special, _password(special.split("@")[0]))
@@ -381,6 +387,7 @@ class MailStack:
                     self.junk_address: "junkdeliver:",
                     self.nouser_address: "nouserdeliver:",
                     self.defer_address: "deferdeliver:",
+                    self.hop_address: f"hoprelay:[127.0.0.1]:{self.relay_port}",
                 },
                 extra_master=(
                     "slowdeliver unix - n n - - pipe\n"
@@ -389,6 +396,8 @@ class MailStack:
                     f"  flags=DO user={self.account.name} argv={junk_script} ${{sender}} ${{recipient}}\n"
                     "nouserdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'nouser-deliver'}\n"
+                    "hoprelay unix - - n - - smtp\n"
+                    "  -o smtp_tls_security_level=may\n"
                     "deferdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'defer-deliver'}"
                     " ${sender} ${recipient}\n"
@@ -564,9 +573,36 @@ class MailStack:
             self._stop_quietly()
             raise StackError(f"not greeting after {self.start_timeout:.0f}s: {names}\n{logs}")
 
+    def start_relay(self) -> PostfixInstance:
+        """Start the second Postfix that hop@ mail is relayed to (idempotent); stopped by stop()."""
+        if self._relay is None:
+            relay = self._make_relay()
+            relay.render()
+            relay.start()
+            self._relay = relay
+        return self._relay
+
+    def _make_relay(self) -> PostfixInstance:
+        return self.make_postfix(
+            "relay",
+            tls=self.tls,
+            ports={"smtp": self.relay_port},
+            # Another name (the same one would be "mail loops back to myself"); no SASL: it only
+            # receives, as an MX does.
+            settings={"myhostname": "mx2.example.test", "smtpd_sasl_auth_enable": "no"},
+        )
+
     def stop(self) -> None:
         """Stop Postfix then Dovecot by their pid files and wait until every port is closed."""
         errors: list[str] = []
+        if self._relay is None and (self.root / "relay").exists():  # a stack loaded by reap_orphans
+            self._relay = self._make_relay()
+        if self._relay is not None:
+            try:
+                self._relay.stop()
+            except StackError as exc:
+                errors.append(str(exc))
+            self._relay = None
         instances = (self.postfix, self.dovecot) if self._set_up else (self._postfix, self._dovecot)
         for instance in instances:
             if instance is None:
