@@ -138,6 +138,13 @@ class ReceiveConfig(EndpointConfig):
     # filed there by a rule is delivered with placement "other" instead of timing out.
     placement_all_folders: bool = False
     placement_max_folders: int = Field(default=20, ge=1, le=MAX_OTHER_FOLDERS)
+    # Verdict: Authentication-Results fields are believed only from these authserv-ids (RFC 8601 §5:
+    # the receiving side's own border servers); none given, no authentication verdict is exported.
+    trusted_authserv_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,253}$")]] = Field(
+        default_factory=list, max_length=20
+    )
+    # Read spam scores (SpamAssassin, rspamd, Microsoft) from the received canary's headers, topmost.
+    spam_headers: bool = True
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)

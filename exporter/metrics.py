@@ -159,7 +159,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 22 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 24 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -250,6 +250,17 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "mailcanary_roundtrip_clock_offset_seconds",
         "First Received stamp minus this host's send time: beyond about +-1 s, the clocks disagree.",
     )
+    auth_result = gauge(
+        "mailcanary_roundtrip_auth_result",
+        "1 for the result (pass, fail, ..., missing) trusted authserv-ids gave the last delivered canary.",
+        "method",
+        "result",
+    )
+    spam_score = gauge(
+        "mailcanary_roundtrip_spam_score",
+        "Spam score the receiving side gave the last delivered canary (spamassassin, rspamd, microsoft).",
+        "engine",
+    )
     lag = gauge(
         "mailcanary_scheduler_lag_seconds",
         "How late the scheduler started the last run compared with its planned time.",
@@ -297,6 +308,12 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
                     hop_delay.add_metric([name, str(i)], delay)
         if st.last_clock_offset is not None:
             clock_offset.add_metric([name], st.last_clock_offset)
+        verdict = st.last_verdict
+        if verdict is not None:
+            for method, result in sorted(verdict.auth.items()):
+                auth_result.add_metric([name, method, result], 1)
+            for engine, score in sorted(verdict.scores.items()):
+                spam_score.add_metric([name, engine], score)
         for cls, n in sorted(st.bounces.items()):  # only classes seen: RFC 3463 has 16 (4|5 x 8)
             bounces.add_metric([name, cls], n)
         if st.last is not None:
@@ -328,6 +345,8 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         hop_delay,
         hop_tls,
         clock_offset,
+        auth_result,
+        spam_score,
         lag,
         skipped,
     ]

@@ -63,6 +63,7 @@ class RunResult:
     bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.dsn)
     path: Any = None  # probes.received.Path of the delivered canary
     clock_offset: float | None = None  # first Received stamp minus our send time (seconds)
+    verdict: Any = None  # probes.verdict.Verdict of the delivered canary
     failed_phase: str | None = None
     transcript: list[str] | None = None
 
@@ -79,6 +80,7 @@ class ProbeStats:
     bounces: Counter[str] = field(default_factory=Counter)  # verified bounces by status class
     last_path: Any = None  # probes.received.Path of the last delivered canary
     last_clock_offset: float | None = None
+    last_verdict: Any = None  # probes.verdict.Verdict of the last delivered canary
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -152,6 +154,8 @@ class ResultStore:
             if result.path is not None:
                 st.last_path = result.path
                 st.last_clock_offset = result.clock_offset
+            if result.verdict is not None:
+                st.last_verdict = result.verdict
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -204,6 +208,7 @@ def _copy(st: ProbeStats) -> ProbeStats:
         bounces=Counter(st.bounces),
         last_path=st.last_path,
         last_clock_offset=st.last_clock_offset,
+        last_verdict=st.last_verdict,
         bucket_counts=list(st.bucket_counts),
         delivery_sum=st.delivery_sum,
         delivery_count=st.delivery_count,

@@ -159,6 +159,8 @@ def roundtrip_settings(
         other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,
         slots=slots,
         bounces_here=probe.watches_bounces_here,
+        trusted_authserv_ids=frozenset(rc.trusted_authserv_ids),
+        spam_headers=rc.spam_headers,
         bounce_receiver=(
             _imap_settings(loaded, probe.name, "bounce_receive", probe.bounce_receive)
             if probe.bounce_receive is not None
@@ -306,6 +308,7 @@ class Runner:
             bounces=tuple(str(b["class"]) for b in rec.facts.get("bounces", ()) if isinstance(b, dict)),
             path=rec.facts.get("path") if reason == "success" else None,
             clock_offset=rec.facts.get("clock_offset") if reason == "success" else None,
+            verdict=rec.facts.get("verdict") if reason == "success" else None,
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )
@@ -444,6 +447,13 @@ class Runner:
         if run.placement is not None:
             fields["placement"] = run.placement
         fields.update(run.receiver)
+        if run.verdict is not None and (run.verdict.auth or run.verdict.scores or run.verdict.ignored):
+            fields["verdict"] = {
+                **run.verdict.auth,
+                **({"authserv_id": run.verdict.authserv_id} if run.verdict.authserv_id else {}),
+                **({"ignored_fields": run.verdict.ignored} if run.verdict.ignored else {}),
+                **{f"{engine}_score": score for engine, score in run.verdict.scores.items()},
+            }
         if run.path is not None:
             fields["path"] = {
                 "hops": run.path.count,

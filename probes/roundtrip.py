@@ -30,6 +30,7 @@ from .received import Path as ReceivedPath
 from .received import path_of
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
+from .verdict import verdict_of
 
 K = TypeVar("K")
 FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
@@ -87,6 +88,10 @@ class RoundTripSettings:
     # mailbox of its own (bounce_receiver) for DSNs and bounces about our canary.
     bounces_here: bool = False
     bounce_receiver: IMAPSettings | None = None
+    # Verdict: Authentication-Results only from these authserv-ids (none: no verdict); spam scores
+    # from the receiver's spam headers.
+    trusted_authserv_ids: frozenset[str] = frozenset()
+    spam_headers: bool = True
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
 
 
@@ -149,11 +154,14 @@ async def _run(
     await receiver.fetch_verify_delete(token)
     placement = receiver.placement
     recorder.facts["placement"] = placement
-    path = path_of(receiver.verified) if receiver.verified is not None else None
-    if path is not None:
+    raw = receiver.verified
+    path = path_of(raw) if raw is not None else None
+    if raw is not None and path is not None:
         recorder.facts["path"] = path
         if path.sender_ip is not None:
             recorder.facts["sender_ip"] = path.sender_ip  # for a blocklist check, and the log
+        verdict = verdict_of(raw, settings.trusted_authserv_ids, settings.spam_headers)
+        recorder.facts["verdict"] = verdict
         first = path.hops[0].timestamp if path.hops else None
         if first is not None:  # the first server's clock against ours (1 s resolution): skew shown
             recorder.facts["clock_offset"] = round(first - token.sent, 3)

@@ -110,6 +110,8 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_hop",  # hops, hop_delay_seconds, hop_tls
     "mailcanary_roundtrip_path_seconds",
     "mailcanary_roundtrip_clock_offset_seconds",
+    "mailcanary_roundtrip_auth_result",
+    "mailcanary_roundtrip_spam_score",
 )
 
 

@@ -98,6 +98,17 @@ export HOME USER
 exec '{lda}' -c '{lda_conf}' -f "${{1:-MAILER-DAEMON}}"
 """
 
+# The spam@ transport: the message goes through a real SpamAssassin (local tests only, no network, no
+# user preferences), which adds X-Spam-Status, then dovecot-lda delivers it.
+_SPAM_SCRIPT = """#!/bin/sh
+rcpt_local=${{2%@*}}
+rcpt_domain=${{2#*@}}
+HOME='{mail_root}'/$rcpt_domain/$rcpt_local
+USER=$2
+export HOME USER
+'{spamassassin}' -L -x | '{lda}' -c '{lda_conf}' -f "${{1:-MAILER-DAEMON}}"
+"""
+
 # The junk mailbox's dovecot-lda: Pigeonhole runs a global script (precompiled as root by sievec, or
 # dovecot-lda running as vmail could not write the binary) that files canaries into Junk (\Junk).
 _JUNK_LDA_EXTRA = """mailbox_list_index = no
@@ -224,6 +235,7 @@ class MailStack:
         # Mail to hop@ is relayed over SMTP (STARTTLS when offered) to a second Postfix on relay_port,
         # which delivers it: a two-hop chain. That Postfix is started by start_relay() when a test needs it.
         self.hop_address = f"hop@{DOMAIN}"
+        self.spam_address = f"spam@{DOMAIN}"  # delivered through SpamAssassin (X-Spam-Status added)
         self.relay_port = free_ports(1)[0]
         self._relay: PostfixInstance | None = None
         self.users: dict[str, str] = dict(regular)
@@ -234,6 +246,7 @@ class MailStack:
             self.nouser_address,
             self.defer_address,
             self.hop_address,
+            self.spam_address,
         )
         for special in specials:
             self.users.setdefault(special, _password(special.split("@")[0]))
@@ -388,6 +401,7 @@ class MailStack:
                     self.nouser_address: "nouserdeliver:",
                     self.defer_address: "deferdeliver:",
                     self.hop_address: f"hoprelay:[127.0.0.1]:{self.relay_port}",
+                    self.spam_address: "spamdeliver:",
                 },
                 extra_master=(
                     "slowdeliver unix - n n - - pipe\n"
@@ -396,6 +410,9 @@ class MailStack:
                     f"  flags=DO user={self.account.name} argv={junk_script} ${{sender}} ${{recipient}}\n"
                     "nouserdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'nouser-deliver'}\n"
+                    "spamdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'spam-deliver'}"
+                    " ${sender} ${recipient}\n"
                     "hoprelay unix - - n - - smtp\n"
                     "  -o smtp_tls_security_level=may\n"
                     "deferdeliver unix - n n - - pipe\n"
@@ -410,6 +427,7 @@ class MailStack:
                     "slowdeliver_destination_recipient_limit": "1",
                     "junkdeliver_destination_recipient_limit": "1",
                     "deferdeliver_destination_recipient_limit": "1",
+                    "spamdeliver_destination_recipient_limit": "1",
                     **self.postfix_settings,
                 },
             )
@@ -503,6 +521,16 @@ class MailStack:
             )
         )
         defer.chmod(0o755)
+        spam = self.root / "bin" / "spam-deliver"
+        spam.write_text(
+            _SPAM_SCRIPT.format(
+                mail_root=self.mail_root,
+                spamassassin=shutil.which("spamassassin") or "/usr/bin/spamassassin",
+                lda=DOVECOT_LDA,
+                lda_conf=lda_conf,
+            )
+        )
+        spam.chmod(0o755)
         self.defer_count = 0
 
     @property
