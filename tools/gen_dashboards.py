@@ -857,6 +857,82 @@ def overview() -> Json:
         interval="5m",
     )
 
+    b.add(
+        "table",
+        "Authentication verdict (last canary)",
+        [
+            target(
+                f"max by (probe, method, result) (mailcanary_roundtrip_auth_result{{{RT}}}) == 1",
+                "",
+                instant=True,
+                fmt="table",
+            )
+        ],
+        w=12,
+        h=8,
+        description=(
+            "spf, dkim, dmarc (and arc) as the receiving side's trusted authserv-ids reported them for the "
+            "last delivered canary (receive.trusted_authserv_ids); missing = no trusted result."
+        ),
+        options=table_options(),
+        overrides=[
+            column_override(
+                "result",
+                mappings=value_map(("pass", "pass", "green")),
+                custom__cellOptions={"type": "color-text"},
+                color={"mode": "fixed", "fixedColor": "red"},
+            )
+        ],
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True},
+                    "renameByName": {},
+                    "indexByName": {"probe": 0, "method": 1, "result": 2},
+                },
+            }
+        ],
+    )
+    b.add(
+        "timeseries",
+        "Spam score",
+        [target(f"mailcanary_roundtrip_spam_score{{{RT}}}", "{{probe}} {{engine}}")],
+        w=12,
+        h=8,
+        description=(
+            "The receiving side's spam score of each delivered canary (SpamAssassin and rspamd scores, "
+            "Microsoft SCL). Spam from 5 (SpamAssassin, SCL) or 6 (rspamd)."
+        ),
+        defaults=ts_defaults("short", showPoints="always"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "timeseries",
+        "Path: hops and time between first and last hop",
+        [
+            target(f"mailcanary_roundtrip_hops{{{RT}}}", "{{probe}} hops", "A"),
+            target(f"mailcanary_roundtrip_path_seconds{{{RT}}}", "{{probe}} path", "B"),
+        ],
+        w=12,
+        h=8,
+        description=(
+            "From the canary's Received chain: the servers it passed, and last minus first stamp "
+            "(1 s resolution, several clocks: a negative value is clock skew, shown as it is)."
+        ),
+        defaults=ts_defaults("short"),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* path"},
+                "properties": [
+                    {"id": "unit", "value": "s"},
+                    {"id": "custom.axisPlacement", "value": "right"},
+                ],
+            }
+        ],
+        options=TS_OPTIONS,
+    )
+
     b.row("Exporter")
     b.add(
         "stat",
