@@ -7,7 +7,7 @@
 # is present. Python packages are installed by scripts/test, not here.
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium"
+PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin opendkim prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -601,23 +601,24 @@ class MailStack:
             self._stop_quietly()
             raise StackError(f"not greeting after {self.start_timeout:.0f}s: {names}\n{logs}")
 
-    def start_relay(self) -> PostfixInstance:
-        """Start the second Postfix that hop@ mail is relayed to (idempotent); stopped by stop()."""
+    def start_relay(self, settings: Mapping[str, str] | None = None) -> PostfixInstance:
+        """Start the second Postfix that hop@ mail is relayed to (idempotent); stopped by stop().
+        ``settings`` go into its main.cf (e.g. ``smtpd_milters``)."""
         if self._relay is None:
-            relay = self._make_relay()
+            relay = self._make_relay(settings)
             relay.render()
             relay.start()
             self._relay = relay
         return self._relay
 
-    def _make_relay(self) -> PostfixInstance:
+    def _make_relay(self, settings: Mapping[str, str] | None = None) -> PostfixInstance:
         return self.make_postfix(
             "relay",
             tls=self.tls,
             ports={"smtp": self.relay_port},
             # Another name (the same one would be "mail loops back to myself"); no SASL: it only
             # receives, as an MX does.
-            settings={"myhostname": "mx2.example.test", "smtpd_sasl_auth_enable": "no"},
+            settings={"myhostname": "mx2.example.test", "smtpd_sasl_auth_enable": "no", **(settings or {})},
         )
 
     def stop(self) -> None:
