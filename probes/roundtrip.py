@@ -462,7 +462,14 @@ class _BounceWatch:
             self.looked.update(fresh)
         else:  # never grows past the bound: from here on, look only past the highest UID seen
             self.since = max(fresh) + 1
-        fetched = await self.session.fetch(fresh, "BODY.PEEK[]", cap=MAX_BOUNCE_BYTES)
+        # Sizes first (with a small header item): a big message that merely quotes our key is never
+        # fetched whole, so it can neither pass a read cap nor cost memory.
+        sized = await self.session.fetch(
+            fresh, "BODY.PEEK[HEADER.FIELDS (Content-Type)]", cap=self.session.settings.limits.max_header
+        )
+        cap = min(MAX_BOUNCE_BYTES, self.session.settings.limits.max_message)
+        small = [u for u in fresh if sized.sizes.get(u, cap + 1) <= cap]
+        fetched = await self.session.fetch(small, "BODY.PEEK[]", cap=cap)
         ours: list[int] = []
         permanent: dict[str, object] | None = None
         for uid, raw in sorted(fetched.data.items()):
