@@ -342,7 +342,8 @@ def feed_line(name: str, kind: str, last: Any) -> str:
 async def feed(daemon: Daemon, out: TextIO, every: float = FEED_EVERY) -> None:
     """Print a line whenever a probe completes a run (read from the result store, as /metrics is)."""
     seen: dict[str, int] = {}
-    while True:
+
+    def once() -> None:
         for name, st in sorted(daemon.store.snapshot().items()):
             total = sum(st.runs.values())
             if total > seen.get(name, 0) and st.last is not None:
@@ -350,7 +351,14 @@ async def feed(daemon: Daemon, out: TextIO, every: float = FEED_EVERY) -> None:
                     feed_line(name, daemon.state.probes.get(name, "roundtrip"), st.last), file=out, flush=True
                 )
             seen[name] = total
-        await asyncio.sleep(every)
+
+    try:
+        while True:
+            once()
+            await asyncio.sleep(every)
+    except asyncio.CancelledError:
+        once()  # a run that finished just before the stop still gets its line
+        raise
 
 
 class DemoDaemon(Daemon):
