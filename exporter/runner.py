@@ -94,14 +94,22 @@ def tls_outcome(facts: TLSFacts | None) -> str:
     return "success" if facts.verified else "tls_verify"
 
 
+def _credentials(loaded: LoadedConfig, probe: RoundTripConfig, side: str) -> Credentials:
+    ep = probe.smtp if side == "smtp" else probe.receive
+    assert ep.username is not None
+    source = loaded.token_source(probe, side)
+    if source is not None:
+        assert ep.oauth is not None
+        return Credentials(ep.username, token_source=source, mechanism=ep.oauth.mechanism)
+    return Credentials(ep.username, loaded.password(probe.name, side))
+
+
 def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes) -> RoundTripSettings:
     """Translate config into the probe library's settings (the library knows nothing of YAML)."""
-    smtp_creds = (
-        Credentials(probe.smtp.username, loaded.password(probe.name, "smtp")) if probe.smtp.username else None
-    )
+    smtp_creds = _credentials(loaded, probe, "smtp") if probe.smtp.username else None
     rc = probe.receive
     assert rc.username is not None
-    recv_creds = Credentials(rc.username, loaded.password(probe.name, "receive"))
+    recv_creds = _credentials(loaded, probe, "receive")
     recv_ep = endpoint_of(rc, rc.protocol)
     limits = ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes)
     receiver: IMAPSettings | POP3Settings

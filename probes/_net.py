@@ -6,9 +6,12 @@ import asyncio
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import ProbeError, ProbeTimeout
+
+if TYPE_CHECKING:
+    from .oauth import TokenSource
 
 TLSMode = Literal["implicit", "starttls", "none"]
 
@@ -46,8 +49,12 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Credentials:
+    """A login: a password, or with ``token_source`` an OAuth 2.0 bearer token (XOAUTH2/OAUTHBEARER)."""
+
     username: str
-    password: str = field(repr=False)
+    password: str = field(default="", repr=False)
+    token_source: TokenSource | None = field(default=None, repr=False, compare=False)
+    mechanism: str = "auto"  # OAuth only: auto (OAUTHBEARER, else XOAUTH2), xoauth2 or oauthbearer
 
 
 def client_context(settings: TLSSettings) -> ssl.SSLContext:

@@ -23,6 +23,8 @@ class Masker:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._needles: list[str] = []
+        self._fixed: list[str] = []
+        self._rotating: dict[str, list[list[str]]] = {}
         for secret in secrets:
             self.add(secret)
 
@@ -37,9 +39,28 @@ class Masker:
             for authz in ("", username):
                 forms.add(base64.b64encode(f"{authz}\0{username}\0{secret}".encode()).decode())
         for form in forms:
-            if form and form not in self._needles:
-                self._needles.append(form)
-        self._needles.sort(key=len, reverse=True)  # longest first: a prefix must not leave a tail
+            if form and form not in self._fixed:
+                self._fixed.append(form)
+        self._rebuild()
+
+    def rotate(self, key: str, forms: Iterable[str], keep: int = 2) -> None:
+        """Mask ``forms`` of a secret that is replaced over time (an OAuth token): only the last ``keep``
+        generations per ``key`` stay, so a daemon refreshing tokens for months stays bounded."""
+        new = [f for f in forms if f]
+        gens = self._rotating.setdefault(key, [])
+        if gens and gens[-1] == new:
+            return
+        gens.append(new)
+        del gens[:-keep]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        needles = set(self._fixed)
+        for gens in self._rotating.values():
+            for gen in gens:
+                needles.update(gen)
+        # longest first: a prefix must not leave a tail
+        self._needles = sorted(needles, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for needle in self._needles:
