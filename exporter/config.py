@@ -422,6 +422,7 @@ class LoadedConfig:
     secrets: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (probe, side) -> password
     warnings: list[str] = field(default_factory=list)
     digest: str = ""
+    # (username, settings and secrets) -> source; never in a repr or a log
     token_sources: dict[tuple[str, str], TokenSource] = field(default_factory=dict, repr=False)
 
     def password(self, probe: str, side: str) -> str:
@@ -443,7 +444,17 @@ class LoadedConfig:
         oauth = ep.oauth
         if oauth is None:
             return None
-        found = self.token_sources.get((probe.name, side))
+        # Keyed by what the token is for: two sides (or probes) with the same account and endpoint share
+        # one token and one refresh, as one mail client would.
+        key = (
+            str(ep.username),
+            oauth.model_dump_json()
+            + "\0"
+            + (self.secrets.get((probe.name, f"{side}.client_secret")) or "")
+            + "\0"
+            + (self.secrets.get((probe.name, f"{side}.refresh_token")) or ""),
+        )
+        found = self.token_sources.get(key)
         if found is not None:
             return found
         source: TokenSource
@@ -459,7 +470,7 @@ class LoadedConfig:
                 scopes=tuple(oauth.scopes),
                 timeout=oauth.timeout,
             )
-        self.token_sources[(probe.name, side)] = source
+        self.token_sources[key] = source
         return source
 
 

@@ -1,0 +1,295 @@
+"""OAuth 2.0 logins against the real Dovecot (``passdb oauth2``) and Postfix (SASL through that Dovecot).
+
+The authorization server is a small aiohttp app on loopback written for these tests: a token endpoint
+(refresh-token and client-credentials grants) and an RFC 7662 introspection endpoint that Dovecot asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from exporter.config import load_config
+from exporter.results import ResultStore, RunResult
+from exporter.runner import Runner, make_masker
+from exporter.state import Ledger
+from probes.oauth import sasl_initial
+from tests.mailstack import MailStack
+from tests.mailstack._net import free_ports, wait_ready
+from tests.stackconfig import roundtrip, secret_file, write_config
+
+KEY = b"oauth-test-key-0123456789abcdef"
+CLIENT_ID = "mailcanary-test"
+CLIENT_SECRET = "cl1ent-S3cret-oauth"
+
+
+@dataclass
+class AuthServer:
+    """Tokens it issued, their owners and whether they still count; requests seen per grant."""
+
+    users: dict[str, str] = field(default_factory=dict)  # refresh token -> username
+    client_user: str = ""  # the mailbox the client-credentials grant is for
+    access: dict[str, str] = field(default_factory=dict)  # live access token -> username
+    revoked: set[str] = field(default_factory=set)
+    expires_in: int = 3600
+    grants: list[str] = field(default_factory=list)
+    introspections: int = 0
+    counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant = str(form.get("grant_type", ""))
+        self.grants.append(grant)
+        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if grant == "refresh_token":
+            rt = str(form.get("refresh_token", ""))
+            if rt in self.revoked or rt not in self.users:
+                return web.json_response(
+                    {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
+                    status=400,
+                )
+            user = self.users[rt]
+        elif grant == "client_credentials":
+            user = self.client_user
+        else:
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        token = f"ya29.at-{next(self.counter)}-{user.split('@')[0]}-Zq9"
+        self.access[token] = user
+        return web.json_response(
+            {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+        )
+
+    async def introspect(self, request: web.Request) -> web.Response:
+        self.introspections += 1
+        form = await request.post()
+        token = str(form.get("token", ""))
+        user = self.access.get(token)
+        if user is None:
+            return web.json_response({"active": False})
+        return web.json_response({"active": "true", "username": user})
+
+    def expire(self, token: str) -> None:
+        self.access.pop(token, None)
+
+
+@dataclass
+class OAuthStack:
+    server: AuthServer
+    imaps_port: int
+    submission_port: int
+
+
+@pytest.fixture(scope="module")
+def oauth_stack(mailstack: MailStack) -> Iterator[OAuthStack]:
+    server = AuthServer()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    runner_box: list[web.AppRunner] = []
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/token", server.token)
+        app.router.add_post("/introspect", server.introspect)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        server.port = runner.addresses[0][1]
+        runner_box.append(runner)
+        started.set()
+
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True
+    )
+    thread.start()
+    assert started.wait(10)
+    conf = mailstack.root / "oauth2.conf.ext"
+    conf.write_text(
+        f"introspection_mode = post\nintrospection_url = {server.url}/introspect\n"
+        "tokeninfo_url =\nforce_introspection = yes\nusername_attribute = username\n"
+        "active_attribute = active\nactive_value = true\n"
+    )
+    conf.chmod(0o644)
+    imaps, submission = free_ports(2)
+    pf = mailstack.make_postfix("oauth-postfix", tls=mailstack.tls, ports={"submission": submission})
+    dv = mailstack.make_dovecot(
+        "oauth-dovecot",
+        tls=mailstack.tls,
+        ports={"imaps": imaps},
+        auth_sockets=[pf.sasl_socket],
+        settings={"auth_mechanisms": "plain login xoauth2 oauthbearer"},
+        extra_passdbs=[
+            "passdb {",
+            "  driver = oauth2",
+            "  mechanisms = xoauth2 oauthbearer",
+            f"  args = {conf}",
+            "}",
+        ],
+    )
+    try:
+        pf.render()
+        dv.render()
+        dv.check()
+        dv.start()
+        pf.start()
+        pending = wait_ready([*dv.endpoints(), *pf.endpoints()], 20)
+        assert not pending, mailstack.log_tails()
+        yield OAuthStack(server=server, imaps_port=imaps, submission_port=submission)
+    finally:
+        pf.stop()
+        dv.stop()
+
+        async def cleanup() -> None:
+            for r in runner_box:
+                await r.cleanup()
+
+        asyncio.run_coroutine_threadsafe(cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def _oauth_probe(
+    stack: MailStack,
+    o: OAuthStack,
+    tmp: Path,
+    name: str,
+    address: str,
+    refresh_token: str | None,
+    **oauth: Any,
+) -> dict[str, Any]:
+    probe = roundtrip(stack, tmp, name, address, protocol="imap", receive_tls="implicit", smtp_tls="starttls")
+    probe["smtp"]["port"] = o.submission_port
+    probe["receive"]["port"] = o.imaps_port
+    settings: dict[str, Any] = {
+        "token_url": f"{o.server.url}/token",
+        "client_id": CLIENT_ID,
+        "client_secret_file": secret_file(tmp, f"{name}-cs", CLIENT_SECRET),
+        "scopes": ["https://mail.example/.default"],
+        **oauth,
+    }
+    if refresh_token is not None:
+        settings["refresh_token_file"] = secret_file(tmp, f"{name}-rt", refresh_token)
+    for side in ("smtp", "receive"):
+        del probe[side]["password_file"]
+        probe[side]["oauth"] = dict(settings)
+    return probe
+
+
+def _runner(tmp: Path, probes: list[dict[str, Any]]) -> Runner:
+    key_file = tmp / "canary.key"
+    key_file.write_bytes(KEY)
+    loaded = load_config(str(write_config(tmp, probes, canary_key_file=str(key_file))))
+    return Runner(
+        loaded=loaded,
+        key=KEY,
+        ledger=Ledger(tmp / "ledger.json"),
+        store=ResultStore(),
+        masker=make_masker(loaded),
+    )
+
+
+def _run(runner: Runner, name: str, debug: bool = True) -> RunResult:
+    probe = next(p for p in runner.loaded.config.roundtrip if p.name == name)
+    return asyncio.run(runner.run_roundtrip(probe, debug=debug))
+
+
+def _text(result: RunResult) -> str:
+    return "\n".join(result.transcript or [])
+
+
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+def test_oauth_roundtrip_over_smtp_and_imap(
+    mailstack: MailStack, oauth_stack: OAuthStack, mailbox: str, tmp_path: Path, mechanism: str
+) -> None:
+    rt = f"1//rt-{mechanism}-{mailbox}"
+    oauth_stack.server.users[rt] = mailbox
+    runner = _runner(
+        tmp_path, [_oauth_probe(mailstack, oauth_stack, tmp_path, "oa", mailbox, rt, mechanism=mechanism)]
+    )
+    result = _run(runner, "oa")
+    assert result.success, (result.reason, result.message, _text(result))
+    text = _text(result)
+    assert f"C: smtp AUTH {mechanism.upper()} ********" in text
+    assert f"AUTHENTICATE {mechanism.upper()}" in text
+    for token in oauth_stack.server.access:
+        assert token not in text
+        for mech in ("XOAUTH2", "OAUTHBEARER"):
+            assert base64.b64encode(sasl_initial(mech, mailbox, token)).decode() not in text  # type: ignore[arg-type]
+    assert rt not in text and CLIENT_SECRET not in text
+
+
+def test_client_credentials_grant_and_token_cached_then_refreshed_ahead_of_expiry(
+    mailstack: MailStack, oauth_stack: OAuthStack, mailbox: str, tmp_path: Path
+) -> None:
+    server = oauth_stack.server
+    server.client_user = mailbox
+    server.expires_in = 62  # our margin is 60 s: the token is refreshed 2 s after it was fetched
+    try:
+        runner = _runner(tmp_path, [_oauth_probe(mailstack, oauth_stack, tmp_path, "cc", mailbox, None)])
+        before = len(server.grants)
+        first = _run(runner, "cc")
+        assert first.success, (first.reason, first.message, _text(first))
+        assert server.grants[before:] == ["client_credentials"]  # one token for SMTP and IMAP alike
+        issued = [t for t, u in server.access.items() if u == mailbox]
+        second = _run(runner, "cc")
+        assert second.success and len(server.grants) == before + 1  # cached
+        import time
+
+        time.sleep(2.5)  # past our refresh point, still inside the server's lifetime
+        for token in issued:
+            server.expire(token)  # the server's side of the lifetime ends too
+        third = _run(runner, "cc")
+        assert third.success, (third.reason, third.message, _text(third))
+        assert len(server.grants) == before + 2
+    finally:
+        server.expires_in = 3600
+
+
+def test_revoked_refresh_token_is_receive_auth_with_the_oauth_error(
+    mailstack: MailStack, oauth_stack: OAuthStack, mailbox: str, tmp_path: Path
+) -> None:
+    rt = f"1//rt-revoked-{mailbox}"
+    oauth_stack.server.users[rt] = mailbox
+    oauth_stack.server.revoked.add(rt)
+    probe = _oauth_probe(mailstack, oauth_stack, tmp_path, "rv", mailbox, rt)
+    # SMTP with the mailbox password (Dovecot's passwd-file passdb still serves PLAIN), IMAP with OAuth.
+    probe["smtp"].pop("oauth")
+    probe["smtp"]["password_file"] = secret_file(tmp_path, "rv-smtp", mailstack.password(mailbox))
+    runner = _runner(tmp_path, [probe])
+    result = _run(runner, "rv")
+    assert not result.success
+    assert result.reason == "receive_auth"
+    assert "invalid_grant" in result.message and "revoked" in result.message
+    assert rt not in _text(result) + result.message
+
+
+def test_revoked_refresh_token_on_smtp_is_smtp_auth(
+    mailstack: MailStack, oauth_stack: OAuthStack, mailbox: str, tmp_path: Path
+) -> None:
+    rt = f"1//rt-revoked2-{mailbox}"
+    oauth_stack.server.users[rt] = mailbox
+    oauth_stack.server.revoked.add(rt)
+    probe = _oauth_probe(mailstack, oauth_stack, tmp_path, "rs", mailbox, rt)
+    # The receiving side logs in first (its sweep): give it the password, so SMTP meets the refusal.
+    probe["receive"].pop("oauth")
+    probe["receive"]["password_file"] = secret_file(tmp_path, "rs-recv", mailstack.password(mailbox))
+    runner = _runner(tmp_path, [probe])
+    result = _run(runner, "rs")
+    assert (result.success, result.reason) == (False, "smtp_auth")
+    assert "invalid_grant" in result.message
