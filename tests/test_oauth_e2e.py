@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from exporter import logs
 from exporter.config import load_config
 from exporter.results import ResultStore, RunResult
 from exporter.runner import Runner, make_masker
@@ -215,16 +216,35 @@ def _text(result: RunResult) -> str:
 
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
 def test_oauth_roundtrip_over_smtp_and_imap(
-    mailstack: MailStack, oauth_stack: OAuthStack, mailbox: str, tmp_path: Path, mechanism: str
+    mailstack: MailStack,
+    oauth_stack: OAuthStack,
+    mailbox: str,
+    tmp_path: Path,
+    mechanism: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     rt = f"1//rt-{mechanism}-{mailbox}"
     oauth_stack.server.users[rt] = mailbox
     runner = _runner(
         tmp_path, [_oauth_probe(mailstack, oauth_stack, tmp_path, "oa", mailbox, rt, mechanism=mechanism)]
     )
-    result = _run(runner, "oa")
+    logs.configure("json", "debug")
+    logs.set_masker(runner.masker)
+    try:
+        result = _run(runner, "oa")
+        oauth_stack.server.expire(next(t for t, u in oauth_stack.server.access.items() if u == mailbox))
+        refused = _run(runner, "oa")  # the server no longer takes the cached token: refused, logged
+    finally:
+        logs.configure("json", "info")
     assert result.success, (result.reason, result.message, _text(result))
-    text = _text(result)
+    assert (refused.success, refused.reason) == (False, "receive_auth")  # IMAP logs in first (its sweep)
+    # Dovecot's SASL error challenge, decoded: "... answered NO [AUTHENTICATIONFAILED] ... [status=invalid_token]"
+    assert f"AUTHENTICATE {mechanism.upper()} answered NO" in refused.message
+    assert "status=invalid_token" in refused.message, refused.message
+    healed = _run(runner, "oa")  # the refused token was forgotten: a fresh one is fetched
+    assert healed.success, (healed.reason, healed.message)
+    out = capsys.readouterr()
+    text = _text(result) + _text(refused) + refused.message + out.out + out.err
     assert f"C: smtp AUTH {mechanism.upper()} ********" in text
     assert f"AUTHENTICATE {mechanism.upper()}" in text
     for token in oauth_stack.server.access:
