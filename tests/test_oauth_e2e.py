@@ -314,3 +314,32 @@ def test_revoked_refresh_token_on_smtp_is_smtp_auth(
     result = _run(runner, "rs")
     assert (result.success, result.reason) == (False, "smtp_auth")
     assert "invalid_grant" in result.message
+
+
+def test_token_file_is_reread_when_another_program_replaces_it(
+    mailstack: MailStack, oauth_stack: OAuthStack, mailbox: str, tmp_path: Path
+) -> None:
+    server = oauth_stack.server
+    first, second = f"file-token-1-{mailbox}", f"file-token-2-{mailbox}"
+    server.access[first] = mailbox
+    token_file = tmp_path / "access.token"
+    token_file.write_text(first + "\n")
+    probe = roundtrip(mailstack, tmp_path, "tf", mailbox, protocol="imap", receive_tls="implicit")
+    probe["smtp"]["port"] = oauth_stack.submission_port
+    probe["receive"]["port"] = oauth_stack.imaps_port
+    for side in ("smtp", "receive"):
+        del probe[side]["password_file"]
+        probe[side]["oauth"] = {"token_file": str(token_file)}
+    runner = _runner(tmp_path, [probe])
+    grants = len(server.grants)
+    one = _run(runner, "tf")
+    assert one.success, (one.reason, one.message, _text(one))
+    server.expire(first)
+    server.access[second] = mailbox
+    replacement = tmp_path / "access.token.new"
+    replacement.write_text(second + "\n")
+    replacement.replace(token_file)  # as a sidecar would: a new file renamed into place
+    two = _run(runner, "tf")
+    assert two.success, (two.reason, two.message, _text(two))
+    assert len(server.grants) == grants  # no token endpoint involved
+    assert first not in _text(one) and second not in _text(two)
