@@ -200,8 +200,6 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("the receiving side needs username and a password")
         if not 0 < self.poll_initial <= self.max_gap:
             raise ValueError("need 0 < poll_initial <= poll_max")
-        if self.protocol == "pop3" and self.oauth is not None:
-            raise ValueError("oauth: supported for IMAP and SMTP only (not POP3)")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
         return self

@@ -15,7 +15,11 @@ from aiosmtplib import SMTPResponse
 from ._certs import facts_from_connection
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
-from .recorder import Recorder
+from .recorder import MASK, Recorder
+
+# Longest AUTH line with an inline initial response (CRLF included): far below Postfix's line_length_limit
+# (2048), which truncates longer lines; RFC 4954 allows 12288, but an empty challenge works everywhere.
+SMTP_INLINE_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -211,9 +215,19 @@ async def _auth_oauth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recor
     from .oauth import error_of_challenge, initial_response
 
     mech, encoded = await initial_response(creds, smtp.server_auth_methods, recorder, "smtp_auth", "SMTP")
-    recorder.debug("C: smtp", f"AUTH {mech} ********")
+    inline = len(encoded) + len(mech) + 7 <= SMTP_INLINE_MAX
+    recorder.debug("C: smtp", f"AUTH {mech} ********" if inline else f"AUTH {mech}")
     try:
-        resp = await smtp.execute_command(b"AUTH", mech.encode(), encoded.encode())
+        if inline:
+            resp = await smtp.execute_command(b"AUTH", mech.encode(), encoded.encode())
+        else:
+            # Postfix cuts command lines at line_length_limit (2048): a JWT-sized initial response must
+            # follow the server's empty challenge instead (RFC 4954 section 4).
+            resp = await smtp.execute_command(b"AUTH", mech.encode())
+            if resp.code == 334:
+                recorder.debug("S: smtp", f"334 {resp.message}")
+                recorder.debug("C: smtp", MASK)
+                resp = await smtp.execute_command(encoded.encode())
         detail = ""
         if resp.code == 334:
             detail = error_of_challenge(resp.message.encode())

@@ -260,6 +260,8 @@ def test_oauth_config_errors_are_one_line(extra: str, env: dict[str, str], expec
     assert _problem(_config(extra), env) == f"{F}: {expected}"
 
 
-def test_oauth_over_pop3_is_refused() -> None:
-    line = _problem(_config("      oauth:\n        token_file: /t\n", protocol="pop3"))
-    assert "oauth: supported for IMAP and SMTP only (not POP3)" in line
+def test_oauth_over_pop3_loads() -> None:
+    loaded = parse_config(_config("      oauth:\n        token_file: /t\n", protocol="pop3"), F, {})
+    probe = loaded.config.roundtrip[0]
+    assert probe.receive.protocol == "pop3" and probe.receive.oauth is not None
+    assert loaded.token_source(probe, "receive") is not None

@@ -42,6 +42,7 @@ class AuthServer:
     access: dict[str, str] = field(default_factory=dict)  # live access token -> username
     revoked: set[str] = field(default_factory=set)
     expires_in: int = 3600
+    pad: int = 0  # extra characters in issued tokens (real JWTs are 1-4 KiB)
     grants: list[str] = field(default_factory=list)
     introspections: int = 0
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -69,7 +70,7 @@ class AuthServer:
             user = self.client_user
         else:
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
-        token = f"ya29.at-{next(self.counter)}-{user.split('@')[0]}-Zq9"
+        token = f"ya29.at-{next(self.counter)}-{user.split('@')[0]}-{'x' * self.pad}Zq9"
         self.access[token] = user
         return web.json_response(
             {"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
@@ -93,6 +94,7 @@ class OAuthStack:
     server: AuthServer
     imaps_port: int
     submission_port: int
+    pop3s_port: int
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +128,12 @@ def oauth_stack(mailstack: MailStack) -> Iterator[OAuthStack]:
         "active_attribute = active\nactive_value = true\n"
     )
     conf.chmod(0o644)
-    imaps, submission = free_ports(2)
+    imaps, submission, pop3s = free_ports(3)
     pf = mailstack.make_postfix("oauth-postfix", tls=mailstack.tls, ports={"submission": submission})
     dv = mailstack.make_dovecot(
         "oauth-dovecot",
         tls=mailstack.tls,
-        ports={"imaps": imaps},
+        ports={"imaps": imaps, "pop3s": pop3s},
         auth_sockets=[pf.sasl_socket],
         settings={"auth_mechanisms": "plain login xoauth2 oauthbearer"},
         extra_passdbs=[
@@ -150,7 +152,7 @@ def oauth_stack(mailstack: MailStack) -> Iterator[OAuthStack]:
         pf.start()
         pending = wait_ready([*dv.endpoints(), *pf.endpoints()], 20)
         assert not pending, mailstack.log_tails()
-        yield OAuthStack(server=server, imaps_port=imaps, submission_port=submission)
+        yield OAuthStack(server=server, imaps_port=imaps, submission_port=submission, pop3s_port=pop3s)
     finally:
         pf.stop()
         dv.stop()
@@ -172,11 +174,14 @@ def _oauth_probe(
     name: str,
     address: str,
     refresh_token: str | None,
+    protocol: str = "imap",
     **oauth: Any,
 ) -> dict[str, Any]:
-    probe = roundtrip(stack, tmp, name, address, protocol="imap", receive_tls="implicit", smtp_tls="starttls")
+    probe = roundtrip(
+        stack, tmp, name, address, protocol=protocol, receive_tls="implicit", smtp_tls="starttls"
+    )
     probe["smtp"]["port"] = o.submission_port
-    probe["receive"]["port"] = o.imaps_port
+    probe["receive"]["port"] = o.imaps_port if protocol == "imap" else o.pop3s_port
     settings: dict[str, Any] = {
         "token_url": f"{o.server.url}/token",
         "client_id": CLIENT_ID,
@@ -214,6 +219,7 @@ def _text(result: RunResult) -> str:
     return "\n".join(result.transcript or [])
 
 
+@pytest.mark.parametrize("pad", [0, 2000])
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
 def test_oauth_roundtrip_over_smtp_and_imap(
     mailstack: MailStack,
@@ -221,9 +227,13 @@ def test_oauth_roundtrip_over_smtp_and_imap(
     mailbox: str,
     tmp_path: Path,
     mechanism: str,
+    pad: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rt = f"1//rt-{mechanism}-{mailbox}"
+    """pad 2000: a JWT-sized token, whose SMTP initial response would pass Postfix's 2048-octet line limit,
+    follows the empty 334 challenge."""
+    oauth_stack.server.pad = pad
+    rt = f"1//rt-{mechanism}-{pad}-{mailbox}"
     oauth_stack.server.users[rt] = mailbox
     runner = _runner(
         tmp_path, [_oauth_probe(mailstack, oauth_stack, tmp_path, "oa", mailbox, rt, mechanism=mechanism)]
@@ -236,6 +246,7 @@ def test_oauth_roundtrip_over_smtp_and_imap(
         refused = _run(runner, "oa")  # the server no longer takes the cached token: refused, logged
     finally:
         logs.configure("json", "info")
+        oauth_stack.server.pad = 0
     assert result.success, (result.reason, result.message, _text(result))
     assert (refused.success, refused.reason) == (False, "receive_auth")  # IMAP logs in first (its sweep)
     # Dovecot's SASL error challenge, decoded: "... answered NO ... [status=invalid_token]"
@@ -246,7 +257,9 @@ def test_oauth_roundtrip_over_smtp_and_imap(
     assert healed.success, (healed.reason, healed.message)
     out = capsys.readouterr()
     text = _text(result) + _text(refused) + refused.message + out.out + out.err
-    assert f"C: smtp AUTH {mechanism.upper()} ********" in text
+    inline = f"C: smtp AUTH {mechanism.upper()} ********" in text
+    after_challenge = f"C: smtp AUTH {mechanism.upper()}\n" in text and "C: smtp ********" in text
+    assert (inline, after_challenge) == ((True, False) if pad == 0 else (False, True)), text
     assert f"AUTHENTICATE {mechanism.upper()}" in text
     for token in oauth_stack.server.access:
         assert token not in text
@@ -343,3 +356,49 @@ def test_token_file_is_reread_when_another_program_replaces_it(
     assert two.success, (two.reason, two.message, _text(two))
     assert len(server.grants) == grants  # no token endpoint involved
     assert first not in _text(one) and second not in _text(two)
+
+
+@pytest.mark.parametrize("pad", [0, 2000])
+@pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
+def test_oauth_roundtrip_over_pop3(
+    mailstack: MailStack,
+    oauth_stack: OAuthStack,
+    mailbox: str,
+    tmp_path: Path,
+    mechanism: str,
+    pad: int,
+) -> None:
+    """RFC 5034 AUTH on Dovecot's pop3: a short token goes inline, a JWT-sized one does not fit the
+    255-octet command line and follows an empty challenge; a token the server no longer takes is
+    receive_auth with Dovecot's decoded error."""
+    rt = f"1//rt-pop3-{mechanism}-{pad}-{mailbox}"
+    oauth_stack.server.users[rt] = mailbox
+    probe = _oauth_probe(mailstack, oauth_stack, tmp_path, "op", mailbox, rt, "pop3", mechanism=mechanism)
+    runner = _runner(tmp_path, [probe])
+    before = len(oauth_stack.server.grants)
+    oauth_stack.server.pad = pad
+    try:
+        result = _run(runner, "op")
+    finally:
+        oauth_stack.server.pad = 0
+    assert result.success, (result.reason, result.message, _text(result))
+    assert len(oauth_stack.server.grants) == before + 1  # one token for SMTP and every POP3 session
+    text = _text(result)
+    inline = f"C: pop3 AUTH {mechanism.upper()} ********\n" in text + "\n"
+    after_challenge = f"C: pop3 AUTH {mechanism.upper()}\n" in text and "C: pop3 ********" in text
+    assert (inline, after_challenge) == ((True, False) if pad == 0 else (False, True)), text
+    for token in [t for t, u in oauth_stack.server.access.items() if u == mailbox]:
+        oauth_stack.server.expire(token)  # ours, and any an earlier test left for this mailbox
+    refused = _run(runner, "op")
+    assert (refused.success, refused.reason) == (False, "receive_auth")  # POP3 logs in first (its sweep)
+    assert f"POP3 AUTH {mechanism.upper()} refused: -ERR" in refused.message
+    expected = {"xoauth2": "[status=401 schemes=bearer", "oauthbearer": "[status=invalid_token"}[mechanism]
+    assert expected in refused.message, refused.message
+    healed = _run(runner, "op")
+    assert healed.success, (healed.reason, healed.message)
+    text += _text(refused) + refused.message + _text(healed)
+    for token in oauth_stack.server.access:
+        assert token not in text
+        for mech in ("XOAUTH2", "OAUTHBEARER"):
+            assert base64.b64encode(sasl_initial(mech, mailbox, token)).decode() not in text  # type: ignore[arg-type]
+    assert rt not in text and CLIENT_SECRET not in text
