@@ -73,6 +73,15 @@ def test_masker_hides_every_sasl_form_and_keeps_only_recent_tokens() -> None:
     assert len(masker._needles) <= 2 * len(secret_forms("u@example.com", "t", "h", 993))
 
 
+def test_masker_rotation_keeps_a_form_that_is_also_a_fixed_secret_or_another_accounts() -> None:
+    masker = Masker(["shared-secret"])
+    masker.rotate("oauth:a", ["shared-secret", "tok-a-1"])
+    masker.rotate("oauth:b", ["tok-b-1", "tok-a-1"])  # the same string under another key
+    for n in range(2, 5):
+        masker.rotate("oauth:a", [f"tok-a-{n}"])
+    assert masker("shared-secret tok-a-1 tok-a-4 tok-a-2") == f"{MASK} {MASK} {MASK} tok-a-2"
+
+
 async def test_file_token_is_reread_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("first-token\n")
