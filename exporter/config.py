@@ -177,6 +177,7 @@ class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
+    quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)

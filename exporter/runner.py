@@ -14,6 +14,7 @@ import structlog
 from probes._framing import ReadLimits
 from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
+from probes._quota import Usage
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
 from probes.errors import ProbeError
@@ -136,6 +137,7 @@ def roundtrip_settings(
             timeout=rc.timeout,
             use_idle=rc.idle,
             limits=limits,
+            quota=rc.quota,
         )
     else:
         receiver = POP3Settings(
@@ -190,6 +192,14 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
         ep = tls_check_settings(check, check.host, check.port).endpoint
         sides.append((ep, check.protocol, check.max_sessions))
     return sides
+
+
+def _quota_of(rec: Recorder) -> dict[str, tuple[int, int]] | None:
+    """The run's quota reading as resource (lower case) -> (used, limit); None if none was read."""
+    found = rec.facts.get("quota")
+    if not isinstance(found, dict):
+        return None
+    return {res.lower(): (u.used, u.limit) for res, u in found.items() if isinstance(u, Usage)}
 
 
 def make_masker(loaded: LoadedConfig) -> Masker:
@@ -281,6 +291,8 @@ class Runner:
             lost=lost,
             outstanding=outstanding,
             tls=dict(rec.tls),
+            quota=_quota_of(rec),
+            quota_error=rec.facts.get("quota_error"),
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )

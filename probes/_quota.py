@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 
 MAX_RESOURCES = 16  # a QUOTA response names a handful; more is noise
+# Why a quota read failed; never a round-trip outcome (a quota read never fails a run).
+QUOTA_ERRORS = ("refused", "protocol", "timeout")  # NO/BAD; garbage or a malformed QUOTA; no reply
 _ATOM = rb'(?:"(?:[^"\\]|\\.)*"|[^\s()"]+)'
 _QUOTA = re.compile(rb"^\*\s+QUOTA\s+(" + _ATOM + rb")\s+\(([^()]*)\)\s*$", re.IGNORECASE)
 _QUOTAROOT = re.compile(rb"^\*\s+QUOTAROOT\s+(" + _ATOM + rb")((?:\s+" + _ATOM + rb")*)\s*$", re.IGNORECASE)
@@ -64,3 +66,11 @@ def parse_quota(line: bytes) -> tuple[str, dict[str, Usage]] | None:
         scale = 1024 if resource == "STORAGE" else 1
         out[resource] = Usage(int(used) * scale, int(limit) * scale)
     return _unquote(m.group(1)), out
+
+
+def tightest(found: dict[str, Usage], more: dict[str, Usage]) -> None:
+    """Merge ``more`` into ``found``: per resource, the root nearest its limit counts (it fills first)."""
+    for resource, usage in more.items():
+        have = found.get(resource)
+        if have is None or (usage.ratio or 0.0) > (have.ratio or 0.0):
+            found[resource] = usage

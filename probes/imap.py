@@ -21,6 +21,7 @@ from . import _imapwire as wire
 from ._certs import facts_from_connection
 from ._framing import BoundedReader, ConnectionClosed, FrameError, ReadLimits
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
+from ._quota import Usage, parse_quota, tightest
 from .errors import ProbeError, ProbeTimeout
 from .recorder import MASK, Recorder
 
@@ -38,6 +39,7 @@ class IMAPSettings:
     timeout: float = 10.0  # per command
     use_idle: bool = True
     limits: ReadLimits = field(default_factory=ReadLimits)
+    quota: bool = True  # read RFC 9208 quota (GETQUOTAROOT) when the server offers QUOTA
 
 
 @dataclass
@@ -47,6 +49,10 @@ class Fetched:
     data: dict[int, bytes] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
+
+
+class QuotaMalformed(ProbeError):
+    """A ``* QUOTA`` line we cannot read: the dialogue is still in step."""
 
 
 class IMAPSession:
@@ -231,7 +237,7 @@ class IMAPSession:
         if status not in (b"OK", b"PREAUTH"):
             self._abort()
             raise ProbeError(
-                f"IMAP greeting is not * OK: {wire._show(resp.parts[0] or b'')}", reason=_PROTOCOL
+                f"IMAP greeting is not * OK: {wire.show(resp.parts[0] or b'')}", reason=_PROTOCOL
             )
         caps = wire.capabilities_of(resp)
         if caps is not None:
@@ -483,6 +489,31 @@ class IMAPSession:
             if found is not None:
                 uids.extend(found)
         return sorted(set(uids))
+
+    @property
+    def is_open(self) -> bool:
+        """False once the connection was dropped (a timeout or garbage put the dialogue out of step)."""
+        return not self._closed and self._in is not None
+
+    async def quota(self) -> dict[str, Usage]:
+        """RFC 9208 ``GETQUOTAROOT`` on the selected mailbox: per resource (``STORAGE`` in bytes,
+        ``MESSAGE``...) the usage of the root nearest its limit; empty when no root has a limit.
+
+        A NO/BAD raises ``receive_protocol`` with the session still open; a ``* QUOTA`` line that does not
+        parse raises the same (in step, still open); garbage or silence end the session as any command.
+        """
+        _, untagged = await self._command("GETQUOTAROOT", [b"GETQUOTAROOT ", self.settings.mailbox])
+        found: dict[str, Usage] = {}
+        for resp in untagged:
+            line = resp.parts[0] or b""
+            words = resp.words
+            if not words or words[0].upper() != b"QUOTA":
+                continue  # QUOTAROOT names the roots; the QUOTA lines carry the numbers
+            parsed = parse_quota(line) if len(resp.parts) == 1 else None
+            if parsed is None:
+                raise QuotaMalformed(f"IMAP GETQUOTAROOT: malformed {wire.show(line)}", reason=_PROTOCOL)
+            tightest(found, parsed[1])
+        return found
 
     @property
     def can_expunge_by_uid(self) -> bool:

@@ -20,8 +20,8 @@ from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
-from .errors import ProbeError
-from .imap import IMAPSession, IMAPSettings
+from .errors import ProbeError, ProbeTimeout
+from .imap import IMAPSession, IMAPSettings, QuotaMalformed
 from .pop3 import POP3Client
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
@@ -193,7 +193,32 @@ class _IMAPReceiver(_Receiver):
             _count_skipped(self.recorder, len(heads.skipped) + len(maybe_stale) - len(found))
             stale = self._stale(found, late)
             await s.delete(stale)
+        await self._read_quota()
         return list(stale.values())
+
+    async def _read_quota(self) -> None:
+        """Quota of the canary mailbox before the canary goes out (a full mailbox is then shown even when
+        it bounces the canary). A failed read is only noted (``facts["quota_error"]``, one of
+        ``QUOTA_ERRORS``): the round trip goes on, in a fresh session if the old one had to be dropped."""
+        s, rec = self.session, self.recorder
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        if not self.settings.receiver.quota or "QUOTA" not in s.capabilities:
+            return
+        started = rec.clock()
+        try:
+            rec.facts["quota"] = await s.quota()
+        except ProbeError as exc:
+            refused = s.is_open and not isinstance(exc, QuotaMalformed)
+            error = "timeout" if isinstance(exc, ProbeTimeout) else "refused" if refused else "protocol"
+            rec.facts["quota_error"] = error
+            rec.facts["quota_message"] = exc.message
+            rec.debug("quota", f"quota not read ({error}): {exc.message}")
+        finally:
+            rec.set_phase("receive_quota", rec.clock() - started)
+        if not s.is_open:  # the read put the dialogue out of step: go on in a new session
+            await s.close()
+            self.session = IMAPSession(self.settings.receiver, rec)
+            await self.session.open()
 
     @property
     def _canary_cap(self) -> int:

@@ -501,6 +501,7 @@ class MailStack:
         settings: Mapping[str, str | int | bool] | None = None,
         auth_sockets: Sequence[Path] = (),
         extra_passdbs: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
     ) -> DovecotInstance:
         """Another Dovecot over the same users and Maildirs, under ``root/<name>`` (imaps only by default).
 
@@ -522,6 +523,7 @@ class MailStack:
             auth_sockets=auth_sockets,
             settings=settings,
             extra_passdbs=extra_passdbs,
+            extra_config=extra_config,
         )
 
     def make_postfix(
