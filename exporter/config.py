@@ -173,11 +173,28 @@ class SMTPConfig(EndpointConfig):
     helo: str | None = None
 
 
+class SyncConfig(Model):
+    """The multi-device check (IMAP): a second session stays selected; the first sets ``flag`` on our
+    verified canary, and the second must see it within ``timeout``."""
+
+    enabled: bool = True
+    # \\Seen or a keyword atom (RFC 3501 flag-keyword): a keyword never means anything to a mail client
+    flag: str = Field(default="$MailcanarySynced", pattern=r"^(\\Seen|[A-Za-z$][A-Za-z0-9$_.-]{0,63})$")
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _positive(self) -> Self:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return self
+
+
 class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
     quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
+    sync: SyncConfig | None = None  # IMAP only: the second-device sync check (off unless given)
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
@@ -202,6 +219,8 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("the receiving side needs username and a password")
         if not 0 < self.poll_initial <= self.max_gap:
             raise ValueError("need 0 < poll_initial <= poll_max")
+        if self.protocol == "pop3" and self.sync is not None and self.sync.enabled:
+            raise ValueError("sync: an IMAP check (POP3 has no flags for a second session to see)")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
         return self

@@ -157,7 +157,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 17 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 19 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -219,6 +219,16 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "mailcanary_scheduler_skipped_runs",
         "Runs not started because the previous run of the same probe was still going.",
     )
+    sync = gauge(
+        "mailcanary_roundtrip_sync_seconds",
+        "Sync check, last successful run: from the first IMAP session setting the flag on the canary "
+        "until the second session (the other device) saw it.",
+    )
+    sync_arrival = gauge(
+        "mailcanary_roundtrip_sync_arrival_seconds",
+        "Sync check, last successful run: delivery latency as the second IMAP session saw it (first "
+        "seen there minus DATA accepted).",
+    )
     quota_used = gauge(
         "mailcanary_mailbox_quota_used",
         "Quota usage of the canary mailbox at the last reading (RFC 9208): bytes for resource storage, "
@@ -263,6 +273,10 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         if st.scheduler_lag is not None:
             lag.add_metric([name], st.scheduler_lag)
         skipped.add_metric([name], st.skipped_runs)
+        if st.last_sync is not None:
+            sync.add_metric([name], st.last_sync)
+        if st.last_sync_arrival is not None:
+            sync_arrival.add_metric([name], st.last_sync_arrival)
         for resource, (used, limit) in sorted(st.quota.items()):
             quota_used.add_metric([name, resource], used)
             quota_limit.add_metric([name, resource], limit)
@@ -287,6 +301,8 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         outstanding,
         lag,
         skipped,
+        sync,
+        sync_arrival,
         quota_used,
         quota_limit,
         quota_errors,

@@ -58,6 +58,8 @@ class RunResult:
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
     quota: dict[str, tuple[int, int]] | None = None  # resource -> (used, limit), read this run
     quota_error: str | None = None  # why the quota could not be read (probes._quota.QUOTA_ERRORS)
+    sync_seconds: float | None = None  # sync check: flag set by the first session until the second saw it
+    sync_arrival: float | None = None  # sync check: delivery latency as the second session saw it
     failed_phase: str | None = None
     transcript: list[str] | None = None
 
@@ -81,6 +83,8 @@ class ProbeStats:
         default_factory=dict
     )  # latest reading: resource -> (used, limit)
     quota_errors: Counter[str] | None = None  # None until a run tried to read the quota
+    last_sync: float | None = None
+    last_sync_arrival: float | None = None
 
 
 class ResultStore:
@@ -145,6 +149,10 @@ class ResultStore:
                 st.quota_errors = st.quota_errors or Counter()
                 if result.quota_error is not None:
                     st.quota_errors[result.quota_error] += 1
+            if result.sync_seconds is not None:
+                st.last_sync = result.sync_seconds
+            if result.sync_arrival is not None:
+                st.last_sync_arrival = result.sync_arrival
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -202,4 +210,6 @@ def _copy(st: ProbeStats) -> ProbeStats:
         tls=dict(st.tls),
         quota=dict(st.quota),
         quota_errors=None if st.quota_errors is None else Counter(st.quota_errors),
+        last_sync=st.last_sync,
+        last_sync_arrival=st.last_sync_arrival,
     )

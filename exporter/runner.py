@@ -20,7 +20,7 @@ from probes.canary import Token
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
 from probes.recorder import Masker, Recorder
-from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
 
@@ -163,6 +163,11 @@ def roundtrip_settings(
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
         slots=slots,
+        sync=(
+            SyncSettings(flag=rc.sync.flag, timeout=rc.sync.timeout)
+            if rc.protocol == "imap" and rc.sync is not None and rc.sync.enabled
+            else None
+        ),
     )
 
 
@@ -293,6 +298,8 @@ class Runner:
             tls=dict(rec.tls),
             quota=_quota_of(rec),
             quota_error=rec.facts.get("quota_error"),
+            sync_seconds=rec.facts.get("sync_seconds") if reason == "success" else None,
+            sync_arrival=rec.facts.get("sync_arrival_seconds") if reason == "success" else None,
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )

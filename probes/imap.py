@@ -476,11 +476,16 @@ class IMAPSession:
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=_PROTOCOL)
         return self._saw_exists(pushed)
 
-    async def search_header(self, header: str, value: str, *, undeleted: bool = False) -> list[int]:
-        """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted."""
+    async def search_header(
+        self, header: str, value: str, *, undeleted: bool = False, flag: str | None = None
+    ) -> list[int]:
+        """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted; with
+        ``flag`` (``\\Seen`` or a keyword), only those carrying it."""
         pieces: list[bytes | str] = [b"UID SEARCH "]
         if undeleted:
             pieces.append(b"UNDELETED ")
+        if flag is not None:
+            pieces.append(b"SEEN " if flag.lower() == "\\seen" else b"KEYWORD " + flag.encode("ascii") + b" ")
         pieces += [b"HEADER ", header, b" ", value]
         _, untagged = await self._command("UID SEARCH", pieces)
         uids: list[int] = []
@@ -550,6 +555,15 @@ class IMAPSession:
                     out.data[item.uid] = item.body
         return out
 
+    async def add_flag(self, uid: int, flag: str) -> None:
+        """Set ``flag`` (``\\Seen`` or a keyword atom, checked by the config) on one message: only ever
+        called for our own verified canary."""
+        await self._command(
+            "UID STORE",
+            [b"UID STORE %d +FLAGS.SILENT (" % uid, flag.encode("ascii"), b")"],
+            shown=f"UID STORE {uid} +FLAGS.SILENT ({flag})",
+        )
+
     async def delete(self, uids: Iterable[int]) -> None:
         """Flag ``uids`` \\Deleted and, with UIDPLUS, expunge exactly those.
 
@@ -591,6 +605,10 @@ class IMAPSession:
                 raise
             except Exception:
                 writer.transport.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a caller cut a command short): no LOGOUT on close."""
+        self._abort()
 
     def _abort(self) -> None:
         """Drop the connection at once: the dialogue can no longer be trusted to be in step."""

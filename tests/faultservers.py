@@ -244,6 +244,8 @@ def imap_handler(store: Store, fault: Fault, quota: bytes | None = None) -> Hand
                     m = re.search(rb'"([^"]*)"$', rest)
                     needle = m.group(1) if m else b"\x00"
                     found = [u for u, raw_ in store.messages.items() if needle in raw_.split(b"\r\n\r\n")[0]]
+                    if b" KEYWORD " in rest or b" SEEN " in rest:
+                        found = []  # flags are not kept: a view where a flag set elsewhere never shows
                     body = b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n"
                     if await reply(step, tag, body.replace(b"SEARCH \r\n", b"SEARCH\r\n"), b"OK done"):
                         return

@@ -77,6 +77,8 @@ def build(vantage: str = "") -> tuple[ResultStore, ExporterState]:
                 delivery=1e-7 * i + 123.456,
                 tls={"127.0.0.1:587": facts("127.0.0.1:587", "smtp")},
                 quota_error="timeout" if i >= 3 else None,
+                sync_seconds=0.125 * i if i >= 3 else None,
+                sync_arrival=0.25 * i if i >= 3 else None,
             )
         )
         store.note_lag(name, 0.001 * i)
@@ -112,6 +114,9 @@ def reference(store: ResultStore, state: ExporterState) -> str:
 ADDED_SINCE_GOLDEN = (
     "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
     "mailcanary_mailbox_quota_",
+    "mailcanary_roundtrip_sync_",
+    'outcome="sync_timeout"',
+    "# HELP mailcanary_build_info",  # its text changed (issue 11) after the golden was written
 )
 
 
