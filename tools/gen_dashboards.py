@@ -823,7 +823,7 @@ def overview() -> Json:
         [
             target(
                 "sum by (probe, reason) "
-                f"(increase(mailcanary_mailbox_quota_read_errors_total{{{RT}}}[$__rate_interval])) > 0",
+                f"(increase(mailcanary_mailbox_quota_read_errors_total{{{RT}}}[$__rate_interval]))",
                 "{{probe}} {{reason}}",
             )
         ],
