@@ -693,6 +693,12 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
                 loaded.warnings.append(
                     f"{path}: {where}.password: inline password; prefer password_file or password_env"
                 )
+        sync = probe.receive.sync
+        if sync is not None and sync.enabled and sync.timeout >= config.timeout_of(probe):
+            loaded.warnings.append(
+                f"{path}: roundtrip[{i}].receive.sync.timeout: not shorter than the probe's timeout; "
+                "a sync that never shows ends as timeout, not sync_timeout"
+            )
         if config.timeout_of(probe) > config.interval_of(probe):
             loaded.warnings.append(
                 f"{path}: roundtrip[{i}].timeout: longer than the interval; "

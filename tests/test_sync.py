@@ -134,3 +134,12 @@ def test_sync_config_defaults_and_disabled() -> None:
     assert sync is not None and (sync.enabled, sync.flag, sync.timeout) == (True, "$MailcanarySynced", 30.0)
     off = parse_config(_config("      sync: {enabled: false}\n", "pop3"), F, {})  # off: allowed anywhere
     assert off.config.roundtrip[0].receive.sync is not None
+
+
+def test_a_sync_timeout_not_shorter_than_the_probe_timeout_is_warned_about() -> None:
+    text = _config("      sync:\n        timeout: 60s\n").replace(
+        "  - name: sy\n", "  - name: sy\n    timeout: 30s\n"
+    )
+    loaded = parse_config(text, F, {})
+    assert any("receive.sync.timeout: not shorter than the probe's timeout" in w for w in loaded.warnings)
+    assert not any("sync" in w for w in parse_config(_config("      sync: {}\n"), F, {}).warnings)
