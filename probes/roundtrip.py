@@ -335,14 +335,16 @@ class _IMAPReceiver(_Receiver):
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
         failed: ProbeError | None = None
+        failed_phase = None
         if self.device is not None:
             try:
                 await self._sync(token, ours[0])
             except ProbeError as exc:
-                failed = exc  # the canary is deleted all the same
+                failed, failed_phase = exc, self.recorder.facts.get("current_phase")
         with self.recorder.phase("receive_delete"):
-            await self.session.delete(ours[:1])
+            await self.session.delete(ours[:1])  # after a failed sync check too: never leave it behind
         if failed is not None:
+            self.recorder.facts["current_phase"] = failed_phase  # the failed phase is the sync one
             raise failed
 
     async def close(self) -> None:
