@@ -4,6 +4,8 @@ at 95 % of its storage and message limits gives exact metric values, and the rou
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tests.mailstack._net import free_ports, wait_ready
 from tests.stackconfig import roundtrip, write_config
 
 KEY = b"quota-test-key-0123456789abcdef!"
+ROOT = Path(__file__).resolve().parent.parent
 LIMIT_KIB = 200
 LIMIT_MESSAGES = 20
 FILLER_BYTES = 10 * 1024  # each filler message, CRLF line ends: its virtual size is its file size
@@ -132,3 +135,23 @@ def test_quota_off_reads_nothing(
     assert result.success, (result.reason, result.message)
     assert result.quota is None and result.quota_error is None
     assert "GETQUOTAROOT" not in "\n".join(result.transcript or [])
+
+
+def test_probe_command_reports_quota_and_sync(
+    mailstack: MailStack, quota_imaps: int, mailbox: str, tmp_path: Path
+) -> None:
+    for n in range(3):
+        mailstack.inject(mailbox, _filler(n))
+    probe = roundtrip(mailstack, tmp_path, "qs", mailbox, protocol="imap", receive_tls="implicit")
+    probe["receive"]["port"] = quota_imaps
+    probe["receive"]["sync"] = {"timeout": "5s"}
+    config = str(write_config(tmp_path, [probe]))
+    cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", config, "qs"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("MAILCANARY OK - 1 round trips delivered | 'qs_delivery'=")
+    assert "'qs_sync'=" in first
+    assert f"  quota storage: {3 * FILLER_BYTES} of {LIMIT_KIB * 1024} (15.0 %)" in out.stdout
+    assert f"  quota message: 3 of {LIMIT_MESSAGES} (15.0 %)" in out.stdout
+    assert "  second session: saw the canary " in out.stdout
