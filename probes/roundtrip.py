@@ -22,8 +22,8 @@ from ._net import Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
 from .dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
-from .errors import ProbeError
-from .imap import IMAPSession, IMAPSettings
+from .errors import ProbeError, ProbeTimeout
+from .imap import IMAPSession, IMAPSettings, QuotaMalformed
 from .placement import MAX_MAILBOXES, ListedMailbox, Placement, choose_junk, other_folders, parse_list
 from .pop3 import POP3Client
 from .received import Path as ReceivedPath
@@ -67,6 +67,16 @@ class POP3Settings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The multi-device check (IMAP): a second session, the "other device", stays selected on the
+    mailbox; once the first session has verified the canary it sets ``flag`` on it (ours only, never a
+    user's message), and the second must see the flag within ``timeout`` seconds."""
+
+    flag: str = "$MailcanarySynced"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class RoundTripSettings:
     name: str
     smtp: SMTPSettings
@@ -93,6 +103,7 @@ class RoundTripSettings:
     trusted_authserv_ids: frozenset[str] = frozenset()
     spam_headers: bool = True
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
+    sync: SyncSettings | None = None  # IMAP only: the second-device check
 
 
 @dataclass
@@ -120,10 +131,20 @@ async def probe_roundtrip(
     else:
         receiver = _POP3Receiver(settings, recorder)
     service = "imap" if isinstance(settings.receiver, IMAPSettings) else "pop3"
+    # With the sync check an IMAP run holds two sessions: both slots are taken at once (one by one, runs
+    # could each hold one and wait for another forever).
+    # So are the junk folder's and the all-folders walk's sessions, and a bounce mailbox on the same server.
+    sessions = 1
+    if service == "imap":
+        sessions += settings.sync is not None
+        sessions += settings.junk_folders is not None
+        sessions += settings.other_folders > 0
+        br = settings.bounce_receiver
+        sessions += br is not None and br.endpoint == settings.receiver.endpoint
     with recorder.masked_errors():
         # The receiving side's slot is held for the whole run (its session, or POP3's looks, one at a
         # time); the SMTP slot only while sending (see _run).
-        async with maybe_session(settings.slots, settings.receiver.endpoint, service, recorder):
+        async with maybe_session(settings.slots, settings.receiver.endpoint, service, recorder, sessions):
             try:
                 return await _run(settings, recorder, receiver, late)
             finally:
@@ -135,6 +156,7 @@ async def _run(
 ) -> RoundTripResult:
     swept = await receiver.open_and_sweep(set(late))
     recorder.facts["swept"] = swept
+    await receiver.open_device()
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
     recorder.facts["token"] = token
@@ -145,6 +167,7 @@ async def _run(
     await recorder.canary("accepted", token)
     recorder.facts["smtp_tls_version"] = sent.tls_version
     commands_before = recorder.commands
+    receiver.watch(token, sent.accepted_at)
     with recorder.phase("receive_wait"):
         seen_at = await receiver.wait(token, sent.accepted_at)
     recorder.facts.update(seen=True, seen_at=seen_at, accepted_at=sent.accepted_at)
@@ -185,6 +208,12 @@ class _Receiver:
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         raise NotImplementedError
 
+    async def open_device(self) -> None:
+        """Open the second device's session (the sync check), if there is one."""
+
+    def watch(self, token: Token, accepted_at: float) -> None:
+        """Let the second device look for ``token`` while the first waits for it."""
+
     async def wait(self, token: Token, since: float) -> float:
         raise NotImplementedError
 
@@ -207,19 +236,23 @@ class _IMAPReceiver(_Receiver):
         self.session = IMAPSession(settings.receiver, recorder)
         self.limits = settings.receiver.limits
         self.uids: list[int] = []
+        self.device: IMAPSession | None = None  # the sync check's second session
+        self.device_seen: asyncio.Task[tuple[float, list[int]]] | None = None
+        self.accepted_at = 0.0
         self.junk: IMAPSession | None = None  # a second session on the junk folder, if watched
         self.junk_recorder: Recorder | None = None
         self.found_in: IMAPSession = self.session
         self.others: list[str] = []  # other folders looked at (placement_all_folders), bounded
         self.other: IMAPSession | None = None  # the session walking them
         self.other_recorder: Recorder | None = None
-        self._aux_slots = contextlib.AsyncExitStack()  # session slots of the junk / other sessions
+        self._aux_slots = contextlib.AsyncExitStack()  # the slot of a bounce mailbox on another server
         self.bounce: _BounceWatch | None = None
         self.bounce_session: IMAPSession | None = None  # its own session (bounce_receiver), if any
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
         swept = await self._sweep(self.session, self.recorder, late)
+        await self._read_quota()
         await self._open_bounces()
         if self.settings.junk_folders is None and self.settings.other_folders <= 0:
             return swept
@@ -244,12 +277,14 @@ class _IMAPReceiver(_Receiver):
             self.bounce = _BounceWatch(self.session, self.recorder, st, self.recorder)
 
     async def _aux_recorder(self, endpoint: Endpoint | None = None) -> Recorder:
-        """A recorder for a second session (its timings never overwrite the inbox session's), after
-        taking a session slot of its own on the server: it is one more login there."""
+        """A recorder for a second session (its timings never overwrite the inbox session's). Its slot
+        on the receiving server was taken with the run's (all at once, see probe_roundtrip); a session
+        on another server (``endpoint``) takes one there now."""
         rec = self.recorder
         aux = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
-        slot = maybe_session(self.settings.slots, endpoint or self.settings.receiver.endpoint, "imap", aux)
-        await self._aux_slots.enter_async_context(slot)
+        if endpoint is not None and endpoint != self.settings.receiver.endpoint:
+            slot = maybe_session(self.settings.slots, endpoint, "imap", aux)
+            await self._aux_slots.enter_async_context(slot)
         return aux
 
     async def _open_junk(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
@@ -337,6 +372,30 @@ class _IMAPReceiver(_Receiver):
             await s.delete(stale)
         return list(stale.values())
 
+    async def _read_quota(self) -> None:
+        """Quota of the canary mailbox before the canary goes out (a full mailbox is then shown even when
+        it bounces the canary). A failed read is only noted (``facts["quota_error"]``, one of
+        ``QUOTA_ERRORS``): the round trip goes on, in a fresh session if the old one had to be dropped."""
+        s, rec = self.session, self.recorder
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        if not self.settings.receiver.quota or "QUOTA" not in s.capabilities:
+            return
+        started = rec.clock()
+        try:
+            rec.facts["quota"] = await s.quota()
+        except ProbeError as exc:
+            refused = s.is_open and not isinstance(exc, QuotaMalformed)
+            error = "timeout" if isinstance(exc, ProbeTimeout) else "refused" if refused else "protocol"
+            rec.facts["quota_error"] = error
+            rec.facts["quota_message"] = exc.message
+            rec.debug("quota", f"quota not read ({error}): {exc.message}")
+        finally:
+            rec.set_phase("receive_quota", rec.clock() - started)
+        if not s.is_open:  # the read put the dialogue out of step: go on in a new session
+            await s.close()
+            self.session = IMAPSession(self.settings.receiver, rec)
+            await self.session.open()
+
     @property
     def _canary_cap(self) -> int:
         return min(self.limits.max_message, canary.MAX_CANARY_BYTES)
@@ -393,6 +452,68 @@ class _IMAPReceiver(_Receiver):
                 self.recorder.commands += aux.commands
                 aux.commands = 0
 
+    async def _look(self, s: IMAPSession, token: Token, flag: str | None = None) -> tuple[float, list[int]]:
+        """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). With a flag every
+        look searches (a flag change announces no EXISTS)."""
+        rec = self.recorder
+        use_idle = (
+            self.settings.receiver.use_idle if isinstance(self.settings.receiver, IMAPSettings) else False
+        )
+        use_idle = use_idle and "IDLE" in s.capabilities
+        last_search = rec.clock()
+        for gap in self.settings.poll.gaps():
+            if use_idle and gap >= self.settings.idle_min_gap:
+                pushed = await s.idle(gap)
+                announced = pushed or await s.noop()
+            else:
+                await asyncio.sleep(gap)
+                announced = await s.noop()
+            seen = rec.clock()
+            if announced or flag is not None or seen - last_search >= self.settings.search_every:
+                last_search = seen
+                uids = await s.search_header(canary.HEADER, token.nonce, flag=flag)
+                if uids:
+                    return seen, uids
+        raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
+
+    async def open_device(self) -> None:
+        if self.settings.sync is None:
+            return
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        self.device = IMAPSession(self.settings.receiver, self.recorder, prefix="sync")
+        await self.device.open()  # phases sync_connect, sync_tls, sync_banner, sync_login
+
+    def watch(self, token: Token, accepted_at: float) -> None:
+        if self.device is not None:
+            self.accepted_at = accepted_at
+            self.device_seen = asyncio.ensure_future(self._look(self.device, token))
+
+    async def _sync(self, token: Token, uid: int) -> None:
+        """Flag our canary in the first session; the second must see the flag within the timeout."""
+        assert self.device is not None and self.device_seen is not None and self.settings.sync is not None
+        rec, flag, limit = self.recorder, self.settings.sync.flag, self.settings.sync.timeout
+        with rec.phase("sync_flag"):
+            await self.session.add_flag(uid, flag)
+        flagged = rec.clock()
+        try:
+            with rec.phase("sync_wait"):
+                async with asyncio.timeout(limit):
+                    arrived, _ = await self.device_seen  # the arrival as the second device saw it
+                    rec.facts["sync_arrival_seconds"] = arrived - self.accepted_at
+                    while True:
+                        seen, uids = await self._look(self.device, token, flag)
+                        if uid in uids:
+                            break
+        except TimeoutError as exc:  # the sync timeout, or the second session stalled on a command
+            self.device.abort()  # cut mid-command: out of step
+            stalled = f" (the second session stalled: {exc})" if isinstance(exc, ProbeError) else ""
+            raise ProbeError(
+                f"the second IMAP session did not see {flag} on the canary within {limit:g}s{stalled}",
+                reason="sync_timeout",
+            ) from None
+        rec.facts["sync_seconds"] = max(0.0, seen - flagged)
+        rec.set_phase("sync_wait", seen - flagged)
+
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.uids
         with self.recorder.phase("receive_fetch"):
@@ -412,11 +533,32 @@ class _IMAPReceiver(_Receiver):
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
         self.verified = fetched.data[ours[0]]
+        failed: ProbeError | None = None
+        failed_phase = None
+        if self.device is not None and self.found_in is not self.session:
+            # The second device watches the inbox: a canary filed elsewhere cannot be synced there.
+            self.recorder.facts["sync_skipped"] = f"the canary was found in {self.placement}, not the inbox"
+        elif self.device is not None:
+            try:
+                await self._sync(token, ours[0])
+            except ProbeError as exc:
+                failed, failed_phase = exc, self.recorder.facts.get("current_phase")
         with self.recorder.phase("receive_delete"):
-            await self.found_in.delete(ours[:1])  # from the junk folder too: ours, verified
+            # After a failed sync check too (never leave it behind), and from the junk folder too.
+            await self.found_in.delete(ours[:1])
+        if failed is not None:
+            self.recorder.facts["current_phase"] = failed_phase  # the failed phase is the sync one
+            raise failed
 
     async def close(self) -> None:
+        task = self.device_seen
+        if task is not None and not task.done():
+            task.cancel()  # not awaited: that could swallow a cancellation of this very run
+        elif task is not None and not task.cancelled():
+            task.exception()  # retrieved: a failure of the second session is not "never awaited"
         try:
+            if self.device is not None:
+                await self.device.close()
             await self.session.close()
             if self.junk is not None:
                 await self.junk.close()
