@@ -241,7 +241,7 @@ class _IMAPReceiver(_Receiver):
         self.accepted_at = 0.0
         self.junk: IMAPSession | None = None  # a second session on the junk folder, if watched
         self.junk_recorder: Recorder | None = None
-        self.found_in: IMAPSession = self.session
+        self.found_in: IMAPSession | None = None  # the junk or walk session, if found there (else inbox)
         self.others: list[str] = []  # other folders looked at (placement_all_folders), bounded
         self.other: IMAPSession | None = None  # the session walking them
         self.other_recorder: Recorder | None = None
@@ -517,7 +517,8 @@ class _IMAPReceiver(_Receiver):
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.uids
         with self.recorder.phase("receive_fetch"):
-            fetched = await self.found_in.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
+            where = self.found_in or self.session
+            fetched = await where.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
         # A copy of our token on another message (forwarded, header copied) is passed over: the one
         # message that verifies as a whole is ours.
         ours = [
@@ -535,7 +536,7 @@ class _IMAPReceiver(_Receiver):
         self.verified = fetched.data[ours[0]]
         failed: ProbeError | None = None
         failed_phase = None
-        if self.device is not None and self.found_in is not self.session:
+        if self.device is not None and self.found_in is not None:
             # The second device watches the inbox: a canary filed elsewhere cannot be synced there.
             self.recorder.facts["sync_skipped"] = f"the canary was found in {self.placement}, not the inbox"
         elif self.device is not None:
@@ -545,7 +546,7 @@ class _IMAPReceiver(_Receiver):
                 failed, failed_phase = exc, self.recorder.facts.get("current_phase")
         with self.recorder.phase("receive_delete"):
             # After a failed sync check too (never leave it behind), and from the junk folder too.
-            await self.found_in.delete(ours[:1])
+            await (self.found_in or self.session).delete(ours[:1])
         if failed is not None:
             self.recorder.facts["current_phase"] = failed_phase  # the failed phase is the sync one
             raise failed
