@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -29,6 +30,7 @@ import dns.rcode
 import dns.rdata
 import dns.rdatatype
 import dns.resolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 DNSSECStatus = Literal["secure", "insecure", "bogus", "error"]
 DNSSEC_STATUSES: Final[tuple[str, ...]] = ("secure", "insecure", "bogus", "error")
@@ -130,7 +132,11 @@ async def query(name: str, rdtype: str, settings: DNSSettings) -> DNSAnswer:
                 if rcode in ("NOERROR", "NXDOMAIN"):
                     answer = _answer(name, rdtype, qname, qtype, response, rcode)
                     return DNSAnswer(
-                        answer.name, answer.rdtype, answer.rcode, answer.records, "bogus",
+                        answer.name,
+                        answer.rdtype,
+                        answer.rcode,
+                        answer.records,
+                        "bogus",
                         answer.truncated_records,
                     )
     raise DNSError(f"{rdtype} {name}: {last}", last)
@@ -185,5 +191,34 @@ def weakest(statuses: Sequence[DNSSECStatus]) -> DNSSECStatus:
     """bogus beats error beats insecure beats secure: one weak link makes the whole weak."""
     for status in ("bogus", "error", "insecure"):
         if status in statuses:
-            return status  # type: ignore[return-value]
+            return status
     return "secure" if statuses else "error"
+
+
+class DNSResolver(AbstractResolver):
+    """aiohttp name resolution through our resolvers (never the system's when they are configured)."""
+
+    def __init__(self, settings: DNSSettings) -> None:
+        self.settings = settings
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_UNSPEC) -> list[ResolveResult]:
+        try:
+            addrs, _ = await addresses(host, self.settings)
+        except DNSError as exc:
+            raise OSError(f"cannot resolve {host}: {exc}") from exc
+        if not addrs:
+            raise OSError(f"cannot resolve {host}: no address")
+        return [
+            ResolveResult(
+                hostname=host,
+                host=a,
+                port=port,
+                family=socket.AF_INET6 if ":" in a else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for a in addrs
+        ]
+
+    async def close(self) -> None:
+        return None
