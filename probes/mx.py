@@ -5,7 +5,7 @@ Per address: banner, EHLO, STARTTLS offered, the verified handshake against the 
 address), TLS version, legacy versions accepted, per-stage timings — all by calling ``probes.tls``'s
 audit, so the SMTP dialogue is the project's one. Beside it, the presented chain (for DANE and the
 certificate hygiene), and optionally whether MAIL FROM is refused before STARTTLS. Bounded by
-``max_hosts`` × ``max_addresses``: a domain listing hundreds of MX cannot make the monitor a flood.
+``max_hosts`` times ``max_addresses``: a domain listing hundreds of MX cannot make the monitor a flood.
 """
 
 from __future__ import annotations
