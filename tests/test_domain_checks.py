@@ -1,0 +1,502 @@
+"""The domain checks against real parts on loopback: NSD + Unbound (a DNSSEC-signed zone signed at test
+time, and a broken-signature one), two Postfix MX on 127.0.0.3 / 127.0.0.4 sharing one port (one good,
+one with a wrong-name certificate that is also an open relay offering AUTH in clear), an HTTPS server
+for MTA-STS policies, and an OCSP responder speaking real OCSP over HTTP. Every case asserts exact values.
+Clients connect from 127.0.0.2 (Postfix would treat 127.0.0.1 as itself).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from probes import dane, dnsbl, mtasts, mustrefuse
+from probes._certs import LEGACY_VERSIONS, openssl_offers
+from probes._dns import DNSError, DNSSettings, query
+from probes._net import Endpoint, TLSSettings
+from probes.certhygiene import OCSPCache, key_facts, ocsp_status
+from probes.mx import MXCheckSettings, check_address, check_all, resolution_dnssec, resolve_mx
+from probes.recorder import Recorder
+from tests import dnsstack
+from tests.mailstack import MailStack, free_ports
+from tests.mailstack.variants import Issued, TestPKI, VariantSet, reap_orphans
+
+pytestmark = pytest.mark.skipif(not dnsstack.available(), reason="needs Debian's nsd and unbound")
+
+SOURCE = "127.0.0.2"
+MX1_ADDR, MX2_ADDR = "127.0.0.3", "127.0.0.4"
+DOMAIN = "example.test"
+MX1, MX2 = f"mx1.{DOMAIN}", f"mx2.{DOMAIN}"
+POLICY_CASES = ("good", "redirect", "wrongtype", "oversize", "uncovered")
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+@dataclass
+class World:
+    pki: TestPKI
+    inter: Issued
+    good: Issued
+    wrong: Issued
+    port: int
+    https_port: int
+    ocsp_port: int
+    dns: DNSSettings
+    variants: VariantSet
+    stack: dnsstack.DNSStack
+
+    def settings(self, **kw: object) -> MXCheckSettings:
+        return MXCheckSettings(
+            port=self.port,
+            timeout=5.0,
+            ca_file=str(self.variants.ca_file),
+            source_address=SOURCE,
+            helo_name="canary.example.net",
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def zones(
+    w_port: int, good: Issued, wrong: Issued, next_key: ec.EllipticCurvePrivateKey
+) -> list[dnsstack.ZoneSpec]:
+    next_spki = hashlib.sha256(
+        next_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).hexdigest()
+    tlsa = f"_{w_port}._tcp"
+    policy_hosts = "".join(
+        f'mta-sts.{case} A 127.0.0.1\n_mta-sts.{case} TXT "v=STSv1; id={case}1"\n'
+        for case in POLICY_CASES
+        if case != "good"
+    )
+    example = (
+        f"@ MX 10 mx1\n@ MX 20 mx2\nmx1 A {MX1_ADDR}\nmx2 A {MX2_ADDR}\n"
+        f"{tlsa}.mx1 TLSA 3 1 1 {spki_sha256(good.cert)}\n"
+        f"{tlsa}.mx1 TLSA 3 1 1 {next_spki}\n"  # the rollover pair: current + next key
+        f"{tlsa}.mx2 TLSA 3 1 1 {next_spki}\n"  # stale: does not match mx2's key
+        '_mta-sts TXT "v=STSv1; id=20261201"\n'
+        '_smtp._tls TXT "v=TLSRPTv1; rua=mailto:tlsrpt@example.test"\n'
+        "mta-sts A 127.0.0.1\n"
+        "nomx A 127.0.0.3\n"  # no MX: the implicit MX (RFC 5321 §5.1)
+        "nullmx MX 0 .\n" + policy_hosts
+    )
+    bogus = f"@ MX 10 mx1\nmx1 A {MX1_ADDR}\n{tlsa}.mx1 TLSA 3 1 1 {spki_sha256(good.cert)}\n"
+    bl = (
+        '3.0.0.127 A 127.0.0.2\n3.0.0.127 TXT "listed: test entry"\n'
+        "4.0.0.127 A 127.0.0.4\n4.0.0.127 A 127.0.0.2\n"
+        "5.0.0.127 A 127.255.255.254\n"
+    )
+    return [
+        dnsstack.ZoneSpec(DOMAIN, example, signed=True),
+        dnsstack.ZoneSpec("bogus.test", bogus, signed=True, broken=[f"{tlsa}.mx1"]),
+        dnsstack.ZoneSpec("dnsbl.test", bl),
+    ]
+
+
+@pytest.fixture(scope="module")
+def world(mailstack: MailStack) -> Iterator[World]:
+    reap_orphans()
+    pki = TestPKI("mailcanary domain checks")
+    inter = pki.ca("domain intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(1000))
+    good = pki.leaf([MX1], issuer=inter, common_name=MX1)
+    wrong = pki.leaf(["other.example.test"], issuer=inter, common_name="other.example.test")
+    port, https_port, ocsp_port = free_ports(3)
+    vs = VariantSet(mailstack, pki)
+    vs.add(
+        "mx1",
+        [good, inter],
+        dovecot_ports=("imap",),
+        smtp_host=MX1_ADDR,
+        smtp_port=port,
+        postfix_settings={
+            "smtpd_tls_security_level": "encrypt",  # MAIL FROM before STARTTLS refused
+            "smtpd_sender_restrictions": (
+                f"permit_sasl_authenticated, check_sender_access inline:{{{DOMAIN}=REJECT}}"
+            ),
+        },
+    )
+    vs.add(
+        "mx2",
+        [wrong, inter],
+        dovecot_ports=("imap",),
+        smtp_host=MX2_ADDR,
+        smtp_port=port,
+        # The classic open relay: the whole of 127/8 (our client 127.0.0.2 too) is "mynetworks".
+        # Nothing can leave: foreign mail goes to discard(8) (never to smtp), and no test sends DATA.
+        postfix_settings={
+            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+            "default_transport": "discard:open relay variant",
+            "relay_transport": "discard:open relay variant",
+            "smtpd_tls_auth_only": "no",
+        },
+    )
+    specs = zones(port, good, wrong, ec.generate_private_key(ec.SECP256R1()))
+    with dnsstack.DNSStack(specs) as stack, vs:
+        dns = DNSSettings(nameservers=("127.0.0.1",), port=stack.resolver_port, timeout=3.0)
+        yield World(pki, inter, good, wrong, port, https_port, ocsp_port, dns, vs, stack)
+
+
+def expected_legacy(accepted: bool) -> dict[str, bool | None]:
+    return {name: (accepted if openssl_offers(v) else None) for name, v in LEGACY_VERSIONS.items()}
+
+
+# ---- DNS and MX --------------------------------------------------------------------------------------
+
+
+async def test_dns_status_secure_insecure_bogus(world: World) -> None:
+    mxa = await query(f"{DOMAIN}.", "MX", world.dns)
+    assert (mxa.rcode, mxa.dnssec) == ("NOERROR", "secure")
+    assert sorted(r.to_text() for r in mxa.records) == [f"10 {MX1}.", f"20 {MX2}."]
+    nx = await query(f"nothing.{DOMAIN}.", "A", world.dns)
+    assert (nx.rcode, nx.dnssec, nx.records) == ("NXDOMAIN", "secure", ())
+    bl = await query("3.0.0.127.dnsbl.test.", "A", world.dns)
+    assert (bl.dnssec, [r.to_text() for r in bl.records]) == ("insecure", ["127.0.0.2"])
+    bogus = await query(f"_{world.port}._tcp.mx1.bogus.test.", "TLSA", world.dns)
+    assert (bogus.rcode, bogus.dnssec, len(bogus.records)) == ("NOERROR", "bogus", 1)
+    with pytest.raises(DNSError) as err:  # outside our zones: NSD refuses, Unbound says SERVFAIL
+        await query("mailcanary.example.", "A", world.dns)
+    assert err.value.rcode == "SERVFAIL"
+
+
+async def test_resolve_mx_fallback_and_null(world: World) -> None:
+    res = await resolve_mx(DOMAIN, world.dns)
+    assert [(h.name, h.preference, h.addresses, h.dnssec) for h in res.hosts] == [
+        (MX1, 10, (MX1_ADDR,), "secure"),
+        (MX2, 20, (MX2_ADDR,), "secure"),
+    ]
+    assert (res.implicit, res.null_mx, res.dnssec, resolution_dnssec(res)) == (
+        False,
+        False,
+        "secure",
+        "secure",
+    )
+    implicit = await resolve_mx(f"nomx.{DOMAIN}", world.dns)
+    assert implicit.implicit and [(h.name, h.addresses) for h in implicit.hosts] == [
+        (f"nomx.{DOMAIN}", (MX1_ADDR,))
+    ]
+    null = await resolve_mx(f"nullmx.{DOMAIN}", world.dns)
+    assert (null.null_mx, null.hosts, null.implicit) == (True, (), False)
+    capped = await resolve_mx(DOMAIN, world.dns, max_hosts=1)
+    assert ([h.name for h in capped.hosts], capped.dropped_hosts) == ([MX1], 1)
+
+
+async def test_every_mx_and_address_on_the_port(world: World) -> None:
+    res = await resolve_mx(DOMAIN, world.dns)
+    reports = await check_all(res, world.settings(check_plain_mail_from=True), Recorder())
+    by_mx = {r.mx: r for r in reports}
+    assert [(r.mx, r.address) for r in reports] == [(MX1, MX1_ADDR), (MX2, MX2_ADDR)]
+    good, bad = by_mx[MX1], by_mx[MX2]
+    assert good.tls is not None and bad.tls is not None
+    assert (good.tls.starttls_offered, good.tls.handshake_ok, good.tls.verified, good.tls.hostname_match) == (
+        True,
+        True,
+        True,
+        True,
+    )
+    assert good.tls.version == "TLSv1.3" and good.tls.server_name == MX1
+    assert good.tls.legacy == expected_legacy(False)
+    assert (bad.tls.handshake_ok, bad.tls.verified, bad.tls.verify_reason, bad.tls.hostname_match) == (
+        True,
+        False,
+        "hostname_mismatch",
+        False,
+    )
+    assert (bad.tls.auth_before_tls, good.tls.auth_before_tls) == (True, False)
+    for r in (good, bad):
+        assert set(r.phases) >= {"tls_connect", "tls_handshake", "tls_legacy"}
+        assert all(v >= 0 for v in r.phases.values())
+        assert r.error is None
+    assert good.chain[0] == world.good.der and bad.chain[0] == world.wrong.der
+    assert (good.plain_mail_from_code, good.plain_mail_from_refused) == (530, True)
+    assert (bad.plain_mail_from_code, bad.plain_mail_from_refused) == (250, False)
+
+
+async def test_unreachable_address_is_a_fact_not_a_crash(world: World) -> None:
+    report = await check_address(MX1, "127.0.0.9", world.settings(), Recorder())  # nobody listens there
+    assert (report.reason, report.tls) == ("tls_connect", None)
+    assert report.error is not None and "127.0.0.9" in report.error
+
+
+# ---- DANE ----------------------------------------------------------------------------------------------
+
+
+async def test_dane_matching_stale_rollover_bogus(world: World) -> None:
+    records, status = await dane.fetch_tlsa(MX1, world.dns, port=world.port)
+    good = dane.evaluate(records, [world.good.der, world.inter.der], status)
+    assert (good.present, good.dnssec, good.usable, good.matched, good.rollover_ready, good.valid) == (
+        True,
+        "secure",
+        2,
+        True,
+        True,
+        True,
+    )
+    records2, status2 = await dane.fetch_tlsa(MX2, world.dns, port=world.port)
+    stale = dane.evaluate(records2, [world.wrong.der, world.inter.der], status2)
+    assert (stale.present, stale.dnssec, stale.usable, stale.matched, stale.valid) == (
+        True,
+        "secure",
+        1,
+        False,
+        False,
+    )
+    records3, status3 = await dane.fetch_tlsa("mx1.bogus.test", world.dns, port=world.port)
+    bogus = dane.evaluate(records3, [world.good.der, world.inter.der], status3)
+    assert (bogus.present, bogus.dnssec, bogus.matched, bogus.valid) == (True, "bogus", True, False)
+    none, none_status = await dane.fetch_tlsa(MX1, world.dns, port=world.port + 1)
+    assert (none, none_status) == ([], "secure")  # authenticated denial: no TLSA
+
+
+# ---- MTA-STS / TLS-RPT ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def https(world: World, tmp_path: Path) -> AsyncIterator[int]:
+    """The policy server: one certificate for every mta-sts.<case> name, dispatch by Host."""
+    names = [f"mta-sts.{DOMAIN}"] + [f"mta-sts.{c}.{DOMAIN}" for c in POLICY_CASES if c != "good"]
+    leaf = world.pki.leaf(names, issuer=world.inter, common_name=names[0])
+    files = TestPKI.write_chain(tmp_path, "sts", [leaf, world.inter], world.variants.ca_file)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(files.chain), str(files.key))
+    good = f"version: STSv1\nmode: enforce\nmx: {MX1}\nmx: *.{DOMAIN}\nmax_age: 604800\n"
+
+    async def policy(request: web.Request) -> web.StreamResponse:
+        host = request.host.split(":")[0]
+        case = host.removeprefix("mta-sts.").removesuffix(DOMAIN).rstrip(".") or "good"
+        if case == "redirect":
+            raise web.HTTPFound(f"https://mta-sts.{DOMAIN}:{world.https_port}/.well-known/mta-sts.txt")
+        if case == "wrongtype":
+            return web.Response(text=good, content_type="text/html")
+        if case == "oversize":
+            return web.Response(text=good + "x" * (70 * 1024), content_type="text/plain")
+        if case == "uncovered":
+            return web.Response(text=good.replace(f"mx: *.{DOMAIN}\n", ""), content_type="text/plain")
+        return web.Response(text=good, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/.well-known/mta-sts.txt", policy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", world.https_port, ssl_context=ctx)
+    await site.start()
+    try:
+        yield world.https_port
+    finally:
+        await runner.cleanup()
+
+
+async def test_mta_sts_policies(world: World, https: int) -> None:
+    client = ssl.create_default_context(cafile=str(world.variants.ca_file))
+    record = await mtasts.fetch_sts_record(DOMAIN, world.dns)
+    assert record == mtasts.STSRecord(True, "20261201")
+    rpt = await mtasts.fetch_tlsrpt_record(DOMAIN, world.dns)
+    assert rpt == mtasts.TLSRPTRecord(True, ("mailto:tlsrpt@example.test",))
+    results = {}
+    for case in POLICY_CASES:
+        domain = DOMAIN if case == "good" else f"{case}.{DOMAIN}"
+        results[case] = await mtasts.fetch_policy(
+            domain, world.dns, ssl_context=client, port=https, timeout=5
+        )
+    good = results["good"]
+    assert (good.status, good.error, good.content_type) == (200, None, "text/plain")
+    assert good.policy == mtasts.Policy(True, "enforce", 604800, (MX1, f"*.{DOMAIN}"))
+    assert all(mtasts.mx_covered(h, good.policy.mx) for h in (MX1, MX2))
+    assert (results["redirect"].status, results["redirect"].error, results["redirect"].policy) == (
+        302,
+        "redirect",
+        None,
+    )
+    assert (results["wrongtype"].error, results["wrongtype"].content_type) == ("content_type", "text/html")
+    assert (results["oversize"].error, results["oversize"].size) == ("too_large", mtasts.MAX_POLICY_BYTES + 1)
+    uncovered = results["uncovered"]
+    assert uncovered.error is None and uncovered.policy is not None
+    assert [mtasts.mx_covered(h, uncovered.policy.mx) for h in (MX1, MX2)] == [True, False]
+    # a certificate we do not trust: the policy must not be used
+    untrusting = ssl.create_default_context()
+    untrusting.load_verify_locations(cadata=TestPKI("other").root.pem.decode())
+    bad_tls = await mtasts.fetch_policy(DOMAIN, world.dns, ssl_context=untrusting, port=https, timeout=5)
+    assert (bad_tls.error, bad_tls.policy) == ("tls", None)
+
+
+# ---- DNSBL ---------------------------------------------------------------------------------------------
+
+
+async def test_dnsbl(world: World) -> None:
+    listed = await dnsbl.lookup("127.0.0.3", "dnsbl.test", world.dns)
+    assert listed == dnsbl.Listing("dnsbl.test", "127.0.0.3", "listed", ("127.0.0.2",), "listed: test entry")
+    multi = await dnsbl.lookup("127.0.0.4", "dnsbl.test", world.dns, want_reason=False)
+    assert (multi.status, multi.codes) == ("listed", ("127.0.0.2", "127.0.0.4"))
+    refused = await dnsbl.lookup("127.0.0.5", "dnsbl.test", world.dns)
+    assert (refused.status, refused.codes, refused.reason) == ("refused", (), None)
+    clean = await dnsbl.lookup("127.0.0.6", "dnsbl.test", world.dns)
+    assert clean.status == "not_listed"
+    broken = await dnsbl.lookup("127.0.0.6", "nolist.example", world.dns)
+    assert broken.status == "error"
+
+
+# ---- must-refuse ---------------------------------------------------------------------------------------
+
+
+def ep(address: str, world: World, mode: str = "starttls") -> Endpoint:
+    return Endpoint(
+        address,
+        world.port,
+        tls_mode=mode,  # type: ignore[arg-type]
+        tls=TLSSettings(ca_file=str(world.variants.ca_file), server_name=MX1),
+        source_address=SOURCE,
+    )
+
+
+async def test_must_refuse(world: World) -> None:
+    rec = Recorder(transcript=[])
+    relay_ok = await mustrefuse.open_relay(
+        ep(MX1_ADDR, world), rec, sender="canary@example.net", foreign_recipient="someone@elsewhere.invalid"
+    )
+    assert relay_ok == mustrefuse.RefusalResult("open_relay", True, 554, "RCPT", True)
+    relay_bad = await mustrefuse.open_relay(
+        ep(MX2_ADDR, world), rec, sender="canary@example.net", foreign_recipient="someone@elsewhere.invalid"
+    )
+    assert relay_bad == mustrefuse.RefusalResult("open_relay", False, 250, "RCPT", False)
+    own_ok = await mustrefuse.own_domain_sender(
+        ep(MX1_ADDR, world), rec, sender=f"ceo@{DOMAIN}", recipient=f"postmaster@{DOMAIN}"
+    )
+    assert own_ok == mustrefuse.RefusalResult("own_domain_sender", True, 554, "RCPT", True)
+    own_bad = await mustrefuse.own_domain_sender(
+        ep(MX2_ADDR, world), rec, sender=f"ceo@{DOMAIN}", recipient=f"postmaster@{DOMAIN}"
+    )
+    assert (own_bad.refused, own_bad.code, own_bad.success) == (False, 250, False)
+    auth_ok = await mustrefuse.auth_before_tls(ep(MX1_ADDR, world), rec)
+    assert (auth_ok.refused, auth_ok.code, auth_ok.success) == (True, 530, True)
+    auth_bad = await mustrefuse.auth_before_tls(ep(MX2_ADDR, world), rec)
+    assert auth_bad == mustrefuse.RefusalResult("auth_before_tls", False, 334, "AUTH", False)
+    assert rec.transcript is not None and not any(line.startswith("C: smtp DATA") for line in rec.transcript)
+
+
+# ---- OCSP ----------------------------------------------------------------------------------------------
+
+
+def ocsp_leaf(world: World, name: str) -> Issued:
+    """A leaf whose AIA names our responder (TestPKI leaves have no AIA): re-signed by the intermediate."""
+    base = world.pki.leaf([name], issuer=world.inter, common_name=name)
+    aia = x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP,
+                x509.UniformResourceIdentifier(f"http://127.0.0.1:{world.ocsp_port}/"),
+            )
+        ]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(base.cert.subject)
+        .issuer_name(world.inter.cert.subject)
+        .public_key(base.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(base.cert.not_valid_before_utc)
+        .not_valid_after(base.cert.not_valid_after_utc)
+        .add_extension(aia, critical=False)
+    )
+    return Issued(builder.sign(world.inter.key, hashes.SHA256()), base.key)
+
+
+@dataclass
+class Responder:
+    table: dict[int, str]  # serial -> "good" | "revoked" | "unknown"
+    issued: dict[int, x509.Certificate]  # serial -> certificate (the response builder needs it)
+    asked: list[int]  # serials asked, in order
+
+
+@pytest.fixture
+async def responder(world: World) -> AsyncIterator[Responder]:
+    """A real OCSP responder over HTTP; answers signed by the intermediate (the issuer itself)."""
+    state = Responder({}, {}, [])
+    table, issued, asked = state.table, state.issued, state.asked
+
+    async def answer(request: web.Request) -> web.Response:
+        req = ocsp.load_der_ocsp_request(await request.read())
+        asked.append(req.serial_number)
+        status = table.get(req.serial_number, "unknown")
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED}.get(
+            status, ocsp.OCSPCertStatus.UNKNOWN
+        )
+        cert = issued[req.serial_number]
+        builder = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=cert,
+                issuer=world.inter.cert,
+                algorithm=hashes.SHA1(),
+                cert_status=cert_status,
+                this_update=now - dt.timedelta(minutes=1),
+                next_update=now + dt.timedelta(hours=1),
+                revocation_time=now - dt.timedelta(days=1) if status == "revoked" else None,
+                revocation_reason=x509.ReasonFlags.key_compromise if status == "revoked" else None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, world.inter.cert)
+        )
+        resp = builder.sign(world.inter.key, hashes.SHA256())
+        return web.Response(
+            body=resp.public_bytes(serialization.Encoding.DER), content_type="application/ocsp-response"
+        )
+
+    app = web.Application()
+    app.router.add_post("/", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", world.ocsp_port).start()
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def test_ocsp_good_revoked_unknown_cached(world: World, responder: Responder) -> None:
+    certs = {}
+    for status in ("good", "revoked", "unknown"):
+        leaf = ocsp_leaf(world, f"{status}.{DOMAIN}")
+        responder.issued[leaf.cert.serial_number] = leaf.cert
+        responder.table[leaf.cert.serial_number] = status
+        certs[status] = leaf
+    cache = OCSPCache()
+    for status, leaf in certs.items():
+        assert key_facts(leaf.der).ocsp_url == f"http://127.0.0.1:{world.ocsp_port}/"
+        result = await ocsp_status(leaf.der, world.inter.der, cache=cache, timeout=5)
+        assert result.status == status, result
+        assert result.next_update is not None and result.this_update is not None
+    assert responder.asked == [c.cert.serial_number for c in certs.values()]
+    again = await ocsp_status(certs["good"].der, world.inter.der, cache=cache, timeout=5)
+    assert again.status == "good" and cache.hits == 1
+    assert responder.asked == [c.cert.serial_number for c in certs.values()]
+    # signed by someone else than the issuer: invalid, never good
+    other = world.pki.ca(
+        "other CA", issuer=world.pki.root, not_before=world.pki.days(-1), not_after=world.pki.days(9)
+    )
+    forged = await ocsp_status(certs["good"].der, other.der, timeout=5)
+    assert forged.status == "invalid"
+    no_aia = await ocsp_status(world.good.der, world.inter.der, timeout=5)
+    assert no_aia.status == "no_responder"
+
+
+async def test_ocsp_unreachable(world: World) -> None:
+    leaf = ocsp_leaf(world, f"down.{DOMAIN}")  # nobody listens on the responder port in this test
+    result = await ocsp_status(leaf.der, world.inter.der, timeout=3)
+    assert result.status == "unreachable"
