@@ -29,7 +29,7 @@ from .config import (
 from .daemon import Daemon
 from .results import ResultStore, RunResult
 from .runner import Runner, make_masker
-from .state import Ledger, load_or_create_key
+from .state import Ledger, key_problem, load_or_create_key
 from .webconfig import load_web_config
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
@@ -218,9 +218,9 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     try:
         path = _config_path(args)
         loaded = load_config(path)
-        problem = _state_dir_problem(loaded)
-        if problem:
-            raise ConfigError([problem])
+        problems = [p for p in (_state_dir_problem(loaded), _key_problem(loaded)) if p]
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=out)
@@ -230,6 +230,12 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     cfg = loaded.config
     print(f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks)", file=out)
     return EXIT_OK
+
+
+def _key_problem(loaded: LoadedConfig) -> str | None:
+    """The key checks ``run`` makes at start (length of canary_key_file, a short generated key)."""
+    cfg = loaded.config
+    return key_problem(cfg.global_.canary_key_file, state_dir(cfg), loaded.path)
 
 
 def _state_dir_problem(loaded: LoadedConfig) -> str | None:
@@ -261,22 +267,20 @@ async def _probe(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError([f"{loaded.path}: (top level): no roundtrip probes or tls_checks configured"])
     state = state_dir(cfg)
     key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
-    runner = Runner(
-        loaded=loaded,
-        key=key,
-        ledger=Ledger(state / "ledger.json"),
-        store=ResultStore(),
-        masker=make_masker(loaded),
-    )
+    ledger = await asyncio.to_thread(Ledger, state / "ledger.json")
+    runner = Runner(loaded=loaded, key=key, ledger=ledger, store=ResultStore(), masker=make_masker(loaded))
     logs.set_masker(runner.masker)
-    results = await asyncio.gather(
-        *(
-            runner.run_roundtrip(p, debug=args.debug)
-            if isinstance(p, RoundTripConfig)
-            else runner.run_tls_check(p, debug=args.debug)
-            for p in selected
+    try:
+        results = await asyncio.gather(
+            *(
+                runner.run_roundtrip(p, debug=args.debug)
+                if isinstance(p, RoundTripConfig)
+                else runner.run_tls_check(p, debug=args.debug)
+                for p in selected
+            )
         )
-    )
+    finally:
+        await asyncio.to_thread(ledger.close)
     text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days)
     print(text, file=out)
     return code

@@ -6,7 +6,9 @@ config error at start or reload, not a probe failure an hour later.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -33,7 +35,7 @@ from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 from .durations import parse_duration
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
-_SECTIONS = ("global", "roundtrip", "tls_checks", "modules")
+_SECTIONS = ("global", "roundtrip", "tls_checks", "modules", "probe_endpoint")
 
 
 def _duration(value: object) -> float:
@@ -129,6 +131,10 @@ class ReceiveConfig(EndpointConfig):
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
+    # Read caps (bytes): a server line, a fetched header block, a fetched message (see docs/configuration.md).
+    max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_message_bytes: int = Field(default=1024 * 1024, ge=4096, le=256 * 1024 * 1024)
 
     @property
     def gap_factor(self) -> float:
@@ -221,6 +227,57 @@ DEFAULT_MODULES: dict[str, ModuleConfig] = {
 } | {"tcp_tls": ModuleConfig(protocol="tcp", tls="implicit")}
 
 
+_HOST_PATTERN = re.compile(r"^[A-Za-z0-9*?_.-]{1,253}$")
+
+
+class ProbeEndpointConfig(Model):
+    """Who may make /probe connect where: it opens connections to a target the *scraper* names, so it is
+    an SSRF and port-scan surface for anyone who reaches the listen port. Restrict it here (and/or with
+    --web.config.file basic auth, or by binding --listen to loopback)."""
+
+    enabled: bool = True
+    max_concurrent: int = Field(default=16, ge=1, le=1024)  # more at once: 503 with a one-line reason
+    allow_targets: list[str] | None = None  # host patterns (fnmatch, "*.example.com") or CIDRs
+    allow_modules: list[str] | None = None  # module names; None: every module
+
+    @field_validator("allow_targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        for i, item in enumerate(v or []):
+            if "/" in item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"entry {i}, {item!r}, is not a CIDR like 192.0.2.0/24") from None
+            elif not _HOST_PATTERN.match(item):
+                raise ValueError(
+                    f"entry {i}, {item!r}, is neither a host pattern (letters, digits, '.', '-', '*', '?') "
+                    "nor a CIDR"
+                )
+        return v
+
+    def target_allowed(self, host: str) -> bool:
+        """An IP literal must be in a listed CIDR (or listed literally); a name must match a pattern.
+
+        Names are not resolved here: a CIDR never admits a name (DNS could point it anywhere)."""
+        if self.allow_targets is None:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        for item in self.allow_targets:
+            if "/" in item:
+                if address is not None and address in ipaddress.ip_network(item, strict=False):
+                    return True
+            elif fnmatch.fnmatchcase(host.lower().rstrip("."), item.lower().rstrip(".")):
+                return True
+        return False
+
+    def module_allowed(self, name: str) -> bool:
+        return self.allow_modules is None or name in self.allow_modules
+
+
 class GlobalConfig(Model):
     interval: Duration = 300.0
     timeout: Duration = 120.0
@@ -261,6 +318,7 @@ class Config(Model):
     roundtrip: list[RoundTripConfig] = []
     tls_checks: list[TLSCheckConfig] = []
     modules: dict[str, ModuleConfig] = {}  # /probe modules; the built-in defaults are always there too
+    probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()  # who may use /probe, and how much
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -278,6 +336,9 @@ class Config(Model):
         for name in self.modules:
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", name):
                 raise ValueError(f"modules.{name}: module names are 1-63 of letters, digits, '_', '.', '-'")
+        for i, name in enumerate(self.probe_endpoint.allow_modules or []):
+            if name not in self.all_modules():
+                raise ValueError(f"probe_endpoint.allow_modules[{i}]: no module named {name!r}")
         for i, probe in enumerate(self.roundtrip):
             interval, timeout = self.interval_of(probe), self.timeout_of(probe)
             if interval < 1:
@@ -361,7 +422,7 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
         msg = _message(err)
         # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
         m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
-        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules")):
+        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules", "probe_endpoint")):
             lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
             continue
         if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
@@ -371,11 +432,75 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(text: str, path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
-    """Parse and validate; raises ConfigError listing every problem found."""
-    environ = dict(os.environ) if environ is None else environ
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is kilobytes; anything near this is a mistake or an attack
+MAX_YAML_NODES = 1_000_000  # values after alias expansion: a "billion laughs" file is refused, not expanded
+
+
+class _Strict:
+    """Safe YAML where a key given twice in one mapping is an error naming its line (the last one would
+    silently win otherwise)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor below reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)  # type: ignore[misc]
+        return result
+
+
+class _StrictLoader(_Strict, yaml.SafeLoader):
+    """Pure Python: its error messages are the ones we show."""
+
+
+_FastLoader: Any = (
+    type("_FastLoader", (_Strict, yaml.CSafeLoader), {}) if hasattr(yaml, "CSafeLoader") else _StrictLoader
+)  # libyaml's parser (~3x faster); a file it refuses is parsed again by _StrictLoader for the message
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with every alias expanded (memoised by identity: linear time)."""
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        if not isinstance(obj, dict | list):
+            return 1
+        known = sizes.get(id(obj))
+        if known is not None:
+            return known
+        sizes[id(obj)] = limit + 1  # a cycle (recursive alias) counts as too big
+        children = obj.values() if isinstance(obj, dict) else obj
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                break
+        sizes[id(obj)] = total
+        return total
+
+    return size(data)
+
+
+def load_yaml(text: str, path: str) -> Any:
+    """Strict safe YAML (duplicate keys are errors, aliases bounded); problems as one line each."""
     try:
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.load(text, Loader=_FastLoader)  # SafeLoader subclasses: safe
+        except yaml.YAMLError:
+            data = yaml.load(text, Loader=_StrictLoader)  # raises again, with PyYAML's clearer message
     except RecursionError:
         raise ConfigError([f"{path}: (top level): invalid YAML: nested too deeply"]) from None
     except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
@@ -383,8 +508,28 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(top level)"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}: {where}: invalid YAML: {problem}"]) from None
+    try:
+        too_big = _expanded_size(data, MAX_YAML_NODES) > MAX_YAML_NODES
+    except RecursionError:
+        too_big = True
+    if too_big:
+        raise ConfigError(
+            [f"{path}: (top level): more than {MAX_YAML_NODES} values once aliases are expanded"]
+        )
+    return data
+
+
+def parse_config(text: str, path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Parse and validate; raises ConfigError listing every problem found."""
+    environ = dict(os.environ) if environ is None else environ
+    data = load_yaml(text, path)
     if data is None:
-        data = {}
+        raise ConfigError(
+            [
+                f"{path}: (top level): the file is empty (a truncated write?); a config with no probes "
+                "says so explicitly, e.g. `roundtrip: []`"
+            ]
+        )
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: (top level): must be a mapping with keys global, roundtrip, tls_checks"])
     # A section left empty ("roundtrip:" with nothing under it) means "none", not "null".
@@ -496,14 +641,28 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
     return problems
 
 
-def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+def read_text_capped(path: str, limit: int = MAX_CONFIG_BYTES) -> str:
+    """The file's text, refused (one line, without reading on) when it is bigger than ``limit`` bytes."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+        if len(raw) > limit:
+            raise ConfigError(
+                [f"{path}: (file): bigger than {limit // (1024 * 1024)} MiB ({limit} bytes); not a config?"]
+            )
+        return raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: (file): not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: (file): cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
-    return parse_config(text, path, environ)
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: (file): not UTF-8 text"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: (file): cannot read: {exc.strerror or exc}"]) from None
+
+
+def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:
+    """Read (size-capped), parse and validate. Blocking and possibly slow: the daemon calls it on a
+    worker thread, so a reload never stalls probes or scrapes."""
+    return parse_config(read_text_capped(path), path, environ)
 
 
 def default_port(protocol: str, tls: str) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from .config import (
     ConfigError,
     LoadedConfig,
     ModuleConfig,
+    ProbeEndpointConfig,
     in_shard,
     load_config,
     parse_shard,
@@ -34,7 +34,7 @@ from .multitarget import probe_handler
 from .results import ResultStore
 from .runner import Runner, endpoint_of, make_masker, tls_check_settings
 from .scheduler import ProbeScheduler
-from .state import Ledger, load_or_create_key
+from .state import Ledger, StateCollector, StateHealth, load_or_create_key
 from .status import render_status
 from .webconfig import WebConfig
 
@@ -61,6 +61,8 @@ class Daemon:
         self.store = ResultStore()
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
+        self.health = StateHealth()
+        self.registry.register(StateCollector(self.health, self._labels))
         self.scheduler = ProbeScheduler(self.store)
         self.history = History()
         build_info()  # asks git (a checkout) once, here, rather than on the event loop at the first scrape
@@ -68,20 +70,30 @@ class Daemon:
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
             extra_routes=[
-                web.get("/probe", probe_handler(self._modules, self._masker)),
+                web.get("/probe", probe_handler(self._modules, self._masker, self._probe_rules)),
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
             status_page=lambda: render_status(
                 self.store.snapshot(), self.state, self.history, self._modules()
             ),
+            labels=self._labels,
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._inflight: set[asyncio.Task[None]] = set()  # probe runs, in their own tasks (see _run)
+        self._stopping = False
+
+    def _labels(self) -> dict[str, str]:
+        """Labels on every mailcanary_* series of our own collectors (as MailcanaryCollector adds them)."""
+        return {"vantage": self.state.vantage} if self.state.vantage else {}
 
     def _modules(self) -> dict[str, ModuleConfig]:
         return self.runner.loaded.config.all_modules() if self.runner else DEFAULT_MODULES
+
+    def _probe_rules(self) -> ProbeEndpointConfig:
+        return self.runner.loaded.config.probe_endpoint if self.runner else ProbeEndpointConfig()
 
     def _masker(self) -> Masker:
         return self.runner.masker if self.runner else Masker()
@@ -95,12 +107,25 @@ class Daemon:
         """Everything that can fail for a new config, done before anything is swapped in."""
         cfg = loaded.config
         state = state_dir(cfg)
-        key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
-        ledger = self.runner.ledger if self.runner is not None else Ledger(state / "ledger.json")
-        masker = make_masker(loaded)
-        return Runner(
-            loaded=loaded, key=key, ledger=ledger, store=self.store, masker=masker, history=self.history
+        key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path, self.health)
+        ledger = (
+            self.runner.ledger
+            if self.runner is not None
+            else Ledger(state / "ledger.json", health=self.health)
         )
+        return Runner(
+            loaded=loaded,
+            key=key,
+            ledger=ledger,
+            store=self.store,
+            masker=make_masker(loaded),
+            history=self.history,
+        )
+
+    def _load(self) -> Runner:
+        """Read, parse and prepare the config on a worker thread: a huge or slow file never stalls the
+        loop (probes and scrapes go on; the file size is capped in exporter.config)."""
+        return self._prepare(self.loader(self.config_path))
 
     def _apply(self, runner: Runner) -> None:
         loaded = runner.loaded
@@ -116,7 +141,7 @@ class Daemon:
         self.state.shard = shard_text or ""
         self.state.vantage = self.vantage_override or cfg.global_.vantage or ""
         names = [p.name for p in roundtrips]
-        runner.ledger.prune(keep=set(names))
+        runner.ledger.prune(keep=set(names))  # queued to the ledger's thread, not awaited
         self.store.ensure(names + [c.name for c in checks])
         self.store.retain_tls(
             {
@@ -141,7 +166,23 @@ class Daemon:
         self.scheduler.set_jobs(jobs)
 
     async def _run(self, name: str) -> None:
-        """The job of probe ``name``, looked up in the config current at run time (reload-safe)."""
+        """The scheduler's job for probe ``name``: the run itself goes in a task of its own, so that a
+        stop can give it the grace period and then cancel it; the job just waits for it."""
+        if self._stopping:
+            return
+        task = asyncio.create_task(self._run_now(name), name=f"probe:{name}")
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not (self._stopping and task.cancelled()):
+                task.cancel()
+                raise
+            # cancelled by shutdown after the grace period: the runner has logged it and set the ledger
+
+    async def _run_now(self, name: str) -> None:
+        """Probe ``name``, looked up in the config current at run time (reload-safe)."""
         runner = self.runner
         if runner is None:
             return
@@ -157,8 +198,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Load the config (raising ConfigError), then serve and schedule."""
-        loaded = self.loader(self.config_path)
-        self._apply(self._prepare(loaded))
+        self._apply(await asyncio.to_thread(self._load))
         await self.http.start(self.listen)
         self.scheduler.start()
         log.info(
@@ -172,7 +212,7 @@ class Daemon:
         """Validate the new config first; on any problem keep running the old one."""
         async with self._reload_lock:
             try:
-                runner = self._prepare(self.loader(self.config_path))
+                runner = await asyncio.to_thread(self._load)
             except ConfigError as exc:
                 self.state.reload_ok = False
                 for problem in exc.problems:
@@ -200,15 +240,20 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     async def shutdown(self) -> None:
-        self.scheduler.shutdown()
-        current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        probes = [t for t in pending if "run_coroutine_job" in repr(t.get_coro())]
-        if probes:
-            _, still = await asyncio.wait(probes, timeout=STOP_GRACE)
+        """No new runs; in-flight ones get STOP_GRACE seconds, then are cancelled (each logs its line and
+        leaves the ledger right); then the ledger is flushed and HTTP stops."""
+        self._stopping = True
+        if self.scheduler.running:
+            self.scheduler.scheduler.pause()
+        runs = [t for t in self._inflight if not t.done()]
+        if runs:
+            _, still = await asyncio.wait(runs, timeout=STOP_GRACE)
             for task in still:
                 task.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*still, return_exceptions=True)
+            await asyncio.gather(*runs, return_exceptions=True)
+        await asyncio.sleep(0)  # let the scheduler's jobs see their runs end
+        self.scheduler.shutdown()
+        if self.runner is not None:
+            await asyncio.to_thread(self.runner.ledger.close)
         await self.http.stop()
-        log.info("stopped")
+        log.info("stopped", cancelled=sum(1 for t in runs if t.cancelled()))

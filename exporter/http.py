@@ -2,17 +2,195 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
 
 from .webconfig import WebConfig, middleware, server_context
 
 # The status page is inline styles and inline SVG only: nothing to fetch, nothing to run.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"
+
+log = structlog.get_logger("mailcanary.http")
+
+# Bounds on what one client can hold. A request's headers (and body, if any) must arrive within
+# HEADER_TIMEOUT of its first byte (of the connection, for the first request); an idle keep-alive
+# connection is closed after KEEPALIVE_TIMEOUT. At MAX_CONNECTIONS, a new connection evicts the oldest
+# one still sending its request (a slow-loris), else the oldest idle keep-alive one, so a scraper gets in.
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 75.0  # longer than usual scrape intervals, so scrapers reuse connections
+MAX_CONNECTIONS = 256
+_HEAD_KEEP = 65536  # bytes of a request head kept to read its Content-Length
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
+
+
+class _BadRequestLog(logging.Filter):
+    """aiohttp logs a malformed request (a request line over 8190 bytes, ``GET *``) with a traceback:
+    make it one JSON line of ours instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.warning("http_bad_request", status=exc.code, problem=" ".join(str(exc.message).split())[:200])
+            return False
+        return True
+
+
+_BAD_REQUEST_LOG = _BadRequestLog()
+
+
+class _Connections:
+    """The live connections, oldest first, and how many were closed for what (exported)."""
+
+    def __init__(self) -> None:
+        self.live: dict[_Guard, None] = {}
+        self.closed = {"header_timeout": 0, "evicted": 0, "over_capacity": 0}
+
+    def admit(self, guard: _Guard) -> bool:
+        if len(self.live) >= MAX_CONNECTIONS:
+            victim = next((g for g in self.live if g.waiting), None) or next(
+                (g for g in self.live if g.idle), None
+            )
+            if victim is None:
+                self.closed["over_capacity"] += 1
+                return False
+            self.closed["evicted"] += 1
+            victim.abort()
+        self.live[guard] = None
+        return True
+
+
+class _Guard(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol: times each request's head (slow-loris) and counts the
+    connection against MAX_CONNECTIONS. Bytes pass through unchanged."""
+
+    def __init__(self, inner: Any, pool: _Connections) -> None:
+        self.inner = inner
+        self.pool = pool
+        self.transport: asyncio.BaseTransport | None = None
+        self.waiting = True  # a request (head or body) is on its way and not complete
+        self._head = bytearray()
+        self._body_left = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.inner.connection_made(transport)
+        if not self.pool.admit(self):
+            self.abort()
+            return
+        self._arm()
+
+    @property
+    def idle(self) -> bool:
+        """Between requests on a keep-alive connection (aiohttp's own flag; unknown counts as busy)."""
+        return not self.waiting and not getattr(self.inner, "_request_in_progress", True)
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        self.pool.closed["header_timeout"] += 1
+        self.abort()
+
+    def abort(self) -> None:
+        self._disarm()
+        self.pool.live.pop(self, None)
+        if self.transport is not None:
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def _scan(self, data: bytes) -> None:
+        """Follow request boundaries: head up to a blank line, then Content-Length bytes of body."""
+        while data:
+            if not self.waiting:  # the first byte of the next request
+                self.waiting = True
+                self._arm()
+            if self._body_left:
+                used = min(self._body_left, len(data))
+                self._body_left -= used
+                data = data[used:]
+                if not self._body_left:
+                    self._request_complete()
+                continue
+            tail = bytes(self._head[-3:])
+            found = (tail + data).find(b"\r\n\r\n")
+            if found < 0:
+                self._head = (self._head + data)[-_HEAD_KEEP:]  # bounded; keeps the tail for the search
+                return
+            used = found + 4 - len(tail)  # bytes of ``data`` up to the end of the head
+            head = bytes(self._head + data[:used])
+            m = _CONTENT_LENGTH.search(head)
+            self._body_left = int(m.group(1)) if m else 0
+            self._head = bytearray()
+            data = data[used:]
+            if not self._body_left:
+                self._request_complete()
+
+    def _request_complete(self) -> None:
+        self.waiting = False
+        self._disarm()
+
+    def data_received(self, data: bytes) -> None:
+        self._scan(data)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self.inner.eof_received()
+        return result
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.pool.live.pop(self, None)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _HTTPCollector(Collector):
+    def __init__(self, pool: _Connections, labels: Callable[[], dict[str, str]]) -> None:
+        self.pool = pool
+        self.labels = labels  # extra labels on every series (vantage)
+
+    def collect(self) -> Iterator[Metric]:
+        extra = self.labels()
+        names = sorted(extra)
+        values = [extra[n] for n in names]
+        live = GaugeMetricFamily(
+            "mailcanary_http_connections", "Open HTTP connections to the exporter.", labels=names
+        )
+        live.add_metric(values, len(self.pool.live))
+        closed = CounterMetricFamily(
+            "mailcanary_http_connections_closed",
+            "HTTP connections closed by the exporter: header_timeout (request not sent in time), evicted "
+            "(oldest slow or idle one, to admit a new one at the cap), over_capacity (all busy at the cap).",
+            labels=["reason", *names],
+        )
+        for reason, count in self.pool.closed.items():
+            closed.add_metric([reason, *values], count)
+        yield live
+        yield closed
 
 
 def parse_listen(listen: str) -> tuple[str | None, int]:
@@ -52,6 +230,7 @@ class HTTPServer:
         extra_routes: list[web.RouteDef] | None = None,
         web_config: WebConfig | None = None,
         status_page: Callable[[], str] | None = None,
+        labels: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -68,6 +247,9 @@ class HTTPServer:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.connections = _Connections()
+        registry.register(_HTTPCollector(self.connections, labels))
         self.bound: list[tuple[str, int]] = []
 
     async def _landing(self, request: web.Request) -> web.Response:
@@ -90,18 +272,33 @@ class HTTPServer:
 
     async def start(self, listen: str) -> None:
         host, port = parse_listen(listen)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        server_log = logging.getLogger("aiohttp.server")
+        if _BAD_REQUEST_LOG not in server_log.filters:
+            server_log.addFilter(_BAD_REQUEST_LOG)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+        )
         await self._runner.setup()
         tls = self.web_config.tls_server_config if self.web_config else None
         ssl_context = server_context(tls) if tls is not None else None
-        site = web.TCPSite(self._runner, host=host, port=port, reuse_address=True, ssl_context=ssl_context)
-        await site.start()
-        server = getattr(site, "_server", None)
-        for sock in getattr(server, "sockets", None) or []:
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Guard(server(), self.connections),
+            host=host,
+            port=port,
+            reuse_address=True,
+            ssl=ssl_context,
+            ssl_handshake_timeout=HEADER_TIMEOUT if ssl_context is not None else None,
+        )
+        for sock in self._server.sockets:
             addr = sock.getsockname()
             self.bound.append((str(addr[0]), int(addr[1])))
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

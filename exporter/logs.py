@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
@@ -56,6 +58,20 @@ def _mask_record(record: logging.LogRecord) -> bool:
     return True
 
 
+class _JSONFormatter(logging.Formatter):
+    """Library log records as one JSON line each, like ours: in JSON mode nothing else reaches stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "event": record.getMessage(),  # already masked, with any traceback folded in (_mask_record)
+                "logger": record.name,
+                "level": record.levelname.lower(),
+                "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
+
+
 class _Stderr:
     """Whatever ``sys.stderr`` is at write time (it may be swapped after logging is configured)."""
 
@@ -96,6 +112,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: Any = None) 
     # Library loggers (aioimaplib logs the dialogue at DEBUG; APScheduler logs every run at INFO).
     handler = logging.StreamHandler(stream)
     handler.addFilter(_mask_record)
+    if fmt == "json":
+        handler.setFormatter(_JSONFormatter())
+    logging.captureWarnings(True)  # Python warnings go through the same handler (JSON in JSON mode)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -16,7 +16,7 @@ from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
 from probes.tls import TLSFacts, probe_tls
 
-from .config import ModuleConfig
+from .config import ModuleConfig, ProbeEndpointConfig
 from .history import BoundedTranscript
 from .http import render
 from .runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
@@ -67,47 +67,78 @@ def debug_response(rec: Recorder, facts: TLSFacts | None, duration: float, expos
 
 
 def probe_handler(
-    modules: Callable[[], dict[str, ModuleConfig]], masker: Callable[[], Masker]
+    modules: Callable[[], dict[str, ModuleConfig]],
+    masker: Callable[[], Masker],
+    controls: Callable[[], ProbeEndpointConfig] = ProbeEndpointConfig,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The /probe handler. ``controls`` (the config's ``probe_endpoint``) can turn it off, cap how many
+    run at once and restrict targets and modules: /probe connects wherever its caller says (SSRF)."""
+    running = 0
+
     async def handle(request: web.Request) -> web.Response:
+        nonlocal running
+        rules = controls()
+        if not rules.enabled:
+            return web.Response(status=404, text="/probe is turned off (probe_endpoint.enabled: false)\n")
         available = modules()
         name = request.query.get("module", "")
         if name not in available:
             return web.Response(
                 status=400, text=f"unknown module {name!r} (have: {', '.join(sorted(available))})\n"
             )
+        if not rules.module_allowed(name):
+            return web.Response(status=403, text=f"module {name!r} is not in probe_endpoint.allow_modules\n")
         target = request.query.get("target", "")
         try:
             host, port = parse_target(target)
         except ValueError as exc:
             return web.Response(status=400, text=f"{exc}\n")
-        module = available[name]
-        deadline = module.timeout * TLS_CHECK_STEPS
-        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
-        if header:
-            try:
-                deadline = min(deadline, max(float(header) - SCRAPE_TIMEOUT_OFFSET, 0.1))
-            except ValueError:
-                return web.Response(status=400, text="X-Prometheus-Scrape-Timeout-Seconds is not a number\n")
-        settings = tls_check_settings(module, host, port)
-        debug = request.query.get("debug", "").lower() == "true"  # blackbox_exporter's ?debug=true
-        rec = Recorder(masker=masker(), transcript=BoundedTranscript() if debug else None)
-        t0 = time.monotonic()
-        facts: TLSFacts | None = None
+        if not rules.target_allowed(host):
+            return web.Response(status=403, text=f"target {host!r} is not in probe_endpoint.allow_targets\n")
+        limit = rules.max_concurrent
+        if running >= limit:
+            return web.Response(
+                status=503,
+                text=f"too many /probe requests at once (probe_endpoint.max_concurrent: {limit})\n",
+                headers={"Retry-After": "1"},
+            )
+        running += 1
         try:
-            async with asyncio.timeout(deadline):
-                facts = await probe_tls(settings, rec)
-        except (ProbeError, TimeoutError) as exc:
-            rec.debug("error:", str(exc) or f"no answer within {deadline:g}s")
-            facts = rec.tls.get(settings.endpoint.address)
-        duration = time.monotonic() - t0
-        metrics = list(blackbox_families(facts, tls_outcome(facts) == "success", duration))
-        if facts is not None:
-            metrics.extend(tls_families([([], facts)], []))
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Fixed(metrics))
-        if debug:
-            return debug_response(rec, facts, duration, generate_latest(registry).decode())
-        return render(registry, request.headers.get("Accept", ""))
+            return await _probe(request, available[name], host, port, masker())
+        finally:
+            running -= 1
 
     return handle
+
+
+async def _probe(
+    request: web.Request, module: ModuleConfig, host: str, port: int | None, masker: Masker
+) -> web.Response:
+    """One TLS check of the named target, rendered as blackbox_exporter-style series."""
+    deadline = module.timeout * TLS_CHECK_STEPS
+    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    if header:
+        try:
+            deadline = min(deadline, max(float(header) - SCRAPE_TIMEOUT_OFFSET, 0.1))
+        except ValueError:
+            return web.Response(status=400, text="X-Prometheus-Scrape-Timeout-Seconds is not a number\n")
+    settings = tls_check_settings(module, host, port)
+    debug = request.query.get("debug", "").lower() == "true"  # blackbox_exporter's ?debug=true
+    rec = Recorder(masker=masker, transcript=BoundedTranscript() if debug else None)
+    t0 = time.monotonic()
+    facts: TLSFacts | None = None
+    try:
+        async with asyncio.timeout(deadline):
+            facts = await probe_tls(settings, rec)
+    except (ProbeError, TimeoutError) as exc:
+        rec.debug("error:", str(exc) or f"no answer within {deadline:g}s")
+        facts = rec.tls.get(settings.endpoint.address)
+    duration = time.monotonic() - t0
+    metrics = list(blackbox_families(facts, tls_outcome(facts) == "success", duration))
+    if facts is not None:
+        metrics.extend(tls_families([([], facts)], []))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(metrics))
+    if debug:
+        return debug_response(rec, facts, duration, generate_latest(registry).decode())
+    return render(registry, request.headers.get("Accept", ""))

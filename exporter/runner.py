@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from probes._framing import ReadLimits
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes.canary import Token
 from probes.errors import ProbeError
@@ -102,6 +103,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
     assert rc.username is not None
     recv_creds = Credentials(rc.username, loaded.password(probe.name, "receive"))
     recv_ep = endpoint_of(rc, rc.protocol)
+    limits = ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes)
     receiver: IMAPSettings | POP3Settings
     if rc.protocol == "imap":
         receiver = IMAPSettings(
@@ -111,6 +113,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
             mailbox=rc.mailbox,
             timeout=rc.timeout,
             use_idle=rc.idle,
+            limits=limits,
         )
     else:
         receiver = POP3Settings(
@@ -118,6 +121,7 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
             credentials=recv_creds,
             allow_plaintext_auth=rc.allow_plaintext_auth,
             timeout=rc.timeout,
+            limits=limits,
         )
     return RoundTripSettings(
         name=probe.name,
@@ -213,23 +217,29 @@ class Runner:
         rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
         settings = roundtrip_settings(self.loaded, probe, self.key)
-        attempt = await self._attempt(
-            probe.name,
-            lambda: probe_roundtrip(settings, rec, self.ledger.nonces(probe.name)),
-            self.loaded.config.timeout_of(probe),
-        )
-        late = swept = 0
-        seen_before: list[Token] = rec.facts.get("swept", [])
-        if seen_before:
-            late = self.ledger.settle(probe.name, seen_before)
-            swept = len(seen_before) - late
-        if attempt.reason in ("smtp_tls", "receive_tls"):
-            await self._tls_second_look(probe, attempt.reason, rec)
-        token = rec.facts.get("token")
-        in_flight = rec.facts.get("accepted") and not rec.facts.get("seen")
-        if attempt.reason != "success" and isinstance(token, Token) and in_flight:
-            self.ledger.add(probe.name, token)  # accepted, unseen: if it turns up later it is late
-        lost = self.ledger.expire(probe.name, probe.lost_after)
+
+        async def write_ahead(state: str, token: object) -> None:
+            if isinstance(token, Token):
+                await self.ledger.record(probe.name, token, state)
+
+        rec.on_canary = write_ahead
+        settled = False
+        try:
+            awaited = await self.ledger.begin(probe.name)
+            attempt = await self._attempt(
+                probe.name,
+                lambda: probe_roundtrip(settings, rec, awaited),
+                self.loaded.config.timeout_of(probe),
+            )
+            if attempt.reason in ("smtp_tls", "receive_tls"):
+                await self._tls_second_look(probe, attempt.reason, rec)
+            settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
+            late, swept, lost, outstanding = await self._settle(probe, rec)
+        except asyncio.CancelledError:  # the daemon is stopping: leave the ledger right, say so, go on
+            if not settled:
+                await self._settle(probe, rec)
+            self._log_cancelled(probe.name, rec, t0)
+            raise
         delivery = attempt.value.delivery_seconds if attempt.value is not None else None
         return self._finish(
             probe.name,
@@ -242,7 +252,34 @@ class Runner:
             late,
             swept,
             lost=lost,
-            outstanding=len(self.ledger.nonces(probe.name)),
+            outstanding=outstanding,
+        )
+
+    async def _settle(self, probe: RoundTripConfig, rec: Recorder) -> tuple[int, int, int, int]:
+        """One ledger transaction at the end of a run: (late, swept, lost, outstanding)."""
+        seen_before: list[Token] = rec.facts.get("swept", [])
+        token = rec.facts.get("token")
+        late, lost, outstanding = await self.ledger.finish(
+            probe.name,
+            token if isinstance(token, Token) else None,
+            accepted=bool(rec.facts.get("accepted")),  # accepted, unseen: if it turns up later it is late
+            seen=bool(rec.facts.get("seen")),
+            swept=seen_before,
+            lost_after=probe.lost_after,
+        )
+        return late, len(seen_before) - late, lost, outstanding
+
+    def _log_cancelled(self, name: str, rec: Recorder, t0: float) -> None:
+        """The one log line of a run cut short by shutdown (not recorded: the process is going away)."""
+        log.warning(
+            "probe_run",
+            probe=name,
+            outcome="cancelled",
+            reason="cancelled",
+            error="stopped before the run finished (daemon shutdown after the grace period)",
+            failed_phase=rec.facts.get("current_phase"),
+            duration_seconds=round(time.monotonic() - t0, 4),
+            phases={k: round(v, 4) for k, v in rec.phases.items()},
         )
 
     async def _tls_second_look(self, probe: RoundTripConfig, reason: str, rec: Recorder) -> None:
@@ -271,9 +308,13 @@ class Runner:
         rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
         settings = tls_check_settings(check, check.host, check.port)
-        attempt = await self._attempt(
-            check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
-        )
+        try:
+            attempt = await self._attempt(
+                check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
+            )
+        except asyncio.CancelledError:
+            self._log_cancelled(check.name, rec, t0)
+            raise
         reason, message = attempt.reason, attempt.message
         facts = attempt.value
         if facts is not None:

@@ -6,22 +6,25 @@ Applied to every endpoint. Unknown keys are errors, as in the main config.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import os
+import secrets
 import ssl
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import Field, ValidationError
 
-from .config import ConfigError, Model, _problems
+from .config import ConfigError, Model, _problems, load_yaml, read_text_capped
 
 ClientAuth = Literal[
     "NoClientCert",
@@ -58,17 +61,7 @@ class WebConfig(Model):
 
 
 def load_web_config(path: str) -> WebConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError([f"{path}: (file): cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: (file): not UTF-8 text"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: (top level): invalid YAML: nested too deeply"]) from None
-    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError for e.g. a bad date
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{path}: (top level): invalid YAML: {problem}"]) from None
+    data = load_yaml(read_text_capped(path), path) or {}  # size-capped, duplicate keys refused
     if not isinstance(data, dict):
         raise ConfigError(
             [f"{path}: (top level): must be a mapping (tls_server_config, basic_auth_users, ...)"]
@@ -129,36 +122,89 @@ def server_context(tls: TLSServerConfig) -> ssl.SSLContext:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def middleware(cfg: WebConfig) -> Middleware:
-    """Basic auth (bcrypt, with successful checks cached: bcrypt is slow by design) and extra headers."""
-    cache: set[tuple[str, bytes]] = set()
+BCRYPT_WORKERS = 2  # threads checking passwords: bcrypt is slow by design and must not run on the loop
+BCRYPT_QUEUE = 32  # checks that may wait for a thread; beyond that a request gets 503 at once
+NEGATIVE_CACHE = 1024  # refused credentials remembered (a repeated wrong password costs no bcrypt)
+POSITIVE_CACHE = 64  # accepted credentials remembered apart, so a flood of wrong ones cannot evict them
+_DEFAULT_COST = 10
 
-    def allowed(header: str) -> bool:
+
+def _cost(hashed: str) -> int:
+    try:
+        return int(hashed.split("$")[2])
+    except (IndexError, ValueError):
+        return _DEFAULT_COST
+
+
+class PasswordChecker:
+    """Basic-auth checks off the event loop, in a small bounded pool, cached on the presented
+    credentials (a keyed digest, never the password). An unknown user is checked against a dummy hash
+    of the same cost, so the answer time does not tell which user names exist."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = {u.encode(): h.encode() for u, h in users.items()}
+        cost = max((_cost(h) for h in users.values()), default=_DEFAULT_COST)
+        self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
+        self._key = secrets.token_bytes(32)
+        self._pool = ThreadPoolExecutor(max_workers=BCRYPT_WORKERS, thread_name_prefix="mailcanary-bcrypt")
+        self._accepted: OrderedDict[bytes, None] = OrderedDict()
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._pending = 0
+
+    @staticmethod
+    def _check(password: bytes, hashed: bytes) -> bool:
+        try:
+            return bcrypt.checkpw(password, hashed)
+        except ValueError:  # never a 500: an unusable hash simply lets nobody in
+            return False
+
+    async def check(self, header: str) -> bool | None:
+        """True/False, or None when too many checks are already waiting (the caller answers 503)."""
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             return False
         try:
-            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error:
             return False
-        hashed = cfg.basic_auth_users.get(user)
-        if not sep or hashed is None:
+        user, sep, password = raw.partition(b":")
+        if not sep:
             return False
-        key = (user, hashlib.sha256(f"{hashed}\0{password}".encode()).digest())
-        if key in cache:
-            return True
+        digest = hmac.new(self._key, raw, hashlib.sha256).digest()
+        for cache, answer in ((self._accepted, True), (self._refused, False)):
+            if digest in cache:
+                cache.move_to_end(digest)
+                return answer
+        if self._pending >= BCRYPT_WORKERS + BCRYPT_QUEUE:
+            return None
+        hashed = self.users.get(user)
+        self._pending += 1
         try:
-            ok = bcrypt.checkpw(password.encode(), hashed.encode())
-        except ValueError:  # never a 500: an unusable hash simply lets nobody in
-            return False
-        if ok:
-            cache.add(key)
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(self._pool, self._check, password, hashed or self._dummy)
+        finally:
+            self._pending -= 1
+        ok = ok and hashed is not None
+        cache, size = (self._accepted, POSITIVE_CACHE) if ok else (self._refused, NEGATIVE_CACHE)
+        cache[digest] = None
+        while len(cache) > size:
+            cache.popitem(last=False)
         return ok
+
+
+def middleware(cfg: WebConfig) -> Middleware:
+    """Basic auth (see PasswordChecker) and extra headers."""
+    checker = PasswordChecker(cfg.basic_auth_users) if cfg.basic_auth_users else None
 
     @web.middleware
     async def secure(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if cfg.basic_auth_users and not allowed(request.headers.get("Authorization", "")):
-            resp: web.StreamResponse = web.Response(status=401, text="Unauthorized\n")
+        allowed = True if checker is None else await checker.check(request.headers.get("Authorization", ""))
+        resp: web.StreamResponse
+        if allowed is None:
+            resp = web.Response(status=503, text="too many password checks in progress; retry\n")
+            resp.headers["Retry-After"] = "1"
+        elif not allowed:
+            resp = web.Response(status=401, text="Unauthorized\n")
             resp.headers["WWW-Authenticate"] = 'Basic realm="mailcanary"'
         else:
             resp = await handler(request)

@@ -1,32 +1,32 @@
-"""IMAP receiving side on aioimaplib, with the STARTTLS and timing that aioimaplib lacks.
+"""IMAP receiving side: a small client on a bounded framing layer (RFC 3501, IDLE, UIDPLUS, STARTTLS).
 
-aioimaplib opens its own connection and has no STARTTLS. Here the TCP connection is made first (so it is
-timed apart), handed to aioimaplib's protocol as a plain transport, and upgraded in place with
-``loop.start_tls`` — before the greeting for implicit TLS, after ``STARTTLS`` for port 143 — which is
-exactly what RFC 3501 §6.2.1 / RFC 8314 ask of a client. No downgrade, no second connection.
+Why not aioimaplib (which this module used before): its protocol buffers whatever arrives with no limit
+(a server announcing ``{999999999}`` grew the daemon by 200 MB), parses in callbacks whose errors surface
+in tasks nobody awaits (a garbage greeting waited out the step timeout and logged a traceback), and its
+response lists lose a literal when another session's ``* n FETCH (FLAGS …)`` lands beside it. Bounding
+it from outside would mean re-framing every byte before it sees them, i.e. writing this parser anyway.
+The handful of commands a probe needs are here instead, each read through :mod:`probes._framing` with
+hard limits and one deadline per command, and every response parsed on its own (:mod:`probes._imapwire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
+import itertools
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from aioimaplib import aioimaplib
-
+from . import _imapwire as wire
 from ._certs import facts_from_connection
+from ._framing import BoundedReader, ConnectionClosed, FrameError, ReadLimits
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
-from .recorder import Recorder
+from .recorder import MASK, Recorder
 
-T = TypeVar("T")
-# IMAP numbers are 32-bit (RFC 3501 nz-number): at most 10 digits. Longer is garbage, and int() of a
-# few thousand digits would raise ValueError.
-_EXISTS_RE = re.compile(rb"^(?:\* )?(\d{1,10}) EXISTS\b", re.IGNORECASE)
-_FETCH_UID_RE = re.compile(rb"\bUID (\d{1,10})\b")
+CLOSE_TIMEOUT = 2.0
+FETCH_BATCH = 50  # UIDs per FETCH: bounds one reply to FETCH_BATCH x the item cap
+_PROTOCOL = "receive_protocol"
 
 
 @dataclass(frozen=True)
@@ -37,70 +37,16 @@ class IMAPSettings:
     mailbox: str = "INBOX"
     timeout: float = 10.0  # per command
     use_idle: bool = True
+    limits: ReadLimits = field(default_factory=ReadLimits)
 
 
-class _Client(aioimaplib.IMAP4):  # type: ignore[misc]
-    """aioimaplib's client without its own connect: :meth:`IMAPSession.open` makes the connection."""
+@dataclass
+class Fetched:
+    """Messages of one FETCH by UID; ``skipped`` are UIDs whose data was over the cap (not kept)."""
 
-    def create_client(
-        self, host: str, port: int, loop: Any, conn_lost_cb: Any = None, ssl_context: Any = None
-    ) -> None:
-        self.protocol = aioimaplib.IMAP4ClientProtocol(loop or asyncio.get_running_loop(), conn_lost_cb)
-
-
-def parse_exists(lines: Iterable[bytes | bytearray]) -> int | None:
-    """The last ``* n EXISTS`` count among untagged lines, if any."""
-    count = None
-    for line in lines:
-        if isinstance(line, bytes) and (m := _EXISTS_RE.match(line)):
-            count = int(m.group(1))
-    return count
-
-
-def parse_search(lines: Iterable[bytes | bytearray]) -> list[int]:
-    """UIDs from the untagged SEARCH data.
-
-    aioimaplib hands ``* SEARCH 1 2`` over as ``1 2`` (the name stripped); both forms are accepted, and a
-    line that is not made of numbers only (the tagged status text) is ignored.
-    """
-    uids: list[int] = []
-    for line in lines:
-        if not isinstance(line, bytes):
-            continue
-        words = line.split()
-        if words and words[0].upper() == b"SEARCH":
-            words = words[1:]
-        if words and all(w.isdigit() and len(w) <= 10 for w in words):
-            uids.extend(int(w) for w in words)
-    return uids
-
-
-def parse_fetch_literals(lines: Iterable[bytes | bytearray]) -> dict[int, bytes]:
-    """UID -> literal from a ``UID FETCH`` response.
-
-    aioimaplib hands each literal over after its FETCH line; the UID may stand before the data
-    (``1 FETCH (UID 5 BODY[] {n}``) or after it (``1 FETCH (BODY[] {n}`` ... `` UID 5)``), as servers differ.
-    """
-    out: dict[int, bytes] = {}
-    uid: int | None = None
-    literal: bytes | None = None  # a literal whose UID had not been seen yet
-    for line in lines:
-        if isinstance(line, bytearray):
-            if uid is not None:
-                out[uid] = bytes(line)
-                literal = None
-            else:
-                literal = bytes(line)
-            uid = None
-            continue
-        m = _FETCH_UID_RE.search(line)
-        if b"FETCH" in line:
-            uid = int(m.group(1)) if m is not None else None
-            literal = None
-        elif m is not None and literal is not None:  # the tail of the same FETCH: " UID 5)"
-            out[int(m.group(1))] = literal
-            literal = None
-    return out
+    data: dict[int, bytes] = field(default_factory=dict)
+    sizes: dict[int, int] = field(default_factory=dict)
+    skipped: set[int] = field(default_factory=set)
 
 
 class IMAPSession:
@@ -111,50 +57,19 @@ class IMAPSession:
         self.recorder = recorder
         self.prefix = prefix
         self.exists = 0
-        self._client: _Client | None = None
-        self._lost: asyncio.Future[None] | None = None
+        self._caps: set[str] = set()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._in: BoundedReader | None = None
+        self._tags = (f"M{n}".encode() for n in itertools.count(1))
+        self._closed = False
         self.plain_capabilities: set[str] | None = None  # offered before STARTTLS (None: not seen)
 
     @property
     def capabilities(self) -> set[str]:
-        return set(self._proto.capabilities) if self._client else set()
+        return set(self._caps)
 
-    @property
-    def _proto(self) -> Any:
-        assert self._client is not None
-        return self._client.protocol
-
-    async def _run(self, what: str, aw: Awaitable[T], reason: str = "receive_protocol") -> T:
-        """Await an aioimaplib call with the per-command timeout, failing fast if the connection drops."""
-        assert self._lost is not None
-        task: asyncio.Future[T] = asyncio.ensure_future(aw)
-        waiting: set[asyncio.Future[Any]] = {task, self._lost}
-        try:
-            done, _ = await asyncio.wait(
-                waiting, timeout=self.settings.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        except BaseException:
-            task.cancel()
-            raise
-        if task in done:
-            try:
-                return task.result()
-            except aioimaplib.CommandTimeout as exc:
-                raise ProbeTimeout(f"IMAP {what}: no reply within {self.settings.timeout:g}s") from exc
-            except (aioimaplib.AioImapException, OSError, ValueError) as exc:
-                raise ProbeError(f"IMAP {what}: {exc}", reason=reason) from exc
-        task.cancel()
-        if self._lost.done():
-            raise ProbeError(f"IMAP {what}: server closed the connection", reason=reason)
-        raise ProbeTimeout(f"IMAP {what}: no reply within {self.settings.timeout:g}s")
-
-    async def _command(self, what: str, aw: Awaitable[Any], reason: str = "receive_protocol") -> Any:
-        self.recorder.commands += 1
-        response = await self._run(what, aw, reason)
-        if response.result != "OK":
-            text = _tail_text(response.lines)
-            raise ProbeError(f"IMAP {what} answered {response.result} {text}".rstrip(), reason=reason)
-        return response
+    # --- opening ---------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Connect, secure, log in and select; phases connect, tls, banner, login."""
@@ -162,20 +77,23 @@ class IMAPSession:
         if ep.tls_mode == "none" and not st.allow_plaintext_auth:
             raise ProbeError("refusing IMAP LOGIN over an unencrypted connection", reason="config")
         await self.secure()
-        proto = self._proto
+        rec.masker.add(st.credentials.password, st.credentials.username)
         with rec.phase(f"{p}_login"):
-            if "LOGINDISABLED" in proto.capabilities:
+            if "LOGINDISABLED" in self._caps:
                 raise ProbeError("IMAP server disables LOGIN on this connection", reason="receive_auth")
-            resp = await self._run(
-                "LOGIN", proto.login(st.credentials.username, st.credentials.password), reason="receive_auth"
+            resp, _ = await self._command(
+                "LOGIN",
+                [b"LOGIN ", st.credentials.username, b" ", st.credentials.password],
+                shown=f"LOGIN {st.credentials.username} {MASK}",
+                reason="receive_auth",
             )
-            rec.commands += 1
-            if resp.result != "OK":
-                raise ProbeError(f"IMAP LOGIN refused: {_tail_text(resp.lines)}", reason="receive_auth")
-            if not any(c.startswith("IMAP4") for c in proto.capabilities) or len(proto.capabilities) < 3:
+            caps = wire.capabilities_of(resp)
+            if caps is not None:
+                self._caps = caps
+            if not any(c.startswith("IMAP4") for c in self._caps) or len(self._caps) < 3:
                 await self._capability()
-            resp = await self._command(f"SELECT {st.mailbox}", proto.select(st.mailbox))
-            self.exists = parse_exists(resp.lines) or 0
+            _, untagged = await self._command(f"SELECT {st.mailbox}", [b"SELECT ", st.mailbox])
+            self.exists = _exists(untagged, 0) or 0
 
     async def secure(self, tls_context: ssl.SSLContext | None = None) -> None:
         """Connect and secure the session as the endpoint asks, without logging in; phases connect, tls,
@@ -183,79 +101,237 @@ class IMAPSession:
         capabilities offered before STARTTLS stay in ``plain_capabilities``. The TLS facts of the
         connection go to ``recorder.tls``."""
         st, ep, rec, p = self.settings, self.settings.endpoint, self.recorder, self.prefix
-        loop = asyncio.get_running_loop()
-        self._lost = loop.create_future()
-        lost = self._lost
-
-        def on_lost(exc: Exception | None) -> None:
-            if not lost.done():
-                lost.set_result(None)
-
-        self._client = _Client(host=ep.host, port=ep.port, timeout=st.timeout, conn_lost_cb=on_lost)
-        proto = self._proto
-        if rec.debugging:
-            _tap(proto, rec)
         ctx = (tls_context or client_context(ep.tls)) if ep.tls_mode != "none" else None
         with rec.phase(f"{p}_connect"):
             sock = await tcp_connect(ep, reason="receive_connect", timeout=st.timeout)
             rec.debug("C: imap", f"connect {ep.address} ({ep.tls_mode})")
-            transport, _ = await loop.create_connection(lambda: proto, sock=sock)
-        if ep.tls_mode == "implicit":
-            assert ctx is not None
-            with rec.phase(f"{p}_tls"):
-                await self._start_tls(transport, ctx)
-        with rec.phase(f"{p}_banner"):
-            await self._run("greeting", proto.wait("AUTH|NONAUTH"), reason="receive_connect")
-        if ep.tls_mode == "starttls":
-            assert ctx is not None
-            self.plain_capabilities = set(proto.capabilities)
-            if "STARTTLS" not in proto.capabilities:
-                raise ProbeError("IMAP server does not offer STARTTLS", reason="receive_tls")
-            with rec.phase(f"{p}_tls"):
-                cmd = aioimaplib.Command("STARTTLS", proto.new_tag(), loop=loop)
-                await self._command("STARTTLS", proto.execute(cmd), reason="receive_tls")
-                await self._start_tls(proto.transport, ctx)
-                # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
+            try:
+                self._reader, self._writer = await asyncio.open_connection(
+                    sock=sock, limit=st.limits.max_line + 2
+                )
+            except OSError as exc:
+                sock.close()
+                raise ProbeError(f"cannot connect to {ep.address}: {exc}", reason="receive_connect") from exc
+            self._in = BoundedReader(self._reader, st.limits, _PROTOCOL)
+        try:
+            if ep.tls_mode == "implicit":
+                assert ctx is not None
+                with rec.phase(f"{p}_tls"):
+                    await self._start_tls(ctx)
+            with rec.phase(f"{p}_banner"):
+                await self._greeting()
+            if ep.tls_mode == "starttls":
+                assert ctx is not None
+                if not self._caps:
+                    await self._capability()
+                self.plain_capabilities = set(self._caps)
+                if "STARTTLS" not in self._caps:
+                    raise ProbeError("IMAP server does not offer STARTTLS", reason="receive_tls")
+                with rec.phase(f"{p}_tls"):
+                    await self._command("STARTTLS", [b"STARTTLS"], reason="receive_tls")
+                    if self._reader is not None and getattr(self._reader, "_buffer", None):
+                        # Bytes sent in clear after the STARTTLS reply would be read as if under TLS
+                        # (CVE-2011-0411 and kin); StreamReader has no public peek.
+                        raise ProbeError(
+                            "server sent data after its STARTTLS reply, before the TLS handshake",
+                            reason="receive_tls",
+                        )
+                    await self._start_tls(ctx)
+                    # RFC 3501 §6.2.1: capabilities learnt before TLS must be discarded.
+                    self._caps = set()
+                    await self._capability()
+            elif not self._caps:
                 await self._capability()
-        if self.ssl_object is not None:  # the TLS audit of this endpoint, from this very connection
-            rec.tls[ep.address] = await facts_from_connection(self.ssl_object, ep, "imap", ep.tls_mode)
+            if self.ssl_object is not None:  # the TLS audit of this endpoint, from this very connection
+                rec.tls[ep.address] = await facts_from_connection(self.ssl_object, ep, "imap", ep.tls_mode)
+        except BaseException:
+            self._abort()
+            raise
+
+    async def _greeting(self) -> None:
+        """``* OK`` / ``* PREAUTH`` at once; ``* BYE`` is a refused connection; anything else is garbage."""
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                resp = await self._read_response("greeting", None, self.settings.limits.max_line)
+        except TimeoutError:
+            self._abort()
+            raise ProbeTimeout(f"IMAP greeting: none within {self.settings.timeout:g}s") from None
+        except ConnectionClosed as exc:
+            self._abort()
+            reason = "receive_connect" if not exc.partial and not self._in_received() else _PROTOCOL
+            raise ProbeError(f"IMAP greeting: {exc.message}", reason=reason) from None
+        except ProbeError:
+            self._abort()
+            raise
+        status = resp.status if resp.tag == b"*" else None
+        if status == b"BYE":
+            self._abort()
+            raise ProbeError(f"IMAP server refused the session: BYE {resp.text()}", reason="receive_connect")
+        if status not in (b"OK", b"PREAUTH"):
+            self._abort()
+            raise ProbeError(
+                f"IMAP greeting is not * OK: {wire._show(resp.parts[0] or b'')}", reason=_PROTOCOL
+            )
+        caps = wire.capabilities_of(resp)
+        if caps is not None:
+            self._caps = caps
+
+    def _in_received(self) -> bool:
+        return self._in is not None and self._in.received_any
 
     async def _capability(self) -> None:
-        """aioimaplib's CAPABILITY returns nothing and raises on NO/BAD; it refreshes ``capabilities``."""
-        self.recorder.commands += 1
-        await self._run("CAPABILITY", self._proto.capability())
+        _, untagged = await self._command("CAPABILITY", [b"CAPABILITY"])
+        for resp in untagged:
+            caps = wire.capabilities_of(resp)
+            if caps is not None:
+                self._caps = caps
 
-    async def _start_tls(self, transport: asyncio.BaseTransport, ctx: ssl.SSLContext) -> None:
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        """The handshake under the step deadline: a stall is ``timeout`` after one step, like any stall."""
+        assert self._writer is not None
         ep = self.settings.endpoint
-        loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(
-                cast(asyncio.WriteTransport, transport),
-                self._proto,
-                ctx,
-                server_hostname=ep.server_hostname,
-                ssl_handshake_timeout=self.settings.timeout,
-            )
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
+            async with asyncio.timeout(self.settings.timeout):
+                # asyncio's own handshake timeout is set later than ours, so the stall rule is ours alone.
+                await self._writer.start_tls(
+                    ctx, server_hostname=ep.server_hostname, ssl_handshake_timeout=self.settings.timeout + 5
+                )
+        except TimeoutError:
+            self._abort()
+            raise ProbeTimeout(f"IMAP: TLS handshake stalled for {self.settings.timeout:g}s") from None
+        except (ssl.SSLError, ConnectionError, OSError, EOFError) as exc:
+            self._abort()
             raise ProbeError(f"IMAP: {tls_error_message(exc)}", reason="receive_tls") from exc
-        except TimeoutError as exc:
-            raise ProbeTimeout("IMAP: TLS handshake timed out") from exc
-        if new is None:  # pragma: no cover - only when the transport closed during the handshake
-            raise ProbeError("IMAP: connection closed during the TLS handshake", reason="receive_tls")
-        self._proto.transport = new
+        except ValueError as exc:
+            self._abort()
+            raise ProbeError(f"IMAP: cannot start TLS: {exc}", reason="config") from exc
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
-        transport = self._proto.transport if self._client else None
-        return transport.get_extra_info("ssl_object") if transport is not None else None
+        if self._writer is None:
+            return None
+        obj = self._writer.get_extra_info("ssl_object")
+        return obj if isinstance(obj, ssl.SSLObject) else None
+
+    # --- the dialogue ----------------------------------------------------------------------------------
+
+    async def _read_response(self, what: str, tag: bytes | None, literal_cap: int) -> wire.Response:
+        """One whole response, literals included; a literal over ``literal_cap`` but within the reply
+        budget is read and dropped (``None`` part), a bigger one ends the session."""
+        assert self._in is not None
+        line = await self._in.line(what)
+        self._debug_line(line)
+        resp = wire.Response(tag=wire.parse_tag(line, tag))
+        while True:
+            m = wire.LITERAL.search(line)
+            if m is None or resp.tag == b"+":
+                resp.parts.append(line)
+                return resp
+            resp.parts.append(line[: m.start()])
+            n = int(m.group(1))
+            if n <= literal_cap:
+                resp.parts.append(await self._in.exactly(n, literal_cap, what))
+            elif n <= self.settings.limits.max_message:
+                await self._in.discard(n, what)
+                resp.parts.append(None)
+            else:
+                raise FrameError(
+                    f"literal of {n} bytes in the reply to {what} (limit {self.settings.limits.max_message})",
+                    reason=_PROTOCOL,
+                )
+            self.recorder.debug("S: imap", f"({n} bytes of literal data)")
+            line = await self._in.line(what)
+            self._debug_line(line)
+
+    def _debug_line(self, line: bytes) -> None:
+        if self.recorder.debugging:
+            text = line.decode(errors="replace")
+            self.recorder.debug("S: imap", text if len(text) < 300 else text[:300] + " …")
+
+    async def _send(self, tag: bytes, pieces: list[bytes | str], shown: str, what: str) -> None:
+        """Send ``tag pieces``: str pieces are strings (quoted, or a synchronising literal if need be)."""
+        assert self._writer is not None
+        self.recorder.debug("C: imap", f"{tag.decode()} {shown}")
+        line = tag + b" "
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                line += piece
+                continue
+            quoted = wire.quote(piece)
+            if quoted is not None:
+                line += quoted
+                continue
+            data = piece.encode("utf-8")
+            self._writer.write(line + b"{%d}\r\n" % len(data))
+            await self._writer.drain()
+            resp = await self._read_response(what, tag, self.settings.limits.max_line)
+            if resp.tag != b"+":
+                raise ProbeError(f"IMAP {what} answered {resp.text()}", reason=_PROTOCOL)
+            line = data
+        self._writer.write(line + b"\r\n")
+        await self._writer.drain()
+
+    async def _command(
+        self,
+        what: str,
+        pieces: list[bytes | str],
+        *,
+        shown: str | None = None,
+        reason: str = _PROTOCOL,
+        literal_cap: int | None = None,
+    ) -> tuple[wire.Response, list[wire.Response]]:
+        """Send one command and read up to its tagged reply within one step: ``(tagged, untagged)``.
+
+        A NO or BAD raises with ``reason``; garbage, a limit passed, a lost connection raise
+        ``receive_protocol`` and end the session (it is out of step); silence raises ``timeout``.
+        """
+        if self._closed or self._in is None:
+            raise ProbeError(f"IMAP {what}: the connection is closed", reason=_PROTOCOL)
+        tag = next(self._tags)
+        self.recorder.commands += 1
+        cap = self.settings.limits.max_line if literal_cap is None else literal_cap
+        untagged: list[wire.Response] = []
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                self._in.reset_budget()
+                await self._send(tag, pieces, shown or what, what)
+                while True:
+                    resp = await self._read_response(what, tag, cap)
+                    if resp.tag == tag:
+                        break
+                    self._note(resp)
+                    untagged.append(resp)
+        except TimeoutError:
+            self._abort()
+            raise ProbeTimeout(f"IMAP {what}: no reply within {self.settings.timeout:g}s") from None
+        except ProbeError as exc:
+            self._abort()
+            if exc.reason == reason:
+                raise
+            raise ProbeError(f"IMAP {what}: {exc.message}", reason=exc.reason) from None
+        except OSError as exc:
+            self._abort()
+            raise ProbeError(f"IMAP {what}: connection lost: {exc}", reason=_PROTOCOL) from None
+        if resp.status != b"OK":
+            status = (resp.status or b"?").decode()
+            raise ProbeError(f"IMAP {what} answered {status} {resp.text()}".rstrip(), reason=reason)
+        return resp, untagged
+
+    def _note(self, resp: wire.Response) -> None:
+        """Keep track of what the server says unasked (the message count)."""
+        event = wire.number_event(resp)
+        if event is not None and event[1] == b"EXPUNGE" and self.exists > 0:
+            self.exists -= 1
+
+    # --- commands --------------------------------------------------------------------------------------
 
     async def noop(self) -> bool:
         """NOOP (makes servers such as Dovecot look at the mailbox now); True if new mail was announced."""
-        resp = await self._command("NOOP", self._proto.simple_command("NOOP"))
-        return self._saw_exists(resp.lines)
+        _, untagged = await self._command("NOOP", [b"NOOP"])
+        return self._saw_exists(untagged)
 
-    def _saw_exists(self, lines: Iterable[bytes | bytearray]) -> bool:
-        count = parse_exists(lines)
+    def _saw_exists(self, untagged: Iterable[wire.Response]) -> bool:
+        count = _exists(untagged, None)
         if count is None:
             return False
         grew = count > self.exists
@@ -263,52 +339,124 @@ class IMAPSession:
         return grew or count > 0  # an EXISTS at all means the mailbox changed: worth a search
 
     async def idle(self, seconds: float) -> bool:
-        """IDLE for up to ``seconds``; True if the server pushed new mail meanwhile."""
-        client = self._client
-        assert client is not None
+        """IDLE for up to ``seconds``; True if the server pushed new mail meanwhile.
+
+        One reader task runs across the whole IDLE, so no read is ever cut in the middle of a literal;
+        ``DONE`` is sent when the time is up or mail was announced, then the tagged reply is awaited
+        within one step timeout.
+        """
+        if self._closed or self._in is None:
+            raise ProbeError("IMAP IDLE: the connection is closed", reason=_PROTOCOL)
+        tag = next(self._tags)
         self.recorder.commands += 1
-        idle_task = await self._run("IDLE", client.idle_start(timeout=max(seconds, 0.001) + 5))
-        pushed: list[bytes] = []
+        cap = self.settings.limits.max_line
+        pushed: list[wire.Response] = []
+        reader: asyncio.Task[wire.Response] | None = None
         try:
-            try:
-                got = await asyncio.wait_for(client.wait_server_push(timeout=seconds), timeout=seconds + 1)
-                if isinstance(got, list):
-                    pushed.extend(got)
-            except TimeoutError:
-                pass
+            async with asyncio.timeout(self.settings.timeout):
+                self._in.reset_budget()
+                await self._send(tag, [b"IDLE"], "IDLE", "IDLE")
+                while True:  # until the continuation (untagged news may come first)
+                    resp = await self._read_response("IDLE", tag, cap)
+                    if resp.tag == b"+":
+                        break
+                    if resp.tag == tag:
+                        raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=_PROTOCOL)
+                    self._note(resp)
+                    pushed.append(resp)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + seconds
+            done_sent = False
+            done_by = 0.0
+            while True:
+                if reader is None:
+                    reader = asyncio.ensure_future(self._read_response("IDLE", tag, cap))
+                left = (until if not done_sent else done_by) - loop.time()
+                if not done_sent and (left <= 0 or _exists(pushed, None) is not None):
+                    assert self._writer is not None
+                    self.recorder.debug("C: imap", "DONE")
+                    self._writer.write(b"DONE\r\n")
+                    done_sent = True
+                    done_by = loop.time() + self.settings.timeout
+                    self._in.reset_budget()
+                    continue
+                finished, _ = await asyncio.wait({reader}, timeout=max(left, 0))
+                if not finished:
+                    if done_sent and loop.time() >= done_by:
+                        raise TimeoutError
+                    continue
+                resp = reader.result()
+                reader = None
+                if resp.tag == tag:
+                    break
+                self._note(resp)
+                pushed.append(resp)
+        except TimeoutError:
+            self._abort()
+            raise ProbeTimeout(f"IMAP IDLE: no reply within {self.settings.timeout:g}s") from None
+        except ProbeError:
+            self._abort()
+            raise
+        except OSError as exc:
+            self._abort()
+            raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=_PROTOCOL) from None
         finally:
-            if client.has_pending_idle():
-                client.idle_done()
-                await self._run("DONE", idle_task)
+            if reader is not None and not reader.done():
+                # Cancelled mid-IDLE (the run's deadline): the dialogue is out of step, end it.
+                reader.cancel()
+                self._abort()
+        if resp.status != b"OK":
+            raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=_PROTOCOL)
         return self._saw_exists(pushed)
 
     async def search_header(self, header: str, value: str, *, undeleted: bool = False) -> list[int]:
         """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted."""
-        self.recorder.commands += 1
-        criteria = ("UNDELETED", "HEADER", header, value) if undeleted else ("HEADER", header, value)
-        resp = await self._run("UID SEARCH", self._proto.search(*criteria, charset=None, by_uid=True))
-        if resp.result != "OK":
-            raise ProbeError(
-                f"IMAP UID SEARCH answered {resp.result} {_tail_text(resp.lines)}", reason="receive_protocol"
-            )
-        return parse_search(resp.lines)
+        pieces: list[bytes | str] = [b"UID SEARCH "]
+        if undeleted:
+            pieces.append(b"UNDELETED ")
+        pieces += [b"HEADER ", header, b" ", value]
+        _, untagged = await self._command("UID SEARCH", pieces)
+        uids: list[int] = []
+        for resp in untagged:
+            found = wire.parse_search(resp)
+            if found is not None:
+                uids.extend(found)
+        return sorted(set(uids))
 
     @property
     def can_expunge_by_uid(self) -> bool:
-        return "UIDPLUS" in self.capabilities
+        return "UIDPLUS" in self._caps
 
-    async def fetch(self, uids: Iterable[int], part: str) -> dict[int, bytes]:
-        uid_set = ",".join(str(u) for u in uids)
-        if not uid_set:
-            return {}
-        self.recorder.commands += 1
-        resp = await self._run(
-            "UID FETCH",
-            self._proto.fetch(uid_set, f"(UID {part})", by_uid=True, timeout=self.settings.timeout),
-        )
-        if resp.result != "OK":
-            raise ProbeError(f"IMAP UID FETCH answered {resp.result}", reason="receive_protocol")
-        return parse_fetch_literals(resp.lines)
+    async def fetch(self, uids: Iterable[int], part: str, *, cap: int | None = None) -> Fetched:
+        """``part`` (e.g. ``BODY.PEEK[]``) and the size of each UID, in batches; data over ``cap``
+        (default ``max_message``) is dropped unread and the UID listed in ``skipped``.
+
+        Only FETCH responses that name one of the asked UIDs count: another session's
+        ``* n FETCH (FLAGS …)`` in between is noise, never an empty body.
+        """
+        wanted = sorted(set(uids))
+        cap = self.settings.limits.max_message if cap is None else cap
+        out = Fetched()
+        for i in range(0, len(wanted), FETCH_BATCH):
+            batch = wanted[i : i + FETCH_BATCH]
+            uid_set = ",".join(str(u) for u in batch).encode()
+            _, untagged = await self._command(
+                "UID FETCH",
+                [b"UID FETCH ", uid_set, b" (UID RFC822.SIZE ", part.encode(), b")"],
+                literal_cap=cap,
+            )
+            asked = set(batch)
+            for resp in untagged:
+                item = wire.parse_fetch(resp)
+                if item is None or item.uid not in asked:
+                    continue
+                if item.size is not None:
+                    out.sizes[item.uid] = item.size
+                if item.body_skipped:
+                    out.skipped.add(item.uid)
+                elif item.body is not None:
+                    out.data[item.uid] = item.body
+        return out
 
     async def delete(self, uids: Iterable[int]) -> None:
         """Flag ``uids`` \\Deleted and, with UIDPLUS, expunge exactly those.
@@ -318,57 +466,53 @@ class IMAPSession:
         stay flagged (gone from view in most clients) until the user's own client expunges, and later
         sweeps pass over them.
         """
-        uid_set = ",".join(str(u) for u in uids)
+        uid_set = ",".join(str(u) for u in sorted(set(uids))).encode()
         if not uid_set:
             return
-        proto = self._proto
         await self._command(
-            "UID STORE", proto.store(uid_set, "+FLAGS.SILENT", r"(\Deleted)", by_uid=True), reason="cleanup"
+            "UID STORE", [b"UID STORE ", uid_set, b" +FLAGS.SILENT (\\Deleted)"], reason="cleanup"
         )
         if self.can_expunge_by_uid:
-            await self._command("UID EXPUNGE", proto.expunge(uid_set, by_uid=True), reason="cleanup")
+            await self._command("UID EXPUNGE", [b"UID EXPUNGE ", uid_set], reason="cleanup")
         else:
             self.recorder.facts["imap_expunge_skipped"] = True
 
     async def close(self) -> None:
         """LOGOUT politely if possible, then drop the connection; never raises."""
-        if self._client is None:
+        if self._closed or self._writer is None:
+            self._closed = True
             return
-        proto = self._proto
         try:
-            if proto.transport is not None and not proto.transport.is_closing() and proto.state != "LOGOUT":
-                await asyncio.wait_for(proto.logout(), timeout=min(self.settings.timeout, 2.0))
-        except Exception:
+            async with asyncio.timeout(min(self.settings.timeout, CLOSE_TIMEOUT)):
+                await self._command("LOGOUT", [b"LOGOUT"])
+        except (ProbeError, OSError, TimeoutError):
             pass  # closing must not mask the run's result
         finally:
-            if proto.transport is not None:
-                proto.transport.close()
-            self._client = None
+            writer = self._writer
+            self._closed = True
+            try:
+                writer.close()
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await writer.wait_closed()
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
+            except Exception:
+                writer.transport.abort()
+
+    def _abort(self) -> None:
+        """Drop the connection at once: the dialogue can no longer be trusted to be in step."""
+        if not self._closed:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.transport.abort()
 
 
-def _tail_text(lines: Iterable[bytes | bytearray]) -> str:
-    last = b""
-    for line in lines:
-        if isinstance(line, bytes):
-            last = line
-    return " ".join(last.decode(errors="replace").split())[:200]
-
-
-def _tap(proto: Any, recorder: Recorder) -> None:
-    """Copy the dialogue into the transcript (the recorder masks secrets by value)."""
-    send: Callable[..., None] = proto.send
-    received: Callable[[bytes], None] = proto.data_received
-
-    def send_tapped(line: str, scrub: str | None = None) -> None:
-        recorder.debug("C: imap", line)
-        send(line, scrub=scrub)
-
-    def received_tapped(data: bytes) -> None:
-        for raw in bytes(data).split(b"\r\n"):
-            if raw:
-                text = raw.decode(errors="replace")
-                recorder.debug("S: imap", text if len(text) < 300 else text[:300] + " …")
-        received(data)
-
-    proto.send = send_tapped
-    proto.data_received = received_tapped
+def _exists(untagged: Iterable[wire.Response], default: int | None) -> int | None:
+    """The last ``* n EXISTS`` count among untagged responses, else ``default``."""
+    count = default
+    for resp in untagged:
+        event = wire.number_event(resp)
+        if event is not None and event[1] == b"EXISTS":
+            count = event[0]
+    return count

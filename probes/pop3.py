@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Final, Self, TypeAlias
 
 from ._certs import facts_from_connection
+from ._framing import DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
 from .recorder import MASK, Recorder
@@ -22,8 +23,8 @@ from .recorder import MASK, Recorder
 Capabilities: TypeAlias = dict[str, list[str]]
 Lines: TypeAlias = list[bytes]  # an alias, because the class has a method called ``list``
 
-MAX_LINE: Final = 8192  # RFC 2449 allows 512 octets per response line; be generous, but bounded
-MAX_RESPONSE: Final = 64 * 1024 * 1024  # cap on one multi-line response (RETR of a huge message)
+MAX_LINE: Final = DEFAULT_MAX_LINE  # RFC 2449 allows 512 octets per status line; message lines are longer
+MAX_RESPONSE: Final = DEFAULT_MAX_MESSAGE  # cap on one multi-line response we keep (a canary is ~1 KiB)
 MAX_COMMAND: Final = 255  # RFC 2449 section 4: longest command line, CRLF included
 CLOSE_TIMEOUT: Final = 2.0  # a TLS close_notify the peer never answers must not hold up a probe
 
@@ -184,6 +185,7 @@ class POP3Client:
         self._max_response = max_response
         self._encrypted = False
         self._closed = False
+        self._received = False  # anything read yet (a reset before that is a refused connection)
         self._tls_context: ssl.SSLContext | None = None  # None: the endpoint's own (client_context)
 
     @classmethod
@@ -314,18 +316,72 @@ class POP3Client:
         _, _, reply = await self._command("RETR", str(number), multiline=True)
         return unstuff(reply)
 
-    async def dele(self, number: int) -> None:
+    async def dele(self, number: int, *, err_reason: str = _PROTOCOL) -> None:
         """Mark for deletion; nothing is removed until :meth:`quit`."""
         _check_number(number)
-        await self._command("DELE", str(number))
+        await self._command("DELE", str(number), err_reason=err_reason)
+
+    async def top_or_none(self, number: int, cap: int, lines: int = 0) -> bytes | None:
+        """The header block (and ``lines`` body lines) of message ``number``, or None if it cannot be
+        read as a foreign message may not be: gone (``-ERR``, another session deleted it), a line over
+        the line limit, or over ``cap`` bytes. The rest of such a reply is read and dropped (bounded), so
+        the session stays in step. Unlike RETR, TOP leaves the message's \\Seen flag alone (Dovecot)."""
+        return await self._fetch_or_none("TOP", number, cap, str(lines))
+
+    async def retr_or_none(self, number: int, cap: int) -> bytes | None:
+        """Like :meth:`top_or_none` for the whole message."""
+        return await self._fetch_or_none("RETR", number, cap)
+
+    async def _fetch_or_none(self, verb: str, number: int, cap: int, *extra: str) -> bytes | None:
+        _check_number(number)
+        ok, _, _ = await self._command(verb, str(number), *extra, tolerate_err=True)
+        if not ok:
+            return None
+        lines: Lines = []
+        total = 0
+        fits = True
+        drained = 0
+        while True:
+            try:
+                line = await self._read_raw(verb, skippable=True)
+            except _Overlong:
+                fits = False
+                drained += await self._drain_line(verb)
+                if drained > self._max_response:
+                    self._abort()
+                    raise ProbeError(
+                        f"reply to {verb} is larger than {self._max_response} octets", reason=_PROTOCOL
+                    ) from None
+                continue
+            if line == b".":
+                break
+            total += len(line) + 2
+            if total > cap:
+                fits = False
+                drained += len(line) + 2
+                lines = []
+                if drained > self._max_response:
+                    self._abort()
+                    raise ProbeError(
+                        f"reply to {verb} is larger than {self._max_response} octets", reason=_PROTOCOL
+                    )
+            elif fits:
+                lines.append(line)
+        self.recorder.debug("S: pop3", f"({len(lines)} lines)" if fits else "(skipped: over the limits)")
+        if not fits:
+            return None
+        try:
+            return unstuff(lines)
+        except ProbeError:
+            return None
 
     async def noop(self) -> None:
         await self._command("NOOP")
 
-    async def quit(self) -> None:
+    async def quit(self, *, err_reason: str = _PROTOCOL) -> None:
         """QUIT, which commits deletions (UPDATE state), then close whatever happened."""
         try:
-            await self._command("QUIT")
+            await self._command("QUIT", err_reason=err_reason)
         finally:
             await self.close()
 
@@ -437,7 +493,7 @@ class POP3Client:
         self.recorder.debug("S: pop3", _text(line))
         return line
 
-    async def _read_raw(self, what: str, *, eof_reason: str = _PROTOCOL) -> bytes:
+    async def _read_raw(self, what: str, *, eof_reason: str = _PROTOCOL, skippable: bool = False) -> bytes:
         try:
             async with asyncio.timeout(self._timeout):
                 raw = await self._reader.readuntil(b"\n")
@@ -451,22 +507,66 @@ class POP3Client:
                 f"connection closed by the server while reading the reply to {what}", reason=reason
             ) from exc
         except asyncio.LimitOverrunError as exc:
-            self._abort()
-            raise ProbeError(
+            self._abort_unless_skipping(skippable)
+            raise _Overlong(
                 f"line longer than {self._max_line} octets in the reply to {what}", reason=_PROTOCOL
             ) from exc
         except OSError as exc:
             self._abort()
+            # A reset before anything was read (e.g. before the greeting) is a refused connection.
+            reason = eof_reason if not self._received else _PROTOCOL
             raise ProbeError(
-                f"connection lost while reading the reply to {what}: {exc}", reason=_PROTOCOL
+                f"connection lost while reading the reply to {what}: {exc}", reason=reason
             ) from exc
+        self._received = True
         line = _strip_eol(raw)
         if len(line) > self._max_line:
+            if skippable:
+                raise _Overlong(
+                    f"line longer than {self._max_line} octets in the reply to {what}", reason=_PROTOCOL
+                )
             self._abort()
             raise ProbeError(
                 f"line longer than {self._max_line} octets in the reply to {what}", reason=_PROTOCOL
             )
         return line
+
+    def _abort_unless_skipping(self, skippable: bool) -> None:
+        if not skippable:
+            self._abort()
+
+    async def _drain_line(self, what: str) -> int:
+        """Read and drop the rest of an over-long line (the reader keeps what it could not frame)."""
+        dropped = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    raw = await self._reader.readuntil(b"\n")
+            except TimeoutError as exc:
+                self._abort()
+                raise ProbeTimeout(f"no reply to {what} within {self._timeout:g}s") from exc
+            except asyncio.LimitOverrunError as exc:
+                dropped += len(await self._read_exactly(max(exc.consumed, 1), what))
+                if dropped > self._max_response:
+                    self._abort()
+                    raise ProbeError(
+                        f"line longer than {self._max_response} octets in the reply to {what}",
+                        reason=_PROTOCOL,
+                    ) from None
+                continue
+            except (asyncio.IncompleteReadError, OSError) as exc:
+                self._abort()
+                raise ProbeError(
+                    f"connection lost while reading the reply to {what}", reason=_PROTOCOL
+                ) from exc
+            return dropped + len(raw)
+
+    async def _read_exactly(self, n: int, what: str) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            self._abort()
+            raise ProbeError(f"connection lost while reading the reply to {what}", reason=_PROTOCOL) from exc
 
     async def _read_status(self, what: str, *, eof_reason: str = _PROTOCOL) -> tuple[bool, str]:
         return self._status(await self._read_line(what, eof_reason=eof_reason), what)
@@ -535,6 +635,10 @@ class POP3Client:
 
     def _mask(self, text: str) -> str:
         return self.recorder.masker(text)
+
+
+class _Overlong(ProbeError):
+    """A line over the limit: the end of the session, unless a foreign message's line can be skipped."""
 
 
 def _check_number(number: int) -> None:

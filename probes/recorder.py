@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +59,9 @@ class Recorder:
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint "host:port" -> probes.tls.TLSFacts
     commands: int = 0  # protocol commands issued on the receiving side (benchmarks read it)
     clock: Callable[[], float] = time.monotonic
+    # Called with ("sending", token) just before the canary is sent and ("accepted", token) once the server
+    # took it, and awaited: the daemon's write-ahead ledger records the canary before it can be lost.
+    on_canary: Callable[[str, Any], Awaitable[None]] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -79,6 +82,11 @@ class Recorder:
         except ProbeError as exc:
             exc.args = (self.masker(exc.message), *exc.args[1:])
             raise
+
+    async def canary(self, state: str, token: Any) -> None:
+        """Tell ``on_canary`` (if any) where the canary ``token`` stands: ``sending`` or ``accepted``."""
+        if self.on_canary is not None:
+            await self.on_canary(state, token)
 
     def set_phase(self, name: str, seconds: float) -> None:
         self.phases[name] = seconds

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from . import canary
+from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
 from .canary import Token
 from .errors import ProbeError
@@ -25,6 +26,7 @@ from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
 
 K = TypeVar("K")
+FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
 
 
 # Default cap on the gap between looks, per protocol: an IMAP look is one NOOP (plus IDLE in the gap),
@@ -54,6 +56,7 @@ class POP3Settings:
     credentials: Credentials
     allow_plaintext_auth: bool = False
     timeout: float = 10.0  # per command
+    limits: ReadLimits = field(default_factory=ReadLimits)
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,10 @@ async def _run(
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
     recorder.facts["token"] = token
+    await recorder.canary("sending", token)
     sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
     recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
+    await recorder.canary("accepted", token)
     recorder.facts["smtp_tls_version"] = sent.tls_version
     commands_before = recorder.commands
     with recorder.phase("receive_wait"):
@@ -148,26 +153,44 @@ class _IMAPReceiver(_Receiver):
         super().__init__(settings, recorder)
         assert isinstance(settings.receiver, IMAPSettings)
         self.session = IMAPSession(settings.receiver, recorder)
-        self.uid: int | None = None
+        self.limits = settings.receiver.limits
+        self.uids: list[int] = []
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
-        s = self.session
+        s, name = self.session, self.settings.name
         with self.recorder.phase("receive_sweep"):
             # With UIDPLUS, canaries left flagged by an interrupted delete are finished off too; without
             # it, flagged ones are passed over (they cannot be expunged without touching user mail).
             uids = await s.search_header(
-                canary.HEADER, canary.probe_search_key(self.settings.name), undeleted=not s.can_expunge_by_uid
+                canary.HEADER, canary.probe_search_key(name), undeleted=not s.can_expunge_by_uid
             )
-            heads = await s.fetch(uids, f"BODY.PEEK[HEADER.FIELDS ({canary.HEADER})]")
+            heads = await s.fetch(
+                uids, f"BODY.PEEK[HEADER.FIELDS ({canary.HEADER})]", cap=self.limits.max_header
+            )
+            # The header says where to look; only the whole message, verified, decides what is deleted.
+            hinted = {
+                uid: toks.pop()
+                for uid, h in heads.data.items()
+                if len(toks := canary.candidates(h, name)) == 1
+            }
+            maybe_stale = self._stale(hinted, late)
+            # Too big to be a canary (the size came with the header): never fetched whole.
+            maybe_stale = {u: t for u, t in maybe_stale.items() if heads.sizes.get(u, 0) <= self._canary_cap}
+            whole = await s.fetch(maybe_stale, "BODY.PEEK[]", cap=self._canary_cap)
             found: dict[int, Token] = {}
-            for uid, head in heads.items():
-                tok = canary.find_token(head, self.settings.key, self.settings.name)
+            for uid, raw in whole.data.items():
+                tok = canary.verify_canary(raw, self.settings.key, name)
                 if tok is not None:
                     found[uid] = tok
+            _count_skipped(self.recorder, len(heads.skipped) + len(maybe_stale) - len(found))
             stale = self._stale(found, late)
             await s.delete(stale)
         return list(stale.values())
+
+    @property
+    def _canary_cap(self) -> int:
+        return min(self.limits.max_message, canary.MAX_CANARY_BYTES)
 
     async def wait(self, token: Token, since: float) -> float:
         s, rec = self.session, self.recorder
@@ -188,39 +211,71 @@ class _IMAPReceiver(_Receiver):
                 last_search = seen
                 uids = await s.search_header(canary.HEADER, token.nonce)
                 if uids:
-                    self.uid = max(uids)
+                    self.uids = uids[-FETCH_CANDIDATES:]
                     return seen
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
 
     async def fetch_verify_delete(self, token: Token) -> None:
-        assert self.uid is not None
+        assert self.uids
         with self.recorder.phase("receive_fetch"):
-            body = (await self.session.fetch([self.uid], "BODY.PEEK[]")).get(self.uid, b"")
-        if not canary.verify_message(body, self.settings.key, token):
+            fetched = await self.session.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
+        # A copy of our token on another message (forwarded, header copied) is passed over: the one
+        # message that verifies as a whole is ours.
+        ours = [
+            uid for uid, raw in fetched.data.items() if canary.verify_message(raw, self.settings.key, token)
+        ]
+        if not ours:
+            if not fetched.data and not fetched.skipped:
+                raise ProbeError(
+                    "the canary vanished between SEARCH and FETCH (another session removed it)",
+                    reason="canary_invalid",
+                )
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
         with self.recorder.phase("receive_delete"):
-            await self.session.delete([self.uid])
+            await self.session.delete(ours[:1])
 
     async def close(self) -> None:
         await self.session.close()
 
 
+def _count_skipped(recorder: Recorder, n: int) -> None:
+    """Foreign messages that carried something like our token but did not verify (or could not be read)."""
+    if n > 0:
+        recorder.facts["foreign_skipped"] = recorder.facts.get("foreign_skipped", 0) + n
+
+
 class _POP3Receiver(_Receiver):
-    """POP3 shows a snapshot per session, so each look is a fresh session; UIDL keeps it cheap."""
+    """POP3 shows a snapshot per session, so each look is a fresh session; UIDL keeps it cheap.
+
+    Foreign mail is read as little as possible and never allowed to fail a run: a message gone since
+    UIDL (another session deleted it), too big to be a canary, or with a line over the limit is skipped,
+    counted and remembered.
+    """
 
     def __init__(self, settings: RoundTripSettings, recorder: Recorder) -> None:
         super().__init__(settings, recorder)
         assert isinstance(settings.receiver, POP3Settings)
         self.pop = settings.receiver
+        self.limits = settings.receiver.limits
         self.known: set[str] = set()  # UIDLs already looked at (not the canary)
         self.client: POP3Client | None = None
         self.number: int | None = None
+        self.body: bytes | None = None
+
+    @property
+    def _canary_cap(self) -> int:
+        return min(self.limits.max_message, canary.MAX_CANARY_BYTES)
 
     async def _session(self, recorder: Recorder, prefix: str) -> POP3Client:
         client = await POP3Client.connect(
-            self.pop.endpoint, recorder, phase_prefix=prefix, timeout=self.pop.timeout
+            self.pop.endpoint,
+            recorder,
+            phase_prefix=prefix,
+            timeout=self.pop.timeout,
+            max_line=self.limits.max_line,
+            max_response=self.limits.max_reply,
         )
         try:
             with recorder.phase(f"{prefix}_login"):
@@ -230,23 +285,49 @@ class _POP3Receiver(_Receiver):
             raise
         return client
 
+    async def _heads(self, client: POP3Client, skip: set[str]) -> AsyncIterator[tuple[int, str, bytes]]:
+        """``(number, uidl, header block)`` of each readable message not in ``skip``."""
+        listing = await client.uidl()
+        fresh = {n: u for n, u in listing.items() if u not in skip}
+        if not fresh:
+            return
+        sizes = await client.list()
+        for number, uid in fresh.items():
+            size = sizes.get(number)
+            if size is None or size > self._canary_cap:  # gone, or too big to be ours: never read
+                self.known.add(uid)
+                continue
+            head = await client.top_or_none(number, self.limits.max_header)
+            if head is None:
+                _count_skipped(self.recorder, 1)
+                self.known.add(uid)
+                continue
+            yield number, uid, head
+
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         client = await self._session(self.recorder, "receive")
+        name = self.settings.name
         try:
             with self.recorder.phase("receive_sweep"):
                 found: dict[int, Token] = {}
-                for number, uid in (await client.uidl()).items():
-                    tok = canary.find_token(
-                        await client.top(number, 0), self.settings.key, self.settings.name
-                    )
+                async for number, uid, head in self._heads(client, set()):
+                    hints = canary.candidates(head, name)
+                    if len(hints) != 1 or not self._stale({0: next(iter(hints))}, late):
+                        if not hints:
+                            self.known.add(uid)
+                        continue
+                    # TOP with enough lines for a whole canary: RETR would flag a foreign message \Seen.
+                    raw = await client.top_or_none(number, self._canary_cap, canary.BODY_LINES_MAX)
+                    tok = canary.verify_canary(raw, self.settings.key, name) if raw is not None else None
                     if tok is None:
+                        _count_skipped(self.recorder, 1)
                         self.known.add(uid)
                     else:
                         found[number] = tok
                 stale = self._stale(found, late)
                 for number in stale:
-                    await client.dele(number)
-                await client.quit()  # commits the deletions
+                    await client.dele(number, err_reason="cleanup")
+                await client.quit(err_reason="cleanup" if stale else "receive_protocol")  # commits
         finally:
             await client.close()
         return list(stale.values())
@@ -260,11 +341,8 @@ class _POP3Receiver(_Receiver):
             client = await self._session(poll_rec, "poll")
             keep = False
             try:
-                for number, uid in (await client.uidl()).items():
-                    if uid in self.known:
-                        continue
-                    head = await client.top(number, 0)
-                    if canary.find_token(head, self.settings.key, token.probe) == token:
+                async for number, uid, head in self._heads(client, self.known):
+                    if token in canary.candidates(head, token.probe):
                         seen = rec.clock()
                         self.client, self.number, keep = client, number, True
                         return seen
@@ -279,14 +357,14 @@ class _POP3Receiver(_Receiver):
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.client is not None and self.number is not None
         with self.recorder.phase("receive_fetch"):
-            body = await self.client.retr(self.number)
-        if not canary.verify_message(body, self.settings.key, token):
+            body = await self.client.retr_or_none(self.number, self._canary_cap)
+        if body is None or not canary.verify_message(body, self.settings.key, token):
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
         with self.recorder.phase("receive_delete"):
-            await self.client.dele(self.number)
-            await self.client.quit()
+            await self.client.dele(self.number, err_reason="cleanup")
+            await self.client.quit(err_reason="cleanup")
 
     async def close(self) -> None:
         if self.client is not None:

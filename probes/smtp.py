@@ -50,6 +50,10 @@ def _fail(exc: BaseException, reason: str, step: str) -> ProbeError:
     for candidate in (exc, cause):
         if isinstance(candidate, ssl.SSLError):
             return ProbeError(f"SMTP {step}: {tls_error_message(candidate)}", reason="smtp_tls")
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code < 0:
+        # -1: aiosmtplib could not frame the reply (garbage, a line over its limit)
+        text = " ".join(exc.message.split())[:200]
+        return ProbeError(f"SMTP {step}: {text}", reason="smtp_protocol")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         text = " ".join(exc.message.split())
         return ProbeError(f"SMTP {step} answered {exc.code} {text}", reason=reason, code=exc.code)
@@ -148,6 +152,10 @@ async def open_session(
                 banner = await smtp.connect(sock=sock)
             except aiosmtplib.SMTPConnectResponseError as exc:
                 raise _fail(exc, "smtp_rejected", "banner") from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                # aiosmtplib's own framing (lines <= 8 KiB, replies <= 32 KiB): a garbage or endless
+                # banner is a protocol failure, not a failed connect.
+                raise _fail(exc, "smtp_protocol", "banner") from exc
             except (aiosmtplib.SMTPException, OSError) as exc:
                 reason = "smtp_tls" if ep.tls_mode == "implicit" else "smtp_connect"
                 raise _fail(exc, reason, "connect") from exc

@@ -404,9 +404,14 @@ async def _tcp(
     ctx = context or client_context(ep.tls)
     with recorder.phase("look_tls"):
         try:
-            _, writer = await asyncio.open_connection(
-                sock=sock, ssl=ctx, server_hostname=ep.server_hostname, ssl_handshake_timeout=settings.timeout
-            )
+            # One stall rule: the step deadline is ours (asyncio's own handshake timeout is set later).
+            async with asyncio.timeout(settings.timeout):
+                _, writer = await asyncio.open_connection(
+                    sock=sock,
+                    ssl=ctx,
+                    server_hostname=ep.server_hostname,
+                    ssl_handshake_timeout=settings.timeout + 5,
+                )
         except TimeoutError as exc:
             sock.close()
             raise ProbeTimeout(f"TLS handshake with {ep.address} timed out") from exc

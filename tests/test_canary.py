@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from probes import canary
-from probes.canary import HEADER, Token, build_message, find_token, new_token, tokens_in_header, verify
+from probes.canary import HEADER, Token, build_message, candidates, new_token, tokens_in_header, verify
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -45,7 +45,9 @@ def test_new_token_rejects_bad_probe_names(name: str) -> None:
 def test_header_value_shape() -> None:
     token = Token(probe="p.1", sent_ms=1234, nonce="0" * 32)
     value = token.header_value(KEY)
-    assert re.fullmatch(r"v1;probe=p\.1;sent=1234;nonce=0{32};mac=[0-9a-f]{32}", value)
+    assert re.fullmatch(r"v2;probe=p\.1;sent=1234;nonce=0{32};mac=[0-9a-f]{32}", value)
+    legacy = Token(probe="p.1", sent_ms=1234, nonce="0" * 32, version="v1")
+    assert re.fullmatch(r"v1;probe=p\.1;sent=1234;nonce=0{32};mac=[0-9a-f]{32}", legacy.header_value(KEY))
     assert value.endswith(f";mac={token.mac(KEY)}")
     assert token.mac(KEY) != token.mac(OTHER_KEY)
     assert canary.probe_search_key("p.1") == ";probe=p.1;"
@@ -112,7 +114,7 @@ def test_verify_rejects_malformed_values(value: str) -> None:
     assert verify(value, KEY) is None
 
 
-@pytest.mark.parametrize("where", [";probe", ";sent", ";nonce", ";mac", "=", "v1"])
+@pytest.mark.parametrize("where", [";probe", ";sent", ";nonce", ";mac", "=", "v2"])
 def test_verify_rejects_whitespace_inside(where: str) -> None:
     value = new_token("p", now=NOW).header_value(KEY)
     i = value.index(where) + 1
@@ -157,7 +159,7 @@ def test_tokens_in_header_unfolds() -> None:
     cut = value.index(";nonce")
     raw = f"Subject: x\r\n{HEADER}: {value[:cut]}\r\n {value[cut:]}\r\n\r\nbody\r\n".encode()
     assert tokens_in_header(raw) == [value]
-    assert find_token(raw, KEY, "p") == verify(value, KEY)
+    assert candidates(raw, "p") == {canary.parse(value)[0]}  # type: ignore[index]
 
 
 def test_tokens_in_header_finds_every_value() -> None:
@@ -165,32 +167,8 @@ def test_tokens_in_header_finds_every_value() -> None:
     raw = header_block(a.header_value(KEY), b.header_value(KEY))
     assert tokens_in_header(raw) == [a.header_value(KEY), b.header_value(KEY)]
     assert tokens_in_header(b"Subject: nothing here\r\n\r\n") == []
-
-
-def test_find_token_one() -> None:
-    token = new_token("p", now=NOW)
-    assert find_token(header_block(token.header_value(KEY)), KEY, "p") == token
-
-
-def test_find_token_same_token_twice_is_one() -> None:
-    token = new_token("p", now=NOW)
-    raw = header_block(token.header_value(KEY), token.header_value(KEY))
-    assert find_token(raw, KEY, "p") == token
-
-
-def test_find_token_two_different_tokens_is_none() -> None:
-    a, b = new_token("p", now=NOW), new_token("p", now=NOW)
-    assert find_token(header_block(a.header_value(KEY), b.header_value(KEY)), KEY, "p") is None
-
-
-def test_find_token_ignores_invalid_and_foreign_values() -> None:
-    mine = new_token("p", now=NOW)
-    foreign = new_token("other", now=NOW)
-    forged = new_token("p", now=NOW).header_value(OTHER_KEY)
-    raw = header_block("garbage", forged, foreign.header_value(KEY), mine.header_value(KEY))
-    assert find_token(raw, KEY, "p") == mine
-    assert find_token(raw, KEY, "other") == foreign
-    assert find_token(header_block(forged), KEY, "p") is None
+    assert candidates(raw, "p") == {a, b}
+    assert candidates(raw, "other") == set()
 
 
 @given(st.binary())
@@ -198,14 +176,14 @@ def test_tokens_in_header_arbitrary_bytes_never_raises(raw: bytes) -> None:
     result = tokens_in_header(raw)
     assert isinstance(result, list)
     assert all(isinstance(v, str) for v in result)
-    assert find_token(raw, KEY, "p") is None
+    assert canary.verify_canary(raw, KEY, "p") is None
 
 
 @given(st.binary())
 def test_tokens_in_header_after_our_header_name_never_raises(tail: bytes) -> None:
     raw = HEADER.encode() + b": " + tail
     assert isinstance(tokens_in_header(raw), list)
-    assert find_token(raw, KEY, "p") is None
+    assert canary.verify_canary(raw, KEY, "p") is None
 
 
 # ---- the message ----------------------------------------------------------------------------------------
@@ -252,10 +230,10 @@ def test_token_header_is_one_plain_line_for_the_longest_probe_name() -> None:
     ours = [i for i, line in enumerate(lines) if line.startswith(HEADER.encode() + b":")]
     assert len(ours) == 1
     line = lines[ours[0]]
-    assert line == f"{HEADER}: {token.header_value(KEY)}".encode()  # not folded, not =?utf-8?...?=
+    assert line.startswith(f"{HEADER}: v2;probe={name};".encode())  # not folded, not =?utf-8?...?=
     assert not lines[ours[0] + 1][:1].isspace()  # no continuation line
     assert b"=?" not in line
-    assert find_token(raw, KEY, name) == token
+    assert canary.verify_canary(raw, KEY, name) == token
 
 
 def test_verify_message_accepts_the_built_message() -> None:
@@ -279,7 +257,8 @@ def test_verify_message_detects_a_truncated_body() -> None:
 def test_verify_message_detects_a_swapped_token() -> None:
     token, raw = _message()
     other = new_token("probe-1", now=NOW)
-    swapped = raw.replace(token.header_value(KEY).encode(), other.header_value(KEY).encode())
+    [value] = tokens_in_header(raw)
+    swapped = raw.replace(value.encode(), other.header_value(KEY).encode())
     assert swapped != raw
     assert canary.verify_message(swapped, KEY, token) is False
     assert canary.verify_message(raw, KEY, other) is False
@@ -293,8 +272,9 @@ def test_verify_message_rejects_another_key() -> None:
 def test_verify_message_rejects_a_token_only_in_the_body() -> None:
     token, raw = _message()
     head, _, body = raw.partition(b"\r\n\r\n")
-    head = head.replace(f"{HEADER}: {token.header_value(KEY)}\r\n".encode(), b"")
-    moved = head + b"\r\n\r\n" + f"{HEADER}: {token.header_value(KEY)}\r\n".encode() + body
+    [value] = tokens_in_header(raw)
+    head = head.replace(f"{HEADER}: {value}\r\n".encode(), b"")
+    moved = head + b"\r\n\r\n" + f"{HEADER}: {value}\r\n".encode() + body
     assert canary.verify_message(moved, KEY, token) is False
 
 
@@ -303,3 +283,78 @@ def test_new_key() -> None:
     assert len(a) == 32
     assert len(a) >= canary.MIN_KEY_BYTES
     assert a != b
+
+
+# ---- binding: the token verifies only on the one message it was made for --------------------------------
+
+
+def legacy_v1_message(token: Token, key: bytes, sender: str, recipient: str) -> bytes:
+    """A canary exactly as releases before token v2 built it (EmailMessage, v1 token)."""
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
+    v1 = Token(token.probe, token.sent_ms, token.nonce, version="v1")
+    msg = EmailMessage(policy=policy.SMTP.clone(max_line_length=998))
+    msg["Date"] = format_datetime(
+        __import__("datetime").datetime.fromtimestamp(v1.sent, tz=__import__("datetime").UTC)
+    )
+    msg["Message-ID"] = make_msgid(idstring=v1.nonce[:12], domain="example.com")
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = f"mailcanary probe {v1.probe}"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg[HEADER] = v1.header_value(key)
+    msg.set_content(
+        "This is an automated delivery test sent by mailcanary.\n"
+        f"Probe: {v1.probe}\n"
+        f"Canary: {v1.nonce}\n"
+        "It is deleted automatically when it arrives; no action is needed.\n"
+    )
+    return msg.as_bytes()
+
+
+def test_transplanted_token_header_does_not_verify() -> None:
+    token, raw = _message()
+    [value] = tokens_in_header(raw)
+    foreign = (
+        f"From: x@example.org\r\nMessage-ID: <user-mail@example.org>\r\n{HEADER}: {value}\r\n\r\nHello\r\n"
+    )
+    assert canary.verify_canary(foreign.encode(), KEY, token.probe) is None
+    # Same Message-ID, another body (a forward that keeps the id) fails too; a changed Message-ID as well.
+    head, body = canary.split_message(raw)
+    assert canary.verify_canary(head + b"\r\n\r\nforwarded: " + body, KEY, token.probe) is None
+    other_id = raw.replace(b"Message-ID: <", b"Message-ID: <x")
+    assert canary.verify_canary(other_id, KEY, token.probe) is None
+    # What the server adds above the headers (Return-Path, Received) changes nothing.
+    assert (
+        canary.verify_canary(b"Return-Path: <a@b>\r\nReceived: from x\r\n" + raw, KEY, token.probe) == token
+    )
+
+
+def test_oversized_message_is_never_a_canary() -> None:
+    token, raw = _message()
+    padded = raw.replace(b"Subject:", b"X-Pad: " + b"a" * canary.MAX_CANARY_BYTES + b"\r\nSubject:")
+    assert canary.verify_canary(padded, KEY, token.probe) is None
+
+
+def test_legacy_v1_canary_is_recognised_as_a_whole() -> None:
+    token = new_token("probe-1", now=NOW)
+    raw = legacy_v1_message(token, KEY, "canary@example.com", "inbox@example.net")
+    found = canary.verify_canary(raw, KEY, "probe-1")
+    assert found is not None and found.version == "v1" and found.nonce == token.nonce
+    assert (
+        canary.verify_canary(raw.replace(b"no action is needed", b"no action needed"), KEY, "probe-1") is None
+    )
+    [value] = tokens_in_header(raw)
+    transplanted = f"From: u@example.org\r\n{HEADER}: {value}\r\n\r\nuser text\r\n".encode()
+    assert canary.verify_canary(transplanted, KEY, "probe-1") is None
+    assert canary.verify_canary(raw, OTHER_KEY, "probe-1") is None
+
+
+def test_built_message_parses_the_same_with_the_email_package() -> None:
+    token, raw = _message()
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg[HEADER] == tokens_in_header(raw)[0]
+    assert msg["Message-ID"] == canary.header_values(raw, "Message-ID")[0]
+    assert msg.get_content().replace("\r\n", "\n") == canary._body_text(token)
+    assert not msg.defects

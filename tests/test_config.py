@@ -12,6 +12,7 @@ import structlog
 
 from exporter import cli
 from exporter.config import (
+    MAX_CONFIG_BYTES,
     ConfigError,
     LoadedConfig,
     default_port,
@@ -137,12 +138,67 @@ def test_digest_follows_the_text(pw_file: Path) -> None:
     assert a != c
 
 
-@pytest.mark.parametrize("text", ["", "\n", "# nothing here\n", "---\n"])
-def test_empty_file_is_an_empty_config(text: str) -> None:
+@pytest.mark.parametrize("text", ["", "\n", "# nothing here\n", "---\n", "null\n", "~\n"])
+def test_empty_document_is_an_error(text: str) -> None:
+    """A reload that reads a truncated file must not stop every probe."""
+    assert one_problem(text) == (
+        f"{F}: (top level): the file is empty (a truncated write?); a config with no probes says so "
+        "explicitly, e.g. `roundtrip: []`"
+    )
+
+
+@pytest.mark.parametrize("text", ["roundtrip: []\n", "{}\n", "global: {}\n", "roundtrip:\n"])
+def test_explicitly_empty_config_is_fine(text: str) -> None:
     loaded = parse_config(text, F, {})
     assert loaded.config.roundtrip == []
     assert loaded.config.global_.interval == 300.0
-    assert loaded.config.global_.timeout == 120.0
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "key", "first"),
+    [
+        ("global: {}\nroundtrip: []\nglobal: {interval: 1m}\n", "line 3, column 1", "global", 1),
+        ("global:\n  interval: 1m\n  timeout: 10s\n  interval: 2m\n", "line 4, column 3", "interval", 2),
+        ("roundtrip:\n  - name: a\n    sender: x@y.z\n    name: b\n", "line 4, column 5", "name", 2),
+        ("global: {interval: 1m, interval: 2m}\n", "line 1, column 24", "interval", 1),
+    ],
+)
+def test_duplicate_keys_are_errors_with_their_line(text: str, where: str, key: str, first: int) -> None:
+    assert one_problem(text) == (
+        f"{F}: {where}: invalid YAML: duplicate key {key!r} (first given on line {first})"
+    )
+
+
+def test_merge_keys_are_not_duplicates() -> None:
+    text = "global: &g {interval: 1m}\nmodules:\n  m: {protocol: smtp}\n"
+    assert parse_config(text, F, {}).config.global_.interval == 60.0
+
+
+def test_alias_bomb_is_refused() -> None:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 8):
+        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [{', '.join(['*' + prev] * 10)}]")
+    problem = one_problem("\n".join(lines) + "\n")
+    assert problem == f"{F}: (top level): more than 1000000 values once aliases are expanded"
+
+
+def test_oversized_file_is_refused_without_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yml"
+    with open(path, "w") as fh:
+        fh.write("roundtrip:\n")
+        fh.write("  - {name: x, sender: a@b.c}\n" * (MAX_CONFIG_BYTES // 20))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.problems == [
+        f"{path}: (file): bigger than 4 MiB ({MAX_CONFIG_BYTES} bytes); not a config?"
+    ]
+
+
+def test_file_just_under_the_cap_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "big.yml"
+    path.write_text("roundtrip: []\n" + "#" * (MAX_CONFIG_BYTES - 20) + "\n")
+    assert load_config(str(path)).config.roundtrip == []
 
 
 def test_inline_password_loads_with_a_warning(pw_file: Path) -> None:
@@ -480,8 +536,7 @@ def test_load_config_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"global:\n  state_dir: /tmp/\xe9\n")
     with pytest.raises(ConfigError) as info:
         load_config(str(path))
-    (line,) = info.value.problems
-    assert line.startswith(f"{path}: (file): cannot read: ")
+    assert info.value.problems == [f"{path}: (file): not UTF-8 text"]
 
 
 def test_load_config_reads_the_file(tmp_path: Path, pw_file: Path) -> None:
@@ -533,7 +588,7 @@ def test_default_ports_reach_the_probe_settings(pw_file: Path) -> None:
 
 
 def _loaded(state: str | None = None) -> LoadedConfig:
-    text = f"global:\n  state_dir: {state}\n" if state else ""
+    text = f"global:\n  state_dir: {state}\n" if state else "roundtrip: []\n"
     return parse_config(text, F, {})
 
 
@@ -782,3 +837,74 @@ def test_the_shipped_example_config_is_valid(tmp_path: Path) -> None:
     loaded = parse_config(text, "examples/mailcanary.yml", env)
     assert [p.name for p in loaded.config.roundtrip] == ["corp-imap", "corp-pop3"]
     assert loaded.warnings == []
+
+
+def test_check_config_refuses_a_key_file_run_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config runs the start-up checks of run: a 4-byte canary_key_file is an error, exit 1."""
+    key = tmp_path / "short.key"
+    key.write_bytes(b"abcd")
+    config = tmp_path / "mc.yml"
+    config.write_text(f"global: {{state_dir: {tmp_path}/state, canary_key_file: {key}}}\nroundtrip: []\n")
+    assert cli.main(["check-config", "--config", str(config)]) == 1
+    assert capsys.readouterr().out == (
+        f"{config}: global.canary_key_file: {key} holds 4 bytes; need at least 16 "
+        f"(e.g. `openssl rand -hex 32 > {key}`)\n"
+    )
+    assert not (tmp_path / "state").exists()  # checked, nothing created
+
+
+def test_check_config_refuses_a_short_generated_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "canary.key").write_bytes(b"")
+    config = tmp_path / "mc.yml"
+    config.write_text(f"global: {{state_dir: {state}}}\nroundtrip: []\n")
+    assert cli.main(["check-config", "--config", str(config)]) == 1
+    assert f"delete {state / 'canary.key'} to have a new one generated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "probe_endpoint: {allow_targets: ['10.0.0.0/33']}\n",
+            f"{F}: probe_endpoint.allow_targets: entry 0, '10.0.0.0/33', is not a CIDR like 192.0.2.0/24",
+        ),
+        (
+            "probe_endpoint: {allow_targets: ['a b']}\n",
+            f"{F}: probe_endpoint.allow_targets: entry 0, 'a b', is neither a host pattern (letters, digits, "
+            "'.', '-', '*', '?') nor a CIDR",
+        ),
+        (
+            "probe_endpoint: {allow_modules: [nope]}\n",
+            f"{F}: probe_endpoint.allow_modules[0]: no module named 'nope'",
+        ),
+        (
+            "probe_endpoint: {max_concurrent: 0}\n",
+            f"{F}: probe_endpoint.max_concurrent: Input should be greater than or equal to 1",
+        ),
+        ("probe_endpoint: {bogus: 1}\n", f"{F}: probe_endpoint.bogus: unknown key"),
+    ],
+)
+def test_probe_endpoint_problems(text: str, problem: str) -> None:
+    assert one_problem(text) == problem
+
+
+def test_probe_endpoint_matching() -> None:
+    text = "probe_endpoint: {allow_targets: ['*.Example.com', '192.0.2.0/24', '2001:db8::/32', 'mx.test']}\n"
+    rules = parse_config(text, F, {}).config.probe_endpoint
+    assert rules.target_allowed("mx.example.com") and rules.target_allowed("MX.EXAMPLE.COM.")
+    assert (
+        rules.target_allowed("192.0.2.7")
+        and rules.target_allowed("2001:db8::1")
+        and rules.target_allowed("mx.test")
+    )
+    assert not rules.target_allowed("example.com")  # the pattern needs a label before it
+    assert not rules.target_allowed("192.0.3.1") and not rules.target_allowed("::1")
+    assert not rules.target_allowed("evil.mx.test")
+    assert not rules.target_allowed("localhost")  # a name is never admitted by a CIDR
+    assert parse_config("roundtrip: []\n", F, {}).config.probe_endpoint.target_allowed("anything")

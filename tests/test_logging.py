@@ -34,6 +34,7 @@ def stream() -> Iterator[io.StringIO]:
     root.setLevel(level)
     for name, lvl in noisy.items():
         logging.getLogger(name).setLevel(lvl)
+    logging.captureWarnings(False)
     structlog.reset_defaults()
 
 
@@ -110,11 +111,30 @@ def test_stdlib_records_are_masked(stream: io.StringIO) -> None:
     logging.getLogger("somelib").warning("%s and %d%%", SECRET, 5)
     out = stream.getvalue()
     assert SECRET not in out
-    assert lines_of(stream) == [
+    # In JSON mode library records are JSON lines too (nothing non-JSON on stderr).
+    assert [json.loads(line)["event"] for line in lines_of(stream)] == [
         f"LOGIN failed: {MASK}",
         f"raw line a1 LOGIN u {MASK} 100%",
         f"{MASK} and 5%",
     ]
+    assert [json.loads(line)["logger"] for line in lines_of(stream)] == [
+        "aioimaplib",
+        "aioimaplib",
+        "somelib",
+    ]
+
+
+def test_python_warnings_are_json_lines_too(stream: io.StringIO) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logging.captureWarnings(True)  # what configure() set (pytest's own capture swaps it per test)
+        warnings.warn(f"deprecated thing {SECRET}", DeprecationWarning, stacklevel=1)
+    (line,) = lines_of(stream)
+    record = json.loads(line)
+    assert record["logger"] == "py.warnings" and "DeprecationWarning" in record["event"]
+    assert SECRET not in line
 
 
 def test_stdlib_tracebacks_are_masked(stream: io.StringIO) -> None:
@@ -127,6 +147,8 @@ def test_stdlib_tracebacks_are_masked(stream: io.StringIO) -> None:
     assert SECRET not in out
     assert "Task exception was never retrieved" in out
     assert f"ValueError: bad credentials {MASK}" in out
+    lines = lines_of(stream)
+    assert len(lines) == 2 and all(json.loads(line)["level"] == "error" for line in lines)  # one line each
 
 
 def test_noisy_library_levels(stream: io.StringIO) -> None:

@@ -875,7 +875,7 @@ async def test_line_length_limit(serve: Serve, length: int, ok: bool) -> None:
             with pytest.raises(ProbeError) as info:
                 await client.retr(1)
             assert info.value.reason == "receive_protocol"
-            assert "longer than 8192" in str(info.value)
+            assert f"longer than {MAX_LINE}" in str(info.value)
 
 
 async def test_over_long_greeting_without_newline(serve: Serve) -> None:

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from exporter.config import ConfigError
-from exporter.state import LEDGER_MAX_AGE, Ledger, load_or_create_key
+from exporter.state import (
+    LEDGER_MAX_AGE,
+    Ledger,
+    StateCollector,
+    StateHealth,
+    key_problem,
+    load_or_create_key,
+)
 from probes.canary import MIN_KEY_BYTES, Token, new_token
 
 CFG = "/etc/mailcanary/mailcanary.yml"
@@ -81,7 +95,32 @@ def test_short_generated_key_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_or_create_key(None, tmp_path, CFG)
     (line,) = info.value.problems
-    assert line.startswith(f"{CFG}: global.state_dir: {tmp_path / 'canary.key'} is too short")
+    path = tmp_path / "canary.key"
+    assert line.startswith(f"{CFG}: global.state_dir: {path} holds 4 bytes, too short to be a key")
+    assert line.endswith(f"delete {path} to have a new one generated")
+    assert key_problem(None, tmp_path, CFG) == line  # check-config says the same
+
+
+@pytest.mark.parametrize("content", [b"", b"\n"])
+def test_empty_generated_key_names_the_file_to_delete(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "canary.key").write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_or_create_key(None, tmp_path, CFG)
+    assert f"delete {tmp_path / 'canary.key'} to have a new one generated" in info.value.problems[0]
+
+
+def test_key_problem_without_creating_anything(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert key_problem(None, state, CFG) is None and not state.exists()
+    short = tmp_path / "short.key"
+    short.write_bytes(b"abcd")
+    problem = key_problem(str(short), state, CFG)
+    assert problem is not None and problem.startswith(f"{CFG}: global.canary_key_file: {short} holds 4 bytes")
+
+
+def test_key_creation_leaves_no_temp_file(tmp_path: Path) -> None:
+    load_or_create_key(None, tmp_path, CFG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["canary.key"]
 
 
 def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
@@ -96,69 +135,211 @@ def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
 # ---- ledger ---------------------------------------------------------------------------------------------
 
 
-def test_ledger_in_memory() -> None:
+def finish(ledger: Ledger, probe: str, token: Token | None = None, **kw: object) -> tuple[int, int, int]:
+    args: dict[str, object] = {"accepted": True, "seen": False, "swept": [], "lost_after": 86400.0}
+    args["now"] = NOW
+    args.update(kw)
+    return asyncio.run(ledger.finish(probe, token, **args))  # type: ignore[arg-type]
+
+
+def begin(ledger: Ledger, probe: str) -> frozenset[str]:
+    return asyncio.run(ledger.begin(probe))
+
+
+def record(ledger: Ledger, probe: str, token: Token, state: str) -> None:
+    asyncio.run(ledger.record(probe, token, state))
+
+
+def metric(health: StateHealth, name: str, **labels: str) -> float:
+    for fam in StateCollector(health).collect():
+        for sample in fam.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise KeyError(name)
+
+
+def test_write_ahead_then_handed_over_when_the_run_fails() -> None:
     ledger = Ledger(None)
+    t = tok("a")
+    record(ledger, "p", t, "sending")
+    assert ledger.entries("p")["a" * 32].state == "sending"
+    assert begin(ledger, "p") == frozenset()  # owned by a live run (this one): nobody else's to sweep
+    record(ledger, "p", t, "accepted")
+    assert finish(ledger, "p", t, accepted=True, seen=False) == (0, 0, 1)  # timed out: now awaited
+    entry = ledger.entries("p")["a" * 32]
+    assert (entry.state, entry.session) == ("waiting", None)
+    assert begin(ledger, "p") == {"a" * 32}
+    assert finish(ledger, "p", tok("b"), seen=True, swept=[t, tok("z")]) == (1, 0, 0)  # z never awaited
     assert ledger.nonces("p") == frozenset()
-    ledger.add("p", tok("a"))
-    ledger.add("p", tok("b"))
-    ledger.add("q", tok("c", probe="q"))
-    assert ledger.nonces("p") == {"a" * 32, "b" * 32}
-    assert ledger.nonces("q") == {"c" * 32}
 
 
-def test_ledger_settle_counts_only_the_awaited() -> None:
+def test_run_that_ends_seen_or_unaccepted_leaves_nothing() -> None:
     ledger = Ledger(None)
-    ledger.add("p", tok("a"))
-    ledger.add("p", tok("b"))
-    assert ledger.settle("p", [tok("a"), tok("d")]) == 1  # d was never waited for
-    assert ledger.nonces("p") == {"b" * 32}
-    assert ledger.settle("p", [tok("a")]) == 0  # already settled
-    assert ledger.settle("other", [tok("b")]) == 0  # other probe's ledger is separate
-    assert ledger.nonces("p") == {"b" * 32}
-    assert ledger.settle("p", []) == 0
+    for state, accepted, seen in (("sending", False, False), ("accepted", True, True)):
+        t = tok("c")
+        record(ledger, "p", t, state)
+        assert finish(ledger, "p", t, accepted=accepted, seen=seen) == (0, 0, 0)
+        assert ledger.nonces("p") == frozenset()
 
 
-def test_ledger_prune_old_and_unconfigured() -> None:
+def test_lost_after_gives_up_on_waiting_ones_only_when_unowned() -> None:
     ledger = Ledger(None)
-    ledger.add("p", tok("a", sent=NOW - LEDGER_MAX_AGE - 1))  # older than a week: lost
-    ledger.add("p", tok("b", sent=NOW - 60))
-    ledger.add("gone", tok("c", sent=NOW - 60, probe="gone"))
-    assert ledger.prune(now=NOW) == 1
+    old, young = tok("a", sent=NOW - 100), tok("b", sent=NOW - 10)
+    finish(ledger, "p", old)
+    finish(ledger, "p", young)
+    record(ledger, "p", tok("c", sent=NOW - 1000), "accepted")  # a live run's own: never expired
+    assert finish(ledger, "p", None, lost_after=50.0) == (0, 1, 1)
+    assert ledger.nonces("p") == {"b" * 32, "c" * 32}
+
+
+def test_prune_old_and_unconfigured() -> None:
+    ledger = Ledger(None)
+    finish(ledger, "p", tok("a", sent=NOW - LEDGER_MAX_AGE - 1), lost_after=2 * LEDGER_MAX_AGE)
+    finish(ledger, "p", tok("b", sent=NOW - 60), lost_after=2 * LEDGER_MAX_AGE)
+    finish(ledger, "gone", tok("c", sent=NOW - 60, probe="gone"), lost_after=2 * LEDGER_MAX_AGE)
+    assert ledger.prune(keep={"p", "gone"}, now=NOW).result() == 1
     assert ledger.nonces("p") == {"b" * 32}
-    assert ledger.nonces("gone") == {"c" * 32}
-    assert ledger.prune(now=NOW, keep={"p"}) == 0  # dropped for removal, not counted lost
+    assert ledger.prune(keep={"p"}, now=NOW).result() == 0
     assert ledger.nonces("gone") == frozenset()
-    assert ledger.nonces("p") == {"b" * 32}
-
-
-def test_ledger_prune_boundary() -> None:
-    ledger = Ledger(None)
-    ledger.add("p", tok("a", sent=NOW - LEDGER_MAX_AGE))
-    assert ledger.prune(now=NOW) == 0  # exactly a week: kept
-    assert ledger.prune(now=NOW + 1) == 1
 
 
 def test_ledger_persists_across_instances(tmp_path: Path) -> None:
     path = tmp_path / "state" / "ledger.json"
     first = Ledger(path)
-    first.add("p", tok("a"))
-    first.add("p", tok("b"))
-    first.add("q", tok("c", probe="q"))
-    assert path.is_file()
-    assert json.loads(path.read_text()) == {
-        "p": {"a" * 32: NOW, "b" * 32: NOW},
-        "q": {"c" * 32: NOW},
-    }
+    finish(first, "p", tok("a"))
+    finish(first, "q", tok("c", probe="q"))
+    data = json.loads(path.read_text())
+    assert data["version"] == 2
+    assert data["probes"]["p"] == {"a" * 32: {"sent": NOW, "state": "waiting", "session": None}}
     second = Ledger(path)
-    assert second.nonces("p") == {"a" * 32, "b" * 32}
-    assert second.settle("p", [tok("a")]) == 1
-    third = Ledger(path)
-    assert third.nonces("p") == {"b" * 32}
-    assert third.nonces("q") == {"c" * 32}
-    third.add("p", tok("d", sent=NOW - LEDGER_MAX_AGE - 10))
-    assert third.prune(now=NOW) == 1
-    assert Ledger(path).nonces("p") == {"b" * 32}
+    assert begin(second, "p") == {"a" * 32}
+    assert finish(second, "p", None, swept=[tok("a")]) == (1, 0, 0)
+    assert Ledger(path).nonces("p") == frozenset()
+    assert Ledger(path).nonces("q") == {"c" * 32}
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".ledger-")]  # no temp files left
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+
+
+def test_temp_files_of_a_process_killed_mid_save_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".ledger-abc123.tmp").write_text("{")  # what kill -9 between write and rename leaves
+    (tmp_path / ".ledger-k2j4h5").write_text("")  # what older versions leaked on a full disk
+    Ledger(tmp_path / "ledger.json")
+    assert not list(tmp_path.glob(".ledger-*"))
+
+
+def test_version_1_ledger_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({"p": {"a" * 32: NOW}}))
+    ledger = Ledger(path)
+    assert begin(ledger, "p") == {"a" * 32}
+    assert ledger.health.errors[("ledger", "corrupt")] == 0
+
+
+def test_io_runs_on_the_writer_thread_and_batches(tmp_path: Path) -> None:
+    """Ledger file I/O never runs on the event loop: it runs on one thread, and concurrent requests
+    share transactions (one read-modify-write and fsync for many)."""
+    ledger = Ledger(tmp_path / "ledger.json")
+    threads: set[str] = set()
+
+    async def main() -> None:
+        def op(entries: object) -> None:
+            threads.add(threading.current_thread().name)
+
+        before = ledger.transactions
+        await asyncio.gather(*(ledger.run(op, None) for _ in range(50)))
+        await asyncio.gather(*(ledger.record("p", new_token("p"), "sending") for _ in range(50)))
+        assert ledger.transactions - before < 100
+
+    asyncio.run(main())
+    assert threads == {"mailcanary-ledger"}
+    assert len(ledger.nonces("p")) == 50
+
+
+def test_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json")
+    t = tok("a")
+
+    async def main() -> None:
+        task = asyncio.create_task(ledger.record("p", t, "accepted"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert Ledger(tmp_path / "ledger.json").nonces("p") == {"a" * 32}
+
+
+_KILLED_RUN = """
+import asyncio, sys
+from pathlib import Path
+from exporter.state import Ledger
+from probes.canary import Token
+ledger = Ledger(Path(sys.argv[1]))
+asyncio.run(ledger.record("p", Token(probe="p", sent_ms=int(sys.argv[2]), nonce="d" * 32), "accepted"))
+print("recorded", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_canary_of_a_killed_process_is_awaited_by_the_next(tmp_path: Path) -> None:
+    """kill -9 mid-run: its accepted canary is handed over, so it is counted late (or lost) later."""
+    path = tmp_path / "ledger.json"
+    live = Ledger(path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_RUN, str(path), str(int(NOW * 1000))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "recorded\n"
+        assert begin(live, "p") == frozenset()  # its owner is alive: not ours to take
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert begin(live, "p") == {"d" * 32}
+    assert live.entries("p")["d" * 32].state == "waiting"
+    assert finish(live, "p", None, swept=[tok("d")]) == (1, 0, 0)
+    assert [p.name for p in (tmp_path / "sessions").iterdir()] == [live.sessions.id]  # the dead one's gone
+    live.close()
+    assert list((tmp_path / "sessions").iterdir()) == []  # a clean stop removes its own
+
+
+def test_lock_files_of_dead_processes_are_cleaned_at_start(tmp_path: Path) -> None:
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    for n in range(3):
+        (sessions / f"{n:016x}").write_text("")  # left by processes killed with -9 (no lock held)
+    (sessions / "not-a-session").write_text("")
+    ledger = Ledger(tmp_path / "ledger.json")
+    assert sorted(p.name for p in sessions.iterdir()) == sorted([ledger.sessions.id, "not-a-session"])
+
+
+def test_orphan_that_was_never_accepted_is_not_counted_lost() -> None:
+    ledger = Ledger(None)
+    record(ledger, "p", tok("a", sent=NOW - 100), "sending")
+    ledger.call(lambda e: setattr(e["p"]["a" * 32], "session", "0" * 16))  # a run that died mid-SMTP
+    assert begin(ledger, "p") == {"a" * 32}
+    assert ledger.entries("p")["a" * 32].state == "unsure"
+    assert finish(ledger, "p", None, lost_after=50.0) == (0, 0, 0)  # forgotten, not lost
+
+
+def test_two_processes_sharing_a_ledger_keep_each_others_entries(tmp_path: Path) -> None:
+    """A daemon and a one-shot `mailcanary probe` on one state dir: neither may overwrite the other."""
+    daemon, oneshot = Ledger(tmp_path / "ledger.json"), Ledger(tmp_path / "ledger.json")
+    t1, t2 = new_token("p", now=NOW), new_token("p", now=NOW + 1)
+    record(daemon, "p", t1, "accepted")
+    finish(oneshot, "p", t2)  # this one has never seen t1 in memory
+    assert daemon.nonces("p") == oneshot.nonces("p") == frozenset({t1.nonce, t2.nonce})
+    assert begin(oneshot, "p") == {t2.nonce}  # t1 is the daemon's live run's
+    assert finish(daemon, "p", t1, seen=True, swept=[t2]) == (1, 0, 0)
+    assert oneshot.nonces("p") == frozenset()
+
+
+# ---- state errors: visible, logged once, corrupt files moved aside --------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -168,53 +349,150 @@ def test_ledger_persists_across_instances(tmp_path: Path) -> None:
         b"{",
         b"not json at all",
         b"\xff\xfe\x00garbage",
+        b"[]",
         b"[1, 2, 3]",
         b'"string"',
         b"null",
         b'{"p": 5}',
         b'{"p": {"n": "not a number"}}',
         b'{"p": {"n": null}}',
-        b'{"p": {"n": [1]}}',
-        b'{"p": {"n": {"x": 1}}}',
+        b'{"version": 2, "probes": {"p": {"n": {"sent": 1, "state": "bogus"}}}}',
+        b'{"version": 9, "probes": {}}',
     ],
 )
-def test_corrupt_ledger_tolerated(tmp_path: Path, content: bytes) -> None:
+def test_corrupt_ledger_is_moved_aside_counted_and_logged(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "ledger.json"
     path.write_bytes(content)
-    ledger = Ledger(path)
-    assert ledger.nonces("p") == frozenset()
-    ledger.add("p", tok("a"))  # and it recovers: the next save writes a good file
+    with capture_logs() as logs:
+        ledger = Ledger(path)
+    (aside,) = tmp_path.glob("ledger.json.corrupt-*")
+    assert aside.read_bytes() == content  # kept for inspection, never overwritten
+    assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="corrupt") == 1
+    assert metric(ledger.health, "mailcanary_state_writable") == 1  # a new ledger is being kept
+    (line,) = [e for e in logs if e["event"] == "state_error"]
+    assert line["kind"] == "corrupt" and str(aside) in line["problem"] and line["action"]
+    finish(ledger, "p", tok("a"))  # and it recovers: the next save writes a good file
     assert Ledger(path).nonces("p") == {"a" * 32}
 
 
-def test_partly_odd_ledger_keeps_the_good_probes(tmp_path: Path) -> None:
+def test_partly_odd_ledger_keeps_the_good_entries(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     path.write_text(json.dumps({"p": {"a" * 32: NOW}, "weird": "x"}))
     ledger = Ledger(path)
     assert ledger.nonces("p") == {"a" * 32}
-    assert ledger.nonces("weird") == frozenset()
+    assert ledger.health.errors[("ledger", "corrupt")] == 1
+    assert list(tmp_path.glob("ledger.json.corrupt-*"))
 
 
-def test_ledger_save_failure_is_silent(tmp_path: Path) -> None:
+def test_ledger_that_is_a_directory_is_reported_once_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    path.mkdir()
+    with capture_logs() as logs:
+        ledger = Ledger(path)
+        for n in "abc":
+            finish(ledger, "p", tok(n))
+    assert ledger.nonces("p") == {"a" * 32, "b" * 32, "c" * 32}  # kept in memory meanwhile
+    assert metric(ledger.health, "mailcanary_state_writable") == 0
+    assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="read") >= 4
+    errors = [e for e in logs if e["event"] == "state_error"]
+    assert len(errors) == 1 and str(path) in errors[0]["problem"]  # logged once, with what to do
+    assert path.is_dir()
+    path.rmdir()
+    with capture_logs() as logs:
+        begin(ledger, "p")  # changes nothing, yet saves what memory holds: it could not before
+    assert metric(ledger.health, "mailcanary_state_writable") == 1
+    assert [e["event"] for e in logs] == ["state_recovered"]
+    assert Ledger(path).nonces("p") == {"a" * 32, "b" * 32, "c" * 32}  # memory was saved
+
+
+def test_unwritable_state_dir_is_visible(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     ledger = Ledger(blocker / "ledger.json")  # its directory cannot be created
-    ledger.add("p", tok("a"))
+    finish(ledger, "p", tok("a"))
     assert ledger.nonces("p") == {"a" * 32}
+    assert metric(ledger.health, "mailcanary_state_writable") == 0
+    assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="write") >= 1
 
 
-def test_ledger_file_is_not_world_readable(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.json"
-    Ledger(path).add("p", tok("a"))
-    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs of our own, so a full disk is real (needs root, as CI is)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_two_processes_sharing_a_ledger_keep_each_others_entries(tmp_path: Path) -> None:
-    """A daemon and a one-shot `mailcanary probe` on one state dir: neither may overwrite the other."""
-    daemon, oneshot = Ledger(tmp_path / "ledger.json"), Ledger(tmp_path / "ledger.json")
-    t1, t2 = new_token("p", now=NOW), new_token("p", now=NOW + 1)
-    daemon.add("p", t1)
-    oneshot.add("p", t2)  # this one has never seen t1 in memory
-    assert daemon.nonces("p") == oneshot.nonces("p") == frozenset({t1.nonce, t2.nonce})
-    assert daemon.settle("p", [t2]) == 1
-    assert oneshot.nonces("p") == frozenset({t1.nonce})
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"x" * 1024)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_no_leak_visible_and_recovers(small_fs: Path) -> None:
+    path = small_fs / "ledger.json"
+    ledger = Ledger(path)
+    finish(ledger, "p", tok("a"))
+    filler = fill(small_fs)
+    with capture_logs() as logs:
+        for n in "bcdefgh":
+            finish(ledger, "p", tok(n, sent=NOW + ord(n)))
+    assert metric(ledger.health, "mailcanary_state_writable") == 0
+    assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="write") == 7
+    assert len([e for e in logs if e["event"] == "state_error"]) == 1
+    assert not list(small_fs.glob(".ledger-*"))  # no temp file leaked by the failed writes
+    assert json.loads(path.read_text())["probes"]["p"].keys() == {"a" * 32}  # the old file intact
+    filler.unlink()
+    finish(ledger, "p", None)
+    assert metric(ledger.health, "mailcanary_state_writable") == 1
+    assert len(Ledger(path).nonces("p")) == 8
+
+
+def test_read_only_state_dir_is_visible_and_recovers(small_fs: Path) -> None:
+    view = small_fs.parent / "view"  # a bind mount of our tmpfs that we can make read-only at will
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(small_fs), str(view)], check=True)
+    try:
+        path = view / "ledger.json"
+        ledger = Ledger(path)
+        finish(ledger, "p", tok("a"))
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        with capture_logs() as logs:
+            finish(ledger, "p", tok("b"))
+            finish(ledger, "p", tok("c"))
+        assert metric(ledger.health, "mailcanary_state_writable") == 0
+        (line,) = [e for e in logs if e["event"] == "state_error"]
+        assert "Read-only file system" in line["problem"]
+        subprocess.run(["mount", "-o", "remount,bind,rw", str(view)], check=True)
+        finish(ledger, "p", None)
+        assert metric(ledger.health, "mailcanary_state_writable") == 1
+        assert Ledger(path).nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def test_full_disk_at_first_start_leaves_no_short_key(small_fs: Path) -> None:
+    fill(small_fs)
+    health = StateHealth()
+    with pytest.raises(ConfigError) as info:
+        load_or_create_key(None, small_fs / "state", CFG, health)
+    assert "cannot keep the canary key" in info.value.problems[0]
+    assert not (small_fs / "state" / "canary.key").exists()
+    assert not list((small_fs / "state").glob(".canary-key-*"))
+    assert health.errors[("key", "write")] == 1
+    assert not health.writable
+    (small_fs / "filler").unlink()
+    assert len(load_or_create_key(None, small_fs / "state", CFG, health)) == 64  # next try just works
+    assert health.writable

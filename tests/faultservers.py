@@ -1,0 +1,417 @@
+"""In-process SMTP, IMAP and POP3 servers on loopback that misbehave on cue, for faults no real server shows.
+
+One shared :class:`Store` lets the fake SMTP server hand the canary to the fake IMAP/POP3 server, so a whole
+``probe_roundtrip`` runs against them. A :class:`Fault` names the step (a command verb, ``greeting`` or
+``data-end``) and what goes wrong there; every other step behaves like a plain, correct server (which also
+sprinkles other sessions' untagged ``FETCH (FLAGS …)`` into IMAP replies, as a shared mailbox does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+ACTIONS = ("close", "reset", "silence", "garbage", "overlong", "err", "drip", "huge_literal", "bye")
+
+
+@dataclass(frozen=True)
+class Fault:
+    step: str  # "greeting", a command verb (upper case), "data-end", or "" for none
+    action: str  # one of ACTIONS
+    target: int | None = None  # POP3: only for this message number
+
+
+@dataclass
+class Store:
+    """Messages by UID; foreign ones may be added by a test. ``deleted`` collects expunged/DELEd UIDs."""
+
+    messages: dict[int, bytes] = field(default_factory=dict)
+    deleted: set[int] = field(default_factory=set)
+    next_uid: int = 1
+
+    def add(self, raw: bytes) -> int:
+        uid = self.next_uid
+        self.next_uid += 1
+        self.messages[uid] = raw
+        return uid
+
+
+NO_FAULT = Fault("", "")
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def _misbehave(writer: asyncio.StreamWriter, action: str, good: bytes, garbage: bytes) -> bool:
+    """Do ``action`` instead of sending ``good``; True if the session is over."""
+    if action == "close":
+        writer.close()
+        return True
+    if action == "reset":
+        _reset(writer)
+        return True
+    if action == "silence":
+        await asyncio.sleep(3600)
+        return True
+    if action == "garbage":
+        writer.write(garbage)
+        await writer.drain()
+        await asyncio.sleep(3600)
+        return True
+    if action == "overlong":  # an endless line, no CRLF ever
+        with contextlib.suppress(OSError, ConnectionError):
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        return True
+    if action == "drip":  # the right reply, a byte every 0.3 s: slower than any step allows
+        with contextlib.suppress(OSError, ConnectionError):
+            for b in good:
+                writer.write(bytes([b]))
+                await writer.drain()
+                await asyncio.sleep(0.3)
+        await asyncio.sleep(3600)
+        return True
+    return False
+
+
+# --- SMTP ------------------------------------------------------------------------------------------------
+
+
+def smtp_handler(store: Store, fault: Fault) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def reply(step: str, good: bytes, err: bytes) -> bool:
+            if fault.step == step:
+                if fault.action == "err":
+                    writer.write(err)
+                    await writer.drain()
+                    return False
+                if await _misbehave(writer, fault.action, good, b"HELLO THERE\r\n"):
+                    return True
+            writer.write(good)
+            await writer.drain()
+            return False
+
+        try:
+            if await reply("greeting", b"220 fake ESMTP\r\n", b"554 go away\r\n"):
+                return
+            while raw := await reader.readline():
+                verb = raw.split(b" ", 1)[0].strip().upper().decode()
+                if verb in ("EHLO", "HELO"):
+                    if await reply(verb, b"250-fake\r\n250 8BITMIME\r\n", b"550 no\r\n"):
+                        return
+                elif verb in ("MAIL", "RCPT"):
+                    if await reply(verb, b"250 ok\r\n", b"550 rejected\r\n"):
+                        return
+                elif verb == "DATA":
+                    if await reply("DATA", b"354 go on\r\n", b"554 no data\r\n"):
+                        return
+                    if fault.step == "DATA" and fault.action == "err":
+                        continue
+                    lines = []
+                    while (line := await reader.readline()) not in (b".\r\n", b""):
+                        lines.append(line[1:] if line.startswith(b"..") else line)
+                    store.add(b"".join(lines))
+                    if await reply("data-end", b"250 queued\r\n", b"554 rejected after DATA\r\n"):
+                        return
+                elif verb == "QUIT":
+                    writer.write(b"221 bye\r\n")
+                    await writer.drain()
+                    return
+                else:
+                    writer.write(b"502 unknown\r\n")
+                    await writer.drain()
+        except (ConnectionError, OSError):
+            return
+
+    return handle
+
+
+# --- IMAP ------------------------------------------------------------------------------------------------
+
+_NOISE = b"* 1 FETCH (FLAGS (\\Seen))\r\n"  # another session changed a flag: normal on a shared mailbox
+
+
+def imap_handler(store: Store, fault: Fault) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        selected = False
+
+        async def reply(step: str, tag: bytes, body: bytes, ok: bytes) -> bool:
+            good = body + tag + b" " + ok + b"\r\n"
+            if fault.step == step:
+                if fault.action == "err":
+                    writer.write(tag + b" NO [SERVERBUG] failed\r\n")
+                    await writer.drain()
+                    return False
+                if fault.action == "bye":
+                    writer.write(b"* BYE shutting down\r\n")
+                    await writer.drain()
+                    writer.close()
+                    return True
+                if fault.action == "huge_literal":
+                    with contextlib.suppress(OSError, ConnectionError):
+                        writer.write(b"* 1 FETCH (UID 1 BODY[] {999999999}\r\n")
+                        while True:
+                            writer.write(b"y" * 65536)
+                            await writer.drain()
+                    return True
+                if await _misbehave(writer, fault.action, good, b"HTTP/1.1 400 Bad Request\r\n"):
+                    return True
+            writer.write((_NOISE if selected else b"") + good)
+            await writer.drain()
+            return False
+
+        try:
+            caps = b"[CAPABILITY IMAP4rev1 IDLE UIDPLUS LITERAL+]"
+            if fault.step == "greeting" and fault.action == "huge_literal":
+                writer.write(b"* OK {999999999}\r\n")
+                with contextlib.suppress(OSError, ConnectionError):
+                    while True:
+                        writer.write(b"y" * 65536)
+                        await writer.drain()
+                return
+            if fault.step == "greeting" and fault.action == "err":
+                fault_ = Fault("greeting", "garbage")
+                await _misbehave(writer, fault_.action, b"", b"* NO not today\r\n")
+                return
+            if fault.step == "greeting" and fault.action == "bye":
+                writer.write(b"* BYE too busy\r\n")
+                await writer.drain()
+                writer.close()
+                return
+            if fault.step == "greeting":
+                if await _misbehave(
+                    writer, fault.action, b"* OK " + caps + b" ready\r\n", b"SSH-2.0-OpenSSH\r\n"
+                ):
+                    return
+            else:
+                writer.write(b"* OK " + caps + b" ready\r\n")
+                await writer.drain()
+            while raw := await reader.readline():
+                line = raw.rstrip(b"\r\n")
+                tag, _, rest = line.partition(b" ")
+                verb = rest.split(b" ", 1)[0].upper()
+                if verb == b"UID":
+                    verb = b"UID " + rest.split(b" ")[1].upper()
+                step = verb.decode()
+                if verb == b"LOGIN":
+                    m = re.search(rb"\{(\d+)\+?\}$", rest)
+                    if m is not None:  # a synchronising literal for the password
+                        if not rest.endswith(b"+}"):
+                            writer.write(b"+ go ahead\r\n")
+                            await writer.drain()
+                        await reader.readexactly(int(m.group(1)))
+                        await reader.readline()
+                    if await reply(step, tag, b"", b"OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] logged in"):
+                        return
+                elif verb == b"CAPABILITY":
+                    if await reply(step, tag, b"* CAPABILITY IMAP4rev1 IDLE UIDPLUS\r\n", b"OK done"):
+                        return
+                elif verb == b"SELECT":
+                    body = b"* %d EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n" % len(store.messages)
+                    if await reply(step, tag, body, b"OK [READ-WRITE] selected"):
+                        return
+                    selected = True
+                elif verb == b"NOOP":
+                    body = b"* %d EXISTS\r\n" % len(store.messages)
+                    if await reply(step, tag, body, b"OK done"):
+                        return
+                elif verb == b"IDLE":
+                    writer.write(b"+ idling\r\n")
+                    await writer.drain()
+                    await reader.readline()  # DONE
+                    if await reply(step, tag, b"", b"OK idle done"):
+                        return
+                elif verb == b"UID SEARCH":
+                    m = re.search(rb'"([^"]*)"$', rest)
+                    needle = m.group(1) if m else b"\x00"
+                    found = [u for u, raw_ in store.messages.items() if needle in raw_.split(b"\r\n\r\n")[0]]
+                    body = b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n"
+                    if await reply(step, tag, body.replace(b"SEARCH \r\n", b"SEARCH\r\n"), b"OK done"):
+                        return
+                elif verb == b"UID FETCH":
+                    uids = [int(u) for u in rest.split(b" ")[2].split(b",")]
+                    header_only = b"HEADER.FIELDS" in rest
+                    body = b""
+                    for seq, uid in enumerate(sorted(store.messages), 1):
+                        if uid not in uids:
+                            continue
+                        raw_ = store.messages[uid]
+                        if header_only:
+                            data = (
+                                b"".join(
+                                    ln + b"\r\n"
+                                    for ln in raw_.split(b"\r\n")
+                                    if ln.lower().startswith(b"x-mailcanary")
+                                )
+                                + b"\r\n"
+                            )
+                            section = b"BODY[HEADER.FIELDS (X-MAILCANARY-TOKEN)]"
+                        else:
+                            data, section = raw_, b"BODY[]"
+                        body += (
+                            b"* %d FETCH (UID %d RFC822.SIZE %d %s {%d}\r\n"
+                            % (seq, uid, len(raw_), section, len(data))
+                            + data
+                            + b")\r\n"
+                            + _NOISE
+                        )
+                    if await reply(step, tag, body, b"OK fetched"):
+                        return
+                elif verb == b"UID STORE":
+                    if await reply(step, tag, b"", b"OK stored"):
+                        return
+                elif verb == b"UID EXPUNGE":
+                    for u in rest.split(b" ")[2].split(b","):
+                        store.deleted.add(int(u))
+                        store.messages.pop(int(u), None)
+                    if await reply(step, tag, b"", b"OK expunged"):
+                        return
+                elif verb == b"LOGOUT":
+                    writer.write(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+                    await writer.drain()
+                    return
+                else:
+                    writer.write(tag + b" BAD unknown\r\n")
+                    await writer.drain()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            return
+
+    return handle
+
+
+# --- POP3 ------------------------------------------------------------------------------------------------
+
+
+def pop3_handler(store: Store, fault: Fault) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        snapshot = sorted(store.messages)  # message numbers are fixed for the session
+        marked: set[int] = set()
+
+        def applies(step: str, number: int | None = None) -> bool:
+            return fault.step == step and (fault.target is None or fault.target == number)
+
+        async def reply(step: str, good: bytes, number: int | None = None) -> bool:
+            if applies(step, number):
+                if fault.action == "err":
+                    writer.write(
+                        b"-ERR Message %d expunged\r\n" % (number or 0) if number else b"-ERR failed\r\n"
+                    )
+                    await writer.drain()
+                    return False
+                if fault.action == "overlong" and number is not None:  # a foreign header line over 64 KiB
+                    head, _, _ = store.messages[snapshot[number - 1]].partition(b"\r\n")
+                    long_line = b"X-Long: " + b"z" * 200_000 + b"\r\n"
+                    writer.write(b"+OK\r\n" + head + b"\r\n" + long_line + b"\r\n.\r\n")
+                    await writer.drain()
+                    return False
+                if await _misbehave(writer, fault.action, good, b"HTTP/1.1 200 OK\r\n"):
+                    return True
+            writer.write(good)
+            await writer.drain()
+            return False
+
+        def framed(raw: bytes) -> bytes:
+            lines = raw.split(b"\r\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            return b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines) + b".\r\n"
+
+        try:
+            if await reply("greeting", b"+OK fake POP3 ready\r\n"):
+                return
+            while raw := await reader.readline():
+                words = raw.rstrip(b"\r\n").split(b" ")
+                verb = words[0].upper().decode()
+                arg = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+                live = [n for n in range(1, len(snapshot) + 1) if n not in marked]
+                if verb == "CAPA":
+                    stop = await reply(verb, b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\n.\r\n")
+                elif verb in ("USER", "PASS", "NOOP"):
+                    stop = await reply(verb, b"+OK\r\n")
+                elif verb == "UIDL":
+                    body = b"".join(b"%d uid-%d\r\n" % (n, snapshot[n - 1]) for n in live)
+                    stop = await reply(verb, b"+OK\r\n" + body + b".\r\n")
+                elif verb == "LIST":
+                    body = b"".join(b"%d %d\r\n" % (n, len(store.messages[snapshot[n - 1]])) for n in live)
+                    stop = await reply(verb, b"+OK\r\n" + body + b".\r\n")
+                elif verb in ("TOP", "RETR") and arg is not None and arg in live:
+                    raw_ = store.messages[snapshot[arg - 1]]
+                    if verb == "TOP" and len(words) > 2 and words[2] == b"0":
+                        raw_ = raw_.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+                    stop = await reply(verb, b"+OK\r\n" + framed(raw_), arg)
+                elif verb == "DELE" and arg is not None:
+                    stop = await reply(verb, b"+OK marked\r\n", arg)
+                    if not (applies(verb, arg) and fault.action == "err"):
+                        marked.add(arg)
+                elif verb == "QUIT":
+                    committing = bool(marked)
+                    if committing and applies("QUIT"):
+                        stop = await reply("QUIT", b"+OK bye\r\n")
+                    else:
+                        writer.write(b"+OK bye\r\n")
+                        await writer.drain()
+                        stop = True
+                    if not (applies("QUIT") and fault.action == "err"):
+                        for n in marked:
+                            uid = snapshot[n - 1]
+                            store.deleted.add(uid)
+                            store.messages.pop(uid, None)
+                    writer.close()
+                    return
+                else:
+                    stop = await reply(verb, b"-ERR no such message\r\n")
+                if stop:
+                    return
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            return
+
+    return handle
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[int]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) until the block ends; yields the port."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            tasks.discard(task)
+            writer.transport.abort()
+
+    server = await asyncio.start_server(wrapped, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+def refused_port() -> int:
+    """A loopback port with nothing listening (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,426 @@
+"""A hostile or careless world against the real daemon: huge/duplicate/empty configs on reload, password
+floods, slow-loris connections, malformed requests, and /probe used as a scanner. No mail stack needed:
+every listener is on loopback, and the only probe target is a silent loopback listener of the test."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import webconfig
+from exporter.http import HEADER_TIMEOUT
+from exporter.webconfig import WebConfig
+from tests.test_daemon_state import Daemon, json_lines
+
+USER, PASSWORD = "prometheus", "scrape-secret"
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback listener that accepts and never says anything (a target that hangs)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(512)
+        yield sock.getsockname()[1]
+
+
+def write_config(tmp_path: Path, silent_port: int, **extra: Any) -> Path:
+    data: dict[str, Any] = {
+        "global": {"state_dir": str(tmp_path / "state")},
+        "tls_checks": [
+            {
+                "name": "quiet",
+                "host": "127.0.0.1",
+                "port": silent_port,
+                "protocol": "smtp",
+                "interval": "1h",
+                "timeout": "1s",
+                "check_legacy": False,
+            }
+        ],
+        **extra,
+    }
+    path = tmp_path / "mc.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metrics(
+    port: int, headers: dict[str, str] | None = None
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = get(port, "/metrics", headers)
+    assert status == 200, text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def wait_ready(d: Daemon, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert d.proc.poll() is None, d.stop()
+        try:
+            if get(d.port, "/-/ready", headers, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("daemon not ready within 20 s")
+
+
+def wait_metric(d: Daemon, name: str, want: float, timeout: float = 20, **labels: str) -> None:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = metrics(d.port).get((name, frozenset(labels.items())))
+        if got == want:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{name}{labels} is {got}, not {want}, after {timeout} s")
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+# ---- config reloads ---------------------------------------------------------------------------------
+
+
+def heavy_yaml(items: int) -> str:
+    return "bulk:\n" + "- {a: 1, b: [x, y]}\n" * items
+
+
+def test_oversized_config_is_refused_fast_while_scrapes_go_on(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    config = write_config(tmp_path, silent_port)
+    d = Daemon(config)
+    daemons.append(d)
+    wait_ready(d)
+    config.write_text(heavy_yaml(280_000))  # 5.3 MiB of real YAML: over the 4 MiB cap
+    d.proc.send_signal(signal.SIGHUP)
+    for _ in range(3):
+        assert metrics(d.port)[("mailcanary_config_probes", frozenset({("kind", "tls")}))] == 1  # within 5 s
+    wait_metric(d, "mailcanary_config_last_reload_successful", 0)
+    _, err = d.stop()
+    (line,) = [e for e in json_lines(err) if e["event"] == "config_reload_failed"]
+    assert line["problem"] == f"{config}: (file): bigger than 4 MiB (4194304 bytes); not a config?"
+
+
+def test_big_config_under_the_cap_is_parsed_off_the_loop(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    """A 2 MiB file takes seconds to parse: scrapes answer meanwhile (it used to freeze the daemon)."""
+    config = write_config(tmp_path, silent_port)
+    d = Daemon(config)
+    daemons.append(d)
+    wait_ready(d)
+    config.write_text(heavy_yaml(110_000))
+    d.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.2)
+    for _ in range(5):
+        assert metrics(d.port)[("mailcanary_config_last_reload_successful", frozenset())] == 1  # within 5 s
+    wait_metric(d, "mailcanary_config_last_reload_successful", 0, timeout=180)  # "bulk: unknown key"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("roundtrip: []\nroundtrip: []\n", "line 2, column 1: invalid YAML: duplicate key 'roundtrip'"),
+        ("", "(top level): the file is empty"),
+    ],
+)
+def test_duplicate_keys_and_empty_file_keep_the_old_config(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon], text: str, problem: str
+) -> None:
+    config = write_config(tmp_path, silent_port)
+    d = Daemon(config)
+    daemons.append(d)
+    wait_ready(d)
+    config.write_text(text)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_metric(d, "mailcanary_config_last_reload_successful", 0)
+    assert metrics(d.port)[("mailcanary_config_probes", frozenset({("kind", "tls")}))] == 1  # still probing
+    _, err = d.stop()
+    (line,) = [e for e in json_lines(err) if e["event"] == "config_reload_failed"]
+    assert line["problem"].startswith(f"{config}: {problem}")
+
+
+# ---- state -------------------------------------------------------------------------------------------
+
+
+def test_corrupt_ledger_at_start_is_moved_aside_counted_and_logged(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "ledger.json").write_bytes(b"[]")
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    m = metrics(d.port)
+    assert m[("mailcanary_state_errors_total", frozenset({("file", "ledger"), ("kind", "corrupt")}))] == 1
+    assert m[("mailcanary_state_writable", frozenset())] == 1
+    (aside,) = state.glob("ledger.json.corrupt-*")
+    assert aside.read_bytes() == b"[]"
+    _, err = d.stop()
+    (line,) = [e for e in json_lines(err) if e["event"] == "state_error"]
+    assert line["kind"] == "corrupt" and str(aside) in line["problem"]
+
+
+def test_unreadable_ledger_shows_as_not_writable(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    state = tmp_path / "state"
+    (state / "ledger.json").mkdir(parents=True)  # e.g. a botched volume mount
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    m = metrics(d.port)
+    assert m[("mailcanary_state_writable", frozenset())] == 0
+    assert m[("mailcanary_state_errors_total", frozenset({("file", "ledger"), ("kind", "read")}))] >= 1
+    _, err = d.stop()
+    (line,) = [e for e in json_lines(err) if e["event"] == "state_error"]
+    assert line["kind"] == "read" and "ledger.json" in line["problem"] and line["action"]
+
+
+# ---- basic auth ----------------------------------------------------------------------------------------
+
+
+def auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_wrong_password_flood_keeps_authenticated_scrapes_fast(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    web_yml = tmp_path / "web.yml"
+    # Cost 12 (~0.25 s a check here): 40 wrong passwords on the loop would hold a scrape for ~10 s.
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=12)).decode()
+    web_yml.write_text(yaml.safe_dump({"basic_auth_users": {USER: hashed}}))
+    d = Daemon(write_config(tmp_path, silent_port), "--web.config.file", str(web_yml))
+    daemons.append(d)
+    good = auth(USER, PASSWORD)
+    wait_ready(d, good)
+    stop = threading.Event()
+
+    def flood(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            with contextlib.suppress(OSError):  # each one is new to the cache
+                get(d.port, "/metrics", auth(USER, f"wrong-{i}-{n}"), timeout=30)
+
+    with ThreadPoolExecutor(40) as pool:
+        for i in range(40):
+            pool.submit(flood, i)
+        try:
+            time.sleep(1)
+            for _ in range(5):
+                assert get(d.port, "/metrics", good)[0] == 200  # within 5 s, during the flood
+            assert get(d.port, "/metrics", auth(USER, "nope"))[0] in (401, 503)
+        finally:
+            stop.set()
+
+
+def test_password_checks_run_off_the_loop_and_unknown_users_cost_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every credential that is not cached costs exactly one bcrypt check, on a pool thread, whether the
+    user exists or not (so timing does not tell user names); repeated credentials are cached."""
+    calls: list[tuple[str, bytes]] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        calls.append((threading.current_thread().name, password))
+        return real(password, hashed)
+
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    cfg = WebConfig.model_validate({"basic_auth_users": {USER: hashed}})
+    monkeypatch.setattr(webconfig.bcrypt, "checkpw", counting)
+
+    async def main() -> list[int]:
+        app = web.Application(middlewares=[webconfig.middleware(cfg)])
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app.router.add_get("/", ok)
+        async with TestClient(TestServer(app)) as client:
+            statuses = []
+            for user, pw in [
+                ("nobody", "x"),
+                (USER, "wrong"),
+                (USER, PASSWORD),
+                (USER, PASSWORD),
+                ("nobody", "x"),
+            ]:
+                resp = await client.get("/", headers=auth(user, pw))
+                statuses.append(resp.status)
+            return statuses
+
+    assert asyncio.run(main()) == [401, 401, 200, 200, 401]
+    assert [pw for _, pw in calls] == [b"x", b"wrong", PASSWORD.encode()]  # the repeats were cached
+    assert all(name.startswith("mailcanary-bcrypt") for name, _ in calls)
+
+
+# ---- connections -----------------------------------------------------------------------------------------
+
+
+def test_slow_loris_connections_are_closed_and_metrics_answers(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(300):  # more than the connection cap
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            slow.append(s)
+        status, _ = get(d.port, "/metrics")  # a scraper gets in at once: the oldest slow one is evicted
+        assert status == 200
+        deadline = time.monotonic() + HEADER_TIMEOUT + 15
+        still = list(slow)
+        while still and time.monotonic() < deadline:
+            for s in list(still):
+                s.settimeout(0.01)
+                try:
+                    if s.recv(1024) == b"":
+                        still.remove(s)
+                except TimeoutError:
+                    pass
+                except OSError:
+                    still.remove(s)
+            time.sleep(0.2)
+        assert not still, f"{len(still)} of 300 slow-loris connections still open"
+        m = metrics(d.port)
+        closed = sum(v for (n, _), v in m.items() if n == "mailcanary_http_connections_closed_total")
+        assert closed >= 300
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_idle_keepalive_connections_at_the_cap_do_not_lock_scrapers_out(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon]
+) -> None:
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(280):  # more than the cap, each one a finished request on a kept-alive connection
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            idle.append(s)
+        assert get(d.port, "/metrics")[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"GET /" + b"a" * 9000 + b" HTTP/1.1", b"GET * HTTP/1.1"], ids=["9k-line", "asterisk"]
+)
+def test_bad_request_is_one_json_line(
+    tmp_path: Path, silent_port: int, daemons: list[Daemon], request_line: bytes
+) -> None:
+    d = Daemon(write_config(tmp_path, silent_port))
+    daemons.append(d)
+    wait_ready(d)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
+        s.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        assert s.recv(100).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert get(d.port, "/-/healthy")[0] == 200
+    d.proc.send_signal(signal.SIGTERM)
+    d.proc.wait(timeout=15)
+    _, err = d.stop()
+    lines = json_lines(err)  # every line JSON
+    assert "Traceback" not in err
+    (bad,) = [e for e in lines if e["event"] == "http_bad_request"]
+    assert bad["status"] == 400 and "\n" not in bad["problem"]
+
+
+# ---- /probe controls ---------------------------------------------------------------------------------------
+
+
+def test_probe_concurrency_cap(tmp_path: Path, silent_port: int, daemons: list[Daemon]) -> None:
+    d = Daemon(write_config(tmp_path, silent_port, probe_endpoint={"max_concurrent": 2}))
+    daemons.append(d)
+    wait_ready(d)
+    path = f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}"
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "3"}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: get(d.port, path, headers, timeout=10), range(6)))
+    refused = [text for status, text in answers if status == 503]
+    assert len(refused) >= 4 and len([a for a in answers if a[0] == 200]) >= 1
+    assert refused[0] == "too many /probe requests at once (probe_endpoint.max_concurrent: 2)\n"
+
+
+def test_probe_allow_lists_and_switch(tmp_path: Path, silent_port: int, daemons: list[Daemon]) -> None:
+    rules = {"allow_targets": ["127.0.0.1/32", "*.example.test"], "allow_modules": ["smtp_starttls"]}
+    config = write_config(tmp_path, silent_port, probe_endpoint=rules)
+    d = Daemon(config)
+    daemons.append(d)
+    wait_ready(d)
+    hdr = {"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}
+    assert get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr)[0] == 200
+    assert get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.2:{silent_port}", hdr) == (
+        403,
+        "target '127.0.0.2' is not in probe_endpoint.allow_targets\n",
+    )
+    assert (
+        get(d.port, "/probe?module=smtp_starttls&target=localhost:25", hdr)[0] == 403
+    )  # names need a pattern
+    assert get(d.port, f"/probe?module=imap_implicit&target=127.0.0.1:{silent_port}", hdr) == (
+        403,
+        "module 'imap_implicit' is not in probe_endpoint.allow_modules\n",
+    )
+    data = yaml.safe_load(config.read_text())
+    data["probe_endpoint"] = {"enabled": False}
+    config.write_text(yaml.safe_dump(data))
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr)[0] != 404:
+        assert time.monotonic() < deadline, "/probe still on after the reload"
+        time.sleep(0.2)
+    assert get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr) == (
+        404,
+        "/probe is turned off (probe_endpoint.enabled: false)\n",
+    )

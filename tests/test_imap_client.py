@@ -1,0 +1,95 @@
+"""probes.imap against the in-process fake IMAP server: what the fault matrix does not cover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from probes._net import Credentials, Endpoint
+from probes.errors import REASONS, ProbeError
+from probes.imap import IMAPSession, IMAPSettings
+from probes.recorder import Recorder
+from tests.faultservers import NO_FAULT, Store, imap_handler, serving
+
+PASSWORD = 'pässwörd "with" \\ specials'
+
+
+async def test_non_ascii_password_goes_as_a_literal_and_never_into_the_transcript() -> None:
+    store = Store()
+    store.add(b"X-Mailcanary-Token: v2;probe=p;x\r\nSubject: s\r\n\r\nbody\r\n")
+    async with serving(imap_handler(store, NO_FAULT)) as port:
+        rec = Recorder(transcript=[])
+        settings = IMAPSettings(
+            Endpoint("127.0.0.1", port, "none"), Credentials("u", PASSWORD), allow_plaintext_auth=True
+        )
+        session = IMAPSession(settings, rec)
+        await session.open()
+        try:
+            assert session.exists == 1
+            assert {"IDLE", "UIDPLUS"} <= session.capabilities
+            uids = await session.search_header("X-Mailcanary-Token", ";probe=p;")
+            assert uids == [1]
+            got = await session.fetch(uids, "BODY.PEEK[]")
+            assert got.data == {1: store.messages[1]} and got.sizes == {1: len(store.messages[1])}
+            # a cap below the message: dropped unread, listed as skipped, the session stays usable
+            small = await session.fetch(uids, "BODY.PEEK[]", cap=10)
+            assert small.data == {} and small.skipped == {1}
+            assert await session.noop() is True  # an EXISTS came with the NOOP
+        finally:
+            await session.close()
+    text = "\n".join(rec.transcript or [])
+    assert "LOGIN u ********" in text
+    assert PASSWORD not in text and "pässwörd" not in text
+
+
+async def _session_against(first: bytes, then: bytes) -> str:
+    """Open a session against a server that sends ``first`` as greeting, ``then`` to LOGIN, and closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(first)
+        await writer.drain()
+        if not first.endswith(
+            b"\n"
+        ):  # a cut greeting, then the server hangs up (a stall is tested elsewhere)
+            writer.close()
+            return
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readline()
+            writer.write(then)
+            await writer.drain()
+        writer.close()
+
+    async with serving(handler) as port:
+        settings = IMAPSettings(
+            Endpoint("127.0.0.1", port, "none"), Credentials("u", "p"), allow_plaintext_auth=True, timeout=1.0
+        )
+        session = IMAPSession(settings, Recorder())
+        try:
+            await session.open()
+        except ProbeError as exc:
+            assert exc.reason in REASONS
+            return exc.reason
+        finally:
+            await session.close()
+    return "success"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(st.binary(max_size=300), st.just(b"* OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] hi\r\n")),
+    st.one_of(st.binary(max_size=300), st.binary(max_size=300).map(lambda b: b"M1 " + b + b"\r\n")),
+)
+def test_arbitrary_server_bytes_end_in_a_probe_error(greeting: bytes, login_reply: bytes) -> None:
+    """Whatever a server sends, the session ends in a ProbeError with a known reason (or succeeds if the
+    bytes happen to be a valid dialogue), never in another exception."""
+    asyncio.run(_session_against(greeting, login_reply))
+
+
+def test_valid_bytes_pass_and_garbage_after_greeting_is_protocol() -> None:
+    ok = b"* OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] hi\r\n"
+    assert asyncio.run(_session_against(ok, b"M1 NO [AUTHENTICATIONFAILED] nope\r\n")) == "receive_auth"
+    assert asyncio.run(_session_against(ok, b"\x00\x01garbage\r\n")) == "receive_protocol"
+    assert asyncio.run(_session_against(b"\xff\xfe\r\n", b"")) == "receive_protocol"
