@@ -23,6 +23,7 @@ REASONS: Final[frozenset[str]] = frozenset(
         "cleanup",  # delete/expunge of our own canary failed
         "tls_connect",  # TLS check: TCP connect, DNS, or the dialogue before TLS failed
         "tls_handshake",  # TLS check: no TLS session at all (STARTTLS not offered, every handshake failed)
+        "dns_lookup",  # domain check: the MX (or implicit A/AAAA) of the domain could not be looked up
         "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout
         "config",  # the probe's settings cannot work (e.g. AUTH over plaintext not allowed)
         "internal",  # a bug: anything unexpected, logged with its traceback

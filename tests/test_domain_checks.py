@@ -500,3 +500,88 @@ async def test_ocsp_unreachable(world: World) -> None:
     leaf = ocsp_leaf(world, f"down.{DOMAIN}")  # nobody listens on the responder port in this test
     result = await ocsp_status(leaf.der, world.inter.der, timeout=3)
     assert result.status == "unreachable"
+
+
+# ---- the whole domain, and its report -------------------------------------------------------------------
+
+
+async def test_probe_domain_report(world: World, https: int) -> None:
+    from probes.domain import DomainSettings, probe_domain, render_report
+
+    settings = DomainSettings(
+        domain=DOMAIN,
+        dns=world.dns,
+        mx=world.settings(check_plain_mail_from=True),
+        dnsbl_zones=("dnsbl.test",),
+        mta_sts_port=https,
+        mta_sts_ca_file=str(world.variants.ca_file),
+        must_refuse=True,
+        timeout=5.0,
+    )
+    rec = Recorder(transcript=[])
+    report = await probe_domain(settings, rec)
+    assert [(a.report.mx, a.report.address) for a in report.addresses] == [(MX1, MX1_ADDR), (MX2, MX2_ADDR)]
+    mx1, mx2 = report.addresses
+    assert mx1.dane is not None and (mx1.dane.valid, mx1.dane.rollover_ready) == (True, True)
+    assert mx2.dane is not None and (mx2.dane.present, mx2.dane.matched) == (True, False)
+    assert [(li.status, li.codes) for li in mx1.listings] == [("listed", ("127.0.0.2",))]
+    assert [(li.status, li.codes) for li in mx2.listings] == [("listed", ("127.0.0.2", "127.0.0.4"))]
+    assert [(f.check, f.success) for f in mx1.refusals] == [
+        ("open_relay", True),
+        ("auth_before_tls", True),
+        ("own_domain_sender", True),
+    ]
+    assert [(f.check, f.success) for f in mx2.refusals] == [
+        ("open_relay", False),
+        ("auth_before_tls", False),
+        ("own_domain_sender", False),
+    ]
+    assert mx1.leaf is not None and (mx1.leaf.key_type, mx1.leaf.key_bits, mx1.leaf.ocsp_url) == (
+        "ec",
+        256,
+        None,
+    )
+    assert mx1.ocsp is None  # no AIA responder named: not asked
+    assert report.uncovered_mx == []
+    assert report.problems == [
+        f"{MX1}/{MX1_ADDR}: dnsbl_dnsbl.test",
+        f"{MX2}/{MX2_ADDR}: cert_hostname_mismatch",
+        f"{MX2}/{MX2_ADDR}: dane_invalid",
+        f"{MX2}/{MX2_ADDR}: dnsbl_dnsbl.test",
+        f"{MX2}/{MX2_ADDR}: accepts_open_relay",
+        f"{MX2}/{MX2_ADDR}: accepts_auth_before_tls",
+        f"{MX2}/{MX2_ADDR}: accepts_own_domain_sender",
+    ]
+    text = render_report(report)
+    assert text.splitlines()[0] == f"domain {DOMAIN}"
+    assert f"  MX: {MX1}, {MX2}  dnssec secure" in text
+    assert "  MTA-STS policy: mode enforce, max_age 604800, MX uncovered: none" in text
+    assert "    must refuse open_relay: ACCEPTED (250 at RCPT)" in text
+    assert "    DANE present yes  dnssec secure  matches yes  rollover ready yes" in text
+    assert text.splitlines()[-1].startswith("verdict: FAIL (")
+    # the DNSBL reason is in the dialogue (logs), never in the report's fixed words
+    assert any("listed: test entry" in line for line in rec.transcript or [])
+    assert "listed: test entry" not in text
+
+
+async def test_probe_domain_uncovered_and_lookup_failure(world: World, https: int) -> None:
+    from probes.domain import DomainSettings, probe_domain, render_report
+    from probes.errors import ProbeError
+
+    # the "uncovered" policy leaves mx2 out; the zone of uncovered.example.test has no MX: implicit, none
+    settings = DomainSettings(
+        domain=f"uncovered.{DOMAIN}",
+        dns=world.dns,
+        mx=world.settings(check_legacy=False),
+        mta_sts_port=https,
+        mta_sts_ca_file=str(world.variants.ca_file),
+        timeout=5.0,
+    )
+    report = await probe_domain(settings, Recorder())
+    assert report.sts_record == mtasts.STSRecord(True, "uncovered1")
+    assert report.sts_policy is not None and report.sts_policy.error is None
+    assert report.resolution is not None and report.resolution.implicit
+    assert "verdict: FAIL" in render_report(report)
+    with pytest.raises(ProbeError) as err:
+        await probe_domain(DomainSettings(domain="outside.example", dns=world.dns), Recorder())
+    assert err.value.reason == "dns_lookup"
