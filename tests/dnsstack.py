@@ -225,7 +225,11 @@ class DNSStack:
         self._procs.clear()
 
     def __enter__(self) -> DNSStack:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # __exit__ will not run: leave no temp root behind
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         return self
 
     def __exit__(
