@@ -11,9 +11,10 @@ judged as a whole by :attr:`DomainReport.problems`. Only a failing MX lookup rai
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import dane, dnsbl, mtasts, mustrefuse
@@ -195,8 +196,10 @@ async def _refusals(
     )
     out: list[mustrefuse.RefusalResult] = []
     local = settings.local_recipient or f"postmaster@{settings.domain}"
-    calls: list[Awaitable[mustrefuse.RefusalResult]] = [
-        mustrefuse.open_relay(
+    # Factories, not coroutines: one that raised must not leave the others never awaited.
+    calls: list[Callable[[], Awaitable[mustrefuse.RefusalResult]]] = [
+        functools.partial(
+            mustrefuse.open_relay,
             ep,
             recorder,
             sender=settings.relay_sender,
@@ -204,8 +207,9 @@ async def _refusals(
             timeout=mxs.timeout,
             helo=mxs.helo_name,
         ),
-        mustrefuse.auth_before_tls(ep, recorder, timeout=mxs.timeout, helo=mxs.helo_name),
-        mustrefuse.own_domain_sender(
+        functools.partial(mustrefuse.auth_before_tls, ep, recorder, timeout=mxs.timeout, helo=mxs.helo_name),
+        functools.partial(
+            mustrefuse.own_domain_sender,
             ep,
             recorder,
             sender=f"mailcanary-spoof-test@{settings.domain}",
@@ -216,7 +220,7 @@ async def _refusals(
     ]
     for call in calls:
         try:
-            out.append(await call)
+            out.append(await call())
         except ProbeError as exc:
             recorder.debug("refuse:", f"{rep.address}: {exc.reason}: {exc.message}")
     return out
