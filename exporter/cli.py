@@ -228,7 +228,11 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=out)
     cfg = loaded.config
-    print(f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks)", file=out)
+    domains = f", {len(cfg.domain_checks)} domain checks" if cfg.domain_checks else ""
+    print(
+        f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks{domains})",
+        file=out,
+    )
     return EXIT_OK
 
 
