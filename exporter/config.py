@@ -98,6 +98,7 @@ class EndpointConfig(Model):
     password_file: str | None = None
     password_env: str | None = None
     allow_plaintext_auth: bool = False
+    max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 
     @model_validator(mode="after")
     def _auth(self) -> Self:
@@ -191,7 +192,9 @@ class TLSCheckConfig(Model):
     interval: Duration | None = None
     timeout: Duration = 10.0
     check_legacy: bool = True
+    legacy_recheck: Duration = 86400.0  # legacy TLS answers are tested again after this (or a new cert)
     helo: str | None = None
+    max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 
     @field_validator("name")
     @classmethod
@@ -394,12 +397,23 @@ class GlobalConfig(Model):
     canary_key_file: str | None = None
     shard: str | None = Field(default=None, pattern=r"^\d+/\d+$")  # "i/N": run only this share of probes
     vantage: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,63}$")  # label on every series
+    # Sessions at once per server (host:port) and per login service (host + protocol): well under the
+    # 100 login processes of a stock Dovecot and the 100 smtpd of a stock Postfix.
+    max_sessions: int = Field(default=50, ge=1, le=10000)
+    queue_timeout: Duration = 30.0  # a run that gets no session slot within this fails: queue_timeout
 
     @field_validator("shard")
     @classmethod
     def _shard(cls, v: str | None) -> str | None:
         if v is not None:
             parse_shard(v)
+        return v
+
+    @field_validator("queue_timeout")
+    @classmethod
+    def _queue_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0")
         return v
 
 

@@ -12,6 +12,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from probes._legacy import LegacyCache
+from probes._net import clear_contexts
+from probes._slots import ServerSlots
 from probes.recorder import Masker
 
 from . import logs
@@ -29,7 +32,7 @@ from .config import (
 )
 from .history import History
 from .http import HTTPServer
-from .metrics import ExporterState, build_registry
+from .metrics import ExporterState, SeriesCache, build_registry, runtime_registry
 from .multitarget import probe_handler
 from .results import ResultStore
 from .runner import Runner, endpoint_of, make_masker, tls_check_settings
@@ -62,15 +65,22 @@ class Daemon:
         self.state = ExporterState(config_path=config_path)
         self.registry = build_registry(self.store, self.state)
         self.health = StateHealth()
-        self.registry.register(StateCollector(self.health, self._labels))
+        runtime = runtime_registry()  # rendered live on every scrape, after the pre-rendered series
+        for registry in (self.registry, runtime):
+            registry.register(StateCollector(self.health, self._labels))
+        self.series = SeriesCache(self.store, self.state, runtime)
         self.scheduler = ProbeScheduler(self.store)
+        self.slots = ServerSlots()
         self.history = History()
         build_info()  # asks git (a checkout) once, here, rather than on the event loop at the first scrape
         self.http = HTTPServer(
             self.registry,
             ready=lambda: self.scheduler.running and self.runner is not None,
             extra_routes=[
-                web.get("/probe", probe_handler(self._modules, self._masker, self._probe_rules)),
+                web.get(
+                    "/probe",
+                    probe_handler(self._modules, self._masker, self._probe_rules, lambda: self.slots),
+                ),
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
@@ -78,6 +88,8 @@ class Daemon:
                 self.store.snapshot(), self.state, self.history, self._modules()
             ),
             labels=self._labels,
+            text_body=self.series.body,
+            runtime=runtime,
         )
         self.runner: Runner | None = None
         self._stop = asyncio.Event()
@@ -113,6 +125,7 @@ class Daemon:
             if self.runner is not None
             else Ledger(state / "ledger.json", health=self.health)
         )
+        legacy = self.runner.legacy if self.runner is not None else LegacyCache()
         return Runner(
             loaded=loaded,
             key=key,
@@ -120,6 +133,9 @@ class Daemon:
             store=self.store,
             masker=make_masker(loaded),
             history=self.history,
+            slots=self.slots,  # one limiter for the daemon's life: sessions in flight span reloads
+            legacy=legacy,
+            own_slots=False,  # configured in _apply, on the loop, once this config is taken
         )
 
     def _load(self) -> Runner:
@@ -129,9 +145,11 @@ class Daemon:
 
     def _apply(self, runner: Runner) -> None:
         loaded = runner.loaded
+        clear_contexts()  # TLS contexts are rebuilt from the new config (and re-read trust stores)
         for warning in loaded.warnings:
             log.warning("config_warning", problem=warning)
         self.runner = runner
+        runner.limit_sessions()
         logs.set_masker(runner.masker)
         cfg = loaded.config
         shard_text = self.shard_override or cfg.global_.shard

@@ -11,12 +11,13 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
+from .metrics import text_of
 from .webconfig import WebConfig, middleware, server_context
 
 # The status page is inline styles and inline SVG only: nothing to fetch, nothing to run.
@@ -208,8 +209,12 @@ def render(registry: CollectorRegistry, accept: str) -> web.Response:
     """Prometheus text format, or OpenMetrics when the scraper asks for it."""
     if "application/openmetrics-text" in accept:
         body, ctype = generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
-    else:
-        body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+    else:  # the same bytes as generate_latest, faster (tests/test_scrape_equal.py)
+        body, ctype = text_of(registry.collect()).encode(), CONTENT_TYPE_LATEST
+    return _response(body, ctype)
+
+
+def _response(body: bytes, ctype: str) -> web.Response:
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = ctype
     return resp
@@ -231,8 +236,11 @@ class HTTPServer:
         web_config: WebConfig | None = None,
         status_page: Callable[[], str] | None = None,
         labels: Callable[[], dict[str, str]] = dict,
+        text_body: Callable[[], Awaitable[bytes]] | None = None,
+        runtime: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry
+        self.text_body = text_body  # pre-rendered Prometheus text (exporter.metrics.SeriesCache.body)
         self.ready = ready
         self.status_page = status_page  # the page at / (exporter.status); else the short LANDING
         self.web_config = web_config
@@ -249,7 +257,9 @@ class HTTPServer:
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.connections = _Connections()
-        registry.register(_HTTPCollector(self.connections, labels))
+        # In the OpenMetrics rendering and, with a pre-rendered text body, in its live part (``runtime``).
+        for reg in (registry, runtime) if runtime is not None else (registry,):
+            reg.register(_HTTPCollector(self.connections, labels))
         self.bound: list[tuple[str, int]] = []
 
     async def _landing(self, request: web.Request) -> web.Response:
@@ -260,7 +270,12 @@ class HTTPServer:
         return resp
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return render(self.registry, request.headers.get("Accept", ""))
+        """Never renders on the loop: the text format is pre-rendered, OpenMetrics (rarely asked for) is
+        rendered in a worker thread."""
+        accept = request.headers.get("Accept", "")
+        if self.text_body is not None and "application/openmetrics-text" not in accept:
+            return _response(await self.text_body(), CONTENT_TYPE_LATEST)
+        return await asyncio.to_thread(render, self.registry, accept)
 
     async def _healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from probes._slots import QueueTimeout, ServerSlots
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
 from probes.tls import TLSFacts, probe_tls
@@ -70,6 +71,7 @@ def probe_handler(
     modules: Callable[[], dict[str, ModuleConfig]],
     masker: Callable[[], Masker],
     controls: Callable[[], ProbeEndpointConfig] = ProbeEndpointConfig,
+    slots: Callable[[], ServerSlots | None] = lambda: None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The /probe handler. ``controls`` (the config's ``probe_endpoint``) can turn it off, cap how many
     run at once and restrict targets and modules: /probe connects wherever its caller says (SSRF)."""
@@ -104,7 +106,7 @@ def probe_handler(
             )
         running += 1
         try:
-            return await _probe(request, available[name], host, port, masker())
+            return await _probe(request, available[name], host, port, masker(), slots())
         finally:
             running -= 1
 
@@ -112,7 +114,12 @@ def probe_handler(
 
 
 async def _probe(
-    request: web.Request, module: ModuleConfig, host: str, port: int | None, masker: Masker
+    request: web.Request,
+    module: ModuleConfig,
+    host: str,
+    port: int | None,
+    masker: Masker,
+    slots: ServerSlots | None,
 ) -> web.Response:
     """One TLS check of the named target, rendered as blackbox_exporter-style series."""
     deadline = module.timeout * TLS_CHECK_STEPS
@@ -122,7 +129,7 @@ async def _probe(
             deadline = min(deadline, max(float(header) - SCRAPE_TIMEOUT_OFFSET, 0.1))
         except ValueError:
             return web.Response(status=400, text="X-Prometheus-Scrape-Timeout-Seconds is not a number\n")
-    settings = tls_check_settings(module, host, port)
+    settings = tls_check_settings(module, host, port, slots)
     debug = request.query.get("debug", "").lower() == "true"  # blackbox_exporter's ?debug=true
     rec = Recorder(masker=masker, transcript=BoundedTranscript() if debug else None)
     t0 = time.monotonic()
@@ -130,7 +137,12 @@ async def _probe(
     try:
         async with asyncio.timeout(deadline):
             facts = await probe_tls(settings, rec)
+    except QueueTimeout as exc:
+        # Our own session limit, not the target: a failed scrape, never a false probe_success 0.
+        return web.Response(status=503, text=f"{exc.message}\n", headers={"Retry-After": "1"})
     except (ProbeError, TimeoutError) as exc:
+        if rec.facts.get("current_phase") == "queue":  # the deadline came while waiting for a slot
+            return web.Response(status=503, text="no session slot for the target before the deadline\n")
         rec.debug("error:", str(exc) or f"no answer within {deadline:g}s")
         facts = rec.tls.get(settings.endpoint.address)
     duration = time.monotonic() - t0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ TLS_OUTCOMES: tuple[str, ...] = (
     "tls_verify",
     "tls_handshake",
     "tls_connect",
+    "queue_timeout",
     "timeout",
     "config",
     "internal",
@@ -81,24 +83,48 @@ class ResultStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stats: dict[str, ProbeStats] = {}
+        self._listeners: list[Callable[[str], None]] = []
+
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(probe)`` after every change of that probe's stats (or its removal), outside the
+        lock: the metrics cache re-renders the probe's series then, not at scrape time."""
+        self._listeners.append(listener)
+
+    def _changed(self, names: list[str]) -> None:
+        for listener in self._listeners:
+            for name in names:
+                listener(name)
 
     def ensure(self, probes: list[str]) -> None:
         """Keep exactly these probes: new ones start empty, removed ones disappear from /metrics."""
+        wanted = set(probes)
         with self._lock:
-            for name in probes:
-                self._stats.setdefault(name, ProbeStats())
+            changed = [name for name in probes if name not in self._stats]
+            for name in changed:
+                self._stats[name] = ProbeStats()
             for name in list(self._stats):
-                if name not in probes:
+                if name not in wanted:
                     del self._stats[name]
+                    changed.append(name)
+        self._changed(changed)
 
     def retain_tls(self, endpoints: dict[str, set[str]]) -> None:
         """Forget TLS facts of endpoints a probe no longer uses (after a reload moved it elsewhere)."""
+        changed = []
         with self._lock:
             for name, st in self._stats.items():
                 keep = endpoints.get(name, set())
-                st.tls = {ep: facts for ep, facts in st.tls.items() if ep in keep}
+                kept = {ep: facts for ep, facts in st.tls.items() if ep in keep}
+                if len(kept) != len(st.tls):
+                    st.tls = kept
+                    changed.append(name)
+        self._changed(changed)
 
     def record(self, result: RunResult) -> None:
+        self._record(result)
+        self._changed([result.probe])
+
+    def _record(self, result: RunResult) -> None:
         with self._lock:
             st = self._stats.setdefault(result.probe, ProbeStats())
             st.last = result
@@ -119,32 +145,47 @@ class ResultStore:
 
     def note_lag(self, probe: str, lag: float) -> None:
         with self._lock:
-            if probe in self._stats:
-                self._stats[probe].scheduler_lag = lag
+            if probe not in self._stats:
+                return
+            self._stats[probe].scheduler_lag = lag
+        self._changed([probe])
 
     def note_skipped(self, probe: str) -> None:
         with self._lock:
-            if probe in self._stats:
-                self._stats[probe].skipped_runs += 1
+            if probe not in self._stats:
+                return
+            self._stats[probe].skipped_runs += 1
+        self._changed([probe])
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._stats)
+
+    def stats_of(self, name: str) -> ProbeStats | None:
+        """A copy of one probe's stats (None once removed)."""
+        with self._lock:
+            st = self._stats.get(name)
+            return None if st is None else _copy(st)
 
     def snapshot(self) -> dict[str, ProbeStats]:
         """Copies, so a scrape never sees a half-recorded run."""
         with self._lock:
-            return {
-                name: ProbeStats(
-                    last=st.last,
-                    runs=Counter(st.runs),
-                    late_total=st.late_total,
-                    swept_total=st.swept_total,
-                    lost_total=st.lost_total,
-                    bucket_counts=list(st.bucket_counts),
-                    delivery_sum=st.delivery_sum,
-                    delivery_count=st.delivery_count,
-                    last_success=st.last_success,
-                    last_delivery=st.last_delivery,
-                    scheduler_lag=st.scheduler_lag,
-                    skipped_runs=st.skipped_runs,
-                    tls=dict(st.tls),
-                )
-                for name, st in self._stats.items()
-            }
+            return {name: _copy(st) for name, st in self._stats.items()}
+
+
+def _copy(st: ProbeStats) -> ProbeStats:
+    return ProbeStats(
+        last=st.last,
+        runs=Counter(st.runs),
+        late_total=st.late_total,
+        swept_total=st.swept_total,
+        lost_total=st.lost_total,
+        bucket_counts=list(st.bucket_counts),
+        delivery_sum=st.delivery_sum,
+        delivery_count=st.delivery_count,
+        last_success=st.last_success,
+        last_delivery=st.last_delivery,
+        scheduler_lag=st.scheduler_lag,
+        skipped_runs=st.skipped_runs,
+        tls=dict(st.tls),
+    )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Generic, TypeVar
 
 import structlog
 
 from probes._framing import ReadLimits
+from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
+from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
@@ -67,7 +70,13 @@ def endpoint_of(ep: EndpointConfig, protocol: str) -> Endpoint:
     )
 
 
-def tls_check_settings(check: TLSCheckConfig | ModuleConfig, host: str, port: int | None) -> TLSCheckSettings:
+def tls_check_settings(
+    check: TLSCheckConfig | ModuleConfig,
+    host: str,
+    port: int | None,
+    slots: ServerSlots | None = None,
+    legacy: LegacyCache | None = None,
+) -> TLSCheckSettings:
     if port is None:
         port = default_port(check.protocol, check.tls)
     endpoint = Endpoint(
@@ -83,6 +92,9 @@ def tls_check_settings(check: TLSCheckConfig | ModuleConfig, host: str, port: in
         timeout=check.timeout,
         check_legacy=check.check_legacy,
         helo_name=check.helo,
+        slots=slots,
+        legacy_cache=legacy,
+        legacy_recheck=getattr(check, "legacy_recheck", 0.0),
     )
 
 
@@ -94,7 +106,9 @@ def tls_outcome(facts: TLSFacts | None) -> str:
     return "success" if facts.verified else "tls_verify"
 
 
-def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes) -> RoundTripSettings:
+def roundtrip_settings(
+    loaded: LoadedConfig, probe: RoundTripConfig, key: bytes, slots: ServerSlots | None = None
+) -> RoundTripSettings:
     """Translate config into the probe library's settings (the library knows nothing of YAML)."""
     smtp_creds = (
         Credentials(probe.smtp.username, loaded.password(probe.name, "smtp")) if probe.smtp.username else None
@@ -138,7 +152,36 @@ def roundtrip_settings(loaded: LoadedConfig, probe: RoundTripConfig, key: bytes)
         key=key,
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
+        slots=slots,
     )
+
+
+def session_limits(loaded: LoadedConfig) -> dict[str, int]:
+    """Per-pool limits from the endpoints that set ``max_sessions`` (the smallest wins for a shared pool)."""
+    limits: dict[str, int] = {}
+    for ep, service, limit in _sides(loaded):
+        if limit is not None:
+            for key in ServerSlots.keys(ep, service):
+                limits[key] = min(limits.get(key, limit), limit)
+    return limits
+
+
+def session_pools(loaded: LoadedConfig) -> set[str]:
+    """Every pool a configured probe uses."""
+    return {key for ep, service, _ in _sides(loaded) for key in ServerSlots.keys(ep, service)}
+
+
+def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
+    """(endpoint, service, max_sessions) of every server a configured probe talks to."""
+    sides: list[tuple[Endpoint, str, int | None]] = []
+    for probe in loaded.config.roundtrip:
+        sides.append((endpoint_of(probe.smtp, "smtp"), "smtp", probe.smtp.max_sessions))
+        rc = probe.receive
+        sides.append((endpoint_of(rc, rc.protocol), rc.protocol, rc.max_sessions))
+    for check in loaded.config.tls_checks:
+        ep = tls_check_settings(check, check.host, check.port).endpoint
+        sides.append((ep, check.protocol, check.max_sessions))
+    return sides
 
 
 def make_masker(loaded: LoadedConfig) -> Masker:
@@ -158,12 +201,41 @@ class Runner:
     store: ResultStore
     masker: Masker
     history: History | None = None  # the status page's recent runs and failed dialogues
+    slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
+    legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
+    own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
+
+    def __post_init__(self, own_slots: bool) -> None:
+        if own_slots:
+            self.limit_sessions()
+
+    def limit_sessions(self) -> None:
+        """Apply this config's session limits to the limiter; on the event loop (it wakes waiters), and
+        only once the config is really taken (a reload prepared on a worker thread may still fail)."""
+        g = self.loaded.config.global_
+        self.slots.configure(
+            g.max_sessions, session_limits(self.loaded), g.queue_timeout, known=session_pools(self.loaded)
+        )
 
     async def _attempt(self, name: str, run: Callable[[], Awaitable[T]], deadline: float) -> Attempt[T]:
-        """Run under the deadline; every way it can end becomes (value or None, reason, message)."""
+        """Run under the deadline; every way it can end becomes (value or None, reason, message).
+
+        Time spent waiting for a session slot (the ``queue`` phase) moves the deadline on: queueing is
+        our own doing and must not turn into a ``timeout`` of the server."""
         try:
-            async with asyncio.timeout(deadline):
-                return Attempt(await run(), "success", "ok")
+            async with asyncio.timeout(deadline) as cm:
+
+                def extend(seconds: float) -> None:
+                    when = cm.when()
+                    if when is not None:
+                        with contextlib.suppress(RuntimeError):  # already expiring: too late to move
+                            cm.reschedule(when + seconds)
+
+                token = deadline_extender.set(extend)
+                try:
+                    return Attempt(await run(), "success", "ok")
+                finally:
+                    deadline_extender.reset(token)
         except TimeoutError as exc:
             text = str(exc) if isinstance(exc, ProbeError) else f"no result within the {deadline:g}s deadline"
             return Attempt(None, "timeout", text)
@@ -216,7 +288,7 @@ class Runner:
     async def run_roundtrip(self, probe: RoundTripConfig, debug: bool = False) -> RunResult:
         rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
-        settings = roundtrip_settings(self.loaded, probe, self.key)
+        settings = roundtrip_settings(self.loaded, probe, self.key, self.slots)
 
         async def write_ahead(state: str, token: object) -> None:
             if isinstance(token, Token):
@@ -295,6 +367,7 @@ class Runner:
             timeout=side.timeout,
             check_legacy=False,
             helo_name=getattr(side, "helo", None),
+            slots=self.slots,  # one more session on that server: it counts against the limit too
         )
         scratch = Recorder(masker=rec.masker)
         try:
@@ -307,7 +380,7 @@ class Runner:
     async def run_tls_check(self, check: TLSCheckConfig, debug: bool = False) -> RunResult:
         rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
-        settings = tls_check_settings(check, check.host, check.port)
+        settings = tls_check_settings(check, check.host, check.port, self.slots, self.legacy)
         try:
             attempt = await self._attempt(
                 check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS

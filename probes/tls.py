@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import ssl
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -25,7 +24,6 @@ from typing import Final
 import aiosmtplib
 
 from ._certs import (
-    LEGACY_CIPHERS,
     LEGACY_VERSIONS,
     VERIFY_REASONS,
     CertInfo,
@@ -40,7 +38,9 @@ from ._certs import (
     openssl_offers,
     presented_chain,
 )
+from ._legacy import DEFAULT_RECHECK, LegacyCache
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
+from ._slots import ServerSlots, maybe_session
 from .errors import ProbeError, ProbeTimeout
 from .imap import IMAPSession, IMAPSettings
 from .pop3 import POP3Client
@@ -85,6 +85,9 @@ class TLSCheckSettings:
     timeout: float = 10.0  # per step (connect, each command, each handshake)
     check_legacy: bool = True
     helo_name: str | None = None  # SMTP EHLO name; default: the local host name
+    slots: ServerSlots | None = dataclasses.field(default=None, compare=False, repr=False)  # session limits
+    legacy_cache: LegacyCache | None = dataclasses.field(default=None, compare=False, repr=False)
+    legacy_recheck: float = DEFAULT_RECHECK  # with a cache: test legacy versions again after this long
 
 
 # ---- what a plain port offers before TLS (pure) -----------------------------------------------------
@@ -115,7 +118,9 @@ def pop3_auth_offered(capabilities: Mapping[str, Sequence[str]]) -> bool | None:
 async def probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
     """Audit one endpoint (see :func:`_probe_tls`); errors leave with secrets masked."""
     with recorder.masked_errors():
-        return await _probe_tls(settings, recorder)
+        # One slot for the whole audit: its handshakes are sequential, one session at a time.
+        async with maybe_session(settings.slots, settings.endpoint, settings.protocol, recorder):
+            return await _probe_tls(settings, recorder)
 
 
 async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
@@ -183,9 +188,16 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
 
     # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of.
     if settings.check_legacy and facts.starttls_offered is not False:
-        with recorder.phase("tls_legacy"):
-            for name, version in LEGACY_VERSIONS.items():
-                facts.legacy[name] = await _accepts(settings, recorder, version)
+        cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
+        fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
+        known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
+        if known is not None:  # same certificate, answered recently: no more sessions for it
+            facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
+        else:
+            with recorder.phase("tls_legacy"):
+                for name, version in LEGACY_VERSIONS.items():
+                    facts.legacy[name] = await _accepts(settings, recorder, version)
+            facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
         publish()
         answers = {True: "accepted", False: "refused", None: "not tested"}
         recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
@@ -259,14 +271,10 @@ def _copy_phases(scratch: Recorder, recorder: Recorder, *, failed: bool) -> None
 
 def _unverified_context(ep: Endpoint) -> ssl.SSLContext:
     """No verification (the client certificate kept), and old versions allowed too: a server that speaks
-    only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway."""
-    ctx = client_context(dataclasses.replace(ep.tls, insecure_skip_verify=True))
-    if openssl_offers(ssl.TLSVersion.TLSv1):
-        with contextlib.suppress(ValueError, ssl.SSLError), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # allowing TLS 1.0 on purpose
-            ctx.minimum_version = ssl.TLSVersion.TLSv1
-            ctx.set_ciphers(LEGACY_CIPHERS)
-    return ctx
+    only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway.
+    Shared and cached like every client context (probes._net.client_context)."""
+    unverified = dataclasses.replace(ep.tls, insecure_skip_verify=True)
+    return client_context(unverified, any_version=openssl_offers(ssl.TLSVersion.TLSv1))
 
 
 async def _accepts(settings: TLSCheckSettings, recorder: Recorder, version: ssl.TLSVersion) -> bool | None:

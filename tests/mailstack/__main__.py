@@ -1,6 +1,6 @@
 """Command line: run a MailStack outside pytest (README demo, benchmarks).
 
-    python -m tests.mailstack start [--root DIR] [--json] [--detach] [--slow-delay S]
+    python -m tests.mailstack start [--root DIR] [--json] [--detach] [--slow-delay S] [--users N]
     python -m tests.mailstack stop --root DIR [--remove]
 
 ``start`` writes DIR/stack.json (ports, users, passwords, CA path) and, unless ``--detach``, stays in
@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from ._system import StackError, pid_alive, read_pid
-from .stack import MailStack, make_root
+from .stack import MailStack, make_root, numbered_users
 
 _DESCRIPTIONS = {
     "smtp": "SMTP, MX-style: STARTTLS optional, AUTH only after STARTTLS",
@@ -47,8 +47,8 @@ def _summary(stack: MailStack) -> str:
     lines += [
         f"  server name  {stack.server_name} (certificate also for localhost, 127.0.0.1, ::1)",
         f"  CA file      {stack.ca_file}",
-        "  users:",
-        *(f"    {address:<28} {password}" for address, password in stack.users.items()),
+        f"  users ({len(stack.users)}, passwords in {stack.json_file}):",
+        *(f"    {address:<28} {password}" for address, password in list(stack.users.items())[:8]),
         f"  slow address {stack.slow_address} ({stack.slow_delay:g}s late, see {stack.slow_delay_file})",
         f"  logs         {stack.log_dir}",
         f"  details      {stack.json_file}",
@@ -62,7 +62,8 @@ def _start(args: argparse.Namespace) -> int:
         root.mkdir(parents=True, exist_ok=True)
     else:
         root = make_root()
-    stack = MailStack(root, slow_delay=args.slow_delay)
+    users = numbered_users(args.users) if args.users else None
+    stack = MailStack(root, users=users, slow_delay=args.slow_delay)
     try:
         stack.start()
     except StackError as exc:
@@ -201,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also write a mailcanary config for this stack (round trips + TLS checks) to FILE",
     )
     start.add_argument("--slow-delay", type=float, default=5.0, help="seconds before slow@ mail arrives")
+    start.add_argument(
+        "--users",
+        type=int,
+        metavar="N",
+        help="N numbered mailboxes user0000@… instead of the default test users (scale benchmarks)",
+    )
     stop = sub.add_parser("stop", help="stop a stack started earlier")
     stop.add_argument("--root", required=True)
     stop.add_argument("--remove", action="store_true", help="also delete the root directory")

@@ -107,6 +107,14 @@ def _password(local: str) -> str:
     return f"{local}-{secrets.token_hex(6)}"
 
 
+def numbered_users(count: int, prefix: str = "user") -> dict[str, str]:
+    """``count`` mailboxes ``user0000@…`` … with fresh passwords: the scale benchmarks' users."""
+    if not 0 < count <= 100_000:
+        raise ValueError("need 1 <= count <= 100000 users")
+    width = max(4, len(str(count - 1)))
+    return {f"{prefix}{i:0{width}d}@{DOMAIN}": _password(f"{prefix}{i:0{width}d}") for i in range(count)}
+
+
 class MailStack:
     """Postfix + Dovecot on 127.0.0.1 with free ports, a throwaway CA and mailboxes in example.test.
 

@@ -1,0 +1,200 @@
+"""One instance, many mailboxes: N round-trip probes at 60 s against a real Postfix + Dovecot.
+
+    python -m bench.scale [--probes 1000] [--interval 60] [--duration 300] [--anchor-duration 60]
+
+Starts the real Postfix + Dovecot of tests/mailstack on loopback (root) with ``--probes`` numbered
+mailboxes (``tests/mailstack --users N``; stock process limits: 100 imap-login, 100 smtpd), then:
+
+1. the anchor: ``mailcanary run`` with a single probe (SMTP STARTTLS + AUTH -> IMAPS) at a 5 s interval
+   for ``--anchor-duration`` seconds: its delivery p50 is what one probe alone sees on this machine now;
+2. ``mailcanary run`` with ``--probes`` probes, one per mailbox, at ``--interval``, for one interval of
+   start-up (every probe's first slot) plus ``--duration`` seconds of measurement, scraped every 15 s
+   as Prometheus would.
+
+Over the measured window it reports: the share of successful runs (from the JSON log lines), scheduler
+lag p99 (the lag gauges of every scrape), delivery p50/p99 and its ratio to the anchor's p50, mailcanary's
+CPU (user + system, all threads, from /proc) as a share of one core, its peak RSS, and how often Dovecot
+logged a process limit being reached. Each next to its target: ≥ 99.9 % success, lag p99 ≤ 1 s, delivery
+p50 ≤ 2x the single probe's, ≤ 35 % of one core, RSS ≤ 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import (
+    cpu_seconds,
+    free_port,
+    get,
+    json_lines,
+    load,
+    mailcanary_argv,
+    median,
+    percentile,
+    rss_bytes,
+    start_logged,
+    stop,
+    table,
+    wait_http,
+)
+from tests.mailstack import MailStack, make_root, numbered_users
+from tests.stackconfig import roundtrip, write_config
+
+SCRAPE_EVERY = 15.0
+
+
+def probes_for(stack: MailStack, tmp: Path, addresses: list[str]) -> list[dict[str, Any]]:
+    return [
+        roundtrip(stack, tmp, f"p-{a.split('@')[0]}", a, protocol="imap", receive_tls="implicit")
+        for a in addresses
+    ]
+
+
+def runs_in(log: Path, since: float, until: float) -> list[dict[str, Any]]:
+    """probe_run log lines whose timestamp falls in [since, until) (unix time)."""
+    out = []
+    for rec in json_lines(log):
+        if rec.get("event") != "probe_run":
+            continue
+        ts = time.mktime(time.strptime(rec["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        if since <= ts < until:
+            out.append(rec)
+    return out
+
+
+def lags(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("mailcanary_scheduler_lag_seconds{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def anchor(stack: MailStack, tmp: Path, duration: float) -> float:
+    """Delivery p50 (s) of one probe alone."""
+    tmp.mkdir()
+    config = write_config(
+        tmp, probes_for(stack, tmp, [stack.test_addresses[0]]), interval="5s", timeout="30s"
+    )
+    port = free_port()
+    log = tmp / "mailcanary.log"
+    proc = start_logged(mailcanary_argv(config, port), log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/-/ready")
+        t0 = time.time()
+        time.sleep(duration)
+    finally:
+        stop(proc)
+    deliveries = [r["delivery_seconds"] for r in runs_in(log, t0, time.time()) if "delivery_seconds" in r]
+    return median(deliveries)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--probes", type=int, default=1000)
+    parser.add_argument("--interval", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=300.0, help="measured seconds after start-up")
+    parser.add_argument("--anchor-duration", type=float, default=60.0)
+    args = parser.parse_args()
+    with (
+        MailStack(make_root(), users=numbered_users(args.probes)) as stack,
+        tempfile.TemporaryDirectory() as d,
+    ):
+        tmp = Path(d)
+        print(
+            f"stack up with {args.probes} mailboxes; anchor: one probe for {args.anchor_duration:g}s",
+            flush=True,
+        )
+        single_p50 = anchor(stack, tmp / "anchor", args.anchor_duration)
+        print(f"single probe delivery p50 {single_p50 * 1000:.0f} ms; now {args.probes} probes", flush=True)
+        many = tmp / "many"
+        many.mkdir()
+        config = write_config(
+            many,
+            probes_for(stack, many, list(stack.test_addresses)),
+            interval=f"{args.interval:g}s",
+            timeout="30s",
+        )
+        port = free_port()
+        log = many / "mailcanary.log"
+        dovecot_log = stack.log_dir / "dovecot.log"
+        limit_hits_before = _limit_hits(dovecot_log)
+        proc = start_logged(mailcanary_argv(config, port), log)
+        rss_peak = 0
+        lag_values: list[float] = []
+        scrape_ms: list[float] = []
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(f"{base}/-/ready", timeout=120)
+            time.sleep(args.interval)  # every probe reaches its first slot
+            t0, cpu0 = time.time(), cpu_seconds(proc.pid)
+            seen: dict[str, float] = {}
+            while time.time() - t0 < args.duration:
+                s0 = time.perf_counter()
+                text = get(f"{base}/metrics").decode()
+                scrape_ms.append((time.perf_counter() - s0) * 1000)
+                for key, value in lags(text).items():
+                    if seen.get(key) != value:  # a new run's lag
+                        lag_values.append(value)
+                        seen[key] = value
+                rss_peak = max(rss_peak, rss_bytes(proc.pid))
+                time.sleep(SCRAPE_EVERY)
+            t1, cpu1 = time.time(), cpu_seconds(proc.pid)
+        finally:
+            stop(proc, timeout=30)
+        runs = runs_in(log, t0, t1)
+        ok = [r for r in runs if r.get("outcome") == "success"]
+        failures: dict[str, int] = {}
+        for r in runs:
+            if r.get("outcome") != "success":
+                failures[r.get("outcome", "?")] = failures.get(r.get("outcome", "?"), 0) + 1
+        deliveries = [r["delivery_seconds"] for r in ok if "delivery_seconds" in r]
+        limit_hits = _limit_hits(dovecot_log) - limit_hits_before
+    p50, p99 = median(deliveries), percentile(deliveries, 99)
+    cpu_share = (cpu1 - cpu0) / (t1 - t0) * 100
+    success = len(ok) / len(runs) * 100 if runs else 0.0
+    expected = args.probes * (t1 - t0) / args.interval
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {load()}")
+    print(
+        f"{len(runs)} runs in {t1 - t0:.0f} s (expected ~{expected:.0f}); "
+        f"failures by reason: {failures or 'none'}; "
+        f"Dovecot 'process_limit reached' lines: {limit_hits}; scrape median {median(scrape_ms):.0f} ms"
+    )
+    rows = [
+        (
+            f"successful runs, {args.probes} probes at {args.interval:g} s",
+            f"{success:.2f} %",
+            "",
+            "",
+            "≥ 99.9 %",
+        ),
+        ("scheduler lag p99", f"{percentile(lag_values, 99) * 1000:.0f} ms", "", "", "≤ 1 s"),
+        (
+            "delivery p50 / p99",
+            f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms",
+            f"{single_p50 * 1000:.0f} ms (one probe alone)",
+            f"{p50 / single_p50:.2f}x",
+            "p50 ≤ 2x one probe's",
+        ),
+        ("mailcanary CPU", f"{cpu_share:.1f} % of one core", "", "", "≤ 35 %"),
+        ("mailcanary peak RSS", f"{rss_peak / 2**20:.0f} MB", "", "", "≤ 200 MB"),
+    ]
+    print(table(rows))
+    return 0
+
+
+def _limit_hits(path: Path) -> int:
+    try:
+        return path.read_text(errors="replace").count("process_limit")
+    except OSError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

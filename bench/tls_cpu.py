@@ -1,0 +1,149 @@
+"""CPU per TLS check: mailcanary's /probe against Debian's prometheus-blackbox-exporter, interleaved.
+
+    python -m bench.tls_cpu [--checks 200]
+
+Starts the real Postfix + Dovecot of tests/mailstack on loopback (root), then both exporters as daemons
+on loopback ports: ``mailcanary run`` (no scheduled probes, two /probe modules) and
+``prometheus-blackbox-exporter`` (``apt-get install prometheus-blackbox-exporter``) with the equivalent
+``tcp`` modules. The same endpoints, the same work: SMTP submission with STARTTLS (EHLO, STARTTLS, the
+verified handshake, QUIT) and IMAPS (handshake, greeting, LOGOUT), verifying against the test CA, no
+legacy-version handshakes (blackbox has none; mailcanary's module sets ``check_legacy: false``).
+Requests alternate mailcanary / blackbox, ``--checks`` of each per endpoint; each exporter's CPU is read
+from /proc (user + system, all threads) before and after, so the client's own cost is not counted.
+Prints mailcanary's figure, blackbox's, the ratio and the target (≤ 1.5x blackbox).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench._common import (
+    cpu_seconds,
+    free_port,
+    get,
+    load,
+    mailcanary_argv,
+    start_logged,
+    stop,
+    table,
+    wait_http,
+)
+from tests.mailstack import MailStack, make_root
+
+BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+
+
+def blackbox_config(ca: str, server_name: str) -> dict[str, object]:
+    tls = {"ca_file": ca, "server_name": server_name}
+    return {
+        "modules": {
+            "smtp_starttls": {
+                "prober": "tcp",
+                "timeout": "10s",
+                "tcp": {
+                    "query_response": [
+                        {"expect": "^220 "},
+                        {"send": "EHLO bench.example.test\r"},
+                        {"expect": "^250 "},
+                        {"send": "STARTTLS\r"},
+                        {"expect": "^220 "},
+                        {"starttls": True},
+                        {"send": "EHLO bench.example.test\r"},
+                        {"expect": "^250 "},
+                        {"send": "QUIT\r"},
+                    ],
+                    "tls_config": tls,
+                },
+            },
+            "imaps": {
+                "prober": "tcp",
+                "timeout": "10s",
+                "tcp": {
+                    "tls": True,
+                    "tls_config": tls,
+                    "query_response": [{"expect": "^\\* OK"}, {"send": "a1 LOGOUT\r"}, {"expect": "^a1 OK"}],
+                },
+            },
+        }
+    }
+
+
+def mailcanary_config(tmp: Path, ca: str, server_name: str) -> dict[str, object]:
+    tls = {"ca_file": ca, "server_name": server_name}
+    return {
+        "global": {"state_dir": str(tmp / "state")},
+        "modules": {
+            "bench_smtp": {"protocol": "smtp", "tls": "starttls", "tls_config": tls, "check_legacy": False},
+            "bench_imaps": {"protocol": "imap", "tls": "implicit", "tls_config": tls, "check_legacy": False},
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--checks", type=int, default=200, help="checks per exporter and endpoint")
+    args = parser.parse_args()
+    rows = []
+    with MailStack(make_root()) as stack, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        ca, name = str(stack.ca_file), stack.server_name
+        (tmp / "blackbox.yml").write_text(yaml.safe_dump(blackbox_config(ca, name)))
+        (tmp / "mailcanary.yml").write_text(yaml.safe_dump(mailcanary_config(tmp, ca, name)))
+        mc_port, bb_port = free_port(), free_port()
+        mc = start_logged(mailcanary_argv(tmp / "mailcanary.yml", mc_port), tmp / "mailcanary.log")
+        bb = start_logged(
+            [BLACKBOX, f"--config.file={tmp / 'blackbox.yml'}", f"--web.listen-address=127.0.0.1:{bb_port}"],
+            tmp / "blackbox.log",
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{mc_port}/-/healthy")
+            wait_http(f"http://127.0.0.1:{bb_port}/-/healthy")
+            endpoints = [
+                ("SMTP STARTTLS", "bench_smtp", "smtp_starttls", stack.ports["submission"]),
+                ("IMAPS", "bench_imaps", "imaps", stack.ports["imaps"]),
+            ]
+            for label, mc_module, bb_module, port in endpoints:
+                target = f"{stack.host}:{port}"
+                mc_url = f"http://127.0.0.1:{mc_port}/probe?module={mc_module}&target={target}"
+                bb_url = f"http://127.0.0.1:{bb_port}/probe?module={bb_module}&target={target}"
+                for url in (mc_url, bb_url):  # warm-up, and a check that both succeed
+                    body = get(url).decode()
+                    if "probe_success 1" not in body:
+                        print(f"probe failed: {url}\n{body}", file=sys.stderr)
+                        return 1
+                failed = {"mailcanary": 0, "blackbox": 0}
+                mc0, bb0 = cpu_seconds(mc.pid), cpu_seconds(bb.pid)
+                for _ in range(args.checks):
+                    if "probe_success 1" not in get(mc_url).decode():
+                        failed["mailcanary"] += 1
+                    if "probe_success 1" not in get(bb_url).decode():
+                        failed["blackbox"] += 1
+                ours = (cpu_seconds(mc.pid) - mc0) / args.checks * 1000
+                theirs = (cpu_seconds(bb.pid) - bb0) / args.checks * 1000
+                rows.append(
+                    (
+                        f"CPU per TLS check, {label} (N={args.checks} each, failed {failed})",
+                        f"{ours:.2f} ms",
+                        f"{theirs:.2f} ms",
+                        f"{ours / theirs:.2f}x blackbox" if theirs else "n/a",
+                        "≤ 1.5x blackbox",
+                    )
+                )
+                print(rows[-1], flush=True)
+        finally:
+            stop(mc)
+            stop(bb)
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {load()}")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

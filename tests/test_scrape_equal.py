@@ -1,0 +1,229 @@
+"""The pre-rendered /metrics body must be byte for byte what prometheus_client renders from the collector.
+
+Two anchors: ``tests/data/scrape_golden.txt`` was written by the renderer of the day before the scrape
+path changed (generate_latest over MailcanaryCollector, the only renderer then), and that same collector
+is still rendered here beside the cached path for whatever state a test builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache, runtime_registry
+from exporter.results import ResultStore, RunResult
+from probes.tls import CertInfo, TLSFacts
+
+GOLDEN = Path(__file__).parent / "data" / "scrape_golden.txt"
+
+
+def facts(endpoint: str, protocol: str, *, ok: bool = True) -> TLSFacts:
+    leaf = CertInfo(
+        subject="CN=mail.example.test",
+        issuer='CN=Test "CA"\\x',
+        sans=("mail.example.test", "127.0.0.1"),
+        not_before=1_690_000_000.0,
+        not_after=1_790_000_000.5,
+        serial="0a1b",
+        self_signed=False,
+        is_ca=False,
+        fingerprint_sha256="ab" * 32,
+    )
+    f = TLSFacts(endpoint=endpoint, protocol=protocol, mode="starttls", starttls_offered=True)
+    f.auth_before_tls = False
+    f.handshake_ok = ok
+    f.version = "TLSv1.3" if ok else None
+    f.cipher = "TLS_AES_256_GCM_SHA384" if ok else None
+    f.chain = [leaf]
+    f.verified = ok
+    f.verify_reason = None if ok else "expired"
+    f.hostname_match = ok
+    f.legacy = {"TLSv1": False, "TLSv1.1": None}
+    f.legacy_checked_at = 1_700_000_123.0 if ok else None
+    return f
+
+
+def result(probe: str, reason: str = "success", **kw: object) -> RunResult:
+    base: dict[str, object] = {
+        "probe": probe,
+        "success": reason == "success",
+        "reason": reason,
+        "message": "ok",
+        "started": 1_700_000_000.25,
+        "duration": 1.5,
+        "phases": {"smtp_connect": 0.0125, "receive_wait": 0.3, "queue": 0.0},
+    }
+    base.update(kw)
+    return RunResult(**base)  # type: ignore[arg-type]
+
+
+def build(vantage: str = "") -> tuple[ResultStore, ExporterState]:
+    """A store with every kind of series: runs of each outcome, histogram, TLS facts, lag, skips."""
+    store = ResultStore()
+    names = [f"rt-{i:02d}" for i in range(5)] + ["tls-a", "tls-b", "fresh"]
+    store.ensure(names)
+    for i in range(5):
+        name = f"rt-{i:02d}"
+        store.record(result(name, delivery=0.05 * (i + 1), late=i, swept=1, lost=i % 2, outstanding=i))
+        store.record(result(name, "timeout" if i % 2 else "receive_tls", message="x", outstanding=1))
+        store.record(
+            result(name, delivery=1e-7 * i + 123.456, tls={"127.0.0.1:587": facts("127.0.0.1:587", "smtp")})
+        )
+        store.note_lag(name, 0.001 * i)
+        if i == 3:
+            store.note_skipped(name)
+    store.record(result("tls-a", phases={"tls_connect": 0.01}, tls={"[::1]:993": facts("[::1]:993", "imap")}))
+    store.record(result("tls-b", "tls_verify", tls={"h:25": facts("h:25", "smtp", ok=False)}))
+    store.record(result("tls-b", "queue_timeout", phases={"queue": 30.0}))
+    state = ExporterState(
+        config_path="/etc/mailcanary/mailcanary.yml",
+        config_digest="abc123",
+        reload_ok=True,
+        reload_success_time=1_700_000_000.0,
+        probes={
+            **{f"rt-{i:02d}": "roundtrip" for i in range(5)},
+            "fresh": "roundtrip",
+            "tls-a": "tls",
+            "tls-b": "tls",
+        },
+        shard="0/1",
+        vantage=vantage,
+    )
+    return store, state
+
+
+def reference(store: ResultStore, state: ExporterState) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    return generate_latest(registry).decode()
+
+
+# Families added after the golden was written (each documented in docs/metrics.md).
+ADDED_SINCE_GOLDEN = ("mailcanary_tls_legacy_protocol_checked_timestamp_seconds",)
+
+
+def _unversioned(text: str) -> str:
+    """mailcanary_build_info carries the version and Python, and newer families were not in the golden:
+    neither is part of what is compared."""
+    return "\n".join(
+        line
+        for line in text.splitlines()
+        if not line.startswith("mailcanary_build_info{")
+        and not any(name in line for name in ADDED_SINCE_GOLDEN)
+    )
+
+
+def test_golden_from_the_renderer_before_the_change() -> None:
+    store, state = build(vantage="eu-1")
+    if not GOLDEN.exists():  # pragma: no cover - written once, by the renderer of the day
+        GOLDEN.write_text(reference(store, state))
+    assert _unversioned(reference(store, state)) == _unversioned(GOLDEN.read_text())
+
+
+def cached(store: ResultStore, state: ExporterState) -> str:
+    return SeriesCache(store, state).text()
+
+
+@pytest.mark.parametrize("vantage", ["", "eu-1"])
+def test_cached_equals_the_reference(vantage: str) -> None:
+    store, state = build(vantage)
+    assert cached(store, state) == reference(store, state)
+
+
+def test_cached_equals_the_golden() -> None:
+    store, state = build(vantage="eu-1")
+    assert _unversioned(cached(store, state)) == _unversioned(GOLDEN.read_text())
+
+
+def test_cache_follows_every_change_without_rendering_at_scrape() -> None:
+    """Runs, lag, skips, added and removed probes after the cache exists: still equal, and a scrape with
+    nothing changed renders no probe again."""
+    store, state = build()
+    cache = SeriesCache(store, state)
+    assert cache.text() == reference(store, state)
+    store.record(result("rt-01", "smtp_auth", message="no"))
+    store.note_lag("rt-02", 0.5)
+    store.note_skipped("tls-a")
+    store.ensure([*store.names(), "new-one"])
+    state.probes["new-one"] = "roundtrip"
+    assert cache.text() == reference(store, state)
+    store.ensure([n for n in store.names() if n != "rt-00"])
+    del state.probes["rt-00"]
+    store.retain_tls({})
+    assert cache.text() == reference(store, state)
+    renders = cache.renders
+    for _ in range(3):
+        cache.text()
+    assert cache.renders == renders
+
+
+def test_reload_changing_vantage_and_kinds_renders_again() -> None:
+    store, state = build()
+    cache = SeriesCache(store, state)
+    cache.text()
+    state.vantage = "us-2"
+    state.probes["fresh"] = "tls"
+    assert cache.stale
+    assert cache.text() == reference(store, state)
+    assert not cache.stale
+
+
+def test_body_has_the_runtime_collectors_after_ours() -> None:
+    store, state = build()
+    cache = SeriesCache(store, state, runtime_registry())
+    body = asyncio.run(cache.body()).decode()
+    assert body.startswith(reference(store, state))
+    assert "\n# TYPE python_info gauge\n" in body
+
+
+def test_a_later_render_wins_over_an_earlier_one_that_finishes_last() -> None:
+    """A full re-render in a worker thread reads a probe's stats, then a run finishes on the loop and
+    renders it anew before the thread writes: the thread's older text must not overwrite the newer."""
+    store, state = build()
+    cache = SeriesCache(store, state)
+    real = store.stats_of
+    raced = False
+
+    def stats_then_a_newer_run(name: str):  # type: ignore[no-untyped-def]
+        nonlocal raced
+        old = real(name)
+        if name == "rt-01" and not raced:
+            raced = True
+            store.record(result("rt-01", "smtp_auth", message="newer"))  # renders inside, and wins
+        return old
+
+    store.stats_of = stats_then_a_newer_run  # type: ignore[method-assign]
+    cache.rerender_all()
+    store.stats_of = real  # type: ignore[method-assign]
+    assert raced
+    assert cache.text() == reference(store, state)
+
+
+def test_text_of_equals_generate_latest_for_probe_and_runtime_families() -> None:
+    """/probe's families (blackbox names and the TLS facts) and the process/platform/GC collectors."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from exporter.metrics import text_of
+    from exporter.tlsmetrics import blackbox_families, tls_families
+
+    f = facts("127.0.0.1:993", "imap")
+    probe_families = [*blackbox_families(f, True, 0.123), *tls_families([([], f)], [])]
+    weird = GaugeMetricFamily("x_weird", 'doc with \\ and\nnewline and "quotes"', labels=["l"])
+    weird.add_metric(['va"l\\ue\nx'], float("inf"))
+    weird.add_metric(["n"], float("nan"))
+    big = CounterMetricFamily("x_big", "big numbers", labels=["l"])
+    big.add_metric(["a"], 1234567890123.0)
+    big.add_metric(["b"], 1e-9)
+    runtime = list(runtime_registry().collect())
+    for families in (probe_families, [weird, big], runtime):
+
+        class Fixed:
+            def collect(self, fams: list = families):  # type: ignore[no-untyped-def,type-arg]
+                return iter(fams)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Fixed())  # type: ignore[arg-type]
+        assert text_of(families) == generate_latest(registry).decode()

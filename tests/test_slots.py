@@ -1,0 +1,162 @@
+"""probes._slots: at most N sessions per server and per login service, FIFO, a queue phase of its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from probes._net import Endpoint
+from probes._slots import QueueTimeout, ServerSlots, deadline_extender
+from probes.errors import REASONS
+from probes.recorder import Recorder
+
+IMAPS = Endpoint("127.0.0.1", 993, "implicit")
+IMAP = Endpoint("127.0.0.1", 143, "starttls")
+SMTP = Endpoint("127.0.0.1", 587)
+
+
+def test_keys_are_endpoint_and_login_service() -> None:
+    assert ServerSlots.keys(IMAPS, "imap") == ("127.0.0.1:993", "127.0.0.1/imap")
+    assert ServerSlots.keys(Endpoint("::1", 993), "imap") == ("[::1]:993", "[::1]/imap")
+    assert "queue_timeout" in REASONS
+
+
+def test_limit_is_never_exceeded_and_every_session_runs() -> None:
+    """200 sessions against a limit of 7: never more than 7 in the server at once, all of them served."""
+    inside = 0
+    most = 0
+    done = 0
+
+    async def session(slots: ServerSlots, i: int) -> None:
+        nonlocal inside, most, done
+        rec = Recorder()
+        async with slots.session(IMAPS if i % 2 else IMAP, "imap", rec):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.001 * (i % 3))
+            inside -= 1
+        assert "queue" in rec.phases
+        done += 1
+
+    async def main() -> ServerSlots:
+        slots = ServerSlots(default_limit=7, queue_timeout=30)
+        await asyncio.gather(*(session(slots, i) for i in range(200)))
+        return slots
+
+    slots = asyncio.run(main())
+    assert done == 200
+    assert most == 7  # the login service pool (both ports) holds at 7
+    assert slots.high_water("127.0.0.1/imap") == 7
+    assert slots.in_use("127.0.0.1/imap") == 0
+
+
+def test_per_endpoint_limit() -> None:
+    async def main() -> tuple[int, int]:
+        slots = ServerSlots(default_limit=50, limits={"127.0.0.1:993": 2}, queue_timeout=30)
+
+        async def one() -> None:
+            async with slots.session(IMAPS, "imap", Recorder()):
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(one() for _ in range(20)))
+        return slots.high_water("127.0.0.1:993"), slots.high_water("127.0.0.1/imap")
+
+    assert asyncio.run(main()) == (2, 2)
+
+
+def test_no_slot_in_time_is_queue_timeout_in_the_queue_phase() -> None:
+    async def main() -> tuple[QueueTimeout, Recorder, ServerSlots]:
+        slots = ServerSlots(default_limit=1, queue_timeout=0.05)
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with slots.session(SMTP, "smtp", Recorder()):
+                await release.wait()
+
+        task = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        rec = Recorder()
+        with pytest.raises(QueueTimeout) as info:
+            async with slots.session(SMTP, "smtp", rec):
+                pytest.fail("must not get a slot")
+        release.set()
+        await task
+        return info.value, rec, slots
+
+    exc, rec, slots = asyncio.run(main())
+    assert exc.reason == "queue_timeout"
+    assert "127.0.0.1:587" in exc.message and "1 of 1 in use" in exc.message
+    assert rec.facts["current_phase"] == "queue"
+    assert slots.in_use("127.0.0.1:587") == 0 and slots.waiting("127.0.0.1:587") == 0
+
+
+def test_cancelled_waiter_gives_its_place_up() -> None:
+    async def main() -> ServerSlots:
+        slots = ServerSlots(default_limit=1, queue_timeout=30)
+        gate = asyncio.Event()
+
+        async def hold() -> None:
+            async with slots.session(SMTP, "smtp", Recorder()):
+                await gate.wait()
+
+        first = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        assert slots.waiting("127.0.0.1:587") == 1
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.set()
+        await first
+        third = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        await third
+        return slots
+
+    slots = asyncio.run(main())
+    assert slots.in_use("127.0.0.1:587") == 0
+
+
+def test_raised_limit_lets_waiters_in() -> None:
+    async def main() -> int:
+        slots = ServerSlots(default_limit=1, queue_timeout=30)
+        gate = asyncio.Event()
+        entered = 0
+
+        async def hold() -> None:
+            nonlocal entered
+            async with slots.session(SMTP, "smtp", Recorder()):
+                entered += 1
+                await gate.wait()
+
+        tasks = [asyncio.create_task(hold()) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert entered == 1
+        slots.configure(3, {}, 30)
+        await asyncio.sleep(0.01)
+        seen = entered
+        gate.set()
+        await asyncio.gather(*tasks)
+        return seen
+
+    assert asyncio.run(main()) == 3
+
+
+def test_waiting_moves_the_deadline_on() -> None:
+    """The deadline holder is told +budget when a wait starts and gets back what was not waited."""
+    moves: list[float] = []
+
+    async def main() -> None:
+        slots = ServerSlots(default_limit=1, queue_timeout=10)
+        token = deadline_extender.set(moves.append)
+        try:
+            async with slots.session(SMTP, "smtp", Recorder()):
+                pass
+        finally:
+            deadline_extender.reset(token)
+
+    asyncio.run(main())
+    assert moves[0] == 10
+    assert -10 <= moves[1] < -9  # hardly any wait: nearly all of it given back
