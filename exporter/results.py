@@ -28,7 +28,20 @@ DELIVERY_BUCKETS: tuple[float, ...] = (
     300.0,
     600.0,
 )
-OUTCOMES: tuple[str, ...] = ("success", *sorted(r for r in REASONS if not r.startswith("tls_")))
+DOMAIN_ONLY: frozenset[str] = frozenset({"dns_lookup", "domain_findings"})
+OUTCOMES: tuple[str, ...] = (
+    "success",
+    *sorted(r for r in REASONS if not r.startswith("tls_") and r not in DOMAIN_ONLY),
+)
+DOMAIN_OUTCOMES: tuple[str, ...] = (
+    "success",
+    "domain_findings",
+    "dns_lookup",
+    "queue_timeout",
+    "timeout",
+    "config",
+    "internal",
+)
 TLS_OUTCOMES: tuple[str, ...] = (
     "success",
     "tls_verify",
@@ -58,6 +71,7 @@ class RunResult:
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
     failed_phase: str | None = None
     transcript: list[str] | None = None
+    detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
 
 
 @dataclass

@@ -11,19 +11,24 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from probes._dns import DNSSettings
 from probes._framing import ReadLimits
 from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
+from probes.certhygiene import OCSPCache
+from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
+from probes.mx import MXCheckSettings
 from probes.recorder import Masker, Recorder
 from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
 
 from .config import (
+    DomainCheckConfig,
     EndpointConfig,
     LoadedConfig,
     ModuleConfig,
@@ -184,6 +189,47 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
     return sides
 
 
+def domain_settings(check: DomainCheckConfig) -> DomainSettings:
+    """A domain_checks entry as the probe library's settings."""
+    refuse = check.must_refuse
+    return DomainSettings(
+        domain=check.domain,
+        dns=DNSSettings(nameservers=tuple(check.resolvers), port=check.resolver_port, timeout=check.timeout),
+        mx=MXCheckSettings(
+            port=check.port,
+            timeout=check.timeout,
+            check_legacy=check.check_legacy,
+            ca_file=check.tls_config.ca_file,
+            helo_name=check.helo,
+            source_address=check.source_address,
+            check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,
+        ),
+        max_hosts=check.max_mx,
+        max_addresses=check.max_addresses,
+        concurrency=check.concurrency,
+        dnsbl_zones=tuple(check.dnsbl_zones),
+        check_dane=check.check_dane,
+        check_mta_sts=check.check_mta_sts,
+        mta_sts_port=check.mta_sts_port,
+        mta_sts_ca_file=check.mta_sts_ca_file,
+        check_ocsp=check.check_ocsp,
+        must_refuse=refuse.enabled,
+        relay_sender=refuse.relay_sender,
+        foreign_recipient=refuse.foreign_recipient,
+        local_recipient=refuse.local_recipient,
+        timeout=check.timeout,
+    )
+
+
+def domain_outcome(report: DomainReport) -> tuple[str, str]:
+    """``success`` for a domain without findings, else ``domain_findings`` naming the first few."""
+    problems = report.problems
+    if not problems:
+        return "success", "ok"
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "domain_findings", f"{len(problems)} findings: {'; '.join(problems[:5])}{more}"
+
+
 def make_masker(loaded: LoadedConfig) -> Masker:
     masker = Masker()
     for username, password in loaded.all_secrets():
@@ -203,6 +249,7 @@ class Runner:
     history: History | None = None  # the status page's recent runs and failed dialogues
     slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
     legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
+    ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
 
     def __post_init__(self, own_slots: bool) -> None:
@@ -258,6 +305,7 @@ class Runner:
         swept: int = 0,
         lost: int = 0,
         outstanding: int = 0,
+        detail: object = None,
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -275,6 +323,7 @@ class Runner:
             tls=dict(rec.tls),
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
+            detail=detail,
         )
         if self.history is not None:
             self.history.record(run, rec.transcript)
@@ -395,6 +444,22 @@ class Runner:
             if reason != "success":
                 message = facts.error or f"certificate not verified: {facts.verify_reason}"
         return self._finish(check.name, rec, reason, message, started, t0)
+
+    async def run_domain_check(self, check: DomainCheckConfig, debug: bool = False) -> RunResult:
+        rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
+        started, t0 = time.time(), time.monotonic()
+        settings = domain_settings(check)
+        try:
+            attempt = await self._attempt(
+                check.name, lambda: probe_domain(settings, rec, self.ocsp), check.timeout * check.steps
+            )
+        except asyncio.CancelledError:
+            self._log_cancelled(check.name, rec, t0)
+            raise
+        reason, message = attempt.reason, attempt.message
+        if attempt.value is not None:
+            reason, message = domain_outcome(attempt.value)
+        return self._finish(check.name, rec, reason, message, started, t0, detail=attempt.value)
 
     def _log(self, run: RunResult) -> None:
         self.store.record(run)

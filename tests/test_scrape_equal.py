@@ -102,7 +102,10 @@ def reference(store: ResultStore, state: ExporterState) -> str:
 
 
 # Families added after the golden was written (each documented in docs/metrics.md).
-ADDED_SINCE_GOLDEN = ("mailcanary_tls_legacy_protocol_checked_timestamp_seconds",)
+ADDED_SINCE_GOLDEN = (
+    "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
+    "mailcanary_domain_",  # issue 14: domain checks (their families render headers even with none)
+)
 
 
 def _unversioned(text: str) -> str:
@@ -111,7 +114,7 @@ def _unversioned(text: str) -> str:
     return "\n".join(
         line
         for line in text.splitlines()
-        if not line.startswith("mailcanary_build_info{")
+        if not line.startswith(("mailcanary_build_info{", "# HELP mailcanary_build_info "))
         and not any(name in line for name in ADDED_SINCE_GOLDEN)
     )
 
