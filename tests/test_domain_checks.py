@@ -585,3 +585,176 @@ async def test_probe_domain_uncovered_and_lookup_failure(world: World, https: in
     with pytest.raises(ProbeError) as err:
         await probe_domain(DomainSettings(domain="outside.example", dns=world.dns), Recorder())
     assert err.value.reason == "dns_lookup"
+
+
+# ---- the daemon's side: config entry, runner, metrics, mailcanary probe ------------------------------
+
+
+def domain_config(world: World, https: int, tmp_path: Path) -> str:
+    """A domain_checks entry for example.test (YAML), with everything turned on."""
+    path = tmp_path / "mailcanary.yml"
+    path.write_text(
+        f"""
+global: {{state_dir: {tmp_path / "state"}}}
+domain_checks:
+  - name: dom
+    domain: {DOMAIN}
+    interval: 1h
+    timeout: 5s
+    resolvers: [127.0.0.1]
+    resolver_port: {world.stack.resolver_port}
+    port: {world.port}
+    tls_config: {{ca_file: {world.variants.ca_file}}}
+    source_address: {SOURCE}
+    helo: canary.example.net
+    dnsbl_zones: [dnsbl.test]
+    mta_sts_port: {https}
+    mta_sts_ca_file: {world.variants.ca_file}
+    must_refuse: {{enabled: true, mail_from_before_tls: true}}
+"""
+    )
+    return str(path)
+
+
+def samples_of(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporter.config import load_config
+    from exporter.kinds import find
+    from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache
+    from exporter.results import ResultStore
+    from exporter.runner import Runner, make_masker
+    from exporter.state import Ledger
+
+    loaded = load_config(domain_config(world, https, tmp_path))
+    found = find(loaded.config, "dom")
+    assert found is not None and found[0].name == "domain"
+    store = ResultStore()
+    state = ExporterState(probes={"dom": "domain"})
+    cache = SeriesCache(store, state)
+    store.ensure(["dom"])
+    runner = Runner(
+        loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=store, masker=make_masker(loaded)
+    )
+    run = await found[0].run(runner, found[1], False)
+    assert (run.success, run.reason) == (False, "domain_findings")
+    assert run.message.startswith("7 findings: mx1.example.test/127.0.0.3: dnsbl_dnsbl.test; ")
+    text = cache.text()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    assert text == generate_latest(registry).decode()  # pre-rendered = the reference renderer
+    got = samples_of(text)
+
+    def v(name: str, **labels: str) -> float | None:
+        return got.get((name, frozenset(labels.items())))
+
+    d = {"probe": "dom", "domain": DOMAIN}
+    mx1 = {**d, "mx": MX1, "address": MX1_ADDR}
+    mx2 = {**d, "mx": MX2, "address": MX2_ADDR}
+    assert v("mailcanary_domain_check_success", probe="dom") == 0
+    assert v("mailcanary_domain_check_runs_total", probe="dom", outcome="domain_findings") == 1
+    assert v("mailcanary_domain_check_runs_total", probe="dom", outcome="success") == 0
+    assert v("mailcanary_domain_findings", **d) == 7
+    assert v("mailcanary_domain_mx_dnssec_valid", **d) == 1
+    assert v("mailcanary_domain_mx_hosts", **d) == 2
+    assert v("mailcanary_domain_mx_not_checked", **d, kind="hosts") == 0
+    assert v("mailcanary_domain_mta_sts_record_valid", **d) == 1
+    assert v("mailcanary_domain_mta_sts_policy_valid", **d) == 1
+    assert v("mailcanary_domain_mta_sts_mode_info", **d, mode="enforce") == 1
+    assert v("mailcanary_domain_mta_sts_max_age_seconds", **d) == 604800
+    assert v("mailcanary_domain_mta_sts_mx_covered", **d, mx=MX1) == 1
+    assert v("mailcanary_domain_mta_sts_mx_covered", **d, mx=MX2) == 1
+    assert v("mailcanary_domain_tlsrpt_valid", **d) == 1
+    for labels, good in ((mx1, True), (mx2, False)):
+        b = 1 if good else 0
+        assert v("mailcanary_domain_mx_up", **labels) == 1
+        assert v("mailcanary_domain_mx_starttls_offered", **labels) == 1
+        assert v("mailcanary_domain_mx_tls_handshake_ok", **labels) == 1
+        assert v("mailcanary_domain_mx_cert_verified", **labels) == b
+        assert v("mailcanary_domain_mx_hostname_match", **labels) == b
+        assert v("mailcanary_domain_mx_auth_before_tls", **labels) == 1 - b
+        assert v("mailcanary_domain_mx_mail_from_before_tls_code", **labels) == (530 if good else 250)
+        assert v("mailcanary_domain_dane_present", **labels) == 1
+        assert v("mailcanary_domain_dane_dnssec_valid", **labels) == 1
+        assert v("mailcanary_domain_dane_match", **labels) == b
+        assert v("mailcanary_domain_dnsbl_listed", **labels, zone="dnsbl.test") == 1
+        assert v("mailcanary_domain_dnsbl_status", **labels, zone="dnsbl.test", status="listed") == 1
+        assert v("mailcanary_domain_dnsbl_status", **labels, zone="dnsbl.test", status="refused") == 0
+        assert v("mailcanary_domain_must_refuse_success", **labels, check="open_relay") == b
+        assert v("mailcanary_domain_must_refuse_code", **labels, check="open_relay") == (554 if good else 250)
+        assert v("mailcanary_domain_must_refuse_success", **labels, check="auth_before_tls") == b
+        assert v("mailcanary_domain_must_refuse_code", **labels, check="auth_before_tls") == (
+            530 if good else 334
+        )
+        assert v("mailcanary_domain_must_refuse_success", **labels, check="own_domain_sender") == b
+        assert v("mailcanary_domain_mx_cert_key_bits", **labels, key_type="ec") == 256
+        assert v("mailcanary_domain_mx_cert_weak_key", **labels) == 0
+        assert v("mailcanary_domain_mx_cert_weak_signature", **labels) == 0
+        assert v("mailcanary_domain_mx_cert_signature_info", **labels, hash="sha256") == 1
+        assert v("mailcanary_domain_mx_cert_scts", **labels) == 0
+        assert (
+            v("mailcanary_domain_mx_cert_ocsp_status", **labels, status="good") is None
+        )  # no AIA: not asked
+    assert v("mailcanary_domain_dane_rollover_ready", **mx1) == 1
+    assert v("mailcanary_domain_mx_cert_verify_error_info", **mx2, reason="hostname_mismatch") == 1
+    assert v("mailcanary_domain_mx_cert_verify_error_info", **mx1, reason="hostname_mismatch") is None
+    assert "listed: test entry" not in text  # the DNSBL reason is never a label
+
+
+async def test_domain_check_failing_lookup_is_dns_lookup(world: World, tmp_path: Path) -> None:
+    from exporter.config import parse_config
+    from exporter.kinds import find
+    from exporter.results import ResultStore
+    from exporter.runner import Runner, make_masker
+    from exporter.state import Ledger
+
+    text = (
+        f"domain_checks:\n  - name: gone\n    domain: outside.example\n    timeout: 3s\n"
+        f"    resolvers: [127.0.0.1]\n    resolver_port: {world.stack.resolver_port}\n"
+    )
+    loaded = parse_config(text, "t.yml")
+    found = find(loaded.config, "gone")
+    assert found is not None
+    runner = Runner(
+        loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=ResultStore(), masker=make_masker(loaded)
+    )
+    run = await found[0].run(runner, found[1], False)
+    assert (run.success, run.reason, run.detail) == (False, "dns_lookup", None)
+    assert run.message == "MX lookup of outside.example failed: SERVFAIL"
+
+
+async def test_mailcanary_probe_prints_the_domain_report(world: World, https: int, tmp_path: Path) -> None:
+    import argparse
+    import io
+
+    from exporter.cli import EXIT_CRITICAL, _probe
+
+    out = io.StringIO()
+    args = argparse.Namespace(
+        config=domain_config(world, https, tmp_path),
+        names=["dom"],
+        debug=False,
+        warn_days=None,
+        crit_days=None,
+    )
+    code = await _probe(args, out)
+    lines = out.getvalue().splitlines()
+    assert code == EXIT_CRITICAL
+    assert lines[0] == "MAILCANARY CRITICAL - dom: domain_findings"
+    assert lines[2].startswith("dom: FAILED domain_findings (run took ")
+    assert f"  domain {DOMAIN}" in lines
+    assert f"    MX: {MX1}, {MX2}  dnssec secure" in lines
+    assert f"    MX {MX1} [{MX1_ADDR}]" in lines and f"    MX {MX2} [{MX2_ADDR}]" in lines
+    assert "      must refuse open_relay: ACCEPTED (250 at RCPT)" in lines
+    assert "      DANE present yes  dnssec secure  matches yes  rollover ready yes" in lines
+    assert lines[-1].startswith("  verdict: FAIL (mx1.example.test/127.0.0.3: dnsbl_dnsbl.test; ")
