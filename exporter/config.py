@@ -401,6 +401,9 @@ class GlobalConfig(Model):
     # 100 login processes of a stock Dovecot and the 100 smtpd of a stock Postfix.
     max_sessions: int = Field(default=50, ge=1, le=10000)
     queue_timeout: Duration = 30.0  # a run that gets no session slot within this fails: queue_timeout
+    # Certificate hygiene of round trips and TLS checks: ask the OCSP responder their certificates name.
+    check_ocsp: bool = True
+    ocsp_timeout: Duration = 10.0
 
     @field_validator("shard")
     @classmethod

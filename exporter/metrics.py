@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .buildinfo import build_info
+from .domainmetrics import hygiene_families
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
 
@@ -125,7 +126,14 @@ def tls_fact_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Met
         for name in names
         for _, facts in sorted(snap[name].tls.items())
     ]
-    return list(tls_families(rows, ["probe", "endpoint", "protocol"]))
+    labels = ["probe", "endpoint", "protocol"]
+    hygiene = [
+        ([name, facts.endpoint, facts.protocol], h.key, h.ocsp)
+        for name in names
+        for endpoint, facts in sorted(snap[name].tls.items())
+        if (h := snap[name].hygiene.get(endpoint)) is not None
+    ]
+    return [*tls_families(rows, labels), *hygiene_families(hygiene, labels, "mailcanary_tls_")]
 
 
 def exporter_families(st: ExporterState) -> Iterator[Metric]:

@@ -71,6 +71,7 @@ class RunResult:
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
     failed_phase: str | None = None
     transcript: list[str] | None = None
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.certhygiene.Hygiene
     detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
 
 
@@ -89,6 +90,7 @@ class ProbeStats:
     scheduler_lag: float | None = None
     skipped_runs: int = 0
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.TLSFacts
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest probes.certhygiene.Hygiene
 
 
 class ResultStore:
@@ -129,8 +131,9 @@ class ResultStore:
             for name, st in self._stats.items():
                 keep = endpoints.get(name, set())
                 kept = {ep: facts for ep, facts in st.tls.items() if ep in keep}
-                if len(kept) != len(st.tls):
-                    st.tls = kept
+                hygiene = {ep: h for ep, h in st.hygiene.items() if ep in keep}
+                if len(kept) != len(st.tls) or len(hygiene) != len(st.hygiene):
+                    st.tls, st.hygiene = kept, hygiene
                     changed.append(name)
         self._changed(changed)
 
@@ -144,6 +147,7 @@ class ResultStore:
             st.last = result
             st.runs[result.reason] += 1
             st.tls.update(result.tls)  # facts survive a later run that failed before reaching TLS
+            st.hygiene.update(result.hygiene)
             st.late_total += result.late
             st.swept_total += result.swept
             st.lost_total += result.lost
@@ -202,4 +206,5 @@ def _copy(st: ProbeStats) -> ProbeStats:
         scheduler_lag=st.scheduler_lag,
         skipped_runs=st.skipped_runs,
         tls=dict(st.tls),
+        hygiene=dict(st.hygiene),
     )

@@ -17,7 +17,7 @@ from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
-from probes.certhygiene import OCSPCache
+from probes.certhygiene import Hygiene, OCSPCache, chain_hygiene
 from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
@@ -306,6 +306,7 @@ class Runner:
         lost: int = 0,
         outstanding: int = 0,
         detail: object = None,
+        hygiene: dict[str, Hygiene] | None = None,
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -324,6 +325,7 @@ class Runner:
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
             detail=detail,
+            hygiene=hygiene or {},
         )
         if self.history is not None:
             self.history.record(run, rec.transcript)
@@ -356,6 +358,7 @@ class Runner:
                 await self._tls_second_look(probe, attempt.reason, rec)
             settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
             late, swept, lost, outstanding = await self._settle(probe, rec)
+            hygiene, spent = await self._hygiene(rec)
         except asyncio.CancelledError:  # the daemon is stopping: leave the ledger right, say so, go on
             if not settled:
                 await self._settle(probe, rec)
@@ -368,12 +371,13 @@ class Runner:
             attempt.reason,
             attempt.message,
             started,
-            t0,
+            t0 + spent,  # the OCSP ask is not part of the round trip's time
             delivery,
             late,
             swept,
             lost=lost,
             outstanding=outstanding,
+            hygiene=hygiene,
         )
 
     async def _settle(self, probe: RoundTripConfig, rec: Recorder) -> tuple[int, int, int, int]:
@@ -434,6 +438,7 @@ class Runner:
             attempt = await self._attempt(
                 check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
             )
+            hygiene, spent = await self._hygiene(rec)
         except asyncio.CancelledError:
             self._log_cancelled(check.name, rec, t0)
             raise
@@ -443,7 +448,23 @@ class Runner:
             reason = tls_outcome(facts)
             if reason != "success":
                 message = facts.error or f"certificate not verified: {facts.verify_reason}"
-        return self._finish(check.name, rec, reason, message, started, t0)
+        return self._finish(check.name, rec, reason, message, started, t0 + spent, hygiene=hygiene)
+
+    async def _hygiene(self, rec: Recorder) -> tuple[dict[str, Hygiene], float]:
+        """Certificate hygiene of every chain this run saw (no new session to the server; OCSP answers
+        cached until nextUpdate). Returns the facts and the seconds spent, which the run's duration
+        leaves out."""
+        t = time.monotonic()
+        out: dict[str, Hygiene] = {}
+        g = self.loaded.config.global_
+        for endpoint, facts in rec.tls.items():
+            chain = [c.der for c in facts.chain]
+            found = await chain_hygiene(
+                chain, check_ocsp=g.check_ocsp, timeout=g.ocsp_timeout, cache=self.ocsp
+            )
+            if found is not None:
+                out[endpoint] = found
+        return out, time.monotonic() - t
 
     async def run_domain_check(self, check: DomainCheckConfig, debug: bool = False) -> RunResult:
         rec = Recorder(masker=self.masker, transcript=self._transcript(debug))

@@ -9,8 +9,11 @@ are cached until the response's nextUpdate (bounded cache), so a responder is as
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -45,8 +48,11 @@ class KeyFacts:
     crl_url: str | None
 
 
+@functools.lru_cache(maxsize=1024)
 def key_facts(der: bytes) -> KeyFacts:
-    """Facts of one certificate; raises ValueError only when it cannot be parsed at all."""
+    """Facts of one certificate; raises ValueError only when it cannot be parsed at all.
+
+    Memoised by the DER (so by fingerprint): a server shows the same leaf on every run."""
     try:
         cert = x509.load_der_x509_certificate(der)
     except Exception as exc:
@@ -283,3 +289,42 @@ async def ocsp_status(
     if cache is not None:
         cache.put(key, result, now)
     return result
+
+
+@dataclass(frozen=True)
+class Hygiene:
+    """Key facts of a presented leaf and, when asked, its OCSP answer."""
+
+    key: KeyFacts
+    ocsp: OCSPResult | None
+
+
+async def chain_hygiene(
+    chain: Sequence[bytes],
+    *,
+    check_ocsp: bool = True,
+    timeout: float = 10.0,
+    cache: OCSPCache | None = None,
+    dns: DNSSettings | None = None,
+) -> Hygiene | None:
+    """Hygiene of the leaf of ``chain`` (DER, leaf first, as presented). No session to the server: the
+    chain is the one a probe already saw; OCSP asks the responder (cached until nextUpdate). Never raises;
+    None when there is no parsable leaf."""
+    if not chain or not chain[0]:
+        return None
+    try:
+        key = key_facts(chain[0])
+    except ValueError:
+        return None
+    answer: OCSPResult | None = None
+    issuer = chain[1] if len(chain) > 1 and chain[1] else None
+    # Without the issuer there is no CertID to ask about: not asked (the chain is the server's fault,
+    # and verification reports it), rather than an "invalid" that would read as the responder's.
+    if check_ocsp and key.ocsp_url is not None and issuer is not None:
+        try:
+            answer = await asyncio.wait_for(
+                ocsp_status(chain[0], issuer, timeout=timeout, cache=cache, dns=dns), timeout + 1
+            )
+        except TimeoutError:
+            answer = OCSPResult("unreachable", error="responder timed out")
+    return Hygiene(key, answer)

@@ -181,8 +181,12 @@ async def check_address(
         report.error, report.reason = exc.message, exc.reason
     report.phases.update(scratch.phases)
     if report.tls is not None and report.tls.handshake_ok:
-        with contextlib.suppress(ProbeError):
-            report.chain = await _chain(ep, settings, recorder)
+        presented = [c.der for c in report.tls.chain]
+        if presented and all(presented):
+            report.chain = presented  # the audit's own session showed it: no session more
+        else:
+            with contextlib.suppress(ProbeError):
+                report.chain = await _chain(ep, settings, recorder)
     if settings.check_plain_mail_from:
         with contextlib.suppress(ProbeError):
             report.plain_mail_from_code = await _plain_mail_from(mx, address, settings, recorder)

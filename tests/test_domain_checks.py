@@ -61,6 +61,7 @@ class World:
     dns: DNSSettings
     variants: VariantSet
     stack: dnsstack.DNSStack
+    ocsp_served: Issued  # the leaf the "ocsp" Dovecot variant presents (AIA: our responder)
 
     def settings(self, **kw: object) -> MXCheckSettings:
         return MXCheckSettings(
@@ -148,10 +149,13 @@ def world(mailstack: MailStack) -> Iterator[World]:
             "smtpd_tls_auth_only": "no",
         },
     )
+    # A Dovecot presenting a leaf whose AIA names the OCSP responder: hygiene on a TLS check's endpoint.
+    served = make_ocsp_leaf(pki, inter, ocsp_port, f"imap.{DOMAIN}")
+    vs.add("ocsp", [served, inter], dovecot_ports=("imaps",))
     specs = zones(port, good, wrong, ec.generate_private_key(ec.SECP256R1()))
     with dnsstack.DNSStack(specs) as stack, vs:
         dns = DNSSettings(nameservers=("127.0.0.1",), port=stack.resolver_port, timeout=3.0)
-        yield World(pki, inter, good, wrong, port, https_port, ocsp_port, dns, vs, stack)
+        yield World(pki, inter, good, wrong, port, https_port, ocsp_port, dns, vs, stack, served)
 
 
 def expected_legacy(accepted: bool) -> dict[str, bool | None]:
@@ -394,27 +398,33 @@ async def test_must_refuse(world: World) -> None:
 
 
 def ocsp_leaf(world: World, name: str) -> Issued:
+    return make_ocsp_leaf(world.pki, world.inter, world.ocsp_port, name)
+
+
+def make_ocsp_leaf(pki: TestPKI, inter: Issued, ocsp_port: int, name: str) -> Issued:
     """A leaf whose AIA names our responder (TestPKI leaves have no AIA): re-signed by the intermediate."""
-    base = world.pki.leaf([name], issuer=world.inter, common_name=name)
+    base = pki.leaf([name], issuer=inter, common_name=name)
     aia = x509.AuthorityInformationAccess(
         [
             x509.AccessDescription(
                 AuthorityInformationAccessOID.OCSP,
-                x509.UniformResourceIdentifier(f"http://127.0.0.1:{world.ocsp_port}/"),
+                x509.UniformResourceIdentifier(f"http://127.0.0.1:{ocsp_port}/"),
             )
         ]
     )
+    san = x509.SubjectAlternativeName([x509.DNSName(name)])
     builder = (
         x509.CertificateBuilder()
         .subject_name(base.cert.subject)
-        .issuer_name(world.inter.cert.subject)
+        .issuer_name(inter.cert.subject)
         .public_key(base.key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(base.cert.not_valid_before_utc)
         .not_valid_after(base.cert.not_valid_after_utc)
         .add_extension(aia, critical=False)
+        .add_extension(san, critical=False)
     )
-    return Issued(builder.sign(world.inter.key, hashes.SHA256()), base.key)
+    return Issued(builder.sign(inter.key, hashes.SHA256()), base.key)
 
 
 @dataclass
@@ -758,3 +768,62 @@ async def test_mailcanary_probe_prints_the_domain_report(world: World, https: in
     assert "      must refuse open_relay: ACCEPTED (250 at RCPT)" in lines
     assert "      DANE present yes  dnssec secure  matches yes  rollover ready yes" in lines
     assert lines[-1].startswith("  verdict: FAIL (mx1.example.test/127.0.0.3: dnsbl_dnsbl.test; ")
+
+
+async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responder, tmp_path: Path) -> None:
+    """A TLS check's own session gives the chain; the runner adds key facts and the OCSP answer (asked of
+    the responder once, then cached until nextUpdate), rendered as mailcanary_tls_cert_* series."""
+    from exporter.config import parse_config
+    from exporter.kinds import find
+    from exporter.metrics import ExporterState, SeriesCache
+    from exporter.results import ResultStore
+    from exporter.runner import Runner, make_masker
+    from exporter.state import Ledger
+
+    served = world.ocsp_served
+    responder.issued[served.cert.serial_number] = served.cert
+    responder.table[served.cert.serial_number] = "revoked"
+    address = world.variants["ocsp"].address("imaps")
+    host, port = address.rsplit(":", 1)
+    text = (
+        f"tls_checks:\n  - name: imaps\n    host: {host}\n    port: {port}\n    protocol: imap\n"
+        f"    tls: implicit\n    check_legacy: false\n    timeout: 5s\n"
+        f"    tls_config: {{ca_file: {world.variants.ca_file}, server_name: imap.{DOMAIN}}}\n"
+    )
+    loaded = parse_config(text, "t.yml")
+    found = find(loaded.config, "imaps")
+    assert found is not None
+    store = ResultStore()
+    state = ExporterState(probes={"imaps": "tls"})
+    cache = SeriesCache(store, state)
+    store.ensure(["imaps"])
+    runner = Runner(
+        loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=store, masker=make_masker(loaded)
+    )
+    first = await found[0].run(runner, found[1], False)
+    second = await found[0].run(runner, found[1], False)
+    assert (first.reason, second.reason) == ("success", "success")
+    assert responder.asked == [served.cert.serial_number]  # the second run's answer came from the cache
+    h = second.hygiene[address]
+    assert (h.key.key_type, h.key.key_bits, h.key.weak_key, h.key.signature_hash) == (
+        "ec",
+        256,
+        False,
+        "sha256",
+    )
+    assert h.ocsp is not None and h.ocsp.status == "revoked"
+    got = samples_of(cache.text())
+    labels = {"probe": "imaps", "endpoint": address, "protocol": "imap"}
+
+    def v(name: str, **extra: str) -> float | None:
+        return got.get((name, frozenset({**labels, **extra}.items())))
+
+    assert v("mailcanary_tls_cert_ocsp_status", status="revoked") == 1
+    assert v("mailcanary_tls_cert_ocsp_status", status="good") == 0
+    assert v("mailcanary_tls_cert_key_bits", key_type="ec") == 256
+    assert v("mailcanary_tls_cert_weak_key") == 0
+    assert v("mailcanary_tls_cert_weak_signature") == 0
+    assert v("mailcanary_tls_cert_signature_info", hash="sha256") == 1
+    assert v("mailcanary_tls_cert_scts") == 0
+    validity = served.cert.not_valid_after_utc - served.cert.not_valid_before_utc
+    assert v("mailcanary_tls_cert_validity_seconds") == validity.total_seconds()

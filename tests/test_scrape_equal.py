@@ -105,6 +105,11 @@ def reference(store: ResultStore, state: ExporterState) -> str:
 ADDED_SINCE_GOLDEN = (
     "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
     "mailcanary_domain_",  # issue 14: domain checks (their families render headers even with none)
+    *(  # issue 14: certificate hygiene of round trips and TLS checks
+        f"mailcanary_tls_cert_{n} "
+        for n in ("key_bits", "weak_key", "signature_info", "weak_signature", "validity_seconds", "scts")
+    ),
+    "mailcanary_tls_cert_ocsp_status ",
 )
 
 
