@@ -252,7 +252,7 @@ class DomainCheckConfig(Model):
     max_addresses: int = Field(default=4, ge=1, le=MAX_DOMAIN_ADDRESSES)  # per MX host
     concurrency: int = Field(default=4, ge=1, le=16)  # addresses checked at once
     dnsbl_zones: list[str] = Field(default=[], max_length=16)
-    tls_config: TLSConfig = TLSConfig()  # ca_file for the MX certificates (default: system trust store)
+    ca_file: str | None = None  # trust store for the MX certificates (default: the system's)
     source_address: str | None = None
     helo: str | None = None
     check_legacy: bool = True
@@ -293,9 +293,7 @@ class DomainCheckConfig(Model):
             try:
                 ipaddress.ip_address(item)
             except ValueError:
-                raise ValueError(
-                    f"entry {i}, {item!r}, is not an IP address (a resolver is asked by address)"
-                ) from None
+                raise ValueError(f"entry {i}, {item!r}, is not an IP address") from None
         if len(v) > 4:
             raise ValueError("at most 4 resolvers")
         return v
@@ -309,8 +307,10 @@ class DomainCheckConfig(Model):
                 f"max_mx x max_addresses is {self.max_mx * self.max_addresses}; at most "
                 f"{MAX_DOMAIN_ADDRESSES} MX addresses are checked per domain"
             )
-        if self.mta_sts_ca_file is not None and not os.access(self.mta_sts_ca_file, os.R_OK):
-            raise ValueError(f"mta_sts_ca_file: cannot read {self.mta_sts_ca_file}")
+        for key in ("ca_file", "mta_sts_ca_file"):
+            path = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{key}: cannot read {path}")
         return self
 
     @property

@@ -199,7 +199,7 @@ def domain_settings(check: DomainCheckConfig) -> DomainSettings:
             port=check.port,
             timeout=check.timeout,
             check_legacy=check.check_legacy,
-            ca_file=check.tls_config.ca_file,
+            ca_file=check.ca_file,
             helo_name=check.helo,
             source_address=check.source_address,
             check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,

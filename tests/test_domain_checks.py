@@ -614,7 +614,7 @@ domain_checks:
     resolvers: [127.0.0.1]
     resolver_port: {world.stack.resolver_port}
     port: {world.port}
-    tls_config: {{ca_file: {world.variants.ca_file}}}
+    ca_file: {world.variants.ca_file}
     source_address: {SOURCE}
     helo: canary.example.net
     dnsbl_zones: [dnsbl.test]
