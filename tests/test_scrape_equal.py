@@ -114,8 +114,8 @@ ADDED_SINCE_GOLDEN = (
 
 
 def _unversioned(text: str) -> str:
-    """mailcanary_build_info carries the version and Python, and newer families were not in the golden:
-    neither is part of what is compared."""
+    """mailcanary_build_info carries the version and Python (and its HELP text gained git revision and
+    branch since), and newer families were not in the golden: none of that is part of what is compared."""
     return "\n".join(
         line
         for line in text.splitlines()
