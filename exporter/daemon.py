@@ -15,6 +15,7 @@ from aiohttp import web
 from probes._legacy import LegacyCache
 from probes._net import clear_contexts
 from probes._slots import ServerSlots
+from probes.certhygiene import OCSPCache
 from probes.recorder import Masker
 
 from . import logs
@@ -129,6 +130,7 @@ class Daemon:
             else Ledger(state / "ledger.json", health=self.health)
         )
         legacy = self.runner.legacy if self.runner is not None else LegacyCache()
+        ocsp = self.runner.ocsp if self.runner is not None else OCSPCache()  # answers kept until nextUpdate
         return Runner(
             loaded=loaded,
             key=key,
@@ -138,6 +140,7 @@ class Daemon:
             history=self.history,
             slots=self.slots,  # one limiter for the daemon's life: sessions in flight span reloads
             legacy=legacy,
+            ocsp=ocsp,
             own_slots=False,  # configured in _apply, on the loop, once this config is taken
         )
 
