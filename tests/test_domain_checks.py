@@ -36,7 +36,7 @@ from tests.mailstack.variants import Issued, TestPKI, VariantSet, reap_orphans
 pytestmark = pytest.mark.skipif(not dnsstack.available(), reason="needs Debian's nsd and unbound")
 
 SOURCE = "127.0.0.2"
-MX1_ADDR, MX2_ADDR = "127.0.0.3", "127.0.0.4"
+MX1_ADDR, MX2_ADDR, SUB_ADDR = "127.0.0.3", "127.0.0.4", "127.0.0.5"
 DOMAIN = "example.test"
 MX1, MX2 = f"mx1.{DOMAIN}", f"mx2.{DOMAIN}"
 POLICY_CASES = ("good", "redirect", "wrongtype", "oversize", "uncovered")
@@ -62,6 +62,7 @@ class World:
     variants: VariantSet
     stack: dnsstack.DNSStack
     ocsp_served: Issued  # the leaf the "ocsp" Dovecot variant presents (AIA: our responder)
+    sub_port: int  # the "sub" Postfix on SUB_ADDR: sender addresses bound to logins
 
     def settings(self, **kw: object) -> MXCheckSettings:
         return MXCheckSettings(
@@ -119,7 +120,7 @@ def world(mailstack: MailStack) -> Iterator[World]:
     inter = pki.ca("domain intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(1000))
     good = pki.leaf([MX1], issuer=inter, common_name=MX1)
     wrong = pki.leaf(["other.example.test"], issuer=inter, common_name="other.example.test")
-    port, https_port, ocsp_port = free_ports(3)
+    port, https_port, ocsp_port, sub_port = free_ports(4)
     vs = VariantSet(mailstack, pki)
     vs.add(
         "mx1",
@@ -149,13 +150,29 @@ def world(mailstack: MailStack) -> Iterator[World]:
             "smtpd_tls_auth_only": "no",
         },
     )
+    # Submission that binds senders to logins (the forged-sender check must be refused there).
+    owner = mailstack.test_addresses[0]
+    vs.add(
+        "sub",
+        [good, inter],
+        dovecot_ports=("imap",),
+        smtp_host=SUB_ADDR,
+        smtp_port=sub_port,
+        postfix_settings={
+            "smtpd_sender_login_maps": f"inline:{{{owner}={owner}}}",
+            "smtpd_sender_restrictions": "reject_authenticated_sender_login_mismatch",
+            # Nothing can leave (discard(8), never smtp) and no test sends DATA.
+            "default_transport": "discard:forged sender variant",
+            "relay_transport": "discard:forged sender variant",
+        },
+    )
     # A Dovecot presenting a leaf whose AIA names the OCSP responder: hygiene on a TLS check's endpoint.
     served = make_ocsp_leaf(pki, inter, ocsp_port, f"imap.{DOMAIN}")
     vs.add("ocsp", [served, inter], dovecot_ports=("imaps",))
     specs = zones(port, good, wrong, ec.generate_private_key(ec.SECP256R1()))
     with dnsstack.DNSStack(specs) as stack, vs:
         dns = DNSSettings(nameservers=("127.0.0.1",), port=stack.resolver_port, timeout=3.0)
-        yield World(pki, inter, good, wrong, port, https_port, ocsp_port, dns, vs, stack, served)
+        yield World(pki, inter, good, wrong, port, https_port, ocsp_port, dns, vs, stack, served, sub_port)
 
 
 def expected_legacy(accepted: bool) -> dict[str, bool | None]:
@@ -392,6 +409,47 @@ async def test_must_refuse(world: World) -> None:
     auth_bad = await mustrefuse.auth_before_tls(ep(MX2_ADDR, world), rec)
     assert auth_bad == mustrefuse.RefusalResult("auth_before_tls", False, 334, "AUTH", False)
     assert rec.transcript is not None and not any(line.startswith("C: smtp DATA") for line in rec.transcript)
+
+
+async def test_forged_sender_after_auth(world: World, mailstack: MailStack) -> None:
+    """On submission, after AUTH over verified TLS: MAIL FROM another user's address must be refused.
+    "sub" binds senders to logins (refused, 553); mx2 permits any sender once authenticated
+    (accepted: the check fails). The dialogue stops at RCPT; the password never reaches the transcript."""
+    from probes._net import Credentials
+
+    owner, other = mailstack.test_addresses[0], mailstack.test_addresses[1]
+    creds = Credentials(owner, mailstack.password(owner))
+    rec = Recorder(transcript=[])
+    sub = Endpoint(
+        SUB_ADDR,
+        world.sub_port,
+        tls_mode="starttls",
+        tls=TLSSettings(ca_file=str(world.variants.ca_file), server_name=MX1),
+        source_address=SOURCE,
+    )
+    refused = await mustrefuse.forged_sender(sub, rec, credentials=creds, forged=other, recipient=owner)
+    # Postfix delays the sender verdict to RCPT (smtpd_delay_reject = yes, its default)
+    assert refused == mustrefuse.RefusalResult("forged_sender", True, 553, "RCPT", True)
+    # The owner's own address is taken (an authenticated RCPT elsewhere, to discard(8), never followed by
+    # DATA): the refusal above is the login map's doing, not a blanket one.
+    own = await mustrefuse.forged_sender(
+        sub, rec, credentials=creds, forged=owner, recipient="someone@elsewhere.invalid"
+    )
+    assert (own.refused, own.code, own.stage) == (False, 250, "RCPT")
+    mx2 = Endpoint(
+        MX2_ADDR,
+        world.port,
+        tls_mode="starttls",
+        tls=TLSSettings(ca_file=str(world.variants.ca_file), server_name="other.example.test"),
+        source_address=SOURCE,
+    )
+    accepted = await mustrefuse.forged_sender(
+        mx2, rec, credentials=creds, forged=other, recipient="someone@elsewhere.invalid"
+    )
+    assert accepted == mustrefuse.RefusalResult("forged_sender", False, 250, "RCPT", False)
+    assert rec.transcript is not None
+    assert not any(line.startswith("C: smtp DATA") for line in rec.transcript)
+    assert not any(creds.password in line for line in rec.transcript)
 
 
 # ---- OCSP ----------------------------------------------------------------------------------------------
