@@ -885,3 +885,35 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     assert v("mailcanary_tls_cert_scts") == 0
     validity = served.cert.not_valid_after_utc - served.cert.not_valid_before_utc
     assert v("mailcanary_tls_cert_validity_seconds") == validity.total_seconds()
+
+
+async def test_daemon_schedules_a_domain_check(world: World, https: int, tmp_path: Path) -> None:
+    """The real daemon: the probe-kind table gives domain_checks a job, /metrics serves its series and
+    mailcanary_config_probes counts it as kind domain."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    from exporter.daemon import Daemon
+
+    daemon = Daemon(domain_config(world, https, tmp_path), "127.0.0.1:0")
+    await daemon.start()
+    try:
+        host, port = daemon.http.bound[0]
+        deadline = time.monotonic() + 60
+        text = ""
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                async with session.get(f"http://{host}:{port}/metrics") as resp:
+                    text = await resp.text()
+                if 'mailcanary_domain_check_runs_total{outcome="domain_findings",probe="dom"} 1.0' in text:
+                    break
+                await asyncio.sleep(0.5)
+        got = samples_of(text)
+        assert got[("mailcanary_domain_check_success", frozenset({"probe": "dom"}.items()))] == 0
+        assert got[("mailcanary_config_probes", frozenset({"kind": "domain"}.items()))] == 1
+        assert got[("mailcanary_domain_findings", frozenset({"probe": "dom", "domain": DOMAIN}.items()))] == 7
+        assert daemon.state.probes == {"dom": "domain"}
+    finally:
+        await daemon.shutdown()
