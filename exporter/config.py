@@ -261,6 +261,7 @@ class DomainCheckConfig(Model):
     mta_sts_port: Port = 443
     mta_sts_ca_file: str | None = None
     check_ocsp: bool = True
+    check_crl: bool = False
     must_refuse: MustRefuseConfig = MustRefuseConfig()
 
     @field_validator("name")
@@ -404,6 +405,7 @@ class GlobalConfig(Model):
     # Certificate hygiene of round trips and TLS checks: ask the OCSP responder their certificates name.
     check_ocsp: bool = True
     ocsp_timeout: Duration = 10.0
+    check_crl: bool = False  # also fetch the CRL a certificate names (HTTP, up to 4 MB, cached)
 
     @field_validator("shard")
     @classmethod

@@ -15,7 +15,7 @@ from aiohttp import web
 from probes._legacy import LegacyCache
 from probes._net import clear_contexts
 from probes._slots import ServerSlots
-from probes.certhygiene import OCSPCache
+from probes.certhygiene import CRLCache, OCSPCache
 from probes.recorder import Masker
 
 from . import logs
@@ -131,6 +131,7 @@ class Daemon:
         )
         legacy = self.runner.legacy if self.runner is not None else LegacyCache()
         ocsp = self.runner.ocsp if self.runner is not None else OCSPCache()  # answers kept until nextUpdate
+        crl = self.runner.crl if self.runner is not None else CRLCache()
         return Runner(
             loaded=loaded,
             key=key,
@@ -141,6 +142,7 @@ class Daemon:
             slots=self.slots,  # one limiter for the daemon's life: sessions in flight span reloads
             legacy=legacy,
             ocsp=ocsp,
+            crl=crl,
             own_slots=False,  # configured in _apply, on the loop, once this config is taken
         )
 

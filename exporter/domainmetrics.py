@@ -13,14 +13,14 @@ from collections.abc import Iterable, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from probes import dnsbl
-from probes.certhygiene import OCSP_STATUSES, KeyFacts, OCSPResult
+from probes.certhygiene import CRL_STATUSES, OCSP_STATUSES, CRLResult, KeyFacts, OCSPResult
 from probes.domain import DomainReport
 from probes.mtasts import mx_covered
 from probes.mx import resolution_dnssec
 
 from .results import DOMAIN_OUTCOMES, ProbeStats
 
-HygieneRow = tuple[Sequence[str], KeyFacts, OCSPResult | None]
+HygieneRow = tuple[Sequence[str], KeyFacts, OCSPResult | None, CRLResult | None]
 
 
 def _b(value: bool) -> int:
@@ -46,7 +46,13 @@ def hygiene_families(rows: Iterable[HygieneRow], labels: Sequence[str], prefix: 
         "invalid, no_responder), 0 for the others; absent when OCSP is not asked.",
         "status",
     )
-    for values, facts, answer in rows:
+    crl = g(
+        "crl_status",
+        "1 for the leaf's status on the CRL it names (good, revoked, unreachable, invalid, no_crl), 0 for "
+        "the others; absent unless check_crl.",
+        "status",
+    )
+    for values, facts, answer, listed in rows:
         lv = list(values)
         bits.add_metric([*lv, facts.key_type], facts.key_bits)
         weak_key.add_metric(lv, _b(facts.weak_key))
@@ -57,7 +63,10 @@ def hygiene_families(rows: Iterable[HygieneRow], labels: Sequence[str], prefix: 
         if answer is not None:
             for status in OCSP_STATUSES:
                 ocsp.add_metric([*lv, status], _b(answer.status == status))
-    return [bits, weak_key, sig, weak_sig, validity, scts, ocsp]
+        if listed is not None:
+            for status in CRL_STATUSES:
+                crl.add_metric([*lv, status], _b(listed.status == status))
+    return [bits, weak_key, sig, weak_sig, validity, scts, ocsp, crl]
 
 
 def domain_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
@@ -254,7 +263,7 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
                 if f.code is not None:
                     refuse_code.add_metric([*lv, f.check], f.code)
             if a.leaf is not None:
-                hygiene_rows.append((lv, a.leaf, a.ocsp))
+                hygiene_rows.append((lv, a.leaf, a.ocsp, a.crl))
     return [
         findings,
         null_mx,

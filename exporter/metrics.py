@@ -128,7 +128,7 @@ def tls_fact_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Met
     ]
     labels = ["probe", "endpoint", "protocol"]
     hygiene = [
-        ([name, facts.endpoint, facts.protocol], h.key, h.ocsp)
+        ([name, facts.endpoint, facts.protocol], h.key, h.ocsp, h.crl)
         for name in names
         for endpoint, facts in sorted(snap[name].tls.items())
         if (h := snap[name].hygiene.get(endpoint)) is not None

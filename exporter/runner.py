@@ -17,7 +17,7 @@ from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
-from probes.certhygiene import Hygiene, OCSPCache, chain_hygiene
+from probes.certhygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
 from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
@@ -213,6 +213,7 @@ def domain_settings(check: DomainCheckConfig) -> DomainSettings:
         mta_sts_port=check.mta_sts_port,
         mta_sts_ca_file=check.mta_sts_ca_file,
         check_ocsp=check.check_ocsp,
+        check_crl=check.check_crl,
         must_refuse=refuse.enabled,
         relay_sender=refuse.relay_sender,
         foreign_recipient=refuse.foreign_recipient,
@@ -250,6 +251,7 @@ class Runner:
     slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
     legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
     ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
+    crl: CRLCache = field(default_factory=CRLCache)  # CRL verdicts until nextUpdate, kept across reloads
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
 
     def __post_init__(self, own_slots: bool) -> None:
@@ -460,7 +462,12 @@ class Runner:
         for endpoint, facts in rec.tls.items():
             chain = [c.der for c in facts.chain]
             found = await chain_hygiene(
-                chain, check_ocsp=g.check_ocsp, timeout=g.ocsp_timeout, cache=self.ocsp
+                chain,
+                check_ocsp=g.check_ocsp,
+                timeout=g.ocsp_timeout,
+                cache=self.ocsp,
+                check_crl=g.check_crl,
+                crl_cache=self.crl,
             )
             if found is not None:
                 out[endpoint] = found
@@ -472,7 +479,9 @@ class Runner:
         settings = domain_settings(check)
         try:
             attempt = await self._attempt(
-                check.name, lambda: probe_domain(settings, rec, self.ocsp), check.timeout * check.steps
+                check.name,
+                lambda: probe_domain(settings, rec, self.ocsp, self.crl),
+                check.timeout * check.steps,
             )
         except asyncio.CancelledError:
             self._log_cancelled(check.name, rec, t0)

@@ -212,6 +212,117 @@ def _signed_by_issuer_or_delegate(resp: ocsp.OCSPResponse, issuer: x509.Certific
     return False
 
 
+# ---- CRL (optional; pure check, then bounded I/O, cached) -----------------------------------------
+
+MAX_CRL_BYTES: Final = 4 * 1024 * 1024  # big public CAs publish CRLs of a few MB; more is refused
+CRLStatus = Literal["good", "revoked", "unreachable", "invalid", "no_crl"]
+CRL_STATUSES: Final = ("good", "revoked", "unreachable", "invalid", "no_crl")
+
+
+@dataclass(frozen=True)
+class CRLResult:
+    status: CRLStatus
+    next_update: float | None = None
+    error: str | None = None  # one fixed-vocabulary line for logs
+
+
+def check_crl(data: bytes, leaf_der: bytes, issuer_der: bytes, now: float) -> CRLResult:
+    """Is the leaf on this CRL? Only a CRL signed by the leaf's issuer, naming it, and current counts;
+    anything else is ``invalid`` (never a false good). DER or PEM."""
+    try:
+        crl = (
+            x509.load_pem_x509_crl(data)
+            if data.lstrip().startswith(b"-----BEGIN")
+            else x509.load_der_x509_crl(data)
+        )
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        issuer = x509.load_der_x509_certificate(issuer_der)
+    except Exception:
+        return CRLResult("invalid", error="unparsable CRL")
+    try:
+        if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            return CRLResult("invalid", error="CRL not signed by the issuer")
+        next_dt = crl.next_update_utc
+        next_update = next_dt.timestamp() if next_dt is not None else None
+        if crl.last_update_utc.timestamp() > now + 300 or (next_update is not None and next_update < now):
+            return CRLResult("invalid", next_update, error="CRL not current")
+        revoked = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+    except Exception:
+        return CRLResult("invalid", error="malformed CRL")
+    return CRLResult("revoked" if revoked is not None else "good", next_update)
+
+
+class CRLCache:
+    """Fetched CRLs' verdicts by (URL, leaf serial, issuer), until nextUpdate; at most ``size`` entries."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, CRLResult]] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: tuple[str, int, bytes], now: float) -> CRLResult | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[1]
+
+    def put(self, key: tuple[str, int, bytes], result: CRLResult, now: float) -> None:
+        if result.status not in ("good", "revoked"):
+            return
+        until = result.next_update if result.next_update is not None else now + _DEFAULT_CACHE_SECONDS
+        self._entries[key] = (until, result)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+async def crl_status(
+    leaf_der: bytes,
+    issuer_der: bytes | None,
+    *,
+    timeout: float = 10.0,
+    cache: CRLCache | None = None,
+    now: float | None = None,
+    dns: DNSSettings | None = None,
+) -> CRLResult:
+    """Fetch the leaf's CRL distribution point (HTTP GET, ≤ 4 MB, no redirects) and look it up. Never
+    raises."""
+    now = time.time() if now is None else now
+    facts = key_facts(leaf_der)
+    if facts.crl_url is None:
+        return CRLResult("no_crl")
+    if issuer_der is None:
+        return CRLResult("invalid", error="issuer certificate not presented")
+    serial = x509.load_der_x509_certificate(leaf_der).serial_number
+    key = (facts.crl_url, serial, issuer_der)
+    if cache is not None and (hit := cache.get(key, now)) is not None:
+        return hit
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=DNSResolver(dns), limit=1) if dns else None,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                trust_env=False,
+            ) as session,
+            session.get(facts.crl_url, allow_redirects=False) as resp,
+        ):
+            if resp.status != 200:
+                return CRLResult("unreachable", error=f"CRL server answered HTTP {resp.status}")
+            data = await resp.content.read(MAX_CRL_BYTES + 1)
+    except TimeoutError:
+        return CRLResult("unreachable", error="CRL server timed out")
+    except (aiohttp.ClientError, OSError) as exc:
+        return CRLResult("unreachable", error=f"CRL server unreachable: {type(exc).__name__}")
+    if len(data) > MAX_CRL_BYTES:
+        return CRLResult("invalid", error="CRL larger than 4 MB")
+    result = check_crl(data, leaf_der, issuer_der, now)
+    if cache is not None:
+        cache.put(key, result, now)
+    return result
+
+
 # ---- OCSP (I/O, cached) --------------------------------------------------------------------------
 
 
@@ -297,6 +408,7 @@ class Hygiene:
 
     key: KeyFacts
     ocsp: OCSPResult | None
+    crl: CRLResult | None = None
 
 
 async def chain_hygiene(
@@ -306,6 +418,8 @@ async def chain_hygiene(
     timeout: float = 10.0,
     cache: OCSPCache | None = None,
     dns: DNSSettings | None = None,
+    check_crl: bool = False,
+    crl_cache: CRLCache | None = None,
 ) -> Hygiene | None:
     """Hygiene of the leaf of ``chain`` (DER, leaf first, as presented). No session to the server: the
     chain is the one a probe already saw; OCSP asks the responder (cached until nextUpdate). Never raises;
@@ -327,4 +441,12 @@ async def chain_hygiene(
             )
         except TimeoutError:
             answer = OCSPResult("unreachable", error="responder timed out")
-    return Hygiene(key, answer)
+    crl: CRLResult | None = None
+    if check_crl and key.crl_url is not None and issuer is not None:
+        try:
+            crl = await asyncio.wait_for(
+                crl_status(chain[0], issuer, timeout=timeout, cache=crl_cache, dns=dns), timeout + 1
+            )
+        except TimeoutError:
+            crl = CRLResult("unreachable", error="CRL server timed out")
+    return Hygiene(key, answer, crl)

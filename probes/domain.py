@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from . import dane, dnsbl, mtasts, mustrefuse
 from ._dns import DNSError, DNSSettings
 from ._net import Endpoint, TLSSettings
-from .certhygiene import KeyFacts, OCSPCache, OCSPResult, key_facts, ocsp_status
+from .certhygiene import (
+    CRLCache,
+    CRLResult,
+    KeyFacts,
+    OCSPCache,
+    OCSPResult,
+    crl_status,
+    key_facts,
+    ocsp_status,
+)
 from .errors import ProbeError
 from .mx import AddressReport, MXCheckSettings, MXResolution, check_all, resolution_dnssec, resolve_mx
 from .recorder import Recorder
@@ -40,6 +49,7 @@ class DomainSettings:
     mta_sts_port: int = 443
     mta_sts_ca_file: str | None = None  # None: the system trust store
     check_ocsp: bool = True
+    check_crl: bool = False  # also fetch the CRL the leaf names (HTTP, up to 4 MB, cached until nextUpdate)
     must_refuse: bool = False  # open relay, AUTH before TLS, own-domain sender (on every MX address)
     relay_sender: str = "mailcanary-relay-test@example.net"
     foreign_recipient: str = "mailcanary-relay-test@example.invalid"
@@ -53,6 +63,7 @@ class MXAddressResult:
     dane: dane.DANEResult | None = None
     leaf: KeyFacts | None = None
     ocsp: OCSPResult | None = None
+    crl: CRLResult | None = None
     listings: list[dnsbl.Listing] = field(default_factory=list)
     refusals: list[mustrefuse.RefusalResult] = field(default_factory=list)
 
@@ -102,6 +113,8 @@ class DomainReport:
                 out.append(f"{where}: weak_certificate")
             if r.ocsp is not None and r.ocsp.status in ("revoked", "invalid", "unreachable"):
                 out.append(f"{where}: ocsp_{r.ocsp.status}")
+            if r.crl is not None and r.crl.status in ("revoked", "invalid", "unreachable"):
+                out.append(f"{where}: crl_{r.crl.status}")
             out += [f"{where}: dnsbl_{li.zone}" for li in r.listings if li.status == "listed"]
             out += [f"{where}: accepts_{f.check}" for f in r.refusals if not f.success]
         if self.sts_policy is not None and self.sts_policy.error is not None:
@@ -113,7 +126,10 @@ class DomainReport:
 
 
 async def probe_domain(
-    settings: DomainSettings, recorder: Recorder, cache: OCSPCache | None = None
+    settings: DomainSettings,
+    recorder: Recorder,
+    cache: OCSPCache | None = None,
+    crl_cache: CRLCache | None = None,
 ) -> DomainReport:
     """Check one domain; raises ProbeError(``dns_lookup``) only when its MX cannot be looked up at all."""
     began = time.monotonic()
@@ -131,7 +147,7 @@ async def probe_domain(
             extra.append(tg.create_task(_mta_sts(report, settings)))
         reports = await check_all(res, settings.mx, recorder, concurrency=settings.concurrency)
     report.addresses = [MXAddressResult(r) for r in reports]
-    await asyncio.gather(*(_per_address(a, settings, recorder, cache) for a in report.addresses))
+    await asyncio.gather(*(_per_address(a, settings, recorder, cache, crl_cache) for a in report.addresses))
     report.seconds = time.monotonic() - began
     recorder.facts["domain_dnssec"] = resolution_dnssec(res)
     return report
@@ -154,7 +170,11 @@ async def _mta_sts(report: DomainReport, settings: DomainSettings) -> None:
 
 
 async def _per_address(
-    result: MXAddressResult, settings: DomainSettings, recorder: Recorder, cache: OCSPCache | None
+    result: MXAddressResult,
+    settings: DomainSettings,
+    recorder: Recorder,
+    cache: OCSPCache | None,
+    crl_cache: CRLCache | None = None,
 ) -> None:
     rep = result.report
     chain = rep.chain
@@ -173,6 +193,11 @@ async def _per_address(
             issuer = chain[1] if len(chain) > 1 else None
             result.ocsp = await ocsp_status(
                 chain[0], issuer, timeout=settings.timeout, cache=cache, dns=settings.dns
+            )
+        if settings.check_crl and result.leaf is not None and result.leaf.crl_url is not None:
+            issuer = chain[1] if len(chain) > 1 else None
+            result.crl = await crl_status(
+                chain[0], issuer, timeout=settings.timeout, cache=crl_cache, dns=settings.dns
             )
     for zone in settings.dnsbl_zones:
         listing = await dnsbl.lookup(rep.address, zone, settings.dns)
@@ -284,6 +309,8 @@ def render_report(report: DomainReport) -> str:
             )
         if a.ocsp is not None:
             lines.append(f"    OCSP {a.ocsp.status}")
+        if a.crl is not None:
+            lines.append(f"    CRL {a.crl.status}")
         if a.dane is not None:
             d = a.dane
             lines.append(

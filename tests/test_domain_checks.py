@@ -917,3 +917,101 @@ async def test_daemon_schedules_a_domain_check(world: World, https: int, tmp_pat
         assert daemon.state.probes == {"dom": "domain"}
     finally:
         await daemon.shutdown()
+
+
+# ---- CRL (optional) ------------------------------------------------------------------------------------
+
+
+def crl_leaf(world: World, name: str, url: str) -> Issued:
+    """A leaf whose CRL distribution point is ``url``, signed by the intermediate."""
+    base = world.pki.leaf([name], issuer=world.inter, common_name=name)
+    dp = x509.CRLDistributionPoints(
+        [x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(base.cert.subject)
+        .issuer_name(world.inter.cert.subject)
+        .public_key(base.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(base.cert.not_valid_before_utc)
+        .not_valid_after(base.cert.not_valid_after_utc)
+        .add_extension(dp, critical=False)
+    )
+    return Issued(builder.sign(world.inter.key, hashes.SHA256()), base.key)
+
+
+def build_crl(
+    world: World, revoked: list[int], *, signer: Issued | None = None, stale: bool = False
+) -> bytes:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    signer = signer or world.inter
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(signer.cert.subject)
+        .last_update(now - dt.timedelta(days=2 if stale else 0, minutes=1))
+        .next_update(now - dt.timedelta(days=1) if stale else now + dt.timedelta(hours=1))
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(days=1))
+            .build()
+        )
+    return builder.sign(signer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+async def test_crl_good_revoked_cached_and_refused(world: World) -> None:
+    import time
+
+    from exporter.domainmetrics import hygiene_families
+    from probes.certhygiene import CRLCache, check_crl, crl_status
+
+    (port,) = free_ports(1)
+    url = f"http://127.0.0.1:{port}/inter.crl"
+    good = crl_leaf(world, f"crl-good.{DOMAIN}", url)
+    bad = crl_leaf(world, f"crl-bad.{DOMAIN}", url)
+    body = build_crl(world, [bad.cert.serial_number])
+    asked: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(body=body, content_type="application/pkix-crl")
+
+    app = web.Application()
+    app.router.add_get("/inter.crl", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        cache = CRLCache()
+        first = await crl_status(good.der, world.inter.der, cache=cache, timeout=5)
+        revoked = await crl_status(bad.der, world.inter.der, cache=cache, timeout=5)
+        again = await crl_status(good.der, world.inter.der, cache=cache, timeout=5)
+        assert (first.status, revoked.status, again.status) == ("good", "revoked", "good")
+        assert first.next_update is not None and asked == ["/inter.crl", "/inter.crl"] and cache.hits == 1
+    finally:
+        await runner.cleanup()
+    now = time.time()
+    other = world.pki.ca(
+        "crl other", issuer=world.pki.root, not_before=world.pki.days(-1), not_after=world.pki.days(9)
+    )
+    assert check_crl(build_crl(world, [], signer=other), good.der, world.inter.der, now).status == "invalid"
+    assert check_crl(build_crl(world, [], stale=True), good.der, world.inter.der, now).status == "invalid"
+    assert check_crl(b"garbage", good.der, world.inter.der, now).status == "invalid"
+    down = await crl_status(good.der, world.inter.der, timeout=3)  # the server is gone now
+    assert down.status == "unreachable"
+    assert (await crl_status(world.good.der, world.inter.der)).status == "no_crl"
+    fams = hygiene_families(
+        [(["p", "e:25", "smtp"], key_facts(bad.der), None, revoked)],
+        ["probe", "endpoint", "protocol"],
+        "mailcanary_tls_",
+    )
+    crl = {
+        s.labels["status"]: s.value
+        for f in fams
+        if f.name == "mailcanary_tls_cert_crl_status"
+        for s in f.samples
+    }
+    assert crl == {"good": 0, "revoked": 1, "unreachable": 0, "invalid": 0, "no_crl": 0}

@@ -110,6 +110,7 @@ ADDED_SINCE_GOLDEN = (
         for n in ("key_bits", "weak_key", "signature_info", "weak_signature", "validity_seconds", "scts")
     ),
     "mailcanary_tls_cert_ocsp_status ",
+    "mailcanary_tls_cert_crl_status ",
 )
 
 
