@@ -189,7 +189,7 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
     return sides
 
 
-def domain_settings(check: DomainCheckConfig) -> DomainSettings:
+def domain_settings(check: DomainCheckConfig, slots: ServerSlots | None = None) -> DomainSettings:
     """A domain_checks entry as the probe library's settings."""
     refuse = check.must_refuse
     return DomainSettings(
@@ -203,6 +203,7 @@ def domain_settings(check: DomainCheckConfig) -> DomainSettings:
             helo_name=check.helo,
             source_address=check.source_address,
             check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,
+            slots=slots,
         ),
         max_hosts=check.max_mx,
         max_addresses=check.max_addresses,
@@ -476,7 +477,7 @@ class Runner:
     async def run_domain_check(self, check: DomainCheckConfig, debug: bool = False) -> RunResult:
         rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
         started, t0 = time.time(), time.monotonic()
-        settings = domain_settings(check)
+        settings = domain_settings(check, self.slots)
         try:
             attempt = await self._attempt(
                 check.name,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from . import dane, dnsbl, mtasts, mustrefuse
 from ._dns import DNSError, DNSSettings
 from ._net import Endpoint, TLSSettings
+from ._slots import maybe_session
 from .certhygiene import (
     CRLCache,
     CRLResult,
@@ -146,6 +147,12 @@ async def probe_domain(
         if settings.check_mta_sts:
             extra.append(tg.create_task(_mta_sts(report, settings)))
         reports = await check_all(res, settings.mx, recorder, concurrency=settings.concurrency)
+    queued = [r for r in reports if r.reason == "queue_timeout"]
+    if queued:  # our own session limit, not the domain's fault: the whole check says so
+        raise ProbeError(
+            f"no session slot for {queued[0].mx}/{queued[0].address}: {queued[0].error}",
+            reason="queue_timeout",
+        )
     report.addresses = [MXAddressResult(r) for r in reports]
     await asyncio.gather(*(_per_address(a, settings, recorder, cache, crl_cache) for a in report.addresses))
     report.seconds = time.monotonic() - began
@@ -245,8 +252,9 @@ async def _refusals(
     ]
     for call in calls:
         try:
-            out.append(await call())
-        except ProbeError as exc:
+            async with maybe_session(mxs.slots, ep, "smtp", recorder):
+                out.append(await call())
+        except ProbeError as exc:  # no answer to judge (a queue timeout included): no result, never a failure
             recorder.debug("refuse:", f"{rep.address}: {exc.reason}: {exc.message}")
     return out
 

@@ -23,6 +23,7 @@ import aiosmtplib
 from ._certs import presented_chain
 from ._dns import DNSError, DNSSECStatus, DNSSettings, addresses, query, weakest
 from ._net import Endpoint, TLSSettings, client_context
+from ._slots import ServerSlots, maybe_session
 from .errors import ProbeError
 from .recorder import Recorder
 from .smtp import SMTPSettings, open_session
@@ -134,6 +135,7 @@ class MXCheckSettings:
     source_address: str | None = None
     check_plain_mail_from: bool = False  # does the server refuse MAIL FROM before STARTTLS?
     mail_from: str = ""  # the envelope sender of that test ("" = the null sender <>)
+    slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
 
 
 @dataclass
@@ -172,7 +174,12 @@ async def check_address(
     ep = _endpoint(mx, address, settings)
     scratch = Recorder(masker=recorder.masker, transcript=recorder.transcript, clock=recorder.clock)
     audit = TLSCheckSettings(
-        ep, "smtp", timeout=settings.timeout, check_legacy=settings.check_legacy, helo_name=settings.helo_name
+        ep,
+        "smtp",
+        timeout=settings.timeout,
+        check_legacy=settings.check_legacy,
+        helo_name=settings.helo_name,
+        slots=settings.slots,  # the MX's smtpd count against the same limits as every other session
     )
     try:
         report.tls = await probe_tls(audit, scratch)
@@ -197,12 +204,17 @@ async def _chain(ep: Endpoint, settings: MXCheckSettings, recorder: Recorder) ->
     """The presented chain in DER from one more STARTTLS session, unverified (DANE judges it itself)."""
     scratch = Recorder(masker=recorder.masker, transcript=recorder.transcript, clock=recorder.clock)
     ctx = client_context(dataclasses.replace(ep.tls, insecure_skip_verify=True))
-    smtp = await open_session(
-        SMTPSettings(endpoint=ep, helo_name=settings.helo_name, timeout=settings.timeout),
-        scratch,
-        "dane",
-        tls_context=ctx,
-    )
+    async with maybe_session(settings.slots, ep, "smtp", scratch):
+        smtp = await open_session(
+            SMTPSettings(endpoint=ep, helo_name=settings.helo_name, timeout=settings.timeout),
+            scratch,
+            "dane",
+            tls_context=ctx,
+        )
+        return await _presented(smtp)
+
+
+async def _presented(smtp: aiosmtplib.SMTP) -> list[bytes]:
     try:
         obj = smtp.get_transport_info("ssl_object")
         return presented_chain(obj) if isinstance(obj, ssl.SSLObject | ssl.SSLSocket) else []
@@ -214,9 +226,16 @@ async def _plain_mail_from(mx: str, address: str, settings: MXCheckSettings, rec
     """MAIL FROM on the plain session (no STARTTLS); RSET and QUIT after: no RCPT, no DATA, ever."""
     ep = _endpoint(mx, address, settings, mode="none")
     scratch = Recorder(masker=recorder.masker, transcript=recorder.transcript, clock=recorder.clock)
-    smtp = await open_session(
-        SMTPSettings(endpoint=ep, helo_name=settings.helo_name, timeout=settings.timeout), scratch, "plain"
-    )
+    async with maybe_session(settings.slots, ep, "smtp", scratch):
+        smtp = await open_session(
+            SMTPSettings(endpoint=ep, helo_name=settings.helo_name, timeout=settings.timeout),
+            scratch,
+            "plain",
+        )
+        return await _mail_from(smtp, settings, recorder)
+
+
+async def _mail_from(smtp: aiosmtplib.SMTP, settings: MXCheckSettings, recorder: Recorder) -> int:
     try:
         recorder.debug("C: smtp", f"MAIL FROM:<{settings.mail_from}> (before STARTTLS)")
         try:

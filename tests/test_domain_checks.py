@@ -1015,3 +1015,35 @@ async def test_crl_good_revoked_cached_and_refused(world: World) -> None:
         for s in f.samples
     }
     assert crl == {"good": 0, "revoked": 1, "unreachable": 0, "invalid": 0, "no_crl": 0}
+
+
+async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World, tmp_path: Path) -> None:
+    """With every slot of mx1's smtpd taken by something else of ours, the domain check must not report
+    mx1 as having no TLS: it fails with queue_timeout (our limit), and once the slot is free it checks."""
+    from exporter.config import parse_config
+    from exporter.kinds import find
+    from exporter.results import ResultStore
+    from exporter.runner import Runner, make_masker
+    from exporter.state import Ledger
+
+    text = (
+        "global: {max_sessions: 1, queue_timeout: 1s}\n"
+        f"domain_checks:\n  - name: q\n    domain: {DOMAIN}\n    timeout: 5s\n    max_mx: 1\n"
+        f"    resolvers: [127.0.0.1]\n    resolver_port: {world.stack.resolver_port}\n"
+        f"    port: {world.port}\n"
+        f"    ca_file: {world.variants.ca_file}\n    source_address: {SOURCE}\n    check_legacy: false\n"
+        "    check_mta_sts: false\n    check_ocsp: false\n"
+    )
+    loaded = parse_config(text, "t.yml")
+    found = find(loaded.config, "q")
+    assert found is not None
+    runner = Runner(
+        loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=ResultStore(), masker=make_masker(loaded)
+    )
+    held = Endpoint(MX1_ADDR, world.port, tls_mode="starttls")
+    async with runner.slots.session(held, "smtp", Recorder()):
+        queued = await found[0].run(runner, found[1], False)
+    assert (queued.reason, queued.detail) == ("queue_timeout", None)
+    assert queued.message.startswith(f"no session slot for {MX1}/{MX1_ADDR}: ")
+    free = await found[0].run(runner, found[1], False)
+    assert free.reason == "success", free.message  # mx1 alone: verified, DANE valid, nothing else asked
