@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -33,7 +34,11 @@ from tests import dnsstack
 from tests.mailstack import MailStack, free_ports
 from tests.mailstack.variants import Issued, TestPKI, VariantSet, reap_orphans
 
-pytestmark = pytest.mark.skipif(not dnsstack.available(), reason="needs Debian's nsd and unbound")
+# Outside CI a machine without nsd/unbound skips; in CI (.ci/run sets CI) their absence is a failure, so
+# a green CI run has really checked a DNSSEC-signed domain.
+pytestmark = pytest.mark.skipif(
+    not dnsstack.available() and not os.environ.get("CI"), reason="needs Debian's nsd and unbound"
+)
 
 SOURCE = "127.0.0.2"
 MX1_ADDR, MX2_ADDR, SUB_ADDR = "127.0.0.3", "127.0.0.4", "127.0.0.5"
@@ -115,6 +120,8 @@ def zones(
 
 @pytest.fixture(scope="module")
 def world(mailstack: MailStack) -> Iterator[World]:
+    if not dnsstack.available():
+        pytest.fail("nsd and unbound are missing: run sudo scripts/install-deps.sh", pytrace=False)
     reap_orphans()
     pki = TestPKI("mailcanary domain checks")
     inter = pki.ca("domain intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(1000))
