@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from probes import dnsbl
 from probes.certhygiene import CRL_STATUSES, OCSP_STATUSES, CRLResult, KeyFacts, OCSPResult
 from probes.domain import DomainReport
 from probes.mtasts import mx_covered
@@ -177,7 +176,7 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
     )
     bl_status = g(
         "dnsbl_status",
-        "1 for the zone's answer: listed, not_listed, refused (127.255.255.x) or error.",
+        "1 with the zone's answer: listed, not_listed, refused (127.255.255.x) or error (only that one).",
         al,
         "zone",
         "status",
@@ -256,8 +255,7 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
             for li in a.listings:
                 if li.status in ("listed", "not_listed"):
                     listed.add_metric([*lv, li.zone], _b(li.status == "listed"))
-                for status in dnsbl.STATUSES:
-                    bl_status.add_metric([*lv, li.zone, status], _b(li.status == status))
+                bl_status.add_metric([*lv, li.zone, li.status], 1)  # the current one only: 16 zones x 64
             for f in a.refusals:
                 refuse_ok.add_metric([*lv, f.check], _b(f.success))
                 if f.code is not None:
