@@ -26,6 +26,7 @@ REASONS: Final[frozenset[str]] = frozenset(
         "dns_lookup",  # domain check: the MX (or implicit A/AAAA) of the domain could not be looked up
         "domain_findings",  # domain check: checked, with at least one finding (mailcanary_domain_* series)
         "queue_timeout",  # no session slot free on the server within queue_timeout (our own limit)
+        "sync_timeout",  # sync check: the second IMAP session did not see the canary's flag in time
         "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout
         "config",  # the probe's settings cannot work (e.g. AUTH over plaintext not allowed)
         "internal",  # a bug: anything unexpected, logged with its traceback
