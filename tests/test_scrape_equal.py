@@ -121,6 +121,13 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_clock_offset_seconds",
     "mailcanary_roundtrip_auth_result",
     "mailcanary_roundtrip_spam_score",
+    "mailcanary_domain_",  # issue 14: domain checks (their families render headers even with none)
+    *(  # issue 14: certificate hygiene of round trips and TLS checks
+        f"mailcanary_tls_cert_{n} "
+        for n in ("key_bits", "weak_key", "signature_info", "weak_signature", "validity_seconds", "scts")
+    ),
+    "mailcanary_tls_cert_ocsp_status ",
+    "mailcanary_tls_cert_crl_status ",
     "mailcanary_mailbox_quota_",
     "mailcanary_roundtrip_sync_",
     'outcome="sync_timeout"',
