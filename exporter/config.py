@@ -31,6 +31,7 @@ from pydantic import (
 
 from probes.canary import PROBE_NAME_RE
 from probes.oauth import FileToken, GrantToken, TokenSource
+from probes.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 from .durations import parse_duration
@@ -193,6 +194,21 @@ class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
+    # IMAP only: also watch the junk folder (SPECIAL-USE \\Junk, else the first of junk_folders that
+    # exists); a canary found there is delivered with placement "junk" and deleted there.
+    junk: bool = False
+    junk_folders: list[str] = Field(default_factory=lambda: list(DEFAULT_JUNK_FOLDERS), max_length=20)
+    # IMAP only: also look in every other folder (the first placement_max_folders of LIST): a canary
+    # filed there by a rule is delivered with placement "other" instead of timing out.
+    placement_all_folders: bool = False
+    placement_max_folders: int = Field(default=20, ge=1, le=MAX_OTHER_FOLDERS)
+    # Verdict: Authentication-Results fields are believed only from these authserv-ids (RFC 8601 §5:
+    # the receiving side's own border servers); none given, no authentication verdict is exported.
+    trusted_authserv_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,253}$")]] = Field(
+        default_factory=list, max_length=20
+    )
+    # Read spam scores (SpamAssassin, rspamd, Microsoft) from the received canary's headers, topmost.
+    spam_headers: bool = True
     quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
     sync: SyncConfig | None = None  # IMAP only: the second-device sync check (off unless given)
     poll_initial: Duration = 0.05
@@ -223,6 +239,10 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("sync: an IMAP check (POP3 has no flags for a second session to see)")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
+        if self.protocol == "pop3" and self.junk:
+            raise ValueError("junk is an IMAP setting; POP3 sees only the inbox")
+        if self.protocol == "pop3" and self.placement_all_folders:
+            raise ValueError("placement_all_folders is an IMAP setting; POP3 sees only the inbox")
         return self
 
 
@@ -236,6 +256,34 @@ class RoundTripConfig(Model):
     lost_after: Duration = 3600.0  # a timed-out canary unseen this long after sending is counted lost
     smtp: SMTPConfig
     receive: ReceiveConfig
+    # The sender's mailbox, watched for bounces (IMAP). Without it, bounces are watched in the receive
+    # mailbox when sender = recipient (IMAP), else not at all.
+    bounce_receive: ReceiveConfig | None = None
+
+    def sides(self) -> list[tuple[str, EndpointConfig]]:
+        """The endpoints that need a password, by side name."""
+        out: list[tuple[str, EndpointConfig]] = [("smtp", self.smtp), ("receive", self.receive)]
+        if self.bounce_receive is not None:
+            out.append(("bounce_receive", self.bounce_receive))
+        return out
+
+    @property
+    def watches_bounces_here(self) -> bool:
+        """Bounces come back to the sender: here, that is the receive mailbox."""
+        return (
+            self.bounce_receive is None
+            and self.receive.protocol == "imap"
+            and self.sender.casefold() == self.recipient.casefold()
+        )
+
+    @model_validator(mode="after")
+    def _bounce_receive(self) -> Self:
+        br = self.bounce_receive
+        if br is not None and br.protocol != "imap":
+            raise ValueError("bounce_receive: bounces are found with IMAP SEARCH; protocol must be imap")
+        if br is not None and (br.junk or br.placement_all_folders):
+            raise ValueError("bounce_receive: junk and placement_all_folders are receive settings")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -543,6 +591,15 @@ class Config(Model):
                 raise ValueError(f"roundtrip[{i}].interval: must be at least 1s")
             if timeout <= 0:
                 raise ValueError(f"roundtrip[{i}].timeout: must be > 0")
+            rc = probe.receive
+            sync = rc.sync is not None and rc.sync.enabled
+            needed = 1 + int(rc.junk) + int(rc.placement_all_folders) + int(sync)  # sessions a run opens
+            limit = rc.max_sessions if rc.max_sessions is not None else self.global_.max_sessions
+            if limit < needed:
+                raise ValueError(
+                    f"roundtrip[{i}].receive.max_sessions: {limit} is fewer than the {needed} sessions a run "
+                    "opens with junk/placement_all_folders/sync (it would always end in queue_timeout)"
+                )
         return self
 
     def all_modules(self) -> dict[str, ModuleConfig]:
@@ -580,7 +637,7 @@ class LoadedConfig:
         """(username, secret) pairs (passwords, OAuth client secrets and refresh tokens), for the log and
         transcript masker."""
         for probe in self.config.roundtrip:
-            for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+            for side, ep in probe.sides():
                 for key in (side, f"{side}.client_secret", f"{side}.refresh_token"):
                     if (probe.name, key) in self.secrets and ep.username:
                         yield ep.username, self.secrets[(probe.name, key)]
@@ -783,7 +840,7 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     loaded = LoadedConfig(path=path, config=config)
     problems: list[str] = []
     for i, probe in enumerate(config.roundtrip):
-        for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+        for side, ep in probe.sides():
             where = f"roundtrip[{i}].{side}"
             secret, problem = _read_secret(
                 path, where, ep.password, ep.password_file, ep.password_env, environ
@@ -892,7 +949,7 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
                 if name in seen:
                     problems.append(f"{path}: {section}[{i}].name: duplicate probe name {name!r}")
                 seen.add(name)
-            for side in ("smtp", "receive") if section == "roundtrip" else ():
+            for side in ("smtp", "receive", "bounce_receive") if section == "roundtrip" else ():
                 ep = item.get(side)
                 if isinstance(ep, dict):
                     _, problem = _read_secret(

@@ -29,11 +29,14 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from probes._quota import QUOTA_ERRORS
+from probes.placement import PLACEMENTS
 
 from .buildinfo import build_info
 from .domainmetrics import hygiene_families
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
+
+MAX_HOP_LABELS = 8  # hop label values "1".."8": the path's first hops; the count is exact beyond
 
 
 @dataclass
@@ -171,7 +174,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 19 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 29 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -224,6 +227,54 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
     outstanding = gauge(
         "mailcanary_roundtrip_canaries_outstanding",
         "Canaries that timed out and are still awaited (would count as late if they turn up).",
+    )
+    placement = gauge(
+        "mailcanary_roundtrip_placement",
+        "Where the last delivered canary was found: 1 for that folder (inbox, junk, other), 0 else.",
+        "folder",
+    )
+    placements = counter(
+        "mailcanary_roundtrip_placements",
+        "Delivered canaries by the folder they were found in (inbox, junk, other).",
+        "folder",
+    )
+    bounces = counter(
+        "mailcanary_roundtrip_bounces",
+        "Verified bounces (DSNs) about this probe's canaries, by status class (5.1.x, 4.4.x, unknown).",
+        "class",
+    )
+    hops = gauge(
+        "mailcanary_roundtrip_hops",
+        "Received fields of the last delivered canary: the servers it passed (at most 30 read).",
+    )
+    path_seconds = gauge(
+        "mailcanary_roundtrip_path_seconds",
+        "Last minus first Received time stamp of the last delivered canary (1 s resolution, skew shown).",
+    )
+    hop_delay = gauge(
+        "mailcanary_roundtrip_hop_delay_seconds",
+        "Per hop (2.. from the sender): its Received stamp minus the previous one's; negative = clock skew.",
+        "hop",
+    )
+    hop_tls = gauge(
+        "mailcanary_roundtrip_hop_tls",
+        "Per hop (1.. from the sender): 1 if its Received field says the message came in over TLS.",
+        "hop",
+    )
+    clock_offset = gauge(
+        "mailcanary_roundtrip_clock_offset_seconds",
+        "First Received stamp minus this host's send time: beyond about +-1 s, the clocks disagree.",
+    )
+    auth_result = gauge(
+        "mailcanary_roundtrip_auth_result",
+        "1 for the result (pass, fail, ..., missing) trusted authserv-ids gave the last delivered canary.",
+        "method",
+        "result",
+    )
+    spam_score = gauge(
+        "mailcanary_roundtrip_spam_score",
+        "Spam score the receiving side gave the last delivered canary (spamassassin, rspamd, microsoft).",
+        "engine",
     )
     lag = gauge(
         "mailcanary_scheduler_lag_seconds",
@@ -282,6 +333,30 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         late.add_metric([name], st.late_total)
         swept.add_metric([name], st.swept_total)
         lost.add_metric([name], st.lost_total)
+        for folder in PLACEMENTS:  # fixed set: every series present from the first delivery
+            if st.last_placement is not None:
+                placement.add_metric([name, folder], 1 if folder == st.last_placement else 0)
+            placements.add_metric([name, folder], st.placements.get(folder, 0))
+        path = st.last_path
+        if path is not None:
+            hops.add_metric([name], path.count)
+            if path.total is not None:
+                path_seconds.add_metric([name], path.total)
+            for hop in path.hops[:MAX_HOP_LABELS]:
+                hop_tls.add_metric([name, str(hop.index)], 1 if hop.tls else 0)
+            for i, delay in enumerate(path.delays()[: MAX_HOP_LABELS - 1], start=2):
+                if delay is not None:
+                    hop_delay.add_metric([name, str(i)], delay)
+        if st.last_clock_offset is not None:
+            clock_offset.add_metric([name], st.last_clock_offset)
+        verdict = st.last_verdict
+        if verdict is not None:
+            for method, result in sorted(verdict.auth.items()):
+                auth_result.add_metric([name, method, result], 1)
+            for engine, score in sorted(verdict.scores.items()):
+                spam_score.add_metric([name, engine], score)
+        for cls, n in sorted(st.bounces.items()):  # only classes seen: RFC 3463 has 16 (4|5 x 8)
+            bounces.add_metric([name, cls], n)
         if st.last is not None:
             outstanding.add_metric([name], st.last.outstanding)
         if st.scheduler_lag is not None:
@@ -313,6 +388,16 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         swept,
         lost,
         outstanding,
+        placement,
+        placements,
+        bounces,
+        hops,
+        path_seconds,
+        hop_delay,
+        hop_tls,
+        clock_offset,
+        auth_result,
+        spam_score,
         lag,
         skipped,
         sync,

@@ -33,6 +33,7 @@ from .config import (
     EndpointConfig,
     LoadedConfig,
     ModuleConfig,
+    ReceiveConfig,
     RoundTripConfig,
     TLSCheckConfig,
     TLSConfig,
@@ -53,6 +54,16 @@ class Attempt(Generic[T]):
     message: str
 
 
+# Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
+RECEIVER_FACTS = (
+    "junk_folder",
+    "other_folders",
+    "found_folder",
+    "bounces",
+    "bounce_watch",
+    "sender_ip",  # kept for a blocklist check of the IP the receiver saw
+    "clock_offset",
+)
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
 
@@ -167,12 +178,36 @@ def roundtrip_settings(
         key=key,
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
+        junk_folders=tuple(rc.junk_folders) if rc.protocol == "imap" and rc.junk else None,
+        other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,
         slots=slots,
+        bounces_here=probe.watches_bounces_here,
+        trusted_authserv_ids=frozenset(rc.trusted_authserv_ids),
+        spam_headers=rc.spam_headers,
+        bounce_receiver=(
+            _imap_settings(loaded, probe.name, "bounce_receive", probe.bounce_receive)
+            if probe.bounce_receive is not None
+            else None
+        ),
         sync=(
             SyncSettings(flag=rc.sync.flag, timeout=rc.sync.timeout)
             if rc.protocol == "imap" and rc.sync is not None and rc.sync.enabled
             else None
         ),
+    )
+
+
+def _imap_settings(loaded: LoadedConfig, name: str, side: str, rc: ReceiveConfig) -> IMAPSettings:
+    """The bounce mailbox's session (a password login; no quota read: not the canary's mailbox)."""
+    assert rc.username is not None  # the config requires it
+    return IMAPSettings(
+        endpoint=endpoint_of(rc, "imap"),
+        credentials=Credentials(rc.username, loaded.password(name, side)),
+        allow_plaintext_auth=rc.allow_plaintext_auth,
+        mailbox=rc.mailbox,
+        timeout=rc.timeout,
+        use_idle=rc.idle,
+        limits=ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes),
     )
 
 
@@ -198,6 +233,9 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
         sides.append((endpoint_of(probe.smtp, "smtp"), "smtp", probe.smtp.max_sessions))
         rc = probe.receive
         sides.append((endpoint_of(rc, rc.protocol), rc.protocol, rc.max_sessions))
+        if probe.bounce_receive is not None:
+            br = probe.bounce_receive
+            sides.append((endpoint_of(br, br.protocol), br.protocol, br.max_sessions))
     for check in loaded.config.tls_checks:
         ep = tls_check_settings(check, check.host, check.port).endpoint
         sides.append((ep, check.protocol, check.max_sessions))
@@ -331,6 +369,7 @@ class Runner:
         swept: int = 0,
         lost: int = 0,
         outstanding: int = 0,
+        placement: str | None = None,
         detail: object = None,
         hygiene: dict[str, Hygiene] | None = None,
     ) -> RunResult:
@@ -347,7 +386,13 @@ class Runner:
             swept=swept,
             lost=lost,
             outstanding=outstanding,
+            placement=placement,
             tls=dict(rec.tls),
+            receiver={k: rec.facts[k] for k in RECEIVER_FACTS if rec.facts.get(k) is not None},
+            bounces=tuple(str(b["class"]) for b in rec.facts.get("bounces", ()) if isinstance(b, dict)),
+            path=rec.facts.get("path") if reason == "success" else None,
+            clock_offset=rec.facts.get("clock_offset") if reason == "success" else None,
+            verdict=rec.facts.get("verdict") if reason == "success" else None,
             quota=_quota_of(rec),
             quota_error=rec.facts.get("quota_error"),
             sync_seconds=rec.facts.get("sync_seconds") if reason == "success" else None,
@@ -407,6 +452,7 @@ class Runner:
             swept,
             lost=lost,
             outstanding=outstanding,
+            placement=attempt.value.placement if attempt.value is not None else None,
             hygiene=hygiene,
         )
 
@@ -417,7 +463,8 @@ class Runner:
         late, lost, outstanding = await self.ledger.finish(
             probe.name,
             token if isinstance(token, Token) else None,
-            accepted=bool(rec.facts.get("accepted")),  # accepted, unseen: if it turns up later it is late
+            # accepted, unseen: if it turns up later it is late; bounced: it never will
+            accepted=bool(rec.facts.get("accepted")) and not rec.facts.get("bounced"),
             seen=bool(rec.facts.get("seen")),
             swept=seen_before,
             lost_after=probe.lost_after,
@@ -529,6 +576,24 @@ class Runner:
         }
         if run.delivery is not None:
             fields["delivery_seconds"] = round(run.delivery, 4)
+        if run.placement is not None:
+            fields["placement"] = run.placement
+        fields.update(run.receiver)
+        if run.verdict is not None and (run.verdict.auth or run.verdict.scores or run.verdict.ignored):
+            fields["verdict"] = {
+                **run.verdict.auth,
+                **({"authserv_id": run.verdict.authserv_id} if run.verdict.authserv_id else {}),
+                **({"ignored_fields": run.verdict.ignored} if run.verdict.ignored else {}),
+                **{f"{engine}_score": score for engine, score in run.verdict.scores.items()},
+            }
+        if run.path is not None:
+            fields["path"] = {
+                "hops": run.path.count,
+                "tls": [h.tls for h in run.path.hops],
+                "delays_seconds": run.path.delays(),
+                "total_seconds": run.path.total,
+                **({"truncated": True} if run.path.truncated else {}),
+            }
         if run.late or run.swept or run.lost:
             fields.update(late=run.late, swept=run.swept, lost=run.lost)
         tls = {

@@ -20,6 +20,7 @@ REASONS: Final[frozenset[str]] = frozenset(
         "receive_auth",
         "receive_protocol",  # IMAP/POP3 answered NO/BAD/-ERR where OK was needed, or garbage
         "canary_invalid",  # a message with our token header arrived but its HMAC or body did not verify
+        "bounced",  # the receiving side returned the canary: a DSN or bounce with a permanent failure
         "cleanup",  # delete/expunge of our own canary failed
         "tls_connect",  # TLS check: TCP connect, DNS, or the dialogue before TLS failed
         "tls_handshake",  # TLS check: no TLS session at all (STARTTLS not offered, every handshake failed)

@@ -8,7 +8,7 @@
 # is present. Python packages are installed by scripts/test, not here.
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-pop3d prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium nsd unbound"
+PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin opendkim prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium nsd unbound"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

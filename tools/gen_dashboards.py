@@ -774,6 +774,165 @@ def overview() -> Json:
         options=TS_OPTIONS,
     )
 
+    b.row("What the receiver did")
+    b.add(
+        "timeseries",
+        "Delivered canaries by folder",
+        [
+            target(
+                "sum by (probe, folder) "
+                f"(increase(mailcanary_roundtrip_placements_total{{{RT}}}[$__rate_interval])) > 0",
+                "{{probe}} {{folder}}",
+            )
+        ],
+        w=16,
+        h=8,
+        description=(
+            "Where each delivered canary was found: inbox, junk (receive.junk, IMAP only) or another "
+            "folder (receive.placement_all_folders). POP3 sees the inbox only."
+        ),
+        defaults=ts_defaults("short", bars=True, stack=True),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* inbox"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}}],
+            },
+            {
+                "matcher": {"id": "byRegexp", "options": ".* junk"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
+            },
+        ],
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+    b.add(
+        "stat",
+        "In junk (time range)",
+        [
+            target(
+                "sum by (probe) "
+                f'(increase(mailcanary_roundtrip_placements_total{{{RT}, folder="junk"}}[$__range])) '
+                "/ sum by (probe) "
+                f"(increase(mailcanary_roundtrip_placements_total{{{RT}}}[$__range]))",
+                "{{probe}}",
+            )
+        ],
+        w=8,
+        h=8,
+        description="Share of the delivered canaries found in the junk folder in the selected time range.",
+        defaults={
+            "unit": "percentunit",
+            "decimals": 1,
+            "min": 0,
+            "max": 1,
+            "thresholds": thresholds((None, "green"), (0.0001, "red")),
+        },
+        options=stat_options(),
+    )
+
+    b.add(
+        "timeseries",
+        "Bounces by status class",
+        [
+            target(
+                "sum by (probe, class) "
+                f"(increase(mailcanary_roundtrip_bounces_total{{{RT}}}[$__rate_interval])) > 0",
+                "{{probe}} {{class}}",
+            )
+        ],
+        w=12,
+        h=8,
+        description=(
+            "Verified bounces about the canaries, by RFC 3463 class: 5.x.x permanent (the run ended "
+            "bounced: 5.1.x address, 5.2.x mailbox, 5.7.x policy), 4.x.x delay notices (the run went on)."
+        ),
+        defaults=ts_defaults("short", bars=True, stack=True),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* 5\\..*"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
+            }
+        ],
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+
+    b.add(
+        "table",
+        "Authentication verdict (last canary)",
+        [
+            target(
+                f"max by (probe, method, result) (mailcanary_roundtrip_auth_result{{{RT}}}) == 1",
+                "",
+                instant=True,
+                fmt="table",
+            )
+        ],
+        w=12,
+        h=8,
+        description=(
+            "spf, dkim, dmarc (and arc) as the receiving side's trusted authserv-ids reported them for the "
+            "last delivered canary (receive.trusted_authserv_ids); missing = no trusted result."
+        ),
+        options=table_options(),
+        overrides=[
+            column_override(
+                "result",
+                mappings=value_map(("pass", "pass", "green")),
+                custom__cellOptions={"type": "color-text"},
+                color={"mode": "fixed", "fixedColor": "red"},
+            )
+        ],
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True},
+                    "renameByName": {},
+                    "indexByName": {"probe": 0, "method": 1, "result": 2},
+                },
+            }
+        ],
+    )
+    b.add(
+        "timeseries",
+        "Spam score",
+        [target(f"mailcanary_roundtrip_spam_score{{{RT}}}", "{{probe}} {{engine}}")],
+        w=12,
+        h=8,
+        description=(
+            "The receiving side's spam score of each delivered canary (SpamAssassin and rspamd scores, "
+            "Microsoft SCL). Spam from 5 (SpamAssassin, SCL) or 6 (rspamd)."
+        ),
+        defaults=ts_defaults("short", showPoints="always"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "timeseries",
+        "Path: hops and time between first and last hop",
+        [
+            target(f"mailcanary_roundtrip_hops{{{RT}}}", "{{probe}} hops", "A"),
+            target(f"mailcanary_roundtrip_path_seconds{{{RT}}}", "{{probe}} path", "B"),
+        ],
+        w=12,
+        h=8,
+        description=(
+            "From the canary's Received chain: the servers it passed, and last minus first stamp "
+            "(1 s resolution, several clocks: a negative value is clock skew, shown as it is)."
+        ),
+        defaults=ts_defaults("short"),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* path"},
+                "properties": [
+                    {"id": "unit", "value": "s"},
+                    {"id": "custom.axisPlacement", "value": "right"},
+                ],
+            }
+        ],
+        options=TS_OPTIONS,
+    )
+
     b.row("Mailbox: quota and sync")
     b.add(
         "bargauge",
