@@ -36,7 +36,7 @@ from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 from .durations import parse_duration
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
-_SECTIONS = ("global", "roundtrip", "tls_checks", "modules", "probe_endpoint")
+_SECTIONS = ("global", "roundtrip", "tls_checks", "domain_checks", "modules", "probe_endpoint")
 
 
 def _duration(value: object) -> float:
@@ -289,6 +289,116 @@ class TLSCheckConfig(Model):
         return self
 
 
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9-]{1,63}\.?$"
+)
+MAX_DOMAIN_ADDRESSES = 64  # max_mx x max_addresses: the series and sessions of one domain, at most
+
+
+def _domain_name(value: str) -> str:
+    if not _DOMAIN_RE.match(value):
+        raise ValueError(f"{value!r} is not a DNS name like example.com")
+    return value.rstrip(".").lower()
+
+
+class MustRefuseConfig(Model):
+    """Things every MX must refuse, asked on each MX address (the dialogue never reaches DATA)."""
+
+    enabled: bool = False
+    relay_sender: str = Field(default="mailcanary-relay-test@example.net", pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    foreign_recipient: str = Field(
+        default="mailcanary-relay-test@example.invalid", pattern=r"^[^@\s<>]+@[^@\s<>]+$"
+    )
+    local_recipient: str | None = Field(default=None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")  # postmaster@<domain>
+    # Also ask MAIL FROM on the plain session (refused where TLS is required).
+    mail_from_before_tls: bool = False
+
+
+class DomainCheckConfig(Model):
+    """One mail domain from the outside: every MX and address on port 25, DANE, MTA-STS, TLS-RPT, DNSBL,
+    certificate hygiene and, when enabled, the must-refuse checks."""
+
+    name: str
+    domain: str
+    interval: Duration | None = None
+    timeout: Duration = 10.0  # per step (DNS query, connect, command, handshake, HTTPS fetch)
+    resolvers: list[str] = []  # validating resolvers (IP literals); empty: /etc/resolv.conf
+    resolver_port: Port = 53
+    port: Port = 25
+    max_mx: int = Field(default=10, ge=1, le=MAX_DOMAIN_ADDRESSES)
+    max_addresses: int = Field(default=4, ge=1, le=MAX_DOMAIN_ADDRESSES)  # per MX host
+    concurrency: int = Field(default=4, ge=1, le=16)  # addresses checked at once
+    dnsbl_zones: list[str] = Field(default=[], max_length=16)
+    ca_file: str | None = None  # trust store for the MX certificates (default: the system's)
+    source_address: str | None = None
+    helo: str | None = None
+    check_legacy: bool = True
+    check_dane: bool = True
+    check_mta_sts: bool = True
+    mta_sts_port: Port = 443
+    mta_sts_ca_file: str | None = None
+    check_ocsp: bool = True
+    check_crl: bool = False
+    must_refuse: MustRefuseConfig = MustRefuseConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return RoundTripConfig._name(v)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return _domain_name(v)
+
+    @field_validator("dnsbl_zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, zone in enumerate(v):
+            try:
+                out.append(_domain_name(zone))
+            except ValueError as exc:
+                raise ValueError(f"entry {i}: {exc}") from None
+        if len(set(out)) != len(out):
+            raise ValueError("a zone is listed twice")
+        return out
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        for i, item in enumerate(v):
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"entry {i}, {item!r}, is not an IP address") from None
+        if len(v) > 4:
+            raise ValueError("at most 4 resolvers")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        if self.max_mx * self.max_addresses > MAX_DOMAIN_ADDRESSES:
+            raise ValueError(
+                f"max_mx x max_addresses is {self.max_mx * self.max_addresses}; at most "
+                f"{MAX_DOMAIN_ADDRESSES} MX addresses are checked per domain"
+            )
+        for key in ("ca_file", "mta_sts_ca_file"):
+            path = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{key}: cannot read {path}")
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Step timeouts one run may take, in the worst case: the run's deadline is this times timeout."""
+        rounds = -(-self.max_mx * self.max_addresses // self.concurrency)
+        per_address = 8 + (3 * 4 if self.must_refuse.enabled else 0) + len(self.dnsbl_zones) + 3
+        return 4 + rounds * per_address
+
+
 class ModuleConfig(Model):
     """A /probe module: how to audit whatever target the scraper names (blackbox_exporter style)."""
 
@@ -369,6 +479,10 @@ class GlobalConfig(Model):
     # 100 login processes of a stock Dovecot and the 100 smtpd of a stock Postfix.
     max_sessions: int = Field(default=50, ge=1, le=10000)
     queue_timeout: Duration = 30.0  # a run that gets no session slot within this fails: queue_timeout
+    # Certificate hygiene of round trips and TLS checks: ask the OCSP responder their certificates name.
+    check_ocsp: bool = True
+    ocsp_timeout: Duration = 10.0
+    check_crl: bool = False  # also fetch the CRL a certificate names (HTTP, up to 4 MB, cached)
 
     @field_validator("shard")
     @classmethod
@@ -408,6 +522,7 @@ class Config(Model):
     global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
     roundtrip: list[RoundTripConfig] = []
     tls_checks: list[TLSCheckConfig] = []
+    domain_checks: list[DomainCheckConfig] = []
     modules: dict[str, ModuleConfig] = {}  # /probe modules; the built-in defaults are always there too
     probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()  # who may use /probe, and how much
 
@@ -416,9 +531,10 @@ class Config(Model):
     @model_validator(mode="after")
     def _unique(self) -> Self:
         seen: set[str] = set()
-        named: list[tuple[str, RoundTripConfig | TLSCheckConfig]] = [
+        named: list[tuple[str, RoundTripConfig | TLSCheckConfig | DomainCheckConfig]] = [
             *((f"roundtrip[{i}]", p) for i, p in enumerate(self.roundtrip)),
             *((f"tls_checks[{i}]", c) for i, c in enumerate(self.tls_checks)),
+            *((f"domain_checks[{i}]", d) for i, d in enumerate(self.domain_checks)),
         ]
         for where, item in named:
             if item.name in seen:
@@ -441,7 +557,7 @@ class Config(Model):
     def all_modules(self) -> dict[str, ModuleConfig]:
         return DEFAULT_MODULES | dict(self.modules)
 
-    def interval_of(self, probe: RoundTripConfig | TLSCheckConfig) -> float:
+    def interval_of(self, probe: RoundTripConfig | TLSCheckConfig | DomainCheckConfig) -> float:
         return probe.interval if probe.interval is not None else self.global_.interval
 
     def timeout_of(self, probe: RoundTripConfig) -> float:
@@ -553,7 +669,9 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
         msg = _message(err)
         # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
         m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
-        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules", "probe_endpoint")):
+        if m and m.group(1).startswith(
+            ("roundtrip", "global", "tls_checks", "domain_checks", "modules", "probe_endpoint")
+        ):
             lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
             continue
         if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
@@ -773,7 +891,7 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
     """Secrets and duplicate names checked on the raw YAML, for when the structure did not validate."""
     problems: list[str] = []
     seen: set[str] = set()
-    for section in ("roundtrip", "tls_checks"):
+    for section in ("roundtrip", "tls_checks", "domain_checks"):
         items = data.get(section)
         for i, item in enumerate(items if isinstance(items, list) else []):
             if not isinstance(item, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 from probes._quota import QUOTA_ERRORS
 
 from .buildinfo import build_info
+from .domainmetrics import hygiene_families
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
 
@@ -53,6 +54,17 @@ def kind_of(state: ExporterState, name: str) -> str:
     return state.probes.get(name, "roundtrip")
 
 
+Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
+
+
+def kind_families() -> list[tuple[str, Families]]:
+    """(kind, result exporter) in the order of the probe-kind table (exporter.kinds, imported here late:
+    the table names the renderers of this module)."""
+    from .kinds import KINDS
+
+    return [(k.name, k.families) for k in KINDS]
+
+
 class MailcanaryCollector(Collector):
     """The reference renderer: every family from a fresh snapshot. /metrics serves :class:`SeriesCache`
     (the same bytes, pre-rendered per probe); this one serves OpenMetrics and is what tests compare."""
@@ -64,15 +76,10 @@ class MailcanaryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.store.snapshot()
         st = self.state
-        roundtrips = sorted(n for n in snap if kind_of(st, n) == "roundtrip")
-        checks = sorted(n for n in snap if kind_of(st, n) == "tls")
-        families = [
-            *exporter_families(st),
-            *roundtrip_families(snap, roundtrips),
-            *tls_check_families(snap, checks),
-            *tls_fact_families(snap, sorted(snap)),
-            legacy_testable(),
-        ]
+        families = list(exporter_families(st))
+        for kind, render in kind_families():
+            families += render(snap, sorted(n for n in snap if kind_of(st, n) == kind))
+        families += [*tls_fact_families(snap, sorted(snap)), legacy_testable()]
         vantage = st.vantage
         for fam in families:
             if vantage:
@@ -121,7 +128,14 @@ def tls_fact_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Met
         for name in names
         for _, facts in sorted(snap[name].tls.items())
     ]
-    return list(tls_families(rows, ["probe", "endpoint", "protocol"]))
+    labels = ["probe", "endpoint", "protocol"]
+    hygiene = [
+        ([name, facts.endpoint, facts.protocol], h.key, h.ocsp, h.crl)
+        for name in names
+        for endpoint, facts in sorted(snap[name].tls.items())
+        if (h := snap[name].hygiene.get(endpoint)) is not None
+    ]
+    return [*tls_families(rows, labels), *hygiene_families(hygiene, labels, "mailcanary_tls_")]
 
 
 def exporter_families(st: ExporterState) -> Iterator[Metric]:
@@ -375,17 +389,14 @@ def _headers(families: list[Metric]) -> list[str]:
 
 
 _EMPTY: dict[str, ProbeStats] = {}
-RT_HEADERS = _headers(roundtrip_families(_EMPTY, []))
-CHECK_HEADERS = _headers(tls_check_families(_EMPTY, []))
 FACT_HEADERS = _headers(tls_fact_families(_EMPTY, []))
 
 
 @dataclass
 class _Fragment:
     kind: str
-    roundtrip: list[str]  # one text per family of RT_HEADERS ("" when not a round trip)
-    check: list[str]
-    facts: list[str]
+    own: list[str]  # one text per family of its kind's headers
+    facts: list[str]  # one text per family of FACT_HEADERS
 
 
 class SeriesCache:
@@ -411,6 +422,8 @@ class SeriesCache:
         self._seq = 0
         self._legacy = ""
         self._signature: tuple[tuple[tuple[str, str], ...], str] | None = None
+        self._kinds = kind_families()
+        self._headers = {kind: _headers(render(_EMPTY, [])) for kind, render in self._kinds}
         self.renders = 0  # probe renders so far (tests and benchmarks read it)
         store.subscribe(self._changed)
 
@@ -427,9 +440,9 @@ class SeriesCache:
                 families = [with_vantage(f, vantage) for f in families]
             return [sample_lines(f) for f in families]
 
-        rt = text(roundtrip_families(snap, [name])) if kind == "roundtrip" else [""] * len(RT_HEADERS)
-        check = text(tls_check_families(snap, [name])) if kind == "tls" else [""] * len(CHECK_HEADERS)
-        return _Fragment(kind, rt, check, text(tls_fact_families(snap, [name])))
+        render = dict(self._kinds).get(kind)
+        own = text(render(snap, [name])) if render is not None else []
+        return _Fragment(kind, own, text(tls_fact_families(snap, [name])))
 
     def _changed(self, name: str) -> None:
         with self._lock:  # a render that started later wins, whichever thread finishes first
@@ -474,14 +487,11 @@ class SeriesCache:
         out = [_render(exporter)]
         with self._lock:
             frags = sorted(self._frags.items())
-        roundtrips = [f for _, f in frags if f.kind == "roundtrip"]
-        checks = [f for _, f in frags if f.kind == "tls"]
-        for i, header in enumerate(RT_HEADERS):
-            out.append(header)
-            out.extend(f.roundtrip[i] for f in roundtrips)
-        for i, header in enumerate(CHECK_HEADERS):
-            out.append(header)
-            out.extend(f.check[i] for f in checks)
+        for kind, _ in self._kinds:
+            mine = [f for _, f in frags if f.kind == kind]
+            for i, header in enumerate(self._headers[kind]):
+                out.append(header)
+                out.extend(f.own[i] for f in mine)
         for i, header in enumerate(FACT_HEADERS):
             out.append(header)
             out.extend(f.facts[i] for _, f in frags)

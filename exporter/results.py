@@ -28,7 +28,20 @@ DELIVERY_BUCKETS: tuple[float, ...] = (
     300.0,
     600.0,
 )
-OUTCOMES: tuple[str, ...] = ("success", *sorted(r for r in REASONS if not r.startswith("tls_")))
+DOMAIN_ONLY: frozenset[str] = frozenset({"dns_lookup", "domain_findings"})
+OUTCOMES: tuple[str, ...] = (
+    "success",
+    *sorted(r for r in REASONS if not r.startswith("tls_") and r not in DOMAIN_ONLY),
+)
+DOMAIN_OUTCOMES: tuple[str, ...] = (
+    "success",
+    "domain_findings",
+    "dns_lookup",
+    "queue_timeout",
+    "timeout",
+    "config",
+    "internal",
+)
 TLS_OUTCOMES: tuple[str, ...] = (
     "success",
     "tls_verify",
@@ -62,6 +75,8 @@ class RunResult:
     sync_arrival: float | None = None  # sync check: delivery latency as the second session saw it
     failed_phase: str | None = None
     transcript: list[str] | None = None
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.certhygiene.Hygiene
+    detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
 
 
 @dataclass
@@ -79,6 +94,7 @@ class ProbeStats:
     scheduler_lag: float | None = None
     skipped_runs: int = 0
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.TLSFacts
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest probes.certhygiene.Hygiene
     quota: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # latest reading: resource -> (used, limit)
@@ -125,8 +141,9 @@ class ResultStore:
             for name, st in self._stats.items():
                 keep = endpoints.get(name, set())
                 kept = {ep: facts for ep, facts in st.tls.items() if ep in keep}
-                if len(kept) != len(st.tls):
-                    st.tls = kept
+                hygiene = {ep: h for ep, h in st.hygiene.items() if ep in keep}
+                if len(kept) != len(st.tls) or len(hygiene) != len(st.hygiene):
+                    st.tls, st.hygiene = kept, hygiene
                     changed.append(name)
         self._changed(changed)
 
@@ -140,6 +157,7 @@ class ResultStore:
             st.last = result
             st.runs[result.reason] += 1
             st.tls.update(result.tls)  # facts survive a later run that failed before reaching TLS
+            st.hygiene.update(result.hygiene)
             st.late_total += result.late
             st.swept_total += result.swept
             st.lost_total += result.lost
@@ -208,6 +226,7 @@ def _copy(st: ProbeStats) -> ProbeStats:
         scheduler_lag=st.scheduler_lag,
         skipped_runs=st.skipped_runs,
         tls=dict(st.tls),
+        hygiene=dict(st.hygiene),
         quota=dict(st.quota),
         quota_errors=None if st.quota_errors is None else Counter(st.quota_errors),
         last_sync=st.last_sync,

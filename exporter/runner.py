@@ -11,20 +11,25 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from probes._dns import DNSSettings
 from probes._framing import ReadLimits
 from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes._quota import Usage
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
+from probes.certhygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
+from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
+from probes.mx import MXCheckSettings
 from probes.recorder import Masker, Recorder
 from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
 
 from .config import (
+    DomainCheckConfig,
     EndpointConfig,
     LoadedConfig,
     ModuleConfig,
@@ -199,6 +204,49 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
     return sides
 
 
+def domain_settings(check: DomainCheckConfig, slots: ServerSlots | None = None) -> DomainSettings:
+    """A domain_checks entry as the probe library's settings."""
+    refuse = check.must_refuse
+    return DomainSettings(
+        domain=check.domain,
+        dns=DNSSettings(nameservers=tuple(check.resolvers), port=check.resolver_port, timeout=check.timeout),
+        mx=MXCheckSettings(
+            port=check.port,
+            timeout=check.timeout,
+            check_legacy=check.check_legacy,
+            ca_file=check.ca_file,
+            helo_name=check.helo,
+            source_address=check.source_address,
+            check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,
+            slots=slots,
+        ),
+        max_hosts=check.max_mx,
+        max_addresses=check.max_addresses,
+        concurrency=check.concurrency,
+        dnsbl_zones=tuple(check.dnsbl_zones),
+        check_dane=check.check_dane,
+        check_mta_sts=check.check_mta_sts,
+        mta_sts_port=check.mta_sts_port,
+        mta_sts_ca_file=check.mta_sts_ca_file,
+        check_ocsp=check.check_ocsp,
+        check_crl=check.check_crl,
+        must_refuse=refuse.enabled,
+        relay_sender=refuse.relay_sender,
+        foreign_recipient=refuse.foreign_recipient,
+        local_recipient=refuse.local_recipient,
+        timeout=check.timeout,
+    )
+
+
+def domain_outcome(report: DomainReport) -> tuple[str, str]:
+    """``success`` for a domain without findings, else ``domain_findings`` naming the first few."""
+    problems = report.problems
+    if not problems:
+        return "success", "ok"
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "domain_findings", f"{len(problems)} findings: {'; '.join(problems[:5])}{more}"
+
+
 def _quota_of(rec: Recorder) -> dict[str, tuple[int, int]] | None:
     """The run's quota reading as resource (lower case) -> (used, limit); None if none was read."""
     found = rec.facts.get("quota")
@@ -226,6 +274,8 @@ class Runner:
     history: History | None = None  # the status page's recent runs and failed dialogues
     slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
     legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
+    ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
+    crl: CRLCache = field(default_factory=CRLCache)  # CRL verdicts until nextUpdate, kept across reloads
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
 
     def __post_init__(self, own_slots: bool) -> None:
@@ -281,6 +331,8 @@ class Runner:
         swept: int = 0,
         lost: int = 0,
         outstanding: int = 0,
+        detail: object = None,
+        hygiene: dict[str, Hygiene] | None = None,
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -302,6 +354,8 @@ class Runner:
             sync_arrival=rec.facts.get("sync_arrival_seconds") if reason == "success" else None,
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
+            detail=detail,
+            hygiene=hygiene or {},
         )
         if self.history is not None:
             self.history.record(run, rec.transcript)
@@ -334,6 +388,7 @@ class Runner:
                 await self._tls_second_look(probe, attempt.reason, rec)
             settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
             late, swept, lost, outstanding = await self._settle(probe, rec)
+            hygiene, spent = await self._hygiene(rec)
         except asyncio.CancelledError:  # the daemon is stopping: leave the ledger right, say so, go on
             if not settled:
                 await self._settle(probe, rec)
@@ -346,12 +401,13 @@ class Runner:
             attempt.reason,
             attempt.message,
             started,
-            t0,
+            t0 + spent,  # the OCSP ask is not part of the round trip's time
             delivery,
             late,
             swept,
             lost=lost,
             outstanding=outstanding,
+            hygiene=hygiene,
         )
 
     async def _settle(self, probe: RoundTripConfig, rec: Recorder) -> tuple[int, int, int, int]:
@@ -412,6 +468,7 @@ class Runner:
             attempt = await self._attempt(
                 check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
             )
+            hygiene, spent = await self._hygiene(rec)
         except asyncio.CancelledError:
             self._log_cancelled(check.name, rec, t0)
             raise
@@ -421,7 +478,46 @@ class Runner:
             reason = tls_outcome(facts)
             if reason != "success":
                 message = facts.error or f"certificate not verified: {facts.verify_reason}"
-        return self._finish(check.name, rec, reason, message, started, t0)
+        return self._finish(check.name, rec, reason, message, started, t0 + spent, hygiene=hygiene)
+
+    async def _hygiene(self, rec: Recorder) -> tuple[dict[str, Hygiene], float]:
+        """Certificate hygiene of every chain this run saw (no new session to the server; OCSP answers
+        cached until nextUpdate). Returns the facts and the seconds spent, which the run's duration
+        leaves out."""
+        t = time.monotonic()
+        out: dict[str, Hygiene] = {}
+        g = self.loaded.config.global_
+        for endpoint, facts in rec.tls.items():
+            chain = [c.der for c in facts.chain]
+            found = await chain_hygiene(
+                chain,
+                check_ocsp=g.check_ocsp,
+                timeout=g.ocsp_timeout,
+                cache=self.ocsp,
+                check_crl=g.check_crl,
+                crl_cache=self.crl,
+            )
+            if found is not None:
+                out[endpoint] = found
+        return out, time.monotonic() - t
+
+    async def run_domain_check(self, check: DomainCheckConfig, debug: bool = False) -> RunResult:
+        rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
+        started, t0 = time.time(), time.monotonic()
+        settings = domain_settings(check, self.slots)
+        try:
+            attempt = await self._attempt(
+                check.name,
+                lambda: probe_domain(settings, rec, self.ocsp, self.crl),
+                check.timeout * check.steps,
+            )
+        except asyncio.CancelledError:
+            self._log_cancelled(check.name, rec, t0)
+            raise
+        reason, message = attempt.reason, attempt.message
+        if attempt.value is not None:
+            reason, message = domain_outcome(attempt.value)
+        return self._finish(check.name, rec, reason, message, started, t0, detail=attempt.value)
 
     def _log(self, run: RunResult) -> None:
         self.store.record(run)
