@@ -267,6 +267,10 @@ def test_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> None:
             await task
 
     asyncio.run(main())
+    # The write goes on on the writer thread after the caller is gone: queued operations run in order,
+    # and close() waits for them; only then is the file read back by another instance.
+    assert ledger.nonces("p") == {"a" * 32}
+    ledger.close()
     assert Ledger(tmp_path / "ledger.json").nonces("p") == {"a" * 32}
 
 
