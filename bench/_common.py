@@ -8,12 +8,13 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.stackconfig import exporter_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,19 +76,7 @@ def median(values: Sequence[float]) -> float:
 
 
 def mailcanary_argv(config: Path, port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "exporter.cli",
-        "run",
-        "--config",
-        str(config),
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--log-format",
-        "json",
-        *extra,
-    ]
+    return exporter_argv(config, port, *extra)
 
 
 def start_logged(argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:

@@ -76,21 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help=f"configuration file (default: $MAILCANARY_CONFIG or {DEFAULT_CONFIG_PATH}); alias --config",
         )
-        p.add_argument(
-            "--log.format",
-            "--log-format",
-            dest="log_format",
-            choices=["auto", "json", "console", "logfmt"],
-            default="auto",
-            help="log format (default: console on a TTY, JSON otherwise); alias --log-format",
-        )
-        p.add_argument(
-            "--log.level",
-            "--log-level",
-            dest="log_level",
-            choices=["debug", "info", "warning", "error"],
-            default="info",
-            help="lowest level logged (default info); alias --log-level",
+        logs.add_log_flags(
+            p,
+            "info",
+            level_help="lowest level logged (default info); alias --log-level",
+            format_help="log format (default: console on a TTY, JSON otherwise); alias --log-format",
         )
 
     run = sub.add_parser("run", help="run the exporter daemon")

@@ -79,7 +79,9 @@ class Daemon:
             extra_routes=[
                 web.get(
                     "/probe",
-                    probe_handler(self._modules, self._masker, self._probe_rules, lambda: self.slots),
+                    probe_handler(
+                        self._modules, self._masker, controls=self._probe_rules, slots=lambda: self.slots
+                    ),
                 ),
                 web.post("/-/reload", self._http_reload),
             ],

@@ -31,6 +31,7 @@ from .config import ConfigError
 from .daemon import Daemon
 from .durations import parse_duration
 from .http import parse_listen
+from .logs import add_log_flags
 
 if TYPE_CHECKING:
     from .sandbox import Listener, Sandbox
@@ -79,21 +80,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="add a random 0..JITTER seconds to each delivery (default 0)",
     )
-    p.add_argument(
-        "--log.format",
-        "--log-format",
-        dest="log_format",
-        choices=["auto", "json", "console", "logfmt"],
-        default="auto",
-        help="log format (default: console on a TTY, JSON otherwise)",
-    )
-    p.add_argument(
-        "--log.level",
-        "--log-level",
-        dest="log_level",
-        choices=["debug", "info", "warning", "error"],
-        default="warning",
-        help="log level (default warning: the demo prints its own one line per probe run)",
+    add_log_flags(
+        p,
+        "warning",
+        level_help="log level (default warning: the demo prints its own one line per probe run)",
+        format_help="log format (default: console on a TTY, JSON otherwise)",
     )
 
 

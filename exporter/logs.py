@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -120,3 +121,24 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: Any = None) 
     root.setLevel(logging.WARNING)
     for noisy in ("aioimaplib", "apscheduler", "aiohttp.access", "mail.log"):
         logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "apscheduler" else logging.WARNING)
+
+
+def add_log_flags(p: argparse.ArgumentParser, default_level: str, level_help: str, format_help: str) -> None:
+    """``--log.format`` / ``--log.level`` (exporter-toolkit names, old spellings as aliases), shared by
+    every subcommand that logs."""
+    p.add_argument(
+        "--log.format",
+        "--log-format",
+        dest="log_format",
+        choices=["auto", "json", "console", "logfmt"],
+        default="auto",
+        help=format_help,
+    )
+    p.add_argument(
+        "--log.level",
+        "--log-level",
+        dest="log_level",
+        choices=["debug", "info", "warning", "error"],
+        default=default_level,
+        help=level_help,
+    )

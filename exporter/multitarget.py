@@ -70,6 +70,7 @@ def debug_response(rec: Recorder, facts: TLSFacts | None, duration: float, expos
 def probe_handler(
     modules: Callable[[], dict[str, ModuleConfig]],
     masker: Callable[[], Masker],
+    *,
     controls: Callable[[], ProbeEndpointConfig] = ProbeEndpointConfig,
     slots: Callable[[], ServerSlots | None] = lambda: None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -12,7 +12,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .errors import ProbeError, ProbeTimeout
 
@@ -184,6 +184,23 @@ async def _connect(endpoint: Endpoint, reason: str) -> socket.socket:
             raise
     detail = last.strerror if last is not None and last.strerror else str(last)
     raise ProbeError(f"cannot connect to {endpoint.address}: {detail}", reason=reason)
+
+
+CLOSE_TIMEOUT: Final = 2.0  # a TLS close_notify the peer never answers must not hold up a probe
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a session's stream within CLOSE_TIMEOUT, else abort it; never raises but for cancellation
+    (closing must not mask the run's result)."""
+    try:
+        writer.close()
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await writer.wait_closed()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+    except Exception:
+        writer.transport.abort()
 
 
 def tls_error_message(exc: BaseException) -> str:

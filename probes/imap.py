@@ -20,11 +20,18 @@ from dataclasses import dataclass, field
 from . import _imapwire as wire
 from ._certs import facts_from_connection
 from ._framing import BoundedReader, ConnectionClosed, FrameError, ReadLimits
-from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
+from ._net import (
+    CLOSE_TIMEOUT,
+    Credentials,
+    Endpoint,
+    client_context,
+    close_writer,
+    tcp_connect,
+    tls_error_message,
+)
 from .errors import ProbeError, ProbeTimeout
 from .recorder import MASK, Recorder
 
-CLOSE_TIMEOUT = 2.0
 FETCH_BATCH = 50  # UIDs per FETCH: bounds one reply to FETCH_BATCH x the item cap
 _PROTOCOL = "receive_protocol"
 
@@ -488,17 +495,8 @@ class IMAPSession:
         except (ProbeError, OSError, TimeoutError):
             pass  # closing must not mask the run's result
         finally:
-            writer = self._writer
             self._closed = True
-            try:
-                writer.close()
-                async with asyncio.timeout(CLOSE_TIMEOUT):
-                    await writer.wait_closed()
-            except asyncio.CancelledError:
-                writer.transport.abort()
-                raise
-            except Exception:
-                writer.transport.abort()
+            await close_writer(self._writer)
 
     def _abort(self) -> None:
         """Drop the connection at once: the dialogue can no longer be trusted to be in step."""

@@ -16,7 +16,7 @@ from typing import Final, Self, TypeAlias
 
 from ._certs import facts_from_connection
 from ._framing import DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE
-from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
+from ._net import Credentials, Endpoint, client_context, close_writer, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
 from .recorder import MASK, Recorder
 
@@ -26,7 +26,6 @@ Lines: TypeAlias = list[bytes]  # an alias, because the class has a method calle
 MAX_LINE: Final = DEFAULT_MAX_LINE  # RFC 2449 allows 512 octets per status line; message lines are longer
 MAX_RESPONSE: Final = DEFAULT_MAX_MESSAGE  # cap on one multi-line response we keep (a canary is ~1 KiB)
 MAX_COMMAND: Final = 255  # RFC 2449 section 4: longest command line, CRLF included
-CLOSE_TIMEOUT: Final = 2.0  # a TLS close_notify the peer never answers must not hold up a probe
 
 _PROTOCOL: Final = "receive_protocol"
 _AUTH: Final = "receive_auth"
@@ -390,16 +389,7 @@ class POP3Client:
         if self._closed:
             return
         self._closed = True
-        writer = self._writer
-        try:
-            writer.close()
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await writer.wait_closed()
-        except asyncio.CancelledError:
-            writer.transport.abort()
-            raise
-        except Exception:
-            writer.transport.abort()
+        await close_writer(self._writer)
 
     async def __aenter__(self) -> Self:
         return self

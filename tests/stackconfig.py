@@ -8,6 +8,10 @@ from typing import Any
 
 import yaml
 
+from exporter.config import load_config
+from exporter.results import ResultStore
+from exporter.runner import Runner, make_masker
+from exporter.state import Ledger
 from tests.mailstack import MailStack
 
 SMTP_PORTS = {"starttls": "submission", "implicit": "submissions", "none": "smtp"}
@@ -96,3 +100,17 @@ def exporter_argv(config: Path, port: int, *extra: str) -> list[str]:
         "json",
         *extra,
     ]
+
+
+def make_runner(tmp: Path, probes: list[dict[str, Any]], key: bytes, **global_: Any) -> Runner:
+    """An in-process Runner for ``probes`` with the canary key in a file (as the daemon reads it)."""
+    key_file = tmp / "canary.key"
+    key_file.write_bytes(key)
+    loaded = load_config(str(write_config(tmp, probes, canary_key_file=str(key_file), **global_)))
+    return Runner(
+        loaded=loaded,
+        key=key,
+        ledger=Ledger(tmp / "ledger.json"),
+        store=ResultStore(),
+        masker=make_masker(loaded),
+    )

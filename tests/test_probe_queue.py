@@ -17,7 +17,7 @@ from probes.recorder import Masker, Recorder
 
 async def _ask(slots: ServerSlots, port: int, timeout_header: str | None) -> tuple[int, str]:
     app = web.Application()
-    app.add_routes([web.get("/probe", probe_handler(lambda: DEFAULT_MODULES, Masker, lambda: slots))])
+    app.add_routes([web.get("/probe", probe_handler(lambda: DEFAULT_MODULES, Masker, slots=lambda: slots))])
     async with TestClient(TestServer(app)) as client:
         headers = {"X-Prometheus-Scrape-Timeout-Seconds": timeout_header} if timeout_header else {}
         resp = await client.get(f"/probe?module=smtp_starttls&target=127.0.0.1:{port}", headers=headers)

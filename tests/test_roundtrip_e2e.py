@@ -10,31 +10,21 @@ from typing import Any
 
 import pytest
 
-from exporter.config import load_config
 from exporter.history import History
 from exporter.metrics import ExporterState
-from exporter.results import ResultStore, RunResult
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
+from exporter.results import RunResult
+from exporter.runner import Runner
 from exporter.status import render_status
 from probes import canary
 from tests.mailstack import MailStack
-from tests.stackconfig import roundtrip, write_config
+from tests.stackconfig import make_runner as stack_runner
+from tests.stackconfig import roundtrip
 
 KEY = b"e2e-test-key-0123456789abcdef"
 
 
 def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runner:
-    key_file = tmp / "canary.key"
-    key_file.write_bytes(KEY)
-    loaded = load_config(str(write_config(tmp, probes, canary_key_file=str(key_file), **global_)))
-    return Runner(
-        loaded=loaded,
-        key=KEY,
-        ledger=Ledger(tmp / "ledger.json"),
-        store=ResultStore(),
-        masker=make_masker(loaded),
-    )
+    return stack_runner(tmp, probes, KEY, **global_)
 
 
 def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> RunResult:

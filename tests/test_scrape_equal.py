@@ -106,12 +106,12 @@ ADDED_SINCE_GOLDEN = ("mailcanary_tls_legacy_protocol_checked_timestamp_seconds"
 
 
 def _unversioned(text: str) -> str:
-    """mailcanary_build_info carries the version and Python, and newer families were not in the golden:
-    neither is part of what is compared."""
+    """mailcanary_build_info carries the version and Python (and its HELP text gained git revision and
+    branch since), and newer families were not in the golden: none of that is part of what is compared."""
     return "\n".join(
         line
         for line in text.splitlines()
-        if not line.startswith("mailcanary_build_info{")
+        if not line.startswith(("mailcanary_build_info{", "# HELP mailcanary_build_info "))
         and not any(name in line for name in ADDED_SINCE_GOLDEN)
     )
 

@@ -8,29 +8,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter.config import load_config
-from exporter.results import ResultStore
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
+from exporter.runner import Runner
 from probes._net import Endpoint, TLSSettings, client_context
 from probes._slots import ServerSlots
 from probes.recorder import Recorder
 from tests.mailstack import MailStack
-from tests.stackconfig import roundtrip, write_config
+from tests.stackconfig import make_runner, roundtrip, write_config
 
 KEY = b"slots-e2e-key-0123456789abcdef!!"
 
 
 def runner_for(tmp: Path, probes: list[dict[str, object]], **global_: object) -> Runner:
-    key_file = tmp / "canary.key"
-    key_file.write_bytes(KEY)
-    loaded = load_config(str(write_config(tmp, probes, canary_key_file=str(key_file), **global_)))
-    return Runner(
-        loaded=loaded,
-        key=KEY,
-        ledger=Ledger(tmp / "ledger.json"),
-        store=ResultStore(),
-        masker=make_masker(loaded),
-    )
+    return make_runner(tmp, probes, KEY, **global_)
 
 
 def test_limit_holds_against_the_real_stack(
