@@ -653,6 +653,18 @@ class Ledger:
 
         await self.run(op, None)
 
+    def record_soon(self, probe: str, token: Token, state: str) -> None:
+        """``record`` without waiting: queued in order, so every later operation (the run's
+        ``finish``) sees it, and written as soon as the writer gets to it. For ``accepted``, which
+        needs no answer before the run goes on (a hop to the writer thread saved per round trip)."""
+        assert state in ("sending", "accepted")
+        session = self.sessions.id
+
+        def op(entries: Entries) -> None:
+            entries.setdefault(probe, {})[token.nonce] = Entry(token.sent, state, session)
+
+        self.submit(op)
+
     async def finish(
         self,
         probe: str,

@@ -310,6 +310,22 @@ def test_slow_disk_gives_the_default_and_an_operation_error_reaches_the_caller(
     assert ledger.health.errors[("ledger", "slow")] == 1
 
 
+def test_record_soon_is_in_order_before_the_next_operation_and_on_disk(tmp_path: Path) -> None:
+    """``accepted`` is queued, not awaited: the run's finish (queued after it) still sees it, and it
+    reaches the file without anyone waiting for it."""
+    path = tmp_path / "ledger.json"
+    ledger = Ledger(path)
+    t, u = tok("a"), tok("b")
+    record(ledger, "p", t, "sending")
+    ledger.record_soon("p", t, "accepted")
+    assert finish(ledger, "p", t, accepted=True, seen=False) == (0, 0, 1)  # handed over as waiting
+    ledger.record_soon("p", u, "accepted")
+    ledger.close()  # waits for the queue
+    entries = Ledger(path).entries("p")
+    assert entries[t.nonce].state == "waiting" and entries[t.nonce].session is None
+    assert entries[u.nonce].state == "accepted" and entries[u.nonce].session == ledger.sessions.id
+
+
 def test_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.json")
     t = tok("a")
