@@ -318,6 +318,7 @@ def report(
         parts += [f"{checks} TLS checks verified"] if checks else []
         summary = ", ".join(parts)
     perf = [f"'{r.probe}_delivery'={r.delivery:.3f}s;;;0" for r in results if r.delivery is not None]
+    perf += [f"'{r.probe}_sync'={r.sync_seconds:.3f}s;;;0" for r in results if r.sync_seconds is not None]
     for r in results:
         for endpoint, facts in r.tls.items():
             days = _days_left(facts, now)
@@ -336,6 +337,16 @@ def report(
             lines.append(f"  reason: {r.reason}{where}: {r.message}")
         if r.late or r.swept:
             lines.append(f"  earlier canaries cleaned up: {r.late} late, {r.swept} stale")
+        if r.sync_seconds is not None and r.sync_arrival is not None:
+            lines.append(
+                f"  second session: saw the canary {r.sync_arrival:.3f}s after acceptance, "
+                f"its flag {r.sync_seconds:.3f}s after it was set"
+            )
+        for resource, (used, limit) in sorted((r.quota or {}).items()):
+            share = f" ({100 * used / limit:.1f} %)" if limit > 0 else ""
+            lines.append(f"  quota {resource}: {used} of {limit}{share}")
+        if r.quota_error is not None:
+            lines.append(f"  quota not read: {r.quota_error}")
         if r.phases:
             width = max(len(p) for p in r.phases)
             lines.append(f"  {'phase'.ljust(width)}  seconds")

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from probes.canary import PROBE_NAME_RE
+from probes.oauth import FileToken, GrantToken, TokenSource
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 from .durations import parse_duration
@@ -83,6 +84,46 @@ class TLSConfig(Model):
         return self
 
 
+Secret = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1)]
+
+
+class OAuthConfig(Model):
+    """OAuth 2.0 login (XOAUTH2 / OAUTHBEARER) instead of a password: a token file kept by something
+    else, or a grant against ``token_url`` (refresh token if one is given, else client credentials)."""
+
+    mechanism: Literal["auto", "xoauth2", "oauthbearer"] = "auto"
+    token_file: str | None = None
+    token_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    client_id: str | None = None
+    client_secret: Secret | None = Field(default=None, repr=False)
+    client_secret_file: str | None = None
+    client_secret_env: str | None = None
+    refresh_token: Secret | None = Field(default=None, repr=False)
+    refresh_token_file: str | None = None
+    refresh_token_env: str | None = None
+    scopes: list[str] = []
+    timeout: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _source(self) -> Self:
+        if (self.token_file is None) == (self.token_url is None):
+            raise ValueError("give exactly one of token_file, token_url")
+        secrets = [f"{b}{x}" for b in ("client_secret", "refresh_token") for x in ("", "_file", "_env")]
+        grant_keys = [k for k in ("client_id", *secrets) if getattr(self, k) is not None]
+        if self.token_file is not None and (grant_keys or self.scopes):
+            keys = ", ".join(grant_keys) or "scopes"
+            raise ValueError(f"token_file: not with {keys} (those need token_url)")
+        if self.token_url is not None and self.client_id is None:
+            raise ValueError("token_url needs client_id")
+        for base in ("client_secret", "refresh_token"):
+            given = [k for k in (base, f"{base}_file", f"{base}_env") if getattr(self, k) is not None]
+            if len(given) > 1:
+                raise ValueError(f"give only one of {base}, {base}_file, {base}_env (got {', '.join(given)})")
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return self
+
+
 class EndpointConfig(Model):
     host: str = Field(min_length=1)
     port: Port | None = None  # default from protocol and tls mode
@@ -98,11 +139,18 @@ class EndpointConfig(Model):
     password_file: str | None = None
     password_env: str | None = None
     allow_plaintext_auth: bool = False
+    oauth: OAuthConfig | None = None
     max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 
     @model_validator(mode="after")
     def _auth(self) -> Self:
         given = [k for k in ("password", "password_file", "password_env") if getattr(self, k) is not None]
+        if self.oauth is not None:
+            if given:
+                raise ValueError(f"oauth: not with {', '.join(given)} (a login is a password or a token)")
+            if self.username is None:
+                raise ValueError("oauth: needs username (the mailbox the token is for)")
+            given = ["oauth"]
         if len(given) > 1:
             raise ValueError(
                 f"give only one of password, password_file, password_env (got {', '.join(given)})"
@@ -110,7 +158,7 @@ class EndpointConfig(Model):
         if given and self.username is None:
             raise ValueError("a password needs a username")
         if self.username is not None and not given:
-            raise ValueError("username given without password_file, password_env or password")
+            raise ValueError("username given without password_file, password_env, password or oauth")
         if self.username is not None and self.tls == "none" and not self.allow_plaintext_auth:
             raise ValueError(
                 "credentials over tls: none would travel in clear text; use starttls or implicit, "
@@ -125,10 +173,28 @@ class SMTPConfig(EndpointConfig):
     helo: str | None = None
 
 
+class SyncConfig(Model):
+    """The multi-device check (IMAP): a second session stays selected; the first sets ``flag`` on our
+    verified canary, and the second must see it within ``timeout``."""
+
+    enabled: bool = True
+    # \\Seen or a keyword atom (RFC 3501 flag-keyword): a keyword never means anything to a mail client
+    flag: str = Field(default="$MailcanarySynced", pattern=r"^(\\Seen|[A-Za-z$][A-Za-z0-9$_.-]{0,63})$")
+    timeout: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _positive(self) -> Self:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return self
+
+
 class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
+    quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
+    sync: SyncConfig | None = None  # IMAP only: the second-device sync check (off unless given)
     poll_initial: Duration = 0.05
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
@@ -153,6 +219,8 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("the receiving side needs username and a password")
         if not 0 < self.poll_initial <= self.max_gap:
             raise ValueError("need 0 < poll_initial <= poll_max")
+        if self.protocol == "pop3" and self.sync is not None and self.sync.enabled:
+            raise ValueError("sync: an IMAP check (POP3 has no flags for a second session to see)")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
         return self
@@ -386,16 +454,56 @@ class LoadedConfig:
     secrets: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (probe, side) -> password
     warnings: list[str] = field(default_factory=list)
     digest: str = ""
+    # (username, settings and secrets) -> source; never in a repr or a log
+    token_sources: dict[tuple[str, str], TokenSource] = field(default_factory=dict, repr=False)
 
     def password(self, probe: str, side: str) -> str:
         return self.secrets[(probe, side)]
 
     def all_secrets(self) -> Iterable[tuple[str, str]]:
-        """(username, password) pairs, for the log and transcript masker."""
+        """(username, secret) pairs (passwords, OAuth client secrets and refresh tokens), for the log and
+        transcript masker."""
         for probe in self.config.roundtrip:
             for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
-                if (probe.name, side) in self.secrets and ep.username:
-                    yield ep.username, self.secrets[(probe.name, side)]
+                for key in (side, f"{side}.client_secret", f"{side}.refresh_token"):
+                    if (probe.name, key) in self.secrets and ep.username:
+                        yield ep.username, self.secrets[(probe.name, key)]
+
+    def token_source(self, probe: RoundTripConfig, side: str) -> TokenSource | None:
+        """The OAuth token source of one side of a probe, made once per loaded config so that its
+        cached token outlives a run (None: a password login)."""
+        ep: EndpointConfig = probe.smtp if side == "smtp" else probe.receive
+        oauth = ep.oauth
+        if oauth is None:
+            return None
+        # Keyed by what the token is for: two sides (or probes) with the same account and endpoint share
+        # one token and one refresh, as one mail client would.
+        key = (
+            str(ep.username),
+            oauth.model_dump_json()
+            + "\0"
+            + (self.secrets.get((probe.name, f"{side}.client_secret")) or "")
+            + "\0"
+            + (self.secrets.get((probe.name, f"{side}.refresh_token")) or ""),
+        )
+        found = self.token_sources.get(key)
+        if found is not None:
+            return found
+        source: TokenSource
+        if oauth.token_file is not None:
+            source = FileToken(oauth.token_file)
+        else:
+            assert oauth.token_url is not None and oauth.client_id is not None
+            source = GrantToken(
+                token_url=oauth.token_url,
+                client_id=oauth.client_id,
+                client_secret=self.secrets.get((probe.name, f"{side}.client_secret")),
+                refresh_token=self.secrets.get((probe.name, f"{side}.refresh_token")),
+                scopes=tuple(oauth.scopes),
+                timeout=oauth.timeout,
+            )
+        self.token_sources[key] = source
+        return source
 
 
 def _loc(loc: Iterable[int | str]) -> str:
@@ -566,10 +674,31 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
                 problems.append(problem)
             if secret is not None:
                 loaded.secrets[(probe.name, side)] = secret
+            if ep.oauth is not None:
+                for base in ("client_secret", "refresh_token"):
+                    value, problem = _read_secret(
+                        path,
+                        f"{where}.oauth",
+                        getattr(ep.oauth, base),
+                        getattr(ep.oauth, f"{base}_file"),
+                        getattr(ep.oauth, f"{base}_env"),
+                        environ,
+                        key=base,
+                    )
+                    if problem is not None:
+                        problems.append(problem)
+                    if value is not None:
+                        loaded.secrets[(probe.name, f"{side}.{base}")] = value
             if ep.password is not None:
                 loaded.warnings.append(
                     f"{path}: {where}.password: inline password; prefer password_file or password_env"
                 )
+        sync = probe.receive.sync
+        if sync is not None and sync.enabled and sync.timeout >= config.timeout_of(probe):
+            loaded.warnings.append(
+                f"{path}: roundtrip[{i}].receive.sync.timeout: not shorter than the probe's timeout; "
+                "a sync that never shows ends as timeout, not sync_timeout"
+            )
         if config.timeout_of(probe) > config.interval_of(probe):
             loaded.warnings.append(
                 f"{path}: roundtrip[{i}].timeout: longer than the interval; "
@@ -588,7 +717,11 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
 
 def _without_passwords(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _without_passwords(v) for k, v in value.items() if k != "password"}
+        return {
+            k: _without_passwords(v)
+            for k, v in value.items()
+            if k not in ("password", "client_secret", "refresh_token")
+        }
     if isinstance(value, list):
         return [_without_passwords(v) for v in value]
     return value
@@ -601,8 +734,10 @@ def _read_secret(
     password_file: object,
     password_env: object,
     environ: dict[str, str],
+    key: str = "password",
 ) -> tuple[str | None, str | None]:
-    """(secret, problem) for one endpoint's password_file / password_env / inline password."""
+    """(secret, problem) for one endpoint's password_file / password_env / inline password (or another
+    secret ``key`` with the same three forms)."""
     if isinstance(password, str):
         return password, None
     if isinstance(password_file, str):
@@ -610,16 +745,16 @@ def _read_secret(
             secret = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             detail = getattr(exc, "strerror", None) or exc
-            return None, f"{path}: {where}.password_file: cannot read {password_file}: {detail}"
+            return None, f"{path}: {where}.{key}_file: cannot read {password_file}: {detail}"
         if not secret:
-            return None, f"{path}: {where}.password_file: {password_file} is empty"
+            return None, f"{path}: {where}.{key}_file: {password_file} is empty"
         return secret, None
     if isinstance(password_env, str):
         secret = environ.get(password_env, "")
         if not secret:
             return (
                 None,
-                f"{path}: {where}.password_env: environment variable {password_env} is not set or empty",
+                f"{path}: {where}.{key}_env: environment variable {password_env} is not set or empty",
             )
         return secret, None
     return None, None

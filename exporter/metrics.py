@@ -28,6 +28,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from probes._quota import QUOTA_ERRORS
+
 from .buildinfo import build_info
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
@@ -155,7 +157,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 14 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 19 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -217,6 +219,32 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "mailcanary_scheduler_skipped_runs",
         "Runs not started because the previous run of the same probe was still going.",
     )
+    sync = gauge(
+        "mailcanary_roundtrip_sync_seconds",
+        "Sync check, last successful run: from the first IMAP session setting the flag on the canary "
+        "until the second session (the other device) saw it.",
+    )
+    sync_arrival = gauge(
+        "mailcanary_roundtrip_sync_arrival_seconds",
+        "Sync check, last successful run: delivery latency as the second IMAP session saw it (first "
+        "seen there minus DATA accepted).",
+    )
+    quota_used = gauge(
+        "mailcanary_mailbox_quota_used",
+        "Quota usage of the canary mailbox at the last reading (RFC 9208): bytes for resource storage, "
+        "a count for message.",
+        "resource",
+    )
+    quota_limit = gauge(
+        "mailcanary_mailbox_quota_limit",
+        "Quota limit of the canary mailbox at the last reading: bytes for storage, a count for message.",
+        "resource",
+    )
+    quota_errors = counter(
+        "mailcanary_mailbox_quota_read_errors",
+        "Quota reads that failed (the round trip went on): refused (NO/BAD), protocol, timeout.",
+        "reason",
+    )
     hist = HistogramMetricFamily(
         "mailcanary_roundtrip_delivery_seconds",
         "Delivery latency of successful round trips: first seen by the receiver minus DATA accepted.",
@@ -245,6 +273,16 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         if st.scheduler_lag is not None:
             lag.add_metric([name], st.scheduler_lag)
         skipped.add_metric([name], st.skipped_runs)
+        if st.last_sync is not None:
+            sync.add_metric([name], st.last_sync)
+        if st.last_sync_arrival is not None:
+            sync_arrival.add_metric([name], st.last_sync_arrival)
+        for resource, (used, limit) in sorted(st.quota.items()):
+            quota_used.add_metric([name, resource], used)
+            quota_limit.add_metric([name, resource], limit)
+        if st.quota_errors is not None:  # from the first attempt on, so rate() sees the first failure
+            for reason in QUOTA_ERRORS:
+                quota_errors.add_metric([name, reason], st.quota_errors.get(reason, 0))
         buckets = [(_le(b), c) for b, c in zip(DELIVERY_BUCKETS, st.bucket_counts, strict=True)]
         buckets.append(("+Inf", st.delivery_count))
         hist.add_metric([name], buckets, sum_value=st.delivery_sum)
@@ -263,6 +301,11 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         outstanding,
         lag,
         skipped,
+        sync,
+        sync_arrival,
+        quota_used,
+        quota_limit,
+        quota_errors,
     ]
 
 

@@ -56,6 +56,10 @@ class RunResult:
     lost: int = 0  # timed-out canaries given up on this run (unseen for lost_after)
     outstanding: int = 0  # timed-out canaries still awaited after this run
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
+    quota: dict[str, tuple[int, int]] | None = None  # resource -> (used, limit), read this run
+    quota_error: str | None = None  # why the quota could not be read (probes._quota.QUOTA_ERRORS)
+    sync_seconds: float | None = None  # sync check: flag set by the first session until the second saw it
+    sync_arrival: float | None = None  # sync check: delivery latency as the second session saw it
     failed_phase: str | None = None
     transcript: list[str] | None = None
 
@@ -75,6 +79,12 @@ class ProbeStats:
     scheduler_lag: float | None = None
     skipped_runs: int = 0
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.TLSFacts
+    quota: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # latest reading: resource -> (used, limit)
+    quota_errors: Counter[str] | None = None  # None until a run tried to read the quota
+    last_sync: float | None = None
+    last_sync_arrival: float | None = None
 
 
 class ResultStore:
@@ -133,6 +143,16 @@ class ResultStore:
             st.late_total += result.late
             st.swept_total += result.swept
             st.lost_total += result.lost
+            if result.quota is not None:
+                st.quota = dict(result.quota)  # the latest reading; a failed read keeps the previous one
+            if result.quota is not None or result.quota_error is not None:
+                st.quota_errors = st.quota_errors or Counter()
+                if result.quota_error is not None:
+                    st.quota_errors[result.quota_error] += 1
+            if result.sync_seconds is not None:
+                st.last_sync = result.sync_seconds
+            if result.sync_arrival is not None:
+                st.last_sync_arrival = result.sync_arrival
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -188,4 +208,8 @@ def _copy(st: ProbeStats) -> ProbeStats:
         scheduler_lag=st.scheduler_lag,
         skipped_runs=st.skipped_runs,
         tls=dict(st.tls),
+        quota=dict(st.quota),
+        quota_errors=None if st.quota_errors is None else Counter(st.quota_errors),
+        last_sync=st.last_sync,
+        last_sync_arrival=st.last_sync_arrival,
     )

@@ -14,12 +14,13 @@ import structlog
 from probes._framing import ReadLimits
 from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
+from probes._quota import Usage
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
 from probes.recorder import Masker, Recorder
-from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
 
@@ -106,16 +107,24 @@ def tls_outcome(facts: TLSFacts | None) -> str:
     return "success" if facts.verified else "tls_verify"
 
 
+def _credentials(loaded: LoadedConfig, probe: RoundTripConfig, side: str) -> Credentials:
+    ep = probe.smtp if side == "smtp" else probe.receive
+    assert ep.username is not None
+    source = loaded.token_source(probe, side)
+    if source is not None:
+        assert ep.oauth is not None
+        return Credentials(ep.username, token_source=source, mechanism=ep.oauth.mechanism)
+    return Credentials(ep.username, loaded.password(probe.name, side))
+
+
 def roundtrip_settings(
     loaded: LoadedConfig, probe: RoundTripConfig, key: bytes, slots: ServerSlots | None = None
 ) -> RoundTripSettings:
     """Translate config into the probe library's settings (the library knows nothing of YAML)."""
-    smtp_creds = (
-        Credentials(probe.smtp.username, loaded.password(probe.name, "smtp")) if probe.smtp.username else None
-    )
+    smtp_creds = _credentials(loaded, probe, "smtp") if probe.smtp.username else None
     rc = probe.receive
     assert rc.username is not None
-    recv_creds = Credentials(rc.username, loaded.password(probe.name, "receive"))
+    recv_creds = _credentials(loaded, probe, "receive")
     recv_ep = endpoint_of(rc, rc.protocol)
     limits = ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes)
     receiver: IMAPSettings | POP3Settings
@@ -128,6 +137,7 @@ def roundtrip_settings(
             timeout=rc.timeout,
             use_idle=rc.idle,
             limits=limits,
+            quota=rc.quota,
         )
     else:
         receiver = POP3Settings(
@@ -153,6 +163,11 @@ def roundtrip_settings(
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
         slots=slots,
+        sync=(
+            SyncSettings(flag=rc.sync.flag, timeout=rc.sync.timeout)
+            if rc.protocol == "imap" and rc.sync is not None and rc.sync.enabled
+            else None
+        ),
     )
 
 
@@ -182,6 +197,14 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
         ep = tls_check_settings(check, check.host, check.port).endpoint
         sides.append((ep, check.protocol, check.max_sessions))
     return sides
+
+
+def _quota_of(rec: Recorder) -> dict[str, tuple[int, int]] | None:
+    """The run's quota reading as resource (lower case) -> (used, limit); None if none was read."""
+    found = rec.facts.get("quota")
+    if not isinstance(found, dict):
+        return None
+    return {res.lower(): (u.used, u.limit) for res, u in found.items() if isinstance(u, Usage)}
 
 
 def make_masker(loaded: LoadedConfig) -> Masker:
@@ -273,6 +296,10 @@ class Runner:
             lost=lost,
             outstanding=outstanding,
             tls=dict(rec.tls),
+            quota=_quota_of(rec),
+            quota_error=rec.facts.get("quota_error"),
+            sync_seconds=rec.facts.get("sync_seconds") if reason == "success" else None,
+            sync_arrival=rec.facts.get("sync_arrival_seconds") if reason == "success" else None,
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
         )

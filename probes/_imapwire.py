@@ -76,7 +76,7 @@ def parse_tag(line: bytes, expected: bytes | None) -> bytes:
         return b"+"
     if expected is not None and line.startswith(expected + b" "):
         return expected
-    raise ProbeError(f"garbage from the IMAP server: {_show(line)}", reason=_REASON)
+    raise ProbeError(f"garbage from the IMAP server: {show(line)}", reason=_REASON)
 
 
 def capabilities_of(resp: Response) -> set[str] | None:
@@ -109,7 +109,7 @@ def parse_search(resp: Response) -> list[int] | None:
         if w.startswith(b"("):  # a trailing (MODSEQ n) from CONDSTORE servers: not a UID
             break
         if not _NUMBER.fullmatch(w):
-            raise ProbeError(f"malformed SEARCH response {_show(resp.head)}", reason=_REASON)
+            raise ProbeError(f"malformed SEARCH response {show(resp.head)}", reason=_REASON)
         out.append(int(w))
     return out
 
@@ -206,10 +206,10 @@ def parse_fetch(resp: Response) -> FetchItem | None:
     toks = tokens(resp.parts)
     # toks: [b"*", b"n", b"FETCH", [items...]] (tag included in the first part)
     if len(toks) != 4 or not isinstance(toks[3], list):
-        raise ProbeError(f"malformed FETCH response {_show(resp.parts[0] or b'')}", reason=_REASON)
+        raise ProbeError(f"malformed FETCH response {show(resp.parts[0] or b'')}", reason=_REASON)
     items = toks[3]
     if len(items) % 2:
-        raise ProbeError(f"malformed FETCH response {_show(resp.parts[0] or b'')}", reason=_REASON)
+        raise ProbeError(f"malformed FETCH response {show(resp.parts[0] or b'')}", reason=_REASON)
     uid = size = None
     body: bytes | None = None
     skipped = False
@@ -244,6 +244,6 @@ def quote(value: str) -> bytes | None:
     return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-def _show(data: bytes, limit: int = 80) -> str:
+def show(data: bytes, limit: int = 80) -> str:
     text = repr(data[:limit].decode("utf-8", errors="replace"))
     return text + ("..." if len(data) > limit else "")

@@ -46,6 +46,7 @@ class _Pool:
     in_use: int = 0
     high_water: int = 0
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    wants: dict[asyncio.Future[None], int] = field(default_factory=dict)  # waiter -> slots it waits for
 
 
 class QueueTimeout(ProbeError):
@@ -115,45 +116,60 @@ class ServerSlots:
             pool = self._pools[key] = _Pool(limit=self.limit_of(key))
         return pool
 
-    def _take(self, pool: _Pool) -> None:
-        pool.in_use += 1
+    def _take(self, pool: _Pool, n: int = 1) -> None:
+        pool.in_use += n
         pool.high_water = max(pool.high_water, pool.in_use)
 
     def _wake(self, pool: _Pool) -> None:
-        while pool.waiters and pool.in_use < pool.limit:
-            fut = pool.waiters.popleft()
+        while pool.waiters:
+            fut = pool.waiters[0]
+            n = pool.wants.get(fut, 1)
+            if not fut.done() and pool.in_use + min(n, pool.limit) > pool.limit:
+                break  # first come, first served: a waiter for two slots is not overtaken
+            pool.waiters.popleft()
+            pool.wants.pop(fut, None)
             if not fut.done():
-                self._take(pool)  # the slot is handed over: the waiter owns it from now
+                self._take(pool, n)  # the slots are handed over: the waiter owns them from now
                 fut.set_result(None)
 
-    def _release(self, key: str) -> None:
+    def _release(self, key: str, n: int = 1) -> None:
         pool = self._pools[key]
-        pool.in_use -= 1
+        pool.in_use -= n
         self._wake(pool)
         if pool.in_use == 0 and not pool.waiters and self.known is not None and key not in self.known:
             del self._pools[key]  # bounded: an idle pool of an unconfigured server (a /probe target)
 
-    async def _acquire(self, key: str) -> None:
+    async def _acquire(self, key: str, n: int = 1) -> None:
+        """``n`` slots at once (a run with two sessions on one server takes both together: taking them
+        one by one could leave every run holding one and waiting for another). A pool whose limit is
+        below ``n`` admits such a run alone (``in_use`` may then pass the limit by the difference)."""
         pool = self._pool(key)
-        if pool.in_use < pool.limit and not pool.waiters:
-            self._take(pool)
+        if pool.in_use + min(n, pool.limit) <= pool.limit and not pool.waiters:
+            self._take(pool, n)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         pool.waiters.append(fut)
+        if n != 1:
+            pool.wants[fut] = n
         try:
             await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
-                self._release(key)  # handed over just as we gave up: pass it on
+                self._release(key, n)  # handed over just as we gave up: pass them on
             else:
                 fut.cancel()
+                pool.wants.pop(fut, None)
                 with contextlib.suppress(ValueError):
                     pool.waiters.remove(fut)
+                self._wake(pool)  # a waiter for several slots may have held back smaller ones
             raise
 
     @contextlib.asynccontextmanager
-    async def session(self, endpoint: Endpoint, service: str, recorder: Recorder) -> AsyncIterator[None]:
-        """Hold a slot in both pools of ``endpoint`` for the body; the wait is the ``queue`` phase."""
+    async def session(
+        self, endpoint: Endpoint, service: str, recorder: Recorder, count: int = 1
+    ) -> AsyncIterator[None]:
+        """Hold ``count`` slots (sessions) in both pools of ``endpoint`` for the body; the wait is the
+        ``queue`` phase."""
         keys = self.keys(endpoint, service)
         held: list[str] = []
         budget = self.queue_timeout
@@ -167,7 +183,7 @@ class ServerSlots:
                 try:
                     async with asyncio.timeout(budget):
                         for key in keys:
-                            await self._acquire(key)
+                            await self._acquire(key, count)
                             held.append(key)
                 except TimeoutError:
                     full = next(k for k in keys if k not in held)
@@ -177,7 +193,7 @@ class ServerSlots:
                     ) from None
         except BaseException:
             for key in reversed(held):
-                self._release(key)
+                self._release(key, count)
             raise
         finally:
             if extend is not None:
@@ -186,16 +202,16 @@ class ServerSlots:
             yield
         finally:
             for key in reversed(held):
-                self._release(key)
+                self._release(key, count)
 
 
 @contextlib.asynccontextmanager
 async def maybe_session(
-    slots: ServerSlots | None, endpoint: Endpoint, service: str, recorder: Recorder
+    slots: ServerSlots | None, endpoint: Endpoint, service: str, recorder: Recorder, count: int = 1
 ) -> AsyncIterator[None]:
     """``slots.session(...)``, or nothing at all when the caller runs without limits."""
     if slots is None:
         yield
         return
-    async with slots.session(endpoint, service, recorder):
+    async with slots.session(endpoint, service, recorder, count):
         yield

@@ -24,6 +24,7 @@ REASONS: Final[frozenset[str]] = frozenset(
         "tls_connect",  # TLS check: TCP connect, DNS, or the dialogue before TLS failed
         "tls_handshake",  # TLS check: no TLS session at all (STARTTLS not offered, every handshake failed)
         "queue_timeout",  # no session slot free on the server within queue_timeout (our own limit)
+        "sync_timeout",  # sync check: the second IMAP session did not see the canary's flag in time
         "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout
         "config",  # the probe's settings cannot work (e.g. AUTH over plaintext not allowed)
         "internal",  # a bug: anything unexpected, logged with its traceback

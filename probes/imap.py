@@ -29,6 +29,7 @@ from ._net import (
     tcp_connect,
     tls_error_message,
 )
+from ._quota import Usage, parse_quota, tightest
 from .errors import ProbeError, ProbeTimeout
 from .recorder import MASK, Recorder
 
@@ -45,6 +46,7 @@ class IMAPSettings:
     timeout: float = 10.0  # per command
     use_idle: bool = True
     limits: ReadLimits = field(default_factory=ReadLimits)
+    quota: bool = True  # read RFC 9208 quota (GETQUOTAROOT) when the server offers QUOTA
 
 
 @dataclass
@@ -54,6 +56,10 @@ class Fetched:
     data: dict[int, bytes] = field(default_factory=dict)
     sizes: dict[int, int] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
+
+
+class QuotaMalformed(ProbeError):
+    """A ``* QUOTA`` line we cannot read: the dialogue is still in step."""
 
 
 class IMAPSession:
@@ -86,14 +92,17 @@ class IMAPSession:
         await self.secure()
         rec.masker.add(st.credentials.password, st.credentials.username)
         with rec.phase(f"{p}_login"):
-            if "LOGINDISABLED" in self._caps:
-                raise ProbeError("IMAP server disables LOGIN on this connection", reason="receive_auth")
-            resp, _ = await self._command(
-                "LOGIN",
-                [b"LOGIN ", st.credentials.username, b" ", st.credentials.password],
-                shown=f"LOGIN {st.credentials.username} {MASK}",
-                reason="receive_auth",
-            )
+            if st.credentials.token_source is not None:
+                resp = await self._authenticate_oauth()
+            else:
+                if "LOGINDISABLED" in self._caps:
+                    raise ProbeError("IMAP server disables LOGIN on this connection", reason="receive_auth")
+                resp, _ = await self._command(
+                    "LOGIN",
+                    [b"LOGIN ", st.credentials.username, b" ", st.credentials.password],
+                    shown=f"LOGIN {st.credentials.username} {MASK}",
+                    reason="receive_auth",
+                )
             caps = wire.capabilities_of(resp)
             if caps is not None:
                 self._caps = caps
@@ -101,6 +110,64 @@ class IMAPSession:
                 await self._capability()
             _, untagged = await self._command(f"SELECT {st.mailbox}", [b"SELECT ", st.mailbox])
             self.exists = _exists(untagged, 0) or 0
+
+    async def _authenticate_oauth(self) -> wire.Response:
+        """AUTHENTICATE XOAUTH2/OAUTHBEARER (initial response inline with SASL-IR); an error challenge
+        (``+ base64 JSON``) is answered with an empty line, after which the server says NO."""
+        from .oauth import error_of_challenge, initial_response
+
+        creds, ep = self.settings.credentials, self.settings.endpoint
+        offered = [c[5:] for c in self._caps if c.startswith("AUTH=")]
+        mech, encoded = await initial_response(
+            creds, offered, self.recorder, "receive_auth", "IMAP", ep.server_hostname, ep.port
+        )
+        assert self._in is not None and self._writer is not None
+        tag = next(self._tags)
+        self.recorder.commands += 1
+        sasl_ir = "SASL-IR" in self._caps
+        detail = ""
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                self._in.reset_budget()
+                line = b"AUTHENTICATE " + mech.encode() + (b" " + encoded.encode() if sasl_ir else b"")
+                shown = f"AUTHENTICATE {mech}" + (f" {MASK}" if sasl_ir else "")
+                self.recorder.debug("C: imap", f"{tag.decode()} {shown}")
+                self._writer.write(tag + b" " + line + b"\r\n")
+                await self._writer.drain()
+                sent_initial = sasl_ir
+                while True:
+                    resp = await self._read_response("AUTHENTICATE", tag, self.settings.limits.max_line)
+                    if resp.tag == tag:
+                        break
+                    if resp.tag != b"+":
+                        self._note(resp)
+                        continue
+                    if not sent_initial:
+                        self.recorder.debug("C: imap", MASK)
+                        self._writer.write(encoded.encode() + b"\r\n")
+                        sent_initial = True
+                    else:  # an error challenge: end the exchange, the tagged NO follows
+                        detail = error_of_challenge(resp.head)
+                        self.recorder.debug("C: imap", "")
+                        self._writer.write(b"\r\n")
+                    await self._writer.drain()
+        except TimeoutError:
+            self._abort()
+            raise ProbeTimeout(f"IMAP AUTHENTICATE: no reply within {self.settings.timeout:g}s") from None
+        except ProbeError as exc:
+            self._abort()
+            raise ProbeError(f"IMAP AUTHENTICATE: {exc.message}", reason=exc.reason) from None
+        except OSError as exc:
+            self._abort()
+            raise ProbeError(f"IMAP AUTHENTICATE: connection lost: {exc}", reason=_PROTOCOL) from None
+        if resp.status != b"OK":
+            if creds.token_source is not None:
+                creds.token_source.invalidate()  # refused: the next run asks for a fresh one
+            status = (resp.status or b"?").decode()
+            extra = f" [{detail}]" if detail else ""
+            text = f"IMAP AUTHENTICATE {mech} answered {status} {resp.text()}{extra}"
+            raise ProbeError(text, reason="receive_auth")
+        return resp
 
     async def secure(self, tls_context: ssl.SSLContext | None = None) -> None:
         """Connect and secure the session as the endpoint asks, without logging in; phases connect, tls,
@@ -177,7 +244,7 @@ class IMAPSession:
         if status not in (b"OK", b"PREAUTH"):
             self._abort()
             raise ProbeError(
-                f"IMAP greeting is not * OK: {wire._show(resp.parts[0] or b'')}", reason=_PROTOCOL
+                f"IMAP greeting is not * OK: {wire.show(resp.parts[0] or b'')}", reason=_PROTOCOL
             )
         caps = wire.capabilities_of(resp)
         if caps is not None:
@@ -416,11 +483,16 @@ class IMAPSession:
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=_PROTOCOL)
         return self._saw_exists(pushed)
 
-    async def search_header(self, header: str, value: str, *, undeleted: bool = False) -> list[int]:
-        """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted."""
+    async def search_header(
+        self, header: str, value: str, *, undeleted: bool = False, flag: str | None = None
+    ) -> list[int]:
+        """UIDs whose ``header`` contains ``value``; with ``undeleted``, not those flagged \\Deleted; with
+        ``flag`` (``\\Seen`` or a keyword), only those carrying it."""
         pieces: list[bytes | str] = [b"UID SEARCH "]
         if undeleted:
             pieces.append(b"UNDELETED ")
+        if flag is not None:
+            pieces.append(b"SEEN " if flag.lower() == "\\seen" else b"KEYWORD " + flag.encode("ascii") + b" ")
         pieces += [b"HEADER ", header, b" ", value]
         _, untagged = await self._command("UID SEARCH", pieces)
         uids: list[int] = []
@@ -429,6 +501,31 @@ class IMAPSession:
             if found is not None:
                 uids.extend(found)
         return sorted(set(uids))
+
+    @property
+    def is_open(self) -> bool:
+        """False once the connection was dropped (a timeout or garbage put the dialogue out of step)."""
+        return not self._closed and self._in is not None
+
+    async def quota(self) -> dict[str, Usage]:
+        """RFC 9208 ``GETQUOTAROOT`` on the selected mailbox: per resource (``STORAGE`` in bytes,
+        ``MESSAGE``...) the usage of the root nearest its limit; empty when no root has a limit.
+
+        A NO/BAD raises ``receive_protocol`` with the session still open; a ``* QUOTA`` line that does not
+        parse raises the same (in step, still open); garbage or silence end the session as any command.
+        """
+        _, untagged = await self._command("GETQUOTAROOT", [b"GETQUOTAROOT ", self.settings.mailbox])
+        found: dict[str, Usage] = {}
+        for resp in untagged:
+            line = resp.parts[0] or b""
+            words = resp.words
+            if not words or words[0].upper() != b"QUOTA":
+                continue  # QUOTAROOT names the roots; the QUOTA lines carry the numbers
+            parsed = parse_quota(line) if len(resp.parts) == 1 else None
+            if parsed is None:
+                raise QuotaMalformed(f"IMAP GETQUOTAROOT: malformed {wire.show(line)}", reason=_PROTOCOL)
+            tightest(found, parsed[1])
+        return found
 
     @property
     def can_expunge_by_uid(self) -> bool:
@@ -465,6 +562,15 @@ class IMAPSession:
                     out.data[item.uid] = item.body
         return out
 
+    async def add_flag(self, uid: int, flag: str) -> None:
+        """Set ``flag`` (``\\Seen`` or a keyword atom, checked by the config) on one message: only ever
+        called for our own verified canary."""
+        await self._command(
+            "UID STORE",
+            [b"UID STORE %d +FLAGS.SILENT (" % uid, flag.encode("ascii"), b")"],
+            shown=f"UID STORE {uid} +FLAGS.SILENT ({flag})",
+        )
+
     async def delete(self, uids: Iterable[int]) -> None:
         """Flag ``uids`` \\Deleted and, with UIDPLUS, expunge exactly those.
 
@@ -497,6 +603,10 @@ class IMAPSession:
         finally:
             self._closed = True
             await close_writer(self._writer)
+
+    def abort(self) -> None:
+        """Drop the connection at once (a caller cut a command short): no LOGOUT on close."""
+        self._abort()
 
     def _abort(self) -> None:
         """Drop the connection at once: the dialogue can no longer be trusted to be in step."""

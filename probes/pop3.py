@@ -275,7 +275,8 @@ class POP3Client:
         return self.capabilities
 
     async def login(self, creds: Credentials, *, allow_plaintext: bool = False) -> None:
-        """AUTH PLAIN when advertised (one round trip), else USER/PASS; never sends credentials in clear."""
+        """OAuth (XOAUTH2/OAUTHBEARER) with a token source; else AUTH PLAIN when advertised (one round
+        trip), else USER/PASS; never sends credentials in clear."""
         self.recorder.masker.add(creds.password, creds.username)
         if not self._encrypted and not allow_plaintext:
             raise ProbeError(
@@ -283,6 +284,9 @@ class POP3Client:
                 "(plaintext login is not allowed)",
                 reason="config",
             )
+        if creds.token_source is not None:
+            await self._auth_oauth(creds)
+            return
         if "PLAIN" in {mech.upper() for mech in self.capabilities.get("SASL", [])}:
             await self._auth_plain(creds)
         else:
@@ -428,6 +432,52 @@ class POP3Client:
         ok, text = self._status(line, "AUTH")
         if not ok:
             raise ProbeError(f"AUTH PLAIN refused: -ERR {self._mask(text)}", reason=_AUTH)
+
+    async def _auth_oauth(self, creds: Credentials) -> None:
+        """RFC 5034 AUTH with XOAUTH2/OAUTHBEARER from the server's ``SASL`` capability. A token does not
+        fit the 255-octet command line, so the response follows an empty challenge; a refusal comes as an
+        error challenge (base64 JSON, RFC 7628 section 3.2.3), answered by an empty line, then ``-ERR``."""
+        from .oauth import error_of_challenge, initial_response
+
+        ep = self.endpoint
+        mech, encoded = await initial_response(
+            creds,
+            self.capabilities.get("SASL", []),
+            self.recorder,
+            _AUTH,
+            "POP3",
+            ep.server_hostname,
+            ep.port,
+        )
+        self.recorder.commands += 1
+        if len(f"AUTH {mech} {encoded}\r\n") <= MAX_COMMAND:
+            await self._send(f"AUTH {mech} {encoded}", f"AUTH {mech} {MASK}", "AUTH")
+            pending: str | None = None
+        else:
+            await self._send(f"AUTH {mech}", f"AUTH {mech}", "AUTH")
+            pending = encoded
+        detail = ""
+        line = await self._read_line("AUTH")
+        for _ in range(2):  # at most: the empty challenge, then an error challenge
+            if not _is_continuation(line):
+                break
+            if pending is not None:
+                await self._send(pending, MASK, "AUTH")
+                pending = None
+            else:
+                detail = error_of_challenge(line[1:])
+                await self._send("", "", "AUTH")
+            line = await self._read_line("AUTH")
+        if _is_continuation(line):  # a third challenge: a dialogue we cannot follow; cancel it
+            await self._send("*", "*", "AUTH")
+            await self._read_line("AUTH")
+            raise ProbeError(f"AUTH {mech}: unexpected SASL challenge from the server", reason=_AUTH)
+        ok, text = self._status(line, "AUTH")
+        if not ok:
+            if creds.token_source is not None:
+                creds.token_source.invalidate()  # refused: the next run asks for a fresh one
+            extra = f" [{detail}]" if detail else ""
+            raise ProbeError(f"POP3 AUTH {mech} refused: -ERR {self._mask(text)}{extra}", reason=_AUTH)
 
     async def _command(
         self,

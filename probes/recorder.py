@@ -33,7 +33,9 @@ class Masker:
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._needles: set[str] = set()
+        self._fixed: set[str] = set()  # passwords and other secrets that stay
+        self._rotating: dict[str, list[frozenset[str]]] = {}  # key -> last generations of a token's forms
+        self._needles: set[str] = set()  # _fixed and every kept generation
         self._index: dict[str, tuple[str, ...]] | None = None
         self._few: tuple[str, ...] | None = None  # every form, when there are at most FEW_FORMS
         self._k = 0
@@ -50,10 +52,30 @@ class Masker:
             # SASL PLAIN initial response: authzid NUL authcid NUL passwd, base64-encoded.
             for authz in ("", username):
                 forms.add(base64.b64encode(f"{authz}\0{username}\0{secret}".encode()).decode())
-        new = {form for form in forms if form} - self._needles
+        new = {form for form in forms if form} - self._fixed
         if new:
+            self._fixed |= new
             self._needles |= new
             self._index = None  # rebuilt on next use: adding stays O(1)
+
+    def rotate(self, key: str, forms: Iterable[str], keep: int = 2) -> None:
+        """Mask ``forms`` of a secret that is replaced over time (an OAuth token): only the last ``keep``
+        generations per ``key`` stay, so a daemon refreshing tokens for months stays bounded."""
+        new = frozenset(f for f in forms if f)
+        gens = self._rotating.setdefault(key, [])
+        if gens and gens[-1] == new:
+            return
+        gens.append(new)
+        dropped = gens[:-keep]
+        del gens[:-keep]
+        self._needles |= new
+        gone = {f for g in dropped for f in g} - self._fixed
+        for kept in (g for gs in self._rotating.values() for g in gs):
+            if not gone:
+                break
+            gone -= kept  # a form still in a kept generation (of this or another key) stays
+        self._needles -= gone
+        self._index = None
 
     def _built(self) -> dict[str, tuple[str, ...]]:
         index = self._index

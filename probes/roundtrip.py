@@ -20,8 +20,8 @@ from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
-from .errors import ProbeError
-from .imap import IMAPSession, IMAPSettings
+from .errors import ProbeError, ProbeTimeout
+from .imap import IMAPSession, IMAPSettings, QuotaMalformed
 from .pop3 import POP3Client
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
@@ -61,6 +61,16 @@ class POP3Settings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The multi-device check (IMAP): a second session, the "other device", stays selected on the
+    mailbox; once the first session has verified the canary it sets ``flag`` on it (ours only, never a
+    user's message), and the second must see the flag within ``timeout`` seconds."""
+
+    flag: str = "$MailcanarySynced"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class RoundTripSettings:
     name: str
     smtp: SMTPSettings
@@ -73,6 +83,7 @@ class RoundTripSettings:
     search_every: float = 5.0  # search even without an EXISTS this often (servers that announce nothing)
     sweep_after: float = 3600.0  # our own canaries older than this are deleted when seen
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
+    sync: SyncSettings | None = None  # IMAP only: the second-device check
 
 
 @dataclass
@@ -97,10 +108,13 @@ async def probe_roundtrip(
     else:
         receiver = _POP3Receiver(settings, recorder)
     service = "imap" if isinstance(settings.receiver, IMAPSettings) else "pop3"
+    # With the sync check an IMAP run holds two sessions: both slots are taken at once (one by one, runs
+    # could each hold one and wait for another forever).
+    sessions = 2 if service == "imap" and settings.sync is not None else 1
     with recorder.masked_errors():
         # The receiving side's slot is held for the whole run (its session, or POP3's looks, one at a
         # time); the SMTP slot only while sending (see _run).
-        async with maybe_session(settings.slots, settings.receiver.endpoint, service, recorder):
+        async with maybe_session(settings.slots, settings.receiver.endpoint, service, recorder, sessions):
             try:
                 return await _run(settings, recorder, receiver, late)
             finally:
@@ -112,6 +126,7 @@ async def _run(
 ) -> RoundTripResult:
     swept = await receiver.open_and_sweep(set(late))
     recorder.facts["swept"] = swept
+    await receiver.open_device()
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
     recorder.facts["token"] = token
@@ -122,6 +137,7 @@ async def _run(
     await recorder.canary("accepted", token)
     recorder.facts["smtp_tls_version"] = sent.tls_version
     commands_before = recorder.commands
+    receiver.watch(token, sent.accepted_at)
     with recorder.phase("receive_wait"):
         seen_at = await receiver.wait(token, sent.accepted_at)
     recorder.facts.update(seen=True, seen_at=seen_at, accepted_at=sent.accepted_at)
@@ -139,6 +155,12 @@ class _Receiver:
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         raise NotImplementedError
+
+    async def open_device(self) -> None:
+        """Open the second device's session (the sync check), if there is one."""
+
+    def watch(self, token: Token, accepted_at: float) -> None:
+        """Let the second device look for ``token`` while the first waits for it."""
 
     async def wait(self, token: Token, since: float) -> float:
         raise NotImplementedError
@@ -162,6 +184,9 @@ class _IMAPReceiver(_Receiver):
         self.session = IMAPSession(settings.receiver, recorder)
         self.limits = settings.receiver.limits
         self.uids: list[int] = []
+        self.device: IMAPSession | None = None  # the sync check's second session
+        self.device_seen: asyncio.Task[tuple[float, list[int]]] | None = None
+        self.accepted_at = 0.0
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
@@ -193,14 +218,46 @@ class _IMAPReceiver(_Receiver):
             _count_skipped(self.recorder, len(heads.skipped) + len(maybe_stale) - len(found))
             stale = self._stale(found, late)
             await s.delete(stale)
+        await self._read_quota()
         return list(stale.values())
+
+    async def _read_quota(self) -> None:
+        """Quota of the canary mailbox before the canary goes out (a full mailbox is then shown even when
+        it bounces the canary). A failed read is only noted (``facts["quota_error"]``, one of
+        ``QUOTA_ERRORS``): the round trip goes on, in a fresh session if the old one had to be dropped."""
+        s, rec = self.session, self.recorder
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        if not self.settings.receiver.quota or "QUOTA" not in s.capabilities:
+            return
+        started = rec.clock()
+        try:
+            rec.facts["quota"] = await s.quota()
+        except ProbeError as exc:
+            refused = s.is_open and not isinstance(exc, QuotaMalformed)
+            error = "timeout" if isinstance(exc, ProbeTimeout) else "refused" if refused else "protocol"
+            rec.facts["quota_error"] = error
+            rec.facts["quota_message"] = exc.message
+            rec.debug("quota", f"quota not read ({error}): {exc.message}")
+        finally:
+            rec.set_phase("receive_quota", rec.clock() - started)
+        if not s.is_open:  # the read put the dialogue out of step: go on in a new session
+            await s.close()
+            self.session = IMAPSession(self.settings.receiver, rec)
+            await self.session.open()
 
     @property
     def _canary_cap(self) -> int:
         return min(self.limits.max_message, canary.MAX_CANARY_BYTES)
 
     async def wait(self, token: Token, since: float) -> float:
-        s, rec = self.session, self.recorder
+        seen, uids = await self._look(self.session, token)
+        self.uids = uids[-FETCH_CANDIDATES:]
+        return seen
+
+    async def _look(self, s: IMAPSession, token: Token, flag: str | None = None) -> tuple[float, list[int]]:
+        """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). With a flag every
+        look searches (a flag change announces no EXISTS)."""
+        rec = self.recorder
         use_idle = (
             self.settings.receiver.use_idle if isinstance(self.settings.receiver, IMAPSettings) else False
         )
@@ -214,13 +271,50 @@ class _IMAPReceiver(_Receiver):
                 await asyncio.sleep(gap)
                 announced = await s.noop()
             seen = rec.clock()
-            if announced or seen - last_search >= self.settings.search_every:
+            if announced or flag is not None or seen - last_search >= self.settings.search_every:
                 last_search = seen
-                uids = await s.search_header(canary.HEADER, token.nonce)
+                uids = await s.search_header(canary.HEADER, token.nonce, flag=flag)
                 if uids:
-                    self.uids = uids[-FETCH_CANDIDATES:]
-                    return seen
+                    return seen, uids
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
+
+    async def open_device(self) -> None:
+        if self.settings.sync is None:
+            return
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        self.device = IMAPSession(self.settings.receiver, self.recorder, prefix="sync")
+        await self.device.open()  # phases sync_connect, sync_tls, sync_banner, sync_login
+
+    def watch(self, token: Token, accepted_at: float) -> None:
+        if self.device is not None:
+            self.accepted_at = accepted_at
+            self.device_seen = asyncio.ensure_future(self._look(self.device, token))
+
+    async def _sync(self, token: Token, uid: int) -> None:
+        """Flag our canary in the first session; the second must see the flag within the timeout."""
+        assert self.device is not None and self.device_seen is not None and self.settings.sync is not None
+        rec, flag, limit = self.recorder, self.settings.sync.flag, self.settings.sync.timeout
+        with rec.phase("sync_flag"):
+            await self.session.add_flag(uid, flag)
+        flagged = rec.clock()
+        try:
+            with rec.phase("sync_wait"):
+                async with asyncio.timeout(limit):
+                    arrived, _ = await self.device_seen  # the arrival as the second device saw it
+                    rec.facts["sync_arrival_seconds"] = arrived - self.accepted_at
+                    while True:
+                        seen, uids = await self._look(self.device, token, flag)
+                        if uid in uids:
+                            break
+        except TimeoutError as exc:  # the sync timeout, or the second session stalled on a command
+            self.device.abort()  # cut mid-command: out of step
+            stalled = f" (the second session stalled: {exc})" if isinstance(exc, ProbeError) else ""
+            raise ProbeError(
+                f"the second IMAP session did not see {flag} on the canary within {limit:g}s{stalled}",
+                reason="sync_timeout",
+            ) from None
+        rec.facts["sync_seconds"] = max(0.0, seen - flagged)
+        rec.set_phase("sync_wait", seen - flagged)
 
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.uids
@@ -240,10 +334,27 @@ class _IMAPReceiver(_Receiver):
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
+        failed: ProbeError | None = None
+        failed_phase = None
+        if self.device is not None:
+            try:
+                await self._sync(token, ours[0])
+            except ProbeError as exc:
+                failed, failed_phase = exc, self.recorder.facts.get("current_phase")
         with self.recorder.phase("receive_delete"):
-            await self.session.delete(ours[:1])
+            await self.session.delete(ours[:1])  # after a failed sync check too: never leave it behind
+        if failed is not None:
+            self.recorder.facts["current_phase"] = failed_phase  # the failed phase is the sync one
+            raise failed
 
     async def close(self) -> None:
+        task = self.device_seen
+        if task is not None and not task.done():
+            task.cancel()  # not awaited: that could swallow a cancellation of this very run
+        elif task is not None and not task.cancelled():
+            task.exception()  # retrieved: a failure of the second session is not "never awaited"
+        if self.device is not None:
+            await self.device.close()
         await self.session.close()
 
 

@@ -15,7 +15,11 @@ from aiosmtplib import SMTPResponse
 from ._certs import facts_from_connection
 from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
 from .errors import ProbeError, ProbeTimeout
-from .recorder import Recorder
+from .recorder import MASK, Recorder
+
+# Longest AUTH line with an inline initial response (CRLF included): far below Postfix's line_length_limit
+# (2048), which truncates longer lines; RFC 4954 allows 12288, but an empty challenge works everywhere.
+SMTP_INLINE_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,10 @@ async def _ehlo(smtp: aiosmtplib.SMTP, recorder: Recorder, prefix: str) -> None:
 
 
 async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, prefix: str) -> None:
+    if creds.token_source is not None:
+        with recorder.phase(f"{prefix}_auth"):
+            await _auth_oauth(smtp, creds, recorder)
+        return
     methods = [m for m in ("plain", "login") if m in smtp.supported_auth_methods]
     if not methods:
         offered = " ".join(smtp.supported_auth_methods) or "none"
@@ -199,6 +207,44 @@ async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, p
     login = smtp.auth_plain if method == "plain" else smtp.auth_login
     with recorder.phase(f"{prefix}_auth"):
         await _step(recorder, "AUTH", login(creds.username, creds.password), "smtp_auth")
+
+
+async def _auth_oauth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder) -> None:
+    """XOAUTH2 / OAUTHBEARER (aiosmtplib has only XOAUTH2, and no way to pick from the offer): on
+    failure the server sends an error challenge, answered by an empty line (RFC 7628 §3.2.3)."""
+    from .oauth import error_of_challenge, initial_response
+
+    mech, encoded = await initial_response(creds, smtp.server_auth_methods, recorder, "smtp_auth", "SMTP")
+    inline = len(encoded) + len(mech) + 7 <= SMTP_INLINE_MAX
+    recorder.debug("C: smtp", f"AUTH {mech} ********" if inline else f"AUTH {mech}")
+    try:
+        if inline:
+            resp = await smtp.execute_command(b"AUTH", mech.encode(), encoded.encode())
+        else:
+            # Postfix cuts command lines at line_length_limit (2048): a JWT-sized initial response must
+            # follow the server's empty challenge instead (RFC 4954 section 4).
+            resp = await smtp.execute_command(b"AUTH", mech.encode())
+            if resp.code == 334:
+                recorder.debug("S: smtp", f"334 {resp.message}")
+                recorder.debug("C: smtp", MASK)
+                resp = await smtp.execute_command(encoded.encode())
+        detail = ""
+        if resp.code == 334:
+            detail = error_of_challenge(resp.message.encode())
+            recorder.debug("S: smtp", f"334 {resp.message}")
+            recorder.debug("C: smtp", "")
+            resp = await smtp.execute_command(b"")
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise _fail(exc, "smtp_auth", "AUTH") from exc
+    for line in resp.message.splitlines() or [""]:
+        recorder.debug("S: smtp", f"{resp.code} {line}")
+    if resp.code != 235:
+        text = " ".join(resp.message.split())
+        extra = f" [{detail}]" if detail else ""
+        if creds.token_source is not None:
+            creds.token_source.invalidate()  # refused: the next run asks for a fresh one
+        message = f"SMTP AUTH {mech} answered {resp.code} {text}{extra}"
+        raise ProbeError(message, reason="smtp_auth", code=resp.code)
 
 
 async def _send(

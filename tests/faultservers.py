@@ -144,7 +144,9 @@ def smtp_handler(store: Store, fault: Fault) -> Handler:
 _NOISE = b"* 1 FETCH (FLAGS (\\Seen))\r\n"  # another session changed a flag: normal on a shared mailbox
 
 
-def imap_handler(store: Store, fault: Fault) -> Handler:
+def imap_handler(store: Store, fault: Fault, quota: bytes | None = None) -> Handler:
+    """``quota``: offer QUOTA after login and answer GETQUOTAROOT with these untagged lines."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         selected = False
 
@@ -214,7 +216,11 @@ def imap_handler(store: Store, fault: Fault) -> Handler:
                             await writer.drain()
                         await reader.readexactly(int(m.group(1)))
                         await reader.readline()
-                    if await reply(step, tag, b"", b"OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] logged in"):
+                    caps_after = b"IMAP4rev1 IDLE UIDPLUS" + (b" QUOTA" if quota is not None else b"")
+                    if await reply(step, tag, b"", b"OK [CAPABILITY " + caps_after + b"] logged in"):
+                        return
+                elif verb == b"GETQUOTAROOT" and quota is not None:
+                    if await reply(step, tag, quota, b"OK Getquotaroot completed"):
                         return
                 elif verb == b"CAPABILITY":
                     if await reply(step, tag, b"* CAPABILITY IMAP4rev1 IDLE UIDPLUS\r\n", b"OK done"):
@@ -238,6 +244,8 @@ def imap_handler(store: Store, fault: Fault) -> Handler:
                     m = re.search(rb'"([^"]*)"$', rest)
                     needle = m.group(1) if m else b"\x00"
                     found = [u for u, raw_ in store.messages.items() if needle in raw_.split(b"\r\n\r\n")[0]]
+                    if b" KEYWORD " in rest or b" SEEN " in rest:
+                        found = []  # flags are not kept: a view where a flag set elsewhere never shows
                     body = b"* SEARCH " + b" ".join(b"%d" % u for u in found) + b"\r\n"
                     if await reply(step, tag, body.replace(b"SEARCH \r\n", b"SEARCH\r\n"), b"OK done"):
                         return

@@ -391,7 +391,7 @@ def test_two_password_sources(pw_file: Path) -> None:
 def test_username_without_password(pw_file: Path) -> None:
     text = _edit(pw_file, f"      password_file: {pw_file}\n", "")
     assert one_problem(text) == (
-        f"{F}: roundtrip[0].smtp: username given without password_file, password_env or password"
+        f"{F}: roundtrip[0].smtp: username given without password_file, password_env, password or oauth"
     )
 
 

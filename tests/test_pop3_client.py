@@ -996,3 +996,78 @@ async def test_debug_off_keeps_no_transcript(serve: Serve) -> None:
         await client.noop()
     assert rec.transcript is None
     assert rec.commands == 3
+
+
+# --- OAuth (the real Dovecot runs the happy path: tests/test_oauth_e2e.py) ----------------------------------
+
+
+@dataclass
+class _StaticToken:
+    value: str
+    invalidated: int = 0
+
+    async def token(self) -> str:
+        return self.value
+
+    def invalidate(self) -> None:
+        self.invalidated += 1
+
+
+def _oauth_server(sasl: bytes, answers: list[bytes], received: list[bytes]) -> Handler:
+    """Greets, offers ``SASL sasl``, answers each line after AUTH with the next of ``answers``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"+OK hi\r\n")
+        pending = list(answers)
+        while line := await reader.readline():
+            received.append(line)
+            if line.startswith(b"CAPA"):
+                writer.write(b"+OK\r\nSASL " + sasl + b"\r\n.\r\n")
+            elif pending:
+                writer.write(pending.pop(0))
+            else:
+                writer.write(b"-ERR out of script\r\n")
+            await writer.drain()
+
+    return handler
+
+
+async def test_oauth_without_an_offered_mechanism_is_receive_auth(serve: Serve) -> None:
+    received: list[bytes] = []
+    port = await serve(_oauth_server(b"PLAIN LOGIN", [], received))
+    creds = Credentials(USER, token_source=_StaticToken("tok-123"))
+    async with await POP3Client.connect(endpoint(port, "none"), recorder(), timeout=5) as client:
+        with pytest.raises(ProbeError) as info:
+            await client.login(creds, allow_plaintext=True)
+    assert info.value.reason == "receive_auth"
+    assert "offers no XOAUTH2 or OAUTHBEARER (offered: LOGIN PLAIN)" in str(info.value)
+    assert not any(line.startswith(b"AUTH") for line in received)  # nothing sent
+
+
+async def test_oauth_error_challenge_is_answered_and_decoded(serve: Serve) -> None:
+    received: list[bytes] = []
+    err = base64.b64encode(b'{"status":"invalid_token"}')
+    port = await serve(_oauth_server(b"OAUTHBEARER", [b"+ " + err + b"\r\n", b"-ERR denied\r\n"], received))
+    source = _StaticToken("tok-123")
+    rec = recorder()
+    async with await POP3Client.connect(endpoint(port, "none"), rec, timeout=5) as client:
+        with pytest.raises(ProbeError) as info:
+            await client.login(Credentials(USER, token_source=source), allow_plaintext=True)
+    assert info.value.reason == "receive_auth"
+    assert str(info.value).endswith("POP3 AUTH OAUTHBEARER refused: -ERR denied [status=invalid_token]")
+    assert received[-2].startswith(b"AUTH OAUTHBEARER ") and received[-1] == b"\r\n"
+    assert source.invalidated == 1
+    assert rec.transcript is not None and "tok-123" not in "\n".join(rec.transcript)
+
+
+async def test_oauth_endless_challenges_are_cancelled(serve: Serve) -> None:
+    received: list[bytes] = []
+    port = await serve(_oauth_server(b"XOAUTH2", [b"+ \r\n"] * 4, received))
+    creds = Credentials(USER, token_source=_StaticToken("t" * 400))  # too long to go inline
+    async with await POP3Client.connect(endpoint(port, "none"), recorder(), timeout=5) as client:
+        with pytest.raises(ProbeError) as info:
+            await client.login(creds, allow_plaintext=True)
+    assert info.value.reason == "receive_auth"
+    assert "unexpected SASL challenge" in str(info.value)
+    auth = [line for line in received if not line.startswith(b"CAPA")]
+    assert auth[0] == b"AUTH XOAUTH2\r\n" and auth[-1] == b"*\r\n" and len(auth) == 4

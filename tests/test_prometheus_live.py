@@ -188,14 +188,29 @@ def write_secret(tmp: Path, name: str, secret: str) -> str:
     return str(path)
 
 
-def exporter_config(stack: MailStack, tmp: Path, addresses: tuple[str, str]) -> dict[str, Any]:
+QUOTA_DOVECOT_CONFIG = [  # the quota plugin with generous limits: the quota series have data
+    "protocol imap {",
+    "  mail_plugins = $mail_plugins imap_quota",
+    "}",
+    "plugin {",
+    "  quota = count:User quota",
+    "  quota_rule = *:storage=100M:messages=10000",
+    "  quota_vsizes = yes",
+    "}",
+]
+
+
+def exporter_config(
+    stack: MailStack, tmp: Path, addresses: tuple[str, ...], quota_port: int | None = None
+) -> dict[str, Any]:
+    """live-imaps, live-pop3s and, with ``quota_port`` (a Dovecot with the quota plugin), live-mailbox:
+    IMAP with quota and the sync check."""
     tls_config = {"ca_file": str(stack.ca_file), "server_name": stack.server_name}
     probes = []
-    for (name, protocol, port), address in zip(
-        (("live-imaps", "imap", stack.imaps_port), ("live-pop3s", "pop3", stack.pop3s_port)),
-        addresses,
-        strict=True,
-    ):
+    sides = [("live-imaps", "imap", stack.imaps_port), ("live-pop3s", "pop3", stack.pop3s_port)]
+    if quota_port is not None:
+        sides.append(("live-mailbox", "imap", quota_port))
+    for (name, protocol, port), address in zip(sides, addresses, strict=True):
         secret = write_secret(tmp, name, stack.password(address))
         probes.append(
             {
@@ -218,6 +233,7 @@ def exporter_config(stack: MailStack, tmp: Path, addresses: tuple[str, str]) -> 
                     "tls_config": dict(tls_config),
                     "username": address,
                     "password_file": secret,
+                    **({"sync": {"timeout": "3s"}} if name == "live-mailbox" else {}),
                 },
             }
         )
@@ -252,7 +268,14 @@ def live(
     binary = prometheus_binary()
     tmp = tmp_path_factory.mktemp("prometheus-live")
     exporter_port, prometheus_port = free_port(), free_port()
-    base = exporter_config(mailstack, tmp, (fresh_mailbox(), fresh_mailbox()))
+    quota_dovecot = mailstack.make_dovecot(
+        "live-quota", tls=mailstack.tls, settings={"mail_plugins": "quota"}, extra_config=QUOTA_DOVECOT_CONFIG
+    )
+    quota_dovecot.render()
+    quota_dovecot.start()
+    quota_dovecot.wait_ready(mailstack.start_timeout)
+    addresses = (fresh_mailbox(), fresh_mailbox(), fresh_mailbox())
+    base = exporter_config(mailstack, tmp, addresses, quota_dovecot.ports["imaps"])
     config = tmp / "mailcanary.yml"
     config.write_text(yaml.safe_dump(base, sort_keys=False))
 
@@ -332,13 +355,14 @@ def live(
         finally:
             stop_process(prometheus)
             stop_process(exporter)
+            quota_dovecot.stop()
 
 
 def wait_for_data(live: Live) -> None:
     """Until several scrapes of completed runs exist: both round trips, the TLS check, recorded SLO series."""
     needed = (
         f'count_over_time(up{{job="{JOB}"}}[1m]) >= 4',
-        "count(mailcanary_roundtrip_success == 1) == 2",
+        "count(mailcanary_roundtrip_success == 1) == 3",
         "increase(mailcanary_roundtrip_runs_total{outcome='success'}[1m]) > 0",
         "mailcanary_tls_check_success",
         "mailcanary:delivery_slo_errors:ratio_rate5m",
@@ -437,7 +461,7 @@ def test_dovecot_down_makes_the_probe_failing_alert_go_off(live: Live) -> None:
             ]
 
         alerts = wait_for(f"MailcanaryProbeFailing pending or firing\n{live.logs()}", failing, timeout=25)
-        assert {a["labels"]["probe"] for a in alerts} <= {"live-imaps", "live-pop3s"}
+        assert {a["labels"]["probe"] for a in alerts} <= {"live-imaps", "live-pop3s", "live-mailbox"}
         assert all(a["labels"]["severity"] == "critical" for a in alerts)
     finally:
         live.stack.start_dovecot()

@@ -160,3 +160,46 @@ def test_waiting_moves_the_deadline_on() -> None:
     asyncio.run(main())
     assert moves[0] == 10
     assert -10 <= moves[1] < -9  # hardly any wait: nearly all of it given back
+
+
+def test_two_slot_sessions_are_served_whole_first_come_first_served_and_never_deadlock() -> None:
+    """Runs needing two sessions (the sync check) beside runs needing one, limit 3: never more than 3
+    held, a two-slot waiter is not overtaken by later one-slot ones, and everything finishes."""
+    order: list[str] = []
+    held = 0
+    most = 0
+
+    async def run(slots: ServerSlots, name: str, count: int) -> None:
+        nonlocal held, most
+        async with slots.session(IMAPS, "imap", Recorder(), count):
+            held += count
+            most = max(most, held)
+            order.append(name)
+            await asyncio.sleep(0.01)
+            held -= count
+
+    async def main() -> None:
+        slots = ServerSlots(default_limit=3, queue_timeout=10)
+        first = asyncio.ensure_future(run(slots, "one-a", 1))
+        second = asyncio.ensure_future(run(slots, "one-b", 1))
+        await asyncio.sleep(0)
+        tasks = [first, second]
+        tasks.append(asyncio.ensure_future(run(slots, "two", 2)))  # waits: only one slot free
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(run(slots, "one-c", 1)))  # came later: must not overtake
+        async with asyncio.timeout(5):
+            await asyncio.gather(*tasks)
+        assert slots.in_use("127.0.0.1:993") == 0
+
+    asyncio.run(main())
+    assert most <= 3
+    assert order.index("two") < order.index("one-c")
+
+
+def test_a_pool_below_the_count_admits_such_a_run_alone() -> None:
+    async def main() -> int:
+        slots = ServerSlots(default_limit=1, queue_timeout=5)
+        async with slots.session(IMAPS, "imap", Recorder(), 2):
+            return slots.in_use("127.0.0.1:993")
+
+    assert asyncio.run(main()) == 2  # limit 1, sync check on: the run goes alone rather than never

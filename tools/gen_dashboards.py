@@ -774,6 +774,70 @@ def overview() -> Json:
         options=TS_OPTIONS,
     )
 
+    b.row("Mailbox: quota and sync")
+    b.add(
+        "bargauge",
+        "Quota used",
+        [
+            target(
+                f"mailcanary_mailbox_quota_used{{{RT}}} / (mailcanary_mailbox_quota_limit{{{RT}}} > 0)",
+                "{{probe}} {{resource}}",
+            )
+        ],
+        w=8,
+        h=8,
+        description=(
+            "Share of the canary mailbox's quota in use (RFC 9208, read once per run when the IMAP server "
+            "offers QUOTA), per resource: storage or message count. At 90 % MailcanaryMailboxQuotaNearlyFull "
+            "fires; a full mailbox bounces mail, the canary included."
+        ),
+        defaults={
+            "unit": "percentunit",
+            "min": 0,
+            "max": 1,
+            "decimals": 1,
+            "thresholds": thresholds((None, "green"), (0.8, "orange"), (0.9, "red")),
+        },
+        options={"displayMode": "gradient", "orientation": "horizontal", "showUnfilled": True},
+    )
+    b.add(
+        "timeseries",
+        "Sync to the second session",
+        [
+            target(f"mailcanary_roundtrip_sync_seconds{{{RT}}}", "{{probe}} flag seen", "A"),
+            target(f"mailcanary_roundtrip_sync_arrival_seconds{{{RT}}}", "{{probe}} arrival there", "B"),
+        ],
+        w=8,
+        h=8,
+        description=(
+            "Sync check (receive.sync), last successful run: from the first IMAP session flagging the "
+            "canary until the second session (the other device) saw it, and the delivery latency as the "
+            "second session saw it. Failures are outcome sync_timeout."
+        ),
+        defaults=ts_defaults("s", showPoints="always"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "timeseries",
+        "Quota read errors",
+        [
+            target(
+                "sum by (probe, reason) "
+                f"(increase(mailcanary_mailbox_quota_read_errors_total{{{RT}}}[$__rate_interval]))",
+                "{{probe}} {{reason}}",
+            )
+        ],
+        w=8,
+        h=8,
+        description=(
+            "Quota reads that failed (refused, protocol, timeout); the round trip went on and the last "
+            "reading is kept."
+        ),
+        defaults=ts_defaults("short", bars=True),
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+
     b.row("Exporter")
     b.add(
         "stat",

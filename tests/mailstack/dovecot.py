@@ -28,6 +28,8 @@ class DovecotInstance(Daemon):
     instance (another certificate chain, ``ssl_min_protocol = TLSv1``...) can serve just, say, imaps.
     ``settings`` overrides or adds top-level settings, e.g. ``{"ssl_cipher_list": "ALL:@SECLEVEL=0"}``.
     ``auth_sockets`` are SASL sockets for Postfix smtpd, created by this Dovecot (so it starts first).
+    ``extra_passdbs`` are config lines placed before the password file's passdb (e.g. an ``oauth2`` one).
+    ``extra_config`` are config lines placed at the end (``plugin {…}``, ``protocol imap {…}`` blocks).
     ``auth_penalty=False`` (default) removes anvil's per-IP penalty after a failed login (2..15 s on
     *every* later login from that IP, Postfix's SASL included), which would leak from a negative test
     into the next ones; set it True to test against Dovecot's stock behaviour.
@@ -51,6 +53,8 @@ class DovecotInstance(Daemon):
         auth_sockets: Sequence[Path] = (),
         auth_penalty: bool = False,
         settings: Mapping[str, str | int | bool] | None = None,
+        extra_passdbs: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
     ) -> None:
         unknown = set(ports) - set(DOVECOT_PORT_NAMES)
         if unknown:
@@ -68,6 +72,8 @@ class DovecotInstance(Daemon):
         self.auth_sockets = list(auth_sockets)
         self.auth_penalty = auth_penalty
         self.settings = dict(settings or {})
+        self.extra_passdbs = list(extra_passdbs)  # config lines put before the passwd-file passdb
+        self.extra_config = list(extra_config)  # config lines put at the end
 
     @property
     def config_file(self) -> Path:
@@ -145,6 +151,7 @@ class DovecotInstance(Daemon):
             f"# Dovecot test instance {self.name!r}: loopback only, rendered by tests/mailstack.",
             *(f"{k} = {v}" for k, v in self.top_settings().items()),
             "",
+            *self.extra_passdbs,
             "passdb {",
             "  driver = passwd-file",
             f"  args = scheme=SHA512-CRYPT username_format=%u {self.users_file}",
@@ -182,6 +189,7 @@ class DovecotInstance(Daemon):
                     "  }",
                 ]
             lines += ["}"]
+        lines += self.extra_config
         self.config_file.write_text("\n".join(lines) + "\n")
         self.config_file.chmod(0o644)
 

@@ -500,6 +500,8 @@ class MailStack:
         ssl_min_protocol: str = "TLSv1.2",
         settings: Mapping[str, str | int | bool] | None = None,
         auth_sockets: Sequence[Path] = (),
+        extra_passdbs: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
     ) -> DovecotInstance:
         """Another Dovecot over the same users and Maildirs, under ``root/<name>`` (imaps only by default).
 
@@ -520,6 +522,8 @@ class MailStack:
             auth_penalty=self.auth_penalty,
             auth_sockets=auth_sockets,
             settings=settings,
+            extra_passdbs=extra_passdbs,
+            extra_config=extra_config,
         )
 
     def make_postfix(

@@ -1,0 +1,68 @@
+"""The sync check on the real Dovecot: two IMAP sessions on one mailbox; the second sees the keyword the
+first set on the canary, and both times are exported."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import load_config
+from exporter.metrics import ExporterState, SeriesCache
+from exporter.results import ResultStore
+from exporter.runner import Runner, make_masker
+from exporter.state import Ledger
+from tests.mailstack import MailStack
+from tests.stackconfig import roundtrip, write_config
+
+KEY = b"sync-test-key-0123456789abcdef!!"
+TIMEOUT = 10.0
+
+
+def _runner(tmp: Path, probe: dict[str, object], store: ResultStore) -> Runner:
+    key_file = tmp / "canary.key"
+    key_file.write_bytes(KEY)
+    loaded = load_config(str(write_config(tmp, [probe], canary_key_file=str(key_file))))
+    ledger = Ledger(tmp / "ledger.json")
+    return Runner(loaded=loaded, key=KEY, ledger=ledger, store=store, masker=make_masker(loaded))
+
+
+@pytest.mark.parametrize("flag", ["$MailcanarySynced", "\\Seen"])
+def test_second_session_sees_the_flag_and_both_times_are_exported(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, flag: str
+) -> None:
+    foreign = mailstack.inject(mailbox, b"From: a@example.org\r\nSubject: user mail\r\n\r\nhello\r\n")
+    probe = roundtrip(mailstack, tmp_path, "sy", mailbox, protocol="imap", receive_tls="implicit")
+    probe["receive"]["sync"] = {"flag": flag, "timeout": f"{TIMEOUT:g}s"}
+    store = ResultStore()
+    cache = SeriesCache(store, ExporterState(probes={"sy": "roundtrip"}))
+    runner = _runner(tmp_path, probe, store)
+    store.ensure(["sy"])
+    result = asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=True))
+    assert result.success, (result.reason, result.message, result.transcript)
+    assert result.sync_seconds is not None and 0 < result.sync_seconds < TIMEOUT
+    assert result.sync_arrival is not None and 0 < result.sync_arrival < TIMEOUT
+    assert result.delivery is not None
+    print(
+        f"sync {flag}: delivery {result.delivery:.4f}s, second device {result.sync_arrival:.4f}s, "
+        f"flag seen after {result.sync_seconds:.4f}s"
+    )
+    assert {"sync_connect", "sync_tls", "sync_login", "sync_flag", "sync_wait"} <= set(result.phases)
+    text = "\n".join(result.transcript or [])
+    assert f"+FLAGS.SILENT ({flag})" in text  # on the canary's UID only
+    values = {
+        s.name: s.value
+        for fam in text_string_to_metric_families(cache.text())
+        for s in fam.samples
+        if s.name.startswith("mailcanary_roundtrip_sync")
+    }
+    assert values == {
+        "mailcanary_roundtrip_sync_seconds": result.sync_seconds,
+        "mailcanary_roundtrip_sync_arrival_seconds": result.sync_arrival,
+    }
+    # The user's message is untouched (no flag, still there) and the canary is gone.
+    remaining = mailstack.messages(mailbox)
+    assert [p.name.split(":")[0] for p in remaining] == [foreign.name.split(":")[0]]
+    assert all(":2," not in p.name or p.name.endswith(":2,") for p in remaining), remaining
