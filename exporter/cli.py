@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
+from probes.domain import DomainReport, render_report
 from probes.tls import TLSFacts
 
 from . import demo, logs
@@ -20,13 +21,12 @@ from .config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     LoadedConfig,
-    RoundTripConfig,
-    TLSCheckConfig,
     load_config,
     parse_shard,
     state_dir,
 )
 from .daemon import Daemon
+from .kinds import configured
 from .results import ResultStore, RunResult
 from .runner import Runner, make_masker
 from .state import Ledger, key_problem, load_or_create_key
@@ -218,7 +218,11 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=out)
     cfg = loaded.config
-    print(f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks)", file=out)
+    domains = f", {len(cfg.domain_checks)} domain checks" if cfg.domain_checks else ""
+    print(
+        f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks{domains})",
+        file=out,
+    )
     return EXIT_OK
 
 
@@ -244,31 +248,28 @@ def _state_dir_problem(loaded: LoadedConfig) -> str | None:
 async def _probe(args: argparse.Namespace, out: TextIO) -> int:
     loaded = load_config(_config_path(args))
     cfg = loaded.config
-    known: dict[str, RoundTripConfig | TLSCheckConfig] = {p.name: p for p in cfg.roundtrip}
-    known.update({c.name: c for c in cfg.tls_checks})
+    known = {entry.name: (kind, entry) for kind, entry in configured(cfg)}
     unknown = [n for n in args.names if n not in known]
     if unknown:
         have = ", ".join(known) or "none"
         raise ConfigError(
-            [f"{loaded.path}: no probe or TLS check named {n!r} (have: {have})" for n in unknown]
+            [
+                f"{loaded.path}: no probe, TLS check or domain check named {n!r} (have: {have})"
+                for n in unknown
+            ]
         )
     selected = [known[n] for n in args.names] if args.names else list(known.values())
     if not selected:
-        raise ConfigError([f"{loaded.path}: (top level): no roundtrip probes or tls_checks configured"])
+        raise ConfigError(
+            [f"{loaded.path}: (top level): no roundtrip probes, tls_checks or domain_checks configured"]
+        )
     state = state_dir(cfg)
     key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
     ledger = await asyncio.to_thread(Ledger, state / "ledger.json")
     runner = Runner(loaded=loaded, key=key, ledger=ledger, store=ResultStore(), masker=make_masker(loaded))
     logs.set_masker(runner.masker)
     try:
-        results = await asyncio.gather(
-            *(
-                runner.run_roundtrip(p, debug=args.debug)
-                if isinstance(p, RoundTripConfig)
-                else runner.run_tls_check(p, debug=args.debug)
-                for p in selected
-            )
-        )
+        results = await asyncio.gather(*(kind.run(runner, entry, args.debug) for kind, entry in selected))
     finally:
         await asyncio.to_thread(ledger.close)
     text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days)
@@ -313,9 +314,11 @@ def report(
         summary = "; ".join(text for _, text in problems)
     else:
         trips = sum(1 for r in results if r.delivery is not None)
-        checks = len(results) - trips
+        domains = sum(1 for r in results if isinstance(r.detail, DomainReport))
+        checks = len(results) - trips - domains
         parts = [f"{trips} round trips delivered"] if trips else []
         parts += [f"{checks} TLS checks verified"] if checks else []
+        parts += [f"{domains} domains without findings"] if domains else []
         summary = ", ".join(parts)
     perf = [f"'{r.probe}_delivery'={r.delivery:.3f}s;;;0" for r in results if r.delivery is not None]
     perf += [f"'{r.probe}_sync'={r.sync_seconds:.3f}s;;;0" for r in results if r.sync_seconds is not None]
@@ -353,6 +356,8 @@ def report(
             lines.extend(f"  {phase.ljust(width)}  {secs:.4f}" for phase, secs in r.phases.items())
         for endpoint, facts in r.tls.items():
             lines.extend(_tls_report(endpoint, facts, now))
+        if isinstance(r.detail, DomainReport):
+            lines.extend(f"  {line}" for line in render_report(r.detail).splitlines())
         if r.transcript:
             lines.append("  dialogue (secrets masked):")
             lines.extend(f"    {line}" for line in r.transcript)

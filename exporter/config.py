@@ -31,12 +31,13 @@ from pydantic import (
 
 from probes.canary import PROBE_NAME_RE
 from probes.oauth import FileToken, GrantToken, TokenSource
+from probes.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 from .durations import parse_duration
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
-_SECTIONS = ("global", "roundtrip", "tls_checks", "modules", "probe_endpoint")
+_SECTIONS = ("global", "roundtrip", "tls_checks", "domain_checks", "modules", "probe_endpoint")
 
 
 def _duration(value: object) -> float:
@@ -193,6 +194,21 @@ class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
     idle: bool = True  # IMAP only: use IDLE between polls when the gap is long enough
+    # IMAP only: also watch the junk folder (SPECIAL-USE \\Junk, else the first of junk_folders that
+    # exists); a canary found there is delivered with placement "junk" and deleted there.
+    junk: bool = False
+    junk_folders: list[str] = Field(default_factory=lambda: list(DEFAULT_JUNK_FOLDERS), max_length=20)
+    # IMAP only: also look in every other folder (the first placement_max_folders of LIST): a canary
+    # filed there by a rule is delivered with placement "other" instead of timing out.
+    placement_all_folders: bool = False
+    placement_max_folders: int = Field(default=20, ge=1, le=MAX_OTHER_FOLDERS)
+    # Verdict: Authentication-Results fields are believed only from these authserv-ids (RFC 8601 §5:
+    # the receiving side's own border servers); none given, no authentication verdict is exported.
+    trusted_authserv_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,253}$")]] = Field(
+        default_factory=list, max_length=20
+    )
+    # Read spam scores (SpamAssassin, rspamd, Microsoft) from the received canary's headers, topmost.
+    spam_headers: bool = True
     quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
     sync: SyncConfig | None = None  # IMAP only: the second-device sync check (off unless given)
     poll_initial: Duration = 0.05
@@ -223,6 +239,10 @@ class ReceiveConfig(EndpointConfig):
             raise ValueError("sync: an IMAP check (POP3 has no flags for a second session to see)")
         if self.protocol == "pop3" and self.mailbox != "INBOX":
             raise ValueError("mailbox is an IMAP setting; POP3 always reads the inbox")
+        if self.protocol == "pop3" and self.junk:
+            raise ValueError("junk is an IMAP setting; POP3 sees only the inbox")
+        if self.protocol == "pop3" and self.placement_all_folders:
+            raise ValueError("placement_all_folders is an IMAP setting; POP3 sees only the inbox")
         return self
 
 
@@ -236,6 +256,34 @@ class RoundTripConfig(Model):
     lost_after: Duration = 3600.0  # a timed-out canary unseen this long after sending is counted lost
     smtp: SMTPConfig
     receive: ReceiveConfig
+    # The sender's mailbox, watched for bounces (IMAP). Without it, bounces are watched in the receive
+    # mailbox when sender = recipient (IMAP), else not at all.
+    bounce_receive: ReceiveConfig | None = None
+
+    def sides(self) -> list[tuple[str, EndpointConfig]]:
+        """The endpoints that need a password, by side name."""
+        out: list[tuple[str, EndpointConfig]] = [("smtp", self.smtp), ("receive", self.receive)]
+        if self.bounce_receive is not None:
+            out.append(("bounce_receive", self.bounce_receive))
+        return out
+
+    @property
+    def watches_bounces_here(self) -> bool:
+        """Bounces come back to the sender: here, that is the receive mailbox."""
+        return (
+            self.bounce_receive is None
+            and self.receive.protocol == "imap"
+            and self.sender.casefold() == self.recipient.casefold()
+        )
+
+    @model_validator(mode="after")
+    def _bounce_receive(self) -> Self:
+        br = self.bounce_receive
+        if br is not None and br.protocol != "imap":
+            raise ValueError("bounce_receive: bounces are found with IMAP SEARCH; protocol must be imap")
+        if br is not None and (br.junk or br.placement_all_folders):
+            raise ValueError("bounce_receive: junk and placement_all_folders are receive settings")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -278,6 +326,116 @@ class TLSCheckConfig(Model):
         if self.timeout <= 0:
             raise ValueError("timeout must be > 0")
         return self
+
+
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9-]{1,63}\.?$"
+)
+MAX_DOMAIN_ADDRESSES = 64  # max_mx x max_addresses: the series and sessions of one domain, at most
+
+
+def _domain_name(value: str) -> str:
+    if not _DOMAIN_RE.match(value):
+        raise ValueError(f"{value!r} is not a DNS name like example.com")
+    return value.rstrip(".").lower()
+
+
+class MustRefuseConfig(Model):
+    """Things every MX must refuse, asked on each MX address (the dialogue never reaches DATA)."""
+
+    enabled: bool = False
+    relay_sender: str = Field(default="mailcanary-relay-test@example.net", pattern=r"^[^@\s<>]+@[^@\s<>]+$")
+    foreign_recipient: str = Field(
+        default="mailcanary-relay-test@example.invalid", pattern=r"^[^@\s<>]+@[^@\s<>]+$"
+    )
+    local_recipient: str | None = Field(default=None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")  # postmaster@<domain>
+    # Also ask MAIL FROM on the plain session (refused where TLS is required).
+    mail_from_before_tls: bool = False
+
+
+class DomainCheckConfig(Model):
+    """One mail domain from the outside: every MX and address on port 25, DANE, MTA-STS, TLS-RPT, DNSBL,
+    certificate hygiene and, when enabled, the must-refuse checks."""
+
+    name: str
+    domain: str
+    interval: Duration | None = None
+    timeout: Duration = 10.0  # per step (DNS query, connect, command, handshake, HTTPS fetch)
+    resolvers: list[str] = []  # validating resolvers (IP literals); empty: /etc/resolv.conf
+    resolver_port: Port = 53
+    port: Port = 25
+    max_mx: int = Field(default=10, ge=1, le=MAX_DOMAIN_ADDRESSES)
+    max_addresses: int = Field(default=4, ge=1, le=MAX_DOMAIN_ADDRESSES)  # per MX host
+    concurrency: int = Field(default=4, ge=1, le=16)  # addresses checked at once
+    dnsbl_zones: list[str] = Field(default=[], max_length=16)
+    ca_file: str | None = None  # trust store for the MX certificates (default: the system's)
+    source_address: str | None = None
+    helo: str | None = None
+    check_legacy: bool = True
+    check_dane: bool = True
+    check_mta_sts: bool = True
+    mta_sts_port: Port = 443
+    mta_sts_ca_file: str | None = None
+    check_ocsp: bool = True
+    check_crl: bool = False
+    must_refuse: MustRefuseConfig = MustRefuseConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return RoundTripConfig._name(v)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        return _domain_name(v)
+
+    @field_validator("dnsbl_zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, zone in enumerate(v):
+            try:
+                out.append(_domain_name(zone))
+            except ValueError as exc:
+                raise ValueError(f"entry {i}: {exc}") from None
+        if len(set(out)) != len(out):
+            raise ValueError("a zone is listed twice")
+        return out
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        for i, item in enumerate(v):
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"entry {i}, {item!r}, is not an IP address") from None
+        if len(v) > 4:
+            raise ValueError("at most 4 resolvers")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        if self.max_mx * self.max_addresses > MAX_DOMAIN_ADDRESSES:
+            raise ValueError(
+                f"max_mx x max_addresses is {self.max_mx * self.max_addresses}; at most "
+                f"{MAX_DOMAIN_ADDRESSES} MX addresses are checked per domain"
+            )
+        for key in ("ca_file", "mta_sts_ca_file"):
+            path = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{key}: cannot read {path}")
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Step timeouts one run may take, in the worst case: the run's deadline is this times timeout."""
+        rounds = -(-self.max_mx * self.max_addresses // self.concurrency)
+        per_address = 8 + (3 * 4 if self.must_refuse.enabled else 0) + len(self.dnsbl_zones) + 3
+        return 4 + rounds * per_address
 
 
 class ModuleConfig(Model):
@@ -360,6 +518,10 @@ class GlobalConfig(Model):
     # 100 login processes of a stock Dovecot and the 100 smtpd of a stock Postfix.
     max_sessions: int = Field(default=50, ge=1, le=10000)
     queue_timeout: Duration = 30.0  # a run that gets no session slot within this fails: queue_timeout
+    # Certificate hygiene of round trips and TLS checks: ask the OCSP responder their certificates name.
+    check_ocsp: bool = True
+    ocsp_timeout: Duration = 10.0
+    check_crl: bool = False  # also fetch the CRL a certificate names (HTTP, up to 4 MB, cached)
 
     @field_validator("shard")
     @classmethod
@@ -399,6 +561,7 @@ class Config(Model):
     global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
     roundtrip: list[RoundTripConfig] = []
     tls_checks: list[TLSCheckConfig] = []
+    domain_checks: list[DomainCheckConfig] = []
     modules: dict[str, ModuleConfig] = {}  # /probe modules; the built-in defaults are always there too
     probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()  # who may use /probe, and how much
 
@@ -407,9 +570,10 @@ class Config(Model):
     @model_validator(mode="after")
     def _unique(self) -> Self:
         seen: set[str] = set()
-        named: list[tuple[str, RoundTripConfig | TLSCheckConfig]] = [
+        named: list[tuple[str, RoundTripConfig | TLSCheckConfig | DomainCheckConfig]] = [
             *((f"roundtrip[{i}]", p) for i, p in enumerate(self.roundtrip)),
             *((f"tls_checks[{i}]", c) for i, c in enumerate(self.tls_checks)),
+            *((f"domain_checks[{i}]", d) for i, d in enumerate(self.domain_checks)),
         ]
         for where, item in named:
             if item.name in seen:
@@ -427,12 +591,21 @@ class Config(Model):
                 raise ValueError(f"roundtrip[{i}].interval: must be at least 1s")
             if timeout <= 0:
                 raise ValueError(f"roundtrip[{i}].timeout: must be > 0")
+            rc = probe.receive
+            sync = rc.sync is not None and rc.sync.enabled
+            needed = 1 + int(rc.junk) + int(rc.placement_all_folders) + int(sync)  # sessions a run opens
+            limit = rc.max_sessions if rc.max_sessions is not None else self.global_.max_sessions
+            if limit < needed:
+                raise ValueError(
+                    f"roundtrip[{i}].receive.max_sessions: {limit} is fewer than the {needed} sessions a run "
+                    "opens with junk/placement_all_folders/sync (it would always end in queue_timeout)"
+                )
         return self
 
     def all_modules(self) -> dict[str, ModuleConfig]:
         return DEFAULT_MODULES | dict(self.modules)
 
-    def interval_of(self, probe: RoundTripConfig | TLSCheckConfig) -> float:
+    def interval_of(self, probe: RoundTripConfig | TLSCheckConfig | DomainCheckConfig) -> float:
         return probe.interval if probe.interval is not None else self.global_.interval
 
     def timeout_of(self, probe: RoundTripConfig) -> float:
@@ -464,7 +637,7 @@ class LoadedConfig:
         """(username, secret) pairs (passwords, OAuth client secrets and refresh tokens), for the log and
         transcript masker."""
         for probe in self.config.roundtrip:
-            for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+            for side, ep in probe.sides():
                 for key in (side, f"{side}.client_secret", f"{side}.refresh_token"):
                     if (probe.name, key) in self.secrets and ep.username:
                         yield ep.username, self.secrets[(probe.name, key)]
@@ -544,7 +717,9 @@ def _problems(path: str, exc: ValidationError) -> list[str]:
         msg = _message(err)
         # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
         m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
-        if m and m.group(1).startswith(("roundtrip", "global", "tls_checks", "modules", "probe_endpoint")):
+        if m and m.group(1).startswith(
+            ("roundtrip", "global", "tls_checks", "domain_checks", "modules", "probe_endpoint")
+        ):
             lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
             continue
         if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
@@ -665,7 +840,7 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     loaded = LoadedConfig(path=path, config=config)
     problems: list[str] = []
     for i, probe in enumerate(config.roundtrip):
-        for side, ep in (("smtp", probe.smtp), ("receive", probe.receive)):
+        for side, ep in probe.sides():
             where = f"roundtrip[{i}].{side}"
             secret, problem = _read_secret(
                 path, where, ep.password, ep.password_file, ep.password_env, environ
@@ -764,7 +939,7 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
     """Secrets and duplicate names checked on the raw YAML, for when the structure did not validate."""
     problems: list[str] = []
     seen: set[str] = set()
-    for section in ("roundtrip", "tls_checks"):
+    for section in ("roundtrip", "tls_checks", "domain_checks"):
         items = data.get(section)
         for i, item in enumerate(items if isinstance(items, list) else []):
             if not isinstance(item, dict):
@@ -774,7 +949,7 @@ def _raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> l
                 if name in seen:
                     problems.append(f"{path}: {section}[{i}].name: duplicate probe name {name!r}")
                 seen.add(name)
-            for side in ("smtp", "receive") if section == "roundtrip" else ():
+            for side in ("smtp", "receive", "bounce_receive") if section == "roundtrip" else ():
                 ep = item.get(side)
                 if isinstance(ep, dict):
                     _, problem = _read_secret(

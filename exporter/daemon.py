@@ -15,6 +15,7 @@ from aiohttp import web
 from probes._legacy import LegacyCache
 from probes._net import clear_contexts
 from probes._slots import ServerSlots
+from probes.certhygiene import CRLCache, OCSPCache
 from probes.recorder import Masker
 
 from . import logs
@@ -32,10 +33,11 @@ from .config import (
 )
 from .history import History
 from .http import HTTPServer
+from .kinds import configured, find
 from .metrics import ExporterState, SeriesCache, build_registry, runtime_registry
 from .multitarget import probe_handler
 from .results import ResultStore
-from .runner import Runner, endpoint_of, make_masker, tls_check_settings
+from .runner import Runner, make_masker
 from .scheduler import ProbeScheduler
 from .state import Ledger, StateCollector, StateHealth, load_or_create_key
 from .status import render_status
@@ -128,6 +130,8 @@ class Daemon:
             else Ledger(state / "ledger.json", health=self.health)
         )
         legacy = self.runner.legacy if self.runner is not None else LegacyCache()
+        ocsp = self.runner.ocsp if self.runner is not None else OCSPCache()  # answers kept until nextUpdate
+        crl = self.runner.crl if self.runner is not None else CRLCache()
         return Runner(
             loaded=loaded,
             key=key,
@@ -137,6 +141,8 @@ class Daemon:
             history=self.history,
             slots=self.slots,  # one limiter for the daemon's life: sessions in flight span reloads
             legacy=legacy,
+            ocsp=ocsp,
+            crl=crl,
             own_slots=False,  # configured in _apply, on the loop, once this config is taken
         )
 
@@ -156,33 +162,19 @@ class Daemon:
         cfg = loaded.config
         shard_text = self.shard_override or cfg.global_.shard
         shard = parse_shard(shard_text) if shard_text else None
-        roundtrips = [p for p in cfg.roundtrip if in_shard(p.name, shard)]
-        checks = [c for c in cfg.tls_checks if in_shard(c.name, shard)]
+        entries = [(k, e) for k, e in configured(cfg) if in_shard(e.name, shard)]
         self.state.shard = shard_text or ""
         self.state.vantage = self.vantage_override or cfg.global_.vantage or ""
-        names = [p.name for p in roundtrips]
-        runner.ledger.prune(keep=set(names))  # queued to the ledger's thread, not awaited
-        self.store.ensure(names + [c.name for c in checks])
-        self.store.retain_tls(
-            {
-                p.name: {
-                    endpoint_of(p.smtp, "smtp").address,
-                    endpoint_of(p.receive, p.receive.protocol).address,
-                }
-                for p in roundtrips
-            }
-            | {c.name: {tls_check_settings(c, c.host, c.port).endpoint.address} for c in checks}
-        )
-        self.state.probes = {n: "roundtrip" for n in names} | {c.name: "tls" for c in checks}
+        runner.ledger.prune(keep={e.name for k, e in entries if k.name == "roundtrip"})  # queued, not awaited
+        self.store.ensure([e.name for _, e in entries])
+        self.store.retain_tls({e.name: k.endpoints(e) for k, e in entries})
+        self.state.probes = {e.name: k.name for k, e in entries}
         self.state.config_digest = loaded.digest
         self.state.reload_ok = True
         self.state.reload_success_time = time.time()
-        jobs: dict[str, tuple[float, Callable[[], Awaitable[Any]], Any]] = {}
-        for probe in roundtrips:
-            spec = (probe, cfg.timeout_of(probe))
-            jobs[probe.name] = (cfg.interval_of(probe), partial(self._run, probe.name), spec)
-        for check in checks:
-            jobs[check.name] = (cfg.interval_of(check), partial(self._run, check.name), check)
+        jobs: dict[str, tuple[float, Callable[[], Awaitable[Any]], Any]] = {
+            e.name: (cfg.interval_of(e), partial(self._run, e.name), k.spec(cfg, e)) for k, e in entries
+        }
         self.scheduler.set_jobs(jobs)
 
     async def _run(self, name: str) -> None:
@@ -206,15 +198,10 @@ class Daemon:
         runner = self.runner
         if runner is None:
             return
-        cfg = runner.loaded.config
-        for probe in cfg.roundtrip:
-            if probe.name == name:
-                await runner.run_roundtrip(probe)
-                return
-        for check in cfg.tls_checks:
-            if check.name == name:
-                await runner.run_tls_check(check)
-                return
+        found = find(runner.loaded.config, name)
+        if found is not None:
+            kind, entry = found
+            await kind.run(runner, entry, False)
 
     async def start(self) -> None:
         """Load the config (raising ConfigError), then serve and schedule."""

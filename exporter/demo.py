@@ -167,7 +167,12 @@ def build_config(sandbox: Sandbox, directory: Path, state_dir: Path, delay: floa
             "sender": user,
             "recipient": user,
             "smtp": _endpoint(smtp, ca, user, pw),
-            "receive": {"protocol": receive.protocol, **_endpoint(receive, ca, user, pw)},
+            "receive": {
+                "protocol": receive.protocol,
+                **_endpoint(receive, ca, user, pw),
+                # The sandbox stamps its own Authentication-Results: trusted, so the verdict shows.
+                "trusted_authserv_ids": [sandbox.hostname],
+            },
         }
 
     return {
@@ -319,7 +324,14 @@ def feed_line(name: str, kind: str, last: Any) -> str:
         else:
             detail = f"{last.reason}: {last.message}"
     elif last.success:
-        detail = f"delivered in {last.delivery:.3f}s (run {last.duration:.3f}s)"
+        detail = (
+            f"delivered in {last.delivery:.3f}s to {last.placement or 'inbox'} (run {last.duration:.3f}s)"
+        )
+        verdict = last.verdict
+        if verdict is not None and (verdict.auth or verdict.scores):
+            auth = " ".join(f"{m}={r}" for m, r in sorted(verdict.auth.items()))
+            scores = " ".join(f"{e} {v:g}" for e, v in sorted(verdict.scores.items()))
+            detail += f"; verdict: {' '.join(x for x in (auth, scores) if x)}"
     else:
         where = f" during {last.failed_phase}" if last.failed_phase else ""
         detail = f"{last.reason}{where}: {last.message}"
@@ -330,7 +342,8 @@ def feed_line(name: str, kind: str, last: Any) -> str:
 async def feed(daemon: Daemon, out: TextIO, every: float = FEED_EVERY) -> None:
     """Print a line whenever a probe completes a run (read from the result store, as /metrics is)."""
     seen: dict[str, int] = {}
-    while True:
+
+    def once() -> None:
         for name, st in sorted(daemon.store.snapshot().items()):
             total = sum(st.runs.values())
             if total > seen.get(name, 0) and st.last is not None:
@@ -338,7 +351,14 @@ async def feed(daemon: Daemon, out: TextIO, every: float = FEED_EVERY) -> None:
                     feed_line(name, daemon.state.probes.get(name, "roundtrip"), st.last), file=out, flush=True
                 )
             seen[name] = total
-        await asyncio.sleep(every)
+
+    try:
+        while True:
+            once()
+            await asyncio.sleep(every)
+    except asyncio.CancelledError:
+        once()  # a run that finished just before the stop still gets its line
+        raise
 
 
 class DemoDaemon(Daemon):

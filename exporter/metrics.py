@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -29,10 +29,14 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from probes._quota import QUOTA_ERRORS
+from probes.placement import PLACEMENTS
 
 from .buildinfo import build_info
+from .domainmetrics import hygiene_families
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
 from .tlsmetrics import legacy_testable, tls_families
+
+MAX_HOP_LABELS = 8  # hop label values "1".."8": the path's first hops; the count is exact beyond
 
 
 @dataclass
@@ -53,6 +57,17 @@ def kind_of(state: ExporterState, name: str) -> str:
     return state.probes.get(name, "roundtrip")
 
 
+Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
+
+
+def kind_families() -> list[tuple[str, Families]]:
+    """(kind, result exporter) in the order of the probe-kind table (exporter.kinds, imported here late:
+    the table names the renderers of this module)."""
+    from .kinds import KINDS
+
+    return [(k.name, k.families) for k in KINDS]
+
+
 class MailcanaryCollector(Collector):
     """The reference renderer: every family from a fresh snapshot. /metrics serves :class:`SeriesCache`
     (the same bytes, pre-rendered per probe); this one serves OpenMetrics and is what tests compare."""
@@ -64,15 +79,10 @@ class MailcanaryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.store.snapshot()
         st = self.state
-        roundtrips = sorted(n for n in snap if kind_of(st, n) == "roundtrip")
-        checks = sorted(n for n in snap if kind_of(st, n) == "tls")
-        families = [
-            *exporter_families(st),
-            *roundtrip_families(snap, roundtrips),
-            *tls_check_families(snap, checks),
-            *tls_fact_families(snap, sorted(snap)),
-            legacy_testable(),
-        ]
+        families = list(exporter_families(st))
+        for kind, render in kind_families():
+            families += render(snap, sorted(n for n in snap if kind_of(st, n) == kind))
+        families += [*tls_fact_families(snap, sorted(snap)), legacy_testable()]
         vantage = st.vantage
         for fam in families:
             if vantage:
@@ -121,7 +131,14 @@ def tls_fact_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Met
         for name in names
         for _, facts in sorted(snap[name].tls.items())
     ]
-    return list(tls_families(rows, ["probe", "endpoint", "protocol"]))
+    labels = ["probe", "endpoint", "protocol"]
+    hygiene = [
+        ([name, facts.endpoint, facts.protocol], h.key, h.ocsp, h.crl)
+        for name in names
+        for endpoint, facts in sorted(snap[name].tls.items())
+        if (h := snap[name].hygiene.get(endpoint)) is not None
+    ]
+    return [*tls_families(rows, labels), *hygiene_families(hygiene, labels, "mailcanary_tls_")]
 
 
 def exporter_families(st: ExporterState) -> Iterator[Metric]:
@@ -157,7 +174,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
 
 
 def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
-    """Per round trip: the 19 families documented in docs/metrics.md, in exposition order."""
+    """Per round trip: the 29 families documented in docs/metrics.md, in exposition order."""
 
     def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=["probe", *labels])
@@ -210,6 +227,54 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
     outstanding = gauge(
         "mailcanary_roundtrip_canaries_outstanding",
         "Canaries that timed out and are still awaited (would count as late if they turn up).",
+    )
+    placement = gauge(
+        "mailcanary_roundtrip_placement",
+        "Where the last delivered canary was found: 1 for that folder (inbox, junk, other), 0 else.",
+        "folder",
+    )
+    placements = counter(
+        "mailcanary_roundtrip_placements",
+        "Delivered canaries by the folder they were found in (inbox, junk, other).",
+        "folder",
+    )
+    bounces = counter(
+        "mailcanary_roundtrip_bounces",
+        "Verified bounces (DSNs) about this probe's canaries, by status class (5.1.x, 4.4.x, unknown).",
+        "class",
+    )
+    hops = gauge(
+        "mailcanary_roundtrip_hops",
+        "Received fields of the last delivered canary: the servers it passed (at most 30 read).",
+    )
+    path_seconds = gauge(
+        "mailcanary_roundtrip_path_seconds",
+        "Last minus first Received time stamp of the last delivered canary (1 s resolution, skew shown).",
+    )
+    hop_delay = gauge(
+        "mailcanary_roundtrip_hop_delay_seconds",
+        "Per hop (2.. from the sender): its Received stamp minus the previous one's; negative = clock skew.",
+        "hop",
+    )
+    hop_tls = gauge(
+        "mailcanary_roundtrip_hop_tls",
+        "Per hop (1.. from the sender): 1 if its Received field says the message came in over TLS.",
+        "hop",
+    )
+    clock_offset = gauge(
+        "mailcanary_roundtrip_clock_offset_seconds",
+        "First Received stamp minus this host's send time: beyond about +-1 s, the clocks disagree.",
+    )
+    auth_result = gauge(
+        "mailcanary_roundtrip_auth_result",
+        "1 for the result (pass, fail, ..., missing) trusted authserv-ids gave the last delivered canary.",
+        "method",
+        "result",
+    )
+    spam_score = gauge(
+        "mailcanary_roundtrip_spam_score",
+        "Spam score the receiving side gave the last delivered canary (spamassassin, rspamd, microsoft).",
+        "engine",
     )
     lag = gauge(
         "mailcanary_scheduler_lag_seconds",
@@ -268,6 +333,30 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         late.add_metric([name], st.late_total)
         swept.add_metric([name], st.swept_total)
         lost.add_metric([name], st.lost_total)
+        for folder in PLACEMENTS:  # fixed set: every series present from the first delivery
+            if st.last_placement is not None:
+                placement.add_metric([name, folder], 1 if folder == st.last_placement else 0)
+            placements.add_metric([name, folder], st.placements.get(folder, 0))
+        path = st.last_path
+        if path is not None:
+            hops.add_metric([name], path.count)
+            if path.total is not None:
+                path_seconds.add_metric([name], path.total)
+            for hop in path.hops[:MAX_HOP_LABELS]:
+                hop_tls.add_metric([name, str(hop.index)], 1 if hop.tls else 0)
+            for i, delay in enumerate(path.delays()[: MAX_HOP_LABELS - 1], start=2):
+                if delay is not None:
+                    hop_delay.add_metric([name, str(i)], delay)
+        if st.last_clock_offset is not None:
+            clock_offset.add_metric([name], st.last_clock_offset)
+        verdict = st.last_verdict
+        if verdict is not None:
+            for method, result in sorted(verdict.auth.items()):
+                auth_result.add_metric([name, method, result], 1)
+            for engine, score in sorted(verdict.scores.items()):
+                spam_score.add_metric([name, engine], score)
+        for cls, n in sorted(st.bounces.items()):  # only classes seen: RFC 3463 has 16 (4|5 x 8)
+            bounces.add_metric([name, cls], n)
         if st.last is not None:
             outstanding.add_metric([name], st.last.outstanding)
         if st.scheduler_lag is not None:
@@ -299,6 +388,16 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         swept,
         lost,
         outstanding,
+        placement,
+        placements,
+        bounces,
+        hops,
+        path_seconds,
+        hop_delay,
+        hop_tls,
+        clock_offset,
+        auth_result,
+        spam_score,
         lag,
         skipped,
         sync,
@@ -375,17 +474,14 @@ def _headers(families: list[Metric]) -> list[str]:
 
 
 _EMPTY: dict[str, ProbeStats] = {}
-RT_HEADERS = _headers(roundtrip_families(_EMPTY, []))
-CHECK_HEADERS = _headers(tls_check_families(_EMPTY, []))
 FACT_HEADERS = _headers(tls_fact_families(_EMPTY, []))
 
 
 @dataclass
 class _Fragment:
     kind: str
-    roundtrip: list[str]  # one text per family of RT_HEADERS ("" when not a round trip)
-    check: list[str]
-    facts: list[str]
+    own: list[str]  # one text per family of its kind's headers
+    facts: list[str]  # one text per family of FACT_HEADERS
 
 
 class SeriesCache:
@@ -411,6 +507,8 @@ class SeriesCache:
         self._seq = 0
         self._legacy = ""
         self._signature: tuple[tuple[tuple[str, str], ...], str] | None = None
+        self._kinds = kind_families()
+        self._headers = {kind: _headers(render(_EMPTY, [])) for kind, render in self._kinds}
         self.renders = 0  # probe renders so far (tests and benchmarks read it)
         store.subscribe(self._changed)
 
@@ -427,9 +525,9 @@ class SeriesCache:
                 families = [with_vantage(f, vantage) for f in families]
             return [sample_lines(f) for f in families]
 
-        rt = text(roundtrip_families(snap, [name])) if kind == "roundtrip" else [""] * len(RT_HEADERS)
-        check = text(tls_check_families(snap, [name])) if kind == "tls" else [""] * len(CHECK_HEADERS)
-        return _Fragment(kind, rt, check, text(tls_fact_families(snap, [name])))
+        render = dict(self._kinds).get(kind)
+        own = text(render(snap, [name])) if render is not None else []
+        return _Fragment(kind, own, text(tls_fact_families(snap, [name])))
 
     def _changed(self, name: str) -> None:
         with self._lock:  # a render that started later wins, whichever thread finishes first
@@ -474,14 +572,11 @@ class SeriesCache:
         out = [_render(exporter)]
         with self._lock:
             frags = sorted(self._frags.items())
-        roundtrips = [f for _, f in frags if f.kind == "roundtrip"]
-        checks = [f for _, f in frags if f.kind == "tls"]
-        for i, header in enumerate(RT_HEADERS):
-            out.append(header)
-            out.extend(f.roundtrip[i] for f in roundtrips)
-        for i, header in enumerate(CHECK_HEADERS):
-            out.append(header)
-            out.extend(f.check[i] for f in checks)
+        for kind, _ in self._kinds:
+            mine = [f for _, f in frags if f.kind == kind]
+            for i, header in enumerate(self._headers[kind]):
+                out.append(header)
+                out.extend(f.own[i] for f in mine)
         for i, header in enumerate(FACT_HEADERS):
             out.append(header)
             out.extend(f.facts[i] for _, f in frags)

@@ -28,7 +28,20 @@ DELIVERY_BUCKETS: tuple[float, ...] = (
     300.0,
     600.0,
 )
-OUTCOMES: tuple[str, ...] = ("success", *sorted(r for r in REASONS if not r.startswith("tls_")))
+DOMAIN_ONLY: frozenset[str] = frozenset({"dns_lookup", "domain_findings"})
+OUTCOMES: tuple[str, ...] = (
+    "success",
+    *sorted(r for r in REASONS if not r.startswith("tls_") and r not in DOMAIN_ONLY),
+)
+DOMAIN_OUTCOMES: tuple[str, ...] = (
+    "success",
+    "domain_findings",
+    "dns_lookup",
+    "queue_timeout",
+    "timeout",
+    "config",
+    "internal",
+)
 TLS_OUTCOMES: tuple[str, ...] = (
     "success",
     "tls_verify",
@@ -55,13 +68,23 @@ class RunResult:
     swept: int = 0  # other stale canaries of this probe deleted this run
     lost: int = 0  # timed-out canaries given up on this run (unseen for lost_after)
     outstanding: int = 0  # timed-out canaries still awaited after this run
+    placement: str | None = None  # where the canary was found (probes.placement.PLACEMENTS), if it was
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
+    # What the receiver did, for the log line and the status page (folders, bounce, path): small,
+    # bounded values from the probe's facts (runner.RECEIVER_FACTS), never labels.
+    receiver: dict[str, Any] = field(default_factory=dict)
+    bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.dsn)
+    path: Any = None  # probes.received.Path of the delivered canary
+    clock_offset: float | None = None  # first Received stamp minus our send time (seconds)
+    verdict: Any = None  # probes.verdict.Verdict of the delivered canary
     quota: dict[str, tuple[int, int]] | None = None  # resource -> (used, limit), read this run
     quota_error: str | None = None  # why the quota could not be read (probes._quota.QUOTA_ERRORS)
     sync_seconds: float | None = None  # sync check: flag set by the first session until the second saw it
     sync_arrival: float | None = None  # sync check: delivery latency as the second session saw it
     failed_phase: str | None = None
     transcript: list[str] | None = None
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.certhygiene.Hygiene
+    detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
 
 
 @dataclass
@@ -71,6 +94,12 @@ class ProbeStats:
     late_total: int = 0
     swept_total: int = 0
     lost_total: int = 0
+    placements: Counter[str] = field(default_factory=Counter)  # delivered runs by placement
+    last_placement: str | None = None
+    bounces: Counter[str] = field(default_factory=Counter)  # verified bounces by status class
+    last_path: Any = None  # probes.received.Path of the last delivered canary
+    last_clock_offset: float | None = None
+    last_verdict: Any = None  # probes.verdict.Verdict of the last delivered canary
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -79,6 +108,7 @@ class ProbeStats:
     scheduler_lag: float | None = None
     skipped_runs: int = 0
     tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.TLSFacts
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest probes.certhygiene.Hygiene
     quota: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # latest reading: resource -> (used, limit)
@@ -125,8 +155,9 @@ class ResultStore:
             for name, st in self._stats.items():
                 keep = endpoints.get(name, set())
                 kept = {ep: facts for ep, facts in st.tls.items() if ep in keep}
-                if len(kept) != len(st.tls):
-                    st.tls = kept
+                hygiene = {ep: h for ep, h in st.hygiene.items() if ep in keep}
+                if len(kept) != len(st.tls) or len(hygiene) != len(st.hygiene):
+                    st.tls, st.hygiene = kept, hygiene
                     changed.append(name)
         self._changed(changed)
 
@@ -140,9 +171,19 @@ class ResultStore:
             st.last = result
             st.runs[result.reason] += 1
             st.tls.update(result.tls)  # facts survive a later run that failed before reaching TLS
+            st.hygiene.update(result.hygiene)
             st.late_total += result.late
             st.swept_total += result.swept
             st.lost_total += result.lost
+            if result.placement is not None:
+                st.placements[result.placement] += 1
+                st.last_placement = result.placement
+            st.bounces.update(result.bounces)
+            if result.path is not None:
+                st.last_path = result.path
+                st.last_clock_offset = result.clock_offset
+            if result.verdict is not None:
+                st.last_verdict = result.verdict
             if result.quota is not None:
                 st.quota = dict(result.quota)  # the latest reading; a failed read keeps the previous one
             if result.quota is not None or result.quota_error is not None:
@@ -200,6 +241,12 @@ def _copy(st: ProbeStats) -> ProbeStats:
         late_total=st.late_total,
         swept_total=st.swept_total,
         lost_total=st.lost_total,
+        placements=Counter(st.placements),
+        last_placement=st.last_placement,
+        bounces=Counter(st.bounces),
+        last_path=st.last_path,
+        last_clock_offset=st.last_clock_offset,
+        last_verdict=st.last_verdict,
         bucket_counts=list(st.bucket_counts),
         delivery_sum=st.delivery_sum,
         delivery_count=st.delivery_count,
@@ -208,6 +255,7 @@ def _copy(st: ProbeStats) -> ProbeStats:
         scheduler_lag=st.scheduler_lag,
         skipped_runs=st.skipped_runs,
         tls=dict(st.tls),
+        hygiene=dict(st.hygiene),
         quota=dict(st.quota),
         quota_errors=None if st.quota_errors is None else Counter(st.quota_errors),
         last_sync=st.last_sync,

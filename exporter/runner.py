@@ -11,23 +11,29 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from probes._dns import DNSSettings
 from probes._framing import ReadLimits
 from probes._legacy import LegacyCache
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes._quota import Usage
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
+from probes.certhygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
+from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
+from probes.mx import MXCheckSettings
 from probes.recorder import Masker, Recorder
 from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
 
 from .config import (
+    DomainCheckConfig,
     EndpointConfig,
     LoadedConfig,
     ModuleConfig,
+    ReceiveConfig,
     RoundTripConfig,
     TLSCheckConfig,
     TLSConfig,
@@ -48,6 +54,16 @@ class Attempt(Generic[T]):
     message: str
 
 
+# Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
+RECEIVER_FACTS = (
+    "junk_folder",
+    "other_folders",
+    "found_folder",
+    "bounces",
+    "bounce_watch",
+    "sender_ip",  # kept for a blocklist check of the IP the receiver saw
+    "clock_offset",
+)
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
 
@@ -162,12 +178,36 @@ def roundtrip_settings(
         key=key,
         poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
+        junk_folders=tuple(rc.junk_folders) if rc.protocol == "imap" and rc.junk else None,
+        other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,
         slots=slots,
+        bounces_here=probe.watches_bounces_here,
+        trusted_authserv_ids=frozenset(rc.trusted_authserv_ids),
+        spam_headers=rc.spam_headers,
+        bounce_receiver=(
+            _imap_settings(loaded, probe.name, "bounce_receive", probe.bounce_receive)
+            if probe.bounce_receive is not None
+            else None
+        ),
         sync=(
             SyncSettings(flag=rc.sync.flag, timeout=rc.sync.timeout)
             if rc.protocol == "imap" and rc.sync is not None and rc.sync.enabled
             else None
         ),
+    )
+
+
+def _imap_settings(loaded: LoadedConfig, name: str, side: str, rc: ReceiveConfig) -> IMAPSettings:
+    """The bounce mailbox's session (a password login; no quota read: not the canary's mailbox)."""
+    assert rc.username is not None  # the config requires it
+    return IMAPSettings(
+        endpoint=endpoint_of(rc, "imap"),
+        credentials=Credentials(rc.username, loaded.password(name, side)),
+        allow_plaintext_auth=rc.allow_plaintext_auth,
+        mailbox=rc.mailbox,
+        timeout=rc.timeout,
+        use_idle=rc.idle,
+        limits=ReadLimits(rc.max_line_bytes, rc.max_header_bytes, rc.max_message_bytes),
     )
 
 
@@ -193,10 +233,56 @@ def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
         sides.append((endpoint_of(probe.smtp, "smtp"), "smtp", probe.smtp.max_sessions))
         rc = probe.receive
         sides.append((endpoint_of(rc, rc.protocol), rc.protocol, rc.max_sessions))
+        if probe.bounce_receive is not None:
+            br = probe.bounce_receive
+            sides.append((endpoint_of(br, br.protocol), br.protocol, br.max_sessions))
     for check in loaded.config.tls_checks:
         ep = tls_check_settings(check, check.host, check.port).endpoint
         sides.append((ep, check.protocol, check.max_sessions))
     return sides
+
+
+def domain_settings(check: DomainCheckConfig, slots: ServerSlots | None = None) -> DomainSettings:
+    """A domain_checks entry as the probe library's settings."""
+    refuse = check.must_refuse
+    return DomainSettings(
+        domain=check.domain,
+        dns=DNSSettings(nameservers=tuple(check.resolvers), port=check.resolver_port, timeout=check.timeout),
+        mx=MXCheckSettings(
+            port=check.port,
+            timeout=check.timeout,
+            check_legacy=check.check_legacy,
+            ca_file=check.ca_file,
+            helo_name=check.helo,
+            source_address=check.source_address,
+            check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,
+            slots=slots,
+        ),
+        max_hosts=check.max_mx,
+        max_addresses=check.max_addresses,
+        concurrency=check.concurrency,
+        dnsbl_zones=tuple(check.dnsbl_zones),
+        check_dane=check.check_dane,
+        check_mta_sts=check.check_mta_sts,
+        mta_sts_port=check.mta_sts_port,
+        mta_sts_ca_file=check.mta_sts_ca_file,
+        check_ocsp=check.check_ocsp,
+        check_crl=check.check_crl,
+        must_refuse=refuse.enabled,
+        relay_sender=refuse.relay_sender,
+        foreign_recipient=refuse.foreign_recipient,
+        local_recipient=refuse.local_recipient,
+        timeout=check.timeout,
+    )
+
+
+def domain_outcome(report: DomainReport) -> tuple[str, str]:
+    """``success`` for a domain without findings, else ``domain_findings`` naming the first few."""
+    problems = report.problems
+    if not problems:
+        return "success", "ok"
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "domain_findings", f"{len(problems)} findings: {'; '.join(problems[:5])}{more}"
 
 
 def _quota_of(rec: Recorder) -> dict[str, tuple[int, int]] | None:
@@ -226,6 +312,8 @@ class Runner:
     history: History | None = None  # the status page's recent runs and failed dialogues
     slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
     legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
+    ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
+    crl: CRLCache = field(default_factory=CRLCache)  # CRL verdicts until nextUpdate, kept across reloads
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
 
     def __post_init__(self, own_slots: bool) -> None:
@@ -281,6 +369,9 @@ class Runner:
         swept: int = 0,
         lost: int = 0,
         outstanding: int = 0,
+        placement: str | None = None,
+        detail: object = None,
+        hygiene: dict[str, Hygiene] | None = None,
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -295,13 +386,21 @@ class Runner:
             swept=swept,
             lost=lost,
             outstanding=outstanding,
+            placement=placement,
             tls=dict(rec.tls),
+            receiver={k: rec.facts[k] for k in RECEIVER_FACTS if rec.facts.get(k) is not None},
+            bounces=tuple(str(b["class"]) for b in rec.facts.get("bounces", ()) if isinstance(b, dict)),
+            path=rec.facts.get("path") if reason == "success" else None,
+            clock_offset=rec.facts.get("clock_offset") if reason == "success" else None,
+            verdict=rec.facts.get("verdict") if reason == "success" else None,
             quota=_quota_of(rec),
             quota_error=rec.facts.get("quota_error"),
             sync_seconds=rec.facts.get("sync_seconds") if reason == "success" else None,
             sync_arrival=rec.facts.get("sync_arrival_seconds") if reason == "success" else None,
             failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
+            detail=detail,
+            hygiene=hygiene or {},
         )
         if self.history is not None:
             self.history.record(run, rec.transcript)
@@ -337,6 +436,7 @@ class Runner:
                 await self._tls_second_look(probe, attempt.reason, rec)
             settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
             late, swept, lost, outstanding = await self._settle(probe, rec)
+            hygiene, spent = await self._hygiene(rec)
         except asyncio.CancelledError:  # the daemon is stopping: leave the ledger right, say so, go on
             if not settled:
                 await self._settle(probe, rec)
@@ -349,12 +449,14 @@ class Runner:
             attempt.reason,
             attempt.message,
             started,
-            t0,
+            t0 + spent,  # the OCSP ask is not part of the round trip's time
             delivery,
             late,
             swept,
             lost=lost,
             outstanding=outstanding,
+            placement=attempt.value.placement if attempt.value is not None else None,
+            hygiene=hygiene,
         )
 
     async def _settle(self, probe: RoundTripConfig, rec: Recorder) -> tuple[int, int, int, int]:
@@ -364,7 +466,8 @@ class Runner:
         late, lost, outstanding = await self.ledger.finish(
             probe.name,
             token if isinstance(token, Token) else None,
-            accepted=bool(rec.facts.get("accepted")),  # accepted, unseen: if it turns up later it is late
+            # accepted, unseen: if it turns up later it is late; bounced: it never will
+            accepted=bool(rec.facts.get("accepted")) and not rec.facts.get("bounced"),
             seen=bool(rec.facts.get("seen")),
             swept=seen_before,
             lost_after=probe.lost_after,
@@ -415,6 +518,7 @@ class Runner:
             attempt = await self._attempt(
                 check.name, lambda: probe_tls(settings, rec), check.timeout * TLS_CHECK_STEPS
             )
+            hygiene, spent = await self._hygiene(rec)
         except asyncio.CancelledError:
             self._log_cancelled(check.name, rec, t0)
             raise
@@ -424,7 +528,46 @@ class Runner:
             reason = tls_outcome(facts)
             if reason != "success":
                 message = facts.error or f"certificate not verified: {facts.verify_reason}"
-        return self._finish(check.name, rec, reason, message, started, t0)
+        return self._finish(check.name, rec, reason, message, started, t0 + spent, hygiene=hygiene)
+
+    async def _hygiene(self, rec: Recorder) -> tuple[dict[str, Hygiene], float]:
+        """Certificate hygiene of every chain this run saw (no new session to the server; OCSP answers
+        cached until nextUpdate). Returns the facts and the seconds spent, which the run's duration
+        leaves out."""
+        t = time.monotonic()
+        out: dict[str, Hygiene] = {}
+        g = self.loaded.config.global_
+        for endpoint, facts in rec.tls.items():
+            chain = [c.der for c in facts.chain]
+            found = await chain_hygiene(
+                chain,
+                check_ocsp=g.check_ocsp,
+                timeout=g.ocsp_timeout,
+                cache=self.ocsp,
+                check_crl=g.check_crl,
+                crl_cache=self.crl,
+            )
+            if found is not None:
+                out[endpoint] = found
+        return out, time.monotonic() - t
+
+    async def run_domain_check(self, check: DomainCheckConfig, debug: bool = False) -> RunResult:
+        rec = Recorder(masker=self.masker, transcript=self._transcript(debug))
+        started, t0 = time.time(), time.monotonic()
+        settings = domain_settings(check, self.slots)
+        try:
+            attempt = await self._attempt(
+                check.name,
+                lambda: probe_domain(settings, rec, self.ocsp, self.crl),
+                check.timeout * check.steps,
+            )
+        except asyncio.CancelledError:
+            self._log_cancelled(check.name, rec, t0)
+            raise
+        reason, message = attempt.reason, attempt.message
+        if attempt.value is not None:
+            reason, message = domain_outcome(attempt.value)
+        return self._finish(check.name, rec, reason, message, started, t0, detail=attempt.value)
 
     def _log(self, run: RunResult) -> None:
         self.store.record(run)
@@ -436,6 +579,24 @@ class Runner:
         }
         if run.delivery is not None:
             fields["delivery_seconds"] = round(run.delivery, 4)
+        if run.placement is not None:
+            fields["placement"] = run.placement
+        fields.update(run.receiver)
+        if run.verdict is not None and (run.verdict.auth or run.verdict.scores or run.verdict.ignored):
+            fields["verdict"] = {
+                **run.verdict.auth,
+                **({"authserv_id": run.verdict.authserv_id} if run.verdict.authserv_id else {}),
+                **({"ignored_fields": run.verdict.ignored} if run.verdict.ignored else {}),
+                **{f"{engine}_score": score for engine, score in run.verdict.scores.items()},
+            }
+        if run.path is not None:
+            fields["path"] = {
+                "hops": run.path.count,
+                "tls": [h.tls for h in run.path.hops],
+                "delays_seconds": run.path.delays(),
+                "total_seconds": run.path.total,
+                **({"truncated": True} if run.path.truncated else {}),
+            }
         if run.late or run.swept or run.lost:
             fields.update(late=run.late, swept=run.swept, lost=run.lost)
         tls = {

@@ -68,6 +68,7 @@ class CertInfo:
     self_signed: bool
     is_ca: bool
     fingerprint_sha256: str  # lower-case hex, no colons
+    der: bytes = field(default=b"", repr=False, compare=False)  # for hygiene and OCSP (no new session)
 
 
 @dataclass
@@ -132,6 +133,7 @@ def cert_info(der: bytes) -> CertInfo:
             self_signed=_self_signed(cert),
             is_ca=_is_ca(cert),
             fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            der=der,
         )
     except ValueError:
         raise

@@ -121,8 +121,9 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
     return head, body
 
 
-def header_values(raw: bytes, name: str) -> list[str]:
-    """Every value of header ``name`` in a raw header block, unfolded and with whitespace removed.
+def header_values(raw: bytes, name: str, *, spaced: bool = False) -> list[str]:
+    """Every value of header ``name`` in a raw header block, unfolded and with whitespace removed
+    (``spaced``: each run of whitespace kept as one space, for fields such as ``Received``).
 
     A small parser of our own: total on arbitrary bytes, linear, and cheap next to the email package.
     """
@@ -136,14 +137,18 @@ def header_values(raw: bytes, name: str) -> list[str]:
                 current.append(line)
             continue
         if current is not None:
-            out.append(b"".join(b"".join(current).split()).decode("latin-1"))
+            out.append(_join(current, spaced))
             current = None
         field, colon, value = line.partition(b":")
         if colon and field.strip().lower() == wanted:
             current = [value]
     if current is not None:
-        out.append(b"".join(b"".join(current).split()).decode("latin-1"))
+        out.append(_join(current, spaced))
     return out
+
+
+def _join(lines: list[bytes], spaced: bool) -> str:
+    return (b" " if spaced else b"").join(b" ".join(lines).split()).decode("latin-1")
 
 
 def tokens_in_header(raw: bytes) -> list[str]:
@@ -196,6 +201,12 @@ def canonical_body(body: bytes) -> bytes:
 
 def body_digest(body: bytes) -> str:
     return hashlib.sha256(canonical_body(body)).hexdigest()[:32]
+
+
+def expected_body_digest(token: Token) -> str:
+    """The body digest a v2 canary of ``token`` carries: the body is determined by the token, so a
+    bounce that returns only the headers can still be verified (probes.dsn)."""
+    return body_digest(_body_text(token).replace("\n", "\r\n").encode("ascii"))
 
 
 def build_message(token: Token, key: bytes, sender: str, recipient: str) -> bytes:

@@ -20,9 +20,12 @@ REASONS: Final[frozenset[str]] = frozenset(
         "receive_auth",
         "receive_protocol",  # IMAP/POP3 answered NO/BAD/-ERR where OK was needed, or garbage
         "canary_invalid",  # a message with our token header arrived but its HMAC or body did not verify
+        "bounced",  # the receiving side returned the canary: a DSN or bounce with a permanent failure
         "cleanup",  # delete/expunge of our own canary failed
         "tls_connect",  # TLS check: TCP connect, DNS, or the dialogue before TLS failed
         "tls_handshake",  # TLS check: no TLS session at all (STARTTLS not offered, every handshake failed)
+        "dns_lookup",  # domain check: the MX (or implicit A/AAAA) of the domain could not be looked up
+        "domain_findings",  # domain check: checked, with at least one finding (mailcanary_domain_* series)
         "queue_timeout",  # no session slot free on the server within queue_timeout (our own limit)
         "sync_timeout",  # sync check: the second IMAP session did not see the canary's flag in time
         "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class IMAPSession:
         self.recorder = recorder
         self.prefix = prefix
         self.exists = 0
+        self.uidnext: int | None = None  # UIDNEXT of the last SELECT (RFC 3501 requires it)
         self._caps: set[str] = set()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -110,6 +112,7 @@ class IMAPSession:
                 await self._capability()
             _, untagged = await self._command(f"SELECT {st.mailbox}", [b"SELECT ", st.mailbox])
             self.exists = _exists(untagged, 0) or 0
+            self.uidnext = _uidnext(untagged)
 
     async def _authenticate_oauth(self) -> wire.Response:
         """AUTHENTICATE XOAUTH2/OAUTHBEARER (initial response inline with SASL-IR); an error challenge
@@ -483,6 +486,25 @@ class IMAPSession:
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=_PROTOCOL)
         return self._saw_exists(pushed)
 
+    async def select(self, mailbox: str) -> None:
+        """SELECT another mailbox in this session (the all-folders walk); expunges nothing."""
+        _, untagged = await self._command(f"SELECT {mailbox}", [b"SELECT ", mailbox])
+        self.exists = _exists(untagged, 0) or 0
+        self.uidnext = _uidnext(untagged)
+
+    async def search_text(self, value: str, since_uid: int) -> list[int]:
+        """UIDs from ``since_uid`` on whose text (headers, body, attached messages' headers) contains
+        ``value``: how bounces, which carry our token only inside, are found. Limited to new UIDs so the
+        server never scans the whole mailbox's bodies."""
+        pieces: list[bytes | str] = [b"UID SEARCH UID %d:* TEXT " % since_uid, value]
+        _, untagged = await self._command("UID SEARCH", pieces)
+        uids: set[int] = set()
+        for resp in untagged:
+            found = wire.parse_search(resp)
+            if found is not None:
+                uids.update(u for u in found if u >= since_uid)  # n:* also matches the last UID below n
+        return sorted(uids)
+
     async def search_header(
         self, header: str, value: str, *, undeleted: bool = False, flag: str | None = None
     ) -> list[int]:
@@ -501,6 +523,15 @@ class IMAPSession:
             if found is not None:
                 uids.extend(found)
         return sorted(set(uids))
+
+    async def list_mailboxes(self) -> list[wire.Response]:
+        """Untagged replies of ``LIST "" "*"`` (asking for SPECIAL-USE flags where LIST-EXTENDED is
+        offered), bounded by the reply budget; parsed by :func:`probes.placement.parse_list`."""
+        pieces: list[bytes | str] = [b'LIST "" "*"']
+        if "LIST-EXTENDED" in self._caps and "SPECIAL-USE" in self._caps:
+            pieces.append(b" RETURN (SPECIAL-USE)")
+        _, untagged = await self._command("LIST", pieces)
+        return untagged
 
     @property
     def is_open(self) -> bool:
@@ -614,6 +645,20 @@ class IMAPSession:
             self._closed = True
             if self._writer is not None:
                 self._writer.transport.abort()
+
+
+_UIDNEXT_RE = re.compile(rb"\[UIDNEXT ([0-9]{1,10})\]", re.IGNORECASE)
+
+
+def _uidnext(untagged: Iterable[wire.Response]) -> int | None:
+    """``* OK [UIDNEXT n]`` of a SELECT, if the server sent it."""
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = _UIDNEXT_RE.search(first)
+            if m is not None:
+                return int(m.group(1))
+    return None
 
 
 def _exists(untagged: Iterable[wire.Response], default: int | None) -> int | None:

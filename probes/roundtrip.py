@@ -10,9 +10,10 @@ waits ~0.5 s) look at the mailbox now. Canaries are found by their token, never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from . import canary
@@ -20,11 +21,16 @@ from ._framing import ReadLimits
 from ._net import Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
+from .dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
 from .errors import ProbeError, ProbeTimeout
 from .imap import IMAPSession, IMAPSettings, QuotaMalformed
+from .placement import MAX_MAILBOXES, ListedMailbox, Placement, choose_junk, other_folders, parse_list
 from .pop3 import POP3Client
+from .received import Path as ReceivedPath
+from .received import path_of
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
+from .verdict import verdict_of
 
 K = TypeVar("K")
 FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
@@ -82,6 +88,20 @@ class RoundTripSettings:
     idle_min_gap: float = 0.2  # shorter gaps are slept, not IDLEd: IDLE + DONE costs more than it saves
     search_every: float = 5.0  # search even without an EXISTS this often (servers that announce nothing)
     sweep_after: float = 3600.0  # our own canaries older than this are deleted when seen
+    # IMAP only: also watch the junk folder (SPECIAL-USE \\Junk, else the first of these names that
+    # exists); None: the inbox only.
+    junk_folders: tuple[str, ...] | None = None
+    # IMAP only: also look in up to this many other folders (0: none). Each look at them is one
+    # SELECT + SEARCH per folder, done every search_every, in a session of its own.
+    other_folders: int = 0
+    # Bounces (IMAP): watch the receive session's mailbox (the sender's, when sender = recipient) or a
+    # mailbox of its own (bounce_receiver) for DSNs and bounces about our canary.
+    bounces_here: bool = False
+    bounce_receiver: IMAPSettings | None = None
+    # Verdict: Authentication-Results only from these authserv-ids (none: no verdict); spam scores
+    # from the receiver's spam headers.
+    trusted_authserv_ids: frozenset[str] = frozenset()
+    spam_headers: bool = True
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
     sync: SyncSettings | None = None  # IMAP only: the second-device check
 
@@ -91,6 +111,9 @@ class RoundTripResult:
     token: Token
     delivery_seconds: float
     swept: list[Token] = field(default_factory=list)  # earlier canaries of this probe deleted this run
+    placement: Placement = "inbox"  # where the receiver filed it (POP3 sees the inbox only)
+    bounces: list[dict[str, object]] = field(default_factory=list)  # delay notices etc. seen this run
+    path: ReceivedPath | None = None  # from the canary's Received chain
 
 
 async def probe_roundtrip(
@@ -110,7 +133,14 @@ async def probe_roundtrip(
     service = "imap" if isinstance(settings.receiver, IMAPSettings) else "pop3"
     # With the sync check an IMAP run holds two sessions: both slots are taken at once (one by one, runs
     # could each hold one and wait for another forever).
-    sessions = 2 if service == "imap" and settings.sync is not None else 1
+    # So are the junk folder's and the all-folders walk's sessions, and a bounce mailbox on the same server.
+    sessions = 1
+    if service == "imap":
+        sessions += settings.sync is not None
+        sessions += settings.junk_folders is not None
+        sessions += settings.other_folders > 0
+        br = settings.bounce_receiver
+        sessions += br is not None and br.endpoint == settings.receiver.endpoint
     with recorder.masked_errors():
         # The receiving side's slot is held for the whole run (its session, or POP3's looks, one at a
         # time); the SMTP slot only while sending (see _run).
@@ -145,13 +175,35 @@ async def _run(
     recorder.set_phase("receive_wait", delivery)
     recorder.facts["wait_commands"] = recorder.commands - commands_before
     await receiver.fetch_verify_delete(token)
-    return RoundTripResult(token=token, delivery_seconds=delivery, swept=swept)
+    placement = receiver.placement
+    recorder.facts["placement"] = placement
+    raw = receiver.verified
+    path = path_of(raw) if raw is not None else None
+    if raw is not None and path is not None:
+        recorder.facts["path"] = path
+        if path.sender_ip is not None:
+            recorder.facts["sender_ip"] = path.sender_ip  # for a blocklist check, and the log
+        verdict = verdict_of(raw, settings.trusted_authserv_ids, settings.spam_headers)
+        recorder.facts["verdict"] = verdict
+        first = path.hops[0].timestamp if path.hops else None
+        if first is not None:  # the first server's clock against ours (1 s resolution): skew shown
+            recorder.facts["clock_offset"] = round(first - token.sent, 3)
+    return RoundTripResult(
+        token=token,
+        delivery_seconds=delivery,
+        swept=swept,
+        placement=placement,
+        bounces=list(recorder.facts.get("bounces", [])),
+        path=path,
+    )
 
 
 class _Receiver:
     def __init__(self, settings: RoundTripSettings, recorder: Recorder) -> None:
         self.settings = settings
         self.recorder = recorder
+        self.placement: Placement = "inbox"
+        self.verified: bytes | None = None  # the canary as received (with the receiver's headers)
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         raise NotImplementedError
@@ -187,11 +239,111 @@ class _IMAPReceiver(_Receiver):
         self.device: IMAPSession | None = None  # the sync check's second session
         self.device_seen: asyncio.Task[tuple[float, list[int]]] | None = None
         self.accepted_at = 0.0
+        self.junk: IMAPSession | None = None  # a second session on the junk folder, if watched
+        self.junk_recorder: Recorder | None = None
+        self.found_in: IMAPSession | None = None  # the junk or walk session, if found there (else inbox)
+        self.others: list[str] = []  # other folders looked at (placement_all_folders), bounded
+        self.other: IMAPSession | None = None  # the session walking them
+        self.other_recorder: Recorder | None = None
+        self._aux_slots = contextlib.AsyncExitStack()  # the slot of a bounce mailbox on another server
+        self.bounce: _BounceWatch | None = None
+        self.bounce_session: IMAPSession | None = None  # its own session (bounce_receiver), if any
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         await self.session.open()
-        s, name = self.session, self.settings.name
-        with self.recorder.phase("receive_sweep"):
+        swept = await self._sweep(self.session, self.recorder, late)
+        await self._read_quota()
+        await self._open_bounces()
+        if self.settings.junk_folders is None and self.settings.other_folders <= 0:
+            return swept
+        listing = [m for r in (await self.session.list_mailboxes())[:MAX_MAILBOXES] if (m := parse_list(r))]
+        if self.settings.junk_folders is not None:
+            swept += await self._open_junk(listing, late)
+        if self.settings.other_folders > 0:
+            swept += await self._open_others(listing, late)
+        return swept
+
+    async def _open_bounces(self) -> None:
+        """Bounce watching starts from the mailbox's UIDNEXT now: only mail arriving during the run is
+        searched, so a big mailbox costs nothing (bounces of earlier runs are handled if they arrive now)."""
+        st = self.settings
+        if st.bounce_receiver is not None:
+            aux = await self._aux_recorder(st.bounce_receiver.endpoint)
+            self.bounce_session = IMAPSession(st.bounce_receiver, aux, "bounce")
+            await self.bounce_session.open()
+            self._count_junk_commands()
+            self.bounce = _BounceWatch(self.bounce_session, aux, st, self.recorder)
+        elif st.bounces_here:
+            self.bounce = _BounceWatch(self.session, self.recorder, st, self.recorder)
+
+    async def _aux_recorder(self, endpoint: Endpoint | None = None) -> Recorder:
+        """A recorder for a second session (its timings never overwrite the inbox session's). Its slot
+        on the receiving server was taken with the run's (all at once, see probe_roundtrip); a session
+        on another server (``endpoint``) takes one there now."""
+        rec = self.recorder
+        aux = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+        if endpoint is not None and endpoint != self.settings.receiver.endpoint:
+            slot = maybe_session(self.settings.slots, endpoint, "imap", aux)
+            await self._aux_slots.enter_async_context(slot)
+        return aux
+
+    async def _open_junk(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
+        """Watch the junk folder in a session of its own, swept like the inbox."""
+        assert isinstance(self.settings.receiver, IMAPSettings) and self.settings.junk_folders is not None
+        folder = choose_junk(listing, self.settings.junk_folders, self.settings.receiver.mailbox)
+        self.recorder.facts["junk_folder"] = folder
+        if folder is None:
+            return []
+        self.junk_recorder = await self._aux_recorder()
+        self.junk = IMAPSession(replace(self.settings.receiver, mailbox=folder), self.junk_recorder, "junk")
+        try:
+            await self.junk.open()
+            return await self._sweep(self.junk, self.junk_recorder, late)
+        finally:
+            self._count_junk_commands()
+
+    async def _open_others(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
+        """Open the session that walks the other folders; each is swept once here."""
+        assert isinstance(self.settings.receiver, IMAPSettings)
+        watched = [self.settings.receiver.mailbox, *([self.junk.settings.mailbox] if self.junk else [])]
+        self.others = other_folders(listing, watched, self.settings.other_folders)
+        self.recorder.facts["other_folders"] = len(self.others)
+        if not self.others:
+            return []
+        self.other_recorder = await self._aux_recorder()
+        self.other = IMAPSession(
+            replace(self.settings.receiver, mailbox=self.others[0]), self.other_recorder, "other"
+        )
+        swept: list[Token] = []
+        try:
+            await self.other.open()
+            for i, folder in enumerate(self.others):
+                if i:
+                    await self.other.select(folder)
+                swept += await self._sweep(self.other, self.other_recorder, late)
+        finally:
+            self._count_junk_commands()
+        return swept
+
+    async def _search_others(self, token: Token) -> bool:
+        """One walk over the other folders; True (the folder left selected) if the canary is there."""
+        assert self.other is not None
+        try:
+            for folder in self.others:
+                await self.other.select(folder)  # a fresh SELECT also makes the server look now
+                uids = await self.other.search_header(canary.HEADER, token.nonce)
+                if uids:
+                    self.uids = uids[-FETCH_CANDIDATES:]
+                    self.found_in, self.placement = self.other, "other"
+                    self.recorder.facts["found_folder"] = folder
+                    return True
+        finally:
+            self._count_junk_commands()
+        return False
+
+    async def _sweep(self, s: IMAPSession, recorder: Recorder, late: set[str]) -> list[Token]:
+        name = self.settings.name
+        with recorder.phase("receive_sweep"):
             # With UIDPLUS, canaries left flagged by an interrupted delete are finished off too; without
             # it, flagged ones are passed over (they cannot be expunged without touching user mail).
             uids = await s.search_header(
@@ -218,7 +370,6 @@ class _IMAPReceiver(_Receiver):
             _count_skipped(self.recorder, len(heads.skipped) + len(maybe_stale) - len(found))
             stale = self._stale(found, late)
             await s.delete(stale)
-        await self._read_quota()
         return list(stale.values())
 
     async def _read_quota(self) -> None:
@@ -250,9 +401,56 @@ class _IMAPReceiver(_Receiver):
         return min(self.limits.max_message, canary.MAX_CANARY_BYTES)
 
     async def wait(self, token: Token, since: float) -> float:
-        seen, uids = await self._look(self.session, token)
-        self.uids = uids[-FETCH_CANDIDATES:]
-        return seen
+        s, rec = self.session, self.recorder
+        use_idle = (
+            self.settings.receiver.use_idle if isinstance(self.settings.receiver, IMAPSettings) else False
+        )
+        use_idle = use_idle and "IDLE" in s.capabilities
+        last_search = rec.clock()
+        for gap in self.settings.poll.gaps():
+            if use_idle and gap >= self.settings.idle_min_gap:
+                pushed = await s.idle(gap)
+                announced = pushed or await s.noop()
+            else:
+                await asyncio.sleep(gap)
+                announced = await s.noop()
+            junk_announced = False
+            if self.junk is not None:
+                junk_announced = await self.junk.noop()
+                self._count_junk_commands()
+            seen = rec.clock()
+            due = seen - last_search >= self.settings.search_every
+            if announced or due:
+                uids = await s.search_header(canary.HEADER, token.nonce)
+                if uids:
+                    self.uids = uids[-FETCH_CANDIDATES:]
+                    return seen
+            if self.junk is not None and (junk_announced or due):
+                uids = await self.junk.search_header(canary.HEADER, token.nonce)
+                self._count_junk_commands()
+                if uids:
+                    self.uids = uids[-FETCH_CANDIDATES:]
+                    self.found_in, self.placement = self.junk, "junk"
+                    return seen
+            if self.other is not None and due and await self._search_others(token):
+                return seen
+            if self.bounce is not None:
+                own = self.bounce_session is not None
+                bounce_announced = await self.bounce.session.noop() if own else announced
+                if bounce_announced or due:
+                    await self.bounce.look(token)  # raises "bounced" on a permanent failure
+                self._count_junk_commands()
+            if due:
+                last_search = seen
+        raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
+
+    def _count_junk_commands(self) -> None:
+        """Commands of the second and third session count as the run's (wait_commands)."""
+        bounce = self.bounce.recorder if self.bounce is not None and self.bounce_session else None
+        for aux in (self.junk_recorder, self.other_recorder, bounce):
+            if aux is not None:
+                self.recorder.commands += aux.commands
+                aux.commands = 0
 
     async def _look(self, s: IMAPSession, token: Token, flag: str | None = None) -> tuple[float, list[int]]:
         """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). With a flag every
@@ -319,7 +517,8 @@ class _IMAPReceiver(_Receiver):
     async def fetch_verify_delete(self, token: Token) -> None:
         assert self.uids
         with self.recorder.phase("receive_fetch"):
-            fetched = await self.session.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
+            where = self.found_in or self.session
+            fetched = await where.fetch(self.uids, "BODY.PEEK[]", cap=self._canary_cap)
         # A copy of our token on another message (forwarded, header copied) is passed over: the one
         # message that verifies as a whole is ours.
         ours = [
@@ -334,15 +533,20 @@ class _IMAPReceiver(_Receiver):
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
+        self.verified = fetched.data[ours[0]]
         failed: ProbeError | None = None
         failed_phase = None
-        if self.device is not None:
+        if self.device is not None and self.found_in is not None:
+            # The second device watches the inbox: a canary filed elsewhere cannot be synced there.
+            self.recorder.facts["sync_skipped"] = f"the canary was found in {self.placement}, not the inbox"
+        elif self.device is not None:
             try:
                 await self._sync(token, ours[0])
             except ProbeError as exc:
                 failed, failed_phase = exc, self.recorder.facts.get("current_phase")
         with self.recorder.phase("receive_delete"):
-            await self.session.delete(ours[:1])  # after a failed sync check too: never leave it behind
+            # After a failed sync check too (never leave it behind), and from the junk folder too.
+            await (self.found_in or self.session).delete(ours[:1])
         if failed is not None:
             self.recorder.facts["current_phase"] = failed_phase  # the failed phase is the sync one
             raise failed
@@ -353,9 +557,95 @@ class _IMAPReceiver(_Receiver):
             task.cancel()  # not awaited: that could swallow a cancellation of this very run
         elif task is not None and not task.cancelled():
             task.exception()  # retrieved: a failure of the second session is not "never awaited"
-        if self.device is not None:
-            await self.device.close()
-        await self.session.close()
+        try:
+            if self.device is not None:
+                await self.device.close()
+            await self.session.close()
+            if self.junk is not None:
+                await self.junk.close()
+            if self.other is not None:
+                await self.other.close()
+            if self.bounce_session is not None:
+                await self.bounce_session.close()
+        finally:
+            await self._aux_slots.aclose()
+
+
+class _BounceWatch:
+    """Finds bounces about our canaries in one IMAP mailbox: ``UID SEARCH UID n:* TEXT`` for the probe's
+    token key among mail that arrived since the run began (a DSN carries the token only inside), then
+    each candidate fetched (at most MAX_BOUNCE_BYTES) and parsed. A message that carries our token at
+    the top is a canary, never a bounce; a bounce counts only if the canary headers it returns verify
+    (probes.dsn). Verified bounces are deleted (they are about our canary and nothing else); a
+    permanent failure of this run's canary ends the run with reason ``bounced``."""
+
+    MAX_LOOKED = 1000  # UIDs remembered as looked at (not bounces, or handled): bounded
+    FETCH_AT_ONCE = 8
+    LOOK_BACK = 50  # UIDs before the run's start looked at too
+
+    def __init__(
+        self, session: IMAPSession, recorder: Recorder, settings: RoundTripSettings, run: Recorder
+    ) -> None:
+        self.session, self.recorder, self.settings, self.run = session, recorder, settings, run
+        # From a few UIDs back: a bounce that arrived between two runs is still seen (and deleted).
+        self.since = None if session.uidnext is None else max(1, session.uidnext - self.LOOK_BACK)
+        self.looked: set[int] = set()
+        if self.since is None:  # pragma: no cover - RFC 3501 requires UIDNEXT in SELECT
+            run.facts["bounce_watch"] = "off: the server sent no UIDNEXT"
+
+    async def look(self, token: Token) -> None:
+        if self.since is None:
+            return
+        name = self.settings.name
+        uids = await self.session.search_text(canary.probe_search_key(name), self.since)
+        fresh = [u for u in uids if u not in self.looked][: self.FETCH_AT_ONCE]
+        if not fresh:
+            return
+        if len(self.looked) < self.MAX_LOOKED:
+            self.looked.update(fresh)
+        else:  # never grows past the bound: from here on, look only past the highest UID seen
+            self.since = max(fresh) + 1
+        # Sizes first (with a small header item): a big message that merely quotes our key is never
+        # fetched whole, so it can neither pass a read cap nor cost memory.
+        sized = await self.session.fetch(
+            fresh, "BODY.PEEK[HEADER.FIELDS (Content-Type)]", cap=self.session.settings.limits.max_header
+        )
+        cap = min(MAX_BOUNCE_BYTES, self.session.settings.limits.max_message)
+        small = [u for u in fresh if sized.sizes.get(u, cap + 1) <= cap]
+        fetched = await self.session.fetch(small, "BODY.PEEK[]", cap=cap)
+        ours: list[int] = []
+        permanent: dict[str, object] | None = None
+        for uid, raw in sorted(fetched.data.items()):
+            bounce = parse_bounce(raw)
+            if bounce is None:
+                continue  # our canary (a late one, or this run's), or mail that merely quotes the key
+            tok = returned_token(bounce, self.settings.key, name)
+            if tok is None:
+                _count_skipped(self.run, 1)
+                continue
+            ours.append(uid)
+            event: dict[str, object] = {
+                "action": bounce.action,
+                "status": bounce.status,
+                "class": bounce.status_class,
+                "kind": bounce.kind,
+                "this_run": tok.nonce == token.nonce,
+            }
+            if bounce.diagnostic:
+                event["diagnostic"] = bounce.diagnostic
+            events = self.run.facts.setdefault("bounces", [])
+            if len(events) < 20:
+                events.append(event)
+            if tok.nonce == token.nonce and bounce.permanent and permanent is None:
+                permanent = event
+        if ours:
+            with self.recorder.phase("bounce_delete"):
+                await self.session.delete(ours)
+        if permanent is not None:
+            self.run.facts["bounced"] = True
+            status = permanent["status"] or "no status code"
+            detail = f": {permanent['diagnostic']}" if permanent.get("diagnostic") else ""
+            raise ProbeError(f"the canary bounced ({status}){detail}", reason="bounced")
 
 
 def _count_skipped(recorder: Recorder, n: int) -> None:
@@ -480,6 +770,7 @@ class _POP3Receiver(_Receiver):
             raise ProbeError(
                 "the canary arrived but did not verify (token or body altered)", reason="canary_invalid"
             )
+        self.verified = body
         with self.recorder.phase("receive_delete"):
             await self.client.dele(self.number, err_reason="cleanup")
             await self.client.quit(err_reason="cleanup")

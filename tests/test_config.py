@@ -737,7 +737,10 @@ def test_cli_probe_with_bad_config_is_unknown(
 def test_cli_probe_unknown_name_is_unknown(good_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["probe", "--config", str(good_file), "nope"]) == 3
     _, err = capsys.readouterr()
-    assert err == f"{good_file}: no probe or TLS check named 'nope' (have: imap-probe, pop3.probe_2)\n"
+    assert (
+        err
+        == f"{good_file}: no probe, TLS check or domain check named 'nope' (have: imap-probe, pop3.probe_2)\n"
+    )
 
 
 def test_cli_run_with_missing_default_config(

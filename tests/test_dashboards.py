@@ -102,6 +102,7 @@ def test_both_dashboards_exist() -> None:
         "mailcanary-overview.json",
         "mailcanary-tls.json",
         "mailcanary-probe.json",
+        "mailcanary-domains.json",
     }
 
 
@@ -139,6 +140,7 @@ def test_variables() -> None:
         "mailcanary-overview.json": {"datasource", "job", "vantage", "instance", "probe"},
         "mailcanary-tls.json": {"datasource", "job", "vantage", "instance", "probe", "endpoint"},
         "mailcanary-probe.json": {"datasource", "job", "instance"},
+        "mailcanary-domains.json": {"datasource", "job", "vantage", "instance", "probe", "domain"},
     }
     for path in DASHBOARDS:
         variables = {v["name"]: v for v in load(path)["templating"]["list"]}

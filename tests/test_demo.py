@@ -98,6 +98,14 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
         rt = next(r for r in config["roundtrip"] if r["name"] == probe)  # type: ignore[attr-defined]
         assert rt["receive"]["protocol"] == protocol
     assert value(samples, "mailcanary_config_info", sandbox="true") == 1
+    # What the receiver did, from the first run on: placement, the sandbox's own (honest) verdict.
+    for probe in ("sandbox-imap", "sandbox-pop3"):
+        assert value(samples, "mailcanary_roundtrip_placement", probe=probe, folder="inbox") == 1
+        assert (
+            value(samples, "mailcanary_roundtrip_auth_result", probe=probe, method="dkim", result="none") == 1
+        )
+        assert value(samples, "mailcanary_roundtrip_spam_score", probe=probe, engine="spamassassin") == 0
+        assert value(samples, "mailcanary_roundtrip_hops", probe=probe) == 1
 
     # TLS facts for every sandbox port: a certificate expiry ~90 days ahead, verified, no legacy TLS,
     # and no credentials offered before STARTTLS on the plain ports.
@@ -134,6 +142,7 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
     assert "job_name: mailcanary-demo" in text and f'targets: ["127.0.0.1:{port}"]' in text
     assert "sandbox-imap" in text and "sandbox-pop3" in text
     assert "ok    sandbox-imap" in text and "ok    sandbox-pop3" in text  # the progress feed
+    assert "to inbox" in text and "verdict: dkim=none dmarc=none spf=none spamassassin 0" in text
     assert "Traceback" not in text and '"level"' not in text  # no log spam on the console
     password = (out / "sandbox.password").read_text().strip()
     assert password and password not in text

@@ -393,9 +393,22 @@ def empty_queries(live: Live, name: str, timeout: float, job: str = JOB) -> list
 # ---- (a) dashboards --------------------------------------------------------------------------------
 
 
+# Panels whose series exist only once the receiver did something the healthy session stack never does
+# (a bounce, trusted Authentication-Results or spam headers, a second hop): their queries must still
+# parse (Prometheus answers 400 otherwise, which fails here); the series themselves are checked by
+# the real-stack tests that make them (test_bounces, test_verdict, test_verdict_dkim, test_path).
+NEEDS_RECEIVER_EVENTS = {
+    "'Bounces by status class' A",
+    "'Authentication verdict (last canary)' A",
+    "'Spam score' A",
+    "'Path: hops and time between first and last hop' B",
+}
+
+
 def test_overview_dashboard_queries_return_data(live: Live) -> None:
     wait_for_data(live)
     empty = empty_queries(live, "mailcanary-overview.json", timeout=15)
+    empty = [e for e in empty if not any(e.startswith(f"{panel}: ") for panel in NEEDS_RECEIVER_EVENTS)]
     assert not empty, "overview panels without data:\n" + "\n".join(empty)
 
 

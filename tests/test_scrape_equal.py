@@ -113,6 +113,21 @@ def reference(store: ResultStore, state: ExporterState) -> str:
 # Families added after the golden was written (each documented in docs/metrics.md).
 ADDED_SINCE_GOLDEN = (
     "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
+    "mailcanary_roundtrip_placement",  # also matches mailcanary_roundtrip_placements_total
+    "mailcanary_roundtrip_bounces_total",
+    'outcome="bounced"',  # a reason added since
+    "mailcanary_roundtrip_hop",  # hops, hop_delay_seconds, hop_tls
+    "mailcanary_roundtrip_path_seconds",
+    "mailcanary_roundtrip_clock_offset_seconds",
+    "mailcanary_roundtrip_auth_result",
+    "mailcanary_roundtrip_spam_score",
+    "mailcanary_domain_",  # issue 14: domain checks (their families render headers even with none)
+    *(  # issue 14: certificate hygiene of round trips and TLS checks
+        f"mailcanary_tls_cert_{n} "
+        for n in ("key_bits", "weak_key", "signature_info", "weak_signature", "validity_seconds", "scts")
+    ),
+    "mailcanary_tls_cert_ocsp_status ",
+    "mailcanary_tls_cert_crl_status ",
     "mailcanary_mailbox_quota_",
     "mailcanary_roundtrip_sync_",
     'outcome="sync_timeout"',

@@ -774,6 +774,165 @@ def overview() -> Json:
         options=TS_OPTIONS,
     )
 
+    b.row("What the receiver did")
+    b.add(
+        "timeseries",
+        "Delivered canaries by folder",
+        [
+            target(
+                "sum by (probe, folder) "
+                f"(increase(mailcanary_roundtrip_placements_total{{{RT}}}[$__rate_interval])) > 0",
+                "{{probe}} {{folder}}",
+            )
+        ],
+        w=16,
+        h=8,
+        description=(
+            "Where each delivered canary was found: inbox, junk (receive.junk, IMAP only) or another "
+            "folder (receive.placement_all_folders). POP3 sees the inbox only."
+        ),
+        defaults=ts_defaults("short", bars=True, stack=True),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* inbox"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "green"}}],
+            },
+            {
+                "matcher": {"id": "byRegexp", "options": ".* junk"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
+            },
+        ],
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+    b.add(
+        "stat",
+        "In junk (time range)",
+        [
+            target(
+                "sum by (probe) "
+                f'(increase(mailcanary_roundtrip_placements_total{{{RT}, folder="junk"}}[$__range])) '
+                "/ sum by (probe) "
+                f"(increase(mailcanary_roundtrip_placements_total{{{RT}}}[$__range]))",
+                "{{probe}}",
+            )
+        ],
+        w=8,
+        h=8,
+        description="Share of the delivered canaries found in the junk folder in the selected time range.",
+        defaults={
+            "unit": "percentunit",
+            "decimals": 1,
+            "min": 0,
+            "max": 1,
+            "thresholds": thresholds((None, "green"), (0.0001, "red")),
+        },
+        options=stat_options(),
+    )
+
+    b.add(
+        "timeseries",
+        "Bounces by status class",
+        [
+            target(
+                "sum by (probe, class) "
+                f"(increase(mailcanary_roundtrip_bounces_total{{{RT}}}[$__rate_interval])) > 0",
+                "{{probe}} {{class}}",
+            )
+        ],
+        w=12,
+        h=8,
+        description=(
+            "Verified bounces about the canaries, by RFC 3463 class: 5.x.x permanent (the run ended "
+            "bounced: 5.1.x address, 5.2.x mailbox, 5.7.x policy), 4.x.x delay notices (the run went on)."
+        ),
+        defaults=ts_defaults("short", bars=True, stack=True),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* 5\\..*"},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}}],
+            }
+        ],
+        options=TS_OPTIONS,
+        interval="5m",
+    )
+
+    b.add(
+        "table",
+        "Authentication verdict (last canary)",
+        [
+            target(
+                f"max by (probe, method, result) (mailcanary_roundtrip_auth_result{{{RT}}}) == 1",
+                "",
+                instant=True,
+                fmt="table",
+            )
+        ],
+        w=12,
+        h=8,
+        description=(
+            "spf, dkim, dmarc (and arc) as the receiving side's trusted authserv-ids reported them for the "
+            "last delivered canary (receive.trusted_authserv_ids); missing = no trusted result."
+        ),
+        options=table_options(),
+        overrides=[
+            column_override(
+                "result",
+                mappings=value_map(("pass", "pass", "green")),
+                custom__cellOptions={"type": "color-text"},
+                color={"mode": "fixed", "fixedColor": "red"},
+            )
+        ],
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True},
+                    "renameByName": {},
+                    "indexByName": {"probe": 0, "method": 1, "result": 2},
+                },
+            }
+        ],
+    )
+    b.add(
+        "timeseries",
+        "Spam score",
+        [target(f"mailcanary_roundtrip_spam_score{{{RT}}}", "{{probe}} {{engine}}")],
+        w=12,
+        h=8,
+        description=(
+            "The receiving side's spam score of each delivered canary (SpamAssassin and rspamd scores, "
+            "Microsoft SCL). Spam from 5 (SpamAssassin, SCL) or 6 (rspamd)."
+        ),
+        defaults=ts_defaults("short", showPoints="always"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "timeseries",
+        "Path: hops and time between first and last hop",
+        [
+            target(f"mailcanary_roundtrip_hops{{{RT}}}", "{{probe}} hops", "A"),
+            target(f"mailcanary_roundtrip_path_seconds{{{RT}}}", "{{probe}} path", "B"),
+        ],
+        w=12,
+        h=8,
+        description=(
+            "From the canary's Received chain: the servers it passed, and last minus first stamp "
+            "(1 s resolution, several clocks: a negative value is clock skew, shown as it is)."
+        ),
+        defaults=ts_defaults("short"),
+        overrides=[
+            {
+                "matcher": {"id": "byRegexp", "options": ".* path"},
+                "properties": [
+                    {"id": "unit", "value": "s"},
+                    {"id": "custom.axisPlacement", "value": "right"},
+                ],
+            }
+        ],
+        options=TS_OPTIONS,
+    )
+
     b.row("Mailbox: quota and sync")
     b.add(
         "bargauge",
@@ -1462,10 +1621,215 @@ def probe_targets() -> Json:
     )
 
 
+# ---- domains (domain_checks) ------------------------------------------------------------------------
+
+DOM = RT + ', domain=~"$domain"'
+DOM_BY = "probe, domain"
+MX_BY = "probe, domain, mx, address"
+
+
+def domains() -> Json:
+    b = Board()
+    b.row("Summary")
+    summary = [
+        (
+            "Domains checked",
+            f"count(mailcanary_domain_check_success{{{RT}}})",
+            "Domain checks (domain_checks in the config) with a completed run.",
+            thresholds((None, "text")),
+        ),
+        (
+            "Domains with findings",
+            f"count(mailcanary_domain_findings{{{DOM}}} > 0) or vector(0)",
+            "Domains whose last check found something (every finding is a row below and in the log).",
+            thresholds((None, "green"), (1, "orange")),
+        ),
+        (
+            "Checks not completing",
+            f"count(mailcanary_domain_check_success{{{RT}}} == 0 unless on (job, instance, probe) "
+            f"mailcanary_domain_findings{{{RT}}}) or vector(0)",
+            "Domain checks whose last run could not check the domain (MX lookup failed, timeout).",
+            thresholds((None, "green"), (1, "red")),
+        ),
+        (
+            "MX addresses not verified",
+            f"count(mailcanary_domain_mx_cert_verified{{{DOM}}} == 0) or vector(0)",
+            "MX addresses whose certificate did not verify for the MX name.",
+            thresholds((None, "green"), (1, "orange")),
+        ),
+        (
+            "DNSBL listings",
+            f"count(mailcanary_domain_dnsbl_listed{{{DOM}}} == 1) or vector(0)",
+            "(MX address, zone) pairs listed.",
+            thresholds((None, "green"), (1, "orange")),
+        ),
+        (
+            "Must-refuse failures",
+            f"count(mailcanary_domain_must_refuse_success{{{DOM}}} == 0) or vector(0)",
+            "(MX address, check) pairs where the server accepted what it must refuse (open relay, "
+            "AUTH before TLS, own-domain sender).",
+            thresholds((None, "green"), (1, "red")),
+        ),
+    ]
+    for title, expr, description, steps in summary:
+        b.add(
+            "stat",
+            title,
+            [target(expr, "")],
+            w=4,
+            h=4,
+            description=description,
+            defaults={"thresholds": steps},
+            options=stat_options(text_mode="value"),
+        )
+
+    b.row("Domains")
+    columns = {
+        "A": "Findings",
+        "B": "MX DNSSEC",
+        "C": "MTA-STS record",
+        "D": "MTA-STS policy",
+        "E": "TLS-RPT",
+        "F": "MX hosts",
+        "G": "MTA-STS max_age",
+    }
+    exprs = {
+        "A": f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})",
+        "B": f"min by ({DOM_BY}) (mailcanary_domain_mx_dnssec_valid{{{DOM}}})",
+        "C": f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_record_valid{{{DOM}}})",
+        "D": f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_policy_valid{{{DOM}}})",
+        "E": f"min by ({DOM_BY}) (mailcanary_domain_tlsrpt_valid{{{DOM}}})",
+        "F": f"max by ({DOM_BY}) (mailcanary_domain_mx_hosts{{{DOM}}})",
+        "G": f"max by ({DOM_BY}) (mailcanary_domain_mta_sts_max_age_seconds{{{DOM}}})",
+    }
+    b.add(
+        "table",
+        "Domains",
+        [target(e, "", ref, instant=True, fmt="table") for ref, e in exprs.items()],
+        w=24,
+        h=7,
+        description=(
+            "One row per domain check: findings of the last run (0 passes), DNSSEC of the MX answer and "
+            "the MX addresses, MTA-STS (record, policy fetched as RFC 8461 asks), TLS-RPT. "
+            "mailcanary probe NAME prints the same as a report."
+        ),
+        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+        overrides=[
+            column_override(
+                "Findings",
+                thresholds=thresholds((None, "green"), (1, "orange")),
+                custom__cellOptions={"type": "color-background", "mode": "basic"},
+            ),
+            column_override("MTA-STS max_age", unit="s"),
+        ]
+        + [
+            column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
+            for name in ("MX DNSSEC", "MTA-STS record", "MTA-STS policy", "TLS-RPT")
+        ],
+        options={**table_options(), "sortBy": [{"displayName": "Findings", "desc": True}]},
+        transformations=merged_table(columns),
+    )
+
+    b.row("MX addresses")
+    columns = {
+        "A": "Up",
+        "B": "STARTTLS",
+        "C": "Verified",
+        "D": "Name match",
+        "E": "DANE match",
+        "F": "DNSBL listed",
+        "G": "Open relay refused",
+        "H": "AUTH in clear",
+        "I": "Key bits",
+        "J": "Weak signature",
+        "K": "OCSP revoked",
+    }
+    exprs = {
+        "A": f"min by ({MX_BY}) (mailcanary_domain_mx_up{{{DOM}}})",
+        "B": f"min by ({MX_BY}) (mailcanary_domain_mx_starttls_offered{{{DOM}}})",
+        "C": f"min by ({MX_BY}) (mailcanary_domain_mx_cert_verified{{{DOM}}})",
+        "D": f"min by ({MX_BY}) (mailcanary_domain_mx_hostname_match{{{DOM}}})",
+        "E": f"min by ({MX_BY}) (mailcanary_domain_dane_match{{{DOM}}})",
+        "F": f"max by ({MX_BY}) (mailcanary_domain_dnsbl_listed{{{DOM}}})",
+        "G": f'min by ({MX_BY}) (mailcanary_domain_must_refuse_success{{{DOM}, check="open_relay"}})',
+        "H": f"max by ({MX_BY}) (mailcanary_domain_mx_auth_before_tls{{{DOM}}})",
+        "I": f"min by ({MX_BY}) (mailcanary_domain_mx_cert_key_bits{{{DOM}}})",
+        "J": f"max by ({MX_BY}) (mailcanary_domain_mx_cert_weak_signature{{{DOM}}})",
+        "K": f'max by ({MX_BY}) (mailcanary_domain_mx_cert_ocsp_status{{{DOM}, status="revoked"}})',
+    }
+    b.add(
+        "table",
+        "Every MX at every address",
+        [target(e, "", ref, instant=True, fmt="table") for ref, e in exprs.items()],
+        w=24,
+        h=9,
+        description=(
+            "Every (MX host, address) of each domain, bounded by max_mx x max_addresses. Empty cells: not "
+            "asked (no TLSA, no DNSBL zone, must_refuse disabled, no OCSP responder named)."
+        ),
+        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+        overrides=[
+            column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
+            for name in ("Up", "STARTTLS", "Verified", "Name match", "DANE match", "Open relay refused")
+        ]
+        + [
+            column_override(name, mappings=YES_NO_BAD, custom__cellOptions={"type": "color-text"})
+            for name in ("DNSBL listed", "AUTH in clear", "Weak signature", "OCSP revoked")
+        ],
+        options={**table_options(), "sortBy": [{"displayName": "Verified", "desc": False}]},
+        transformations=merged_table(columns),
+    )
+
+    b.row("History")
+    b.add(
+        "timeseries",
+        "Findings per domain",
+        [target(f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})", "{{domain}}")],
+        w=12,
+        h=8,
+        description="Findings of each domain's last completed check, over time.",
+        defaults=ts_defaults("short"),
+        options=TS_OPTIONS,
+    )
+    b.add(
+        "timeseries",
+        "MX audit stages",
+        [
+            target(
+                f"max by (mx, address, stage) (mailcanary_domain_mx_stage_seconds{{{DOM}}})",
+                "{{mx}} {{address}} {{stage}}",
+            )
+        ],
+        w=12,
+        h=8,
+        description="Per-stage timings of each MX address's audit (connect, handshake, legacy).",
+        defaults=ts_defaults("s"),
+        options=TS_OPTIONS,
+    )
+    return dashboard(
+        "mailcanary-domains",
+        "mailcanary / Mail domains",
+        "Mail domains from the outside: every MX on port 25, DANE, MTA-STS, TLS-RPT, DNSBL, certificate "
+        "hygiene and must-refuse checks (domain_checks).",
+        [
+            variable_query(
+                "probe", "Domain check", "label_values(mailcanary_domain_check_success{" + S + "}, probe)"
+            ),
+            variable_query(
+                "domain",
+                "Domain",
+                "label_values(mailcanary_domain_findings{" + S + ', probe=~"$probe"}, domain)',
+            ),
+        ],
+        b,
+    )
+
+
 DASHBOARDS = {
     "mailcanary-overview.json": overview,
     "mailcanary-tls.json": tls,
     "mailcanary-probe.json": probe_targets,
+    "mailcanary-domains.json": domains,
 }
 
 

@@ -163,6 +163,10 @@ class DovecotInstance(Daemon):
             "namespace inbox {",
             "  inbox = yes",
             "  separator = /",
+            # Shown as SPECIAL-USE \\Junk where it exists (the junk test mailbox's sieve creates it).
+            "  mailbox Junk {",
+            "    special_use = \\Junk",
+            "  }",
             "}",
         ]
         for proto in ("imap", "pop3"):

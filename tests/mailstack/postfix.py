@@ -45,6 +45,7 @@ class PostfixInstance(Daemon):
         extra_master: str = "",
         ipv6: bool = False,
         settings: Mapping[str, str] | None = None,
+        smtp_host: str | None = None,
     ) -> None:
         unknown = set(ports) - set(POSTFIX_PORT_NAMES)
         if unknown:
@@ -62,6 +63,7 @@ class PostfixInstance(Daemon):
         self.log_file = log_file
         self.ipv6 = ipv6
         self.settings = dict(settings or {})
+        self.smtp_host = smtp_host  # another loopback address for the MX-style port (e.g. 127.0.0.3)
 
     @property
     def config_dir(self) -> Path:
@@ -86,6 +88,8 @@ class PostfixInstance(Daemon):
 
     @property
     def hosts(self) -> list[str]:
+        if self.smtp_host is not None:
+            return [self.smtp_host]
         return [LOOPBACK_V4, LOOPBACK_V6] if self.ipv6 else [LOOPBACK_V4]
 
     def endpoints(self) -> list[Endpoint]:

@@ -30,6 +30,7 @@ from ._system import (
     pid_alive,
     read_pid,
     requirement_problems,
+    run,
     tail,
 )
 from .dovecot import DOVECOT_PORT_NAMES, DovecotInstance
@@ -73,6 +74,63 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
+"""
+
+# Bounce and deferral transports (Postfix pipe(8)): exit 67 (EX_NOUSER) makes Postfix bounce with a real
+# DSN, 5.1.1; exit 75 (EX_TEMPFAIL) defers (4.3.0) as many times as the count file says, then delivers.
+_NOUSER_SCRIPT = """#!/bin/sh
+cat >/dev/null
+exit 67
+"""
+
+_DEFER_SCRIPT = """#!/bin/sh
+left=$(cat '{count_file}' 2>/dev/null) || left=0
+if [ "${{left:-0}}" -gt 0 ]; then
+  echo $((left - 1)) > '{count_file}'
+  cat >/dev/null
+  exit 75
+fi
+rcpt_local=${{2%@*}}
+rcpt_domain=${{2#*@}}
+HOME='{mail_root}'/$rcpt_domain/$rcpt_local
+USER=$2
+export HOME USER
+exec '{lda}' -c '{lda_conf}' -f "${{1:-MAILER-DAEMON}}"
+"""
+
+# The spam@ transport: the message goes through a real SpamAssassin (local tests only, no network, no
+# user preferences), which adds X-Spam-Status, then dovecot-lda delivers it.
+_SPAM_SCRIPT = """#!/bin/sh
+rcpt_local=${{2%@*}}
+rcpt_domain=${{2#*@}}
+HOME='{mail_root}'/$rcpt_domain/$rcpt_local
+USER=$2
+export HOME USER
+'{spamassassin}' -L -x | '{lda}' -c '{lda_conf}' -f "${{1:-MAILER-DAEMON}}"
+"""
+
+# The junk mailbox's dovecot-lda: Pigeonhole runs a global script (precompiled as root by sievec, or
+# dovecot-lda running as vmail could not write the binary) that files canaries into Junk (\Junk).
+_JUNK_LDA_EXTRA = """mailbox_list_index = no
+namespace inbox {{
+  mailbox Junk {{
+    special_use = \\Junk
+  }}
+}}
+protocol lda {{
+  mail_plugins = sieve
+}}
+plugin {{
+  sieve_before = {script}
+}}
+"""
+
+# "Mail matching a rule": ours carries X-Mailcanary-Token; anything else stays in INBOX.
+_JUNK_SIEVE = """require ["fileinto", "mailbox"];
+if exists "X-Mailcanary-Token" {
+  fileinto :create "Junk";
+  stop;
+}
 """
 
 
@@ -167,9 +225,30 @@ class MailStack:
                 raise ValueError(f"user {address!r} is not an address")
         self.test_addresses: tuple[str, ...] = tuple(regular)
         self.slow_address = f"slow@{DOMAIN}"
+        # Delivered by dovecot-lda + sieve: canaries are filed into Junk (\Junk), other mail into INBOX.
+        self.junk_address = f"junk@{DOMAIN}"
         self.postmaster_address = f"postmaster@{DOMAIN}"
+        # Mail to nouser@ bounces (a real Postfix DSN, 5.1.1); mail to defer@ is deferred (4.x.x)
+        # defer_count times (file defer_count_file, read at each attempt), then delivered.
+        self.nouser_address = f"nouser@{DOMAIN}"
+        self.defer_address = f"defer@{DOMAIN}"
+        # Mail to hop@ is relayed over SMTP (STARTTLS when offered) to a second Postfix on relay_port,
+        # which delivers it: a two-hop chain. That Postfix is started by start_relay() when a test needs it.
+        self.hop_address = f"hop@{DOMAIN}"
+        self.spam_address = f"spam@{DOMAIN}"  # delivered through SpamAssassin (X-Spam-Status added)
+        self.relay_port = free_ports(1)[0]
+        self._relay: PostfixInstance | None = None
         self.users: dict[str, str] = dict(regular)
-        for special in (self.slow_address, self.postmaster_address):
+        specials = (
+            self.slow_address,
+            self.junk_address,
+            self.postmaster_address,
+            self.nouser_address,
+            self.defer_address,
+            self.hop_address,
+            self.spam_address,
+        )
+        for special in specials:
             self.users.setdefault(special, _password(special.split("@")[0]))
         self.ipv6 = ipv6_available() if ipv6 is None else ipv6
         self._fixed_ports = ports is not None
@@ -308,6 +387,7 @@ class MailStack:
     def postfix(self) -> PostfixInstance:
         if self._postfix is None:
             script = self.root / "bin" / "slow-deliver"
+            junk_script = self.root / "bin" / "junk-deliver"
             self._postfix = PostfixInstance(
                 self.root / "postfix",
                 name=f"{self.root.name}-postfix",
@@ -315,16 +395,41 @@ class MailStack:
                 ports={n: self.ports[n] for n in POSTFIX_PORT_NAMES},
                 mailboxes={a: self._mailbox_relpath(a) for a in self.users},
                 aliases={f"{u}@{DOMAIN}": self.postmaster_address for u in ("abuse", "MAILER-DAEMON")},
-                transports={self.slow_address: "slowdeliver:"},
+                transports={
+                    self.slow_address: "slowdeliver:",
+                    self.junk_address: "junkdeliver:",
+                    self.nouser_address: "nouserdeliver:",
+                    self.defer_address: "deferdeliver:",
+                    self.hop_address: f"hoprelay:[127.0.0.1]:{self.relay_port}",
+                    self.spam_address: "spamdeliver:",
+                },
                 extra_master=(
                     "slowdeliver unix - n n - - pipe\n"
                     f"  flags=DO user={self.account.name} argv={script} ${{sender}} ${{recipient}}\n"
+                    "junkdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={junk_script} ${{sender}} ${{recipient}}\n"
+                    "nouserdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'nouser-deliver'}\n"
+                    "spamdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'spam-deliver'}"
+                    " ${sender} ${recipient}\n"
+                    "hoprelay unix - - n - - smtp\n"
+                    "  -o smtp_tls_security_level=may\n"
+                    "deferdeliver unix - n n - - pipe\n"
+                    f"  flags=DO user={self.account.name} argv={self.root / 'bin' / 'defer-deliver'}"
+                    " ${sender} ${recipient}\n"
                 ),
                 mail_root=self.mail_root,
                 account=self.account,
                 log_file=self.log_dir / "postfix.log",
                 ipv6=self.ipv6,
-                settings={"slowdeliver_destination_recipient_limit": "1", **self.postfix_settings},
+                settings={
+                    "slowdeliver_destination_recipient_limit": "1",
+                    "junkdeliver_destination_recipient_limit": "1",
+                    "deferdeliver_destination_recipient_limit": "1",
+                    "spamdeliver_destination_recipient_limit": "1",
+                    **self.postfix_settings,
+                },
             )
         return self._postfix
 
@@ -405,6 +510,61 @@ class MailStack:
             )
         )
         script.chmod(0o755)
+        self._write_junk_transport(lda_run, lda_log, lda_conf)
+        nouser = self.root / "bin" / "nouser-deliver"
+        nouser.write_text(_NOUSER_SCRIPT)
+        nouser.chmod(0o755)
+        defer = self.root / "bin" / "defer-deliver"
+        defer.write_text(
+            _DEFER_SCRIPT.format(
+                count_file=self.defer_count_file, mail_root=self.mail_root, lda=DOVECOT_LDA, lda_conf=lda_conf
+            )
+        )
+        defer.chmod(0o755)
+        spam = self.root / "bin" / "spam-deliver"
+        spam.write_text(
+            _SPAM_SCRIPT.format(
+                mail_root=self.mail_root,
+                spamassassin=shutil.which("spamassassin") or "/usr/bin/spamassassin",
+                lda=DOVECOT_LDA,
+                lda_conf=lda_conf,
+            )
+        )
+        spam.chmod(0o755)
+        self.defer_count = 0
+
+    @property
+    def defer_count_file(self) -> Path:
+        return self.root / "defer_count"
+
+    @property
+    def defer_count(self) -> int:
+        """How many more delivery attempts to defer@ are deferred (4.3.0) before one is delivered."""
+        try:
+            return int(self.defer_count_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    @defer_count.setter
+    def defer_count(self, value: int) -> None:
+        self.defer_count_file.write_text(f"{int(value)}\n")
+        chown(self.defer_count_file, self.account, 0o644)  # the pipe runs as the mail user
+
+    def _write_junk_transport(self, lda_run: Path, lda_log: Path, slow_conf: Path) -> None:
+        sieve = self.root / "lda" / "junk.sieve"
+        sieve.write_text(_JUNK_SIEVE)
+        sieve.chmod(0o644)
+        conf = self.root / "lda" / "dovecot-lda-junk.conf"
+        conf.write_text(slow_conf.read_text() + _JUNK_LDA_EXTRA.format(script=sieve))
+        conf.chmod(0o644)
+        run(["sievec", "-c", str(conf), str(sieve)])  # as root: vmail could not write junk.svbin
+        script = self.root / "bin" / "junk-deliver"
+        script.write_text(
+            _SLOW_SCRIPT.format(
+                delay_file=self.root / "junk_delay", mail_root=self.mail_root, lda=DOVECOT_LDA, lda_conf=conf
+            )
+        )
+        script.chmod(0o755)
 
     def start(self) -> None:
         """Start Dovecot (it creates Postfix's SASL socket) then Postfix; wait until every port greets.
@@ -441,9 +601,37 @@ class MailStack:
             self._stop_quietly()
             raise StackError(f"not greeting after {self.start_timeout:.0f}s: {names}\n{logs}")
 
+    def start_relay(self, settings: Mapping[str, str] | None = None) -> PostfixInstance:
+        """Start the second Postfix that hop@ mail is relayed to (idempotent); stopped by stop().
+        ``settings`` go into its main.cf (e.g. ``smtpd_milters``)."""
+        if self._relay is None:
+            relay = self._make_relay(settings)
+            relay.render()
+            relay.start()
+            self._relay = relay
+        return self._relay
+
+    def _make_relay(self, settings: Mapping[str, str] | None = None) -> PostfixInstance:
+        return self.make_postfix(
+            "relay",
+            tls=self.tls,
+            ports={"smtp": self.relay_port},
+            # Another name (the same one would be "mail loops back to myself"); no SASL: it only
+            # receives, as an MX does.
+            settings={"myhostname": "mx2.example.test", "smtpd_sasl_auth_enable": "no", **(settings or {})},
+        )
+
     def stop(self) -> None:
         """Stop Postfix then Dovecot by their pid files and wait until every port is closed."""
         errors: list[str] = []
+        if self._relay is None and (self.root / "relay").exists():  # a stack loaded by reap_orphans
+            self._relay = self._make_relay()
+        if self._relay is not None:
+            try:
+                self._relay.stop()
+            except StackError as exc:
+                errors.append(str(exc))
+            self._relay = None
         instances = (self.postfix, self.dovecot) if self._set_up else (self._postfix, self._dovecot)
         for instance in instances:
             if instance is None:

@@ -287,9 +287,12 @@ class VariantSet:
         ssl_min_protocol: str = "TLSv1.2",
         dovecot_settings: Mapping[str, str | int | bool] | None = None,
         postfix_settings: Mapping[str, str] | None = None,
+        smtp_host: str | None = None,
+        smtp_port: int | None = None,
     ) -> Variant:
         """Declare a Dovecot serving ``chain`` on ``dovecot_ports``; with ``postfix_settings`` (even ``{}``)
-        also a Postfix smtpd on an ``smtp`` port with the same chain, authenticating through this Dovecot."""
+        also a Postfix smtpd on an ``smtp`` port with the same chain, authenticating through this Dovecot
+        (on ``smtp_host``:``smtp_port`` if given: MX variants on distinct loopback addresses, one port)."""
         if name in self.variants or not name.isidentifier():
             raise ValueError(f"bad or duplicate variant name {name!r}")
         unknown = set(dovecot_ports) - set(DOVECOT_PORTS)
@@ -297,6 +300,8 @@ class VariantSet:
             raise ValueError(f"unknown Dovecot ports {sorted(unknown)}")
         names = list(dovecot_ports) + (["smtp"] if postfix_settings is not None else [])
         ports = dict(zip(names, free_ports(len(names)), strict=True))
+        if smtp_port is not None and "smtp" in ports:
+            ports["smtp"] = smtp_port  # MX variants on distinct loopback addresses share one port
         tls = self.pki.write_chain(self.tls_dir, name, chain, self.ca_file)
         base = self.root / name
         log_dir = base / "log"
@@ -315,6 +320,7 @@ class VariantSet:
                 account=stack.account,
                 log_file=log_dir / "postfix.log",
                 settings=dict(postfix_settings),
+                smtp_host=smtp_host,
             )
         dovecot = DovecotInstance(
             base / "dovecot",

@@ -1,0 +1,128 @@
+"""domain_checks in the config: the model, its one-line errors, and its place in the probe-kind table."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.config import ConfigError, parse_config
+from exporter.kinds import BY_NAME, KINDS, configured, find
+from exporter.runner import domain_settings
+
+F = "mc.yml"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, F)
+    return err.value.problems
+
+
+def test_a_full_entry_becomes_the_library_settings() -> None:
+    text = """
+domain_checks:
+  - name: ex
+    domain: Example.COM.
+    interval: 1h
+    timeout: 4s
+    resolvers: [127.0.0.1, "::1"]
+    resolver_port: 5353
+    max_mx: 8
+    max_addresses: 8
+    dnsbl_zones: [Zen.Example.]
+    helo: canary.example.net
+    must_refuse: {enabled: true, mail_from_before_tls: true, local_recipient: abuse@example.com}
+"""
+    cfg = parse_config(text, F).config
+    check = cfg.domain_checks[0]
+    assert (check.domain, check.dnsbl_zones, cfg.interval_of(check)) == ("example.com", ["zen.example"], 3600)
+    s = domain_settings(check)
+    assert (s.domain, s.dns.nameservers, s.dns.port, s.dns.timeout) == (
+        "example.com",
+        ("127.0.0.1", "::1"),
+        5353,
+        4,
+    )
+    assert (s.max_hosts, s.max_addresses, s.dnsbl_zones) == (8, 8, ("zen.example",))
+    assert (s.mx.port, s.mx.timeout, s.mx.helo_name, s.mx.check_plain_mail_from) == (
+        25,
+        4,
+        "canary.example.net",
+        True,
+    )
+    assert (s.must_refuse, s.local_recipient) == (True, "abuse@example.com")
+    assert check.steps * check.timeout >= 4 * 8 * 8 / 4  # the deadline grows with the bound
+
+
+def test_mail_from_before_tls_needs_must_refuse_enabled() -> None:
+    text = "domain_checks:\n  - {name: ex, domain: example.com, must_refuse: {mail_from_before_tls: true}}\n"
+    s = domain_settings(parse_config(text, F).config.domain_checks[0])
+    assert (s.must_refuse, s.mx.check_plain_mail_from) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        (
+            "domain: 'not a domain'",
+            "domain_checks[0].domain: 'not a domain' is not a DNS name like example.com",
+        ),
+        (
+            "domain: example.com, resolvers: [dns.google]",
+            "domain_checks[0].resolvers: entry 0, 'dns.google', is not an IP address",
+        ),
+        (
+            "domain: example.com, max_mx: 20, max_addresses: 8",
+            "domain_checks[0]: max_mx x max_addresses is 160; at most 64 MX addresses are checked per domain",
+        ),
+        (
+            "domain: example.com, max_mx: 0",
+            "domain_checks[0].max_mx: Input should be greater than or equal to 1",
+        ),
+        (
+            "domain: example.com, dnsbl_zones: [a.example, A.example.]",
+            "domain_checks[0].dnsbl_zones: a zone is listed twice",
+        ),
+        ("domain: example.com, colour: red", "domain_checks[0].colour: unknown key"),
+        ("domain: example.com, timeout: 0s", "domain_checks[0]: timeout must be > 0"),
+        (
+            "domain: example.com, must_refuse: {relay_sender: nope}",
+            "domain_checks[0].must_refuse.relay_sender: must be a mail address like user@example.com",
+        ),
+        (
+            "domain: example.com, ca_file: /nonexistent/ca.pem",
+            "domain_checks[0].ca_file: cannot read /nonexistent/ca.pem",
+        ),
+    ],
+)
+def test_one_line_errors(entry: str, problem: str) -> None:
+    assert problems(f"domain_checks:\n  - {{name: ex, {entry}}}\n") == [f"{F}: {problem}"]
+
+
+def test_names_are_unique_across_kinds() -> None:
+    text = """
+tls_checks:
+  - {name: same, host: mx.example.com, protocol: smtp}
+domain_checks:
+  - {name: same, domain: example.com}
+"""
+    assert problems(text) == [f"{F}: domain_checks[0].name: duplicate probe name 'same'"]
+
+
+def test_three_kinds_in_one_table() -> None:
+    assert [k.name for k in KINDS] == ["roundtrip", "tls", "domain"]
+    assert [k.section for k in KINDS] == ["roundtrip", "tls_checks", "domain_checks"]
+    text = """
+tls_checks:
+  - {name: t, host: mx.example.com, protocol: smtp, port: 25}
+domain_checks:
+  - {name: d, domain: example.com}
+"""
+    cfg = parse_config(text, F).config
+    assert [(k.name, e.name) for k, e in configured(cfg)] == [("tls", "t"), ("domain", "d")]
+    found = find(cfg, "d")
+    assert found is not None and found[0] is BY_NAME["domain"]
+    assert find(cfg, "nope") is None
+    assert BY_NAME["tls"].endpoints(cfg.tls_checks[0]) == {"mx.example.com:25"}
+    assert BY_NAME["domain"].endpoints(cfg.domain_checks[0]) == set()
+    fams = BY_NAME["domain"].families({}, [])
+    assert fams[0].name == "mailcanary_domain_check_success" and all(not f.samples for f in fams)

@@ -1,0 +1,144 @@
+"""The bounce parser (probes.dsn): RFC 3464 reports and plain-text bounces about our canary, verified by
+the returned token; fuzzed so that no input makes it raise."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probes import canary
+from probes.dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+def _canary(probe: str = "rt", key: bytes = KEY) -> tuple[canary.Token, bytes]:
+    token = canary.new_token(probe)
+    return token, canary.build_message(token, key, "a@example.test", "nouser@example.test")
+
+
+def dsn(
+    original: bytes, *, action: str = "failed", status: str = "5.1.1", headers_only: bool = False
+) -> bytes:
+    """A report shaped like Postfix's (bounce(8)): human part, delivery-status, the returned message."""
+    head = canary.split_message(original)[0] + b"\r\n\r\n"
+    returned = (
+        b"Content-Type: text/rfc822-headers\r\n\r\n" + head
+        if headers_only
+        else b"Content-Type: message/rfc822\r\n\r\n" + original
+    )
+    return (
+        b"Return-Path: <>\r\n"
+        b"From: MAILER-DAEMON@example.test (Mail Delivery System)\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"To: a@example.test\r\n"
+        b"Auto-Submitted: auto-replied\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B1"\r\n\r\n'
+        b"--B1\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n\r\n"
+        b"--B1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.test\r\nArrival-Date: Tue, 1 Dec 2026 23:00:00 +0000\r\n\r\n"
+        b"Final-Recipient: rfc822; nouser@example.test\r\nOriginal-Recipient: rfc822;nouser@example.test\r\n"
+        b"Action: " + action.encode() + b"\r\nStatus: " + status.encode() + b"\r\n"
+        b"Diagnostic-Code: X-Postfix; user unknown. Command output: no such user\r\n\r\n"
+        b"--B1\r\n" + returned + b"\r\n--B1--\r\n"
+    )
+
+
+def test_permanent_dsn_with_the_full_message_returned() -> None:
+    token, original = _canary()
+    bounce = parse_bounce(dsn(original))
+    assert bounce is not None and bounce.kind == "dsn"
+    assert bounce.permanent and bounce.action == "failed"
+    assert bounce.status == "5.1.1" and bounce.status_class == "5.1.x"
+    assert bounce.diagnostic is not None and "user unknown" in bounce.diagnostic
+    assert returned_token(bounce, KEY, "rt") == token
+
+
+def test_headers_only_return_verifies_too() -> None:
+    token, original = _canary()
+    bounce = parse_bounce(dsn(original, headers_only=True))
+    assert bounce is not None and returned_token(bounce, KEY, "rt") == token
+
+
+def test_delayed_dsn_is_not_permanent() -> None:
+    token, original = _canary()
+    bounce = parse_bounce(dsn(original, action="delayed", status="4.4.1", headers_only=True))
+    assert bounce is not None and not bounce.permanent and bounce.action == "delayed"
+    assert bounce.status_class == "4.4.x"
+    assert returned_token(bounce, KEY, "rt") == token
+
+
+def test_a_canary_is_never_a_bounce() -> None:
+    """A late canary (or a forward of one) carries our token at the top: never taken for a bounce."""
+    _, original = _canary()
+    assert parse_bounce(original) is None
+    forwarded = original.replace(b"Subject:", b"Subject: Fwd:", 1) + b"\r\nX-Mailcanary-Token: x\r\n"
+    assert parse_bounce(forwarded) is None
+
+
+def test_other_key_probe_or_altered_headers_do_not_verify() -> None:
+    _, original = _canary(key=OTHER_KEY)
+    bounce = parse_bounce(dsn(original))
+    assert bounce is not None and returned_token(bounce, KEY, "rt") is None  # another instance's canary
+    _, original = _canary()
+    bounce = parse_bounce(dsn(original))
+    assert bounce is not None and returned_token(bounce, KEY, "other") is None  # another probe
+    altered = original.replace(b"Message-ID: <", b"Message-ID: <x", 1)
+    bounce = parse_bounce(dsn(altered))
+    assert bounce is not None and returned_token(bounce, KEY, "rt") is None  # MAC covers the Message-ID
+
+
+def test_plain_text_bounce_by_token_in_the_body() -> None:
+    token, original = _canary()
+    head = canary.split_message(original)[0].decode()
+    body = (
+        "This is the mail system at host mx.example.test.\r\n\r\n"
+        "<nouser@example.test>: host mx2 said: 550 5.1.1 <nouser@example.test>:"
+        " Recipient address rejected\r\n\r\n"
+        "--- Below this line is a copy of the message headers.\r\n\r\n" + head + "\r\n"
+    )
+    raw = (
+        "Return-Path: <>\r\nFrom: MAILER-DAEMON@example.test\r\nSubject: failure notice\r\n"
+        "Content-Type: text/plain\r\n\r\n" + body
+    ).encode()
+    bounce = parse_bounce(raw)
+    assert bounce is not None and bounce.kind == "plain" and bounce.permanent
+    assert bounce.status == "5.1.1"
+    assert returned_token(bounce, KEY, "rt") == token
+    quoted = raw.replace(b"\r\nX-Mailcanary-Token", b"\r\n> X-Mailcanary-Token")
+    assert (b2 := parse_bounce(quoted)) is not None and returned_token(b2, KEY, "rt") == token
+
+
+def test_plain_text_without_a_status_is_not_permanent() -> None:
+    _, original = _canary()
+    raw = b"From: someone@example.test\r\nSubject: hello\r\n\r\nlook:\r\n" + original
+    bounce = parse_bounce(raw)
+    assert bounce is not None and bounce.action == "unknown" and not bounce.permanent
+
+
+def test_user_mail_and_oversized_input_are_not_bounces() -> None:
+    assert parse_bounce(b"From: a@b\r\nSubject: hi\r\n\r\nhello 5.1.1\r\n") is None
+    _, original = _canary()
+    assert parse_bounce(dsn(original) + b"x" * MAX_BOUNCE_BYTES) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_parse_bounce_is_total_on_bytes(data: bytes) -> None:
+    bounce = parse_bounce(data)
+    if bounce is not None:
+        assert returned_token(bounce, KEY, "rt") is None
+        assert bounce.status_class == "unknown" or bounce.status_class.endswith(".x")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=1500), st.binary(max_size=40))
+def test_parse_bounce_is_total_on_damaged_reports(cut: int, junk: bytes) -> None:
+    _, original = _canary()
+    raw = dsn(original)
+    damaged = raw[:cut] + junk + raw[cut + len(junk) :]
+    bounce = parse_bounce(damaged)
+    if bounce is not None:
+        assert len(bounce.status_class) <= 5 or bounce.status_class == "unknown"
