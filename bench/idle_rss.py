@@ -7,7 +7,8 @@ IMAP round trip (interval 10 s) and ``prometheus-blackbox-exporter`` (``apt-get 
 prometheus-blackbox-exporter``) on loopback ports. Both are asked once (mailcanary runs its probe, which
 loads TLS, the protocol clients and the metrics; blackbox answers one /probe of the same IMAPS port),
 then left idle for ``--settle`` seconds while VmRSS is sampled; the last sample is the figure. Also lists
-what each import of ``mailcanary run`` adds, and whether the sandbox server (pymap, aiosmtpd) is loaded.
+what each import of ``mailcanary run`` adds (in the order it loads them), and whether the sandbox server
+(pymap, aiosmtpd), aioimaplib (no longer used) or bcrypt (only for basic auth) is loaded.
 Prints mailcanary's figure, blackbox's, the ratio and the target (≤ 50 MB).
 """
 
@@ -44,11 +45,12 @@ def rss():
     return int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024
 out, prev = [], rss()
 for m in ["ssl", "asyncio", "yaml", "pydantic", "structlog", "prometheus_client",
-          "apscheduler.schedulers.asyncio", "aiosmtplib", "aioimaplib", "cryptography.x509",
-          "aiohttp.web", "exporter.config", "exporter.cli"]:
+          "apscheduler.schedulers.asyncio", "aiosmtplib", "cryptography.x509", "aiohttp.web",
+          "importlib.metadata", "exporter.config", "probes.roundtrip", "probes.tls",
+          "exporter.metrics", "exporter.http", "exporter.daemon", "exporter.cli"]:
     importlib.import_module(m)
     now = rss(); out.append((m, round(now - prev, 1))); prev = now
-sandbox = sorted({n.split('.')[0] for n in sys.modules} & {"pymap", "aiosmtpd"})
+sandbox = sorted({n.split('.')[0] for n in sys.modules} & {"pymap", "aiosmtpd", "aioimaplib", "bcrypt"})
 print(json.dumps({"python": round(rss() - sum(d for _, d in out), 1), "imports": out, "sandbox": sandbox}))
 """
 
@@ -96,7 +98,7 @@ def main() -> int:
     print(
         f"what `mailcanary run` imports (MB each): python {imports['python']}, "
         + ", ".join(f"{m} {d}" for m, d in imports["imports"])
-        + f"; sandbox modules loaded: {imports['sandbox'] or 'none'}"
+        + f"; pymap/aiosmtpd/aioimaplib/bcrypt loaded: {imports['sandbox'] or 'none'}"
     )
     rows = [
         (

@@ -180,8 +180,17 @@ class SyncConfig(Model):
 
     enabled: bool = True
     # \\Seen or a keyword atom (RFC 3501 flag-keyword): a keyword never means anything to a mail client
-    flag: str = Field(default="$MailcanarySynced", pattern=r"^(\\Seen|[A-Za-z$][A-Za-z0-9$_.-]{0,63})$")
+    flag: str = "$MailcanarySynced"
     timeout: Duration = 30.0
+
+    @field_validator("flag")
+    @classmethod
+    def _flag(cls, v: str) -> str:
+        if v != "\\Seen" and not re.fullmatch(r"[A-Za-z$][A-Za-z0-9$_.-]{0,63}", v):
+            raise ValueError(
+                "must be \\Seen or a keyword: a letter or $, then letters, digits, $ _ . - (at most 64)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _positive(self) -> Self:

@@ -423,7 +423,10 @@ class Runner:
 
         async def write_ahead(state: str, token: object) -> None:
             if isinstance(token, Token):
-                await self.ledger.record(probe.name, token, state)
+                if state == "accepted":  # queued before the run's finish; nothing waits on it
+                    self.ledger.record_soon(probe.name, token, state)
+                else:  # write-ahead: on disk before DATA
+                    await self.ledger.record(probe.name, token, state)
 
         rec.on_canary = write_ahead
         settled = False

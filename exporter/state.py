@@ -67,6 +67,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of the ledger file from another without reading it."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hand_over(done: concurrent.futures.Future[R], waiter: asyncio.Future[R]) -> None:
+    """On the loop: give the writer thread's answer to the waiting run, unless it stopped waiting."""
+    if waiter.done():
+        return
+    exc = done.exception()
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(done.result())
+
+
 def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
@@ -382,6 +398,7 @@ class Ledger:
         self._dirty = False  # the last save failed: memory is ahead of the file
         self._unsaved = False  # the file could not be read (so was not written): save when it can be
         self._swept_temps = False
+        self._seen: tuple[int, ...] | None = None  # identity of the file as last read or written by us
         self._queue: queue.SimpleQueue[tuple[Op, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -405,11 +422,25 @@ class Ledger:
 
     async def run(self, op: Callable[[Entries], R], default: R) -> R:
         """Run ``op`` off the loop. Cancelling the caller does not cancel the operation (it still runs,
-        in order); a disk that does not answer within LEDGER_WAIT gives ``default``, counted as ``slow``."""
-        fut = asyncio.wrap_future(self.submit(op))
+        in order); a disk that does not answer within LEDGER_WAIT gives ``default``, counted as ``slow``.
+
+        The answer comes back through one loop future that nothing but the writer thread settles (no
+        wrap_future/shield/wait_for chain: this runs four times per round trip)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[R] = loop.create_future()
+
+        def settled(done: concurrent.futures.Future[R]) -> None:  # on the writer thread
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed just now
+                    loop.call_soon_threadsafe(_hand_over, done, waiter)
+
+        self.submit(op).add_done_callback(settled)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), LEDGER_WAIT)
+            async with asyncio.timeout(LEDGER_WAIT) as cm:
+                return await waiter
         except TimeoutError:
+            if not cm.expired():
+                raise  # the operation's own error, not a slow disk
             self.health.error(
                 "ledger",
                 "slow",
@@ -460,9 +491,11 @@ class Ledger:
             self._entries = entries
             if blocked:
                 self._unsaved = True  # the file could not be read: save once it can be, never over it
-            elif self.path is not None and (self._dirty or self._unsaved or _dump(entries) != before):
-                self._unsaved = False
-                self._save(entries)
+            elif self.path is not None:
+                after = _dump(entries)
+                if self._dirty or self._unsaved or after != before:
+                    self._unsaved = False
+                    self._save(after)
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)  # releases the lock
@@ -504,8 +537,15 @@ class Ledger:
         assert self.path is not None
         try:
             with open(self.path, "rb") as fh:
-                raw = fh.read(MAX_LEDGER_BYTES + 1)
+                stat = os.fstat(fh.fileno())
+                seen = _identity(stat)
+                if seen == self._seen:
+                    # The very file we last read or wrote (every save is a new inode renamed into
+                    # place, and any write changes size or times): memory holds what it holds.
+                    return self._entries, False
+                raw = fh.read(min(stat.st_size, MAX_LEDGER_BYTES) + 1)
         except (FileNotFoundError, NotADirectoryError):  # not made yet (or its directory cannot be)
+            self._seen = None
             return ({} if not self._entries else self._entries), False
         except OSError as exc:
             self.health.error(
@@ -523,7 +563,9 @@ class Ledger:
         else:
             entries, why = _parse(raw)
         if why is None:
+            self._seen = seen
             return entries, False
+        self._seen = None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         try:
@@ -548,18 +590,21 @@ class Ledger:
                 entries.setdefault(probe, {}).setdefault(nonce, entry)
         return entries, False
 
-    def _save(self, entries: Entries) -> None:
+    def _save(self, data: bytes) -> None:
         assert self.path is not None
         tmp: str | None = None
+        self._seen = None
         try:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-", suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                fh.write(_dump(entries))
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
             tmp = None
             _fsync_dir(self.path.parent)
+            with contextlib.suppress(OSError):
+                self._seen = _identity(os.stat(self.path))  # under the lock: nobody wrote since
         except OSError as exc:
             self._dirty = True
             self.health.error(
@@ -607,6 +652,18 @@ class Ledger:
             entries.setdefault(probe, {})[token.nonce] = Entry(token.sent, state, session)
 
         await self.run(op, None)
+
+    def record_soon(self, probe: str, token: Token, state: str) -> None:
+        """``record`` without waiting: queued in order, so every later operation (the run's
+        ``finish``) sees it, and written as soon as the writer gets to it. For ``accepted``, which
+        needs no answer before the run goes on (a hop to the writer thread saved per round trip)."""
+        assert state in ("sending", "accepted")
+        session = self.sessions.id
+
+        def op(entries: Entries) -> None:
+            entries.setdefault(probe, {})[token.nonce] = Entry(token.sent, state, session)
+
+        self.submit(op)
 
     async def finish(
         self,

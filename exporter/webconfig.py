@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import Field, ValidationError
@@ -97,6 +96,8 @@ def _valid_bcrypt(hashed: str) -> bool:
     if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
         return False
     try:
+        import bcrypt  # only with a web config: `run` without one never loads it
+
         bcrypt.checkpw(b"", hashed.encode())
     except ValueError:
         return False
@@ -144,6 +145,8 @@ class PasswordChecker:
     def __init__(self, users: dict[str, str]) -> None:
         self.users = {u.encode(): h.encode() for u, h in users.items()}
         cost = max((_cost(h) for h in users.values()), default=_DEFAULT_COST)
+        import bcrypt  # only with basic auth: `run` without it never loads it
+
         self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
         self._key = secrets.token_bytes(32)
         self._pool = ThreadPoolExecutor(max_workers=BCRYPT_WORKERS, thread_name_prefix="mailcanary-bcrypt")
@@ -154,7 +157,9 @@ class PasswordChecker:
     @staticmethod
     def _check(password: bytes, hashed: bytes) -> bool:
         try:
-            return bcrypt.checkpw(password, hashed)
+            import bcrypt  # loaded by __init__ already: a dictionary look-up
+
+            return bool(bcrypt.checkpw(password, hashed))
         except ValueError:  # never a 500: an unusable hash simply lets nobody in
             return False
 

@@ -552,7 +552,10 @@ class IMAPSession:
             words = resp.words
             if not words or words[0].upper() != b"QUOTA":
                 continue  # QUOTAROOT names the roots; the QUOTA lines carry the numbers
-            parsed = parse_quota(line) if len(resp.parts) == 1 else None
+            if len(resp.parts) == 3 and resp.parts[1] is not None and b'"' not in resp.parts[1]:
+                # the root name as a literal (RFC 9208 astring): as a quoted string for the parser
+                line = b'%s"%s"%s' % (line, resp.parts[1], resp.parts[2] or b"")
+            parsed = parse_quota(line) if len(resp.parts) in (1, 3) else None
             if parsed is None:
                 raise QuotaMalformed(f"IMAP GETQUOTAROOT: malformed {wire.show(line)}", reason=_PROTOCOL)
             tightest(found, parsed[1])

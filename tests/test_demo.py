@@ -80,7 +80,19 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
             if all(
                 value(samples, "mailcanary_roundtrip_success", probe=p) == 1
                 for p in ("sandbox-imap", "sandbox-pop3")
-            ) and all(value(samples, "mailcanary_tls_check_success", probe=c["name"]) == 1 for c in checks):
+            ) and all(
+                # the endpoint label names this demo's own sandbox port: a scrape that reached another
+                # program on a reused port (another demo) never counts, and our failed bind shows above
+                value(samples, "mailcanary_tls_check_success", probe=c["name"]) == 1
+                and value(
+                    samples,
+                    "mailcanary_tls_cert_verified",
+                    probe=c["name"],
+                    endpoint=f"127.0.0.1:{c['port']}",
+                )
+                == 1
+                for c in checks
+            ):
                 break
         except (OSError, KeyError):
             pass

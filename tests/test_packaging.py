@@ -96,6 +96,24 @@ def test_no_exact_pins_and_the_sandbox_only_in_the_demo_extra() -> None:
     assert project["license"] == "Apache-2.0"
 
 
+def test_run_does_not_load_what_it_does_not_use() -> None:
+    """Idle RSS: everything `mailcanary run` imports (the CLI, the daemon, its HTTP server and probes)
+    leaves out the sandbox (pymap, aiosmtpd) and bcrypt (only with a web config's basic auth).
+    cryptography imports bcrypt itself, optionally (SSH keys), from more than one module depending on
+    the release: so bcrypt is made unimportable, which cryptography copes with and an import of ours
+    at load time would not."""
+    code = (
+        "import sys\n"
+        "sys.modules['bcrypt'] = None\n"
+        "import exporter.cli, exporter.daemon, exporter.http, exporter.webconfig, probes.roundtrip\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pymap', 'aiosmtpd'}), 'loaded')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    )
+    assert proc.stdout.strip() == "[] loaded"
+
+
 def test_demo_without_the_extra_says_what_to_install() -> None:
     code = (
         "import sys; sys.modules['aiosmtpd'] = None; sys.modules['aiosmtpd.smtp'] = None\n"

@@ -27,6 +27,12 @@ async def _roundtrip(fault: Fault, quota: bytes = GOOD) -> Recorder:
     return rec
 
 
+async def test_a_root_named_by_a_literal_is_read() -> None:
+    quota = b"* QUOTAROOT INBOX {10}\r\nUser quota\r\n* QUOTA {10}\r\nUser quota (MESSAGE 5 10)\r\n"
+    rec = await _roundtrip(NO_FAULT, quota)
+    assert rec.facts["quota"] == {"MESSAGE": Usage(5, 10)}
+
+
 async def test_quota_read_with_two_roots_keeps_the_tightest() -> None:
     quota = GOOD + b"* QUOTA other (STORAGE 10 1000 MESSAGE 19 19)\r\n"
     rec = await _roundtrip(NO_FAULT, quota)

@@ -89,6 +89,40 @@ def fake_clock(*times: float) -> Callable[[], float]:
     return lambda: next(it)
 
 
+def test_few_and_many_secrets_mask_alike() -> None:
+    """With at most FEW_FORMS forms a substring pre-test rules clean texts out; with more, the index
+    alone decides. Both give the same text for the same secrets (longest first, overlaps, edges)."""
+    import random
+
+    from probes import recorder
+
+    rng = random.Random(9)
+    secrets = ["hunter2", "hunter2hunter", 'p@ss"w', "x" * 12, "ünïcode-pw"]
+    filler = [f"filler-secret-{n:03d}" for n in range(200)]  # pushes the second masker past FEW_FORMS
+    few, many = Masker(), Masker()
+    for secret in secrets:
+        few.add(secret, "user@example.test")
+        many.add(secret, "user@example.test")
+    for secret in filler:
+        many.add(secret)
+    assert few("") == "" and many("") == ""
+    few(""), many("")  # built
+    assert few._few is not None and many._few is None
+    assert len(few._needles) <= recorder.FEW_FORMS < len(many._needles)
+    forms = sorted(few._needles)
+    for _ in range(2000):
+        alphabet = ["a", " ", "hunter", "2", "x", '"', "LOGIN "]
+        pieces = [rng.choice(alphabet) for _ in range(rng.randint(0, 8))]
+        for _ in range(rng.randint(0, 3)):
+            pieces.insert(rng.randint(0, len(pieces)), rng.choice(forms))
+        text = "".join(pieces)
+        assert few(text) == many(text), text
+        if not any(form in text for form in forms):
+            assert few(text) is text  # a clean text comes back untouched
+        else:
+            assert not any(form in few(text) for form in ("hunter2", "ünïcode-pw"))
+
+
 def test_phase_times_a_phase() -> None:
     rec = Recorder(clock=fake_clock(10.0, 10.5))
     with rec.phase("smtp_connect"):

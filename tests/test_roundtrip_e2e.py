@@ -256,7 +256,9 @@ def test_secrets_never_in_logs_transcript_or_status_page(
     out = capsys.readouterr()
     page = render_status(runner.store.snapshot(), ExporterState(), runner.history, {})
     text = out.out + out.err + "\n".join(line for r in results for line in (r.transcript or [])) + page
-    assert [r.success for r in results] == [True, True, False, False]
+    assert [r.success for r in results] == [True, True, False, False], [
+        (r.probe, r.reason, r.message, r.phases) for r in results
+    ]
     assert not any(r.success for r in again)
     assert page.count('class="failure"') == 4 and "C: smtp AUTH PLAIN ********" in page
     assert "C: smtp AUTH PLAIN ********" in text and "C: imap" in text and "C: pop3" in text

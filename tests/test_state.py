@@ -255,6 +255,77 @@ def test_io_runs_on_the_writer_thread_and_batches(tmp_path: Path) -> None:
     assert len(ledger.nonces("p")) == 50
 
 
+def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction reads the file only if it is not the version this process last read or wrote
+    (a stat instead of a read and parse per operation); another writer's save is always picked up."""
+    import exporter.state as state_module
+
+    parsed: list[int] = []
+    real_parse = state_module._parse
+
+    def counting_parse(raw: bytes) -> tuple[object, str | None]:
+        parsed.append(len(raw))
+        return real_parse(raw)
+
+    monkeypatch.setattr(state_module, "_parse", counting_parse)
+    path = tmp_path / "ledger.json"
+    ours, other = Ledger(path), Ledger(path)
+    record(ours, "p", tok("a"), "accepted")
+    parsed.clear()
+    assert begin(ours, "p") == frozenset()  # our own save: not read back
+    record(ours, "p", tok("b"), "accepted")
+    assert parsed == []
+    record(other, "p", tok("c"), "accepted")  # another process's save (a new file renamed in)
+    parsed.clear()
+    assert ours.nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
+    assert len(parsed) == 1
+    data = json.loads(path.read_text())  # an edit in place, same inode: size or times differ
+    del data["probes"]["p"]["a" * 32]
+    path.write_text(json.dumps(data))
+    assert ours.nonces("p") == {"b" * 32, "c" * 32}
+
+
+def test_slow_disk_gives_the_default_and_an_operation_error_reaches_the_caller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exporter.state as state_module
+
+    ledger = Ledger(tmp_path / "ledger.json")
+    release = threading.Event()
+    monkeypatch.setattr(state_module, "LEDGER_WAIT", 0.05)
+
+    async def main() -> None:
+        assert await ledger.run(lambda entries: release.wait(5), "default") == "default"
+        release.set()
+
+        def broken(entries: object) -> None:
+            raise TimeoutError("from the operation itself")
+
+        with pytest.raises(TimeoutError, match="from the operation itself"):
+            await ledger.run(broken, None)
+
+    asyncio.run(main())
+    assert ledger.health.errors[("ledger", "slow")] == 1
+
+
+def test_record_soon_is_in_order_before_the_next_operation_and_on_disk(tmp_path: Path) -> None:
+    """``accepted`` is queued, not awaited: the run's finish (queued after it) still sees it, and it
+    reaches the file without anyone waiting for it."""
+    path = tmp_path / "ledger.json"
+    ledger = Ledger(path)
+    t, u = tok("a"), tok("b")
+    record(ledger, "p", t, "sending")
+    ledger.record_soon("p", t, "accepted")
+    assert finish(ledger, "p", t, accepted=True, seen=False) == (0, 0, 1)  # handed over as waiting
+    ledger.record_soon("p", u, "accepted")
+    ledger.close()  # waits for the queue
+    entries = Ledger(path).entries("p")
+    assert entries[t.nonce].state == "waiting" and entries[t.nonce].session is None
+    assert entries[u.nonce].state == "accepted" and entries[u.nonce].session == ledger.sessions.id
+
+
 def test_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.json")
     t = tok("a")
@@ -267,6 +338,10 @@ def test_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> None:
             await task
 
     asyncio.run(main())
+    # The write goes on on the writer thread after the caller is gone: queued operations run in order,
+    # and close() waits for them; only then is the file read back by another instance.
+    assert ledger.nonces("p") == {"a" * 32}
+    ledger.close()
     assert Ledger(tmp_path / "ledger.json").nonces("p") == {"a" * 32}
 
 

@@ -4,6 +4,8 @@ first set on the canary, and both times are exported."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,63 @@ def test_second_session_sees_the_flag_and_both_times_are_exported(
     remaining = mailstack.messages(mailbox)
     assert [p.name.split(":")[0] for p in remaining] == [foreign.name.split(":")[0]]
     assert all(":2," not in p.name or p.name.endswith(":2,") for p in remaining), remaining
+
+
+async def test_a_second_session_that_stalls_on_the_real_dovecot_is_sync_timeout(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    """Both sessions go through a loopback relay to the real Dovecot (plain IMAP: Dovecot allows LOGIN
+    from loopback); once the second session asks for the flag, the relay stops passing Dovecot's replies
+    to it. The run is sync_timeout within its bounds, and the first session still deletes the canary."""
+    sessions = 0
+    relays: set[asyncio.Task[None]] = set()
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, mine: int, up: bool) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await src.read(65536):
+                if up and mine == 2 and b"KEYWORD" in data:
+                    stalled.add(mine)
+                if not up and mine in stalled:
+                    continue  # Dovecot answers; the second device never hears it
+                dst.write(data)
+                await dst.drain()
+
+    stalled: set[int] = set()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sessions
+        sessions += 1
+        mine = sessions
+        task = asyncio.current_task()
+        assert task is not None
+        relays.add(task)
+        up_r, up_w = await asyncio.open_connection(mailstack.host, mailstack.imap_port)
+        try:
+            await asyncio.gather(pipe(reader, up_w, mine, True), pipe(up_r, writer, mine, False))
+        finally:
+            up_w.transport.abort()
+            writer.transport.abort()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        probe = roundtrip(mailstack, tmp_path, "ss", mailbox, protocol="imap", receive_tls="starttls")
+        probe["receive"].update({"port": port, "tls": "none", "allow_plaintext_auth": True, "timeout": "5s"})
+        probe["receive"]["sync"] = {"timeout": "2s"}
+        store = ResultStore()
+        runner = _runner(tmp_path, probe, store)
+        started = time.monotonic()
+        result = await runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=True)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+        await server.wait_closed()
+    assert (result.success, result.reason, result.failed_phase) == (False, "sync_timeout", "sync_wait"), (
+        result.message
+    )
+    assert stalled == {2} and sessions == 2
+    assert elapsed < 15
+    assert not [p for p in mailstack.messages(mailbox)]  # the canary was deleted all the same
