@@ -255,6 +255,33 @@ class ReceiveConfig(EndpointConfig):
         return self
 
 
+class SenderDNSBLConfig(Model):
+    """The canary's sending IP as the receiver saw it (the Received chain) against DNSBL zones. Opt-in;
+    its own metric, never the round trip's success. Answers are cached per (address, zone)."""
+
+    zones: list[str] = Field(min_length=1, max_length=16)
+    resolvers: list[str] = []  # IP literals; empty: /etc/resolv.conf
+    resolver_port: Port = 53
+    timeout: Duration = 5.0  # per DNS query
+    cache_for: Duration = 900.0  # an answer is reused this long (1,000 probes must not ask per run)
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        return DomainCheckConfig._zones(v)
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        return DomainCheckConfig._resolvers(v)
+
+    @model_validator(mode="after")
+    def _timeout(self) -> Self:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return self
+
+
 class RoundTripConfig(Model):
     name: str
     interval: Duration | None = None
@@ -268,6 +295,7 @@ class RoundTripConfig(Model):
     # The sender's mailbox, watched for bounces (IMAP). Without it, bounces are watched in the receive
     # mailbox when sender = recipient (IMAP), else not at all.
     bounce_receive: ReceiveConfig | None = None
+    sender_dnsbl: SenderDNSBLConfig | None = None  # the sending IP the receiver saw against DNSBLs
 
     def sides(self) -> list[tuple[str, EndpointConfig]]:
         """The endpoints that need a password, by side name."""

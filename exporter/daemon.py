@@ -16,6 +16,7 @@ from probes._legacy import LegacyCache
 from probes._net import clear_contexts
 from probes._slots import ServerSlots
 from probes.certhygiene import CRLCache, OCSPCache
+from probes.dnsbl import ListingCache
 from probes.recorder import Masker
 
 from . import logs
@@ -143,6 +144,7 @@ class Daemon:
             legacy=legacy,
             ocsp=ocsp,
             crl=crl,
+            dnsbl=self.runner.dnsbl if self.runner is not None else ListingCache(),  # kept across reloads
             own_slots=False,  # configured in _apply, on the loop, once this config is taken
         )
 

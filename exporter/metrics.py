@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from probes._quota import QUOTA_ERRORS
+from probes.dnsbl import STATUSES as DNSBL_STATUSES
 from probes.placement import PLACEMENTS
 
 from .buildinfo import build_info
@@ -271,6 +272,17 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "method",
         "result",
     )
+    sender_listed = gauge(
+        "mailcanary_roundtrip_sender_dnsbl_listed",
+        "1 if the sending IP the receiver saw is listed in the zone, 0 if not; absent on no usable answer.",
+        "zone",
+    )
+    sender_status = gauge(
+        "mailcanary_roundtrip_sender_dnsbl_status",
+        "1 with the zone's answer for the sending IP: listed, not_listed, refused (127.255.255.x) or error.",
+        "zone",
+        "status",
+    )
     spam_score = gauge(
         "mailcanary_roundtrip_spam_score",
         "Spam score the receiving side gave the last delivered canary (spamassassin, rspamd, microsoft).",
@@ -355,6 +367,11 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
                 auth_result.add_metric([name, method, result], 1)
             for engine, score in sorted(verdict.scores.items()):
                 spam_score.add_metric([name, engine], score)
+        for li in st.last_sender_dnsbl:
+            if li.status in ("listed", "not_listed"):
+                sender_listed.add_metric([name, li.zone], 1 if li.status == "listed" else 0)
+            for status in DNSBL_STATUSES:
+                sender_status.add_metric([name, li.zone, status], 1 if li.status == status else 0)
         for cls, n in sorted(st.bounces.items()):  # only classes seen: RFC 3463 has 16 (4|5 x 8)
             bounces.add_metric([name, cls], n)
         if st.last is not None:
@@ -398,6 +415,8 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         clock_offset,
         auth_result,
         spam_score,
+        sender_listed,
+        sender_status,
         lag,
         skipped,
         sync,

@@ -84,6 +84,7 @@ class RunResult:
     failed_phase: str | None = None
     transcript: list[str] | None = None
     hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.certhygiene.Hygiene
+    sender_dnsbl: tuple[Any, ...] = ()  # probes.dnsbl.Listing of the sending IP per zone, this run
     detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
 
 
@@ -100,6 +101,7 @@ class ProbeStats:
     last_path: Any = None  # probes.received.Path of the last delivered canary
     last_clock_offset: float | None = None
     last_verdict: Any = None  # probes.verdict.Verdict of the last delivered canary
+    last_sender_dnsbl: tuple[Any, ...] = ()  # probes.dnsbl.Listing per zone, last run that looked
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -184,6 +186,8 @@ class ResultStore:
                 st.last_clock_offset = result.clock_offset
             if result.verdict is not None:
                 st.last_verdict = result.verdict
+            if result.sender_dnsbl:
+                st.last_sender_dnsbl = result.sender_dnsbl
             if result.quota is not None:
                 st.quota = dict(result.quota)  # the latest reading; a failed read keeps the previous one
             if result.quota is not None or result.quota_error is not None:
@@ -247,6 +251,7 @@ def _copy(st: ProbeStats) -> ProbeStats:
         last_path=st.last_path,
         last_clock_offset=st.last_clock_offset,
         last_verdict=st.last_verdict,
+        last_sender_dnsbl=st.last_sender_dnsbl,
         bucket_counts=list(st.bucket_counts),
         delivery_sum=st.delivery_sum,
         delivery_count=st.delivery_count,

@@ -19,6 +19,7 @@ from probes._quota import Usage
 from probes._slots import ServerSlots, deadline_extender
 from probes.canary import Token
 from probes.certhygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
+from probes.dnsbl import Listing, ListingCache
 from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
@@ -62,6 +63,7 @@ RECEIVER_FACTS = (
     "bounces",
     "bounce_watch",
     "sender_ip",  # kept for a blocklist check of the IP the receiver saw
+    "sender_dnsbl",  # zone -> status of that IP (receive.sender_dnsbl)
     "clock_offset",
 )
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
@@ -314,6 +316,7 @@ class Runner:
     legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
     ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
     crl: CRLCache = field(default_factory=CRLCache)  # CRL verdicts until nextUpdate, kept across reloads
+    dnsbl: ListingCache = field(default_factory=ListingCache)  # sending-IP DNSBL answers, for cache_for
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
 
     def __post_init__(self, own_slots: bool) -> None:
@@ -372,6 +375,7 @@ class Runner:
         placement: str | None = None,
         detail: object = None,
         hygiene: dict[str, Hygiene] | None = None,
+        sender_dnsbl: tuple[Listing, ...] = (),
     ) -> RunResult:
         run = RunResult(
             probe=name,
@@ -401,6 +405,7 @@ class Runner:
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
             detail=detail,
             hygiene=hygiene or {},
+            sender_dnsbl=sender_dnsbl,
         )
         if self.history is not None:
             self.history.record(run, rec.transcript)
@@ -437,6 +442,8 @@ class Runner:
             settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
             late, swept, lost, outstanding = await self._settle(probe, rec)
             hygiene, spent = await self._hygiene(rec)
+            listings, dnsbl_spent = await self._sender_dnsbl(probe, attempt.reason, rec)
+            spent += dnsbl_spent
         except asyncio.CancelledError:  # the daemon is stopping: leave the ledger right, say so, go on
             if not settled:
                 await self._settle(probe, rec)
@@ -457,7 +464,38 @@ class Runner:
             outstanding=outstanding,
             placement=attempt.value.placement if attempt.value is not None else None,
             hygiene=hygiene,
+            sender_dnsbl=listings,
         )
+
+    async def _sender_dnsbl(
+        self, probe: RoundTripConfig, reason: str, rec: Recorder
+    ) -> tuple[tuple[Listing, ...], float]:
+        """The sending IP the receiver saw against the configured zones (delivered runs only), and the
+        time it took (not the round trip's). Never changes the run's outcome; the TXT reason is logged."""
+        conf = probe.sender_dnsbl
+        address = rec.facts.get("sender_ip")
+        if conf is None or reason != "success" or not isinstance(address, str):
+            return (), 0.0
+        t0 = time.monotonic()
+        settings = DNSSettings(
+            nameservers=tuple(conf.resolvers), port=conf.resolver_port, timeout=conf.timeout
+        )
+        listings = tuple(
+            [await self.dnsbl.lookup(address, zone, settings, conf.cache_for) for zone in conf.zones]
+        )
+        for li in listings:
+            if li.status != "not_listed":
+                log.warning(
+                    "sender_dnsbl",
+                    probe=probe.name,
+                    address=address,
+                    zone=li.zone,
+                    status=li.status,
+                    codes=list(li.codes),
+                    reason=li.reason,
+                )
+        rec.facts["sender_dnsbl"] = {li.zone: li.status for li in listings}
+        return listings, time.monotonic() - t0
 
     async def _settle(self, probe: RoundTripConfig, rec: Recorder) -> tuple[int, int, int, int]:
         """One ledger transaction at the end of a run: (late, swept, lost, outstanding)."""

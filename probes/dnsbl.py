@@ -10,8 +10,9 @@ same answer in another order never flaps. The TXT reason goes to logs only (free
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from ._dns import DNSError, DNSSettings, query
@@ -96,3 +97,28 @@ async def lookup(address: str, zone: str, settings: DNSSettings, *, want_reason:
         except DNSError:
             reason = None
     return Listing(zone, address, status, codes, reason)
+
+
+@dataclass
+class ListingCache:
+    """Answers per (address, zone), reused for ``ttl`` seconds so that many probes sending from one IP
+    ask each zone once per period, not once per run. Bounded: the oldest entry goes when full."""
+
+    max_entries: int = 4096
+    _entries: dict[tuple[str, str], tuple[float, Listing]] = field(default_factory=dict)
+
+    async def lookup(self, address: str, zone: str, settings: DNSSettings, ttl: float) -> Listing:
+        now = time.monotonic()
+        key = (address, zone)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        listing = await lookup(address, zone, settings)
+        self._entries.pop(key, None)
+        while len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (now + ttl, listing)
+        return listing
+
+    def __len__(self) -> int:
+        return len(self._entries)

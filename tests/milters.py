@@ -138,3 +138,94 @@ class DKIMPair:
         self.signer.stop()
         if self.verifier is not None:
             self.verifier.stop()
+
+
+class OpenDMARC:
+    """Real OpenDMARC (after the verifying OpenDKIM at the relay), its ``_dmarc`` and SPF records served by
+    a real NSD.
+
+    opendmarc.conf(5) has no nameserver setting: OpenDMARC (and its SPF check) ask the system resolver
+    of /etc/resolv.conf. The machine's resolv.conf is never touched: OpenDMARC runs in its own user,
+    network, mount and pid namespaces (``unshare -r -n -m -p``), where /etc/resolv.conf is a private bind
+    mount naming 127.0.0.1, and NSD answers on that namespace's own loopback port 53. The namespace has
+    no other interface than its loopback, so no query can leave it. Postfix reaches the milter over a unix
+    socket in the temp root (a path is shared across network namespaces). Stopping ``unshare`` kills the
+    namespace's pid 1 (``--kill-child``) and with it every process in it."""
+
+    def __init__(self, directory: Path, dmarc: str, spf: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.socket = directory / "opendmarc.sock"
+        self.log = directory / "opendmarc.log"
+        for stale in ("opendmarc.sock", "nsd.pid", "xfrd.state", "zone.list", "opendmarc.pid"):
+            (directory / stale).unlink(missing_ok=True)  # a restart with other records starts afresh
+        (directory / "example.test.zone").write_text(
+            "$ORIGIN example.test.\n$TTL 60\n"
+            "@ SOA ns1 hostmaster 1 3600 600 86400 60\n@ NS ns1\nns1 A 127.0.0.1\n"
+            f'_dmarc TXT "{dmarc}"\n@ TXT "{spf}"\n'
+        )
+        (directory / "nsd.conf").write_text(
+            "server:\n  ip-address: 127.0.0.1\n  port: 53\n  do-ip6: no\n"
+            '  username: ""\n  chroot: ""\n  database: ""\n  server-count: 1\n'
+            f"  zonesdir: {directory}\n  pidfile: {directory}/nsd.pid\n  logfile: {directory}/nsd.log\n"
+            f"  xfrdfile: {directory}/xfrd.state\n  zonelistfile: {directory}/zone.list\n"
+            f"  xfrdir: {directory}\n"
+            "remote-control:\n  control-enable: no\n"
+            f"zone:\n  name: example.test.\n  zonefile: {directory}/example.test.zone\n"
+        )
+        (directory / "resolv.conf").write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:2\n")
+        (directory / "ignore.hosts").write_text("")  # the default would ignore mail from 127.0.0.1
+        (directory / "opendmarc.conf").write_text(
+            f"Socket local:{self.socket}\n"
+            "UMask 000\n"
+            "Background false\n"
+            "Syslog false\n"
+            f"PidFile {directory}/opendmarc.pid\n"
+            f"AuthservID {AUTHSERV_ID}\n"
+            f"TrustedAuthservIDs {AUTHSERV_ID}\n"
+            f"IgnoreHosts {directory}/ignore.hosts\n"
+            "SPFSelfValidate true\n"
+            "FailureReports false\n"
+            "RejectFailures false\n"
+        )
+        inner = (
+            "set -e\n"
+            "ip link set lo up\n"
+            f"mount --bind {directory}/resolv.conf /etc/resolv.conf\n"
+            f"/usr/sbin/nsd -d -c {directory}/nsd.conf &\n"
+            f"exec {shutil.which('opendmarc') or '/usr/sbin/opendmarc'} -f -c {directory}/opendmarc.conf\n"
+        )
+        (directory / "inner.sh").write_text(inner)
+        self.proc = subprocess.Popen(
+            ["unshare", "-r", "-n", "-m", "-p", "--fork", "--kill-child", "sh", str(directory / "inner.sh")],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"opendmarc exited: {self.log.read_text(errors='replace')}")
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(0.5)
+                    s.connect(str(self.socket))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("opendmarc did not listen within 10 s") from None
+                time.sleep(0.05)
+
+    @property
+    def milter(self) -> str:
+        return f"unix:{self.socket}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)

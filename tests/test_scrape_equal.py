@@ -121,6 +121,7 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_clock_offset_seconds",
     "mailcanary_roundtrip_auth_result",
     "mailcanary_roundtrip_spam_score",
+    "mailcanary_roundtrip_sender_dnsbl_",  # sender_dnsbl: listed and status
     "mailcanary_domain_",  # issue 14: domain checks (their families render headers even with none)
     *(  # issue 14: certificate hygiene of round trips and TLS checks
         f"mailcanary_tls_cert_{n} "
