@@ -80,6 +80,19 @@ def wait_queued(stack: MailStack, proc: subprocess.Popen[str], timeout: float = 
     pytest.fail(f"no message in the Postfix queue within {timeout} s")
 
 
+def wait_accepted(state: Path, probe: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Until the ledger says the server accepted a canary of ``probe``. A file in Postfix's queue is not
+    enough: ``incoming`` holds the message while DATA is still arriving, and a client killed then leaves
+    no mail at all (a canary that can never turn up late)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "daemon exited"
+        if any(e.get("state") == "accepted" for e in ledger_entries(state, probe).values()):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"no canary of {probe} recorded as accepted within {timeout} s")
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every line of ``text`` parsed as JSON: a line that is not JSON fails the test."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -95,7 +108,8 @@ def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
     state = tmp_path / "state"
     first = Daemon(config)
     try:
-        wait_queued(mailstack, first.proc)  # accepted, 4 s from arriving, its run waiting for it
+        wait_queued(mailstack, first.proc)  # on its way, 4 s from arriving, its run waiting for it
+        wait_accepted(state, "killed", first.proc)  # and the server's acceptance is on disk
         first.proc.send_signal(signal.SIGKILL)
     finally:
         first.stop()
