@@ -402,18 +402,10 @@ class _IMAPReceiver(_Receiver):
 
     async def wait(self, token: Token, since: float) -> float:
         s, rec = self.session, self.recorder
-        use_idle = (
-            self.settings.receiver.use_idle if isinstance(self.settings.receiver, IMAPSettings) else False
-        )
-        use_idle = use_idle and "IDLE" in s.capabilities
+        use_idle = self._idles(s)
         last_search = rec.clock()
         for gap in self.settings.poll.gaps():
-            if use_idle and gap >= self.settings.idle_min_gap:
-                pushed = await s.idle(gap)
-                announced = pushed or await s.noop()
-            else:
-                await asyncio.sleep(gap)
-                announced = await s.noop()
+            announced = await self._pause(s, gap, use_idle)
             junk_announced = False
             if self.junk is not None:
                 junk_announced = await self.junk.noop()
@@ -444,6 +436,18 @@ class _IMAPReceiver(_Receiver):
                 last_search = seen
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
 
+    def _idles(self, s: IMAPSession) -> bool:
+        receiver = self.settings.receiver
+        return isinstance(receiver, IMAPSettings) and receiver.use_idle and "IDLE" in s.capabilities
+
+    async def _pause(self, s: IMAPSession, gap: float, use_idle: bool) -> bool:
+        """One poll gap on ``s`` (in IDLE when allowed and long enough, else asleep), then NOOP unless IDLE
+        was told already: whether the server announced anything."""
+        if use_idle and gap >= self.settings.idle_min_gap:
+            return await s.idle(gap) or await s.noop()
+        await asyncio.sleep(gap)
+        return await s.noop()
+
     def _count_junk_commands(self) -> None:
         """Commands of the second and third session count as the run's (wait_commands)."""
         bounce = self.bounce.recorder if self.bounce is not None and self.bounce_session else None
@@ -456,18 +460,10 @@ class _IMAPReceiver(_Receiver):
         """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). With a flag every
         look searches (a flag change announces no EXISTS)."""
         rec = self.recorder
-        use_idle = (
-            self.settings.receiver.use_idle if isinstance(self.settings.receiver, IMAPSettings) else False
-        )
-        use_idle = use_idle and "IDLE" in s.capabilities
+        use_idle = self._idles(s)
         last_search = rec.clock()
         for gap in self.settings.poll.gaps():
-            if use_idle and gap >= self.settings.idle_min_gap:
-                pushed = await s.idle(gap)
-                announced = pushed or await s.noop()
-            else:
-                await asyncio.sleep(gap)
-                announced = await s.noop()
+            announced = await self._pause(s, gap, use_idle)
             seen = rec.clock()
             if announced or flag is not None or seen - last_search >= self.settings.search_every:
                 last_search = seen
