@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
 import aiohttp
 from cryptography import x509
@@ -252,15 +252,30 @@ def check_crl(data: bytes, leaf_der: bytes, issuer_der: bytes, now: float) -> CR
     return CRLResult("revoked" if revoked is not None else "good", next_update)
 
 
-class CRLCache:
-    """Fetched CRLs' verdicts by (URL, leaf serial, issuer), until nextUpdate; at most ``size`` entries."""
+class _Verdict(Protocol):
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def next_update(self) -> float | None: ...
+
+
+V = TypeVar("V", bound=_Verdict)
+
+
+class _UntilNextUpdate(Generic[V]):
+    """Verdicts by (URL, leaf serial, issuer DER), kept until their nextUpdate (an hour without one); at
+    most ``size`` entries, least recently used dropped first. Only ``CACHEABLE`` statuses are kept:
+    failures are asked again next run."""
+
+    CACHEABLE: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, CRLResult]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, V]] = OrderedDict()
         self.hits = 0
 
-    def get(self, key: tuple[str, int, bytes], now: float) -> CRLResult | None:
+    def get(self, key: tuple[str, int, bytes], now: float) -> V | None:
         entry = self._entries.get(key)
         if entry is None or entry[0] <= now:
             return None
@@ -268,14 +283,20 @@ class CRLCache:
         self.hits += 1
         return entry[1]
 
-    def put(self, key: tuple[str, int, bytes], result: CRLResult, now: float) -> None:
-        if result.status not in ("good", "revoked"):
+    def put(self, key: tuple[str, int, bytes], result: V, now: float) -> None:
+        if result.status not in self.CACHEABLE:
             return
         until = result.next_update if result.next_update is not None else now + _DEFAULT_CACHE_SECONDS
         self._entries[key] = (until, result)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+
+class CRLCache(_UntilNextUpdate[CRLResult]):
+    """Fetched CRLs' verdicts for a leaf."""
+
+    CACHEABLE = frozenset({"good", "revoked"})
 
 
 async def crl_status(
@@ -326,30 +347,10 @@ async def crl_status(
 # ---- OCSP (I/O, cached) --------------------------------------------------------------------------
 
 
-class OCSPCache:
-    """Answers by (responder URL, serial, issuer), kept until nextUpdate; at most ``size`` entries."""
+class OCSPCache(_UntilNextUpdate[OCSPResult]):
+    """OCSP responders' answers for a leaf."""
 
-    def __init__(self, size: int = 1024) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, OCSPResult]] = OrderedDict()
-        self.hits = 0
-
-    def get(self, key: tuple[str, int, bytes], now: float) -> OCSPResult | None:
-        entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return entry[1]
-
-    def put(self, key: tuple[str, int, bytes], result: OCSPResult, now: float) -> None:
-        if result.status not in ("good", "revoked", "unknown"):
-            return  # failures are asked again next run
-        until = result.next_update if result.next_update is not None else now + _DEFAULT_CACHE_SECONDS
-        self._entries[key] = (until, result)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+    CACHEABLE = frozenset({"good", "revoked", "unknown"})
 
 
 async def ocsp_status(
