@@ -299,6 +299,42 @@ class CRLCache(_UntilNextUpdate[CRLResult]):
     CACHEABLE = frozenset({"good", "revoked"})
 
 
+async def _fetch(
+    url: str,
+    who: str,
+    cap: int,
+    timeout: float,
+    dns: DNSSettings | None,
+    *,
+    body: bytes | None = None,
+    content_type: str | None = None,
+) -> tuple[bytes | None, str]:
+    """GET (or POST ``body``) ``url`` without redirects or proxies, reading at most ``cap`` + 1 bytes (so
+    the caller can tell an oversize answer): (data, "") or (None, why it could not be had)."""
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=DNSResolver(dns), limit=1) if dns else None,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                trust_env=False,
+            ) as session,
+            session.request(
+                "GET" if body is None else "POST",
+                url,
+                data=body,
+                headers={"Content-Type": content_type} if content_type else None,
+                allow_redirects=False,
+            ) as resp,
+        ):
+            if resp.status != 200:
+                return None, f"{who} answered HTTP {resp.status}"
+            return await resp.content.read(cap + 1), ""
+    except TimeoutError:
+        return None, f"{who} timed out"
+    except (aiohttp.ClientError, OSError) as exc:
+        return None, f"{who} unreachable: {type(exc).__name__}"
+
+
 async def crl_status(
     leaf_der: bytes,
     issuer_der: bytes | None,
@@ -320,22 +356,9 @@ async def crl_status(
     key = (facts.crl_url, serial, issuer_der)
     if cache is not None and (hit := cache.get(key, now)) is not None:
         return hit
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=DNSResolver(dns), limit=1) if dns else None,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                trust_env=False,
-            ) as session,
-            session.get(facts.crl_url, allow_redirects=False) as resp,
-        ):
-            if resp.status != 200:
-                return CRLResult("unreachable", error=f"CRL server answered HTTP {resp.status}")
-            data = await resp.content.read(MAX_CRL_BYTES + 1)
-    except TimeoutError:
-        return CRLResult("unreachable", error="CRL server timed out")
-    except (aiohttp.ClientError, OSError) as exc:
-        return CRLResult("unreachable", error=f"CRL server unreachable: {type(exc).__name__}")
+    data, problem = await _fetch(facts.crl_url, "CRL server", MAX_CRL_BYTES, timeout, dns)
+    if data is None:
+        return CRLResult("unreachable", error=problem)
     if len(data) > MAX_CRL_BYTES:
         return CRLResult("invalid", error="CRL larger than 4 MB")
     result = check_crl(data, leaf_der, issuer_der, now)
@@ -374,27 +397,17 @@ async def ocsp_status(
     if cache is not None and (hit := cache.get(key, now)) is not None:
         return hit
     body = ocsp_request(leaf_der, issuer_der)
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=DNSResolver(dns), limit=1) if dns else None,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                trust_env=False,
-            ) as session,
-            session.post(
-                facts.ocsp_url,
-                data=body,
-                headers={"Content-Type": "application/ocsp-request"},
-                allow_redirects=False,
-            ) as resp,
-        ):
-            if resp.status != 200:
-                return OCSPResult("unreachable", error=f"responder answered HTTP {resp.status}")
-            data = await resp.content.read(MAX_OCSP_BYTES + 1)
-    except TimeoutError:
-        return OCSPResult("unreachable", error="responder timed out")
-    except (aiohttp.ClientError, OSError) as exc:
-        return OCSPResult("unreachable", error=f"responder unreachable: {type(exc).__name__}")
+    data, problem = await _fetch(
+        facts.ocsp_url,
+        "responder",
+        MAX_OCSP_BYTES,
+        timeout,
+        dns,
+        body=body,
+        content_type="application/ocsp-request",
+    )
+    if data is None:
+        return OCSPResult("unreachable", error=problem)
     if len(data) > MAX_OCSP_BYTES:
         return OCSPResult("invalid", error="response larger than 64 KB")
     result = parse_ocsp_response(data, leaf_der, issuer_der, now)
