@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from probes.certhygiene import CRL_STATUSES, OCSP_STATUSES, CRLResult, KeyFacts, OCSPResult
 from probes.domain import DomainReport
@@ -18,6 +18,7 @@ from probes.mtasts import mx_covered
 from probes.mx import resolution_dnssec
 
 from .results import DOMAIN_OUTCOMES, ProbeStats
+from .runfamilies import run_families
 
 HygieneRow = tuple[Sequence[str], KeyFacts, OCSPResult | None, CRLResult | None]
 
@@ -72,36 +73,21 @@ def domain_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metri
     """Per domain check: last success, duration, finish time, runs by outcome, then the domain's facts
     from its last completed report (gone while the check cannot be made: mailcanary_domain_findings
     absent is what MailcanaryDomainCheckFailing looks for)."""
-    success = GaugeMetricFamily(
-        "mailcanary_domain_check_success",
+    families = run_families(
+        snap,
+        names,
+        "domain_check",
+        "domain check",
         "1 if the last domain check completed without findings, else 0.",
-        labels=["probe"],
-    )
-    duration = GaugeMetricFamily(
-        "mailcanary_domain_check_duration_seconds", "Wall time of the last domain check.", labels=["probe"]
-    )
-    last_run = GaugeMetricFamily(
-        "mailcanary_domain_check_last_run_timestamp_seconds",
-        "When the last domain check finished.",
-        labels=["probe"],
-    )
-    runs = CounterMetricFamily(
-        "mailcanary_domain_check_runs",
         "Completed domain checks by outcome (success, domain_findings or a failure reason).",
-        labels=["probe", "outcome"],
+        DOMAIN_OUTCOMES,
     )
-    reports: list[tuple[str, DomainReport]] = []
-    for name in names:
-        st = snap[name]
-        if st.last is not None:
-            success.add_metric([name], _b(st.last.success))
-            duration.add_metric([name], st.last.duration)
-            last_run.add_metric([name], st.last.started + st.last.duration)
-            if isinstance(st.last.detail, DomainReport):
-                reports.append((name, st.last.detail))
-        for outcome in DOMAIN_OUTCOMES:
-            runs.add_metric([name, outcome], st.runs.get(outcome, 0))
-    return [success, duration, last_run, runs, *domain_fact_families(reports)]
+    reports = [
+        (name, detail)
+        for name in names
+        if (last := snap[name].last) is not None and isinstance(detail := last.detail, DomainReport)
+    ]
+    return [*families, *domain_fact_families(reports)]
 
 
 def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metric]:

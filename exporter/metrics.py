@@ -35,6 +35,7 @@ from probes.placement import PLACEMENTS
 from .buildinfo import build_info
 from .domainmetrics import hygiene_families
 from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
+from .runfamilies import run_families
 from .tlsmetrics import legacy_testable, tls_families
 
 MAX_HOP_LABELS = 8  # hop label values "1".."8": the path's first hops; the count is exact beyond
@@ -98,31 +99,17 @@ def with_vantage(fam: Metric, vantage: str) -> Metric:
 
 def tls_check_families(snap: dict[str, ProbeStats], checks: list[str]) -> list[Metric]:
     """Per TLS check: last success, duration, finish time, runs by outcome."""
-    success = GaugeMetricFamily(
-        "mailcanary_tls_check_success",
-        "1 if the last TLS check verified the chain and the name, else 0.",
-        labels=["probe"],
+    return list(
+        run_families(
+            snap,
+            checks,
+            "tls_check",
+            "TLS check",
+            "1 if the last TLS check verified the chain and the name, else 0.",
+            "Completed TLS checks by outcome.",
+            TLS_OUTCOMES,
+        )
     )
-    duration = GaugeMetricFamily(
-        "mailcanary_tls_check_duration_seconds", "Wall time of the last TLS check.", labels=["probe"]
-    )
-    last_run = GaugeMetricFamily(
-        "mailcanary_tls_check_last_run_timestamp_seconds",
-        "When the last TLS check finished.",
-        labels=["probe"],
-    )
-    runs = CounterMetricFamily(
-        "mailcanary_tls_check_runs", "Completed TLS checks by outcome.", labels=["probe", "outcome"]
-    )
-    for name in checks:
-        st = snap[name]
-        if st.last is not None:
-            success.add_metric([name], 1 if st.last.success else 0)
-            duration.add_metric([name], st.last.duration)
-            last_run.add_metric([name], st.last.started + st.last.duration)
-        for outcome in TLS_OUTCOMES:
-            runs.add_metric([name, outcome], st.runs.get(outcome, 0))
-    return [success, duration, last_run, runs]
 
 
 def tls_fact_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
