@@ -34,7 +34,7 @@ fi
 
 if [ -z "$missing" ]; then
   echo "install-deps: all packages present"
-  exit 0
+  exec "$(dirname "$0")/install-interop.sh"
 fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps: missing:$missing; run as root: sudo $0" >&2
@@ -70,3 +70,4 @@ apt-get update -q
 # shellcheck disable=SC2086  # $missing is a list of package names
 apt-get install -y -q --no-install-recommends $missing
 echo "install-deps: done"
+"$(dirname "$0")/install-interop.sh"
