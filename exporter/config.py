@@ -442,6 +442,13 @@ class DomainCheckConfig(Model):
             raise ValueError("a zone is listed twice")
         return out
 
+    @field_validator("source_address", mode="before")
+    @classmethod
+    def _source_shape(cls, v: object) -> object:
+        if v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)):
+            return v
+        raise ValueError("must be an IP address or a list of one IPv4 and one IPv6 address")
+
     @field_validator("source_address")
     @classmethod
     def _source(cls, v: str | list[str] | None) -> str | list[str] | None:
