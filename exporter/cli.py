@@ -217,6 +217,8 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
         return 1
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=out)
+    for note in loaded.notes:
+        print(f"note: {note}", file=out)
     cfg = loaded.config
     domains = f", {len(cfg.domain_checks)} domain checks" if cfg.domain_checks else ""
     print(

@@ -406,7 +406,9 @@ class DomainCheckConfig(Model):
     concurrency: int = Field(default=4, ge=1, le=16)  # addresses checked at once
     dnsbl_zones: list[str] = Field(default=[], max_length=16)
     ca_file: str | None = None  # trust store for the MX certificates (default: the system's)
-    source_address: str | None = None
+    # One local address, or a list of one IPv4 and/or one IPv6 address: each MX address (and the MTA-STS,
+    # OCSP and CRL fetches) is connected from the source of its family, else from the default source.
+    source_address: str | list[str] | None = None
     helo: str | None = None
     check_legacy: bool = True
     check_dane: bool = True
@@ -439,6 +441,37 @@ class DomainCheckConfig(Model):
         if len(set(out)) != len(out):
             raise ValueError("a zone is listed twice")
         return out
+
+    @field_validator("source_address", mode="before")
+    @classmethod
+    def _source_shape(cls, v: object) -> object:
+        if v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)):
+            return v
+        raise ValueError("must be an IP address or a list of one IPv4 and one IPv6 address")
+
+    @field_validator("source_address")
+    @classmethod
+    def _source(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        families: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                families.append(ipaddress.ip_address(item).version)
+            except ValueError:
+                if isinstance(v, str):
+                    raise ValueError(f"{item!r} is not an IP address") from None
+                raise ValueError(f"entry {i}, {item!r}, is not an IP address") from None
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list; leave the key out for the default source")
+        if len(families) != len(set(families)):
+            raise ValueError("at most one IPv4 and one IPv6 address")
+        return v
+
+    @property
+    def source_addresses(self) -> tuple[str, ...]:
+        """``source_address`` as a tuple: at most one address per family."""
+        v = self.source_address
+        return () if v is None else (v,) if isinstance(v, str) else tuple(v)
 
     @field_validator("resolvers")
     @classmethod
@@ -663,6 +696,7 @@ class LoadedConfig:
     config: Config
     secrets: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (probe, side) -> password
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what check-config says will happen (not a problem)
     digest: str = ""
     # (username, settings and secrets) -> source; never in a repr or a log
     token_sources: dict[tuple[str, str], TokenSource] = field(default_factory=dict, repr=False)
@@ -875,6 +909,7 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
         found = _problems(path, exc) + _raw_problems(path, data, environ)
         raise ConfigError(list(dict.fromkeys(found))) from None
     loaded = LoadedConfig(path=path, config=config)
+    loaded.notes += source_notes(config, path)
     problems: list[str] = []
     for i, probe in enumerate(config.roundtrip):
         for side, ep in probe.sides():
@@ -1018,6 +1053,26 @@ def read_text_capped(path: str, limit: int = MAX_CONFIG_BYTES) -> str:
         raise ConfigError([f"{path}: (file): not UTF-8 text"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: (file): cannot read: {exc.strerror or exc}"]) from None
+
+
+def source_notes(config: Config, path: str) -> list[str]:
+    """Where each domain check connects from, per address family (said by check-config): a source
+    address binds only to its own family, the other family uses the system's default source."""
+    out: list[str] = []
+    for i, check in enumerate(config.domain_checks):
+        sources = check.source_addresses
+        if not sources:
+            continue
+        by_family = {ipaddress.ip_address(a).version: a for a in sources}
+        said = [
+            f"IPv{v} from {by_family[v]}" if v in by_family else f"IPv{v} from the default source"
+            for v in (4, 6)
+        ]
+        out.append(
+            f"{path}: domain_checks[{i}].source_address: MX addresses (and the MTA-STS, OCSP and CRL "
+            f"servers) are connected {', '.join(said)}"
+        )
+    return out
 
 
 def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:

@@ -174,6 +174,15 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
         "check",
     )
     refuse_code = g("must_refuse_code", "The reply code that decided the must-refuse check.", al, "check")
+    refuse_skipped = g(
+        "must_refuse_skipped",
+        "1 for a must-refuse check (or mail_from_before_tls) asked but not judged in the last run, by "
+        "reason: no_answer (the address did not answer: no more sessions to it that run) or no_result "
+        "(the session failed before the deciding answer). Neither a pass nor a failure.",
+        al,
+        "check",
+        "reason",
+    )
     hygiene_rows: list[HygieneRow] = []
     for probe, report in rows:
         d = [probe, report.domain]
@@ -246,6 +255,8 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
                 refuse_ok.add_metric([*lv, f.check], _b(f.success))
                 if f.code is not None:
                     refuse_code.add_metric([*lv, f.check], f.code)
+            for check_name, why in a.skipped.items():
+                refuse_skipped.add_metric([*lv, check_name, why], 1)
             if a.leaf is not None:
                 hygiene_rows.append((lv, a.leaf, a.ocsp, a.crl))
     return [
@@ -282,5 +293,6 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
         bl_status,
         refuse_ok,
         refuse_code,
+        refuse_skipped,
         *hygiene_families(hygiene_rows, al, "mailcanary_domain_mx_"),
     ]

@@ -256,7 +256,7 @@ def domain_settings(check: DomainCheckConfig, slots: ServerSlots | None = None) 
             check_legacy=check.check_legacy,
             ca_file=check.ca_file,
             helo_name=check.helo,
-            source_address=check.source_address,
+            source_address=check.source_addresses,
             check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,
             slots=slots,
         ),

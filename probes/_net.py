@@ -11,6 +11,7 @@ import ssl
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -150,6 +151,48 @@ def _literal_infos(host: str, port: int) -> list[tuple[Any, Any, int, str, tuple
     if ip.version == 4:
         return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
     return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+
+
+def family_of(address: str) -> int:
+    """``socket.AF_INET`` or ``socket.AF_INET6`` for an IP literal (ValueError for anything else)."""
+    return socket.AF_INET6 if ipaddress.ip_address(address.split("%")[0]).version == 6 else socket.AF_INET
+
+
+def source_for(sources: Sequence[str], family: int) -> str | None:
+    """The configured local address of ``family``, or None: connect from the system's default source.
+
+    A source address can only be bound to a socket of its own family: an IPv4 source for an IPv6
+    destination is not an error of the destination, it is simply not that family's source.
+    """
+    for source in sources:
+        if family_of(source) == family:
+            return source
+    return None
+
+
+SocketFactory = Callable[[tuple[Any, Any, int, str, tuple[Any, ...]]], socket.socket]
+
+
+def source_socket_factory(sources: Sequence[str]) -> SocketFactory | None:
+    """For aiohttp's ``TCPConnector(socket_factory=...)``: each socket bound to its family's source
+    address (none of that family: the default source). None when no source address is configured."""
+    if not sources:
+        return None
+    chosen = tuple(sources)
+
+    def factory(info: tuple[Any, Any, int, str, tuple[Any, ...]]) -> socket.socket:
+        family, type_, proto = info[0], info[1], info[2]
+        sock = socket.socket(family, type_, proto)
+        try:
+            source = source_for(chosen, family)
+            if source is not None:
+                sock.bind((source, 0))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return factory
 
 
 async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = None) -> socket.socket:

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
@@ -26,6 +26,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from ._dns import DNSResolver, DNSSettings
+from ._net import source_socket_factory
 
 WEAK_HASHES: Final = frozenset({"sha1", "md5"})
 MIN_BITS: Final = {"rsa": 2048, "dsa": 2048, "ec": 256}
@@ -266,14 +267,45 @@ V = TypeVar("V", bound=_Verdict)
 class _UntilNextUpdate(Generic[V]):
     """Verdicts by (URL, leaf serial, issuer DER), kept until their nextUpdate (an hour without one); at
     most ``size`` entries, least recently used dropped first. Only ``CACHEABLE`` statuses are kept:
-    failures are asked again next run."""
+    failures are asked again next run. Concurrent askers of one key share one request (:meth:`fetch`)."""
 
     CACHEABLE: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._entries: OrderedDict[tuple[str, int, bytes], tuple[float, V]] = OrderedDict()
+        self._pending: dict[tuple[str, int, bytes], asyncio.Task[V]] = {}  # requests on their way
         self.hits = 0
+        self.merged = 0  # askers that waited for a request already on its way instead of sending one
+
+    async def fetch(self, key: tuple[str, int, bytes], now: float, ask: Callable[[], Awaitable[V]]) -> V:
+        """The cached verdict for ``key``; else the one already being asked for it; else ask (one request
+        for every concurrent asker: addresses presenting one certificate ask its responder once). At
+        most ``size`` requests are shared at a time; beyond that an asker asks alone."""
+        if (hit := self.get(key, now)) is not None:
+            return hit
+        loop = asyncio.get_running_loop()
+        pending = self._pending.get(key)
+        if pending is not None and pending.get_loop() is loop and not pending.done():
+            self.merged += 1
+            return await asyncio.shield(pending)  # one asker cancelled must not cancel the others' request
+
+        async def ask_and_keep() -> V:
+            result = await ask()
+            self.put(key, result, now)
+            return result
+
+        if len(self._pending) >= self.size:
+            return await ask_and_keep()
+        task = loop.create_task(ask_and_keep())
+        self._pending[key] = task
+
+        def forget(done: asyncio.Task[V]) -> None:
+            if self._pending.get(key) is done:
+                del self._pending[key]
+
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
 
     def get(self, key: tuple[str, int, bytes], now: float) -> V | None:
         entry = self._entries.get(key)
@@ -308,13 +340,21 @@ async def _fetch(
     *,
     body: bytes | None = None,
     content_type: str | None = None,
+    source: Sequence[str] = (),
 ) -> tuple[bytes | None, str]:
     """GET (or POST ``body``) ``url`` without redirects or proxies, reading at most ``cap`` + 1 bytes (so
-    the caller can tell an oversize answer): (data, "") or (None, why it could not be had)."""
+    the caller can tell an oversize answer): (data, "") or (None, why it could not be had). ``source``:
+    local addresses to connect from, at most one per family (none of the server's family: the default)."""
+    factory = source_socket_factory(source)
+    connector = None
+    if dns is not None or factory is not None:
+        connector = aiohttp.TCPConnector(
+            resolver=DNSResolver(dns) if dns is not None else None, limit=1, socket_factory=factory
+        )
     try:
         async with (
             aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=DNSResolver(dns), limit=1) if dns else None,
+                connector=connector,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 trust_env=False,
             ) as session,
@@ -343,6 +383,7 @@ async def crl_status(
     cache: CRLCache | None = None,
     now: float | None = None,
     dns: DNSSettings | None = None,
+    source: Sequence[str] = (),
 ) -> CRLResult:
     """Fetch the leaf's CRL distribution point (HTTP GET, ≤ 4 MB, no redirects) and look it up. Never
     raises."""
@@ -354,17 +395,17 @@ async def crl_status(
         return CRLResult("invalid", error="issuer certificate not presented")
     serial = x509.load_der_x509_certificate(leaf_der).serial_number
     key = (facts.crl_url, serial, issuer_der)
-    if cache is not None and (hit := cache.get(key, now)) is not None:
-        return hit
-    data, problem = await _fetch(facts.crl_url, "CRL server", MAX_CRL_BYTES, timeout, dns)
-    if data is None:
-        return CRLResult("unreachable", error=problem)
-    if len(data) > MAX_CRL_BYTES:
-        return CRLResult("invalid", error="CRL larger than 4 MB")
-    result = check_crl(data, leaf_der, issuer_der, now)
-    if cache is not None:
-        cache.put(key, result, now)
-    return result
+    url, at = facts.crl_url, now
+
+    async def ask() -> CRLResult:
+        data, problem = await _fetch(url, "CRL server", MAX_CRL_BYTES, timeout, dns, source=source)
+        if data is None:
+            return CRLResult("unreachable", error=problem)
+        if len(data) > MAX_CRL_BYTES:
+            return CRLResult("invalid", error="CRL larger than 4 MB")
+        return check_crl(data, leaf_der, issuer_der, at)
+
+    return await ask() if cache is None else await cache.fetch(key, now, ask)
 
 
 # ---- OCSP (I/O, cached) --------------------------------------------------------------------------
@@ -384,6 +425,7 @@ async def ocsp_status(
     cache: OCSPCache | None = None,
     now: float | None = None,
     dns: DNSSettings | None = None,
+    source: Sequence[str] = (),
 ) -> OCSPResult:
     """Ask the AIA responder of ``leaf_der`` (HTTP POST, RFC 6960 Appendix A). Never raises."""
     now = time.time() if now is None else now
@@ -394,26 +436,26 @@ async def ocsp_status(
         return OCSPResult("invalid", error="issuer certificate not presented")
     serial = x509.load_der_x509_certificate(leaf_der).serial_number
     key = (facts.ocsp_url, serial, issuer_der)
-    if cache is not None and (hit := cache.get(key, now)) is not None:
-        return hit
-    body = ocsp_request(leaf_der, issuer_der)
-    data, problem = await _fetch(
-        facts.ocsp_url,
-        "responder",
-        MAX_OCSP_BYTES,
-        timeout,
-        dns,
-        body=body,
-        content_type="application/ocsp-request",
-    )
-    if data is None:
-        return OCSPResult("unreachable", error=problem)
-    if len(data) > MAX_OCSP_BYTES:
-        return OCSPResult("invalid", error="response larger than 64 KB")
-    result = parse_ocsp_response(data, leaf_der, issuer_der, now)
-    if cache is not None:
-        cache.put(key, result, now)
-    return result
+    url, at = facts.ocsp_url, now
+
+    async def ask() -> OCSPResult:
+        data, problem = await _fetch(
+            url,
+            "responder",
+            MAX_OCSP_BYTES,
+            timeout,
+            dns,
+            body=ocsp_request(leaf_der, issuer_der),
+            content_type="application/ocsp-request",
+            source=source,
+        )
+        if data is None:
+            return OCSPResult("unreachable", error=problem)
+        if len(data) > MAX_OCSP_BYTES:
+            return OCSPResult("invalid", error="response larger than 64 KB")
+        return parse_ocsp_response(data, leaf_der, issuer_der, at)
+
+    return await ask() if cache is None else await cache.fetch(key, now, ask)
 
 
 @dataclass(frozen=True)

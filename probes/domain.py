@@ -31,8 +31,17 @@ from .certhygiene import (
     key_facts,
     ocsp_status,
 )
-from .errors import ProbeError
-from .mx import AddressReport, MXCheckSettings, MXResolution, check_all, resolution_dnssec, resolve_mx
+from .errors import ProbeError, never_answered
+from .mx import (
+    AddressReport,
+    MXCheckSettings,
+    MXResolution,
+    check_all,
+    resolution_dnssec,
+    resolve_mx,
+    source_addresses,
+    source_toward,
+)
 from .recorder import Recorder
 
 
@@ -67,6 +76,10 @@ class MXAddressResult:
     crl: CRLResult | None = None
     listings: list[dnsbl.Listing] = field(default_factory=list)
     refusals: list[mustrefuse.RefusalResult] = field(default_factory=list)
+    # Must-refuse checks (and mail_from_before_tls) asked but not judged, with why: ``no_answer`` (the
+    # address did not answer a session of this run: nothing more is asked of it) or ``no_result`` (the
+    # session failed before the answer that decides). Neither a pass nor a failure.
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,8 +109,9 @@ class DomainReport:
             return ["mx_lookup"]
         if res.null_mx:
             return []
-        if res.dnssec != "secure":
-            out.append(f"mx_dnssec_{res.dnssec}")
+        dnssec = resolution_dnssec(res)  # the MX answer and every host's addresses, as the metric
+        if dnssec != "secure":
+            out.append(f"mx_dnssec_{dnssec}")
         for r in self.addresses:
             where = f"{r.report.mx}/{r.report.address}"
             tls = r.report.tls
@@ -142,6 +156,9 @@ async def probe_domain(
     except DNSError as exc:
         raise ProbeError(f"MX lookup of {report.domain} failed: {exc.rcode}", reason="dns_lookup") from exc
     res = report.resolution
+    # One cache per run at least: addresses presenting one certificate ask its responder once.
+    cache = cache if cache is not None else OCSPCache()
+    crl_cache = crl_cache if crl_cache is not None else CRLCache()
     extra: list[asyncio.Task[object]] = []
     async with asyncio.TaskGroup() as tg:
         if settings.check_mta_sts:
@@ -172,7 +189,12 @@ async def _mta_sts(report: DomainReport, settings: DomainSettings) -> None:
     if report.sts_record.valid:
         ctx = ssl.create_default_context(cafile=settings.mta_sts_ca_file)
         report.sts_policy = await mtasts.fetch_policy(
-            report.domain, settings.dns, ssl_context=ctx, timeout=settings.timeout, port=settings.mta_sts_port
+            report.domain,
+            settings.dns,
+            ssl_context=ctx,
+            timeout=settings.timeout,
+            port=settings.mta_sts_port,
+            source=source_addresses(settings.mx.source_address),
         )
 
 
@@ -185,6 +207,7 @@ async def _per_address(
 ) -> None:
     rep = result.report
     chain = rep.chain
+    sources = source_addresses(settings.mx.source_address)
     if settings.check_dane and chain:
         try:
             records, status = await dane.fetch_tlsa(rep.mx, settings.dns, port=settings.mx.port)
@@ -199,24 +222,30 @@ async def _per_address(
         if settings.check_ocsp and result.leaf is not None and result.leaf.ocsp_url is not None:
             issuer = chain[1] if len(chain) > 1 else None
             result.ocsp = await ocsp_status(
-                chain[0], issuer, timeout=settings.timeout, cache=cache, dns=settings.dns
+                chain[0], issuer, timeout=settings.timeout, cache=cache, dns=settings.dns, source=sources
             )
         if settings.check_crl and result.leaf is not None and result.leaf.crl_url is not None:
             issuer = chain[1] if len(chain) > 1 else None
             result.crl = await crl_status(
-                chain[0], issuer, timeout=settings.timeout, cache=crl_cache, dns=settings.dns
+                chain[0], issuer, timeout=settings.timeout, cache=crl_cache, dns=settings.dns, source=sources
             )
     for zone in settings.dnsbl_zones:
         listing = await dnsbl.lookup(rep.address, zone, settings.dns)
         if listing.reason:
             recorder.debug("dnsbl:", f"{rep.address} listed in {zone}: {listing.reason}")  # logs only
         result.listings.append(listing)
+    if settings.mx.check_plain_mail_from and rep.plain_mail_from_code is None:
+        result.skipped[PLAIN_MAIL_FROM] = "no_answer" if rep.no_answer else "no_result"
     if settings.must_refuse:
-        result.refusals = await _refusals(rep, settings, recorder)
+        result.refusals = await _refusals(rep, settings, recorder, result.skipped)
+
+
+PLAIN_MAIL_FROM = "mail_from_before_tls"  # the check name of MAIL FROM on the plain session
+SKIP_REASONS = ("no_answer", "no_result")
 
 
 async def _refusals(
-    rep: AddressReport, settings: DomainSettings, recorder: Recorder
+    rep: AddressReport, settings: DomainSettings, recorder: Recorder, skipped: dict[str, str]
 ) -> list[mustrefuse.RefusalResult]:
     mxs = settings.mx
     ep = Endpoint(
@@ -224,7 +253,7 @@ async def _refusals(
         mxs.port,
         tls_mode="starttls" if rep.tls is not None and rep.tls.starttls_offered else "none",
         tls=TLSSettings(ca_file=mxs.ca_file, server_name=rep.mx),
-        source_address=mxs.source_address,
+        source_address=source_toward(rep.address, mxs.source_address),
     )
     out: list[mustrefuse.RefusalResult] = []
     local = settings.local_recipient or f"postmaster@{settings.domain}"
@@ -250,12 +279,21 @@ async def _refusals(
             helo=mxs.helo_name,
         ),
     ]
-    for call in calls:
+    names = ("open_relay", "auth_before_tls", "own_domain_sender")
+    dead = rep.no_answer  # a session of this run got no answer at all: ask nothing more of the address
+    for name, call in zip(names, calls, strict=True):
+        if dead:
+            skipped[name] = "no_answer"
+            continue
         try:
             async with maybe_session(mxs.slots, ep, "smtp", recorder):
                 out.append(await call())
-        except ProbeError as exc:  # no answer to judge (a queue timeout included): no result, never a failure
+        except ProbeError as exc:  # no answer to judge (a queue timeout included): skipped, never a failure
+            dead = never_answered(exc)
+            skipped[name] = "no_answer" if dead else "no_result"
             recorder.debug("refuse:", f"{rep.address}: {exc.reason}: {exc.message}")
+    if dead and not rep.no_answer:
+        recorder.debug("refuse:", f"{rep.address}: no answer; no more sessions to it this run")
     return out
 
 
@@ -264,6 +302,25 @@ async def _refusals(
 
 def _yn(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "-"}[value]
+
+
+def _dnssec_text(res: MXResolution) -> str:
+    """The status ``mx_dnssec_valid`` and the findings use (MX answer and hosts' addresses together), and
+    which part is weaker when they differ."""
+    overall = resolution_dnssec(res)
+    weaker = [f"{h.name} addresses {h.dnssec}" for h in res.hosts if h.dnssec != "secure"]
+    if res.dnssec != "secure":
+        weaker.insert(0, f"MX answer {res.dnssec}")
+    return overall if overall == "secure" else f"{overall} ({'; '.join(weaker)})"
+
+
+_SKIP_TEXT = {"no_answer": "the address did not answer", "no_result": "the session failed before an answer"}
+
+
+def _skipped_lines(a: MXAddressResult) -> list[str]:
+    return [
+        f"    must refuse {check}: skipped ({_SKIP_TEXT.get(why, why)})" for check, why in a.skipped.items()
+    ]
 
 
 def render_report(report: DomainReport) -> str:
@@ -275,7 +332,7 @@ def render_report(report: DomainReport) -> str:
     if res.null_mx:
         return "\n".join([*lines, "  null MX (accepts no mail)", "verdict: OK"])
     kind = "implicit (A/AAAA)" if res.implicit else "MX"
-    lines.append(f"  {kind}: {', '.join(h.name for h in res.hosts) or '-'}  dnssec {res.dnssec}")
+    lines.append(f"  {kind}: {', '.join(h.name for h in res.hosts) or '-'}  dnssec {_dnssec_text(res)}")
     if res.dropped_hosts or res.dropped_addresses:
         lines.append(f"  not checked (limits): {res.dropped_hosts} hosts, {res.dropped_addresses} addresses")
     if report.sts_record is not None:
@@ -301,6 +358,7 @@ def render_report(report: DomainReport) -> str:
         tls = r.tls
         if tls is None:
             lines.append(f"    unreachable: {r.error}")
+            lines += _skipped_lines(a)
             continue
         legacy = ", ".join(f"{k} {_yn(v)}" for k, v in tls.legacy.items())
         lines.append(
@@ -335,6 +393,7 @@ def render_report(report: DomainReport) -> str:
                 f"    must refuse {f.check}: {'refused' if f.refused else 'ACCEPTED'} "
                 f"({f.code or '-'} at {f.stage})"
             )
+        lines += _skipped_lines(a)
         phases = "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in sorted(r.phases.items()))
         lines.append(f"    timings: {phases}")
     problems = report.problems

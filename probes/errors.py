@@ -39,6 +39,9 @@ class ProbeError(Exception):
     """Base of every failure a probe reports; ``reason`` is one of :data:`REASONS`."""
 
     reason: str = "internal"
+    # The server never answered at all: connect refused or timed out, or no greeting (banner). A caller
+    # that would open more sessions to the same address may skip them (a dead or hung address).
+    no_answer: bool = False
 
     def __init__(self, message: str, *, reason: str | None = None, code: int | None = None) -> None:
         super().__init__(message)
@@ -51,6 +54,18 @@ class ProbeError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else self.reason
+
+
+def never_answered(exc: BaseException) -> bool:
+    """True if ``exc``, or an error it was raised from, says the server never answered (``no_answer``)."""
+    current: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; bounded all the same
+        if current is None:
+            return False
+        if isinstance(current, ProbeError) and current.no_answer:
+            return True
+        current = current.__cause__
+    return False
 
 
 class ProbeTimeout(ProbeError, TimeoutError):

@@ -18,6 +18,7 @@ import aiohttp
 
 from ._certs import dns_pattern_matches
 from ._dns import DNSResolver, DNSSettings, query
+from ._net import source_socket_factory
 
 MAX_POLICY_BYTES: Final = 64 * 1024
 MAX_AGE_LIMIT: Final = 31557600  # one year, RFC 8461 §3.2
@@ -192,14 +193,21 @@ async def fetch_policy(
     ssl_context: ssl.SSLContext,
     timeout: float = 10.0,
     port: int = 443,
+    source: Sequence[str] = (),
 ) -> PolicyFetch:
-    """GET the policy; every failure is a fixed ``error`` word, never an exception."""
+    """GET the policy; every failure is a fixed ``error`` word, never an exception. ``source``: local
+    addresses to connect from, at most one per family (none of the server's family: the default)."""
     loop = asyncio.get_running_loop()
     began = loop.time()
     out = PolicyFetch()
     host = f"mta-sts.{domain.rstrip('.')}"
     url = f"https://{host}{'' if port == 443 else f':{port}'}{POLICY_PATH}"
-    connector = aiohttp.TCPConnector(resolver=DNSResolver(dns_settings), ssl=ssl_context, limit=1)
+    connector = aiohttp.TCPConnector(
+        resolver=DNSResolver(dns_settings),
+        ssl=ssl_context,
+        limit=1,
+        socket_factory=source_socket_factory(source),
+    )
     try:
         async with (
             aiohttp.ClientSession(

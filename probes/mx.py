@@ -22,9 +22,9 @@ import aiosmtplib
 
 from ._certs import presented_chain
 from ._dns import DNSError, DNSSECStatus, DNSSettings, addresses, query, weakest
-from ._net import Endpoint, TLSSettings, client_context
+from ._net import Endpoint, TLSSettings, client_context, family_of, source_for
 from ._slots import ServerSlots, maybe_session
-from .errors import ProbeError
+from .errors import ProbeError, never_answered
 from .recorder import Recorder
 from .smtp import SMTPSettings, open_session
 from .tls import TLSCheckSettings, TLSFacts, probe_tls
@@ -132,7 +132,9 @@ class MXCheckSettings:
     check_legacy: bool = True
     ca_file: str | None = None  # None: the system trust store
     helo_name: str | None = None
-    source_address: str | None = None
+    # Local addresses to connect from: one, or one per family (IPv4, IPv6). An address of a family
+    # without one is connected from the system's default source (an IPv4 source cannot reach an IPv6 MX).
+    source_address: str | tuple[str, ...] | None = None
     check_plain_mail_from: bool = False  # does the server refuse MAIL FROM before STARTTLS?
     mail_from: str = ""  # the envelope sender of that test ("" = the null sender <>)
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
@@ -148,6 +150,9 @@ class AddressReport:
     error: str | None = None  # one line: why the address could not be checked fully
     reason: str | None = None  # the ProbeError reason when the audit failed
     plain_mail_from_code: int | None = None  # reply to MAIL FROM before STARTTLS (None: not asked)
+    # The first session got no answer at all (connect refused or timed out, no banner): every later
+    # session of this run to the address is skipped (a hung address would cost one timeout each).
+    no_answer: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,13 +161,29 @@ class AddressReport:
         return None if code is None else code >= 400
 
 
+def source_addresses(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``source_address`` as a tuple (one address, or one per family)."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def source_toward(address: str, value: str | Sequence[str] | None) -> str | None:
+    """The local address to connect to ``address`` (an IP literal) from: that family's, else None."""
+    sources = source_addresses(value)
+    try:
+        return source_for(sources, family_of(address))
+    except ValueError:  # not an IP literal (MX addresses always are): one source as given, else none
+        return sources[0] if len(sources) == 1 else None
+
+
 def _endpoint(mx: str, address: str, settings: MXCheckSettings, mode: str = "starttls") -> Endpoint:
     return Endpoint(
         host=address,
         port=settings.port,
         tls_mode=mode,  # type: ignore[arg-type]
         tls=TLSSettings(ca_file=settings.ca_file, server_name=mx),
-        source_address=settings.source_address,
+        source_address=source_toward(address, settings.source_address),
     )
 
 
@@ -186,7 +207,11 @@ async def check_address(
     except ProbeError as exc:
         report.tls = scratch.tls.get(ep.address)
         report.error, report.reason = exc.message, exc.reason
+        report.no_answer = never_answered(exc)
     report.phases.update(scratch.phases)
+    if report.no_answer:
+        recorder.debug("mx:", f"{address}: no answer ({report.error}); no more sessions to it this run")
+        return report
     if report.tls is not None and report.tls.handshake_ok:
         presented = [c.der for c in report.tls.chain]
         if presented and all(presented):
@@ -195,8 +220,11 @@ async def check_address(
             with contextlib.suppress(ProbeError):
                 report.chain = await _chain(ep, settings, recorder)
     if settings.check_plain_mail_from:
-        with contextlib.suppress(ProbeError):
+        try:
             report.plain_mail_from_code = await _plain_mail_from(mx, address, settings, recorder)
+        except ProbeError as exc:  # no code to judge: the report says so (skipped), never a failure
+            report.no_answer = never_answered(exc)
+            recorder.debug("mx:", f"{address}: MAIL FROM before STARTTLS: {exc.reason}: {exc.message}")
     return report
 
 

@@ -139,7 +139,11 @@ async def open_session(
     ep = settings.endpoint
     ctx = (tls_context or client_context(ep.tls)) if ep.tls_mode != "none" else None
     with recorder.phase(f"{prefix}_connect"):
-        sock = await tcp_connect(ep, reason="smtp_connect", timeout=settings.timeout)
+        try:
+            sock = await tcp_connect(ep, reason="smtp_connect", timeout=settings.timeout)
+        except ProbeError as exc:
+            exc.no_answer = True  # refused, unreachable or timed out: nobody there to answer
+            raise
     smtp = aiosmtplib.SMTP(
         hostname=ep.server_hostname,  # with sock= this is only the TLS server name
         use_tls=ep.tls_mode == "implicit",
@@ -162,7 +166,11 @@ async def open_session(
                 raise _fail(exc, "smtp_protocol", "banner") from exc
             except (aiosmtplib.SMTPException, OSError) as exc:
                 reason = "smtp_tls" if ep.tls_mode == "implicit" else "smtp_connect"
-                raise _fail(exc, reason, "connect") from exc
+                err = _fail(exc, reason, "connect")
+                # No banner at all (silence until the timeout, or closed before a greeting); a failed
+                # implicit-TLS handshake is an answer of sorts and not counted.
+                err.no_answer = err.reason != "smtp_tls"
+                raise err from exc
         _reply(recorder, "banner", banner)
         await _ehlo(smtp, recorder, prefix)
         if ep.tls_mode == "starttls":

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.skipif(
 
 SOURCE = "127.0.0.2"
 MX1_ADDR, MX2_ADDR, SUB_ADDR = "127.0.0.3", "127.0.0.4", "127.0.0.5"
+SILENT_ADDR, CLOSED_ADDR = "127.0.0.6", "127.0.0.7"
 DOMAIN = "example.test"
 MX1, MX2 = f"mx1.{DOMAIN}", f"mx2.{DOMAIN}"
 POLICY_CASES = ("good", "redirect", "wrongtype", "oversize", "uncovered")
@@ -103,13 +104,21 @@ def zones(
         '_smtp._tls TXT "v=TLSRPTv1; rua=mailto:tlsrpt@example.test"\n'
         "mta-sts A 127.0.0.1\n"
         "nomx A 127.0.0.3\n"  # no MX: the implicit MX (RFC 5321 §5.1)
-        "nullmx MX 0 .\n" + policy_hosts
+        "nullmx MX 0 .\n"
+        # issue 19: an MX on IPv6 loopback (and IPv4) beside an IPv4 source address
+        "v6 MX 10 v6mx\nv6mx AAAA ::1\nv6mx A 127.0.0.1\n"
+        # issue 19: one MX host in an insecure zone (the MX answer itself is secure)
+        "mixed MX 10 mx1\nmixed MX 20 insecure-mx.dnsbl.test.\n"
+        # issue 19: dead addresses: a silent listener (accepts, never answers) and a closed port
+        f"dead MX 10 silent\nsilent A {SILENT_ADDR}\ndead MX 20 closed\nclosed A {CLOSED_ADDR}\n"
+        + policy_hosts
     )
     bogus = f"@ MX 10 mx1\nmx1 A {MX1_ADDR}\n{tlsa}.mx1 TLSA 3 1 1 {spki_sha256(good.cert)}\n"
     bl = (
         '3.0.0.127 A 127.0.0.2\n3.0.0.127 TXT "listed: test entry"\n'
         "4.0.0.127 A 127.0.0.4\n4.0.0.127 A 127.0.0.2\n"
         "5.0.0.127 A 127.255.255.254\n"
+        "insecure-mx A 127.0.0.4\n"
     )
     return [
         dnsstack.ZoneSpec(DOMAIN, example, signed=True),
@@ -296,6 +305,9 @@ async def test_dane_matching_stale_rollover_bogus(world: World) -> None:
 # ---- MTA-STS / TLS-RPT ---------------------------------------------------------------------------------
 
 
+POLICY_PEERS: list[str] = []  # the client address of every policy request, in order
+
+
 @pytest.fixture
 async def https(world: World, tmp_path: Path) -> AsyncIterator[int]:
     """The policy server: one certificate for every mta-sts.<case> name, dispatch by Host."""
@@ -307,6 +319,7 @@ async def https(world: World, tmp_path: Path) -> AsyncIterator[int]:
     good = f"version: STSv1\nmode: enforce\nmx: {MX1}\nmx: *.{DOMAIN}\nmax_age: 604800\n"
 
     async def policy(request: web.Request) -> web.StreamResponse:
+        POLICY_PEERS.append(request.remote or "")
         host = request.host.split(":")[0]
         case = host.removeprefix("mta-sts.").removesuffix(DOMAIN).rstrip(".") or "good"
         if case == "redirect":
@@ -497,17 +510,19 @@ class Responder:
     table: dict[int, str]  # serial -> "good" | "revoked" | "unknown"
     issued: dict[int, x509.Certificate]  # serial -> certificate (the response builder needs it)
     asked: list[int]  # serials asked, in order
+    peers: list[str]  # the client address of each request, in order
 
 
 @pytest.fixture
 async def responder(world: World) -> AsyncIterator[Responder]:
     """A real OCSP responder over HTTP; answers signed by the intermediate (the issuer itself)."""
-    state = Responder({}, {}, [])
+    state = Responder({}, {}, [], [])
     table, issued, asked = state.table, state.issued, state.asked
 
     async def answer(request: web.Request) -> web.Response:
         req = ocsp.load_der_ocsp_request(await request.read())
         asked.append(req.serial_number)
+        state.peers.append(request.remote or "")
         status = table.get(req.serial_number, "unknown")
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED}.get(
@@ -1054,3 +1069,193 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
     assert queued.message.startswith(f"no session slot for {MX1}/{MX1_ADDR}: ")
     free = await found[0].run(runner, found[1], False)
     assert free.reason == "success", free.message  # mx1 alone: verified, DANE valid, nothing else asked
+
+
+# ---- issue 19: IPv6 MX with an IPv4 source, dead addresses, one DNSSEC status, merged OCSP, sources ------
+
+
+def fact_samples(report: object) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from exporter.domainmetrics import domain_fact_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in domain_fact_families([("dom", report)])  # type: ignore[list-item]
+        for s in fam.samples
+    }
+
+
+async def test_ipv6_mx_is_checked_beside_an_ipv4_source_address(world: World, mailstack: MailStack) -> None:
+    """An IPv4 source_address must not make an IPv6 MX address 'down': that family connects from the
+    default source (or from its own configured source), and the MX is really checked."""
+    from probes.domain import DomainSettings, probe_domain, render_report
+
+    if not mailstack.ipv6:
+        pytest.skip("no IPv6 on this machine (::1 cannot be bound)")
+    host = f"v6mx.{DOMAIN}"
+    for source in (SOURCE, (SOURCE, "::1")):
+        settings = DomainSettings(
+            domain=f"v6.{DOMAIN}",
+            dns=world.dns,
+            mx=MXCheckSettings(
+                port=mailstack.smtp_port,
+                timeout=5.0,
+                ca_file=str(mailstack.ca_file),
+                source_address=source,
+                helo_name="canary.example.net",
+                check_legacy=False,
+            ),
+            check_mta_sts=False,
+            check_dane=False,
+            timeout=5.0,
+        )
+        report = await probe_domain(settings, Recorder())
+        assert [(a.report.mx, a.report.address) for a in report.addresses] == [
+            (host, "127.0.0.1"),
+            (host, "::1"),
+        ]
+        for a in report.addresses:
+            r = a.report
+            assert (r.error, r.no_answer) == (None, False), (source, r.address, r.error)
+            assert r.tls is not None and r.tls.handshake_ok and r.tls.starttls_offered
+        assert not [p for p in report.problems if "no_tls" in p], report.problems
+        labels = {"probe": "dom", "domain": f"v6.{DOMAIN}", "mx": host, "address": "::1"}
+        assert fact_samples(report)[("mailcanary_domain_mx_up", frozenset(labels.items()))] == 1
+        assert f"  MX {host} [::1]" in render_report(report).splitlines()
+
+
+async def test_dead_addresses_get_one_session_and_skipped_checks(world: World) -> None:
+    """A silent listener (accepts, never answers) and a closed port: one session each, reported once
+    (no_tls), and the later checks (plain MAIL FROM, the three must-refuse sessions) skipped, visibly,
+    neither passed nor failed. Before, each dead address got 5 sessions (5 x timeout when hung)."""
+    import asyncio
+
+    from probes.domain import DomainSettings, probe_domain, render_report
+
+    accepted: list[int] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        held.append(writer)
+        await reader.read()  # never a byte back; until the client gives up
+
+    (port,) = free_ports(1)
+    server = await asyncio.start_server(silent, SILENT_ADDR, port)
+    try:
+        settings = DomainSettings(
+            domain=f"dead.{DOMAIN}",
+            dns=world.dns,
+            mx=MXCheckSettings(
+                port=port,
+                timeout=1.0,  # short: the hung address costs one of these
+                source_address=SOURCE,
+                helo_name="canary.example.net",
+                check_plain_mail_from=True,
+            ),
+            must_refuse=True,
+            check_mta_sts=False,
+            timeout=3.0,
+        )
+        rec = Recorder(transcript=[])
+        report = await probe_domain(settings, rec)
+    finally:
+        server.close()
+        for w in held:
+            w.close()
+        await server.wait_closed()
+    assert accepted == [1]  # one session to the hung address, not five
+    assert [(a.report.mx, a.report.address) for a in report.addresses] == [
+        (f"silent.{DOMAIN}", SILENT_ADDR),
+        (f"closed.{DOMAIN}", CLOSED_ADDR),
+    ]
+    every = ("mail_from_before_tls", "open_relay", "auth_before_tls", "own_domain_sender")
+    for a in report.addresses:
+        assert a.report.no_answer and a.report.tls is None
+        assert a.refusals == [] and a.report.plain_mail_from_code is None
+        assert a.skipped == dict.fromkeys(every, "no_answer")
+    assert report.problems == [
+        f"silent.{DOMAIN}/{SILENT_ADDR}: no_tls",
+        f"closed.{DOMAIN}/{CLOSED_ADDR}: no_tls",
+    ]
+    text = render_report(report).splitlines()
+    assert "    must refuse open_relay: skipped (the address did not answer)" in text
+    assert sum("skipped" in line for line in text) == 8
+    facts = fact_samples(report)
+    for addr, mx in ((SILENT_ADDR, f"silent.{DOMAIN}"), (CLOSED_ADDR, f"closed.{DOMAIN}")):
+        where = {"probe": "dom", "domain": f"dead.{DOMAIN}", "mx": mx, "address": addr}
+        for check in every:
+            labels = frozenset({**where, "check": check, "reason": "no_answer"}.items())
+            assert facts[("mailcanary_domain_must_refuse_skipped", labels)] == 1
+        assert not [
+            k for k in facts if k[0] == "mailcanary_domain_must_refuse_success" and ("address", addr) in k[1]
+        ]
+
+
+async def test_dnssec_line_finding_and_metric_agree(world: World) -> None:
+    """A secure MX answer naming one host in an insecure zone: the text line, the finding and
+    mailcanary_domain_mx_dnssec_valid all say insecure (before, the line and finding said secure)."""
+    from probes.domain import DomainSettings, probe_domain, render_report
+
+    settings = DomainSettings(
+        domain=f"mixed.{DOMAIN}",
+        dns=world.dns,
+        mx=world.settings(check_legacy=False),
+        check_mta_sts=False,
+        check_dane=False,
+        timeout=5.0,
+    )
+    report = await probe_domain(settings, Recorder())
+    res = report.resolution
+    assert res is not None and (res.dnssec, resolution_dnssec(res)) == ("secure", "insecure")
+    assert "mx_dnssec_insecure" in report.problems
+    line = f"  MX: {MX1}, insecure-mx.dnsbl.test  dnssec insecure (insecure-mx.dnsbl.test addresses insecure)"
+    assert line in render_report(report).splitlines()
+    d = frozenset({"probe": "dom", "domain": f"mixed.{DOMAIN}"}.items())
+    assert fact_samples(report)[("mailcanary_domain_mx_dnssec_valid", d)] == 0
+
+
+async def test_concurrent_ocsp_requests_are_merged_and_sent_from_the_source(
+    world: World, responder: Responder
+) -> None:
+    """Three addresses presenting one certificate ask at once: one request (single flight per cache key),
+    sent from the configured source address of its family."""
+    import asyncio
+
+    leaf = ocsp_leaf(world, f"shared.{DOMAIN}")
+    responder.issued[leaf.cert.serial_number] = leaf.cert
+    responder.table[leaf.cert.serial_number] = "good"
+    cache = OCSPCache()
+    results = await asyncio.gather(
+        *(
+            ocsp_status(leaf.der, world.inter.der, cache=cache, timeout=5, source=("::1", SOURCE))
+            for _ in range(3)
+        )
+    )
+    assert [r.status for r in results] == ["good"] * 3
+    assert responder.asked == [leaf.cert.serial_number]
+    assert responder.peers == [SOURCE]
+    assert cache.merged == 2
+
+
+async def test_mta_sts_policy_is_fetched_from_the_source_address(world: World, https: int) -> None:
+    """The domain check's source_address is used for the policy fetch too (docs: connect from it)."""
+    from probes.domain import DomainSettings, probe_domain
+
+    POLICY_PEERS.clear()
+    settings = DomainSettings(
+        domain=DOMAIN,
+        dns=world.dns,
+        mx=world.settings(check_legacy=False),
+        mta_sts_port=https,
+        mta_sts_ca_file=str(world.variants.ca_file),
+        check_dane=False,
+        timeout=5.0,
+    )
+    report = await probe_domain(settings, Recorder())
+    assert report.sts_policy is not None and report.sts_policy.error is None
+    assert POLICY_PEERS == [SOURCE]
+    # an IPv6-only source: the IPv4 policy server is reached from the default source, not refused
+    POLICY_PEERS.clear()
+    client = ssl.create_default_context(cafile=str(world.variants.ca_file))
+    fetch = await mtasts.fetch_policy(DOMAIN, world.dns, ssl_context=client, port=https, source=("::1",))
+    assert fetch.error is None and POLICY_PEERS == ["127.0.0.1"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.config import ConfigError, parse_config
@@ -126,3 +128,62 @@ domain_checks:
     assert BY_NAME["domain"].endpoints(cfg.domain_checks[0]) == set()
     fams = BY_NAME["domain"].families({}, [])
     assert fams[0].name == "mailcanary_domain_check_success" and all(not f.samples for f in fams)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("nope", "'nope' is not an IP address"),
+        ("[127.0.0.2, nope]", "entry 1, 'nope', is not an IP address"),
+        ("[127.0.0.2, 127.0.0.3]", "at most one IPv4 and one IPv6 address"),
+        ("['::1', '2001:db8::1']", "at most one IPv4 and one IPv6 address"),
+        ("[]", "an empty list; leave the key out for the default source"),
+        ("5", "must be an IP address or a list of one IPv4 and one IPv6 address"),
+    ],
+)
+def test_source_address_errors(value: str, problem: str) -> None:
+    """issue 19: one address, or one per family; anything else is one line naming the key."""
+    text = f"domain_checks:\n  - {{name: ex, domain: example.com, source_address: {value}}}\n"
+    assert problems(text) == [f"{F}: domain_checks[0].source_address: {problem}"]
+
+
+@pytest.mark.parametrize(
+    ("value", "sources", "said"),
+    [
+        ("127.0.0.2", ("127.0.0.2",), "IPv4 from 127.0.0.2, IPv6 from the default source"),
+        ("'::1'", ("::1",), "IPv4 from the default source, IPv6 from ::1"),
+        ("['::1', 127.0.0.2]", ("::1", "127.0.0.2"), "IPv4 from 127.0.0.2, IPv6 from ::1"),
+    ],
+)
+def test_source_address_per_family_and_what_check_config_says(
+    value: str, sources: tuple[str, ...], said: str
+) -> None:
+    """issue 19: the single key still works; a list gives one source per family; check-config says which
+    source each family will use (an IPv6 MX is never 'unreachable' for want of an IPv6 source)."""
+    text = f"domain_checks:\n  - {{name: ex, domain: example.com, source_address: {value}}}\n"
+    loaded = parse_config(text, F)
+    assert domain_settings(loaded.config.domain_checks[0]).mx.source_address == sources
+    assert loaded.notes == [
+        f"{F}: domain_checks[0].source_address: MX addresses (and the MTA-STS, OCSP and CRL servers) are "
+        f"connected {said}"
+    ]
+    assert parse_config("domain_checks:\n  - {name: ex, domain: example.com}\n", F).notes == []
+
+
+def test_check_config_prints_the_source_notes(tmp_path: Path) -> None:
+    import argparse
+    import io
+
+    from exporter.cli import _check
+
+    cfg = tmp_path / "mc.yml"
+    cfg.write_text(
+        f"global: {{state_dir: {tmp_path}}}\n"
+        "domain_checks:\n  - {name: ex, domain: example.com, source_address: 127.0.0.2}\n"
+    )
+    out = io.StringIO()
+    assert _check(argparse.Namespace(config=str(cfg)), out) == 0
+    assert (
+        f"note: {cfg}: domain_checks[0].source_address: MX addresses (and the MTA-STS, OCSP and CRL servers) "
+        "are connected IPv4 from 127.0.0.2, IPv6 from the default source"
+    ) in out.getvalue().splitlines()
