@@ -168,11 +168,9 @@ async def test_short_lived_token_is_reused_over_a_simulated_window() -> None:
     every 15 s, and every token handed out has at least 5 s of life left. Simulated clock, no sleeps."""
     issued: list[float] = []
     now = [5000.0]
-    gate = asyncio.Event()
 
     async def token(request: web.Request) -> web.Response:
         issued.append(now[0])
-        await gate.wait()  # both logins of a run are waiting now: they must share this request
         return web.json_response({"access_token": f"at-{len(issued)}", "expires_in": 20})
 
     runner, url = await _serve(token)
@@ -181,15 +179,8 @@ async def test_short_lived_token_is_reused_over_a_simulated_window() -> None:
         handed: list[tuple[float, str]] = []
         for run in range(10):
             now[0] = 5000.0 + 5 * run
-            gate.clear()
-            logins = [asyncio.create_task(src.token()) for _ in ("smtp", "imap")]
-            await asyncio.sleep(0)
-            for _ in range(50):  # let a request reach the endpoint, if one is made
-                if len(issued) and issued[-1] == now[0] or all(t.done() for t in logins):
-                    break
-                await asyncio.sleep(0.01)
-            gate.set()
-            for got in await asyncio.gather(*logins):
+            # both logins start together; the second one waits while the first one's request is out
+            for got in await asyncio.gather(src.token(), src.token()):
                 handed.append((now[0], got))
         assert [t - 5000.0 for t in issued] == [0, 15, 30, 45]  # was 20: one per login
         for at, got in handed:
@@ -204,19 +195,19 @@ async def test_concurrent_logins_share_one_request(lifetime: int) -> None:
     """Logins waiting while a request is in flight take its token, even one too short-lived to be
     reused later (3 s): one request, not one each."""
     seen: list[int] = []
-    gate = asyncio.Event()
+    arrived, gate = asyncio.Event(), asyncio.Event()
 
     async def token(request: web.Request) -> web.Response:
         seen.append(1)
-        await gate.wait()
+        arrived.set()
+        await gate.wait()  # every login is waiting now
         return web.json_response({"access_token": f"at-{len(seen)}", "expires_in": lifetime})
 
     runner, url = await _serve(token)
     try:
         src = GrantToken(url, "cid", "s", None, clock=lambda: 100.0)
         logins = [asyncio.create_task(src.token()) for _ in range(5)]
-        while not seen:
-            await asyncio.sleep(0.01)
+        await arrived.wait()
         gate.set()
         assert await asyncio.gather(*logins) == ["at-1"] * 5
         assert len(seen) == 1

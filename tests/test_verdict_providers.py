@@ -3,6 +3,8 @@ Fastmail. Each fixture keeps a published header block's structure and quirks exa
 trailing ";", comments, field order); only addresses (example.com / example.net), IPs (documentation
 ranges) and signature fragments are replaced. The source of each is named above it."""
 
+# ruff: noqa: E501  (the published fields keep their long lines: folding is part of what is tested)
+
 from __future__ import annotations
 
 import pytest
@@ -373,7 +375,18 @@ def test_verdict_is_total_with_the_preset(value: str, with_id: bool) -> None:
     arc = b"ARC-Authentication-Results: i=1; mx.microsoft.com 1; " + clean.encode("utf-8", "replace")
     v = verdict_of(arc + b"\r\n" + line + b"\r\n\r\n", TrustedIds(["mx.example.net"], "microsoft365"), True)
     assert set(v.auth) >= {"spf", "dkim", "dmarc"}
-    labels = {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy", "other", "missing"}
+    labels = {
+        "pass",
+        "fail",
+        "softfail",
+        "neutral",
+        "none",
+        "temperror",
+        "permerror",
+        "policy",
+        "other",
+        "missing",
+    }
     assert set(v.auth.values()) <= labels
 
 
@@ -394,7 +407,9 @@ roundtrip:
 
 
 def test_preset_and_wildcard_reach_the_probe_settings() -> None:
-    extra = "      verdict_preset: microsoft365\n      trusted_authserv_ids: ['*.Example.net', mx.example.com]\n"
+    extra = (
+        "      verdict_preset: microsoft365\n      trusted_authserv_ids: ['*.Example.net', mx.example.com]\n"
+    )
     loaded = parse_config(CONFIG.format(extra=extra), "/etc/mailcanary/t.yml", {"PW": "x"})
     trusted = roundtrip_settings(loaded, loaded.config.roundtrip[0], b"k" * 32).trusted_authserv_ids
     assert isinstance(trusted, TrustedIds) and trusted.preset == "microsoft365"
@@ -407,7 +422,10 @@ def test_preset_and_wildcard_reach_the_probe_settings() -> None:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ("      verdict_preset: office365\n", "roundtrip[0].receive.verdict_preset: must be 'none' or 'microsoft365'"),
+        (
+            "      verdict_preset: office365\n",
+            "roundtrip[0].receive.verdict_preset: must be 'none' or 'microsoft365'",
+        ),
         (
             "      trusted_authserv_ids: [mx.example.com, '*.com']\n",
             "roundtrip[0].receive.trusted_authserv_ids: entry 1, '*.com', is not an authserv-id",
