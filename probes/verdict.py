@@ -55,14 +55,13 @@ ALIASES: Final[dict[str, str]] = {
     # Microsoft 365: the From domain publishes no DMARC record, one would have passed. DMARC's own word
     # for "no policy published" is none (RFC 7489 §11.2); it is not a DMARC pass.
     "bestguesspass": "none",
-    "hardfail": "fail",  # RFC 5451's old name for SPF fail (RFC 7601 §2.7.2)
+    "hardfail": "fail",  # SPF fail by its RFC 5451 name, since deprecated
 }
 ENGINES: Final[tuple[str, ...]] = ("spamassassin", "rspamd", "microsoft")
 MAX_FIELDS: Final = 20  # Authentication-Results fields read at most (and as many ARC ones)
 MAX_FIELD_CHARS: Final = 4000
 Engine = Literal["spamassassin", "rspamd", "microsoft"]
 Preset = Literal["none", "microsoft365"]
-PRESETS: Final[tuple[str, ...]] = ("none", "microsoft365")
 MICROSOFT_ARC_ID: Final = "mx.microsoft.com"
 MICROSOFT365: Final = "microsoft365 (no authserv-id)"  # the authserv_id shown for Microsoft's id-less field
 
@@ -128,10 +127,10 @@ def authentication(
     """(method -> result, authserv-id used, fields ignored) from the trusted fields of ``head``.
 
     authserv-ids compare case-insensitively (they are domain names); ``*.example.com`` trusts every id
-    ending in ``.example.com``. Per method, the nearest trusted
-    field reporting it decides, read together with every other field of its authserv-id; a method
-    reported several times there counts as ``pass`` only if every report is ``pass`` (two DKIM
-    signatures, one broken, is not a clean pass: the first result that is not a pass is kept)."""
+    ending in ``.example.com``. Per method, the nearest trusted field reporting it decides, read
+    together with every other field of its authserv-id; a method reported several times there counts
+    as ``pass`` only if every report is ``pass`` (two DKIM signatures, one broken, is not a clean pass:
+    the first result that is not a pass is kept)."""
     trusted = frozenset(t.casefold() for t in trusted)
     ordered = _ordered(head, ("authentication-results", "arc-authentication-results"))
     fields: list[_Field] = []  # trusted, nearest first

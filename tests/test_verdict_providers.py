@@ -130,8 +130,9 @@ Authentication-Results: spf=none (sender IP is 192.0.2.1) smtp.mailfrom=example.
 From: <alice@example.net>
 """
 
-# A relay on Microsoft 365 (a public kernel list archive, 2026): ARC results with bestguesspass
-# (i=1; mx.microsoft.com 1), stamped on receipt above Microsoft's own field.
+# A message that passed Exchange Online (a public kernel list archive, 2026): its ARC results with
+# bestguesspass (i=1; mx.microsoft.com 1), and below them Microsoft's stamp of the same message (there
+# kept as X-MS-Exchange-Authentication-Results), here as the receive side's Authentication-Results.
 M365_ARC_BESTGUESS = """\
 ARC-Authentication-Results: i=1; mx.microsoft.com 1; spf=pass (sender ip is
  192.0.2.198) smtp.rcpttodomain=example.net smtp.mailfrom=example.com;
