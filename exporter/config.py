@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -33,6 +34,7 @@ from probes.canary import PROBE_NAME_RE
 from probes.oauth import FileToken, GrantToken, TokenSource
 from probes.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
+from probes.verdict import Preset
 
 from .durations import parse_duration
 
@@ -199,6 +201,9 @@ class SyncConfig(Model):
         return self
 
 
+_AUTHSERV_ID_RE = r"(?:\*\.[A-Za-z0-9-]{1,63}\.[A-Za-z0-9.-]{1,250}|[A-Za-z0-9._-]{1,253})"
+
+
 class ReceiveConfig(EndpointConfig):
     protocol: Literal["imap", "pop3"]
     mailbox: str = "INBOX"  # IMAP only
@@ -213,9 +218,12 @@ class ReceiveConfig(EndpointConfig):
     placement_max_folders: int = Field(default=20, ge=1, le=MAX_OTHER_FOLDERS)
     # Verdict: Authentication-Results fields are believed only from these authserv-ids (RFC 8601 §5:
     # the receiving side's own border servers); none given, no authentication verdict is exported.
-    trusted_authserv_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,253}$")]] = Field(
-        default_factory=list, max_length=20
-    )
+    # "*.example.com": every id ending in .example.com (providers that stamp each MX host's name).
+    trusted_authserv_ids: list[
+        Annotated[str, WithJsonSchema({"type": "string", "pattern": f"^{_AUTHSERV_ID_RE}$"})]
+    ] = Field(default_factory=list, max_length=20)
+    # Verdict from a receive side that breaks RFC 8601: microsoft365 trusts Microsoft's id-less field.
+    verdict_preset: Preset = "none"
     # Read spam scores (SpamAssassin, rspamd, Microsoft) from the received canary's headers, topmost.
     spam_headers: bool = True
     quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
@@ -227,6 +235,17 @@ class ReceiveConfig(EndpointConfig):
     max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_message_bytes: int = Field(default=1024 * 1024, ge=4096, le=256 * 1024 * 1024)
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _authserv_ids(cls, ids: list[str]) -> list[str]:
+        for i, item in enumerate(ids):
+            if not re.fullmatch(_AUTHSERV_ID_RE, item):
+                raise ValueError(
+                    f"entry {i}, {item!r}, is not an authserv-id (a host name such as mx.example.com, "
+                    "or *.example.com for every name under a domain of at least two labels)"
+                )
+        return ids
 
     @property
     def gap_factor(self) -> float:

@@ -28,8 +28,10 @@ from .recorder import Recorder
 
 MAX_TOKEN_BYTES = 16 * 1024  # a JWT access token is 1-4 KiB; a file or reply bigger than this is wrong
 MAX_RESPONSE_BYTES = 64 * 1024
-REFRESH_MARGIN = 60.0  # refresh this long before the advertised expiry
-DEFAULT_LIFETIME = 300.0  # a reply without expires_in: assume 5 minutes, refresh then
+REUSE_FRACTION = 0.8  # a token is reused for this share of its lifetime, then fetched again
+MIN_AHEAD = 5.0  # ... and refreshed at least this long before it expires
+DEFAULT_LIFETIME = 300.0  # a reply without expires_in: assume 5 minutes
+MAX_LIFETIME = 86400.0  # an expires_in beyond a day (or not a number) is not believed
 
 Mechanism = Literal["XOAUTH2", "OAUTHBEARER"]
 MECHANISMS: tuple[Mechanism, ...] = ("OAUTHBEARER", "XOAUTH2")  # preference: the standard one first
@@ -126,8 +128,11 @@ class FileToken:
 
 @dataclass
 class GrantToken:
-    """An access token from a token endpoint (RFC 6749 §4.4 client credentials, §6 refresh token),
-    cached until ``margin`` seconds before its expiry; one request at a time."""
+    """An access token from a token endpoint (RFC 6749 §4.4 client credentials, §6 refresh token).
+
+    Reused until :func:`reuse_window` of its lifetime has passed, then fetched again ahead of expiry.
+    One request at a time: logins that wait for it while it is in flight take the token it brings (even
+    one too short-lived to be reused later), so concurrent logins never make a request each."""
 
     token_url: str
     client_id: str
@@ -135,11 +140,12 @@ class GrantToken:
     refresh_token: str | None = field(default=None, repr=False)  # None: client-credentials grant
     scopes: Sequence[str] = ()
     timeout: float = 10.0
-    margin: float = REFRESH_MARGIN
     clock: Callable[[], float] = time.monotonic
     on_secret: Callable[[str], None] | None = None  # told of every new token / rotated refresh token
     _token: str = field(default="", init=False, repr=False)
-    _expires: float = field(default=0.0, init=False, repr=False)
+    _refresh_at: float = field(default=0.0, init=False, repr=False)  # reused until then
+    _expires_at: float = field(default=0.0, init=False, repr=False)  # the endpoint's own expiry
+    _fetches: int = field(default=0, init=False, repr=False)
     _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
 
     @property
@@ -147,16 +153,20 @@ class GrantToken:
         return "refresh_token" if self.refresh_token is not None else "client_credentials"
 
     def invalidate(self) -> None:
-        self._expires = 0.0
+        self._refresh_at = self._expires_at = 0.0
 
     async def token(self) -> str:
-        if self._token and self.clock() < self._expires:
+        if self._token and self.clock() < self._refresh_at:
             return self._token
         if self._lock is None:
             self._lock = asyncio.Lock()
+        fetches = self._fetches
         async with self._lock:
-            if self._token and self.clock() < self._expires:
-                return self._token  # another run refreshed it meanwhile
+            now = self.clock()
+            if self._token and now < self._refresh_at:
+                return self._token  # another login refreshed it meanwhile
+            if self._token and self._fetches != fetches and now < self._expires_at:
+                return self._token  # fetched while we waited for it: that request was ours too
             await self._fetch()
         return self._token
 
@@ -183,6 +193,9 @@ class GrantToken:
             seconds = float(lifetime) if isinstance(lifetime, int | float | str) else DEFAULT_LIFETIME
         except ValueError:
             seconds = DEFAULT_LIFETIME
+        if seconds != seconds or seconds > MAX_LIFETIME:  # NaN, inf, absurd
+            seconds = DEFAULT_LIFETIME
+        seconds = max(0.0, seconds)
         if self.on_secret is not None:
             self.on_secret(token)
         rotated = data.get("refresh_token")
@@ -191,8 +204,9 @@ class GrantToken:
                 self.on_secret(rotated)
             self.refresh_token = rotated  # providers may rotate it (Microsoft does)
         self._token = token
-        # Refresh ahead: at the latest `margin` before expiry, and never later than 80 % of the lifetime.
-        self._expires = started + max(0.0, min(seconds - self.margin, seconds * 0.8))
+        self._refresh_at = started + reuse_window(seconds)
+        self._expires_at = started + seconds
+        self._fetches += 1
 
     async def _post(self, form: dict[str, str]) -> tuple[int, dict[str, object]]:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
@@ -221,6 +235,13 @@ class GrantToken:
         if not isinstance(data, dict):
             raise OAuthError(f"token endpoint {self.token_url}: HTTP {status}, reply is not a JSON object")
         return status, data
+
+
+def reuse_window(lifetime: float) -> float:
+    """Seconds a token living ``lifetime`` seconds is reused: 80 % of its life, and at least
+    :data:`MIN_AHEAD` before it expires (a 1-hour token 48 minutes, a 20 s token 15 s, one of 5 s or
+    less not at all). Counted from when it was requested, so the request's own time is inside."""
+    return max(0.0, min(lifetime * REUSE_FRACTION, lifetime - MIN_AHEAD))
 
 
 async def initial_response(

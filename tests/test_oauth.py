@@ -21,6 +21,7 @@ from probes.oauth import (
     OAuthError,
     choose_mechanism,
     error_of_challenge,
+    reuse_window,
     sasl_initial,
     secret_forms,
 )
@@ -140,7 +141,7 @@ async def test_grant_caches_refreshes_ahead_and_follows_rotation() -> None:
             "refresh_token": "rt-1",
             "scope": "s1 s2",
         }
-        now[0] += 2800  # cached: before 80 % of the lifetime (and more than 60 s before expiry)
+        now[0] += 2800  # cached: before 80 % of the lifetime
         assert await src.token() == "at-1" and len(seen) == 1
         now[0] += 100  # past 80 % of the lifetime: refreshed ahead of expiry, with the rotated refresh token
         assert await src.token() == "at-2"
@@ -148,6 +149,70 @@ async def test_grant_caches_refreshes_ahead_and_follows_rotation() -> None:
         assert told == ["at-1", "rt-2", "at-2", "rt-3"]
         src.invalidate()  # a server refused it
         assert await src.token() == "at-3"
+    finally:
+        await runner.cleanup()
+
+
+def test_reuse_window_is_a_fraction_of_every_lifetime() -> None:
+    assert reuse_window(3600) == 2880  # 80 %
+    assert reuse_window(300) == 240
+    assert reuse_window(100) == 80  # was 40 (60 s before expiry)
+    assert reuse_window(20) == 15  # was 0: a request per login; now refreshed 5 s ahead of expiry
+    assert reuse_window(60) == 48  # was 0
+    assert reuse_window(5) == 0 and reuse_window(0) == 0 and reuse_window(-3) == 0
+
+
+async def test_short_lived_token_is_reused_over_a_simulated_window() -> None:
+    """Issue 19: a 20 s token was never reused (a request per login). A run every 5 s for 50 s, SMTP and
+    IMAP logging in at once each run (one source, as both sides of a probe share it): a token request
+    every 15 s, and every token handed out has at least 5 s of life left. Simulated clock, no sleeps."""
+    issued: list[float] = []
+    now = [5000.0]
+
+    async def token(request: web.Request) -> web.Response:
+        issued.append(now[0])
+        return web.json_response({"access_token": f"at-{len(issued)}", "expires_in": 20})
+
+    runner, url = await _serve(token)
+    try:
+        src = GrantToken(url, "cid", "s", None, clock=lambda: now[0])
+        handed: list[tuple[float, str]] = []
+        for run in range(10):
+            now[0] = 5000.0 + 5 * run
+            # both logins start together; the second one waits while the first one's request is out
+            for got in await asyncio.gather(src.token(), src.token()):
+                handed.append((now[0], got))
+        assert [t - 5000.0 for t in issued] == [0, 15, 30, 45]  # was 20: one per login
+        for at, got in handed:
+            fetched = issued[int(got.split("-")[1]) - 1]
+            assert at - fetched <= 20 - 5, (at, got)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("lifetime", [3600, 20, 3])
+async def test_concurrent_logins_share_one_request(lifetime: int) -> None:
+    """Logins waiting while a request is in flight take its token, even one too short-lived to be
+    reused later (3 s): one request, not one each."""
+    seen: list[int] = []
+    arrived, gate = asyncio.Event(), asyncio.Event()
+
+    async def token(request: web.Request) -> web.Response:
+        seen.append(1)
+        arrived.set()
+        await gate.wait()  # every login is waiting now
+        return web.json_response({"access_token": f"at-{len(seen)}", "expires_in": lifetime})
+
+    runner, url = await _serve(token)
+    try:
+        src = GrantToken(url, "cid", "s", None, clock=lambda: 100.0)
+        logins = [asyncio.create_task(src.token()) for _ in range(5)]
+        await arrived.wait()
+        gate.set()
+        assert await asyncio.gather(*logins) == ["at-1"] * 5
+        assert len(seen) == 1
+        src.invalidate()  # the server refused it: the next login fetches anew
+        assert await src.token() == "at-2"
     finally:
         await runner.cleanup()
 
