@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from . import canary
 from ._framing import ReadLimits
-from ._net import Credentials, Endpoint
+from ._net import CLOSE_TIMEOUT, Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
 from .dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
@@ -550,8 +550,15 @@ class _IMAPReceiver(_Receiver):
     async def close(self) -> None:
         task = self.device_seen
         if task is not None and not task.done():
-            task.cancel()  # not awaited: that could swallow a cancellation of this very run
-        elif task is not None and not task.cancelled():
+            # Cancelled and waited for (asyncio.wait never swallows a cancellation of this very run):
+            # its IDLE reader must be gone before the second session is closed, or LOGOUT would read the
+            # stream beside it (issue 19: "readuntil() called while another coroutine is already
+            # waiting"). A look that will not unwind in time has its session dropped instead.
+            task.cancel()
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+            if not task.done() and self.device is not None:
+                self.device.abort()
+        if task is not None and task.done() and not task.cancelled():
             task.exception()  # retrieved: a failure of the second session is not "never awaited"
         try:
             if self.device is not None:
