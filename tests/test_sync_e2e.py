@@ -64,6 +64,7 @@ def test_second_session_sees_the_flag_and_both_times_are_exported(
     assert values == {
         "mailcanary_roundtrip_sync_seconds": result.sync_seconds,
         "mailcanary_roundtrip_sync_arrival_seconds": result.sync_arrival,
+        "mailcanary_roundtrip_sync_skipped": 0.0,  # the check ran: skipped for no reason (junk, other)
     }
     # The user's message is untouched (no flag, still there) and the canary is gone.
     remaining = mailstack.messages(mailbox)
@@ -140,7 +141,9 @@ def test_a_canary_that_never_arrives_with_the_sync_check_is_a_timeout_not_intern
     The canary goes to another mailbox here, so it never arrives in the watched one; each run ends
     ``timeout``, whatever the second session was doing when the deadline fell."""
     watched, elsewhere = fresh_mailbox(), fresh_mailbox()
-    probe = roundtrip(mailstack, tmp_path, "sn", watched, protocol="imap", receive_tls="implicit", timeout="1.2s")
+    probe = roundtrip(
+        mailstack, tmp_path, "sn", watched, protocol="imap", receive_tls="implicit", timeout="1.2s"
+    )
     probe["recipient"] = elsewhere
     probe["receive"]["sync"] = {"timeout": "5s"}
     store = ResultStore()
