@@ -319,6 +319,7 @@ class Mailboxes:
     folders: dict[str, Store] = field(default_factory=lambda: {f: Store() for f in COURIER_FOLDERS})
     commands: int = 0
     idles: int = 0
+    on_idle: Callable[[int], None] | None = None  # called with the IDLE count at each IDLE
 
 
 def _fetch_body(store: Store, rest: bytes) -> bytes:
@@ -385,6 +386,8 @@ def courier_imap_handler(boxes: Mailboxes, namespace: bytes = COURIER_NAMESPACE)
                     out = b"* %d EXISTS\r\n" % len(selected.messages)
                 elif verb == b"IDLE":
                     boxes.idles += 1
+                    if boxes.on_idle is not None:
+                        boxes.on_idle(boxes.idles)
                     writer.write(b"+ entering idle mode\r\n")
                     await writer.drain()
                     await reader.readline()  # DONE; nothing is ever pushed meanwhile (no FAM)
