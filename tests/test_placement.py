@@ -364,3 +364,30 @@ def test_sync_check_skipped_in_junk_is_visible(mailstack: MailStack, tmp_path: P
     assert 'mailcanary_roundtrip_sync_skipped{probe="junksync",reason="junk"} 1.0' in text
     assert 'mailcanary_roundtrip_sync_skipped{probe="junksync",reason="other"} 0.0' in text
     assert _junk_files(mailstack, address) == []
+
+
+_names = st.sampled_from(
+    ["INBOX", "Junk", "Spam", "INBOX.Junk", "INBOX/Spam", "a/b/Junk", "Bulk Mail", "x&AOk-"]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _names, st.sampled_from([None, "/", "."]), st.sets(st.sampled_from(["\\junk", "\\noselect"]))
+        ),
+        max_size=8,
+    ),
+    st.lists(st.sampled_from(["Junk", "spam", "Bulk Mail", "[Gmail]/Spam", "xé"]), max_size=4),
+)
+def test_choose_junk_is_a_listed_selectable_folder_never_the_inbox(
+    boxes: list[tuple[str, str | None, set[str]]], wanted: list[str]
+) -> None:
+    listing = [ListedMailbox(n, frozenset(f), d) for n, d, f in boxes]
+    spaces = [Namespace("INBOX.", "."), Namespace("INBOX/", "/")]
+    chosen = choose_junk(listing, wanted, "INBOX", spaces)
+    if chosen is not None:
+        assert chosen.upper() != "INBOX"
+        assert any(b.name == chosen and b.selectable for b in listing)
+    # Deterministic: the same listing gives the same answer.
+    assert choose_junk(listing, wanted, "INBOX", spaces) == chosen
