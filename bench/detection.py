@@ -8,7 +8,10 @@ per second while a canary is in flight, measured on the stack's slow mailbox (de
 ``--slow-delay``): with immediate delivery a round is over after one or two looks, so a per-second
 rate over a 50 ms wait says nothing about the load a probe puts on a server.
 
-    python -m bench.detection [--rounds 30] [--slow-delay 3] [--json out.json]
+    python -m bench.detection [--rounds 30] [--slow-delay 3] [--json out.json] [--silent-idle-only]
+
+Then the same in flight against a server whose IDLE never pushes (Courier without FAM, Cyrus without
+idled; an in-process fake with a known landing time), with IDLE and without.
 
 A benchmark, not a test: it prints figures and ratios; nothing is asserted. Machines are shared and
 noisy, so compare strategies within one run rather than across runs.
@@ -20,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import threading
 import time
@@ -38,7 +42,9 @@ from probes.roundtrip import (
     probe_roundtrip,
 )
 from probes.smtp import SMTPSettings
+from tests.faultservers import NO_FAULT, Mailboxes, Store, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack, make_root
+from tests.test_fault_matrix import _settings as fault_settings
 
 KEY = b"bench-detection-key-0123456789ab"
 
@@ -174,15 +180,90 @@ async def bench(
     return report
 
 
+class LateStore(Store):
+    """The fake server's folder, delivering each accepted message ``delay`` seconds later (the loop's
+    clock): the landing time is ground truth, not a watcher's estimate."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.landed: list[float] = []
+
+    def add(self, raw: bytes) -> int:
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.delay, self._land, raw)
+        return 0
+
+    def _land(self, raw: bytes) -> None:
+        self.landed.append(time.monotonic())
+        super().add(raw)
+
+
+async def bench_silent_idle(rounds: int, delay: float) -> dict[str, dict[str, float]]:
+    """A server that accepts IDLE and never pushes (Courier without FAM, Cyrus without idled; here the
+    Courier-like fault server of tests/faultservers.py), the canary landing ``delay`` s after DATA: what
+    detection then rests on (each IDLE ends at the poll gap, a NOOP and SEARCH follow), its delay over
+    the landing time, and the commands per second the probe sends meanwhile (all sessions)."""
+    report: dict[str, dict[str, float]] = {}
+    for label, idle in (("silent IDLE, default", True), ("no IDLE (idle: false), default", False)):
+        over: list[float] = []
+        rates: list[float] = []
+        idles_per_s: list[float] = []
+        commands: list[int] = []
+        deliveries: list[float] = []
+        rng = random.Random(19)  # the landing falls anywhere in a poll gap, the same draws for both
+        for _ in range(rounds):
+            boxes = Mailboxes()
+            inbox = LateStore(delay + rng.uniform(0, DEFAULT_POLL_MAX["imap"]))
+            boxes.folders["INBOX"] = inbox
+            async with (
+                serving(smtp_handler(inbox, NO_FAULT)) as sp,
+                serving(courier_imap_handler(boxes)) as ip,
+            ):
+                settings = fault_settings("bench-silent", sp, ip, None)
+                assert isinstance(settings.receiver, IMAPSettings)
+                shipped = PollSchedule(factor=DEFAULT_POLL_FACTOR["imap"], maximum=DEFAULT_POLL_MAX["imap"])
+                settings = replace(settings, receiver=replace(settings.receiver, use_idle=idle), poll=shipped)
+                rec = Recorder()
+                result = await asyncio.wait_for(probe_roundtrip(settings, rec), 60)
+            seen_at = float(rec.facts["seen_at"])
+            accepted = float(rec.facts["accepted_at"])
+            over.append((seen_at - inbox.landed[0]) * 1000)
+            commands.append(int(rec.facts["wait_commands"]))
+            deliveries.append(result.delivery_seconds * 1000)
+            rates.append(commands[-1] / result.delivery_seconds)
+            idles_per_s.append(boxes.idles / (seen_at - accepted))
+        report[f"{label} ({delay:g}s in flight)"] = {
+            "rounds": len(over),
+            "overhead_p50_ms": statistics.median(over),
+            "overhead_p99_ms": pct(over, 0.99),
+            "overhead_max_ms": max(over),
+            "delivery_p50_ms": statistics.median(deliveries),
+            "commands_per_round": statistics.mean(commands),
+            "commands_per_s_in_flight": statistics.mean(rates),
+            "idles_per_s": statistics.mean(idles_per_s),
+        }
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--slow-delay", type=float, default=3.0)
     ap.add_argument("--slow-rounds", type=int, default=10, help="rounds with the canary in flight")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument(
+        "--silent-idle-only",
+        action="store_true",
+        help="only the fake server whose IDLE never pushes (no mail stack, no root needed)",
+    )
     args = ap.parse_args()
-    with MailStack(make_root()) as stack:
-        report = asyncio.run(bench(stack, args.rounds, args.slow_delay, args.slow_rounds))
+    if args.silent_idle_only:
+        report = asyncio.run(bench_silent_idle(args.slow_rounds, args.slow_delay))
+    else:
+        with MailStack(make_root()) as stack:
+            report = asyncio.run(bench(stack, args.rounds, args.slow_delay, args.slow_rounds))
+        report.update(asyncio.run(bench_silent_idle(args.slow_rounds, args.slow_delay)))
     if args.json:  # first: figures must not be lost to a printing slip
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     width = max(len(k) for k in report)

@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 from probes._quota import QUOTA_ERRORS
 from probes.dnsbl import STATUSES as DNSBL_STATUSES
 from probes.placement import PLACEMENTS
+from probes.roundtrip import SYNC_SKIP_REASONS
 
 from .buildinfo import build_info
 from .domainmetrics import hygiene_families
@@ -293,6 +294,17 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "Sync check, last successful run: delivery latency as the second IMAP session saw it (first "
         "seen there minus DATA accepted).",
     )
+    sync_skipped = gauge(
+        "mailcanary_roundtrip_sync_skipped",
+        "Sync check, last delivered run: 1 for why it did not run (the canary was found in junk or another "
+        "folder, not the inbox the second session watches), 0 else; all 0 when it ran.",
+        "reason",
+    )
+    junk_found = gauge(
+        "mailcanary_roundtrip_junk_folder_found",
+        "Placement on: 1 if the last run found a junk folder to watch (SPECIAL-USE \\Junk or a configured "
+        "name), 0 if the mailbox has none (canaries filed as spam then time out).",
+    )
     quota_used = gauge(
         "mailcanary_mailbox_quota_used",
         "Quota usage of the canary mailbox at the last reading (RFC 9208): bytes for resource storage, "
@@ -370,6 +382,11 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
             sync.add_metric([name], st.last_sync)
         if st.last_sync_arrival is not None:
             sync_arrival.add_metric([name], st.last_sync_arrival)
+        if st.sync_skipped is not None:
+            for why in SYNC_SKIP_REASONS:
+                sync_skipped.add_metric([name, why], 1 if why == st.sync_skipped else 0)
+        if st.junk_found is not None:
+            junk_found.add_metric([name], 1 if st.junk_found else 0)
         for resource, (used, limit) in sorted(st.quota.items()):
             quota_used.add_metric([name, resource], used)
             quota_limit.add_metric([name, resource], limit)
@@ -408,6 +425,8 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         skipped,
         sync,
         sync_arrival,
+        sync_skipped,
+        junk_found,
         quota_used,
         quota_limit,
         quota_errors,

@@ -117,6 +117,8 @@ class ProbeStats:
     quota_errors: Counter[str] | None = None  # None until a run tried to read the quota
     last_sync: float | None = None
     last_sync_arrival: float | None = None
+    junk_found: bool | None = None  # placement on: the last run that listed folders found a junk folder
+    sync_skipped: str | None = None  # last delivered run with sync on: "" ran, else SYNC_SKIP_REASONS
 
 
 class ResultStore:
@@ -198,6 +200,14 @@ class ResultStore:
                 st.last_sync = result.sync_seconds
             if result.sync_arrival is not None:
                 st.last_sync_arrival = result.sync_arrival
+            found = result.receiver.get("junk_folder_found")
+            if isinstance(found, bool):
+                st.junk_found = found
+            skipped = result.receiver.get("sync_skipped")
+            if isinstance(skipped, str):
+                st.sync_skipped = skipped
+            elif result.sync_seconds is not None or result.reason == "sync_timeout":
+                st.sync_skipped = ""  # the check ran
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -265,4 +275,6 @@ def _copy(st: ProbeStats) -> ProbeStats:
         quota_errors=None if st.quota_errors is None else Counter(st.quota_errors),
         last_sync=st.last_sync,
         last_sync_arrival=st.last_sync_arrival,
+        junk_found=st.junk_found,
+        sync_skipped=st.sync_skipped,
     )

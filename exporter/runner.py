@@ -59,6 +59,8 @@ class Attempt(Generic[T]):
 # Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
 RECEIVER_FACTS = (
     "junk_folder",
+    "junk_folder_found",
+    "sync_skipped",
     "other_folders",
     "found_folder",
     "bounces",
@@ -318,6 +320,7 @@ class Runner:
     ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
     crl: CRLCache = field(default_factory=CRLCache)  # CRL verdicts until nextUpdate, kept across reloads
     dnsbl: ListingCache = field(default_factory=ListingCache)  # sending-IP DNSBL answers, for cache_for
+    no_junk_warned: set[str] = field(default_factory=set)  # probes told once that no junk folder exists
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
 
     def __post_init__(self, own_slots: bool) -> None:
@@ -608,6 +611,21 @@ class Runner:
             reason, message = domain_outcome(attempt.value)
         return self._finish(check.name, rec, reason, message, started, t0, detail=attempt.value)
 
+    def _warn_no_junk(self, run: RunResult) -> None:
+        """Placement on and no junk folder: one warning per probe (again only after one was found), as
+        every canary filed as spam will then time out; the series says it at every run."""
+        found = run.receiver.get("junk_folder_found")
+        if found is True:
+            self.no_junk_warned.discard(run.probe)
+        elif found is False and run.probe not in self.no_junk_warned:
+            self.no_junk_warned.add(run.probe)
+            log.warning(
+                "junk_folder_missing",
+                probe=run.probe,
+                message="placement is on but the mailbox has no junk folder (no SPECIAL-USE \\Junk, no "
+                "receive.junk_folders name matched): a canary filed as spam will time out",
+            )
+
     def _log(self, run: RunResult) -> None:
         self.store.record(run)
         fields: dict[str, object] = {
@@ -649,6 +667,7 @@ class Runner:
         }
         if tls:
             fields["tls"] = tls
+        self._warn_no_junk(run)
         if run.success:
             log.info("probe_run", **fields)
         else:

@@ -1,9 +1,10 @@
 """RFC 9208 (IMAP QUOTA) response parsing, pure and bounded; no I/O.
 
 ``GETQUOTAROOT mailbox`` answers ``* QUOTAROOT mailbox root…`` and, per root, ``* QUOTA root (RESOURCE
-usage limit …)``. STORAGE is counted in units of 1024 octets (RFC 9208 §5.1); it is returned here in
-bytes so that metrics carry base units. Anything malformed is ``None``: a quota the server states badly
-is not exported, and never fails a probe.
+usage limit …)``; a root without limits may come as ``()`` or, from Courier, with no list at all
+(both read as "no limit": lenient where harmless). STORAGE is counted in units of 1024 octets (RFC 9208
+§5.1); it is returned here in bytes so that metrics carry base units. Anything malformed is ``None``: a
+quota the server states badly is not exported, and never fails a probe.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ MAX_RESOURCES = 16  # a QUOTA response names a handful; more is noise
 # Why a quota read failed; never a round-trip outcome (a quota read never fails a run).
 QUOTA_ERRORS = ("refused", "protocol", "timeout")  # NO/BAD; garbage or a malformed QUOTA; no reply
 _ATOM = rb'(?:"(?:[^"\\]|\\.)*"|[^\s()"]+)'
-_QUOTA = re.compile(rb"^\*\s+QUOTA\s+(" + _ATOM + rb")\s+\(([^()]*)\)\s*$", re.IGNORECASE)
+# The resource list is optional here: Courier answers a root without limits with ``* QUOTA "ROOT"`` (no
+# list at all, outside RFC 9208); like ``()`` that means no limit. Anything else malformed stays None.
+_QUOTA = re.compile(rb"^\*\s+QUOTA\s+(" + _ATOM + rb")(?:\s+\(([^()]*)\))?\s*$", re.IGNORECASE)
 _QUOTAROOT = re.compile(rb"^\*\s+QUOTAROOT\s+(" + _ATOM + rb")((?:\s+" + _ATOM + rb")*)\s*$", re.IGNORECASE)
 _ATOMS = re.compile(_ATOM)
 _NUMBER = re.compile(rb"^\d{1,20}$")
@@ -54,7 +57,7 @@ def parse_quota(line: bytes) -> tuple[str, dict[str, Usage]] | None:
     m = _QUOTA.match(line.rstrip(b"\r\n"))
     if m is None:
         return None
-    words = m.group(2).split()
+    words = (m.group(2) or b"").split()  # no list (Courier) or "()": no limit on this root
     if len(words) % 3 or len(words) > 3 * MAX_RESOURCES:
         return None
     out: dict[str, Usage] = {}

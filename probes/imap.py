@@ -32,6 +32,7 @@ from ._net import (
 )
 from ._quota import Usage, parse_quota, tightest
 from .errors import ProbeError, ProbeTimeout
+from .placement import Namespace, parse_namespace
 from .recorder import MASK, Recorder
 
 FETCH_BATCH = 50  # UIDs per FETCH: bounds one reply to FETCH_BATCH x the item cap
@@ -78,6 +79,9 @@ class IMAPSession:
         self._in: BoundedReader | None = None
         self._tags = (f"M{n}".encode() for n in itertools.count(1))
         self._closed = False
+        # One reader per session, always: every command (and IDLE, with its reader task) holds this from
+        # the first byte sent to the tagged reply, so no two coroutines ever read the stream at once.
+        self._busy = asyncio.Lock()
         self.plain_capabilities: set[str] | None = None  # offered before STARTTLS (None: not seen)
 
     @property
@@ -362,6 +366,18 @@ class IMAPSession:
         A NO or BAD raises with ``reason``; garbage, a limit passed, a lost connection raise
         ``receive_protocol`` and end the session (it is out of step); silence raises ``timeout``.
         """
+        async with self._busy:
+            return await self._command_now(what, pieces, shown=shown, reason=reason, literal_cap=literal_cap)
+
+    async def _command_now(
+        self,
+        what: str,
+        pieces: list[bytes | str],
+        *,
+        shown: str | None,
+        reason: str,
+        literal_cap: int | None,
+    ) -> tuple[wire.Response, list[wire.Response]]:
         if self._closed or self._in is None:
             raise ProbeError(f"IMAP {what}: the connection is closed", reason=_PROTOCOL)
         tag = next(self._tags)
@@ -420,8 +436,13 @@ class IMAPSession:
 
         One reader task runs across the whole IDLE, so no read is ever cut in the middle of a literal;
         ``DONE`` is sent when the time is up or mail was announced, then the tagged reply is awaited
-        within one step timeout.
+        within one step timeout. Cut short (the run's deadline), the reader is cancelled and the session
+        dropped before the session's lock is given up: nothing can read the stream after it.
         """
+        async with self._busy:
+            return await self._idle_now(seconds)
+
+    async def _idle_now(self, seconds: float) -> bool:
         if self._closed or self._in is None:
             raise ProbeError("IMAP IDLE: the connection is closed", reason=_PROTOCOL)
         tag = next(self._tags)
@@ -533,6 +554,24 @@ class IMAPSession:
         _, untagged = await self._command("LIST", pieces)
         return untagged
 
+    async def namespace(self) -> list[Namespace] | None:
+        """The personal namespaces (RFC 2342 ``NAMESPACE``) where the server advertises them, else None.
+        Only a help to find folders by name: a NO/BAD or an answer we cannot read is None (the session
+        stays in step); garbage or silence end the session as any command."""
+        if "NAMESPACE" not in self._caps:
+            return None
+        try:
+            _, untagged = await self._command("NAMESPACE", [b"NAMESPACE"])
+        except ProbeError:
+            if not self.is_open:
+                raise
+            return None
+        for resp in untagged:
+            found = parse_namespace(resp)
+            if found is not None:
+                return found
+        return None
+
     @property
     def is_open(self) -> bool:
         """False once the connection was dropped (a timeout or garbage put the dialogue out of step)."""
@@ -625,9 +664,15 @@ class IMAPSession:
             self.recorder.facts["imap_expunge_skipped"] = True
 
     async def close(self) -> None:
-        """LOGOUT politely if possible, then drop the connection; never raises."""
+        """LOGOUT politely if possible, then drop the connection; never raises. While another command
+        is in flight on this session (a task cut short, not yet unwound), no LOGOUT is read beside it:
+        the connection is dropped at once."""
         if self._closed or self._writer is None:
             self._closed = True
+            return
+        if self._busy.locked():
+            self._abort()
+            await close_writer(self._writer)
             return
         try:
             async with asyncio.timeout(min(self.settings.timeout, CLOSE_TIMEOUT)):

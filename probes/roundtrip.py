@@ -18,13 +18,21 @@ from typing import TypeVar
 
 from . import canary
 from ._framing import ReadLimits
-from ._net import Credentials, Endpoint
+from ._net import CLOSE_TIMEOUT, Credentials, Endpoint
 from ._slots import ServerSlots, maybe_session
 from .canary import Token
 from .dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
 from .errors import ProbeError, ProbeTimeout
 from .imap import IMAPSession, IMAPSettings, QuotaMalformed
-from .placement import MAX_MAILBOXES, ListedMailbox, Placement, choose_junk, other_folders, parse_list
+from .placement import (
+    MAX_MAILBOXES,
+    ListedMailbox,
+    Namespace,
+    Placement,
+    choose_junk,
+    other_folders,
+    parse_list,
+)
 from .pop3 import POP3Client
 from .received import Path as ReceivedPath
 from .received import path_of
@@ -74,6 +82,11 @@ class SyncSettings:
 
     flag: str = "$MailcanarySynced"
     timeout: float = 30.0
+
+
+# Why the sync check did not run on a delivered canary: where it was found instead of the inbox the second
+# device watches (mailcanary_roundtrip_sync_skipped{reason}).
+SYNC_SKIP_REASONS = ("junk", "other")
 
 
 @dataclass(frozen=True)
@@ -258,7 +271,8 @@ class _IMAPReceiver(_Receiver):
             return swept
         listing = [m for r in (await self.session.list_mailboxes())[:MAX_MAILBOXES] if (m := parse_list(r))]
         if self.settings.junk_folders is not None:
-            swept += await self._open_junk(listing, late)
+            namespaces = await self.session.namespace() or []
+            swept += await self._open_junk(listing, namespaces, late)
         if self.settings.other_folders > 0:
             swept += await self._open_others(listing, late)
         return swept
@@ -287,11 +301,16 @@ class _IMAPReceiver(_Receiver):
             await self._aux_slots.enter_async_context(slot)
         return aux
 
-    async def _open_junk(self, listing: list[ListedMailbox], late: set[str]) -> list[Token]:
-        """Watch the junk folder in a session of its own, swept like the inbox."""
+    async def _open_junk(
+        self, listing: list[ListedMailbox], namespaces: list[Namespace], late: set[str]
+    ) -> list[Token]:
+        """Watch the junk folder in a session of its own, swept like the inbox at every run (so canaries
+        that timed out there, filed as spam, are removed by a later run). No junk folder is a fact
+        (``junk_folder_found`` false, a warning in the daemon), not a failure."""
         assert isinstance(self.settings.receiver, IMAPSettings) and self.settings.junk_folders is not None
-        folder = choose_junk(listing, self.settings.junk_folders, self.settings.receiver.mailbox)
+        folder = choose_junk(listing, self.settings.junk_folders, self.settings.receiver.mailbox, namespaces)
         self.recorder.facts["junk_folder"] = folder
+        self.recorder.facts["junk_folder_found"] = folder is not None
         if folder is None:
             return []
         self.junk_recorder = await self._aux_recorder()
@@ -533,8 +552,9 @@ class _IMAPReceiver(_Receiver):
         failed: ProbeError | None = None
         failed_phase = None
         if self.device is not None and self.found_in is not None:
-            # The second device watches the inbox: a canary filed elsewhere cannot be synced there.
-            self.recorder.facts["sync_skipped"] = f"the canary was found in {self.placement}, not the inbox"
+            # The second device watches the inbox: a canary filed elsewhere cannot be synced there. Said
+            # so (the log line, mailcanary_roundtrip_sync_skipped{reason}), never silently.
+            self.recorder.facts["sync_skipped"] = self.placement  # "junk" or "other": SYNC_SKIP_REASONS
         elif self.device is not None:
             try:
                 await self._sync(token, ours[0])
@@ -550,8 +570,15 @@ class _IMAPReceiver(_Receiver):
     async def close(self) -> None:
         task = self.device_seen
         if task is not None and not task.done():
-            task.cancel()  # not awaited: that could swallow a cancellation of this very run
-        elif task is not None and not task.cancelled():
+            # Cancelled and waited for (asyncio.wait never swallows a cancellation of this very run):
+            # its IDLE reader must be gone before the second session is closed, or LOGOUT would read the
+            # stream beside it (issue 19: "readuntil() called while another coroutine is already
+            # waiting"). A look that will not unwind in time has its session dropped instead.
+            task.cancel()
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT)
+            if not task.done() and self.device is not None:
+                self.device.abort()
+        if task is not None and task.done() and not task.cancelled():
             task.exception()  # retrieved: a failure of the second session is not "never awaited"
         try:
             if self.device is not None:

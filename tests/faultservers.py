@@ -300,6 +300,129 @@ def imap_handler(store: Store, fault: Fault, quota: bytes | None = None) -> Hand
     return handle
 
 
+# --- Courier-IMAP as it answers ----------------------------------------------------------------------------
+
+# Courier-IMAP 5.0 (Debian), as seen on the wire: no SPECIAL-USE, no LIST-EXTENDED, every folder under the
+# personal namespace "INBOX." with "." as delimiter, a root without limits answered with no resource list
+# (outside RFC 9208), and IDLE that never pushes (built without FAM: it only rescans on a command).
+COURIER_CAPS = b"IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT QUOTA IDLE"
+COURIER_NAMESPACE = b'* NAMESPACE (("INBOX." ".")) NIL (("#shared." ".")("shared." "."))\r\n'
+COURIER_QUOTA = b'* QUOTAROOT "INBOX" "ROOT"\r\n* QUOTA "ROOT"\r\n'
+COURIER_FOLDERS = ("INBOX", "INBOX.Drafts", "INBOX.Sent", "INBOX.Trash", "INBOX.Junk")
+
+
+@dataclass
+class Mailboxes:
+    """Folders by wire name, each a :class:`Store`; ``commands`` counts every command received (all
+    sessions), ``idles`` the IDLE commands, for benchmarks and tests."""
+
+    folders: dict[str, Store] = field(default_factory=lambda: {f: Store() for f in COURIER_FOLDERS})
+    commands: int = 0
+    idles: int = 0
+    on_idle: Callable[[int], None] | None = None  # called with the IDLE count at each IDLE
+
+
+def _fetch_body(store: Store, rest: bytes) -> bytes:
+    uids = {int(u) for u in rest.split(b" ")[2].split(b",") if u.isdigit()}
+    header_only = b"HEADER.FIELDS" in rest
+    body = b""
+    for seq, uid in enumerate(sorted(store.messages), 1):
+        if uid not in uids:
+            continue
+        raw = store.messages[uid]
+        if header_only:
+            head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+            data = b"".join(ln + b"\r\n" for ln in head if ln.lower().startswith(b"x-mailcanary")) + b"\r\n"
+            section = b"BODY[HEADER.FIELDS (X-MAILCANARY-TOKEN)]"
+        else:
+            data, section = raw, b"BODY[]"
+        body += b"* %d FETCH (UID %d RFC822.SIZE %d %s {%d}\r\n" % (seq, uid, len(raw), section, len(data))
+        body += data + b")\r\n"
+    return body
+
+
+def courier_imap_handler(boxes: Mailboxes, namespace: bytes = COURIER_NAMESPACE) -> Handler:
+    """A multi-folder IMAP server that answers NAMESPACE, LIST, GETQUOTAROOT and IDLE as Courier does."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        selected: Store | None = None
+        try:
+            writer.write(b"* OK [CAPABILITY " + COURIER_CAPS + b"] Courier-IMAP ready.\r\n")
+            await writer.drain()
+            while raw := await reader.readline():
+                boxes.commands += 1
+                line = raw.rstrip(b"\r\n")
+                tag, _, rest = line.partition(b" ")
+                verb = rest.split(b" ", 1)[0].upper()
+                if verb == b"UID":
+                    verb = b"UID " + rest.split(b" ")[1].upper()
+                out = b""
+                ok = b"OK done"
+                if verb == b"LOGIN":
+                    ok = b"OK LOGIN Ok."
+                elif verb == b"CAPABILITY":
+                    out = b"* CAPABILITY " + COURIER_CAPS + b"\r\n"
+                elif verb == b"NAMESPACE":
+                    out = namespace
+                elif verb == b"LIST":
+                    for name in boxes.folders:
+                        flags = b"\\HasChildren" if name == "INBOX" else b"\\HasNoChildren"
+                        out += b'* LIST (%s) "." "%s"\r\n' % (flags, name.encode())
+                elif verb == b"GETQUOTAROOT":
+                    out = COURIER_QUOTA
+                elif verb == b"SELECT":
+                    m = re.match(rb'SELECT "?([^"]*)"?$', rest)
+                    selected = boxes.folders.get(m.group(1).decode()) if m else None
+                    if selected is None:
+                        writer.write(tag + b" NO Mailbox does not exist\r\n")
+                        await writer.drain()
+                        continue
+                    out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 1] Ok\r\n* OK [UIDNEXT %d] Ok\r\n" % (
+                        len(selected.messages),
+                        selected.next_uid,
+                    )
+                    ok = b"OK [READ-WRITE] Ok"
+                elif verb == b"NOOP" and selected is not None:
+                    out = b"* %d EXISTS\r\n" % len(selected.messages)
+                elif verb == b"IDLE":
+                    boxes.idles += 1
+                    if boxes.on_idle is not None:
+                        boxes.on_idle(boxes.idles)
+                    writer.write(b"+ entering idle mode\r\n")
+                    await writer.drain()
+                    await reader.readline()  # DONE; nothing is ever pushed meanwhile (no FAM)
+                elif verb == b"UID SEARCH" and selected is not None:
+                    m = re.search(rb'"([^"]*)"$', rest)
+                    needle = m.group(1) if m else b"\x00"
+                    store = selected
+                    found = [u for u, r in store.messages.items() if needle in r.split(b"\r\n\r\n")[0]]
+                    if b" KEYWORD " in rest or b" SEEN " in rest:
+                        found = []
+                    out = (b"* SEARCH " + b" ".join(b"%d" % u for u in found)).rstrip() + b"\r\n"
+                elif verb == b"UID FETCH" and selected is not None:
+                    out = _fetch_body(selected, rest)
+                elif verb == b"UID STORE" and selected is not None:
+                    pass
+                elif verb == b"UID EXPUNGE" and selected is not None:
+                    for u in rest.split(b" ")[2].split(b","):
+                        selected.deleted.add(int(u))
+                        selected.messages.pop(int(u), None)
+                elif verb == b"LOGOUT":
+                    writer.write(b"* BYE Courier-IMAP shutting down\r\n" + tag + b" OK LOGOUT done\r\n")
+                    await writer.drain()
+                    return
+                else:
+                    writer.write(tag + b" BAD Unknown command\r\n")
+                    await writer.drain()
+                    continue
+                writer.write(out + tag + b" " + ok + b"\r\n")
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            return
+
+    return handle
+
+
 # --- POP3 ------------------------------------------------------------------------------------------------
 
 

@@ -93,3 +93,59 @@ def test_valid_bytes_pass_and_garbage_after_greeting_is_protocol() -> None:
     assert asyncio.run(_session_against(ok, b"M1 NO [AUTHENTICATIONFAILED] nope\r\n")) == "receive_auth"
     assert asyncio.run(_session_against(ok, b"\x00\x01garbage\r\n")) == "receive_protocol"
     assert asyncio.run(_session_against(b"\xff\xfe\r\n", b"")) == "receive_protocol"
+
+
+async def test_one_reader_per_session_commands_in_parallel_take_turns() -> None:
+    """Issue 19's bug class: two coroutines reading one stream. Two commands started at once on one
+    session (and an IDLE beside them) take turns on the session's lock, each gets its own reply; before,
+    the second read raised ``RuntimeError: readuntil() called while another coroutine is already
+    waiting for incoming data``."""
+    store = Store()
+    store.add(b"X-Mailcanary-Token: v2;probe=p;x\r\nSubject: s\r\n\r\nbody\r\n")
+    async with serving(imap_handler(store, NO_FAULT)) as port:
+        settings = IMAPSettings(
+            Endpoint("127.0.0.1", port, "none"), Credentials("u", "pw"), allow_plaintext_auth=True
+        )
+        session = IMAPSession(settings, Recorder())
+        await session.open()
+        try:
+            found, announced, idled = await asyncio.gather(
+                session.search_header("X-Mailcanary-Token", ";probe=p;"), session.noop(), session.idle(0.05)
+            )
+            assert found == [1] and announced is True and idled is False
+            assert session.is_open
+        finally:
+            await session.close()
+
+
+class _Watched(list[str]):
+    """A transcript that tells when a line ending in ``suffix`` was written (an event, not a sleep)."""
+
+    def __init__(self, suffix: str) -> None:
+        super().__init__()
+        self.suffix = suffix
+        self.seen = asyncio.Event()
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        if line.endswith(self.suffix):
+            self.seen.set()
+
+
+async def test_close_beside_a_cut_idle_drops_the_session_instead_of_reading_twice() -> None:
+    """A task cut short inside IDLE (its reader still pending) and close() called before it unwound:
+    close must not read LOGOUT's reply beside that reader; it drops the connection, never raises."""
+    store = Store()
+    async with serving(imap_handler(store, NO_FAULT)) as port:
+        settings = IMAPSettings(
+            Endpoint("127.0.0.1", port, "none"), Credentials("u", "pw"), allow_plaintext_auth=True
+        )
+        transcript = _Watched("IDLE")
+        session = IMAPSession(settings, Recorder(transcript=transcript))
+        await session.open()
+        idling = asyncio.ensure_future(session.idle(30))
+        await asyncio.wait_for(transcript.seen.wait(), 10)
+        idling.cancel()  # not awaited: the task has not run its cancellation yet
+        await session.close()  # before: RuntimeError from LOGOUT's read
+        assert not session.is_open
+        await asyncio.gather(idling, return_exceptions=True)

@@ -5,9 +5,11 @@ there, foreign mail is untouched."""
 from __future__ import annotations
 
 import smtplib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
@@ -16,11 +18,26 @@ from exporter.config import ConfigError
 from exporter.metrics import ExporterState, build_registry
 from exporter.runner import Runner
 from probes import _imapwire as wire
+from probes import canary
 from probes.errors import ProbeError
-from probes.placement import DEFAULT_JUNK_FOLDERS, ListedMailbox, choose_junk, other_folders, parse_list
+from probes.placement import (
+    DEFAULT_JUNK_FOLDERS,
+    MAX_NAMESPACES,
+    ListedMailbox,
+    Namespace,
+    choose_junk,
+    decode_mutf7,
+    other_folders,
+    parse_list,
+    parse_namespace,
+)
+from probes.recorder import Recorder
+from probes.roundtrip import RoundTripSettings, probe_roundtrip
+from tests.faultservers import NO_FAULT, Mailboxes, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack
 from tests.mailstack._system import chown
 from tests.stackconfig import roundtrip
+from tests.test_fault_matrix import _settings as fault_settings
 from tests.test_roundtrip_e2e import make_runner, run_one
 
 
@@ -30,7 +47,7 @@ def _resp(line: bytes) -> wire.Response:
 
 def test_parse_list_reads_flags_and_names() -> None:
     box = parse_list(_resp(b'* LIST (\\HasNoChildren \\Junk) "/" Junk'))
-    assert box == ListedMailbox(name="Junk", flags=frozenset({"\\hasnochildren", "\\junk"}))
+    assert box == ListedMailbox(name="Junk", flags=frozenset({"\\hasnochildren", "\\junk"}), delimiter="/")
     quoted = parse_list(_resp(b'* LIST (\\HasNoChildren) "/" "[Gmail]/Spam"'))
     assert quoted is not None and quoted.name == "[Gmail]/Spam"
     assert parse_list(_resp(b"* 3 EXISTS")) is None
@@ -181,3 +198,196 @@ def test_junk_with_too_few_session_slots_is_a_config_error(
             tmp_path,
             [roundtrip(mailstack, tmp_path, "p", mailbox, receive__junk=True, receive__max_sessions=1)],
         )
+
+
+# --- issue 19: servers as they are (Courier, Cyrus, Exchange), NAMESPACE, modified UTF-7 ----------------
+
+
+def test_parse_namespace_of_courier_cyrus_and_dovecot() -> None:
+    courier = parse_namespace(_resp(b'* NAMESPACE (("INBOX." ".")) NIL (("#shared." ".")("shared." "."))'))
+    assert courier == [Namespace("INBOX.", ".")]
+    assert parse_namespace(_resp(b'* NAMESPACE (("INBOX/" "/")) (("user/" "/")) (("" "/"))')) == [
+        Namespace("INBOX/", "/")
+    ]
+    assert parse_namespace(_resp(b'* NAMESPACE (("" "/")) NIL NIL')) == [Namespace("", "/")]
+    assert parse_namespace(_resp(b"* NAMESPACE NIL NIL NIL")) == []
+    assert parse_namespace(_resp(b'* NAMESPACE (("" NIL)) NIL NIL')) == [Namespace("", None)]
+    # RFC 2342 extension data after prefix and delimiter is passed over.
+    ext = b'* NAMESPACE (("" "/" "X-PARAM" ("FLAG1" "FLAG2"))) NIL NIL'
+    assert parse_namespace(_resp(ext)) == [Namespace("", "/")]
+    # Not a NAMESPACE, or one we cannot read: None (names are then matched without a prefix).
+    for line in (b'* LIST () "/" INBOX', b"* NAMESPACE ((", b"* NAMESPACE", b"* NAMESPACE (x) NIL NIL"):
+        assert parse_namespace(_resp(line)) is None, line
+    many = b"* NAMESPACE (" + b'("p" ".")' * 50 + b") NIL NIL"
+    assert len(parse_namespace(_resp(many)) or []) == MAX_NAMESPACES  # bounded
+
+
+@given(st.binary(max_size=200))
+def test_parse_namespace_never_raises(data: bytes) -> None:
+    line = b"* NAMESPACE " + data.replace(b"\r", b"").replace(b"\n", b"")
+    result = parse_namespace(_resp(line))
+    assert result is None or len(result) <= MAX_NAMESPACES
+
+
+def test_modified_utf7_names_are_decoded_for_matching() -> None:
+    assert decode_mutf7("Courrier ind&AOk-sirable") == "Courrier indésirable"
+    assert decode_mutf7("Lixo Eletr&APQ-nico") == "Lixo Eletrônico"
+    assert decode_mutf7("Tom &- Jerry") == "Tom & Jerry"
+    assert decode_mutf7("&ZeVnLIqe-") == "日本語"
+    for broken in ("a&b", "&!!-", "&AO-"):  # not modified UTF-7: kept as it is
+        assert decode_mutf7(broken) == broken
+    assert decode_mutf7("Junk") == "Junk"
+
+
+@given(st.text(max_size=40))
+def test_modified_utf7_decoding_never_raises(name: str) -> None:
+    decode_mutf7(name)
+
+
+def _box(name: str, delim: str | None = "/", *flags: str) -> ListedMailbox:
+    return ListedMailbox(name, frozenset(flags), delim)
+
+
+def test_choose_junk_under_the_personal_namespace() -> None:
+    courier = [_box(n, ".") for n in ("INBOX", "INBOX.Drafts", "INBOX.Sent", "INBOX.Trash", "INBOX.Junk")]
+    assert choose_junk(courier, DEFAULT_JUNK_FOLDERS, "INBOX", [Namespace("INBOX.", ".")]) == "INBOX.Junk"
+    # Without NAMESPACE (not advertised), the last path component finds it all the same.
+    assert choose_junk(courier, DEFAULT_JUNK_FOLDERS, "INBOX") == "INBOX.Junk"
+    cyrus = [_box("INBOX"), _box("INBOX/Sent"), _box("INBOX/Spam")]
+    assert choose_junk(cyrus, DEFAULT_JUNK_FOLDERS, "INBOX", [Namespace("INBOX/", "/")]) == "INBOX/Spam"
+    assert choose_junk(cyrus, ("spam",), "inbox") == "INBOX/Spam"  # case-insensitive, last component
+    # Localised names arrive in modified UTF-7; the wire name is what SELECT gets.
+    french = [_box("INBOX"), _box("Courrier ind&AOk-sirable")]
+    assert choose_junk(french, DEFAULT_JUNK_FOLDERS, "INBOX") == "Courrier ind&AOk-sirable"
+    exchange = [_box("Inbox"), _box("Junk Email"), _box("Sent Items")]
+    assert choose_junk(exchange, DEFAULT_JUNK_FOLDERS, "INBOX") == "Junk Email"
+    yahoo = [_box("Inbox"), _box("Bulk Mail"), _box("Draft")]
+    assert choose_junk(yahoo, DEFAULT_JUNK_FOLDERS, "INBOX") == "Bulk Mail"
+
+
+def test_choose_junk_order_is_special_use_then_exact_names_then_last_component() -> None:
+    special = _box("Quarantine", "/", "\\junk")
+    exact = _box("Spam")
+    deep = _box("Archive/2019/Junk")
+    shallow = _box("Work/Junk")
+    nested_spam = _box("INBOX/Spam")
+    assert choose_junk([deep, exact, special], ("Junk", "Spam"), "INBOX") == "Quarantine"
+    # An exact configured name beats a last-component match of an earlier configured name.
+    assert choose_junk([deep, exact], ("Junk", "Spam"), "INBOX") == "Spam"
+    # Among last-component matches: configured order first, then the shallower folder, then LIST order.
+    assert choose_junk([deep, shallow, nested_spam], ("Junk", "Spam"), "INBOX") == "Work/Junk"
+    assert choose_junk([nested_spam, deep], ("Junk", "Spam"), "INBOX") == "Archive/2019/Junk"
+    # A flat server (NIL delimiter) matches whole names only; \Noselect parents never.
+    assert choose_junk([_box("a/Junk", None)], ("Junk",), "INBOX") is None
+    assert choose_junk([_box("INBOX/Junk", "/", "\\noselect")], ("Junk",), "INBOX") is None
+
+
+def test_parse_list_keeps_the_delimiter() -> None:
+    box = parse_list(_resp(b'* LIST (\\HasNoChildren) "." "INBOX.Junk"'))
+    assert box == ListedMailbox("INBOX.Junk", frozenset({"\\hasnochildren"}), ".")
+    flat = parse_list(_resp(b"* LIST () NIL Junk"))
+    assert flat is not None and flat.delimiter is None
+
+
+def _courier_settings(smtp_port: int, imap_port: int, **extra: object) -> RoundTripSettings:
+    base = fault_settings("courier", smtp_port, imap_port, None)
+    return replace(base, junk_folders=DEFAULT_JUNK_FOLDERS, **extra)  # type: ignore[arg-type]
+
+
+async def test_courier_files_the_canary_into_inbox_junk_and_it_is_found_and_deleted_there() -> None:
+    """Courier's exact answers (no SPECIAL-USE, NAMESPACE (("INBOX." ".")), QUOTA "ROOT" without a list,
+    IDLE that never pushes): the canary filed into INBOX.Junk is found there (placement junk), deleted
+    there, and the quota read is no protocol error. On the old code the run was a timeout."""
+    boxes = Mailboxes()
+    junk = boxes.folders["INBOX.Junk"]
+    foreign = junk.add(b"From: a@example.org\r\nSubject: real spam\r\n\r\nbuy\r\n")
+    rec = Recorder(transcript=[])
+    async with serving(smtp_handler(junk, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
+        result = await probe_roundtrip(_courier_settings(sp, ip), rec)
+    assert result.placement == "junk"
+    assert rec.facts["junk_folder"] == "INBOX.Junk" and rec.facts["junk_folder_found"] is True
+    assert list(junk.messages) == [foreign] and len(junk.deleted) == 1  # only the canary is gone
+    assert rec.facts["quota"] == {} and "quota_error" not in rec.facts  # no limit, not an error
+    assert any(line.endswith("NAMESPACE") for line in rec.transcript or [])
+
+
+async def test_canaries_that_timed_out_in_courier_junk_are_swept_by_a_later_run() -> None:
+    """A canary filed as spam that timed out (or was left by an older version that never found the
+    folder) sits in INBOX.Junk: the next run sweeps it (known late) and leaves the user's mail."""
+    boxes = Mailboxes()
+    junk = boxes.folders["INBOX.Junk"]
+    foreign = junk.add(b"From: a@example.org\r\nSubject: real spam\r\n\r\nbuy\r\n")
+    inbox = boxes.folders["INBOX"]
+    rec = Recorder()
+    async with serving(smtp_handler(inbox, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
+        # An earlier canary, as filed into junk by the server while its run timed out.
+        settings = _courier_settings(sp, ip)
+        first = await probe_roundtrip(settings, rec)
+        assert first.placement == "inbox"
+        token = canary.new_token(settings.name)
+        junk.add(canary.build_message(token, settings.key, settings.sender, settings.recipient))
+        second = await probe_roundtrip(settings, Recorder(), late={token.nonce})
+    assert [t.nonce for t in second.swept] == [token.nonce]
+    assert list(junk.messages) == [foreign]
+
+
+def test_no_junk_folder_is_said_once_and_exported(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    """Placement on, a mailbox with no junk folder: junk_folder_found 0 and one warning for the probe
+    (not one per run); the runs themselves succeed (placement inbox)."""
+    runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "nojunk", mailbox, receive__junk=True)])
+    with structlog.testing.capture_logs() as logs:
+        first, second = run_one(runner), run_one(runner)
+    assert first.success and second.success, (first.message, second.message)
+    assert first.receiver["junk_folder_found"] is False
+    warnings = [e for e in logs if e.get("event") == "junk_folder_missing"]
+    assert len(warnings) == 1 and warnings[0]["probe"] == "nojunk"
+    assert 'mailcanary_roundtrip_junk_folder_found{probe="nojunk"} 0.0' in _render(runner)
+
+
+def test_sync_check_skipped_in_junk_is_visible(mailstack: MailStack, tmp_path: Path) -> None:
+    """Placement + sync on the real Dovecot + sieve: the canary lands in Junk, the second device watches
+    the inbox: the check does not run, and says so (the log line's sync_skipped, the series)."""
+    address = mailstack.junk_address
+    mailstack.clear(address)
+    _make_junk_folder(mailstack, address)
+    probe = roundtrip(mailstack, tmp_path, "junksync", address, receive__junk=True)
+    probe["receive"]["sync"] = {"timeout": "5s"}
+    runner = make_runner(tmp_path, [probe])
+    with structlog.testing.capture_logs() as logs:
+        result = run_one(runner)
+    assert result.success and result.placement == "junk", result.message
+    assert result.receiver["sync_skipped"] == "junk"
+    assert result.sync_seconds is None
+    line = [e for e in logs if e.get("event") == "probe_run"][-1]
+    assert line["sync_skipped"] == "junk"
+    text = _render(runner)
+    assert 'mailcanary_roundtrip_sync_skipped{probe="junksync",reason="junk"} 1.0' in text
+    assert 'mailcanary_roundtrip_sync_skipped{probe="junksync",reason="other"} 0.0' in text
+    assert _junk_files(mailstack, address) == []
+
+
+_names = st.sampled_from(
+    ["INBOX", "Junk", "Spam", "INBOX.Junk", "INBOX/Spam", "a/b/Junk", "Bulk Mail", "x&AOk-"]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _names, st.sampled_from([None, "/", "."]), st.sets(st.sampled_from(["\\junk", "\\noselect"]))
+        ),
+        max_size=8,
+    ),
+    st.lists(st.sampled_from(["Junk", "spam", "Bulk Mail", "[Gmail]/Spam", "xé"]), max_size=4),
+)
+def test_choose_junk_is_a_listed_selectable_folder_never_the_inbox(
+    boxes: list[tuple[str, str | None, set[str]]], wanted: list[str]
+) -> None:
+    listing = [ListedMailbox(n, frozenset(f), d) for n, d, f in boxes]
+    spaces = [Namespace("INBOX.", "."), Namespace("INBOX/", "/")]
+    chosen = choose_junk(listing, wanted, "INBOX", spaces)
+    if chosen is not None:
+        assert chosen.upper() != "INBOX"
+        assert any(b.name == chosen and b.selectable for b in listing)
+    # Deterministic: the same listing gives the same answer.
+    assert choose_junk(listing, wanted, "INBOX", spaces) == chosen

@@ -68,3 +68,11 @@ async def test_no_quota_capability_no_read() -> None:
         await probe_roundtrip(_settings("q", sp, ip, None), rec)
     assert "quota" not in rec.facts and "quota_error" not in rec.facts
     assert not any("GETQUOTAROOT" in line for line in rec.transcript or [])
+
+
+@pytest.mark.parametrize("answer", [b'* QUOTA "ROOT"\r\n', b'* QUOTA "ROOT" ()\r\n'])
+async def test_courier_root_without_limits_is_read_as_no_limit(answer: bytes) -> None:
+    """Courier's ``* QUOTA "ROOT"`` (no list): no quota_error (the protocol-error counter grew by one
+    every run before), no usage exported."""
+    rec = await _roundtrip(NO_FAULT, b'* QUOTAROOT "INBOX" "ROOT"\r\n' + answer)
+    assert rec.facts["quota"] == {} and "quota_error" not in rec.facts

@@ -40,3 +40,14 @@ def test_malformed_is_none_never_an_error() -> None:
         )
         parse_quota(blob)
         parse_quotaroot(blob.replace(b"QUOTA", b"QUOTAROOT", 1))
+
+
+def test_a_root_without_limits_outside_rfc_9208_is_no_limit() -> None:
+    """Issue 19: Courier answers a mailbox without quota with ``* QUOTA "ROOT"`` (no resource list);
+    that, and ``()``, mean "no limit" (lenient), never a protocol error that grows every run. A list
+    that is there but malformed stays None (strict)."""
+    assert parse_quota(b'* QUOTA "ROOT"\r\n') == ("ROOT", {})
+    assert parse_quota(b'* QUOTA "ROOT" ()') == ("ROOT", {})
+    assert parse_quota(b"* QUOTA ROOT") == ("ROOT", {})
+    for line in (b'* QUOTA "ROOT" (STORAGE 1)', b'* QUOTA "ROOT" junk', b"* QUOTA", b'* QUOTA "ROOT" ('):
+        assert parse_quota(line) is None, line

@@ -130,7 +130,8 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_tls_cert_ocsp_status ",
     "mailcanary_tls_cert_crl_status ",
     "mailcanary_mailbox_quota_",
-    "mailcanary_roundtrip_sync_",
+    "mailcanary_roundtrip_sync_",  # sync_seconds, sync_arrival_seconds, sync_skipped (issue 19)
+    "mailcanary_roundtrip_junk_folder_found",  # issue 19
     'outcome="sync_timeout"',
 )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def test_second_session_sees_the_flag_and_both_times_are_exported(
     assert values == {
         "mailcanary_roundtrip_sync_seconds": result.sync_seconds,
         "mailcanary_roundtrip_sync_arrival_seconds": result.sync_arrival,
+        "mailcanary_roundtrip_sync_skipped": 0.0,  # the check ran: skipped for no reason (junk, other)
     }
     # The user's message is untouched (no flag, still there) and the canary is gone.
     remaining = mailstack.messages(mailbox)
@@ -128,3 +130,26 @@ async def test_a_second_session_that_stalls_on_the_real_dovecot_is_sync_timeout(
     assert stalled == {2} and sessions == 2
     assert elapsed < 15
     assert not [p for p in mailstack.messages(mailbox)]  # the canary was deleted all the same
+
+
+def test_a_canary_that_never_arrives_with_the_sync_check_is_a_timeout_not_internal(
+    mailstack: MailStack, fresh_mailbox: Callable[[], str], tmp_path: Path
+) -> None:
+    """Issue 19: the run's deadline cut the wait while the second device's look was inside IDLE; closing
+    that session then read from the stream the cancelled IDLE reader still waited on (``RuntimeError:
+    readuntil() called while another coroutine is already waiting``), and the run ended ``internal``.
+    The canary goes to another mailbox here, so it never arrives in the watched one; each run ends
+    ``timeout``, whatever the second session was doing when the deadline fell."""
+    watched, elsewhere = fresh_mailbox(), fresh_mailbox()
+    probe = roundtrip(
+        mailstack, tmp_path, "sn", watched, protocol="imap", receive_tls="implicit", timeout="1.2s"
+    )
+    probe["recipient"] = elsewhere
+    probe["receive"]["sync"] = {"timeout": "5s"}
+    store = ResultStore()
+    runner = _runner(tmp_path, probe, store)
+    outcomes = []
+    for _ in range(6):  # the deadline falls at a different point of the second device's poll each time
+        result = asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0]))
+        outcomes.append((result.reason, result.message))
+    assert all(reason == "timeout" for reason, _ in outcomes), outcomes

@@ -1,0 +1,56 @@
+"""IDLE that never pushes (Courier without FAM, Cyrus without idled): detection then rests on the poll
+gaps. Each IDLE ends at its gap and a NOOP (and, once the mailbox changed, a SEARCH) follows, so the
+canary is seen within about one gap of landing; the cost is measured in bench/detection.py
+(``--silent-idle-only``), not asserted here."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from probes.imap import IMAPSettings
+from probes.recorder import Recorder
+from probes.roundtrip import PollSchedule, probe_roundtrip
+from tests.faultservers import NO_FAULT, Mailboxes, Store, courier_imap_handler, serving, smtp_handler
+from tests.test_fault_matrix import _settings
+
+
+class _Later(Store):
+    """Delivers the accepted message once the test says so (an event, no fixed sleep)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[bytes] = []
+
+    def add(self, raw: bytes) -> int:
+        self.pending.append(raw)
+        return 0
+
+    def land(self) -> None:
+        for raw in self.pending:
+            super().add(raw)
+        self.pending.clear()
+
+
+async def test_silent_idle_is_bounded_by_the_gap_and_followed_by_noop() -> None:
+    three = asyncio.Event()
+    boxes = Mailboxes(on_idle=lambda n: three.set() if n >= 3 else None)
+    inbox = _Later()
+    boxes.folders["INBOX"] = inbox
+    rec = Recorder(transcript=[])
+    async with serving(smtp_handler(inbox, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
+        base = _settings("silent", sp, ip, None)
+        assert isinstance(base.receiver, IMAPSettings)
+        # The shipped IMAP schedule (gaps up to 0.25 s, IDLE from 0.2 s), IDLE on.
+        settings = replace(base, receiver=replace(base.receiver, use_idle=True), poll=PollSchedule())
+        run = asyncio.ensure_future(probe_roundtrip(settings, rec))
+        await asyncio.wait_for(three.wait(), 30)  # several silent IDLEs pass while nothing has landed
+        assert not run.done()
+        inbox.land()
+        result = await asyncio.wait_for(run, 30)
+    assert result.placement == "inbox"
+    sent = [line.split(" ", 3)[-1] for line in rec.transcript or [] if line.startswith("C: imap")]
+    # Every IDLE is ended by the client (DONE, at the gap: the server never pushes) and a NOOP follows.
+    for i, cmd in enumerate(sent):
+        if cmd.endswith("IDLE"):
+            assert sent[i + 1] == "DONE" and sent[i + 2].endswith("NOOP"), sent[i : i + 3]
