@@ -869,8 +869,8 @@ class _POP3Receiver(_Receiver):
         client = await self._connect(self.recorder, "receive")
         try:
             if self._delay() > 0:  # announced in this very CAPA, before any login
-                self._one_login_per_look()
                 await client.quit()
+                self._one_login_per_look()
                 return self.swept
             await self._until_login_allowed()
             await self._login(client, self.recorder, "receive")
@@ -889,8 +889,14 @@ class _POP3Receiver(_Receiver):
         return self.swept
 
     def _one_login_per_look(self) -> None:
+        """With a LOGIN-DELAY a run logs in only to look. If not even one look fits in the run's time,
+        fail now, before a canary is sent (it would stay behind until a later run swept it)."""
         self.once = True
         self.recorder.facts["login_delay"] = self._delay()
+        wait = self.gate.allowed_at(self.key) - time.monotonic()
+        deadline = self._deadline()
+        if wait > 0 and deadline is not None and time.monotonic() + wait > deadline - self._reserve():
+            raise ProbeError(self._too_late(wait), reason="receive_login_delay")
 
     async def wait(self, token: Token, since: float) -> float:
         rec = self.recorder
