@@ -117,6 +117,7 @@ class ProbeStats:
     quota_errors: Counter[str] | None = None  # None until a run tried to read the quota
     last_sync: float | None = None
     last_sync_arrival: float | None = None
+    login_delay: float | None = None  # POP3: the LOGIN-DELAY last announced by the server (0: none)
 
 
 class ResultStore:
@@ -198,6 +199,8 @@ class ResultStore:
                 st.last_sync = result.sync_seconds
             if result.sync_arrival is not None:
                 st.last_sync_arrival = result.sync_arrival
+            if isinstance(delay := result.receiver.get("login_delay"), int | float):
+                st.login_delay = float(delay)
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -265,4 +268,5 @@ def _copy(st: ProbeStats) -> ProbeStats:
         quota_errors=None if st.quota_errors is None else Counter(st.quota_errors),
         last_sync=st.last_sync,
         last_sync_arrival=st.last_sync_arrival,
+        login_delay=st.login_delay,
     )
