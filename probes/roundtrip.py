@@ -701,11 +701,12 @@ class _POP3Receiver(_Receiver):
     def _delay(self) -> int:
         return self.gate.delay(self.key) or 0
 
-    def _learn(self, caps: dict[str, list[str]]) -> None:
-        """Note the LOGIN-DELAY of this CAPA answer (none announced: 0); no CAPA at all teaches nothing."""
-        if not caps:
-            return
+    def _learn(self, caps: dict[str, list[str]], *, after_login: bool = False) -> None:
+        """Note the LOGIN-DELAY of this CAPA answer (none announced: 0); no CAPA at all teaches nothing,
+        nor does a CAPA after login without the value (the one announced before login stands)."""
         parsed = parse_login_delay(caps)
+        if not caps or (after_login and parsed is None):
+            return
         seconds, self.per_user = parsed if parsed is not None else (0, False)
         self.gate.learn(self.key, seconds)
         self.recorder.facts["login_delay"] = seconds
@@ -780,7 +781,7 @@ class _POP3Receiver(_Receiver):
         with recorder.phase(f"{prefix}_login"):
             await client.login(self.pop.credentials, allow_plaintext=self.pop.allow_plaintext_auth)
             if self.per_user:  # RFC 2449: the value for this user comes after authentication
-                self._learn(await client.capa())
+                self._learn(await client.capa(), after_login=True)
 
     async def _session(self, recorder: Recorder, prefix: str) -> POP3Client:
         await self._until_login_allowed()
@@ -927,6 +928,7 @@ class _POP3Receiver(_Receiver):
                 await self._quit(client)
             finally:
                 rec.commands += poll_rec.commands
+                rec.tls.update(poll_rec.tls)  # with a LOGIN-DELAY the looks are the only sessions
                 if not keep:
                     await client.close()
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
@@ -989,6 +991,7 @@ class _POP3Receiver(_Receiver):
                 ) from None
         finally:
             self.recorder.commands += poll_rec.commands
+            self.recorder.tls.update(poll_rec.tls)
 
     async def close(self) -> None:
         if self.client is not None:
