@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from exporter.metrics import ExporterState, SeriesCache
 from probes import canary
 from probes._net import Credentials, Endpoint, TLSSettings
 from probes.errors import ProbeError
@@ -27,6 +30,7 @@ from probes.roundtrip import (
 )
 from probes.smtp import SMTPSettings
 from tests.faultservers import NO_FAULT, Fault, Logins, Store, pop3_handler, serving, smtp_handler
+from tests.stackconfig import make_runner
 
 KEY = b"login-delay-test-key-0123456789ab"
 CREDS = Credentials("canary@example.test", "pw")
@@ -172,3 +176,50 @@ async def test_a_canary_that_vanished_before_retr_says_so() -> None:
         outcome = await _run(_settings(sp, pp))
     assert isinstance(outcome, ProbeError) and outcome.reason == "canary_invalid", outcome
     assert "vanished" in outcome.message
+
+
+async def test_the_daemon_exports_the_delay_and_warns_once_when_the_interval_is_shorter(
+    tmp_path: Path,
+) -> None:
+    """Through the exporter: the learnt delay is a series, a run that finds no login allowed within its
+    timeout is ``receive_login_delay`` before sending anything, and the interval warning comes once."""
+    store, logins = Store(), Logins()
+    pop = pop3_handler(store, NO_FAULT, capa=b"LOGIN-DELAY 2\r\n", enforce_delay=2.0, logins=logins)
+    async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(pop) as pp:
+        pw = tmp_path / "pw"
+        pw.write_text("pw\n")
+        pw.chmod(0o600)
+        side = {"host": "127.0.0.1", "tls": "none", "allow_plaintext_auth": True}
+        probe = {
+            "name": "delayed",
+            "sender": "canary@example.test",
+            "recipient": "canary@example.test",
+            "interval": "2s",
+            "timeout": "1500ms",
+            "smtp": {**side, "port": sp},
+            "receive": {
+                **side,
+                "protocol": "pop3",
+                "port": pp,
+                "username": "canary@example.test",
+                "password_file": str(pw),
+            },
+        }
+        runner = make_runner(tmp_path, [probe], KEY)
+        store_ = runner.store
+        store_.ensure(["delayed"])
+        state = ExporterState(probes={"delayed": "roundtrip"})
+        cache = SeriesCache(store_, state)
+        (config,) = runner.loaded.config.roundtrip
+        with capture_logs() as logs:
+            runs = [await runner.run_roundtrip(config) for _ in range(3)]
+    assert [r.reason for r in runs] == ["success", "receive_login_delay", "receive_login_delay"], runs
+    assert "LOGIN-DELAY of 2s" in runs[1].message
+    assert len(logins.at) == 1 and logins.refused == 0  # the refused runs did not even try
+    assert not store.messages  # and sent nothing: no canary left behind
+    warned = [e for e in logs if e["event"] == "pop3_login_delay_exceeds_interval"]
+    assert len(warned) == 1 and warned[0]["login_delay_seconds"] == 2, warned
+    assert 'mailcanary_receive_login_delay_seconds{probe="delayed"} 2.0' in cache.text()
+    assert 'mailcanary_roundtrip_runs_total{outcome="receive_login_delay",probe="delayed"} 2.0' in (
+        cache.text()
+    )
