@@ -127,20 +127,20 @@ async def test_courier_like_advertised_delay_spaces_the_logins() -> None:
 
 
 async def test_delay_longer_than_the_run_one_late_look_then_a_clear_refusal() -> None:
-    """LOGIN-DELAY 60 with a 3 s run: the run logs in once, as late as the run allows (a slow delivery
+    """LOGIN-DELAY 60 with a 6 s run: the run logs in once, as late as the run allows (a slow delivery
     still counts); the next run cannot log in at all within its time: ``receive_login_delay`` at once,
     before any canary is sent, and no login is attempted."""
     store, logins = SlowStore(after=0.5), Logins()
     gate = LoginGate()
     pop = pop3_handler(store, NO_FAULT, capa=b"LOGIN-DELAY 60\r\n", enforce_delay=60.0, logins=logins)
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(pop) as pp:
-        first = await _run(_settings(sp, pp, run_timeout=3.0, gate=gate))
+        first = await _run(_settings(sp, pp, run_timeout=6.0, gate=gate))
         sent_before = store.next_uid
-        second = await _run(_settings(sp, pp, run_timeout=3.0, gate=gate))
+        second = await _run(_settings(sp, pp, run_timeout=6.0, gate=gate))
     assert isinstance(first, RoundTripResult), first
     assert first.delivery_seconds >= 0.5
     assert isinstance(second, ProbeError) and second.reason == "receive_login_delay", second
-    assert "LOGIN-DELAY of 60s" in second.message and "timeout of 3s" in second.message
+    assert "LOGIN-DELAY of 60s" in second.message and "timeout of 6s" in second.message
     assert len(logins.at) == 1 and logins.refused == 0
     assert store.next_uid == sent_before and not store.messages  # no canary sent, none left
 
@@ -184,7 +184,7 @@ async def test_the_daemon_exports_the_delay_and_warns_once_when_the_interval_is_
     """Through the exporter: the learnt delay is a series, a run that finds no login allowed within its
     timeout is ``receive_login_delay`` before sending anything, and the interval warning comes once."""
     store, logins = Store(), Logins()
-    pop = pop3_handler(store, NO_FAULT, capa=b"LOGIN-DELAY 2\r\n", enforce_delay=2.0, logins=logins)
+    pop = pop3_handler(store, NO_FAULT, capa=b"LOGIN-DELAY 10\r\n", enforce_delay=10.0, logins=logins)
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(pop) as pp:
         pw = tmp_path / "pw"
         pw.write_text("pw\n")
@@ -195,7 +195,7 @@ async def test_the_daemon_exports_the_delay_and_warns_once_when_the_interval_is_
             "sender": "canary@example.test",
             "recipient": "canary@example.test",
             "interval": "2s",
-            "timeout": "1500ms",
+            "timeout": "3s",
             "smtp": {**side, "port": sp},
             "receive": {
                 **side,
@@ -214,12 +214,12 @@ async def test_the_daemon_exports_the_delay_and_warns_once_when_the_interval_is_
         with capture_logs() as logs:
             runs = [await runner.run_roundtrip(config) for _ in range(3)]
     assert [r.reason for r in runs] == ["success", "receive_login_delay", "receive_login_delay"], runs
-    assert "LOGIN-DELAY of 2s" in runs[1].message
+    assert "LOGIN-DELAY of 10s" in runs[1].message
     assert len(logins.at) == 1 and logins.refused == 0  # the refused runs did not even try
     assert not store.messages  # and sent nothing: no canary left behind
     warned = [e for e in logs if e["event"] == "pop3_login_delay_exceeds_interval"]
-    assert len(warned) == 1 and warned[0]["login_delay_seconds"] == 2, warned
-    assert 'mailcanary_receive_login_delay_seconds{probe="delayed"} 2.0' in cache.text()
+    assert len(warned) == 1 and warned[0]["login_delay_seconds"] == 10, warned
+    assert 'mailcanary_receive_login_delay_seconds{probe="delayed"} 10.0' in cache.text()
     assert 'mailcanary_roundtrip_runs_total{outcome="receive_login_delay",probe="delayed"} 2.0' in (
         cache.text()
     )
