@@ -864,6 +864,7 @@ class _POP3Receiver(_Receiver):
 
     async def open_and_sweep(self, late: set[str]) -> list[Token]:
         self.late = late
+        self.started = time.monotonic()  # the run's clock starts once its session slot is held
         if self._delay() > 0:  # learnt by an earlier run: no login now, the looks sweep
             self._one_login_per_look()
             return self.swept
