@@ -220,6 +220,15 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     for note in loaded.notes:
         print(f"note: {note}", file=out)
     cfg = loaded.config
+    for i, probe in enumerate(cfg.roundtrip):
+        # A POP3 server's LOGIN-DELAY cannot be known without asking it, and this command asks no one.
+        if probe.receive.protocol == "pop3":
+            print(
+                f"note: {path}: roundtrip[{i}].receive: a POP3 server's LOGIN-DELAY is learnt at the first "
+                f"run; if it exceeds the interval ({cfg.interval_of(probe):g}s) the daemon logs "
+                "pop3_login_delay_exceeds_interval (see mailcanary_receive_login_delay_seconds)",
+                file=out,
+            )
     domains = f", {len(cfg.domain_checks)} domain checks" if cfg.domain_checks else ""
     print(
         f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks{domains})",

@@ -321,6 +321,10 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         "Quota reads that failed (the round trip went on): refused (NO/BAD), protocol, timeout.",
         "reason",
     )
+    login_delay = gauge(
+        "mailcanary_receive_login_delay_seconds",
+        "POP3: the LOGIN-DELAY the receiving server announced (RFC 2449), as last learnt; 0: none.",
+    )
     hist = HistogramMetricFamily(
         "mailcanary_roundtrip_delivery_seconds",
         "Delivery latency of successful round trips: first seen by the receiver minus DATA accepted.",
@@ -393,6 +397,8 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         if st.quota_errors is not None:  # from the first attempt on, so rate() sees the first failure
             for reason in QUOTA_ERRORS:
                 quota_errors.add_metric([name, reason], st.quota_errors.get(reason, 0))
+        if st.login_delay is not None:
+            login_delay.add_metric([name], st.login_delay)
         buckets = [(_le(b), c) for b, c in zip(DELIVERY_BUCKETS, st.bucket_counts, strict=True)]
         buckets.append(("+Inf", st.delivery_count))
         hist.add_metric([name], buckets, sum_value=st.delivery_sum)
@@ -430,6 +436,7 @@ def roundtrip_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Me
         quota_used,
         quota_limit,
         quota_errors,
+        login_delay,
     ]
 
 

@@ -119,6 +119,7 @@ class ProbeStats:
     last_sync_arrival: float | None = None
     junk_found: bool | None = None  # placement on: the last run that listed folders found a junk folder
     sync_skipped: str | None = None  # last delivered run with sync on: "" ran, else SYNC_SKIP_REASONS
+    login_delay: float | None = None  # POP3: the LOGIN-DELAY last announced by the server (0: none)
 
 
 class ResultStore:
@@ -208,6 +209,8 @@ class ResultStore:
                 st.sync_skipped = skipped
             elif result.sync_seconds is not None or result.reason == "sync_timeout":
                 st.sync_skipped = ""  # the check ran
+            if isinstance(delay := result.receiver.get("login_delay"), int | float):
+                st.login_delay = float(delay)
             if result.success:
                 st.last_success = result.started + result.duration
             if result.delivery is not None:
@@ -277,4 +280,5 @@ def _copy(st: ProbeStats) -> ProbeStats:
         last_sync_arrival=st.last_sync_arrival,
         junk_found=st.junk_found,
         sync_skipped=st.sync_skipped,
+        login_delay=st.login_delay,
     )

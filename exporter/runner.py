@@ -24,6 +24,7 @@ from probes.domain import DomainReport, DomainSettings, probe_domain
 from probes.errors import ProbeError
 from probes.imap import IMAPSettings
 from probes.mx import MXCheckSettings
+from probes.pop3 import LoginGate
 from probes.recorder import Masker, Recorder
 from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
@@ -68,6 +69,7 @@ RECEIVER_FACTS = (
     "sender_ip",  # kept for a blocklist check of the IP the receiver saw
     "sender_dnsbl",  # zone -> status of that IP (receive.sender_dnsbl)
     "clock_offset",
+    "login_delay",  # POP3: the LOGIN-DELAY the server announced (seconds; 0: none)
 )
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
@@ -167,6 +169,7 @@ def roundtrip_settings(
             allow_plaintext_auth=rc.allow_plaintext_auth,
             timeout=rc.timeout,
             limits=limits,
+            run_timeout=loaded.config.timeout_of(probe),
         )
     return RoundTripSettings(
         name=probe.name,
@@ -322,6 +325,8 @@ class Runner:
     dnsbl: ListingCache = field(default_factory=ListingCache)  # sending-IP DNSBL answers, for cache_for
     no_junk_warned: set[str] = field(default_factory=set)  # probes told once that no junk folder exists
     own_slots: InitVar[bool] = True  # False: the daemon's shared limiter, set by limit_sessions() in _apply
+    # probe -> the LOGIN-DELAY its interval was last warned about (one entry per configured POP3 probe)
+    delay_warned: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self, own_slots: bool) -> None:
         if own_slots:
@@ -416,6 +421,25 @@ class Runner:
         self._log(run)
         return run
 
+    def _warn_login_delay(self, probe: RoundTripConfig, run: RunResult) -> None:
+        """Once per probe and delay: an interval shorter than the server's LOGIN-DELAY (plus the margin
+        we keep) means some runs cannot log in at all (``receive_login_delay``)."""
+        delay = run.receiver.get("login_delay")
+        interval = self.loaded.config.interval_of(probe)
+        if not isinstance(delay, int | float) or delay + LoginGate.MARGIN <= interval:
+            return
+        if self.delay_warned.get(probe.name) == delay:
+            return
+        self.delay_warned[probe.name] = delay
+        log.warning(
+            "pop3_login_delay_exceeds_interval",
+            probe=probe.name,
+            login_delay_seconds=delay,
+            interval_seconds=interval,
+            hint=f"set interval to at least {delay + LoginGate.MARGIN:g}s: the server allows one login "
+            f"per {delay:g}s and each run needs one",
+        )
+
     def _transcript(self, debug: bool) -> list[str] | None:
         """Everything for --debug; with a status page, a bounded one for the failed-run history."""
         return [] if debug else BoundedTranscript() if self.history is not None else None
@@ -454,7 +478,7 @@ class Runner:
             self._log_cancelled(probe.name, rec, t0)
             raise
         delivery = attempt.value.delivery_seconds if attempt.value is not None else None
-        return self._finish(
+        run = self._finish(
             probe.name,
             rec,
             attempt.reason,
@@ -470,6 +494,8 @@ class Runner:
             hygiene=hygiene,
             sender_dnsbl=listings,
         )
+        self._warn_login_delay(probe, run)
+        return run
 
     async def _sender_dnsbl(
         self, probe: RoundTripConfig, reason: str, rec: Recorder

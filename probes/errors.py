@@ -17,7 +17,8 @@ REASONS: Final[frozenset[str]] = frozenset(
         "smtp_protocol",  # garbage or unexpected reply, connection lost mid-dialogue
         "receive_connect",
         "receive_tls",
-        "receive_auth",
+        "receive_auth",  # credentials refused (-ERR with no response code, or [AUTH]), no usable mechanism
+        "receive_login_delay",  # POP3: a login refused as too soon ([LOGIN-DELAY]), or none allowed in time
         "receive_protocol",  # IMAP/POP3 answered NO/BAD/-ERR where OK was needed, or garbage
         "canary_invalid",  # a message with our token header arrived but its HMAC or body did not verify
         "bounced",  # the receiving side returned the canary: a DSN or bounce with a permanent failure

@@ -10,6 +10,9 @@ import asyncio
 import base64
 import re
 import ssl
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Self, TypeAlias
@@ -29,6 +32,11 @@ MAX_COMMAND: Final = 255  # RFC 2449 section 4: longest command line, CRLF inclu
 
 _PROTOCOL: Final = "receive_protocol"
 _AUTH: Final = "receive_auth"
+_LOGIN_DELAY: Final = "receive_login_delay"
+MAX_LOGIN_DELAY: Final = 86_400  # a longer announced delay is taken as a day: no monitor can wait longer
+_DELAY_VALUE: Final = re.compile(r"[0-9]{1,10}", re.ASCII)
+# RFC 2449 section 8: "[" resp-level *("/" resp-level) "]" right after "-ERR ", levels case-insensitive.
+_RESP_CODE: Final = re.compile(r"\[([^\]\s]{1,64})\]")
 _NUMBER: Final = re.compile(rb"[0-9]{1,10}")
 _SIZE: Final = re.compile(rb"[0-9]{1,20}")
 _UID: Final = re.compile(rb"[\x21-\x7e]+")  # RFC 1939 section 7: unique-id is printable ASCII
@@ -107,6 +115,101 @@ def parse_capa(lines: Iterable[bytes]) -> Capabilities:
         if words:
             caps[words[0].upper()] = words[1:]
     return caps
+
+
+def parse_login_delay(caps: Capabilities) -> tuple[int, bool] | None:
+    """``(seconds, per_user)`` from CAPA's ``LOGIN-DELAY n [USER]`` (RFC 2449 section 6.5), or None.
+
+    Lenient: extra words are ignored and an unreadable value counts as not announced (we cannot honour a
+    delay we cannot read); strict only in bounds: at most MAX_LOGIN_DELAY. ``USER`` (before login only)
+    means the value may differ per user, so CAPA is asked again once logged in.
+    """
+    args = caps.get("LOGIN-DELAY")
+    if not args or not _DELAY_VALUE.fullmatch(args[0]):
+        return None
+    per_user = any(word.upper() == "USER" for word in args[1:])
+    return min(int(args[0]), MAX_LOGIN_DELAY), per_user
+
+
+def response_code(text: str) -> str | None:
+    """The extended response code at the start of an -ERR text (RFC 2449 section 8), upper-cased."""
+    match = _RESP_CODE.match(text)
+    return match[1].upper() if match else None
+
+
+def login_refusal_reason(text: str) -> str:
+    """The failure reason of a refused login, from its response code (RFC 2449 section 8.1, RFC 3206).
+
+    ``LOGIN-DELAY``: logged in too soon after the last login, its own reason. ``IN-USE`` (the maildrop is
+    locked by another session) and ``SYS/...`` (the server's own trouble, RFC 3206) are the server
+    refusing for something other than the credentials: ``receive_protocol``. ``AUTH``, an unknown code
+    or none at all: the credentials, ``receive_auth``.
+    """
+    code = response_code(text)
+    top = code.split("/", 1)[0] if code else None
+    if top == "LOGIN-DELAY":
+        return _LOGIN_DELAY
+    if top in ("IN-USE", "SYS"):
+        return _PROTOCOL
+    return _AUTH
+
+
+class LoginGate:
+    """Per server and account: the LOGIN-DELAY it announced and when we last logged in, so that no login
+    comes sooner than the server allows, across the runs of every probe in this process.
+
+    Times are ``time.monotonic()``. Bounded: the least recently used entries beyond MAX_ENTRIES are
+    forgotten (the worst that does is one login refused with ``[LOGIN-DELAY]``, which is reported as such).
+    """
+
+    MAX_ENTRIES: Final = 1024
+    MARGIN: Final = 1.0  # seconds on top of the delay: the server measures from its own clock, in seconds
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[int | None, float | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, key: tuple[str, str]) -> tuple[int | None, float | None]:
+        entry = self._entries.get(key, (None, None))
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        return entry
+
+    def _put(self, key: tuple[str, str], entry: tuple[int | None, float | None]) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.MAX_ENTRIES:
+            self._entries.popitem(last=False)
+
+    def delay(self, key: tuple[str, str]) -> int | None:
+        """The delay last announced (0: announced none), or None if never learned."""
+        with self._lock:
+            return self._get(key)[0]
+
+    def learn(self, key: tuple[str, str], seconds: int) -> None:
+        with self._lock:
+            self._put(key, (seconds, self._get(key)[1]))
+
+    def note_login(self, key: tuple[str, str], at: float | None = None) -> None:
+        """A login is being attempted now (refused ones count too: some servers count them)."""
+        with self._lock:
+            self._put(key, (self._get(key)[0], time.monotonic() if at is None else at))
+
+    def allowed_at(self, key: tuple[str, str]) -> float:
+        """The earliest monotonic time of the next login (0.0: at once)."""
+        with self._lock:
+            delay, last = self._get(key)
+        if not delay or last is None:
+            return 0.0
+        return last + delay + self.MARGIN
+
+
+LOGIN_GATE: Final = LoginGate()  # the process's one gate: every run of every probe shares it
+
+
+def login_key(endpoint: Endpoint, username: str) -> tuple[str, str]:
+    """A LOGIN-DELAY applies per server and account (RFC 2449 section 6.5)."""
+    return endpoint.address, username
 
 
 def _listing(lines: Iterable[bytes], what: str, value: re.Pattern[bytes]) -> list[tuple[int, bytes]]:
@@ -290,8 +393,24 @@ class POP3Client:
         if "PLAIN" in {mech.upper() for mech in self.capabilities.get("SASL", [])}:
             await self._auth_plain(creds)
         else:
-            await self._command("USER", creds.username, err_reason=_AUTH)
-            await self._command("PASS", creds.password, shown=f"PASS {MASK}", err_reason=_AUTH)
+            steps = (("USER", creds.username, None), ("PASS", creds.password, f"PASS {MASK}"))
+            for verb, arg, shown in steps:
+                ok, text, _ = await self._command(verb, arg, shown=shown, tolerate_err=True)
+                if not ok:
+                    raise self._refused_login(f"{verb} failed", text)
+
+    def _refused_login(self, what: str, text: str) -> ProbeError:
+        """A refused login, with the reason its response code gives (not every refusal is a password)."""
+        reason = login_refusal_reason(text)
+        shown = f"-ERR {self._mask(text)}"
+        if reason == _LOGIN_DELAY:
+            delay = parse_login_delay(self.capabilities)
+            announced = f" (it announces LOGIN-DELAY {delay[0]}s)" if delay else ""
+            return ProbeError(
+                f"the server refused the login as too soon after the previous one{announced}: {shown}",
+                reason=reason,
+            )
+        return ProbeError(f"{what}: {shown}", reason=reason)
 
     async def stat(self) -> tuple[int, int]:
         _, text, _ = await self._command("STAT")
@@ -324,21 +443,30 @@ class POP3Client:
         _check_number(number)
         await self._command("DELE", str(number), err_reason=err_reason)
 
-    async def top_or_none(self, number: int, cap: int, lines: int = 0) -> bytes | None:
+    async def top_or_none(
+        self, number: int, cap: int, lines: int = 0, *, refused_raises: bool = False
+    ) -> bytes | None:
         """The header block (and ``lines`` body lines) of message ``number``, or None if it cannot be
         read as a foreign message may not be: gone (``-ERR``, another session deleted it), a line over
         the line limit, or over ``cap`` bytes. The rest of such a reply is read and dropped (bounded), so
-        the session stays in step. Unlike RETR, TOP leaves the message's \\Seen flag alone (Dovecot)."""
-        return await self._fetch_or_none("TOP", number, cap, str(lines))
+        the session stays in step. Unlike RETR, TOP leaves the message's \\Seen flag alone (Dovecot).
 
-    async def retr_or_none(self, number: int, cap: int) -> bytes | None:
+        ``refused_raises``: an ``-ERR`` raises :class:`Refused` (with the server's text) instead, for a
+        caller that must tell a message that vanished from a server that fails to serve one."""
+        return await self._fetch_or_none("TOP", number, cap, str(lines), refused_raises=refused_raises)
+
+    async def retr_or_none(self, number: int, cap: int, *, refused_raises: bool = False) -> bytes | None:
         """Like :meth:`top_or_none` for the whole message."""
-        return await self._fetch_or_none("RETR", number, cap)
+        return await self._fetch_or_none("RETR", number, cap, refused_raises=refused_raises)
 
-    async def _fetch_or_none(self, verb: str, number: int, cap: int, *extra: str) -> bytes | None:
+    async def _fetch_or_none(
+        self, verb: str, number: int, cap: int, *extra: str, refused_raises: bool = False
+    ) -> bytes | None:
         _check_number(number)
-        ok, _, _ = await self._command(verb, str(number), *extra, tolerate_err=True)
+        ok, text, _ = await self._command(verb, str(number), *extra, tolerate_err=True)
         if not ok:
+            if refused_raises:
+                raise Refused(f"{verb} {number} failed: -ERR {self._mask(text)}", reason=_PROTOCOL)
             return None
         lines: Lines = []
         total = 0
@@ -431,7 +559,7 @@ class POP3Client:
             line = await self._read_line("AUTH")
         ok, text = self._status(line, "AUTH")
         if not ok:
-            raise ProbeError(f"AUTH PLAIN refused: -ERR {self._mask(text)}", reason=_AUTH)
+            raise self._refused_login("AUTH PLAIN refused", text)
 
     async def _auth_oauth(self, creds: Credentials) -> None:
         """RFC 5034 AUTH with XOAUTH2/OAUTHBEARER from the server's ``SASL`` capability. A token does not
@@ -474,10 +602,11 @@ class POP3Client:
             raise ProbeError(f"AUTH {mech}: unexpected SASL challenge from the server", reason=_AUTH)
         ok, text = self._status(line, "AUTH")
         if not ok:
-            if creds.token_source is not None:
+            refused = self._refused_login(f"POP3 AUTH {mech} refused", text)
+            if creds.token_source is not None and refused.reason == _AUTH:
                 creds.token_source.invalidate()  # refused: the next run asks for a fresh one
             extra = f" [{detail}]" if detail else ""
-            raise ProbeError(f"POP3 AUTH {mech} refused: -ERR {self._mask(text)}{extra}", reason=_AUTH)
+            raise ProbeError(f"{refused.message}{extra}", reason=refused.reason)
 
     async def _command(
         self,
@@ -675,6 +804,10 @@ class POP3Client:
 
     def _mask(self, text: str) -> str:
         return self.recorder.masker(text)
+
+
+class Refused(ProbeError):
+    """The server answered ``-ERR`` to TOP or RETR of a listed message; the session is still in step."""
 
 
 class _Overlong(ProbeError):

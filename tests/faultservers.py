@@ -13,12 +13,13 @@ import contextlib
 import re
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-ACTIONS = ("close", "reset", "silence", "garbage", "overlong", "err", "drip", "huge_literal", "bye")
+ACTIONS = ("close", "reset", "silence", "garbage", "overlong", "err", "drip", "huge_literal", "bye", "vanish")
 
 
 @dataclass(frozen=True)
@@ -425,8 +426,32 @@ def courier_imap_handler(boxes: Mailboxes, namespace: bytes = COURIER_NAMESPACE)
 
 # --- POP3 ------------------------------------------------------------------------------------------------
 
+CYRUS_LOGIN_DELAY = b"-ERR [LOGIN-DELAY] Logins must be at least 1 minute apart\r\n"  # Cyrus 3.6 pop3d
 
-def pop3_handler(store: Store, fault: Fault) -> Handler:
+
+@dataclass
+class Logins:
+    """A POP3 fault server's view of logins: when each PASS came (``time.monotonic()``), how many it
+    refused for LOGIN-DELAY. ``last_ok`` may be set beforehand: another client logged in then."""
+
+    at: list[float] = field(default_factory=list)
+    refused: int = 0
+    last_ok: float | None = None
+
+
+def pop3_handler(
+    store: Store,
+    fault: Fault,
+    *,
+    capa: bytes = b"",
+    enforce_delay: float | None = None,
+    logins: Logins | None = None,
+) -> Handler:
+    """``capa``: more CAPA lines (e.g. ``b"LOGIN-DELAY 60\\r\\n"``). ``enforce_delay``: refuse a PASS
+    sooner than this after the last accepted one, as Cyrus does with ``popminpoll``. Action ``vanish``
+    (TOP/RETR): another session deleted the message just before: ``-ERR``, and later sessions lack it."""
+    seen = logins if logins is not None else Logins()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         snapshot = sorted(store.messages)  # message numbers are fixed for the session
         marked: set[int] = set()
@@ -436,6 +461,11 @@ def pop3_handler(store: Store, fault: Fault) -> Handler:
 
         async def reply(step: str, good: bytes, number: int | None = None) -> bool:
             if applies(step, number):
+                if fault.action == "vanish" and number is not None:
+                    store.messages.pop(snapshot[number - 1], None)
+                    writer.write(b"-ERR Message %d expunged.\r\n" % number)  # Dovecot's words
+                    await writer.drain()
+                    return False
                 if fault.action == "err":
                     writer.write(
                         b"-ERR Message %d expunged\r\n" % (number or 0) if number else b"-ERR failed\r\n"
@@ -469,7 +499,18 @@ def pop3_handler(store: Store, fault: Fault) -> Handler:
                 arg = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
                 live = [n for n in range(1, len(snapshot) + 1) if n not in marked]
                 if verb == "CAPA":
-                    stop = await reply(verb, b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\n.\r\n")
+                    stop = await reply(verb, b"+OK\r\nTOP\r\nUIDL\r\nUSER\r\n" + capa + b".\r\n")
+                elif verb == "PASS" and not applies(verb):
+                    now = time.monotonic()
+                    seen.at.append(now)
+                    last = seen.last_ok
+                    if enforce_delay is not None and last is not None and now - last < enforce_delay:
+                        seen.refused += 1
+                        writer.write(CYRUS_LOGIN_DELAY)
+                        await writer.drain()
+                        continue
+                    seen.last_ok = now
+                    stop = await reply(verb, b"+OK logged in\r\n")
                 elif verb in ("USER", "PASS", "NOOP"):
                     stop = await reply(verb, b"+OK\r\n")
                 elif verb == "UIDL":

@@ -130,8 +130,12 @@ def _pop3_cases() -> Iterator[Case]:
         yield Case(f"pop3-{s}-silence", p, Fault(step, "silence"), "timeout", receiver=p)
         if step not in ("TOP", "RETR"):
             yield Case(f"pop3-{s}-err", p, Fault(step, "err"), err.get(step, "receive_protocol"), receiver=p)
-    # Our own canary refused at RETR (gone, or the server cannot read it): nothing verified.
-    yield Case("pop3-retr-err", p, Fault("RETR", "err"), "canary_invalid", receiver=p)
+    # A server failing to serve a message it still lists (a later session lists it again): its failure,
+    # not a slow delivery (TOP) and not tampering (RETR).
+    yield Case("pop3-top-err", p, Fault("TOP", "err"), "receive_protocol", receiver=p)
+    yield Case("pop3-retr-err", p, Fault("RETR", "err"), "receive_protocol", receiver=p)
+    # Our canary removed by another session between TOP and RETR: gone, as IMAP says it (not tampering).
+    yield Case("pop3-retr-vanish", p, Fault("RETR", "vanish"), "canary_invalid", receiver=p)
     # Foreign mail never fails a run: gone since UIDL, a header line over the limit, too big to be ours.
     foreign = b"From: user@example.org\r\nSubject: hello\r\n\r\nuser mail\r\n"
     yield Case(

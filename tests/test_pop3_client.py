@@ -20,12 +20,17 @@ from probes._net import Credentials, Endpoint, TLSMode, TLSSettings
 from probes.errors import ProbeError, ProbeTimeout
 from probes.pop3 import (
     MAX_LINE,
+    MAX_LOGIN_DELAY,
+    LoginGate,
     POP3Client,
+    login_refusal_reason,
     parse_capa,
     parse_list,
+    parse_login_delay,
     parse_stat,
     parse_status,
     parse_uidl,
+    response_code,
     sasl_plain,
     unstuff,
 )
@@ -128,6 +133,68 @@ class TestParseCapa:
             assert exc.reason == "receive_protocol"
         else:
             assert all(tag == tag.upper() and tag for tag in caps)
+
+
+class TestLoginDelay:
+    """RFC 2449 section 6.5 (CAPA LOGIN-DELAY) and section 8.1 / RFC 3206 (response codes)."""
+
+    @pytest.mark.parametrize(
+        ("lines", "expected"),
+        [
+            ([b"TOP", b"LOGIN-DELAY 60"], (60, False)),  # Cyrus with popminpoll: 1
+            ([b"LOGIN-DELAY 10"], (10, False)),  # Courier
+            ([b"login-delay 900 USER"], (900, True)),  # per user: ask again after login
+            ([b"LOGIN-DELAY 0"], (0, False)),
+            ([b"LOGIN-DELAY 99999999999"], None),  # more than 10 digits: unreadable, not honoured
+            ([b"LOGIN-DELAY 9999999999"], (MAX_LOGIN_DELAY, False)),  # bounded
+            ([b"LOGIN-DELAY"], None),
+            ([b"LOGIN-DELAY sixty"], None),
+            ([b"LOGIN-DELAY -5"], None),
+            ([b"TOP", b"UIDL"], None),
+        ],
+    )
+    def test_capa_value(self, lines: list[bytes], expected: tuple[int, bool] | None) -> None:
+        assert parse_login_delay(parse_capa(lines)) == expected
+
+    @given(st.lists(st.binary(max_size=40), max_size=8))
+    def test_capa_value_never_raises_and_is_bounded(self, lines: list[bytes]) -> None:
+        parsed = parse_login_delay(parse_capa([b"LOGIN-DELAY " + line for line in lines]))
+        assert parsed is None or 0 <= parsed[0] <= MAX_LOGIN_DELAY
+
+    @pytest.mark.parametrize(
+        ("text", "code", "reason"),
+        [
+            ("[LOGIN-DELAY] Logins must be at least 1 minute apart", "LOGIN-DELAY", "receive_login_delay"),
+            ("[login-delay] too soon", "LOGIN-DELAY", "receive_login_delay"),
+            ("[IN-USE] Unable to lock maildrop", "IN-USE", "receive_protocol"),
+            ("[SYS/TEMP] Internal error occurred", "SYS/TEMP", "receive_protocol"),
+            ("[SYS/PERM] Mailbox is broken", "SYS/PERM", "receive_protocol"),
+            ("[AUTH] Authentication failed.", "AUTH", "receive_auth"),
+            ("Authentication failed.", None, "receive_auth"),
+            ("[UNKNOWN-CODE] what", "UNKNOWN-CODE", "receive_auth"),
+            ("too soon [LOGIN-DELAY]", None, "receive_auth"),  # a code only counts at the start
+        ],
+    )
+    def test_response_code(self, text: str, code: str | None, reason: str) -> None:
+        assert response_code(text) == code
+        assert login_refusal_reason(text) == reason
+
+    @given(st.text(max_size=120))
+    def test_response_code_never_raises(self, text: str) -> None:
+        assert login_refusal_reason(text) in ("receive_auth", "receive_login_delay", "receive_protocol")
+
+    def test_gate(self) -> None:
+        gate = LoginGate()
+        key = ("pop.example.test:995", USER)
+        assert gate.allowed_at(key) == 0.0 and gate.delay(key) is None
+        gate.note_login(key, at=100.0)
+        assert gate.allowed_at(key) == 0.0  # no delay known: at once
+        gate.learn(key, 60)
+        assert gate.allowed_at(key) == 100.0 + 60 + gate.MARGIN
+        assert gate.allowed_at(("pop.example.test:995", "other")) == 0.0  # per account
+        for i in range(gate.MAX_ENTRIES + 5):  # bounded: the oldest are forgotten
+            gate.note_login((f"h{i}:110", USER), at=1.0)
+        assert gate.delay(key) is None
 
 
 class TestParseListings:
@@ -784,6 +851,29 @@ async def test_err_on_pass_is_auth_failure_without_password(serve: Serve) -> Non
     assert "[AUTH] bad ********" in str(info.value)
     assert PASSWORD not in str(info.value)
     assert_no_secrets(rec)
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (b"-ERR [LOGIN-DELAY] Logins must be at least 1 minute apart\r\n", "receive_login_delay"),
+        (b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n", "receive_protocol"),
+        (b"-ERR [SYS/TEMP] Try again later\r\n", "receive_protocol"),
+        (b"-ERR [AUTH] Invalid login\r\n", "receive_auth"),
+    ],
+)
+async def test_refused_login_reason_follows_the_response_code(
+    serve: Serve, reply: bytes, reason: str
+) -> None:
+    capa = b"+OK\r\nUSER\r\nLOGIN-DELAY 60\r\n.\r\n"
+    port = await serve(scripted({b"CAPA": capa, b"PASS": reply}))
+    async with await POP3Client.connect(endpoint(port, "none"), recorder(), timeout=5) as client:
+        with pytest.raises(ProbeError) as info:
+            await client.login(Credentials(USER, PASSWORD), allow_plaintext=True)
+    assert info.value.reason == reason
+    assert reply.decode().strip()[5:] in str(info.value)  # the server's own words
+    if reason == "receive_login_delay":
+        assert "LOGIN-DELAY 60s" in str(info.value)
 
 
 async def test_err_on_user_is_auth_failure(serve: Serve) -> None:

@@ -112,6 +112,8 @@ def reference(store: ResultStore, state: ExporterState) -> str:
 
 # Families added after the golden was written (each documented in docs/metrics.md).
 ADDED_SINCE_GOLDEN = (
+    "mailcanary_receive_login_delay_seconds",  # issue 19: POP3 LOGIN-DELAY
+    'outcome="receive_login_delay"',  # issue 19: a reason added since
     "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
     "mailcanary_roundtrip_placement",  # also matches mailcanary_roundtrip_placements_total
     "mailcanary_roundtrip_bounces_total",
