@@ -65,6 +65,7 @@ RECEIVER_FACTS = (
     "sender_ip",  # kept for a blocklist check of the IP the receiver saw
     "sender_dnsbl",  # zone -> status of that IP (receive.sender_dnsbl)
     "clock_offset",
+    "sync_skipped",  # why the sync check did not run although configured (e.g. the canary was in junk)
 )
 TLS_CHECK_STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
 
