@@ -82,6 +82,8 @@ def verdict_text(r: RunResult, probe: RoundTripConfig | None) -> str:
         methods = [*REQUIRED_METHODS, *(m for m in sorted(v.auth) if m not in REQUIRED_METHODS)]
         auth = " ".join(f"{m}={v.auth.get(m, 'missing')}" for m in methods)
         auth += f" (from {v.authserv_id})" if v.authserv_id else " (no trusted Authentication-Results field)"
+    elif rc is None:
+        auth = "no trusted authentication results"
     else:
         auth = "authentication not read (receive.trusted_authserv_ids not set)"
     if v.ignored:

@@ -237,6 +237,7 @@ def test_report_without_configs_states_only_facts() -> None:
     status, code, facts = run(result(placement="junk", receiver={"junk_folder": "Junk"}), None)
     assert code == EXIT_WARNING and facts["placement"] == "junk (filed into the junk folder 'Junk')"
     assert facts["sync"] == "not run" and facts["quota"] == "not read"
+    assert facts["verdict"] == "no trusted authentication results; no spam score header"
     assert "'rt_bounces'" not in status
 
 
