@@ -8,19 +8,20 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
 from probes.domain import DomainReport, render_report
 from probes.tls import TLSFacts
 
-from . import demo, logs
+from . import demo, logs, probereport
 from .buildinfo import version_text
 from .config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     LoadedConfig,
+    RoundTripConfig,
     load_config,
     parse_shard,
     state_dir,
@@ -112,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="add vantage=NAME to every mailcanary_* series (overrides global.vantage)",
     )
-    probe = sub.add_parser("probe", help="run probes once, print a report, exit 0 OK / 2 failed / 3 error")
+    probe = sub.add_parser(
+        "probe", help="run probes once, print a report, exit 0 OK / 1 warning / 2 failed / 3 error"
+    )
     common(probe)
     probe.set_defaults(log_level="warning")  # the report says it all; logs only for trouble
     probe.add_argument("names", nargs="*", metavar="NAME", help="probes to run (default: all)")
@@ -283,7 +286,8 @@ async def _probe(args: argparse.Namespace, out: TextIO) -> int:
         results = await asyncio.gather(*(kind.run(runner, entry, args.debug) for kind, entry in selected))
     finally:
         await asyncio.to_thread(ledger.close)
-    text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days)
+    roundtrips = {e.name: e for _, e in selected if isinstance(e, RoundTripConfig)}
+    text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days, roundtrips=roundtrips)
     print(text, file=out)
     return code
 
@@ -293,16 +297,24 @@ def _days_left(facts: TLSFacts, now: float) -> float | None:
 
 
 def report(
-    results: Sequence[RunResult], warn_days: float | None = None, crit_days: float | None = None
+    results: Sequence[RunResult],
+    warn_days: float | None = None,
+    crit_days: float | None = None,
+    roundtrips: Mapping[str, RoundTripConfig] | None = None,
 ) -> tuple[str, int]:
-    """Nagios-style first line (status - summary | perfdata), then a readable section per probe."""
+    """Nagios-style first line (status - summary | perfdata), then a readable section per probe.
+    ``roundtrips`` (the run's round-trip configs) lets a fact that was not configured say so."""
     now = time.time()
+    rts = roundtrips or {}
     problems: list[tuple[int, str]] = []
     for r in results:
         if not r.success:
             problems.append(
                 (EXIT_UNKNOWN if r.reason == "internal" else EXIT_CRITICAL, f"{r.probe}: {r.reason}")
             )
+        junk = probereport.warning(r)  # delivered, but as spam: the daemon's alert is a warning too
+        if junk is not None:
+            problems.append((EXIT_WARNING, junk))
         for endpoint, facts in r.tls.items():
             days = _days_left(facts, now)
             if days is None:
@@ -333,6 +345,12 @@ def report(
         summary = ", ".join(parts)
     perf = [f"'{r.probe}_delivery'={r.delivery:.3f}s;;;0" for r in results if r.delivery is not None]
     perf += [f"'{r.probe}_sync'={r.sync_seconds:.3f}s;;;0" for r in results if r.sync_seconds is not None]
+    perf += [
+        x
+        for r in results
+        if probereport.is_roundtrip(r, rts)
+        for x in probereport.perfdata(r, rts.get(r.probe))
+    ]
     for r in results:
         for endpoint, facts in r.tls.items():
             days = _days_left(facts, now)
@@ -349,18 +367,10 @@ def report(
         if not r.success:
             where = f" during {r.failed_phase}" if r.failed_phase else ""
             lines.append(f"  reason: {r.reason}{where}: {r.message}")
+        if probereport.is_roundtrip(r, rts):
+            lines.extend(probereport.fact_lines(r, rts.get(r.probe)))
         if r.late or r.swept:
             lines.append(f"  earlier canaries cleaned up: {r.late} late, {r.swept} stale")
-        if r.sync_seconds is not None and r.sync_arrival is not None:
-            lines.append(
-                f"  second session: saw the canary {r.sync_arrival:.3f}s after acceptance, "
-                f"its flag {r.sync_seconds:.3f}s after it was set"
-            )
-        for resource, (used, limit) in sorted((r.quota or {}).items()):
-            share = f" ({100 * used / limit:.1f} %)" if limit > 0 else ""
-            lines.append(f"  quota {resource}: {used} of {limit}{share}")
-        if r.quota_error is not None:
-            lines.append(f"  quota not read: {r.quota_error}")
         if r.phases:
             width = max(len(p) for p in r.phases)
             lines.append(f"  {'phase'.ljust(width)}  seconds")

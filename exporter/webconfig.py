@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 from aiohttp import web
@@ -124,10 +127,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 BCRYPT_WORKERS = 2  # threads checking passwords: bcrypt is slow by design and must not run on the loop
-BCRYPT_QUEUE = 32  # checks that may wait for a thread; beyond that a request gets 503 at once
+BCRYPT_QUEUE = 32  # checks that may wait for a thread at most (a memory bound; the wait bound is below)
+# A request with credentials not yet cached is answered (200/401) or refused (503) within this long,
+# whatever the machine's load: it is admitted only if the checks ahead of it should be done by then
+# (measured mean bcrypt time), and a queued check not started by then is dropped and answered 503.
+MAX_AUTH_WAIT = 1.0
 NEGATIVE_CACHE = 1024  # refused credentials remembered (a repeated wrong password costs no bcrypt)
 POSITIVE_CACHE = 64  # accepted credentials remembered apart, so a flood of wrong ones cannot evict them
 _DEFAULT_COST = 10
+_MEAN_WEIGHT = 0.2  # weight of the newest bcrypt time in the running mean (follows the load in ~5 checks)
 
 
 def _cost(hashed: str) -> int:
@@ -140,19 +148,26 @@ def _cost(hashed: str) -> int:
 class PasswordChecker:
     """Basic-auth checks off the event loop, in a small bounded pool, cached on the presented
     credentials (a keyed digest, never the password). An unknown user is checked against a dummy hash
-    of the same cost, so the answer time does not tell which user names exist."""
+    of the same cost, so the answer time does not tell which user names exist.
+
+    The bound is on the wait, not only on the count: admission by expected wait (checks pending *
+    running mean bcrypt time / threads, plus one check) against ``MAX_AUTH_WAIT``, and a deadline on
+    each queued check. A check that started before its deadline runs to its end even if its request was
+    already answered 503, and its answer is cached: the client's retry is then answered at once."""
 
     def __init__(self, users: dict[str, str]) -> None:
         self.users = {u.encode(): h.encode() for u, h in users.items()}
         cost = max((_cost(h) for h in users.values()), default=_DEFAULT_COST)
         import bcrypt  # only with basic auth: `run` without it never loads it
 
+        started = time.perf_counter()
         self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost))
+        self.mean = time.perf_counter() - started  # seconds per check: hashing costs what checking does
         self._key = secrets.token_bytes(32)
         self._pool = ThreadPoolExecutor(max_workers=BCRYPT_WORKERS, thread_name_prefix="mailcanary-bcrypt")
         self._accepted: OrderedDict[bytes, None] = OrderedDict()
         self._refused: OrderedDict[bytes, None] = OrderedDict()
-        self._pending = 0
+        self._pending = 0  # checks submitted and not finished (running, queued, or dropped in the queue)
 
     @staticmethod
     def _check(password: bytes, hashed: bytes) -> bool:
@@ -163,8 +178,27 @@ class PasswordChecker:
         except ValueError:  # never a 500: an unusable hash simply lets nobody in
             return False
 
+    @classmethod
+    def _timed(cls, password: bytes, hashed: bytes, deadline: float) -> tuple[bool, float] | None:
+        """On a pool thread: the check and its time, or None (not run) once its request was refused."""
+        started = time.monotonic()
+        if started >= deadline:
+            return None
+        ok = cls._check(password, hashed)
+        return ok, time.monotonic() - started
+
+    def expected_wait(self) -> float:
+        """Seconds until a check submitted now should be done: the checks ahead of it, spread over the
+        threads, then its own."""
+        ahead = max(0, self._pending - BCRYPT_WORKERS + 1)
+        return ahead * self.mean / BCRYPT_WORKERS + self.mean
+
+    def retry_after(self) -> int:
+        """Whole seconds after which a refused client may find a thread free (at least 1)."""
+        return max(1, math.ceil(self._pending * self.mean / BCRYPT_WORKERS))
+
     async def check(self, header: str) -> bool | None:
-        """True/False, or None when too many checks are already waiting (the caller answers 503)."""
+        """True/False, or None when it could not be checked within ``MAX_AUTH_WAIT`` (answer 503)."""
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             return False
@@ -176,25 +210,67 @@ class PasswordChecker:
         if not sep:
             return False
         digest = hmac.new(self._key, raw, hashlib.sha256).digest()
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        if self._pending >= BCRYPT_WORKERS + BCRYPT_QUEUE:
+            return None
+        # A free thread always takes the check (even when one check takes longer than the bound: its
+        # answer is then cached for the retry); otherwise only if it should be done in time.
+        if self._pending >= BCRYPT_WORKERS and self.expected_wait() > MAX_AUTH_WAIT:
+            return None
+        hashed = self.users.get(user)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool | None] = loop.create_future()
+        deadline = time.monotonic() + MAX_AUTH_WAIT
+        job = self._pool.submit(self._timed, password, hashed or self._dummy, deadline)
+        self._pending += 1
+        job.add_done_callback(
+            lambda done: _on_loop(loop, self._finish, done, digest, hashed is not None, answer)
+        )
+        try:
+            async with asyncio.timeout(MAX_AUTH_WAIT):
+                return await asyncio.shield(answer)
+        except TimeoutError:
+            job.cancel()  # still queued: it never runs (if it started, its answer is cached when done)
+            return None
+
+    def _cached(self, digest: bytes) -> bool | None:
         for cache, answer in ((self._accepted, True), (self._refused, False)):
             if digest in cache:
                 cache.move_to_end(digest)
                 return answer
-        if self._pending >= BCRYPT_WORKERS + BCRYPT_QUEUE:
-            return None
-        hashed = self.users.get(user)
-        self._pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self._pool, self._check, password, hashed or self._dummy)
-        finally:
-            self._pending -= 1
-        ok = ok and hashed is not None
+        return None
+
+    def _finish(
+        self,
+        job: Future[tuple[bool, float] | None],
+        digest: bytes,
+        known: bool,
+        answer: asyncio.Future[bool | None],
+    ) -> None:
+        """On the loop, when a check ended (ran, dropped past its deadline, or cancelled in the queue)."""
+        self._pending -= 1
+        outcome = None if job.cancelled() or job.exception() is not None else job.result()
+        if outcome is None:
+            if not answer.done():
+                answer.set_result(None)  # not checked: the request is (or was already) answered 503
+            return
+        ok, took = outcome
+        self.mean += _MEAN_WEIGHT * (took - self.mean)
+        ok = ok and known
         cache, size = (self._accepted, POSITIVE_CACHE) if ok else (self._refused, NEGATIVE_CACHE)
         cache[digest] = None
         while len(cache) > size:
             cache.popitem(last=False)
-        return ok
+        if not answer.done():
+            answer.set_result(ok)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
+    """Hand a pool thread's result to the loop; after shutdown (loop closed) there is no one to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def middleware(cfg: WebConfig) -> Middleware:
@@ -206,8 +282,11 @@ def middleware(cfg: WebConfig) -> Middleware:
         allowed = True if checker is None else await checker.check(request.headers.get("Authorization", ""))
         resp: web.StreamResponse
         if allowed is None:
-            resp = web.Response(status=503, text="too many password checks in progress; retry\n")
-            resp.headers["Retry-After"] = "1"
+            assert checker is not None
+            resp = web.Response(
+                status=503, text="too many password checks in progress to answer in time; retry\n"
+            )
+            resp.headers["Retry-After"] = str(checker.retry_after())
         elif not allowed:
             resp = web.Response(status=401, text="Unauthorized\n")
             resp.headers["WWW-Authenticate"] = 'Basic realm="mailcanary"'

@@ -4,7 +4,10 @@ there, foreign mail is untouched."""
 
 from __future__ import annotations
 
+import re
 import smtplib
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,9 +39,11 @@ from probes.roundtrip import RoundTripSettings, probe_roundtrip
 from tests.faultservers import NO_FAULT, Mailboxes, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack
 from tests.mailstack._system import chown
-from tests.stackconfig import roundtrip
+from tests.stackconfig import roundtrip, write_config
 from tests.test_fault_matrix import _settings as fault_settings
 from tests.test_roundtrip_e2e import make_runner, run_one
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _resp(line: bytes) -> wire.Response:
@@ -120,6 +125,29 @@ def test_canary_filed_into_junk_by_sieve_is_found_and_deleted_there(
     assert 'mailcanary_roundtrip_placement{folder="junk",probe="junkrt"} 1.0' in text
     assert 'mailcanary_roundtrip_placement{folder="inbox",probe="junkrt"} 0.0' in text
     assert 'mailcanary_roundtrip_placements_total{folder="junk",probe="junkrt"} 1.0' in text
+
+
+def test_probe_command_says_the_canary_landed_in_junk(mailstack: MailStack, tmp_path: Path) -> None:
+    """`mailcanary probe` against the real Postfix + Dovecot junk mailbox (its sieve files canaries into
+    Junk): the report says `placement junk` as the daemon does, and exits 1 (WARNING, the severity of the
+    daemon's MailcanaryCanariesInSpam) instead of `OK ... delivered`. The other facts say what they are."""
+    address = mailstack.junk_address
+    mailstack.clear(address)
+    _make_junk_folder(mailstack, address)
+    probe = roundtrip(mailstack, tmp_path, "junkcli", address, receive__junk=True)
+    config = write_config(tmp_path, [probe])
+    cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", str(config), "junkcli"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 1, out.stdout + out.stderr
+    status = out.stdout.splitlines()[0]
+    assert status.startswith("MAILCANARY WARNING - junkcli: canary delivered into the junk folder 'Junk' | ")
+    assert "'junkcli_delivery'=" in status and "'junkcli_hops'=" in status
+    assert "\n  placement: junk (filed into the junk folder 'Junk')\n" in out.stdout
+    assert "\n  verdict: authentication not read (receive.trusted_authserv_ids not set);" in out.stdout
+    assert "\n  bounces: none seen this run\n" in out.stdout  # sender = recipient: watched here
+    assert re.search(r"\n  hops: \d+ Received fields?[,\n]", out.stdout)
+    assert "\n  sync: off (receive.sync not set)\n" in out.stdout
+    assert _junk_files(mailstack, address) == []
 
 
 def test_inbox_placement_with_junk_watched(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:

@@ -152,6 +152,9 @@ def test_probe_command_reports_quota_and_sync(
     first = out.stdout.splitlines()[0]
     assert first.startswith("MAILCANARY OK - 1 round trips delivered | 'qs_delivery'=")
     assert "'qs_sync'=" in first
-    assert f"  quota storage: {3 * FILLER_BYTES} of {LIMIT_KIB * 1024} (15.0 %)" in out.stdout
-    assert f"  quota message: 3 of {LIMIT_MESSAGES} (15.0 %)" in out.stdout
-    assert "  second session: saw the canary " in out.stdout
+    assert "'qs_quota_storage_ratio'=0.1500;0.9;;0;1" in first
+    assert (
+        f"  quota: message 3 of {LIMIT_MESSAGES} (15.0 %), "
+        f"storage {3 * FILLER_BYTES} of {LIMIT_KIB * 1024} bytes (15.0 %)\n"
+    ) in out.stdout
+    assert "  sync: the second session saw the flag " in out.stdout
