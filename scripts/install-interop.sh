@@ -8,9 +8,9 @@ set -eu
 
 UNPACK_ROOT=${MAILCANARY_INTEROP_ROOT:-/opt/mailcanary-interop}
 # Packages unpacked, never installed (maintainer scripts never run: no daemon starts, no MTA is replaced).
-UNPACKED=""
+UNPACKED="opensmtpd"
 # Their runtime dependencies that apt may install beside Postfix and Dovecot.
-LIBS=""
+LIBS="libevent-2.1-7 libdb5.3 libpam0g libssl3 zlib1g libcrypt1"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -1,0 +1,226 @@
+"""mailcanary against a real OpenSMTPD 6.8 (Debian 12's package) on 127.0.0.33.
+
+What OpenSMTPD shows (see docs/servers.md): plain port-25 mail is relayed at once; its bounce is its own
+format (multipart/mixed, not multipart/report); and Debian 12's build cannot finish any TLS handshake as a
+server under OpenSSL 3 (its privilege-separated key engine loses the key: every STARTTLS or implicit-TLS
+handshake ends in a TLS ``internal_error`` alert), so STARTTLS is offered but never works, and AUTH (only
+offered after TLS) is unreachable. mailcanary must say exactly that: ``smtp_tls`` with the server's alert,
+the same facts `openssl s_client` sees, never a success and never another reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import smtplib
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.config import load_config
+from exporter.results import ResultStore, RunResult
+from exporter.runner import Runner, make_masker
+from exporter.state import Ledger
+from probes import canary
+from probes.recorder import Recorder
+from tests.interop.opensmtpd import OpenSMTPD
+from tests.mailstack import MailStack
+from tests.stackconfig import RECEIVE_PORTS, secret_file
+
+KEY = b"opensmtpd-interop-key-0123456789"
+SMTP_PORTS = {"none": "smtp", "starttls": "smtp", "implicit": "submissions"}
+
+
+def probe(
+    server: OpenSMTPD,
+    store: MailStack,
+    tmp: Path,
+    name: str,
+    address: str,
+    *,
+    smtp_tls: str = "none",
+    smtp_port: str | None = None,
+    protocol: str = "imap",
+    receive_tls: str = "implicit",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A round trip submitted to OpenSMTPD (port-25 style: no AUTH) and read back from ``store``."""
+    smtp: dict[str, Any] = {
+        "host": server.host,
+        "port": server.ports[smtp_port or SMTP_PORTS[smtp_tls]],
+        "tls": smtp_tls,
+        "timeout": "5s",
+    }
+    if smtp_tls != "none":
+        smtp["tls_config"] = {"ca_file": str(server.ca_file), "server_name": server.server_name}
+    config: dict[str, Any] = {
+        "name": name,
+        "sender": address,
+        "recipient": address,
+        "timeout": "15s",
+        "smtp": smtp,
+        "receive": {
+            "protocol": protocol,
+            "host": store.host,
+            "port": store.ports[RECEIVE_PORTS[(protocol, receive_tls)]],
+            "tls": receive_tls,
+            "tls_config": {"ca_file": str(store.ca_file), "server_name": store.server_name},
+            "username": address,
+            "password_file": secret_file(tmp, f"{name}-recv", store.password(address)),
+        },
+    }
+    config.update(extra)
+    return config
+
+
+def runner_for(
+    tmp: Path, *, roundtrip: list[dict[str, Any]] = (), tls_checks: list[dict[str, Any]] = ()
+) -> Runner:  # type: ignore[assignment]
+    key_file = tmp / "canary.key"
+    key_file.write_bytes(KEY)
+    data: dict[str, Any] = {
+        "global": {"state_dir": str(tmp / "state"), "canary_key_file": str(key_file)},
+        "roundtrip": list(roundtrip),
+        "tls_checks": list(tls_checks),
+    }
+    path = tmp / "mailcanary.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    loaded = load_config(str(path))
+    return Runner(
+        loaded=loaded,
+        key=KEY,
+        ledger=Ledger(tmp / "ledger.json"),
+        store=ResultStore(),
+        masker=make_masker(loaded),
+    )
+
+
+def run_roundtrip(runner: Runner, debug: bool = False) -> RunResult:
+    return asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=debug))
+
+
+# ---- ground truth for the latency measurement --------------------------------------------------------
+
+
+class ArrivalWatch:
+    """Polls a Maildir and keeps the mtime (when the store wrote it) of every file that appears there, so
+    the arrival instant is known even after mailcanary has deleted the canary."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
+        self.first_mtime: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for sub in ("new", "cur"):
+                with contextlib.suppress(OSError):
+                    for entry in os.scandir(self.maildir / sub):
+                        name = entry.name.split(":", 1)[0]
+                        if name not in self.first_mtime:
+                            with contextlib.suppress(OSError):
+                                self.first_mtime[name] = entry.stat().st_mtime_ns / 1e9
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> ArrivalWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@contextlib.contextmanager
+def phase_exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, float]]:
+    """Wall-clock instants at which each phase of a run ended (``receive_wait``: the canary was seen)."""
+    seen: dict[str, float] = {}
+    original = Recorder.phase
+
+    @contextlib.contextmanager
+    def timed(self: Recorder, name: str) -> Iterator[None]:
+        with original(self, name):
+            yield
+        seen[name] = time.time()
+
+    monkeypatch.setattr(Recorder, "phase", timed)
+    yield seen
+
+
+# ---- round trips -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "receive_tls"),
+    [("imap", "implicit"), ("imap", "starttls"), ("pop3", "implicit"), ("pop3", "starttls")],
+)
+def test_roundtrip_through_opensmtpd_port25(
+    opensmtpd: OpenSMTPD,
+    mailstack: MailStack,
+    mailbox: str,
+    tmp_path: Path,
+    protocol: str,
+    receive_tls: str,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Any,
+) -> None:
+    """Port 25 without TLS (the only way into this build, see the module docstring) -> the store: a
+    success, nothing left behind, and OpenSMTPD logged the relay of our canary. The detection latency
+    over ground truth (the store's own write time) is measured, never asserted."""
+    runner = runner_for(
+        tmp_path,
+        roundtrip=[
+            probe(opensmtpd, mailstack, tmp_path, "osd", mailbox, protocol=protocol, receive_tls=receive_tls)
+        ],
+    )
+    with phase_exits(monkeypatch) as exits, ArrivalWatch(mailstack.maildir(mailbox)) as watch:
+        result = run_roundtrip(runner)
+    assert result.success, result.message
+    assert result.reason == "success"
+    assert mailstack.messages(mailbox) == []
+    assert 'result="Ok"' in opensmtpd.log()
+    if len(watch.first_mtime) == 1 and "receive_wait" in exits:
+        (arrived,) = watch.first_mtime.values()
+        latency = exits["receive_wait"] - arrived
+        record_property("detection_latency_s", round(latency, 4))
+        print(
+            f"\nOpenSMTPD -> store, {protocol}/{receive_tls}: delivery {result.delivery:.3f}s, "
+            f"detected {latency * 1000:+.0f} ms after the store wrote it"
+        )
+
+
+def _deliver(server: OpenSMTPD, sender: str, recipient: str, raw: bytes) -> None:
+    with smtplib.SMTP(server.host, server.ports["smtp"], timeout=10) as s:
+        s.sendmail(sender, [recipient], raw)
+
+
+def test_foreign_mail_through_opensmtpd_is_untouched(
+    opensmtpd: OpenSMTPD, mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    """A user's mail, a canary of ours signed with another key and an old canary of another probe, all
+    relayed by OpenSMTPD into the mailbox: byte- and flag-identical after a successful run."""
+    forged = canary.build_message(
+        canary.new_token("osdf", now=time.time() - 7200), b"other-key" * 4, mailbox, mailbox
+    )
+    other = canary.build_message(canary.new_token("elsewhere", now=time.time() - 7200), KEY, mailbox, mailbox)
+    for raw in (b"From: alice@example.test\r\nSubject: hello\r\n\r\nA real user's mail.\r\n", forged, other):
+        _deliver(opensmtpd, "alice@example.test", mailbox, raw)
+    mailstack.wait_for_messages(mailbox, 3)
+    before = {p.name.split(":", 1)[0]: (p.name, p.read_bytes()) for p in mailstack.messages(mailbox)}
+    runner = runner_for(tmp_path, roundtrip=[probe(opensmtpd, mailstack, tmp_path, "osdf", mailbox)])
+    result = run_roundtrip(runner)
+    assert result.success, result.message
+    after = {p.name.split(":", 1)[0]: (p.name, p.read_bytes()) for p in mailstack.messages(mailbox)}
+    assert after.keys() == before.keys()
+    for key, (name, raw) in before.items():
+        assert after[key][1] == raw
+        # Dovecot may move new/ -> cur/ (no flags); flags themselves must not change
+        assert after[key][0].partition(":2,")[2] == name.partition(":2,")[2]
