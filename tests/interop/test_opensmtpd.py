@@ -224,3 +224,93 @@ def test_foreign_mail_through_opensmtpd_is_untouched(
         assert after[key][1] == raw
         # Dovecot may move new/ -> cur/ (no flags); flags themselves must not change
         assert after[key][0].partition(":2,")[2] == name.partition(":2,")[2]
+
+
+# ---- TLS: offered, never completed ---------------------------------------------------------------------
+
+
+def s_client(server: OpenSMTPD, port_name: str) -> str:
+    """What `openssl s_client` sees on a listener (STARTTLS for the plain ones): the reference."""
+    argv = ["openssl", "s_client", "-connect", f"{server.host}:{server.ports[port_name]}"]
+    argv += ["-servername", server.server_name, "-CAfile", str(server.ca_file), "-verify_return_error"]
+    if port_name != "submissions":
+        argv += ["-starttls", "smtp"]
+    out = subprocess.run(argv, input="QUIT\n", capture_output=True, text=True, timeout=20, check=False)
+    return out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("port_name", "smtp_tls"), [("smtp", "starttls"), ("submission", "starttls"), ("submissions", "implicit")]
+)
+def test_broken_tls_is_smtp_tls_with_the_servers_alert(
+    opensmtpd: OpenSMTPD, mailstack: MailStack, mailbox: str, tmp_path: Path, port_name: str, smtp_tls: str
+) -> None:
+    """This OpenSMTPD build answers every handshake with a TLS internal_error alert (as s_client sees
+    it): the run is ``smtp_tls`` quoting that alert, in the TLS phase, and no canary was sent."""
+    reference = s_client(opensmtpd, port_name)
+    assert "alert internal error" in reference, reference
+    runner = runner_for(
+        tmp_path,
+        roundtrip=[
+            probe(opensmtpd, mailstack, tmp_path, "osdtls", mailbox, smtp_tls=smtp_tls, smtp_port=port_name)
+        ],
+    )
+    result = run_roundtrip(runner)
+    assert (result.success, result.reason) == (False, "smtp_tls"), result.message
+    assert result.failed_phase == "smtp_tls"
+    assert "INTERNAL_ERROR" in result.message.upper().replace(" ", "_")  # the server's alert, named
+    assert (result.outstanding, result.lost) == (0, 0)
+    assert runner.ledger.nonces("osdtls") == frozenset()
+
+
+def test_tls_check_matches_openssl_s_client(opensmtpd: OpenSMTPD, tmp_path: Path) -> None:
+    """A ``tls_checks`` audit of the port-25 STARTTLS: STARTTLS offered (as the EHLO says), no TLS session
+    (as s_client: no protocol, no cipher, alert internal error), reason ``tls_handshake``."""
+    reference = s_client(opensmtpd, "smtp")
+    assert "alert internal error" in reference, reference
+    check = {
+        "name": "osd25",
+        "host": opensmtpd.host,
+        "port": opensmtpd.ports["smtp"],
+        "protocol": "smtp",
+        "tls": "starttls",
+        "timeout": "5s",
+        "tls_config": {"ca_file": str(opensmtpd.ca_file), "server_name": opensmtpd.server_name},
+    }
+    runner = runner_for(tmp_path, tls_checks=[check])
+    result = asyncio.run(runner.run_tls_check(runner.loaded.config.tls_checks[0]))
+    assert (result.success, result.reason) == (False, "tls_handshake"), result.message
+    assert "INTERNAL_ERROR" in result.message.upper().replace(" ", "_")
+    facts = result.tls[f"{opensmtpd.host}:{opensmtpd.ports['smtp']}"]
+    assert facts.starttls_offered is True
+    assert facts.auth_before_tls is False  # OpenSMTPD offers AUTH only after TLS
+    assert facts.handshake_ok is False
+    assert facts.version is None and facts.cipher is None
+    # s_client prints the certificate the server sent before failing; mailcanary keeps no chain of a
+    # handshake that never completed, so no certificate series are exported (absent, never "invalid")
+    assert facts.chain == []
+
+
+# ---- OpenSMTPD's own bounce ------------------------------------------------------------------------------
+
+
+def test_opensmtpd_bounce_is_read_as_bounced(
+    opensmtpd: OpenSMTPD, mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    """A recipient the next hop refuses (550 5.1.1 at RCPT): OpenSMTPD writes its own bounce
+    (multipart/mixed with a text part quoting the reply, a message/delivery-status part saying only
+    ``Status: 5.0.0``, and the returned message as text/rfc822-headers). mailcanary reads it as
+    ``bounced`` with the status of the reply, and deletes it: nothing of ours stays."""
+    nobody = f"nobody-{os.getpid()}@{mailstack.domain}"
+    config = probe(opensmtpd, mailstack, tmp_path, "osdbnc", mailbox)
+    config["recipient"] = nobody
+    config["bounce_receive"] = dict(config["receive"])
+    runner = runner_for(tmp_path, roundtrip=[config])
+    result = run_roundtrip(runner, debug=True)
+    assert result.reason == "bounced", result.message
+    assert "5.1.1" in result.message
+    assert result.bounces == ("5.1.x",)
+    (event,) = result.receiver["bounces"]
+    # read as a plain-text bounce: OpenSMTPD's is multipart/mixed, not an RFC 3464 multipart/report
+    assert (event["action"], event["this_run"], event["kind"]) == ("failed", True, "plain")
+    assert mailstack.messages(mailbox) == []  # the bounce, verified as about our canary, was deleted
