@@ -7,13 +7,14 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.mailstack._net import Endpoint
+from tests.mailstack._net import Endpoint, greets
 from tests.mailstack._system import StackError, pid_alive, pid_runs, read_pid
 
 INTEROP_ROOT = Path(os.environ.get("MAILCANARY_INTEROP_ROOT", "/opt/mailcanary-interop"))
@@ -164,3 +165,17 @@ def reap_interop_orphans(parent: Path = Path("/tmp")) -> list[Path]:
         shutil.rmtree(root, ignore_errors=True)
         reaped.append(root)
     return reaped
+
+
+def wait_serving(
+    process: subprocess.Popen[bytes], endpoints: Sequence[Endpoint], timeout: float
+) -> list[Endpoint]:
+    """Wait until every endpoint greets; stop at once if the daemon exits (a config error, say)."""
+    pending = list(endpoints)
+    deadline = time.monotonic() + timeout
+    while pending and process.poll() is None:
+        pending = [e for e in pending if not greets(e, timeout=2.0)]
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    return pending

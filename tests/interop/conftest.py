@@ -18,6 +18,7 @@ from tests.mailstack.tls import TLSFiles, write_ca, write_leaf
 
 from ._common import INSTALL_HINT, INTEROP_ROOT, make_interop_root, reap_interop_orphans
 from .cyrus import CyrusServer, make_users
+from .exim import EximServer
 
 # Cyrus users: mailcanary's round trips each take one; `quota` has a 10 MiB STORAGE quota; `delay` is the
 # only user of the popminpoll listeners (Cyrus keeps one last-login time per user for all of them).
@@ -70,6 +71,23 @@ def cyrus(interop_root: Path, interop_tls: TLSFiles) -> Iterator[CyrusServer]:
     except StackError as exc:
         server.stop()
         pytest.fail(f"cyrus did not start (root {server.root}):\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def exim(interop_root: Path, interop_tls: TLSFiles, cyrus: CyrusServer) -> Iterator[EximServer]:
+    """One running Exim for the session: submission/submissions with AUTH, delivering into ``cyrus``."""
+    users = {cyrus.address(local): pw for local, pw in cyrus.users.items()}
+    server = EximServer(interop_root / "exim", interop_tls, users, lmtp=(cyrus.host, cyrus.ports["lmtp"]))
+    try:
+        server.setup()
+        server.start()
+    except StackError as exc:
+        server.stop()
+        pytest.fail(f"exim did not start (root {server.root}):\n{exc}", pytrace=False)
     try:
         yield server
     finally:

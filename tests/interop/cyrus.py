@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.mailstack._net import Endpoint, wait_ready
+from tests.mailstack._net import Endpoint
 from tests.mailstack._system import Account, StackError, chown, ensure_account, tail
 from tests.mailstack.tls import SERVER_NAME, TLSFiles
 
@@ -36,6 +36,7 @@ from ._common import (
     package_dir,
     private_dev_log,
     wait_closed_on,
+    wait_serving,
 )
 
 CYRUS_USER = "mc-cyrus"
@@ -248,7 +249,7 @@ class CyrusServer:
                 env=self.env(),
                 start_new_session=True,
             )
-        pending = wait_ready(self.endpoints(), timeout)
+        pending = wait_serving(self.process, self.endpoints(), timeout)
         if pending or not self.running:
             self.stop()
             raise StackError(
