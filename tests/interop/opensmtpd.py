@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -31,15 +30,15 @@ from pathlib import Path
 
 import bcrypt
 
-from tests.mailstack._net import Endpoint, accepts, wait_closed, wait_ready
+from tests.mailstack._net import Endpoint, accepts, wait_ready
 from tests.mailstack._system import StackError, ensure_account, pid_alive, read_pid, tail
 from tests.mailstack.tls import SERVER_NAME, TLSFiles
 
-INTEROP_ROOT = Path(os.environ.get("MAILCANARY_INTEROP_ROOT", "/opt/mailcanary-interop"))
+from ._common import DOMAIN, INTEROP_ROOT, OPENSMTPD_HOST, free_ports_on, runs, wait_closed_on
+
 OPENSMTPD_DIR = INTEROP_ROOT / "opensmtpd"
 SMTPD = OPENSMTPD_DIR / "usr" / "sbin" / "smtpd"
-HOST = "127.0.0.33"
-DOMAIN = "example.test"
+HOST = OPENSMTPD_HOST
 PORT_NAMES = ("smtp", "submission", "submissions")
 PRIVSEP_USERS = ("opensmtpd", "opensmtpq")  # Debian's build; upstream's are _smtpd/_smtpq
 INSTALL_HINT = "run scripts/install-interop.sh as root (it unpacks Debian's opensmtpd)"
@@ -65,25 +64,11 @@ match from any for domain "{domain}" action "deliver"
 def problems() -> list[str]:
     """What stops a real OpenSMTPD here, as sentences for a failure or skip message."""
     found = []
-    if not SMTPD.exists():
+    if not (OPENSMTPD_DIR / ".unpacked").exists() or not SMTPD.exists():
         found += [f"{SMTPD} not found", INSTALL_HINT]
     if os.geteuid() != 0:
         found.append("OpenSMTPD must be started as root (it drops privileges itself)")
     return found
-
-
-def free_ports(host: str, count: int) -> list[int]:
-    """Ports free on ``host`` chosen by the kernel (all held until every one is chosen: distinct)."""
-    held = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(s)
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def version() -> str:
@@ -98,13 +83,7 @@ def version() -> str:
 def _is_our_smtpd(pid: int) -> bool:
     """True if ``pid`` runs OpenSMTPD's binary from the unpacked tree: Postfix's daemon is also called
     ``smtpd``, and a stale pid file must never name a stranger."""
-    if not pid_alive(pid):
-        return False
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return False
-    return Path(exe.removesuffix(" (deleted)")) == SMTPD.resolve()
+    return runs(pid, str(SMTPD))
 
 
 class OpenSMTPD:
@@ -127,7 +106,7 @@ class OpenSMTPD:
         self.tls = tls
         self.deliver_to = deliver_to
         self.users = dict(users)  # AUTH credentials of the submission ports: address -> password
-        self.ports: dict[str, int] = dict(zip(PORT_NAMES, free_ports(HOST, len(PORT_NAMES)), strict=True))
+        self.ports: dict[str, int] = dict(zip(PORT_NAMES, free_ports_on(HOST, len(PORT_NAMES)), strict=True))
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -219,7 +198,9 @@ class OpenSMTPD:
         ]
         with open(self.log_file, "ab") as log:
             # unshare and sh exec: the pid is smtpd's own parent process
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         deadline = time.monotonic() + self.start_timeout
         # Ready when the plain listeners greet and the implicit-TLS one accepts: a TLS greeting can't be
@@ -265,7 +246,7 @@ class OpenSMTPD:
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout)
-        still_open = wait_closed(self.endpoints(), timeout)
+        still_open = wait_closed_on(self.endpoints(), timeout)
         if still_open:
             raise StackError(f"smtpd: still accepting on {[e.address for e in still_open]} after stop")
 

@@ -17,7 +17,7 @@ import smtplib
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ from exporter.runner import Runner, make_masker
 from exporter.state import Ledger
 from probes import canary
 from probes.recorder import Recorder
+from tests.interop.cyrus import CyrusServer
 from tests.interop.opensmtpd import OpenSMTPD
-from tests.mailstack import MailStack
 from tests.stackconfig import RECEIVE_PORTS, secret_file
 
 KEY = b"opensmtpd-interop-key-0123456789"
@@ -40,7 +40,7 @@ SMTP_PORTS = {"none": "smtp", "starttls": "smtp", "implicit": "submissions"}
 
 def probe(
     server: OpenSMTPD,
-    store: MailStack,
+    store: CyrusServer,
     tmp: Path,
     name: str,
     address: str,
@@ -51,7 +51,7 @@ def probe(
     receive_tls: str = "implicit",
     **extra: Any,
 ) -> dict[str, Any]:
-    """A round trip submitted to OpenSMTPD (port-25 style: no AUTH) and read back from ``store``."""
+    """A round trip submitted to OpenSMTPD (port-25 style: no AUTH) and read back from Cyrus."""
     smtp: dict[str, Any] = {
         "host": server.host,
         "port": server.ports[smtp_port or SMTP_PORTS[smtp_tls]],
@@ -81,8 +81,8 @@ def probe(
 
 
 def runner_for(
-    tmp: Path, *, roundtrip: list[dict[str, Any]] = (), tls_checks: list[dict[str, Any]] = ()
-) -> Runner:  # type: ignore[assignment]
+    tmp: Path, *, roundtrip: Sequence[dict[str, Any]] = (), tls_checks: Sequence[dict[str, Any]] = ()
+) -> Runner:
     key_file = tmp / "canary.key"
     key_file.write_bytes(KEY)
     data: dict[str, Any] = {
@@ -106,28 +106,46 @@ def run_roundtrip(runner: Runner, debug: bool = False) -> RunResult:
     return asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=debug))
 
 
+@pytest.fixture
+def osd_mailbox(cyrus: CyrusServer) -> str:
+    """The emptied Cyrus mailbox of these tests (its INBOX and INBOX/Spam)."""
+    cyrus.clear("osd")
+    return cyrus.address("osd")
+
+
 # ---- ground truth for the latency measurement --------------------------------------------------------
 
 
-class ArrivalWatch:
-    """Polls a Maildir and keeps the mtime (when the store wrote it) of every file that appears there, so
-    the arrival instant is known even after mailcanary has deleted the canary."""
+def spool_dir(cyrus: CyrusServer, local: str) -> Path:
+    """The Cyrus spool directory of a user's INBOX (one ``<uid>.`` file per message). Cyrus 3.6 names
+    them by mailbox UUID; each one's cyrus.header names its mailbox (``N example.test!user.osd``)."""
+    want = f" N {cyrus.address(local).split('@')[1]}!user.{local} ".encode()
+    for header in (cyrus.root / "spool").rglob("cyrus.header"):
+        if want in header.read_bytes().replace(b"(", b" ").replace(b"\t", b" "):
+            return header.parent
+    raise AssertionError(f"no spool directory for {local} under {cyrus.root / 'spool'}")
 
-    def __init__(self, maildir: Path) -> None:
-        self.maildir = maildir
+
+class ArrivalWatch:
+    """Polls a Cyrus spool directory and keeps the mtime (when lmtpd wrote it) of every message file
+    that appears, so the arrival instant is known even after mailcanary has expunged the canary."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.first_mtime: dict[str, float] = {}
+        self._before = {e.name for e in os.scandir(directory)}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            for sub in ("new", "cur"):
-                with contextlib.suppress(OSError):
-                    for entry in os.scandir(self.maildir / sub):
-                        name = entry.name.split(":", 1)[0]
-                        if name not in self.first_mtime:
-                            with contextlib.suppress(OSError):
-                                self.first_mtime[name] = entry.stat().st_mtime_ns / 1e9
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(self.directory):
+                    name = entry.name
+                    if name in self._before or name in self.first_mtime or not name[:1].isdigit():
+                        continue
+                    with contextlib.suppress(OSError):
+                        self.first_mtime[name] = entry.stat().st_mtime_ns / 1e9
             self._stop.wait(0.002)
 
     def __enter__(self) -> ArrivalWatch:
@@ -164,36 +182,36 @@ def phase_exits(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, float]]:
 )
 def test_roundtrip_through_opensmtpd_port25(
     opensmtpd: OpenSMTPD,
-    mailstack: MailStack,
-    mailbox: str,
+    cyrus: CyrusServer,
+    osd_mailbox: str,
     tmp_path: Path,
     protocol: str,
     receive_tls: str,
     monkeypatch: pytest.MonkeyPatch,
     record_property: Any,
 ) -> None:
-    """Port 25 without TLS (the only way into this build, see the module docstring) -> the store: a
-    success, nothing left behind, and OpenSMTPD logged the relay of our canary. The detection latency
-    over ground truth (the store's own write time) is measured, never asserted."""
+    """Port 25 without TLS (the only way into this build, see the module docstring) -> LMTP -> Cyrus: a
+    success, nothing left behind, and OpenSMTPD logged the LMTP delivery. The detection latency over
+    ground truth (when Cyrus wrote the message file) is measured, never asserted."""
     runner = runner_for(
         tmp_path,
         roundtrip=[
-            probe(opensmtpd, mailstack, tmp_path, "osd", mailbox, protocol=protocol, receive_tls=receive_tls)
+            probe(opensmtpd, cyrus, tmp_path, "osd", osd_mailbox, protocol=protocol, receive_tls=receive_tls)
         ],
     )
-    with phase_exits(monkeypatch) as exits, ArrivalWatch(mailstack.maildir(mailbox)) as watch:
+    with phase_exits(monkeypatch) as exits, ArrivalWatch(spool_dir(cyrus, "osd")) as watch:
         result = run_roundtrip(runner)
     assert result.success, result.message
     assert result.reason == "success"
-    assert mailstack.messages(mailbox) == []
-    assert 'result="Ok"' in opensmtpd.log()
+    assert cyrus.count("osd") == 0
+    assert 'result="Ok" stat="250' in opensmtpd.log()
     if len(watch.first_mtime) == 1 and "receive_wait" in exits:
         (arrived,) = watch.first_mtime.values()
         latency = exits["receive_wait"] - arrived
         record_property("detection_latency_s", round(latency, 4))
         print(
-            f"\nOpenSMTPD -> store, {protocol}/{receive_tls}: delivery {result.delivery:.3f}s, "
-            f"detected {latency * 1000:+.0f} ms after the store wrote it"
+            f"\nOpenSMTPD -> Cyrus, {protocol}/{receive_tls}: delivery {result.delivery:.3f}s, "
+            f"detected {latency * 1000:+.0f} ms after Cyrus wrote it"
         )
 
 
@@ -203,27 +221,31 @@ def _deliver(server: OpenSMTPD, sender: str, recipient: str, raw: bytes) -> None
 
 
 def test_foreign_mail_through_opensmtpd_is_untouched(
-    opensmtpd: OpenSMTPD, mailstack: MailStack, mailbox: str, tmp_path: Path
+    opensmtpd: OpenSMTPD, cyrus: CyrusServer, osd_mailbox: str, tmp_path: Path
 ) -> None:
-    """A user's mail, a canary of ours signed with another key and an old canary of another probe, all
-    relayed by OpenSMTPD into the mailbox: byte- and flag-identical after a successful run."""
+    """A user's mail (one of them flagged by the user), a canary of ours signed with another key and an
+    old canary of another probe, all relayed by OpenSMTPD into Cyrus: byte- and flag-identical (UIDs
+    too) after a successful run."""
     forged = canary.build_message(
-        canary.new_token("osdf", now=time.time() - 7200), b"other-key" * 4, mailbox, mailbox
+        canary.new_token("osdf", now=time.time() - 7200), b"other-key" * 4, osd_mailbox, osd_mailbox
     )
-    other = canary.build_message(canary.new_token("elsewhere", now=time.time() - 7200), KEY, mailbox, mailbox)
+    other = canary.build_message(
+        canary.new_token("elsewhere", now=time.time() - 7200), KEY, osd_mailbox, osd_mailbox
+    )
     for raw in (b"From: alice@example.test\r\nSubject: hello\r\n\r\nA real user's mail.\r\n", forged, other):
-        _deliver(opensmtpd, "alice@example.test", mailbox, raw)
-    mailstack.wait_for_messages(mailbox, 3)
-    before = {p.name.split(":", 1)[0]: (p.name, p.read_bytes()) for p in mailstack.messages(mailbox)}
-    runner = runner_for(tmp_path, roundtrip=[probe(opensmtpd, mailstack, tmp_path, "osdf", mailbox)])
+        _deliver(opensmtpd, "alice@example.test", osd_mailbox, raw)
+    assert cyrus.wait_for("osd", 3) == 3
+    conn = cyrus.imap("osd")
+    try:
+        conn.select("INBOX")
+        conn.store("1", "+FLAGS", "(\\Flagged $Important)")
+    finally:
+        conn.logout()
+    before = cyrus.snapshot("osd")
+    runner = runner_for(tmp_path, roundtrip=[probe(opensmtpd, cyrus, tmp_path, "osdf", osd_mailbox)])
     result = run_roundtrip(runner)
     assert result.success, result.message
-    after = {p.name.split(":", 1)[0]: (p.name, p.read_bytes()) for p in mailstack.messages(mailbox)}
-    assert after.keys() == before.keys()
-    for key, (name, raw) in before.items():
-        assert after[key][1] == raw
-        # Dovecot may move new/ -> cur/ (no flags); flags themselves must not change
-        assert after[key][0].partition(":2,")[2] == name.partition(":2,")[2]
+    assert cyrus.snapshot("osd") == before
 
 
 # ---- TLS: offered, never completed ---------------------------------------------------------------------
@@ -243,7 +265,7 @@ def s_client(server: OpenSMTPD, port_name: str) -> str:
     ("port_name", "smtp_tls"), [("smtp", "starttls"), ("submission", "starttls"), ("submissions", "implicit")]
 )
 def test_broken_tls_is_smtp_tls_with_the_servers_alert(
-    opensmtpd: OpenSMTPD, mailstack: MailStack, mailbox: str, tmp_path: Path, port_name: str, smtp_tls: str
+    opensmtpd: OpenSMTPD, cyrus: CyrusServer, osd_mailbox: str, tmp_path: Path, port_name: str, smtp_tls: str
 ) -> None:
     """This OpenSMTPD build answers every handshake with a TLS internal_error alert (as s_client sees
     it): the run is ``smtp_tls`` quoting that alert, in the TLS phase, and no canary was sent."""
@@ -252,7 +274,7 @@ def test_broken_tls_is_smtp_tls_with_the_servers_alert(
     runner = runner_for(
         tmp_path,
         roundtrip=[
-            probe(opensmtpd, mailstack, tmp_path, "osdtls", mailbox, smtp_tls=smtp_tls, smtp_port=port_name)
+            probe(opensmtpd, cyrus, tmp_path, "osdtls", osd_mailbox, smtp_tls=smtp_tls, smtp_port=port_name)
         ],
     )
     result = run_roundtrip(runner)
@@ -295,14 +317,16 @@ def test_tls_check_matches_openssl_s_client(opensmtpd: OpenSMTPD, tmp_path: Path
 
 
 def test_opensmtpd_bounce_is_read_as_bounced(
-    opensmtpd: OpenSMTPD, mailstack: MailStack, mailbox: str, tmp_path: Path
+    opensmtpd: OpenSMTPD, cyrus: CyrusServer, tmp_path: Path
 ) -> None:
-    """A recipient the next hop refuses (550 5.1.1 at RCPT): OpenSMTPD writes its own bounce
+    """A recipient Cyrus's LMTP refuses (550 5.1.1 at RCPT): OpenSMTPD writes its own bounce
     (multipart/mixed with a text part quoting the reply, a message/delivery-status part saying only
     ``Status: 5.0.0``, and the returned message as text/rfc822-headers). mailcanary reads it as
     ``bounced`` with the status of the reply, and deletes it: nothing of ours stays."""
-    nobody = f"nobody-{os.getpid()}@{mailstack.domain}"
-    config = probe(opensmtpd, mailstack, tmp_path, "osdbnc", mailbox)
+    cyrus.clear("osdbounce")
+    sender = cyrus.address("osdbounce")
+    nobody = cyrus.address(f"nobody{os.getpid()}")
+    config = probe(opensmtpd, cyrus, tmp_path, "osdbnc", sender)
     config["recipient"] = nobody
     config["bounce_receive"] = dict(config["receive"])
     runner = runner_for(tmp_path, roundtrip=[config])
@@ -313,4 +337,4 @@ def test_opensmtpd_bounce_is_read_as_bounced(
     (event,) = result.receiver["bounces"]
     # read as a plain-text bounce: OpenSMTPD's is multipart/mixed, not an RFC 3464 multipart/report
     assert (event["action"], event["this_run"], event["kind"]) == ("failed", True, "plain")
-    assert mailstack.messages(mailbox) == []  # the bounce, verified as about our canary, was deleted
+    assert cyrus.count("osdbounce") == 0  # the bounce, verified as about our canary, was deleted

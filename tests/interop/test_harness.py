@@ -1,0 +1,37 @@
+"""The harness itself: every listener greets, the users and folders exist, LMTP delivers."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+
+from tests.interop.cyrus import CyrusServer
+from tests.interop.exim import EximServer
+
+
+def test_cyrus_delivers_over_lmtp_into_inbox_and_plus_spam(cyrus: CyrusServer) -> None:
+    cyrus.clear("frank")
+    # One recipient per transaction: LMTP answers DATA once per recipient, which smtplib doesn't read.
+    for rcpt in ("frank@example.test", "frank+Spam@example.test"):
+        with smtplib.LMTP(cyrus.host, cyrus.ports["lmtp"]) as lmtp:
+            assert lmtp.sendmail("x@example.test", [rcpt], b"Subject: t\r\n\r\nhi\r\n") == {}
+    assert cyrus.wait_for("frank") == 1
+    assert cyrus.wait_for("frank", folder="INBOX/Spam") == 1
+    cyrus.clear("frank")
+    assert cyrus.count("frank") == cyrus.count("frank", "INBOX/Spam") == 0
+
+
+def test_exim_submission_with_auth_delivers_into_cyrus(cyrus: CyrusServer, exim: EximServer) -> None:
+    cyrus.clear("frank")
+    ctx = ssl.create_default_context(cafile=str(cyrus.ca_file))
+    ctx.check_hostname = False
+    with smtplib.SMTP(exim.host, exim.ports["submission"], timeout=10) as smtp:
+        smtp.starttls(context=ctx)
+        smtp.login("frank@example.test", cyrus.users["frank"])
+        smtp.sendmail("frank@example.test", ["frank@example.test"], b"Subject: t\r\n\r\nhi\r\n")
+    with smtplib.SMTP_SSL(exim.host, exim.ports["submissions"], timeout=10, context=ctx) as smtp:
+        smtp.login("frank@example.test", cyrus.users["frank"])
+        smtp.sendmail("frank@example.test", ["frank+Spam@example.test"], b"Subject: t\r\n\r\nhi\r\n")
+    assert cyrus.wait_for("frank") == 1, exim.log_tail()
+    assert cyrus.wait_for("frank", folder="INBOX/Spam") == 1, exim.log_tail()
+    cyrus.clear("frank")
