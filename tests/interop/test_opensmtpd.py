@@ -319,10 +319,11 @@ def test_tls_check_matches_openssl_s_client(opensmtpd: OpenSMTPD, tmp_path: Path
 def test_opensmtpd_bounce_is_read_as_bounced(
     opensmtpd: OpenSMTPD, cyrus: CyrusServer, tmp_path: Path
 ) -> None:
-    """A recipient Cyrus's LMTP refuses (550 5.1.1 at RCPT): OpenSMTPD writes its own bounce
-    (multipart/mixed with a text part quoting the reply, a message/delivery-status part saying only
-    ``Status: 5.0.0``, and the returned message as text/rfc822-headers). mailcanary reads it as
-    ``bounced`` with the status of the reply, and deletes it: nothing of ours stays."""
+    """A recipient Cyrus's LMTP refuses (a three-line ``550``, ``5.1.1`` on the last line only): OpenSMTPD
+    writes its own bounce (multipart/mixed, not multipart/report; the reply's lines joined without their
+    codes in the text part; ``Status: 5.0.0`` and no Diagnostic-Code in the report part; the returned
+    message as text/rfc822-headers). mailcanary reads it as ``bounced`` with the report's status and the
+    reply OpenSMTPD quoted as the diagnostic, and deletes it: nothing of ours stays."""
     cyrus.clear("osdbounce")
     sender = cyrus.address("osdbounce")
     nobody = cyrus.address(f"nobody{os.getpid()}")
@@ -332,9 +333,8 @@ def test_opensmtpd_bounce_is_read_as_bounced(
     runner = runner_for(tmp_path, roundtrip=[config])
     result = run_roundtrip(runner, debug=True)
     assert result.reason == "bounced", result.message
-    assert "5.1.1" in result.message
-    assert result.bounces == ("5.1.x",)
+    assert "(5.0.0)" in result.message and "550-Mailbox unknown" in result.message, result.message
+    assert result.bounces == ("5.0.x",)
     (event,) = result.receiver["bounces"]
-    # read as a plain-text bounce: OpenSMTPD's is multipart/mixed, not an RFC 3464 multipart/report
-    assert (event["action"], event["this_run"], event["kind"]) == ("failed", True, "plain")
+    assert (event["action"], event["this_run"], event["kind"]) == ("failed", True, "dsn")
     assert cyrus.count("osdbounce") == 0  # the bounce, verified as about our canary, was deleted
