@@ -16,6 +16,11 @@ STARTTLS offered, no AUTH, accepts mail for the test domain from anyone), ``subm
 role: implicit TLS + AUTH). Mail for the domain is relayed to ``deliver_to`` (``lmtp://host:port``
 for Cyrus's LMTP; any OpenSMTPD relay URL works). Nothing else is accepted, so OpenSMTPD never
 connects anywhere but there; a recipient refused there comes back as OpenSMTPD's own bounce.
+
+Debian 12's build cannot complete a TLS handshake as a server under OpenSSL 3 (its privsep key engine
+loses the key: ECDSA and RSA leaves alike end in a TLS internal_error alert; upstream issues #1171 and
+#1239, fixed in 7.x). So the TLS listeners accept and fail every handshake, and AUTH, which OpenSMTPD
+offers only after TLS, is unreachable: the tests show how mailcanary reports that.
 """
 
 from __future__ import annotations
