@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import os
+import re
 import secrets
 import signal
 import ssl
@@ -342,16 +343,26 @@ class CyrusServer:
         finally:
             conn.logout()
 
-    def snapshot(self, local: str, folder: str = "INBOX") -> list[tuple[bytes, bytes]]:
-        """(UID+FLAGS line, full message bytes) of every message, read with PEEK: before/after comparisons."""
+    def snapshot(self, local: str, folder: str = "INBOX") -> list[tuple[int, frozenset[str], bytes]]:
+        """(UID, stored flags, every byte) of each message, read with PEEK: before/after comparisons.
+
+        ``\\Recent`` is left out: it belongs to a session (RFC 3501), not to the message.
+        """
         conn = self.imap(local)
         try:
             _check(conn.select(folder, readonly=True), f"EXAMINE {folder}")
             _typ, data = conn.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[])")
-            out: list[tuple[bytes, bytes]] = []
+            out: list[tuple[int, frozenset[str], bytes]] = []
             for item in data:
-                if isinstance(item, tuple):
-                    out.append((item[0], item[1]))
+                if not isinstance(item, tuple):
+                    continue
+                head = item[0].decode()
+                uid = re.search(r"UID (\d+)", head)
+                flags = re.search(r"FLAGS \(([^)]*)\)", head)
+                if uid is None or flags is None:
+                    raise StackError(f"cyrus: unexpected FETCH answer {head!r}")
+                stored = frozenset(f for f in flags.group(1).split() if f != "\\Recent")
+                out.append((int(uid.group(1)), stored, item[1]))
             conn.close()
             return out
         finally:
