@@ -34,6 +34,7 @@ from ._common import (
     DOMAIN,
     SyslogSink,
     free_ports_on,
+    mount_namespaces_work,
     package_dir,
     private_dev_log,
     wait_closed_on,
@@ -241,9 +242,14 @@ class CyrusServer:
             str(self.pid_file),
             "-D",
         ]
+        if mount_namespaces_work():
+            argv = private_dev_log(self.root / "run", self.syslog.path, master)
+        else:  # Cyrus only syslogs: without a namespace of our own its lines are lost, the rest works
+            self.log_file.write_text("(no private mount namespace here: Cyrus's syslog lines not captured)\n")
+            argv = master
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
-                private_dev_log(self.root / "run", self.syslog.path, master),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
