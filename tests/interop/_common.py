@@ -115,6 +115,20 @@ class SyslogSink:
         self.path.unlink(missing_ok=True)
 
 
+def mount_namespaces_work() -> bool:
+    """True if we may make a private mount namespace (not in every container, even as root)."""
+    try:
+        done = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", "mount --make-rprivate / && mount -t tmpfs mc-probe /mnt"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 def private_dev_log(work: Path, socket_path: Path, argv: Sequence[str]) -> list[str]:
     """``argv`` run in a private mount namespace whose /dev holds the usual nodes and /dev/log -> socket.
 

@@ -8,7 +8,8 @@ postinst would), in the foreground (``-bdf``), as our child. Listeners on kernel
 ``protocol = lmtp``); an address Cyrus refuses bounces with Exim's own DSN to the sender.
 
 Test hooks, real Exim behaviour all: ``lost@`` is accepted and dropped (``:blackhole:``); mail to
-``late@`` is held in the queue (``control = queue``) until ``deliver_queue()`` runs it.
+``late@`` is held in the queue (``control = queue``) while ``hold_late`` is set, until ``deliver_queue()``
+runs it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ acl_check_rcpt:
           !authenticated = *
           !domains = +local_domains
   warn    local_parts = {late}
+          condition = ${{if exists{{{root}/hold-late}}}}
           control = queue
   accept  authenticated = *
   accept  domains = +local_domains
@@ -238,6 +240,19 @@ class EximServer:
         return "\n".join(
             f"--- {path}\n{tail(path, lines)}" for path in (self.log_file, self.panic_log, self.stderr_log)
         )
+
+    @property
+    def hold_late(self) -> bool:
+        return (self.root / "hold-late").exists()
+
+    @hold_late.setter
+    def hold_late(self, on: bool) -> None:
+        """While on, mail to late@ waits in Exim's queue (read by the ACL at each RCPT)."""
+        flag = self.root / "hold-late"
+        if on:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
 
     def exim(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run the unpacked exim4 with our config (queue runs, queue listings)."""

@@ -35,3 +35,14 @@ def test_exim_submission_with_auth_delivers_into_cyrus(cyrus: CyrusServer, exim:
     assert cyrus.wait_for("frank") == 1, exim.log_tail()
     assert cyrus.wait_for("frank", folder="INBOX/Spam") == 1, exim.log_tail()
     cyrus.clear("frank")
+
+
+def test_cyrus_pop3_announces_login_delay_only_on_the_popminpoll_listeners(cyrus: CyrusServer) -> None:
+    import poplib
+
+    for port, delay in (("pop3", "0"), ("pop3delay", "60")):
+        pop = poplib.POP3(cyrus.host, cyrus.ports[port], timeout=10)
+        try:
+            assert pop.capa()["LOGIN-DELAY"] == [delay]
+        finally:
+            pop.quit()
