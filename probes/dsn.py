@@ -120,17 +120,6 @@ def _reply_line(msg: Message) -> str | None:
     return None
 
 
-def _refined(status: str | None, diagnostic: str | None) -> str | None:
-    """An undefined ``X.0.0`` status made specific by the reply the diagnostic quotes (same class):
-    OpenSMTPD's report always says 5.0.0, while the quoted reply may say 5.1.1."""
-    if diagnostic is None or (status is not None and not status.endswith(".0.0")):
-        return status
-    quoted = _status(diagnostic)
-    if quoted is None or quoted.endswith(".0.0") or (status is not None and quoted[0] != status[0]):
-        return status
-    return quoted
-
-
 def _parse_dsn(msg: Message) -> Bounce | None:
     action: Action = "unknown"
     status = diagnostic = None
@@ -161,7 +150,6 @@ def _parse_dsn(msg: Message) -> Bounce | None:
         return None
     if diagnostic is None:
         diagnostic = _reply_line(msg)
-    status = _refined(status, diagnostic)
     if action == "unknown" and status is not None:
         action = "failed" if status.startswith("5") else "delayed" if status.startswith("4") else "unknown"
     return Bounce(kind="dsn", action=action, status=status, diagnostic=diagnostic, returned=returned)
