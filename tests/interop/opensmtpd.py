@@ -39,7 +39,15 @@ from tests.mailstack._net import Endpoint, accepts, wait_ready
 from tests.mailstack._system import StackError, ensure_account, pid_alive, read_pid, tail
 from tests.mailstack.tls import SERVER_NAME, TLSFiles
 
-from ._common import DOMAIN, INTEROP_ROOT, OPENSMTPD_HOST, free_ports_on, runs, wait_closed_on
+from ._common import (
+    DOMAIN,
+    INTEROP_ROOT,
+    OPENSMTPD_HOST,
+    free_ports_on,
+    mount_namespaces_work,
+    runs,
+    wait_closed_on,
+)
 
 OPENSMTPD_DIR = INTEROP_ROOT / "opensmtpd"
 SMTPD = OPENSMTPD_DIR / "usr" / "sbin" / "smtpd"
@@ -73,6 +81,11 @@ def problems() -> list[str]:
         found += [f"{SMTPD} not found", INSTALL_HINT]
     if os.geteuid() != 0:
         found.append("OpenSMTPD must be started as root (it drops privileges itself)")
+    elif not mount_namespaces_work():
+        found.append(
+            "OpenSMTPD's compiled-in queue, control socket and chroot need a private mount namespace "
+            "(unshare --mount), which this machine does not allow"
+        )
     return found
 
 
