@@ -286,17 +286,23 @@ def test_broken_tls_is_smtp_tls_with_the_servers_alert(
     assert runner.ledger.nonces("osdtls") == frozenset()
 
 
-def test_tls_check_matches_openssl_s_client(opensmtpd: OpenSMTPD, tmp_path: Path) -> None:
-    """A ``tls_checks`` audit of the port-25 STARTTLS: STARTTLS offered (as the EHLO says), no TLS session
-    (as s_client: no protocol, no cipher, alert internal error), reason ``tls_handshake``."""
-    reference = s_client(opensmtpd, "smtp")
-    assert "alert internal error" in reference, reference
+@pytest.mark.parametrize(
+    ("port_name", "mode"), [("smtp", "starttls"), ("submission", "starttls"), ("submissions", "implicit")]
+)
+def test_tls_check_matches_openssl_s_client(
+    opensmtpd: OpenSMTPD, tmp_path: Path, port_name: str, mode: str
+) -> None:
+    """A ``tls_checks`` audit of each TLS listener: no TLS session, as s_client sees it (the same
+    internal_error alert), reason ``tls_handshake``; on the plain ports STARTTLS offered (as the EHLO
+    says) and no AUTH before TLS."""
+    reference = s_client(opensmtpd, port_name)
+    assert "alert internal error" in reference and "alert number 80" in reference, reference
     check = {
-        "name": "osd25",
+        "name": "osdtlscheck",
         "host": opensmtpd.host,
-        "port": opensmtpd.ports["smtp"],
+        "port": opensmtpd.ports[port_name],
         "protocol": "smtp",
-        "tls": "starttls",
+        "tls": mode,
         "timeout": "5s",
         "tls_config": {"ca_file": str(opensmtpd.ca_file), "server_name": opensmtpd.server_name},
     }
@@ -304,9 +310,10 @@ def test_tls_check_matches_openssl_s_client(opensmtpd: OpenSMTPD, tmp_path: Path
     result = asyncio.run(runner.run_tls_check(runner.loaded.config.tls_checks[0]))
     assert (result.success, result.reason) == (False, "tls_handshake"), result.message
     assert "INTERNAL_ERROR" in result.message.upper().replace(" ", "_")
-    facts = result.tls[f"{opensmtpd.host}:{opensmtpd.ports['smtp']}"]
-    assert facts.starttls_offered is True
-    assert facts.auth_before_tls is False  # OpenSMTPD offers AUTH only after TLS
+    facts = result.tls[f"{opensmtpd.host}:{opensmtpd.ports[port_name]}"]
+    if mode == "starttls":
+        assert facts.starttls_offered is True
+        assert facts.auth_before_tls is False  # OpenSMTPD offers AUTH only after TLS
     assert facts.handshake_ok is False
     assert facts.version is None and facts.cipher is None
     # s_client prints the certificate the server sent before failing; mailcanary keeps no chain of a
