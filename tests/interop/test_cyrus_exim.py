@@ -546,3 +546,16 @@ def test_measure_idle_without_idled(
         f"was seen at most {lag:.3f} s after Cyrus stored it, with {looks} NOOPs and {idles} IDLEs "
         f"in a {result.phases.get('receive_wait', 0):.2f} s wait"
     )
+
+
+def test_roundtrip_through_exim_port_25_without_auth(
+    cyrus: CyrusServer, exim: EximServer, user: str, tmp_path: Path
+) -> None:
+    """Exim as the MX (its smtp listener, STARTTLS, no AUTH): the canary for a local domain is accepted."""
+    probe = roundtrip(cyrus, exim, tmp_path, "mx", user)
+    probe["smtp"]["port"] = exim.ports["smtp"]
+    del probe["smtp"]["username"], probe["smtp"]["password_file"]
+    result = run_one(make_runner(tmp_path, [probe]))
+    assert (result.success, result.reason) == (True, "success"), (result.message, exim.log_tail())
+    assert "smtp_auth" not in result.phases
+    assert cyrus.count(user) == 0
