@@ -44,6 +44,14 @@ CYRUS_USERS = (
 QUOTA_KIB = {"quota": 10240}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this package ``interop``, so `-m "not interop"` deselects the matrix."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.interop)
+
+
 def _require_packages() -> None:
     if INTEROP_ROOT.is_dir():
         return

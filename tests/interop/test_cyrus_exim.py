@@ -437,7 +437,7 @@ def test_canary_filed_into_inbox_spam_is_found_with_the_full_name(
 def test_canary_filed_into_inbox_spam_is_found_with_the_default_junk_folders(
     cyrus: CyrusServer, exim: EximServer, user: str, tmp_path: Path
 ) -> None:
-    result = run_one(make_runner(tmp_path, [_junk_probe(cyrus, exim, tmp_path, user, timeout="5s")]))
+    result = run_one(make_runner(tmp_path, [_junk_probe(cyrus, exim, tmp_path, user, timeout="3s")]))
     try:
         assert result.success, result.message
         assert result.placement == "junk"
@@ -472,9 +472,13 @@ def test_pop3_honours_login_delay(cyrus: CyrusServer, exim: EximServer, tmp_path
         receive_port="pop3sdelay",
         timeout="5s",
     )
-    result = run_one(make_runner(tmp_path, [probe]))
+    runner = make_runner(tmp_path, [probe])
+    result = run_one(runner)
     assert result.reason != "receive_auth", result.message
     assert _login_delay_refusals(cyrus) == refused_before, cyrus.log_tail()
+    # A second run within the delay: not a wrong password either, whatever it does (wait or refuse).
+    again = run_one(runner)
+    assert again.reason != "receive_auth", again.message
 
 
 # ---- IDLE without push -----------------------------------------------------------------------------------
@@ -502,7 +506,7 @@ def test_measure_idle_without_idled(
             lmtp.sendmail("x@example.test", [cyrus.address(user)], b"Subject: idle\r\n\r\nidle\r\n")
         pushed: float | None = None
         # select() on the socket: a read timeout would leave imaplib's file unusable for DONE.
-        if select.select([conn.sock], [], [], 5.0)[0] and b"EXISTS" in conn.readline():
+        if select.select([conn.sock], [], [], 3.0)[0] and b"EXISTS" in conn.readline():
             pushed = time.monotonic() - started
         conn.send(b"DONE\r\n")
         while not conn.readline().startswith(tag.encode()):
@@ -538,7 +542,20 @@ def test_measure_idle_without_idled(
     record_property("cyrus_held_canary_lag_upper_bound", lag)
     record_property("cyrus_wait_noops_idles", (looks, idles))
     print(
-        f"\ncyrus IDLE pushed EXISTS within 5 s: {pushed is not None} ({pushed}); a canary arriving mid-wait "
+        f"\ncyrus IDLE pushed EXISTS within 3 s: {pushed is not None} ({pushed}); a canary arriving mid-wait "
         f"was seen at most {lag:.3f} s after Cyrus stored it, with {looks} NOOPs and {idles} IDLEs "
         f"in a {result.phases.get('receive_wait', 0):.2f} s wait"
     )
+
+
+def test_roundtrip_through_exim_port_25_without_auth(
+    cyrus: CyrusServer, exim: EximServer, user: str, tmp_path: Path
+) -> None:
+    """Exim as the MX (its smtp listener, STARTTLS, no AUTH): the canary for a local domain is accepted."""
+    probe = roundtrip(cyrus, exim, tmp_path, "mx", user)
+    probe["smtp"]["port"] = exim.ports["smtp"]
+    del probe["smtp"]["username"], probe["smtp"]["password_file"]
+    result = run_one(make_runner(tmp_path, [probe]))
+    assert (result.success, result.reason) == (True, "success"), (result.message, exim.log_tail())
+    assert "smtp_auth" not in result.phases
+    assert cyrus.count(user) == 0

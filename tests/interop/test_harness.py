@@ -46,3 +46,38 @@ def test_cyrus_pop3_announces_login_delay_only_on_the_popminpoll_listeners(cyrus
             assert pop.capa()["LOGIN-DELAY"] == [delay]
         finally:
             pop.quit()
+
+
+def test_exim_takes_auth_plain_and_login_only_inside_tls(cyrus: CyrusServer, exim: EximServer) -> None:
+    ctx = ssl.create_default_context(cafile=str(cyrus.ca_file))
+    ctx.check_hostname = False
+    with smtplib.SMTP(exim.host, exim.ports["submission"], timeout=10) as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")  # never before STARTTLS
+        smtp.starttls(context=ctx)
+        smtp.ehlo()
+        assert set(smtp.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+    for mechanism in ("plain", "login"):
+        with smtplib.SMTP_SSL(exim.host, exim.ports["submissions"], timeout=10, context=ctx) as smtp:
+            smtp.ehlo()
+            smtp.user, smtp.password = "frank@example.test", cyrus.users["frank"]
+            code, _ = smtp.auth(mechanism, getattr(smtp, f"auth_{mechanism}"))
+            assert code == 235
+
+
+def test_cyrus_namespace_and_special_use_as_stock_cyrus(cyrus: CyrusServer) -> None:
+    """INBOX/ with "/" (standard namespace, UNIX separator); SPECIAL-USE advertised, INBOX/Spam unmarked."""
+    conn = cyrus.imap("frank")
+    try:
+        assert "SPECIAL-USE" in conn.capabilities
+        typ, data = conn.namespace()
+        assert typ == "OK" and data[0] is not None
+        assert data[0].startswith(b'(("INBOX/" "/"))')
+        typ, listing = conn.list()
+        assert typ == "OK"
+        assert b'(\\HasNoChildren) "/" INBOX/Spam' in listing
+        # RFC 6154 LIST (SPECIAL-USE): no folder of a stock account carries \Junk (or anything else).
+        typ, _ = conn._simple_command("LIST", "(SPECIAL-USE)", '""', "*")
+        assert typ == "OK" and not conn.untagged_responses.get("LIST")
+    finally:
+        conn.logout()
