@@ -26,6 +26,7 @@ offers only after TLS, is unreachable: the tests show how mailcanary reports tha
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import signal
 import subprocess
@@ -51,6 +52,7 @@ from ._common import (
 
 OPENSMTPD_DIR = INTEROP_ROOT / "opensmtpd"
 SMTPD = OPENSMTPD_DIR / "usr" / "sbin" / "smtpd"
+SMTPCTL = OPENSMTPD_DIR / "usr" / "sbin" / "smtpctl"
 HOST = OPENSMTPD_HOST
 PORT_NAMES = ("smtp", "submission", "submissions")
 PRIVSEP_USERS = ("opensmtpd", "opensmtpq")  # Debian's build; upstream's are _smtpd/_smtpq
@@ -267,6 +269,21 @@ class OpenSMTPD:
         still_open = wait_closed_on(self.endpoints(), timeout)
         if still_open:
             raise StackError(f"smtpd: still accepting on {[e.address for e in still_open]} after stop")
+
+    def smtpctl(self, *args: str) -> str:
+        """Run smtpctl(8) against this instance: in its mount namespace (the control socket is at the
+        compiled-in path there), as root with the ``opensmtpq`` group it checks for (Debian installs it
+        setgid; unpacked, it is not). StackError with its output if it fails."""
+        pid = read_pid(self.pid_file)
+        if pid is None or not _is_our_smtpd(pid):
+            raise StackError("smtpctl: smtpd is not running")
+        gid = grp.getgrnam(PRIVSEP_USERS[1]).gr_gid
+        argv = ["nsenter", "--mount", f"--target={pid}", "--", "setpriv", f"--regid={gid}"]
+        argv += ["--clear-groups", str(SMTPCTL), *args]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if out.returncode != 0:
+            raise StackError(f"smtpctl {' '.join(args)} exited {out.returncode}: {out.stdout}{out.stderr}")
+        return out.stdout
 
     def log(self) -> str:
         """What smtpd logged so far (deliveries: ``mta delivery ... result="Ok"``)."""

@@ -216,6 +216,32 @@ def test_roundtrip_through_opensmtpd_port25(
         )
 
 
+def test_late_canary_is_counted_when_opensmtpd_delivers_it_later(
+    opensmtpd: OpenSMTPD, cyrus: CyrusServer, osd_mailbox: str, tmp_path: Path
+) -> None:
+    """OpenSMTPD's deliveries paused (``smtpctl pause mta``, as an operator would): the canary waits in
+    its queue, the run ends ``timeout`` with the canary outstanding; resumed, it arrives, and the next run
+    counts it late, removes it and succeeds."""
+    config = probe(opensmtpd, cyrus, tmp_path, "osdlate", osd_mailbox, timeout="2s")
+    runner = runner_for(tmp_path, roundtrip=[config])
+    opensmtpd.smtpctl("pause", "mta")
+    try:
+        first = run_roundtrip(runner)
+        queued = opensmtpd.smtpctl("show", "queue")
+    finally:
+        opensmtpd.smtpctl("resume", "mta")
+    assert (first.success, first.reason) == (False, "timeout"), first.message
+    assert (first.outstanding, first.lost) == (1, 0)
+    assert osd_mailbox in queued, queued  # it was waiting in OpenSMTPD's queue
+    opensmtpd.smtpctl("schedule", "all")
+    assert cyrus.wait_for("osd", 1) == 1, opensmtpd.log()[-2000:]
+    second = run_roundtrip(runner)
+    assert second.success, second.message
+    assert (second.late, second.swept, second.outstanding, second.lost) == (1, 0, 0, 0)
+    assert runner.ledger.nonces("osdlate") == frozenset()
+    assert cyrus.count("osd") == 0
+
+
 def _deliver(server: OpenSMTPD, sender: str, recipient: str, raw: bytes) -> None:
     with smtplib.SMTP(server.host, server.ports["smtp"], timeout=10) as s:
         s.sendmail(sender, [recipient], raw)
