@@ -372,3 +372,24 @@ def test_opensmtpd_bounce_is_read_as_bounced(
     (event,) = result.receiver["bounces"]
     assert (event["action"], event["this_run"], event["kind"]) == ("failed", True, "dsn")
     assert cyrus.count("osdbounce") == 0  # the bounce, verified as about our canary, was deleted
+
+
+# ---- the harness ------------------------------------------------------------------------------------------
+
+
+def test_a_second_instance_coexists(opensmtpd: OpenSMTPD, cyrus: CyrusServer, tmp_path: Path) -> None:
+    """Each instance has its own queue, control socket and chroot (its mount namespace): a second one
+    starts beside the session's (as another pytest session's would), and each smtpctl reaches its own."""
+    root = tmp_path / "second"
+    root.mkdir()
+    second = OpenSMTPD(root, opensmtpd.tls, f"lmtp://{cyrus.host}:{cyrus.ports['lmtp']}", {})
+    second.start()
+    try:
+        assert set(second.ports.values()).isdisjoint(opensmtpd.ports.values())
+        assert "MTA running" in second.smtpctl("show", "status")
+        second.smtpctl("pause", "mta")
+        assert "MTA paused" in second.smtpctl("show", "status")
+        assert "MTA running" in opensmtpd.smtpctl("show", "status")
+    finally:
+        second.stop()
+    assert not second.running
