@@ -30,6 +30,7 @@ MAX_DIAGNOSTIC_CHARS: Final = 200
 MAX_PARTS: Final = 20  # MIME parts looked at, at most
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded", "unknown"]
 _ACTIONS: Final = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
+_STATUS_TYPES: Final = ("message/delivery-status", "message/global-delivery-status")
 _STATUS_RE: Final = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP_CODE_RE: Final = re.compile(r"(?m)(?:^|\s)([45])[0-9][0-9][ -]")
 _TOKEN_LINE_RE: Final = re.compile(rb"(?im)^[ \t>]*(X-Mailcanary-Token|Message-ID)[ \t]*:[ \t]*(\S[^\r\n]*)")
@@ -81,7 +82,8 @@ def parse_bounce(raw: bytes) -> Bounce | None:
         msg = message_from_bytes(raw, policy=compat32)
         ctype = msg.get_content_type()
         report_type = msg.get_param("report-type")
-        if ctype == "multipart/report" and str(report_type or "").lower() == "delivery-status":
+        is_report = ctype == "multipart/report" and str(report_type or "").lower() == "delivery-status"
+        if is_report or _has_status_part(msg):
             dsn = _parse_dsn(msg)
             if dsn is not None:
                 return dsn
@@ -97,13 +99,34 @@ def _parts(msg: Message) -> list[Message]:
     return [p for p in payload[:MAX_PARTS] if isinstance(p, Message)]
 
 
+def _has_status_part(msg: Message) -> bool:
+    """A report part inside another multipart type: OpenSMTPD sends its bounces as multipart/mixed
+    (a text part, ``message/delivery-status``, ``text/rfc822-headers``), not as multipart/report."""
+    return any(p.get_content_type() in _STATUS_TYPES for p in _parts(msg))
+
+
+def _reply_line(msg: Message) -> str | None:
+    """The first line of a text part that quotes an SMTP/LMTP reply (``rcpt: 550-Mailbox unknown``): the
+    diagnostic of a report without Diagnostic-Code (OpenSMTPD writes none; its text part has the reply)."""
+    for part in _parts(msg):
+        if part.get_content_type() != "text/plain":
+            continue
+        text = part.get_payload(decode=True)
+        if not isinstance(text, bytes):
+            continue
+        for line in text[:MAX_BOUNCE_BYTES].decode("utf-8", errors="replace").splitlines():
+            if _SMTP_CODE_RE.search(line):
+                return _one_line(line)
+    return None
+
+
 def _parse_dsn(msg: Message) -> Bounce | None:
     action: Action = "unknown"
     status = diagnostic = None
     returned = b""
     for part in _parts(msg):
         ctype = part.get_content_type()
-        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+        if ctype in _STATUS_TYPES:
             blocks = _parts(part)[1:]  # the first block is per-message
             if not blocks:  # some writers put the fields in one text block
                 blocks = _parts(part)
@@ -125,6 +148,8 @@ def _parse_dsn(msg: Message) -> Bounce | None:
                 returned = canary.split_message(text)[0] + b"\r\n\r\n"
     if not returned:
         return None
+    if diagnostic is None:
+        diagnostic = _reply_line(msg)
     if action == "unknown" and status is not None:
         action = "failed" if status.startswith("5") else "delayed" if status.startswith("4") else "unknown"
     return Bounce(kind="dsn", action=action, status=status, diagnostic=diagnostic, returned=returned)

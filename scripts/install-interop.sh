@@ -8,9 +8,30 @@ set -eu
 
 UNPACK_ROOT=${MAILCANARY_INTEROP_ROOT:-/opt/mailcanary-interop}
 # Packages unpacked, never installed (maintainer scripts never run: no daemon starts, no MTA is replaced).
-UNPACKED=""
+UNPACKED="
+cyrus-common
+cyrus-imapd
+cyrus-pop3d
+exim4-base
+exim4-daemon-heavy
+opensmtpd
+sasl2-bin
+"
 # Their runtime dependencies that apt may install beside Postfix and Dovecot.
-LIBS=""
+LIBS="
+libclamav12
+libcrypt1
+libdb5.3
+libevent-2.1-7
+libical3
+libidn12
+libpam0g
+libpcre3
+libssl3
+libxapian30
+libzephyr4
+zlib1g
+"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
@@ -39,6 +60,8 @@ if [ -n "$todo" ]; then
   echo "install-interop: unpacking:$todo"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
+  # apt downloads as _apt when it can write there (else it warns and downloads as root).
+  chown _apt "$work" 2>/dev/null || true
   # shellcheck disable=SC2086
   (cd "$work" && apt-get download -q $todo)
   for pkg in $todo; do

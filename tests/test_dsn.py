@@ -142,3 +142,62 @@ def test_parse_bounce_is_total_on_damaged_reports(cut: int, junk: bytes) -> None
     bounce = parse_bounce(damaged)
     if bounce is not None:
         assert len(bounce.status_class) <= 5 or bounce.status_class == "unknown"
+
+
+def opensmtpd_bounce(original: bytes, reply: str) -> bytes:
+    """A bounce as OpenSMTPD 6.8 writes it (bounce.c; captured from the interop matrix): multipart/mixed,
+    not multipart/report; the reply of the next hop only in the text part (continuation lines joined,
+    their codes dropped); ``Status: 5.0.0`` and no Diagnostic-Code; the whole returned message (body
+    too) as text/rfc822-headers."""
+    b = b"13342223342623336730/mail.example.test"
+    return (
+        b"Received: from mail.example.test (vm [local])\n\tby vm (OpenSMTPD) with ESMTPA id 1dd1f107\n"
+        b"\tfor <a@example.test>;\n\tMon, 7 Dec 2026 02:42:44 +0000 (UTC)\n"
+        b"Subject: Delivery status notification: failed\n"
+        b"From: Mailer Daemon <MAILER-DAEMON@mail.example.test>\nTo: a@example.test\n"
+        b"Date: Mon, 7 Dec 2026 02:42:44 +0000 (UTC)\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/mixed;boundary="' + b + b'"\nMessage-ID: <7946a7dc8beea779@vm>\n\n'
+        b"This is a MIME-encapsulated message.\n\n"
+        b"--" + b + b"\nContent-Description: Notification\nContent-Type: text/plain; charset=us-ascii\n\n"
+        b"    Hi!\n\n    This is the MAILER-DAEMON, please DO NOT REPLY to this email.\n\n"
+        b"    An error has occurred while attempting to deliver a message for\n"
+        b"    the following list of recipients:\n\n"
+        b"nouser@example.test: " + reply.encode() + b"\n\n    Below is a copy of the original message:\n\n"
+        b"--" + b + b"\nContent-Description: Delivery Report\nContent-Type: message/delivery-status\n\n"
+        b"Reporting-MTA: dns; mail.example.test\n\n"
+        b"Final-Recipient: rfc822; nouser@example.test\nAction: failed\nStatus: 5.0.0\n\n"
+        b"--"
+        + b
+        + b"\nContent-Description: Message headers\nContent-Type: text/rfc822-headers\n\n"
+        + original.replace(b"\r\n", b"\n")
+        + b"\n--"
+        + b
+        + b"--\n"
+    )
+
+
+def test_opensmtpd_bounce_is_a_report_with_the_quoted_reply() -> None:
+    """OpenSMTPD's bounce was read as a plain-text one whose first code is its own ``Status: 5.0.0``
+    line: the diagnostic was that line, and the next hop's reply (what went wrong) was lost."""
+    token, original = _canary()
+    cyrus_reply = (
+        "550-Mailbox unknown.  Either there is no mailbox associated with thisname or you do not have"
+        " authorization to see it. User unknown"
+    )
+    bounce = parse_bounce(opensmtpd_bounce(original, cyrus_reply))
+    assert bounce is not None and bounce.kind == "dsn" and bounce.permanent
+    assert bounce.status == "5.0.0"  # all the report says: the reply quoted no enhanced code
+    assert bounce.diagnostic is not None and bounce.diagnostic.startswith("nouser@example.test: 550-Mailbox")
+    assert returned_token(bounce, KEY, "rt") == token
+
+
+def test_opensmtpd_bounce_status_is_the_reports_own() -> None:
+    """As for every report (Exim's too): the class is the report's ``Status``; a more specific code in
+    the quoted reply is shown in the diagnostic, not taken over."""
+    token, original = _canary()
+    reply = "550 5.1.1 <nouser@example.test>: Recipient address rejected: User unknown"
+    bounce = parse_bounce(opensmtpd_bounce(original, reply))
+    assert bounce is not None and bounce.kind == "dsn"
+    assert (bounce.status, bounce.status_class) == ("5.0.0", "5.0.x")
+    assert bounce.diagnostic is not None and "550 5.1.1" in bounce.diagnostic
+    assert returned_token(bounce, KEY, "rt") == token
