@@ -1,9 +1,7 @@
 """The interop matrix, Exim 4.96 -> Cyrus IMAP 3.6: mailcanary round trips against the real servers.
 
 Exim takes the canary on 587 (STARTTLS) or 465 (implicit TLS) with AUTH and delivers it by LMTP into
-Cyrus; mailcanary reads it back over IMAP (143 STARTTLS, 993) or POP3 (110 STLS, 995). Tests marked
-``xfail(strict=True, reason="issue 19: ...")`` assert what the issue asks for and fail on today's code;
-the lead removes the mark when the fix named there is merged.
+Cyrus; mailcanary reads it back over IMAP (143 STARTTLS, 993) or POP3 (110 STLS, 995).
 """
 
 from __future__ import annotations
@@ -254,10 +252,6 @@ def test_sync_check_on_cyrus(
     assert cyrus.snapshot(user) == before  # the user's message untouched, the canary gone
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19: one reader per IMAP session (Cyrus, sync, a canary that never arrives: `internal`)",
-)
 def test_sync_check_with_a_canary_that_never_arrives_is_timeout(
     cyrus: CyrusServer, exim: EximServer, user: str, tmp_path: Path
 ) -> None:
@@ -431,9 +425,6 @@ def test_canary_filed_into_inbox_spam_is_found_with_the_full_name(
     assert 'mailcanary_roundtrip_placement{folder="junk",probe="junkrt"} 1.0' in _render(runner)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 19: junk folder found under the personal namespace (INBOX/Spam)"
-)
 def test_canary_filed_into_inbox_spam_is_found_with_the_default_junk_folders(
     cyrus: CyrusServer, exim: EximServer, user: str, tmp_path: Path
 ) -> None:
@@ -453,7 +444,6 @@ def _login_delay_refusals(cyrus: CyrusServer) -> int:
     return cyrus.log_file.read_text(errors="replace").count("Logins must be at least")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19: POP3 LOGIN-DELAY support")
 def test_pop3_honours_login_delay(cyrus: CyrusServer, exim: EximServer, tmp_path: Path) -> None:
     """Cyrus with popminpoll: 1 says LOGIN-DELAY 60 in CAPA and refuses a second login within 60 s.
 
