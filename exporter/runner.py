@@ -29,7 +29,6 @@ from probes.recorder import Masker, Recorder
 from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
 from probes.smtp import SMTPSettings
 from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
-from probes.verdict import TrustedIds
 
 from .config import (
     DomainCheckConfig,
@@ -190,7 +189,8 @@ def roundtrip_settings(
         other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,
         slots=slots,
         bounces_here=probe.watches_bounces_here,
-        trusted_authserv_ids=TrustedIds(rc.trusted_authserv_ids, rc.verdict_preset),
+        trusted_authserv_ids=frozenset(i.casefold() for i in rc.trusted_authserv_ids),
+        verdict_preset=rc.verdict_preset,
         spam_headers=rc.spam_headers,
         bounce_receiver=(
             _imap_settings(loaded, probe.name, "bounce_receive", probe.bounce_receive)

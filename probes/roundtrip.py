@@ -38,7 +38,7 @@ from .received import Path as ReceivedPath
 from .received import path_of
 from .recorder import Recorder
 from .smtp import SMTPSettings, send_message
-from .verdict import verdict_of
+from .verdict import Preset, verdict_of
 
 K = TypeVar("K")
 FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
@@ -118,6 +118,8 @@ class RoundTripSettings:
     # Verdict: Authentication-Results only from these authserv-ids (none: no verdict); spam scores
     # from the receiver's spam headers.
     trusted_authserv_ids: frozenset[str] = frozenset()
+    # A provider that breaks RFC 8601 (probes.verdict.Preset), set only by the operator.
+    verdict_preset: Preset = "none"
     spam_headers: bool = True
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
     sync: SyncSettings | None = None  # IMAP only: the second-device check
@@ -200,7 +202,9 @@ async def _run(
         recorder.facts["path"] = path
         if path.sender_ip is not None:
             recorder.facts["sender_ip"] = path.sender_ip  # for a blocklist check, and the log
-        verdict = verdict_of(raw, settings.trusted_authserv_ids, settings.spam_headers)
+        verdict = verdict_of(
+            raw, settings.trusted_authserv_ids, settings.spam_headers, settings.verdict_preset
+        )
         recorder.facts["verdict"] = verdict
         first = path.hops[0].timestamp if path.hops else None
         if first is not None:  # the first server's clock against ours (1 s resolution): skew shown

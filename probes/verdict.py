@@ -27,9 +27,8 @@ from incoming mail, which is why reading them is the operator's choice (``receiv
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 import authres
 
@@ -77,34 +76,6 @@ _ARC_INSTANCE_RE: Final = re.compile(r"^\s*i\s*=\s*(\d{1,2})\s*;")
 # Microsoft 365 (older stamps): the recipient's domain alone between results, "...; contoso.com; dkim=".
 _BARE_DOMAIN_RE: Final = re.compile(r";\s*[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,10}\s*(?=;|$)")
 _PLACEHOLDER_ID: Final = "no-authserv-id.invalid"  # parsed in place of a missing id, never shown or matched
-
-
-class TrustedIds(frozenset[str]):
-    """The trusted authserv-ids (casefolded) and the receive side's preset for a provider that breaks
-    RFC 8601. A frozenset, so it is passed wherever the ids were; equal only with the same preset."""
-
-    preset: Preset
-
-    def __new__(cls, ids: Iterable[str] = (), preset: Preset = "none") -> Self:
-        made = super().__new__(cls, (i.casefold() for i in ids))
-        made.preset = preset
-        return made
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, set | frozenset):
-            return NotImplemented
-        return frozenset(self) == frozenset(other) and getattr(other, "preset", "none") == self.preset
-
-    def __ne__(self, other: object) -> bool:
-        equal = self.__eq__(other)
-        return equal if equal is NotImplemented else not equal
-
-    def __hash__(self) -> int:  # equal to a plain frozenset of the same ids when there is no preset
-        plain = frozenset(self)
-        return hash(plain) if self.preset == "none" else hash((plain, self.preset))
-
-    def __repr__(self) -> str:
-        return f"TrustedIds({sorted(self)!r}, preset={self.preset!r})"
 
 
 @dataclass(frozen=True)
@@ -293,11 +264,10 @@ def spam_scores(head: bytes) -> dict[str, float]:
     return out
 
 
-def verdict_of(raw: bytes, trusted: frozenset[str], spam_headers: bool) -> Verdict:
-    """The verdict from a received message (or its header block); ``trusted`` may be a
-    :class:`TrustedIds`, whose preset then applies."""
+def verdict_of(raw: bytes, trusted: frozenset[str], spam_headers: bool, preset: Preset = "none") -> Verdict:
+    """The verdict from a received message (or its header block): Authentication-Results of the
+    ``trusted`` authserv-ids (casefolded), or as ``preset`` allows for a provider that breaks RFC 8601."""
     head = canary.split_message(raw)[0] + b"\r\n\r\n"
-    preset: Preset = getattr(trusted, "preset", "none")
     auth, used, ignored = authentication(head, trusted, preset)
     if trusted or preset != "none":  # asked for a verdict: a method nobody trusted reported is missing
         for method in REQUIRED_METHODS:

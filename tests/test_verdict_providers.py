@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from exporter.config import ConfigError, parse_config
 from exporter.runner import roundtrip_settings
-from probes.verdict import MICROSOFT365, TrustedIds, authentication, is_trusted, verdict_of
+from probes.verdict import MICROSOFT365, authentication, is_trusted, verdict_of
 
 ALL_PASS = {"spf": "pass", "dkim": "pass", "dmarc": "pass"}
 
@@ -213,8 +213,6 @@ From: <alice@example.com>
 To: <alice@example.net>
 """
 
-M365_PRESET = TrustedIds((), "microsoft365")
-
 
 def test_gmail_is_read_and_its_arc_copy_is_not_needed() -> None:
     v = verdict_of(head(GMAIL), frozenset({"mx.google.com"}), False)
@@ -256,22 +254,22 @@ def test_microsoft365_without_preset_stays_missing() -> None:
 
 def test_microsoft365_preset_reads_its_idless_field() -> None:
     """Issue 19: an M365 mailbox could not show its verdict at all."""
-    v = verdict_of(head(M365), M365_PRESET, False)
+    v = verdict_of(head(M365), frozenset(), False, "microsoft365")
     assert v.auth == ALL_PASS  # compauth is Microsoft's own method: not exported
     assert v.authserv_id == MICROSOFT365
 
 
 def test_microsoft365_arc_results_above_its_field_are_read_with_it() -> None:
-    v = verdict_of(head(M365_ARC), M365_PRESET, False)
+    v = verdict_of(head(M365_ARC), frozenset(), False, "microsoft365")
     assert v.auth == {"spf": "softfail", "dkim": "fail", "dmarc": "fail", "arc": "pass"}
 
 
 def test_microsoft365_bestguesspass_is_none_and_bare_domains_are_dropped() -> None:
-    v = verdict_of(head(M365_BESTGUESS), M365_PRESET, False)
+    v = verdict_of(head(M365_BESTGUESS), frozenset(), False, "microsoft365")
     assert v.auth == {"spf": "pass", "dkim": "pass", "dmarc": "none"}
-    v = verdict_of(head(M365_VALIDITY), M365_PRESET, False)
+    v = verdict_of(head(M365_VALIDITY), frozenset(), False, "microsoft365")
     assert v.auth == {"spf": "none", "dkim": "none", "dmarc": "none"}
-    v = verdict_of(head(M365_ARC_BESTGUESS), M365_PRESET, False)
+    v = verdict_of(head(M365_ARC_BESTGUESS), frozenset(), False, "microsoft365")
     assert v.auth == {"spf": "pass", "dkim": "none", "dmarc": "none", "arc": "none"}
 
 
@@ -285,18 +283,20 @@ def test_bare_domain_between_results_is_refused_without_the_preset() -> None:
 def test_microsoft365_preset_believes_only_its_field_and_arc_above_it() -> None:
     # An id-less field below one we do not trust (a sender's, another hop's) is never believed.
     below = "Authentication-Results: mx.example.net; spf=fail smtp.mailfrom=example.com\n" + M365
-    v = verdict_of(head(below), M365_PRESET, False)
+    v = verdict_of(head(below), frozenset(), False, "microsoft365")
     assert v.auth == {"spf": "missing", "dkim": "missing", "dmarc": "missing"} and v.ignored == 2
     # ... when the field above it is trusted (a hop of ours after Microsoft): both count, per method.
-    v = verdict_of(head(below), TrustedIds(["mx.example.net"], "microsoft365"), False)
+    v = verdict_of(head(below), frozenset({"mx.example.net"}), False, "microsoft365")
     assert v.auth == {"spf": "fail", "dkim": "pass", "dmarc": "pass"}
     assert v.authserv_id == "mx.example.net"
     # ARC results from mx.microsoft.com below the field are the sending tenant's (Yahoo's sample): unread.
     yahoo_arc = YAHOO.split("ARC-Authentication-Results:")[1].split("From:")[0]
     text = M365 + "ARC-Authentication-Results:" + yahoo_arc
-    assert verdict_of(head(text), M365_PRESET, False).auth == ALL_PASS
+    assert verdict_of(head(text), frozenset(), False, "microsoft365").auth == ALL_PASS
     arc_only = "ARC-Authentication-Results: i=1; mx.microsoft.com 1; spf=pass; dmarc=pass; dkim=pass\n"
-    v = verdict_of(head(arc_only), M365_PRESET, False)  # no Microsoft field to anchor it: not believed
+    v = verdict_of(
+        head(arc_only), frozenset(), False, "microsoft365"
+    )  # no Microsoft field to anchor it: not believed
     assert v.auth == {"spf": "missing", "dkim": "missing", "dmarc": "missing"}
 
 
@@ -359,14 +359,6 @@ def test_trusted_wildcards_match_whole_labels_only() -> None:
     assert not is_trusted("yahoo.com.evil.example", trusted)
 
 
-def test_trusted_ids_compare_with_their_preset() -> None:
-    assert TrustedIds(["A.example"]) == frozenset({"a.example"})
-    assert hash(TrustedIds(["a.example"])) == hash(frozenset({"a.example"}))
-    assert TrustedIds(["a.example"], "microsoft365") != frozenset({"a.example"})
-    assert TrustedIds([], "microsoft365") != TrustedIds([])
-    assert TrustedIds([], "microsoft365") == TrustedIds([], "microsoft365")
-
-
 @given(st.text(max_size=300), st.booleans())
 def test_verdict_is_total_with_the_preset(value: str, with_id: bool) -> None:
     clean = value.replace("\r", " ").replace("\n", " ")
@@ -374,7 +366,7 @@ def test_verdict_is_total_with_the_preset(value: str, with_id: bool) -> None:
         "utf-8", "replace"
     )
     arc = b"ARC-Authentication-Results: i=1; mx.microsoft.com 1; " + clean.encode("utf-8", "replace")
-    v = verdict_of(arc + b"\r\n" + line + b"\r\n\r\n", TrustedIds(["mx.example.net"], "microsoft365"), True)
+    v = verdict_of(arc + b"\r\n" + line + b"\r\n\r\n", frozenset({"mx.example.net"}), True, "microsoft365")
     assert set(v.auth) >= {"spf", "dkim", "dmarc"}
     labels = {
         "pass",
@@ -413,11 +405,12 @@ def test_preset_and_wildcard_reach_the_probe_settings() -> None:
     )
     loaded = parse_config(CONFIG.format(extra=extra), "/etc/mailcanary/t.yml", {"PW": "x"})
     trusted = roundtrip_settings(loaded, loaded.config.roundtrip[0], b"k" * 32).trusted_authserv_ids
-    assert isinstance(trusted, TrustedIds) and trusted.preset == "microsoft365"
+    settings = roundtrip_settings(loaded, loaded.config.roundtrip[0], b"k" * 32)
+    assert settings.verdict_preset == "microsoft365"
     assert set(trusted) == {"*.example.net", "mx.example.com"}
     plain = parse_config(CONFIG.format(extra=""), "/etc/mailcanary/t.yml", {"PW": "x"})
     settings = roundtrip_settings(plain, plain.config.roundtrip[0], b"k" * 32)
-    assert settings.trusted_authserv_ids == frozenset() and settings.trusted_authserv_ids.preset == "none"  # type: ignore[attr-defined]
+    assert settings.trusted_authserv_ids == frozenset() and settings.verdict_preset == "none"
 
 
 @pytest.mark.parametrize(
