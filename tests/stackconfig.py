@@ -69,6 +69,11 @@ def roundtrip(
             "password_file": secret_file(tmp, f"{name}-recv", receive_password or password),
         },
     }
+    return apply_overrides(probe, extra)
+
+
+def apply_overrides(probe: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``section__key=value`` sets ``probe[section][key]``; a plain ``key=value`` sets ``probe[key]``."""
     for key, value in extra.items():
         section, _, sub = key.partition("__")
         if sub:

@@ -160,19 +160,6 @@ PID_FILES = (
 )
 
 
-def runs(pid: int, executable: str) -> bool:
-    """True if ``pid`` is a live process of ``executable`` (a name, or an absolute path)."""
-    if not executable.startswith("/"):
-        return pid_runs(pid, executable)
-    if not pid_alive(pid):
-        return False
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return False
-    return Path(exe.removesuffix(" (deleted)")) == Path(executable).resolve()
-
-
 def make_interop_root() -> Path:
     """A fresh root in /tmp, searchable by the daemons' users, marked with our pid for later reaping."""
     root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir="/tmp"))
@@ -190,7 +177,7 @@ def reap_interop_orphans(parent: Path = Path("/tmp")) -> list[Path]:
             continue
         for rel, executable in PID_FILES:
             pid = read_pid(root / rel)
-            if pid is not None and runs(pid, executable):
+            if pid is not None and pid_runs(pid, executable):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 with contextlib.suppress(ProcessLookupError):
@@ -212,3 +199,21 @@ def wait_serving(
             break
         time.sleep(0.02)
     return pending
+
+
+def stop_group(
+    proc: subprocess.Popen[bytes] | None, endpoints: Sequence[Endpoint], timeout: float
+) -> list[Endpoint]:
+    """SIGTERM a daemon we started (by its pid, never by name), SIGKILL its process group if it lingers
+    (children run in it: none may outlive it); the endpoints still open ``timeout`` s later."""
+    if proc is not None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return wait_closed_on(endpoints, timeout)

@@ -13,12 +13,10 @@ that LMTP plus-addressing ``user+Spam@example.test`` files a message there for r
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import os
 import re
 import secrets
-import signal
 import ssl
 import subprocess
 import time
@@ -37,7 +35,7 @@ from ._common import (
     mount_namespaces_work,
     package_dir,
     private_dev_log,
-    wait_closed_on,
+    stop_group,
     wait_serving,
 )
 
@@ -270,17 +268,7 @@ class CyrusServer:
         proc, self.process = self.process, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        # Children (imapd, pop3d) run in master's process group; none may outlive it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        still = wait_closed_on(self.endpoints(), timeout)
+        still = stop_group(proc, self.endpoints(), timeout)  # imapd, pop3d: in master's group
         if self.syslog is not None:
             self.syslog.close()
         if still:

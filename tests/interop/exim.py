@@ -14,9 +14,7 @@ runs it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -26,7 +24,7 @@ from tests.mailstack._net import Endpoint
 from tests.mailstack._system import StackError, chown, ensure_account, tail
 from tests.mailstack.tls import SERVER_NAME, TLSFiles
 
-from ._common import DOMAIN, EXIM_HOST, free_ports_on, package_dir, wait_closed_on, wait_serving
+from ._common import DOMAIN, EXIM_HOST, free_ports_on, package_dir, stop_group, wait_serving
 
 EXIM_USER = "Debian-exim"  # compiled into Debian's exim4; looked up before any config is read
 PORT_NAMES = ("smtp", "submission", "submissions")
@@ -223,16 +221,7 @@ class EximServer:
         proc, self.process = self.process, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        still = wait_closed_on(self.endpoints(), timeout)
+        still = stop_group(proc, self.endpoints(), timeout)
         if still:
             raise StackError(f"exim: still listening on {[e.address for e in still]} after stop")
 

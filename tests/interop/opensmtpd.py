@@ -37,7 +37,7 @@ from pathlib import Path
 import bcrypt
 
 from tests.mailstack._net import Endpoint, accepts, wait_ready
-from tests.mailstack._system import StackError, ensure_account, pid_alive, read_pid, tail
+from tests.mailstack._system import StackError, ensure_account, pid_alive, pid_runs, read_pid, tail
 from tests.mailstack.tls import SERVER_NAME, TLSFiles
 
 from ._common import (
@@ -46,7 +46,6 @@ from ._common import (
     OPENSMTPD_HOST,
     free_ports_on,
     mount_namespaces_work,
-    runs,
     wait_closed_on,
 )
 
@@ -103,7 +102,7 @@ def version() -> str:
 def _is_our_smtpd(pid: int) -> bool:
     """True if ``pid`` runs OpenSMTPD's binary from the unpacked tree: Postfix's daemon is also called
     ``smtpd``, and a stale pid file must never name a stranger."""
-    return runs(pid, str(SMTPD))
+    return pid_runs(pid, str(SMTPD))
 
 
 class OpenSMTPD:

@@ -9,8 +9,8 @@ from typing import Any
 
 from exporter.results import RunResult
 from exporter.runner import Runner
+from tests.stackconfig import apply_overrides, secret_file
 from tests.stackconfig import make_runner as stack_runner
-from tests.stackconfig import secret_file
 
 from .cyrus import CyrusServer
 from .exim import EximServer
@@ -68,13 +68,7 @@ def roundtrip(
     }
     if bounce_receive:
         probe["bounce_receive"] = copy.deepcopy(probe["receive"])
-    for key, value in extra.items():
-        section, _, sub = key.partition("__")
-        if sub:
-            probe[section][sub] = value
-        else:
-            probe[key] = value
-    return probe
+    return apply_overrides(probe, extra)
 
 
 def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runner:

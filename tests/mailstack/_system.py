@@ -132,14 +132,15 @@ def pid_alive(pid: int) -> bool:
 
 
 def pid_runs(pid: int, executable: str) -> bool:
-    """True if ``pid`` is a live process of ``executable``: a stale pid file must not kill a stranger."""
+    """True if ``pid`` is a live process of ``executable`` (a name, or an absolute path: Postfix's and
+    OpenSMTPD's daemons are both ``smtpd``): a stale pid file must not kill a stranger."""
     if not pid_alive(pid):
         return False
     try:
-        exe = os.readlink(f"/proc/{pid}/exe")
+        exe = Path(os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)"))
     except OSError:
         return False
-    return Path(exe.removesuffix(" (deleted)")).name == executable
+    return exe == Path(executable).resolve() if executable.startswith("/") else exe.name == executable
 
 
 def terminate(pid_file: Path, executable: str, timeout: float) -> bool:
