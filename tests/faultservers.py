@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tests.mailstack._net import claim_ports
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 ACTIONS = ("close", "reset", "silence", "garbage", "overlong", "err", "drip", "huge_literal", "bye", "vanish")
@@ -583,7 +585,5 @@ async def serving(handler: Handler) -> AsyncIterator[int]:
 
 
 def refused_port() -> int:
-    """A loopback port with nothing listening (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port with nothing listening, claimed so that nothing else starts listening there."""
+    return claim_ports(1)[0]

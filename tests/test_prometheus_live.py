@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -38,6 +37,7 @@ import pytest
 import yaml
 
 from tests.mailstack import MailStack
+from tests.mailstack._net import claim_ports
 from tests.stackconfig import exporter_argv
 from tests.test_dashboards import DASHBOARD_DIR, load, queries, substitute
 
@@ -78,9 +78,7 @@ def short_for_variant(paths: list[Path], for_: str = SHORT_FOR) -> dict[str, Any
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return claim_ports(1)[0]
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.mailstack._net import Endpoint, greets
+from tests.mailstack._net import Endpoint, claim_ports, greets
 from tests.mailstack._system import StackError, pid_alive, pid_runs, read_pid
 
 INTEROP_ROOT = Path(os.environ.get("MAILCANARY_INTEROP_ROOT", "/opt/mailcanary-interop"))
@@ -35,17 +35,8 @@ def package_dir(package: str) -> Path:
 
 
 def free_ports_on(host: str, count: int) -> list[int]:
-    """``count`` distinct ports free on ``host``, chosen by the kernel (never fixed numbers)."""
-    held: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(s)
-            s.bind((host, 0))
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for s in held:
-            s.close()
+    """``count`` distinct ports free on ``host``, claimed for this process (never fixed numbers)."""
+    return claim_ports(count, (host,))
 
 
 def _listening(host: str) -> set[int] | None:

@@ -2,18 +2,78 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import random
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 LOOPBACK_V4 = "127.0.0.1"
 LOOPBACK_V6 = "::1"
 
-# Ports handed out by this process: the kernel may give a port back once its probe socket is closed,
-# and two instances of one session must never be rendered with the same number.
-_handed_out: set[int] = set()
+# Test daemons listen on ports claimed from a range below the kernel's ephemeral range, each claim an
+# exclusive flock on a file named for the port, held until this process ends. The kernel never hands out
+# such a port (not for bind(0), nor as the source port of a connection), and no other test process (an
+# xdist worker, a second suite) claims it: a daemon that is stopped and started again (Dovecot, Postfix
+# restarts in the tests) finds its port still free. Ports chosen by bind(0) and released could be taken
+# by anything in that gap ("Address already in use", seen with parallel suites).
+PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "mailcanary-test-ports"
+_claims: dict[int, int] = {}  # port -> the fd whose flock claims it (kept open: closed at exit)
+
+
+def _claim_range() -> tuple[int, int]:
+    """[low, high) for claims: below the ephemeral range (net.ipv4.ip_local_port_range)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low <= 11024:
+        raise RuntimeError(f"the ephemeral port range starts at {low}: no room below it for test ports")
+    return max(1024, low - 12000), low
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def claim_ports(count: int, hosts: Sequence[str] = (LOOPBACK_V4,)) -> list[int]:
+    """``count`` distinct ports, each free now on every one of ``hosts`` and claimed for the rest of this
+    process: no other test process and no kernel-chosen port will take it (see PORT_LOCK_DIR)."""
+    low, high = _claim_range()
+    PORT_LOCK_DIR.mkdir(mode=0o1777, exist_ok=True)
+    ports: list[int] = []
+    start = random.randrange(low, high)
+    for i in range(high - low):
+        port = low + (start - low + i) % (high - low)
+        if port in _claims:
+            continue
+        fd = os.open(PORT_LOCK_DIR / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        if not all(_bindable(h, port) for h in hosts):
+            os.close(fd)  # in use by something else: leave it
+            continue
+        _claims[port] = fd
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"no {count} free test ports in [{low}, {high})")
 
 
 @dataclass(frozen=True)
@@ -45,35 +105,8 @@ def ipv6_available() -> bool:
 
 
 def free_ports(count: int, *, ipv6: bool = False) -> list[int]:
-    """Ports free on 127.0.0.1 (and ``::1`` if asked), chosen by the kernel, never fixed numbers.
-
-    All probe sockets stay bound until every port is chosen, so the numbers are distinct. Another
-    process may still take one before the daemon binds it; the start-up check then names that port.
-    """
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            s4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            held.append(s4)
-            s4.bind((LOOPBACK_V4, 0))
-            port = int(s4.getsockname()[1])
-            if port in _handed_out:
-                continue
-            if ipv6:
-                s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-                held.append(s6)
-                s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                try:
-                    s6.bind((LOOPBACK_V6, port))
-                except OSError:
-                    continue
-            ports.append(port)
-    finally:
-        for s in held:
-            s.close()
-    _handed_out.update(ports)
-    return ports
+    """Ports free on 127.0.0.1 (and ``::1`` if asked), claimed for this process (see claim_ports)."""
+    return claim_ports(count, (LOOPBACK_V4, LOOPBACK_V6) if ipv6 else (LOOPBACK_V4,))
 
 
 def _unverified_context() -> ssl.SSLContext:

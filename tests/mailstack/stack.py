@@ -799,11 +799,16 @@ class MailStack:
                     found[entry.name.split(":", 1)[0]] = Path(entry.path)
         return sorted(found.values(), key=lambda p: p.name)
 
-    def wait_for_messages(self, address: str, count: int = 1, timeout: float = 10.0) -> list[Path]:
-        """Poll the Maildir until it holds at least ``count`` messages; raise TimeoutError otherwise."""
+    def wait_for_messages(
+        self, address: str, count: int = 1, timeout: float = 10.0, containing: bytes | None = None
+    ) -> list[Path]:
+        """Poll the Maildir until it holds at least ``count`` messages (only those ``containing`` a marker,
+        if given: mail of an earlier test still on its way may land meanwhile); TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.messages(address)
+            if containing is not None:
+                found = [p for p in found if _contains(p, containing)]
             if len(found) >= count:
                 return found
             if time.monotonic() > deadline:
@@ -886,3 +891,10 @@ class MailStack:
         stack.users = dict(users)
         stack._set_up = True
         return stack
+
+
+def _contains(path: Path, marker: bytes) -> bool:
+    try:
+        return marker in path.read_bytes()
+    except FileNotFoundError:  # moved from new/ to cur/ meanwhile: seen again at the next look
+        return False
