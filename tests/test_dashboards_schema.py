@@ -25,7 +25,7 @@ import pytest
 
 from .test_dashboards import DASHBOARDS
 
-NPM_PACKAGES = ("@grafana/schema@13.2.3", "typescript@7.0.2")
+NPM_PACKAGES = ("@grafana/schema@11.6.9", "typescript@7.0.2")
 LOOSE = (
     "type Loose<T> = T extends string ? `${T}` : T extends number | boolean | null | undefined ? T"
     " : T extends readonly (infer U)[] ? Loose<U>[] : T extends object ? { [K in keyof T]: Loose<T[K]> } : T;"

@@ -1,0 +1,229 @@
+"""The mail domains dashboard: every MX on port 25, DANE, MTA-STS, TLS-RPT, DNSBL (domain_checks)."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import common as cm
+
+from .common import (
+    RT,
+    YES_NO_BAD,
+    YES_NO_GOOD,
+    Board,
+    Json,
+    S,
+    column_override,
+    dashboard,
+    merged_table,
+    stat,
+    table_panel,
+    table_target,
+    target,
+    thresholds,
+    timeseries_panel,
+    variable_query,
+)
+
+DOM = RT + ', domain=~"$domain"'
+DOM_BY = "probe, domain"
+MX_BY = "probe, domain, mx, address"
+
+
+def build() -> Json:
+    b = Board()
+    b.row("Summary")
+    summary = [
+        (
+            "Domains checked",
+            f"count(mailcanary_domain_check_success{{{RT}}})",
+            "Domain checks (domain_checks in the config) with a completed run.",
+            thresholds((None, "text")),
+        ),
+        (
+            "Domains with findings",
+            f"count(mailcanary_domain_findings{{{DOM}}} > 0) or vector(0)",
+            "Domains whose last check found something (every finding is a row below and in the log).",
+            thresholds((None, "green"), (1, "orange")),
+        ),
+        (
+            "Checks not completing",
+            f"count(mailcanary_domain_check_success{{{RT}}} == 0 unless on (job, instance, probe) "
+            f"mailcanary_domain_findings{{{RT}}}) or vector(0)",
+            "Domain checks whose last run could not check the domain (MX lookup failed, timeout).",
+            thresholds((None, "green"), (1, "red")),
+        ),
+        (
+            "MX addresses not verified",
+            f"count(mailcanary_domain_mx_cert_verified{{{DOM}}} == 0) or vector(0)",
+            "MX addresses whose certificate did not verify for the MX name.",
+            thresholds((None, "green"), (1, "orange")),
+        ),
+        (
+            "DNSBL listings",
+            f"count(mailcanary_domain_dnsbl_listed{{{DOM}}} == 1) or vector(0)",
+            "(MX address, zone) pairs listed.",
+            thresholds((None, "green"), (1, "orange")),
+        ),
+        (
+            "Must-refuse failures",
+            f"count(mailcanary_domain_must_refuse_success{{{DOM}}} == 0) or vector(0)",
+            "(MX address, check) pairs where the server accepted what it must refuse (open relay, "
+            "AUTH before TLS, own-domain sender).",
+            thresholds((None, "green"), (1, "red")),
+        ),
+    ]
+    for title, expr, description, steps in summary:
+        b.add(
+            stat(
+                title,
+                [target(expr, "")],
+                description=description,
+                thresholds=steps,
+                text_mode=cm.BigValueTextMode.VALUE,
+            ),
+            w=4,
+            h=4,
+        )
+
+    b.row("Domains")
+    columns = {
+        "A": "Findings",
+        "B": "MX DNSSEC",
+        "C": "MTA-STS record",
+        "D": "MTA-STS policy",
+        "E": "TLS-RPT",
+        "F": "MX hosts",
+        "G": "MTA-STS max_age",
+    }
+    exprs = {
+        "A": f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})",
+        "B": f"min by ({DOM_BY}) (mailcanary_domain_mx_dnssec_valid{{{DOM}}})",
+        "C": f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_record_valid{{{DOM}}})",
+        "D": f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_policy_valid{{{DOM}}})",
+        "E": f"min by ({DOM_BY}) (mailcanary_domain_tlsrpt_valid{{{DOM}}})",
+        "F": f"max by ({DOM_BY}) (mailcanary_domain_mx_hosts{{{DOM}}})",
+        "G": f"max by ({DOM_BY}) (mailcanary_domain_mta_sts_max_age_seconds{{{DOM}}})",
+    }
+    b.add(
+        table_panel(
+            "Domains",
+            [table_target(e, ref) for ref, e in exprs.items()],
+            description=(
+                "One row per domain check: findings of the last run (0 passes), DNSSEC of the MX answer and "
+                "the MX addresses, MTA-STS (record, policy fetched as RFC 8461 asks), TLS-RPT. "
+                "mailcanary probe NAME prints the same as a report."
+            ),
+            auto_cells=True,
+            overrides=[
+                column_override(
+                    "Findings",
+                    thresholds=thresholds((None, "green"), (1, "orange")),
+                    custom__cellOptions={"type": "color-background", "mode": "basic"},
+                ),
+                column_override("MTA-STS max_age", unit="s"),
+            ]
+            + [
+                column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
+                for name in ("MX DNSSEC", "MTA-STS record", "MTA-STS policy", "TLS-RPT")
+            ],
+            sort_by=("Findings", True),
+            transformations=merged_table(columns),
+        ),
+        w=24,
+        h=7,
+    )
+
+    b.row("MX addresses")
+    columns = {
+        "A": "Up",
+        "B": "STARTTLS",
+        "C": "Verified",
+        "D": "Name match",
+        "E": "DANE match",
+        "F": "DNSBL listed",
+        "G": "Open relay refused",
+        "H": "AUTH in clear",
+        "I": "Key bits",
+        "J": "Weak signature",
+        "K": "OCSP revoked",
+    }
+    exprs = {
+        "A": f"min by ({MX_BY}) (mailcanary_domain_mx_up{{{DOM}}})",
+        "B": f"min by ({MX_BY}) (mailcanary_domain_mx_starttls_offered{{{DOM}}})",
+        "C": f"min by ({MX_BY}) (mailcanary_domain_mx_cert_verified{{{DOM}}})",
+        "D": f"min by ({MX_BY}) (mailcanary_domain_mx_hostname_match{{{DOM}}})",
+        "E": f"min by ({MX_BY}) (mailcanary_domain_dane_match{{{DOM}}})",
+        "F": f"max by ({MX_BY}) (mailcanary_domain_dnsbl_listed{{{DOM}}})",
+        "G": f'min by ({MX_BY}) (mailcanary_domain_must_refuse_success{{{DOM}, check="open_relay"}})',
+        "H": f"max by ({MX_BY}) (mailcanary_domain_mx_auth_before_tls{{{DOM}}})",
+        "I": f"min by ({MX_BY}) (mailcanary_domain_mx_cert_key_bits{{{DOM}}})",
+        "J": f"max by ({MX_BY}) (mailcanary_domain_mx_cert_weak_signature{{{DOM}}})",
+        "K": f'max by ({MX_BY}) (mailcanary_domain_mx_cert_ocsp_status{{{DOM}, status="revoked"}})',
+    }
+    b.add(
+        table_panel(
+            "Every MX at every address",
+            [table_target(e, ref) for ref, e in exprs.items()],
+            description=(
+                "Every (MX host, address) of each domain, bounded by max_mx x max_addresses. Empty "
+                "cells: not "
+                "asked (no TLSA, no DNSBL zone, must_refuse disabled, no OCSP responder named)."
+            ),
+            auto_cells=True,
+            overrides=[
+                column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
+                for name in ("Up", "STARTTLS", "Verified", "Name match", "DANE match", "Open relay refused")
+            ]
+            + [
+                column_override(name, mappings=YES_NO_BAD, custom__cellOptions={"type": "color-text"})
+                for name in ("DNSBL listed", "AUTH in clear", "Weak signature", "OCSP revoked")
+            ],
+            sort_by=("Verified", False),
+            transformations=merged_table(columns),
+        ),
+        w=24,
+        h=9,
+    )
+
+    b.row("History")
+    b.add(
+        timeseries_panel(
+            "Findings per domain",
+            [target(f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})", "{{domain}}")],
+            description="Findings of each domain's last completed check, over time.",
+            unit="short",
+        ),
+        w=12,
+        h=8,
+    )
+    b.add(
+        timeseries_panel(
+            "MX audit stages",
+            [
+                target(
+                    f"max by (mx, address, stage) (mailcanary_domain_mx_stage_seconds{{{DOM}}})",
+                    "{{mx}} {{address}} {{stage}}",
+                )
+            ],
+            description="Per-stage timings of each MX address's audit (connect, handshake, legacy).",
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
+    return dashboard(
+        "mailcanary-domains",
+        "mailcanary / Mail domains",
+        "Mail domains from the outside: every MX on port 25, DANE, MTA-STS, TLS-RPT, DNSBL, certificate "
+        "hygiene and must-refuse checks (domain_checks).",
+        [
+            variable_query(
+                "probe", "Domain check", "label_values(mailcanary_domain_check_success{" + S + "}, probe)"
+            ),
+            variable_query(
+                "domain",
+                "Domain",
+                "label_values(mailcanary_domain_findings{" + S + ', probe=~"$probe"}, domain)',
+            ),
+        ],
+        b,
+    )

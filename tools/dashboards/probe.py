@@ -1,0 +1,214 @@
+"""The /probe dashboard: TLS targets audited on demand through /probe, blackbox_exporter style."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.models import common as cm
+
+from .common import (
+    DAYS_THRESHOLDS,
+    OK_FAIL,
+    YES_NO_BAD,
+    YES_NO_GOOD,
+    Board,
+    Json,
+    column_override,
+    dashboard,
+    merged_table,
+    organized,
+    stat,
+    status_timeline,
+    table_panel,
+    table_target,
+    target,
+    thresholds,
+    timeseries_panel,
+    variable_query,
+)
+
+P = 'job=~"$job", instance=~"$instance"'
+# /probe's mailcanary_tls_* series carry no endpoint label (the target is the instance): that keeps the
+# /metrics series of the same names out of these panels.
+PT = P + ', endpoint=""'
+
+
+def build() -> Json:
+    b = Board()
+    b.row("Status")
+    days = f"(probe_ssl_earliest_cert_expiry{{{P}}} - time()) / 86400"
+    by = "max by (job, instance)"
+    b.add(
+        stat(
+            "Targets failing",
+            [target(f"count(probe_success{{{P}}} == 0) or vector(0)", "failing")],
+            description="Targets whose last /probe scrape failed (probe_success 0).",
+            thresholds=thresholds((None, "green"), (1, "red")),
+            text_mode=cm.BigValueTextMode.VALUE,
+        ),
+        w=6,
+        h=5,
+    )
+    b.add(
+        stat(
+            "Soonest expiry",
+            [target(f"min({days})", "days")],
+            description="Days until the first certificate of any target's chain expires.",
+            unit="d",
+            decimals=1,
+            thresholds=DAYS_THRESHOLDS,
+            text_mode=cm.BigValueTextMode.VALUE,
+        ),
+        w=6,
+        h=5,
+    )
+    b.add(
+        stat(
+            "Uptime (range)",
+            [target(f"avg(avg_over_time(probe_success{{{P}}}[$__range]))", "uptime")],
+            description="Share of successful /probe scrapes over the dashboard's time range, all targets.",
+            unit="percentunit",
+            decimals=2,
+            thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
+            text_mode=cm.BigValueTextMode.VALUE,
+        ),
+        w=6,
+        h=5,
+    )
+    b.add(
+        stat(
+            "Uptime (30 d)",
+            [target(f"avg(avg_over_time(probe_success{{{P}}}[30d]))", "uptime")],
+            description="Share of successful /probe scrapes over 30 days, all targets.",
+            unit="percentunit",
+            decimals=3,
+            thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
+            text_mode=cm.BigValueTextMode.VALUE,
+        ),
+        w=6,
+        h=5,
+    )
+    b.add(
+        table_panel(
+            "Targets",
+            [
+                table_target(f"{by} (probe_success{{{P}}})"),
+                table_target(f"{by} ({days})", "B"),
+                table_target(f"{by} (mailcanary_tls_cert_verified{{{PT}}})", "C"),
+                table_target(f"{by} (probe_duration_seconds{{{P}}})", "D"),
+                table_target(f"{by} (avg_over_time(probe_success{{{P}}}[$__range]))", "E"),
+                table_target(f"{by} (avg_over_time(probe_success{{{P}}}[30d]))", "F"),
+            ],
+            description=(
+                "One row per /probe target (the instance label of the documented relabel setup): "
+                "last result, "
+                "days to the earliest expiry in the chain, chain verified, probe duration, uptime over the "
+                "time range and over 30 days."
+            ),
+            transformations=merged_table(
+                {
+                    "A": "success",
+                    "B": "days left",
+                    "C": "verified",
+                    "D": "duration",
+                    "E": "uptime (range)",
+                    "F": "uptime (30 d)",
+                }
+            ),
+            overrides=[
+                column_override(
+                    "success",
+                    mappings=OK_FAIL,
+                    custom__cellOptions={"type": "color-background"},
+                    thresholds=thresholds((None, "red")),
+                ),
+                column_override(
+                    "days left",
+                    unit="d",
+                    decimals=1,
+                    custom__cellOptions={"type": "color-background"},
+                    thresholds=DAYS_THRESHOLDS,
+                ),
+                column_override(
+                    "verified",
+                    mappings=YES_NO_GOOD,
+                    custom__cellOptions={"type": "color-text"},
+                    thresholds=thresholds((None, "red")),
+                ),
+                column_override("duration", unit="s", decimals=3),
+                column_override("uptime (range)", unit="percentunit", decimals=2),
+                column_override("uptime (30 d)", unit="percentunit", decimals=3),
+            ],
+        ),
+        w=24,
+        h=8,
+    )
+
+    b.row("Over time")
+    b.add(
+        status_timeline(
+            "Probe success",
+            [target(f"probe_success{{{P}}}", "{{instance}}")],
+            description="Result of each /probe scrape over time (green success, red failure).",
+        ),
+        w=24,
+        h=6,
+    )
+    b.add(
+        timeseries_panel(
+            "Days to expiry",
+            [target(days, "{{instance}}")],
+            description="Days until the earliest certificate expiry in each target's chain.",
+            unit="d",
+        ),
+        w=12,
+        h=7,
+    )
+    b.add(
+        timeseries_panel(
+            "Probe duration",
+            [target(f"probe_duration_seconds{{{P}}}", "{{instance}}")],
+            description="Wall time of each /probe request, legacy-protocol handshakes included.",
+            unit="s",
+        ),
+        w=12,
+        h=7,
+    )
+    b.add(
+        table_panel(
+            "TLS version",
+            [table_target(f"probe_tls_version_info{{{P}}}")],
+            description="Negotiated TLS version per target (blackbox_exporter's spelling).",
+            transformations=organized(
+                (
+                    "Time",
+                    "Value",
+                    "__name__",
+                )
+            ),
+        ),
+        w=12,
+        h=6,
+    )
+    b.add(
+        table_panel(
+            "Legacy TLS accepted",
+            [table_target(f"max by (instance, version) (mailcanary_tls_legacy_protocol_accepted{{{PT}}})")],
+            description=(
+                "1 if the target completed a handshake pinned to TLS 1.0 / 1.1 (deprecated, RFC 8996)."
+            ),
+            mappings=YES_NO_BAD,
+            transformations=organized(("Time",), rename={"Value": "accepted"}),
+        ),
+        w=12,
+        h=6,
+    )
+    return dashboard(
+        "mailcanary-probe",
+        "mailcanary / TLS targets (/probe)",
+        "TLS targets audited on demand through /probe (blackbox_exporter names): status, expiry, uptime.",
+        [],
+        b,
+        scope=[
+            variable_query("job", "Job", "label_values(probe_success, job)"),
+            variable_query("instance", "Target", 'label_values(probe_success{job=~"$job"}, instance)'),
+        ],
+    )
