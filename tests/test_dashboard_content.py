@@ -33,7 +33,8 @@ def content(board: dict[str, Any]) -> dict[str, Any]:
             "description": p.get("description", ""),
             "targets": [{k: t[k] for k in TARGET_KEYS if k in t} for t in p.get("targets", [])],
             "defaults": {k: v for k, v in field.get("defaults", {}).items() if k in FIELD_KEYS},
-            "overrides": field.get("overrides", []),
+            # one override per field name: their order does not matter
+            "overrides": sorted(field.get("overrides", []), key=lambda o: json.dumps(o["matcher"])),
             **{k: p[k] for k in PANEL_KEYS if k in p},
         }
 

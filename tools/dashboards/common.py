@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from dataclasses import field as dataclass_field
+from typing import Any, TypedDict, Unpack
 
 from grafana_foundation_sdk.builders import bargauge, heatmap, prometheus, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
@@ -103,17 +104,40 @@ class Override:
 
 
 def column_override(name: str, *, regexp: bool = False, **props: object) -> Override:
-    """``custom__cellOptions=`` stands for the property id ``custom.cellOptions``."""
-    return Override(name, tuple((k.replace("__", "."), v) for k, v in props.items()), regexp)
+    """``cells=`` is the table cell display (``custom.cellOptions``); ``custom__x=`` is ``custom.x``."""
+    return override(name, props, regexp=regexp)
+
+
+def override(name: str, props: dict[str, object], *, regexp: bool = False) -> Override:
+    ids = {"cells": "custom.cellOptions"}
+    return Override(name, tuple((ids.get(k, k.replace("__", ".")), v) for k, v in props.items()), regexp)
 
 
 def series_color(regexp: str, color: str) -> Override:
     return column_override(regexp, regexp=True, color=fixed(color))
 
 
-def cells(kind: str, **extra: str) -> Json:
-    """Table cell display: "color-text", "color-background", ..."""
-    return {"type": kind, **extra}
+COLOR_TEXT = {"type": "color-text"}
+COLOR_BACKGROUND = {"type": "color-background"}
+COLOR_BACKGROUND_BASIC = {"type": "color-background", "mode": "basic"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a merged table: its name, its instant query, its field overrides."""
+
+    name: str
+    expr: str
+    props: dict[str, object] = dataclass_field(default_factory=dict)
+
+
+def col(name: str, expr: str, **props: object) -> Column:
+    return Column(name, expr, props)
+
+
+def yes_no(name: str, expr: str, *, good: bool = True) -> Column:
+    """A 0/1 column in green and red text: "yes"/"NO" where 1 is good, "YES"/"no" where 1 is bad."""
+    return col(name, expr, mappings=YES_NO_GOOD if good else YES_NO_BAD, cells=COLOR_TEXT)
 
 
 def organize(exclude: Sequence[str], rename: dict[str, str] | None = None, index: Json | None = None) -> Json:
@@ -144,17 +168,16 @@ def organized(exclude: Sequence[str], **kwargs: Any) -> list[dm.DataTransformerC
 # ---- panels -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Field:
-    """The field defaults every panel kind shares."""
+class FieldArgs(TypedDict, total=False):
+    """The field defaults every panel kind takes."""
 
-    unit: str | None = None
-    decimals: float | None = None
-    min: float | None = None
-    max: float | None = None
-    thresholds: db.ThresholdsConfig | None = None
-    mappings: list[dm.ValueMapping] | None = None
-    color: db.FieldColor | None = None
+    unit: str
+    decimals: float
+    min: float
+    max: float
+    thresholds: db.ThresholdsConfig
+    mappings: list[dm.ValueMapping]
+    color: db.FieldColor
 
 
 def _common(
@@ -162,26 +185,26 @@ def _common(
     title: str,
     targets: Sequence[prometheus.Dataquery],
     description: str,
-    field: Field,
+    field: FieldArgs,
     overrides: Sequence[Override],
     transformations: Sequence[dm.DataTransformerConfig],
     interval: str,
 ) -> None:
     panel.title(title).description(description).datasource(DS).targets(list(targets))
-    if field.unit is not None:
-        panel.unit(field.unit)
-    if field.decimals is not None:
-        panel.decimals(field.decimals)
-    if field.min is not None:
-        panel.min(field.min)
-    if field.max is not None:
-        panel.max(field.max)
-    if field.thresholds is not None:
-        panel.thresholds(field.thresholds)
-    if field.mappings is not None:
-        panel.mappings(field.mappings)
-    if field.color is not None:
-        panel.color_scheme(field.color)
+    if "unit" in field:
+        panel.unit(field["unit"])
+    if "decimals" in field:
+        panel.decimals(field["decimals"])
+    if "min" in field:
+        panel.min(field["min"])
+    if "max" in field:
+        panel.max(field["max"])
+    if "thresholds" in field:
+        panel.thresholds(field["thresholds"])
+    if "mappings" in field:
+        panel.mappings(field["mappings"])
+    if "color" in field:
+        panel.color_scheme(field["color"])
     for o in overrides:
         props = [
             dm.DynamicConfigValue(id_val=k, value=v.build() if isinstance(v, Builder) else v)
@@ -205,7 +228,7 @@ def stat(
     text_mode: cm.BigValueTextMode = cm.BigValueTextMode.VALUE_AND_NAME,
     color_mode: cm.BigValueColorMode = cm.BigValueColorMode.BACKGROUND,
     overrides: Sequence[Override] = (),
-    **field: Any,
+    **field: Unpack[FieldArgs],
 ) -> statb.Panel:
     """The last value of each series, coloured by thresholds or mappings."""
     p = (
@@ -219,7 +242,7 @@ def stat(
         .text_mode(text_mode)
         .wide_layout(True)
     )
-    _common(p, title, targets, description, Field(**field), overrides, (), "")
+    _common(p, title, targets, description, field, overrides, (), "")
     return p
 
 
@@ -242,14 +265,13 @@ def timeseries_panel(
     targets: Sequence[prometheus.Dataquery],
     *,
     description: str = "",
-    unit: str = "short",
     bars: bool = False,
     stack: bool = False,
     points: cm.VisibilityMode = cm.VisibilityMode.AUTO,
     overrides: Sequence[Override] = (),
     interval: str = "",
     thresholds_style: cm.GraphThresholdsStyleMode | None = None,
-    **field: Any,
+    **field: Unpack[FieldArgs],
 ) -> timeseries.Panel:
     """Lines (or stacked bars for counts per interval), legend below, tooltip with every series."""
     p = (
@@ -268,7 +290,7 @@ def timeseries_panel(
     )
     if thresholds_style is not None:
         p.thresholds_style(cb.GraphThresholdsStyleConfig().mode(thresholds_style))
-    _common(p, title, targets, description, Field(unit=unit, **field), overrides, (), interval)
+    _common(p, title, targets, description, {"unit": "short", **field}, overrides, (), interval)
     return p
 
 
@@ -281,7 +303,7 @@ def table_panel(
     overrides: Sequence[Override] = (),
     sort_by: tuple[str, bool] | None = None,
     auto_cells: bool = False,
-    **field: Any,
+    **field: Unpack[FieldArgs],
 ) -> table.Panel:
     """A table of instant queries; ``sort_by`` is (column, descending)."""
     p = (
@@ -294,8 +316,41 @@ def table_panel(
         p.sort_by([cb.TableSortByFieldState().display_name(sort_by[0]).desc(sort_by[1])])
     if auto_cells:
         p.align(cm.FieldTextAlignment.AUTO).cell_options(cm.TableAutoCellOptions())
-    _common(p, title, targets, description, Field(**field), overrides, transformations, "")
+    _common(p, title, targets, description, field, overrides, transformations, "")
     return p
+
+
+def uptime_columns(expr: str, *, colored: bool = True) -> list[Column]:
+    """Uptime over the dashboard's range and over 30 days: ``expr`` with ``{range}`` for the window."""
+    cells = {"cells": COLOR_TEXT, "thresholds": UPTIME_THRESHOLDS} if colored else {}
+    return [
+        col(f"uptime ({name})", expr.replace("{range}", window), unit="percentunit", decimals=d, **cells)
+        for name, window, d in (("range", "$__range", 2), ("30 d", "30d", 3))
+    ]
+
+
+def merged_table_panel(
+    title: str,
+    columns: Sequence[Column],
+    *,
+    description: str = "",
+    overrides: Sequence[Override] = (),
+    sort_by: tuple[str, bool] | None = None,
+    auto_cells: bool = False,
+    **field: Unpack[FieldArgs],
+) -> table.Panel:
+    """One instant query per column (refIds A, B, ...), merged into one row per label set."""
+    refs = [chr(ord("A") + i) for i in range(len(columns))]
+    return table_panel(
+        title,
+        [table_target(c.expr, ref) for ref, c in zip(refs, columns, strict=True)],
+        description=description,
+        transformations=merged_table({ref: c.name for ref, c in zip(refs, columns, strict=True)}),
+        overrides=[*(override(c.name, c.props) for c in columns if c.props), *overrides],
+        sort_by=sort_by,
+        auto_cells=auto_cells,
+        **field,
+    )
 
 
 def status_timeline(
@@ -318,7 +373,7 @@ def status_timeline(
         .show_value(cm.VisibilityMode.NEVER)
         .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
     )
-    field = Field(mappings=OK_FAIL, color=BY_THRESHOLDS, thresholds=thresholds((None, "red")))
+    field = FieldArgs(mappings=OK_FAIL, color=BY_THRESHOLDS, thresholds=thresholds((None, "red")))
     _common(p, title, targets, description, field, (), (), "")
     return p
 
@@ -345,12 +400,12 @@ def latency_heatmap(
         .show_y_histogram()
         .y_axis(heatmap.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT).unit(unit))
     )
-    _common(p, title, targets, description, Field(), (), (), interval)
+    _common(p, title, targets, description, {}, (), (), interval)
     return p
 
 
 def bar_gauge(
-    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", **field: Any
+    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", **field: Unpack[FieldArgs]
 ) -> bargauge.Panel:
     p = (
         bargauge.Panel()
@@ -358,7 +413,7 @@ def bar_gauge(
         .orientation(cm.VizOrientation.HORIZONTAL)
         .show_unfilled(True)
     )
-    _common(p, title, targets, description, Field(**field), (), (), "")
+    _common(p, title, targets, description, field, (), (), "")
     return p
 
 

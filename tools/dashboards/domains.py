@@ -5,22 +5,20 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common as cm
 
 from .common import (
+    COLOR_BACKGROUND_BASIC,
     RT,
-    YES_NO_BAD,
-    YES_NO_GOOD,
     Board,
     Json,
     S,
-    column_override,
+    col,
     dashboard,
-    merged_table,
+    merged_table_panel,
     stat,
-    table_panel,
-    table_target,
     target,
     thresholds,
     timeseries_panel,
     variable_query,
+    yes_no,
 )
 
 DOM = RT + ', domain=~"$domain"'
@@ -85,100 +83,78 @@ def build() -> Json:
         )
 
     b.row("Domains")
-    columns = {
-        "A": "Findings",
-        "B": "MX DNSSEC",
-        "C": "MTA-STS record",
-        "D": "MTA-STS policy",
-        "E": "TLS-RPT",
-        "F": "MX hosts",
-        "G": "MTA-STS max_age",
-    }
-    exprs = {
-        "A": f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})",
-        "B": f"min by ({DOM_BY}) (mailcanary_domain_mx_dnssec_valid{{{DOM}}})",
-        "C": f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_record_valid{{{DOM}}})",
-        "D": f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_policy_valid{{{DOM}}})",
-        "E": f"min by ({DOM_BY}) (mailcanary_domain_tlsrpt_valid{{{DOM}}})",
-        "F": f"max by ({DOM_BY}) (mailcanary_domain_mx_hosts{{{DOM}}})",
-        "G": f"max by ({DOM_BY}) (mailcanary_domain_mta_sts_max_age_seconds{{{DOM}}})",
-    }
     b.add(
-        table_panel(
+        merged_table_panel(
             "Domains",
-            [table_target(e, ref) for ref, e in exprs.items()],
+            [
+                col(
+                    "Findings",
+                    f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})",
+                    thresholds=thresholds((None, "green"), (1, "orange")),
+                    cells=COLOR_BACKGROUND_BASIC,
+                ),
+                yes_no("MX DNSSEC", f"min by ({DOM_BY}) (mailcanary_domain_mx_dnssec_valid{{{DOM}}})"),
+                yes_no(
+                    "MTA-STS record", f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_record_valid{{{DOM}}})"
+                ),
+                yes_no(
+                    "MTA-STS policy", f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_policy_valid{{{DOM}}})"
+                ),
+                yes_no("TLS-RPT", f"min by ({DOM_BY}) (mailcanary_domain_tlsrpt_valid{{{DOM}}})"),
+                col("MX hosts", f"max by ({DOM_BY}) (mailcanary_domain_mx_hosts{{{DOM}}})"),
+                col(
+                    "MTA-STS max_age",
+                    f"max by ({DOM_BY}) (mailcanary_domain_mta_sts_max_age_seconds{{{DOM}}})",
+                    unit="s",
+                ),
+            ],
             description=(
                 "One row per domain check: findings of the last run (0 passes), DNSSEC of the MX answer and "
                 "the MX addresses, MTA-STS (record, policy fetched as RFC 8461 asks), TLS-RPT. "
                 "mailcanary probe NAME prints the same as a report."
             ),
             auto_cells=True,
-            overrides=[
-                column_override(
-                    "Findings",
-                    thresholds=thresholds((None, "green"), (1, "orange")),
-                    custom__cellOptions={"type": "color-background", "mode": "basic"},
-                ),
-                column_override("MTA-STS max_age", unit="s"),
-            ]
-            + [
-                column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
-                for name in ("MX DNSSEC", "MTA-STS record", "MTA-STS policy", "TLS-RPT")
-            ],
             sort_by=("Findings", True),
-            transformations=merged_table(columns),
         ),
         w=24,
         h=7,
     )
 
     b.row("MX addresses")
-    columns = {
-        "A": "Up",
-        "B": "STARTTLS",
-        "C": "Verified",
-        "D": "Name match",
-        "E": "DANE match",
-        "F": "DNSBL listed",
-        "G": "Open relay refused",
-        "H": "AUTH in clear",
-        "I": "Key bits",
-        "J": "Weak signature",
-        "K": "OCSP revoked",
-    }
-    exprs = {
-        "A": f"min by ({MX_BY}) (mailcanary_domain_mx_up{{{DOM}}})",
-        "B": f"min by ({MX_BY}) (mailcanary_domain_mx_starttls_offered{{{DOM}}})",
-        "C": f"min by ({MX_BY}) (mailcanary_domain_mx_cert_verified{{{DOM}}})",
-        "D": f"min by ({MX_BY}) (mailcanary_domain_mx_hostname_match{{{DOM}}})",
-        "E": f"min by ({MX_BY}) (mailcanary_domain_dane_match{{{DOM}}})",
-        "F": f"max by ({MX_BY}) (mailcanary_domain_dnsbl_listed{{{DOM}}})",
-        "G": f'min by ({MX_BY}) (mailcanary_domain_must_refuse_success{{{DOM}, check="open_relay"}})',
-        "H": f"max by ({MX_BY}) (mailcanary_domain_mx_auth_before_tls{{{DOM}}})",
-        "I": f"min by ({MX_BY}) (mailcanary_domain_mx_cert_key_bits{{{DOM}}})",
-        "J": f"max by ({MX_BY}) (mailcanary_domain_mx_cert_weak_signature{{{DOM}}})",
-        "K": f'max by ({MX_BY}) (mailcanary_domain_mx_cert_ocsp_status{{{DOM}, status="revoked"}})',
-    }
+    mx = [
+        # (column, aggregation, series and matchers, 1 is good)
+        ("Up", "min", f"mailcanary_domain_mx_up{{{DOM}}}", True),
+        ("STARTTLS", "min", f"mailcanary_domain_mx_starttls_offered{{{DOM}}}", True),
+        ("Verified", "min", f"mailcanary_domain_mx_cert_verified{{{DOM}}}", True),
+        ("Name match", "min", f"mailcanary_domain_mx_hostname_match{{{DOM}}}", True),
+        ("DANE match", "min", f"mailcanary_domain_dane_match{{{DOM}}}", True),
+        ("DNSBL listed", "max", f"mailcanary_domain_dnsbl_listed{{{DOM}}}", False),
+        (
+            "Open relay refused",
+            "min",
+            f'mailcanary_domain_must_refuse_success{{{DOM}, check="open_relay"}}',
+            True,
+        ),
+        ("AUTH in clear", "max", f"mailcanary_domain_mx_auth_before_tls{{{DOM}}}", False),
+        ("Key bits", "min", f"mailcanary_domain_mx_cert_key_bits{{{DOM}}}", None),
+        ("Weak signature", "max", f"mailcanary_domain_mx_cert_weak_signature{{{DOM}}}", False),
+        ("OCSP revoked", "max", f'mailcanary_domain_mx_cert_ocsp_status{{{DOM}, status="revoked"}}', False),
+    ]
     b.add(
-        table_panel(
+        merged_table_panel(
             "Every MX at every address",
-            [table_target(e, ref) for ref, e in exprs.items()],
+            [
+                col(name, f"{agg} by ({MX_BY}) ({series})")
+                if good is None
+                else yes_no(name, f"{agg} by ({MX_BY}) ({series})", good=good)
+                for name, agg, series, good in mx
+            ],
             description=(
-                "Every (MX host, address) of each domain, bounded by max_mx x max_addresses. Empty "
-                "cells: not "
-                "asked (no TLSA, no DNSBL zone, must_refuse disabled, no OCSP responder named)."
+                "Every (MX host, address) of each domain, bounded by max_mx x max_addresses. Empty cells: "
+                "not asked (no TLSA, no DNSBL zone, must_refuse disabled, no OCSP responder named)."
             ),
             auto_cells=True,
-            overrides=[
-                column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
-                for name in ("Up", "STARTTLS", "Verified", "Name match", "DANE match", "Open relay refused")
-            ]
-            + [
-                column_override(name, mappings=YES_NO_BAD, custom__cellOptions={"type": "color-text"})
-                for name in ("DNSBL listed", "AUTH in clear", "Weak signature", "OCSP revoked")
-            ],
             sort_by=("Verified", False),
-            transformations=merged_table(columns),
         ),
         w=24,
         h=9,

@@ -7,6 +7,7 @@ from grafana_foundation_sdk.models import common as cm
 
 from .common import (
     BY_THRESHOLDS,
+    COLOR_BACKGROUND,
     FIXED_TEXT,
     OK_FAIL,
     RT,
@@ -14,10 +15,11 @@ from .common import (
     Json,
     S,
     bar_gauge,
+    col,
     column_override,
     dashboard,
     latency_heatmap,
-    merged_table,
+    merged_table_panel,
     organized,
     series_color,
     stat,
@@ -27,9 +29,12 @@ from .common import (
     target,
     thresholds,
     timeseries_panel,
+    uptime_columns,
     value_map,
     variable_query,
 )
+
+QUANTILES = (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"))
 
 
 def build() -> Json:
@@ -84,55 +89,35 @@ def build() -> Json:
     b.row("Status")
     by = "max by (job, instance, probe)"
     b.add(
-        table_panel(
+        merged_table_panel(
             "Round-trip probes",
             [
-                table_target(f"{by} (mailcanary_roundtrip_success{{{RT}}})"),
-                table_target(f"{by} (mailcanary_roundtrip_last_delivery_seconds{{{RT}}})", "B"),
-                table_target(
-                    f"{by} (time() - mailcanary_roundtrip_last_success_timestamp_seconds{{{RT}}})", "C"
+                col(
+                    "last run",
+                    f"{by} (mailcanary_roundtrip_success{{{RT}}})",
+                    mappings=OK_FAIL,
+                    cells=COLOR_BACKGROUND,
+                    thresholds=thresholds((None, "red")),
                 ),
-                table_target(f"{by} (avg_over_time(mailcanary_roundtrip_success{{{RT}}}[$__range]))", "D"),
-                table_target(f"{by} (avg_over_time(mailcanary_roundtrip_success{{{RT}}}[30d]))", "E"),
+                col(
+                    "last delivery",
+                    f"{by} (mailcanary_roundtrip_last_delivery_seconds{{{RT}}})",
+                    unit="s",
+                    decimals=2,
+                ),
+                col(
+                    "since success",
+                    f"{by} (time() - mailcanary_roundtrip_last_success_timestamp_seconds{{{RT}}})",
+                    unit="s",
+                    decimals=0,
+                ),
+                *uptime_columns(f"{by} (avg_over_time(mailcanary_roundtrip_success{{{RT}}}[{{range}}]))"),
             ],
             description=(
                 "One row per probe and instance: last outcome, last delivery latency, time since the last "
                 "success, and uptime (share of scrapes whose last run had succeeded) over the dashboard's "
                 "time range and over 30 days."
             ),
-            transformations=merged_table(
-                {
-                    "A": "last run",
-                    "B": "last delivery",
-                    "C": "since success",
-                    "D": "uptime (range)",
-                    "E": "uptime (30 d)",
-                }
-            ),
-            overrides=[
-                column_override(
-                    "last run",
-                    mappings=OK_FAIL,
-                    custom__cellOptions={"type": "color-background"},
-                    thresholds=thresholds((None, "red")),
-                ),
-                column_override("last delivery", unit="s", decimals=2),
-                column_override("since success", unit="s", decimals=0),
-                column_override(
-                    "uptime (range)",
-                    unit="percentunit",
-                    decimals=2,
-                    custom__cellOptions={"type": "color-text"},
-                    thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
-                ),
-                column_override(
-                    "uptime (30 d)",
-                    unit="percentunit",
-                    decimals=3,
-                    custom__cellOptions={"type": "color-text"},
-                    thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
-                ),
-            ],
         ),
         w=24,
         h=7,
@@ -216,9 +201,8 @@ def build() -> Json:
         timeseries_panel(
             "Delivery latency p50 / p90 / p99",
             [
-                target(quantile.replace("{q}", "0.5"), "{{probe}} p50", "A"),
-                target(quantile.replace("{q}", "0.9"), "{{probe}} p90", "B"),
-                target(quantile.replace("{q}", "0.99"), "{{probe}} p99", "C"),
+                target(quantile.replace("{q}", q), "{{probe}} " + name, ref)
+                for ref, (name, q) in zip("ABC", QUANTILES, strict=True)
             ],
             description=(
                 "Quantiles estimated from the delivery histogram (successful runs only). The minimum "
@@ -264,17 +248,12 @@ def build() -> Json:
         f"(increase(mailcanary_roundtrip_delivery_seconds_bucket{{{RT}}}[$__range])))"
     )
     b.add(
-        table_panel(
+        merged_table_panel(
             "Latency over the time range",
-            [
-                table_target(range_q.replace("{q}", "0.5")),
-                table_target(range_q.replace("{q}", "0.9"), "B"),
-                table_target(range_q.replace("{q}", "0.99"), "C"),
-            ],
+            [col(name, range_q.replace("{q}", q)) for name, q in QUANTILES],
             description="Quantiles of all deliveries in the selected time range, per probe.",
             unit="s",
             decimals=2,
-            transformations=merged_table({"A": "p50", "B": "p90", "C": "p99"}),
         ),
         w=12,
         h=8,
@@ -324,17 +303,17 @@ def build() -> Json:
         h=8,
     )
     b.add(
-        table_panel(
+        merged_table_panel(
             "Outcomes over the time range",
             [
-                table_target(
+                col(
+                    "runs",
                     "sum by (probe, outcome) "
-                    f"(increase(mailcanary_roundtrip_runs_total{{{RT}}}[$__range])) > 0"
+                    f"(increase(mailcanary_roundtrip_runs_total{{{RT}}}[$__range])) > 0",
                 )
             ],
             description="Runs per probe and outcome in the selected time range.",
             decimals=0,
-            transformations=merged_table({"A": "runs"}),
         ),
         w=8,
         h=8,
@@ -503,9 +482,8 @@ def build() -> Json:
             "Authentication verdict (last canary)",
             [table_target(f"max by (probe, method, result) (mailcanary_roundtrip_auth_result{{{RT}}}) == 1")],
             description=(
-                "spf, dkim, dmarc (and arc) as the receiving side's trusted authserv-ids reported "
-                "them for the "
-                "last delivered canary (receive.trusted_authserv_ids); missing = no trusted result."
+                "spf, dkim, dmarc (and arc) as the receiving side's trusted authserv-ids reported them for "
+                "the last delivered canary (receive.trusted_authserv_ids); missing = no trusted result."
             ),
             overrides=[
                 column_override(
@@ -569,11 +547,9 @@ def build() -> Json:
                 )
             ],
             description=(
-                "Share of the canary mailbox's quota in use (RFC 9208, read once per run when the "
-                "IMAP server "
-                "offers QUOTA), per resource: storage or message count. At 90 % "
-                "MailcanaryMailboxQuotaNearlyFull "
-                "fires; a full mailbox bounces mail, the canary included."
+                "Share of the canary mailbox's quota in use (RFC 9208, read once per run when the IMAP "
+                "server offers QUOTA), per resource: storage or message count. At 90 % "
+                "MailcanaryMailboxQuotaNearlyFull fires; a full mailbox bounces mail, the canary included."
             ),
             unit="percentunit",
             min=0,

@@ -5,15 +5,17 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common as cm
 
 from .common import (
+    COLOR_BACKGROUND,
+    COLOR_TEXT,
     DAYS_THRESHOLDS,
     OK_FAIL,
     YES_NO_BAD,
     YES_NO_GOOD,
     Board,
     Json,
-    column_override,
+    col,
     dashboard,
-    merged_table,
+    merged_table_panel,
     organized,
     stat,
     status_timeline,
@@ -22,6 +24,7 @@ from .common import (
     target,
     thresholds,
     timeseries_panel,
+    uptime_columns,
     variable_query,
 )
 
@@ -87,56 +90,39 @@ def build() -> Json:
         h=5,
     )
     b.add(
-        table_panel(
+        merged_table_panel(
             "Targets",
             [
-                table_target(f"{by} (probe_success{{{P}}})"),
-                table_target(f"{by} ({days})", "B"),
-                table_target(f"{by} (mailcanary_tls_cert_verified{{{PT}}})", "C"),
-                table_target(f"{by} (probe_duration_seconds{{{P}}})", "D"),
-                table_target(f"{by} (avg_over_time(probe_success{{{P}}}[$__range]))", "E"),
-                table_target(f"{by} (avg_over_time(probe_success{{{P}}}[30d]))", "F"),
-            ],
-            description=(
-                "One row per /probe target (the instance label of the documented relabel setup): "
-                "last result, "
-                "days to the earliest expiry in the chain, chain verified, probe duration, uptime over the "
-                "time range and over 30 days."
-            ),
-            transformations=merged_table(
-                {
-                    "A": "success",
-                    "B": "days left",
-                    "C": "verified",
-                    "D": "duration",
-                    "E": "uptime (range)",
-                    "F": "uptime (30 d)",
-                }
-            ),
-            overrides=[
-                column_override(
+                col(
                     "success",
+                    f"{by} (probe_success{{{P}}})",
                     mappings=OK_FAIL,
-                    custom__cellOptions={"type": "color-background"},
+                    cells=COLOR_BACKGROUND,
                     thresholds=thresholds((None, "red")),
                 ),
-                column_override(
+                col(
                     "days left",
+                    f"{by} ({days})",
                     unit="d",
                     decimals=1,
-                    custom__cellOptions={"type": "color-background"},
+                    cells=COLOR_BACKGROUND,
                     thresholds=DAYS_THRESHOLDS,
                 ),
-                column_override(
+                col(
                     "verified",
+                    f"{by} (mailcanary_tls_cert_verified{{{PT}}})",
                     mappings=YES_NO_GOOD,
-                    custom__cellOptions={"type": "color-text"},
+                    cells=COLOR_TEXT,
                     thresholds=thresholds((None, "red")),
                 ),
-                column_override("duration", unit="s", decimals=3),
-                column_override("uptime (range)", unit="percentunit", decimals=2),
-                column_override("uptime (30 d)", unit="percentunit", decimals=3),
+                col("duration", f"{by} (probe_duration_seconds{{{P}}})", unit="s", decimals=3),
+                *uptime_columns(f"{by} (avg_over_time(probe_success{{{P}}}[{{range}}]))", colored=False),
             ],
+            description=(
+                "One row per /probe target (the instance label of the documented relabel setup): last "
+                "result, days to the earliest expiry in the chain, chain verified, probe duration, uptime "
+                "over the time range and over 30 days."
+            ),
         ),
         w=24,
         h=8,

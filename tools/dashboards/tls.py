@@ -5,20 +5,21 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common as cm
 
 from .common import (
+    COLOR_BACKGROUND_BASIC,
     DAYS_THRESHOLDS,
     FIXED_TEXT,
     OK_FAIL,
     RT,
-    YES_NO_BAD,
-    YES_NO_GOOD,
     Board,
     Json,
     S,
     bar_gauge,
+    col,
     column_override,
     dashboard,
     last_not_null,
     merged_table,
+    merged_table_panel,
     stat,
     table_panel,
     table_target,
@@ -27,6 +28,7 @@ from .common import (
     timeseries_panel,
     value_map,
     variable_query,
+    yes_no,
 )
 
 T = RT + ', endpoint=~"$endpoint"'
@@ -100,54 +102,27 @@ def build() -> Json:
     )
 
     b.row("Certificates")
-    columns = {
-        "A": "Days left (chain)",
-        "B": "Days left (leaf)",
-        "C": "Verified",
-        "D": "Hostname match",
-        "E": "STARTTLS offered",
-        "F": "AUTH before TLS",
-    }
+    leaf_days = f"(mailcanary_tls_cert_not_after_timestamp_seconds{{{T}}} - time()) / 86400"
+    days_left = {"decimals": 1, "thresholds": DAYS_THRESHOLDS, "cells": COLOR_BACKGROUND_BASIC}
     b.add(
-        table_panel(
+        merged_table_panel(
             "Endpoints",
             [
-                table_target(f"min by ({BY}) ({days})"),
-                table_target(
-                    f"min by ({BY}) ((mailcanary_tls_cert_not_after_timestamp_seconds{{{T}}} - "
-                    "time()) / 86400)",
-                    "B",
+                col("Days left (chain)", f"min by ({BY}) ({days})", **days_left),
+                col("Days left (leaf)", f"min by ({BY}) ({leaf_days})", **days_left),
+                yes_no("Verified", f"min by ({BY}) (mailcanary_tls_cert_verified{{{T}}})"),
+                yes_no("Hostname match", f"min by ({BY}) (mailcanary_tls_hostname_match{{{T}}})"),
+                yes_no("STARTTLS offered", f"min by ({BY}) (mailcanary_tls_starttls_offered{{{T}}})"),
+                yes_no(
+                    "AUTH before TLS", f"max by ({BY}) (mailcanary_tls_auth_before_tls{{{T}}})", good=False
                 ),
-                table_target(f"min by ({BY}) (mailcanary_tls_cert_verified{{{T}}})", "C"),
-                table_target(f"min by ({BY}) (mailcanary_tls_hostname_match{{{T}}})", "D"),
-                table_target(f"min by ({BY}) (mailcanary_tls_starttls_offered{{{T}}})", "E"),
-                table_target(f"max by ({BY}) (mailcanary_tls_auth_before_tls{{{T}}})", "F"),
             ],
             description=(
                 "Every audited endpoint. Days left: red under 7, orange under 21, dark red expired. "
                 "STARTTLS and AUTH-before-TLS apply to plain ports only (empty for implicit TLS)."
             ),
             auto_cells=True,
-            overrides=[
-                column_override(
-                    name,
-                    decimals=1,
-                    thresholds=DAYS_THRESHOLDS,
-                    custom__cellOptions={"type": "color-background", "mode": "basic"},
-                )
-                for name in ("Days left (chain)", "Days left (leaf)")
-            ]
-            + [
-                column_override(name, mappings=YES_NO_GOOD, custom__cellOptions={"type": "color-text"})
-                for name in ("Verified", "Hostname match", "STARTTLS offered")
-            ]
-            + [
-                column_override(
-                    "AUTH before TLS", mappings=YES_NO_BAD, custom__cellOptions={"type": "color-text"}
-                )
-            ],
             sort_by=("Days left (chain)", False),
-            transformations=merged_table(columns),
         ),
         w=24,
         h=9,
