@@ -189,8 +189,10 @@ def _common(
     overrides: Sequence[Override],
     transformations: Sequence[dm.DataTransformerConfig],
     interval: str,
+    size: tuple[int, int],
 ) -> None:
     panel.title(title).description(description).datasource(DS).targets(list(targets))
+    panel.grid_pos(dm.GridPos(w=size[0], h=size[1]))
     if "unit" in field:
         panel.unit(field["unit"])
     if "decimals" in field:
@@ -224,6 +226,7 @@ def stat(
     title: str,
     targets: Sequence[prometheus.Dataquery],
     *,
+    size: tuple[int, int],
     description: str = "",
     text_mode: cm.BigValueTextMode = cm.BigValueTextMode.VALUE_AND_NAME,
     color_mode: cm.BigValueColorMode = cm.BigValueColorMode.BACKGROUND,
@@ -242,7 +245,7 @@ def stat(
         .text_mode(text_mode)
         .wide_layout(True)
     )
-    _common(p, title, targets, description, field, overrides, (), "")
+    _common(p, title, targets, description, field, overrides, (), "", size)
     return p
 
 
@@ -264,6 +267,7 @@ def timeseries_panel(
     title: str,
     targets: Sequence[prometheus.Dataquery],
     *,
+    size: tuple[int, int],
     description: str = "",
     bars: bool = False,
     stack: bool = False,
@@ -290,7 +294,7 @@ def timeseries_panel(
     )
     if thresholds_style is not None:
         p.thresholds_style(cb.GraphThresholdsStyleConfig().mode(thresholds_style))
-    _common(p, title, targets, description, {"unit": "short", **field}, overrides, (), interval)
+    _common(p, title, targets, description, {"unit": "short", **field}, overrides, (), interval, size)
     return p
 
 
@@ -298,6 +302,7 @@ def table_panel(
     title: str,
     targets: Sequence[prometheus.Dataquery],
     *,
+    size: tuple[int, int],
     description: str = "",
     transformations: Sequence[dm.DataTransformerConfig] = (),
     overrides: Sequence[Override] = (),
@@ -316,7 +321,7 @@ def table_panel(
         p.sort_by([cb.TableSortByFieldState().display_name(sort_by[0]).desc(sort_by[1])])
     if auto_cells:
         p.align(cm.FieldTextAlignment.AUTO).cell_options(cm.TableAutoCellOptions())
-    _common(p, title, targets, description, field, overrides, transformations, "")
+    _common(p, title, targets, description, field, overrides, transformations, "", size)
     return p
 
 
@@ -333,6 +338,7 @@ def merged_table_panel(
     title: str,
     columns: Sequence[Column],
     *,
+    size: tuple[int, int],
     description: str = "",
     overrides: Sequence[Override] = (),
     sort_by: tuple[str, bool] | None = None,
@@ -347,6 +353,7 @@ def merged_table_panel(
         description=description,
         transformations=merged_table({ref: c.name for ref, c in zip(refs, columns, strict=True)}),
         overrides=[*(override(c.name, c.props) for c in columns if c.props), *overrides],
+        size=size,
         sort_by=sort_by,
         auto_cells=auto_cells,
         **field,
@@ -354,7 +361,7 @@ def merged_table_panel(
 
 
 def status_timeline(
-    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = ""
+    title: str, targets: Sequence[prometheus.Dataquery], *, size: tuple[int, int], description: str = ""
 ) -> statetimeline.Panel:
     """Success (1) / failure (0) over time as green and red bands."""
     p = (
@@ -374,12 +381,18 @@ def status_timeline(
         .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
     )
     field = FieldArgs(mappings=OK_FAIL, color=BY_THRESHOLDS, thresholds=thresholds((None, "red")))
-    _common(p, title, targets, description, field, (), (), "")
+    _common(p, title, targets, description, field, (), (), "", size)
     return p
 
 
 def latency_heatmap(
-    title: str, targets: Sequence[prometheus.Dataquery], *, description: str, unit: str, interval: str
+    title: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    size: tuple[int, int],
+    description: str,
+    unit: str,
+    interval: str,
 ) -> heatmap.Panel:
     """Pre-bucketed histogram series (format heatmap) drawn as they are, not re-bucketed."""
     p = (
@@ -400,12 +413,17 @@ def latency_heatmap(
         .show_y_histogram()
         .y_axis(heatmap.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT).unit(unit))
     )
-    _common(p, title, targets, description, {}, (), (), interval)
+    _common(p, title, targets, description, {}, (), (), interval, size)
     return p
 
 
 def bar_gauge(
-    title: str, targets: Sequence[prometheus.Dataquery], *, description: str = "", **field: Unpack[FieldArgs]
+    title: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    size: tuple[int, int],
+    description: str = "",
+    **field: Unpack[FieldArgs],
 ) -> bargauge.Panel:
     p = (
         bargauge.Panel()
@@ -413,7 +431,7 @@ def bar_gauge(
         .orientation(cm.VizOrientation.HORIZONTAL)
         .show_unfilled(True)
     )
-    _common(p, title, targets, description, field, (), (), "")
+    _common(p, title, targets, description, field, (), (), "", size)
     return p
 
 
@@ -430,20 +448,26 @@ class Board:
         self.y = 0
         self.row_h = 0
 
-    def row(self, title: str) -> None:
+    def row(self, title: str, *panels: Panel) -> None:
+        """A row header, then its panels in the sizes their factories gave them (``size=``)."""
         if self.x:
             self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
         pos = dm.GridPos(h=1, w=24, x=0, y=self.y)
         self.panels.append(db.Row(title).id(len(self.panels) + 1).grid_pos(pos))
         self.y += 1
+        for panel in panels:
+            self._add(panel)
 
-    def add(self, panel: Panel, *, w: int, h: int) -> None:
+    def _add(self, panel: Panel) -> None:
+        model = panel.build()
+        assert model.grid_pos is not None, "every panel factory sets size="
+        w, h = model.grid_pos.w, model.grid_pos.h
         if self.x + w > 24:
             self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
         panel.id(len(self.panels) + 1).grid_pos(dm.GridPos(h=h, w=w, x=self.x, y=self.y))
         self.x += w
         self.row_h = max(self.row_h, h)
-        self.kinds.add(panel.build().type_val)
+        self.kinds.add(model.type_val)
         self.panels.append(panel)
 
 

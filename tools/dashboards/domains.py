@@ -28,7 +28,6 @@ MX_BY = "probe, domain, mx, address"
 
 def build() -> Json:
     b = Board()
-    b.row("Summary")
     summary = [
         (
             "Domains checked",
@@ -69,21 +68,22 @@ def build() -> Json:
             thresholds((None, "green"), (1, "red")),
         ),
     ]
-    for title, expr, description, steps in summary:
-        b.add(
+    b.row(
+        "Summary",
+        *(
             stat(
                 title,
                 [target(expr, "")],
                 description=description,
                 thresholds=steps,
                 text_mode=cm.BigValueTextMode.VALUE,
-            ),
-            w=4,
-            h=4,
-        )
-
-    b.row("Domains")
-    b.add(
+                size=(4, 4),
+            )
+            for title, expr, description, steps in summary
+        ),
+    )
+    b.row(
+        "Domains",
         merged_table_panel(
             "Domains",
             [
@@ -95,10 +95,12 @@ def build() -> Json:
                 ),
                 yes_no("MX DNSSEC", f"min by ({DOM_BY}) (mailcanary_domain_mx_dnssec_valid{{{DOM}}})"),
                 yes_no(
-                    "MTA-STS record", f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_record_valid{{{DOM}}})"
+                    "MTA-STS record",
+                    f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_record_valid{{{DOM}}})",
                 ),
                 yes_no(
-                    "MTA-STS policy", f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_policy_valid{{{DOM}}})"
+                    "MTA-STS policy",
+                    f"min by ({DOM_BY}) (mailcanary_domain_mta_sts_policy_valid{{{DOM}}})",
                 ),
                 yes_no("TLS-RPT", f"min by ({DOM_BY}) (mailcanary_domain_tlsrpt_valid{{{DOM}}})"),
                 col("MX hosts", f"max by ({DOM_BY}) (mailcanary_domain_mx_hosts{{{DOM}}})"),
@@ -115,12 +117,9 @@ def build() -> Json:
             ),
             auto_cells=True,
             sort_by=("Findings", True),
+            size=(24, 7),
         ),
-        w=24,
-        h=7,
     )
-
-    b.row("MX addresses")
     mx = [
         # (column, aggregation, series and matchers, 1 is good)
         ("Up", "min", f"mailcanary_domain_mx_up{{{DOM}}}", True),
@@ -140,7 +139,8 @@ def build() -> Json:
         ("Weak signature", "max", f"mailcanary_domain_mx_cert_weak_signature{{{DOM}}}", False),
         ("OCSP revoked", "max", f'mailcanary_domain_mx_cert_ocsp_status{{{DOM}, status="revoked"}}', False),
     ]
-    b.add(
+    b.row(
+        "MX addresses",
         merged_table_panel(
             "Every MX at every address",
             [
@@ -155,23 +155,18 @@ def build() -> Json:
             ),
             auto_cells=True,
             sort_by=("Verified", False),
+            size=(24, 9),
         ),
-        w=24,
-        h=9,
     )
-
-    b.row("History")
-    b.add(
+    b.row(
+        "History",
         timeseries_panel(
             "Findings per domain",
             [target(f"max by ({DOM_BY}) (mailcanary_domain_findings{{{DOM}}})", "{{domain}}")],
             description="Findings of each domain's last completed check, over time.",
             unit="short",
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "MX audit stages",
             [
@@ -182,9 +177,8 @@ def build() -> Json:
             ],
             description="Per-stage timings of each MX address's audit (connect, handshake, legacy).",
             unit="s",
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
     )
     return dashboard(
         "mailcanary-domains",

@@ -39,8 +39,8 @@ QUANTILES = (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99"))
 
 def build() -> Json:
     b = Board()
-    b.row("Delivery now")
-    b.add(
+    b.row(
+        "Delivery now",
         stat(
             "Round trip",
             [target(f"mailcanary_roundtrip_success{{{RT}}}", "{{probe}}")],
@@ -48,11 +48,8 @@ def build() -> Json:
             mappings=OK_FAIL,
             color=BY_THRESHOLDS,
             thresholds=thresholds((None, "red")),
+            size=(8, 5),
         ),
-        w=8,
-        h=5,
-    )
-    b.add(
         stat(
             "Last delivery",
             [target(f"mailcanary_roundtrip_last_delivery_seconds{{{RT}}}", "{{probe}}")],
@@ -61,34 +58,26 @@ def build() -> Json:
             ),
             unit="s",
             thresholds=thresholds((None, "green"), (30, "orange"), (60, "red")),
+            size=(8, 5),
         ),
-        w=8,
-        h=5,
-    )
-    b.add(
         stat(
             "Since last success",
             [target(f"time() - mailcanary_roundtrip_last_success_timestamp_seconds{{{RT}}}", "{{probe}}")],
             description="Time since the last successful run finished. Compare with the probe interval.",
             unit="s",
             thresholds=thresholds((None, "green"), (900, "orange"), (1800, "red")),
+            size=(8, 5),
         ),
-        w=8,
-        h=5,
-    )
-    b.add(
         status_timeline(
             "Delivery success",
             [target(f"mailcanary_roundtrip_success{{{RT}}}", "{{probe}}")],
             description="Outcome of the last completed run over time (green delivered, red failed).",
+            size=(24, 6),
         ),
-        w=24,
-        h=6,
     )
-
-    b.row("Status")
     by = "max by (job, instance, probe)"
-    b.add(
+    b.row(
+        "Status",
         merged_table_panel(
             "Round-trip probes",
             [
@@ -118,13 +107,11 @@ def build() -> Json:
                 "success, and uptime (share of scrapes whose last run had succeeded) over the dashboard's "
                 "time range and over 30 days."
             ),
+            size=(24, 7),
         ),
-        w=24,
-        h=7,
     )
-
-    b.row("Delivery SLO")
-    b.add(
+    b.row(
+        "Delivery SLO",
         stat(
             "SLO attainment (30 d)",
             [target(f"1 - mailcanary:delivery_slo_errors:ratio_rate30d{{{RT}}}", "{{probe}}")],
@@ -136,11 +123,8 @@ def build() -> Json:
             decimals=3,
             color=FIXED_TEXT,
             color_mode=cm.BigValueColorMode.VALUE,
+            size=(6, 6),
         ),
-        w=6,
-        h=6,
-    )
-    b.add(
         stat(
             "Error budget left (30 d)",
             [target(f"mailcanary:delivery_slo:error_budget_remaining_ratio{{{RT}}}", "{{probe}}")],
@@ -148,11 +132,8 @@ def build() -> Json:
             unit="percentunit",
             decimals=1,
             thresholds=thresholds((None, "red"), (0, "orange"), (0.25, "yellow"), (0.5, "green")),
+            size=(6, 6),
         ),
-        w=6,
-        h=6,
-    )
-    b.add(
         stat(
             "Objective",
             [
@@ -163,11 +144,8 @@ def build() -> Json:
             color=FIXED_TEXT,
             overrides=[column_override("target", unit="percentunit", decimals=2)],
             color_mode=cm.BigValueColorMode.VALUE,
+            size=(4, 6),
         ),
-        w=4,
-        h=6,
-    )
-    b.add(
         timeseries_panel(
             "Bad-run ratio (burn)",
             [
@@ -187,17 +165,19 @@ def build() -> Json:
                     custom__lineStyle={"fill": "dash", "dash": [10, 10]},
                 )
             ],
+            size=(8, 6),
         ),
-        w=8,
-        h=6,
     )
-
-    b.row("Latency")
     quantile = (
         "histogram_quantile({q}, sum by (job, probe, le) "
         f"(rate(mailcanary_roundtrip_delivery_seconds_bucket{{{RT}}}[$__rate_interval])))"
     )
-    b.add(
+    range_q = (
+        "histogram_quantile({q}, sum by (probe, le) "
+        f"(increase(mailcanary_roundtrip_delivery_seconds_bucket{{{RT}}}[$__range])))"
+    )
+    b.row(
+        "Latency",
         timeseries_panel(
             "Delivery latency p50 / p90 / p99",
             [
@@ -210,11 +190,8 @@ def build() -> Json:
             ),
             unit="s",
             interval="5m",
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         latency_heatmap(
             "Delivery latency distribution",
             [
@@ -228,39 +205,27 @@ def build() -> Json:
             description="Deliveries per histogram bucket over time (all selected probes).",
             unit="s",
             interval="5m",
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Delivery latency per run",
             [target(f"mailcanary_roundtrip_last_delivery_seconds{{{RT}}}", "{{probe}}")],
             description="The latency of each successful run (the gauge of the last one, sampled).",
             unit="s",
             points=cm.VisibilityMode.ALWAYS,
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    range_q = (
-        "histogram_quantile({q}, sum by (probe, le) "
-        f"(increase(mailcanary_roundtrip_delivery_seconds_bucket{{{RT}}}[$__range])))"
-    )
-    b.add(
         merged_table_panel(
             "Latency over the time range",
             [col(name, range_q.replace("{q}", q)) for name, q in QUANTILES],
             description="Quantiles of all deliveries in the selected time range, per probe.",
             unit="s",
             decimals=2,
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
     )
-
-    b.row("Runs")
-    b.add(
+    b.row(
+        "Runs",
         timeseries_panel(
             "Phase breakdown (last run): $probe",
             [
@@ -275,14 +240,11 @@ def build() -> Json:
             unit="s",
             bars=True,
             stack=True,
+            size=(12, 8),
         )
         .repeat("probe")
         .repeat_direction("h")
         .max_per_row(2),
-        w=12,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Runs by outcome",
             [
@@ -298,11 +260,8 @@ def build() -> Json:
             stack=True,
             overrides=[series_color(".* success", "green")],
             interval="5m",
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         merged_table_panel(
             "Outcomes over the time range",
             [
@@ -314,11 +273,8 @@ def build() -> Json:
             ],
             description="Runs per probe and outcome in the selected time range.",
             decimals=0,
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Late, lost and swept canaries",
             [
@@ -346,11 +302,8 @@ def build() -> Json:
             unit="short",
             bars=True,
             interval="5m",
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
-    )
-    b.add(
         stat(
             "Late canaries (time range)",
             [
@@ -362,21 +315,15 @@ def build() -> Json:
             description="Canaries that arrived late in the selected time range.",
             decimals=0,
             thresholds=thresholds((None, "green"), (0.5, "orange")),
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Run duration",
             [target(f"mailcanary_roundtrip_duration_seconds{{{RT}}}", "{{probe}}")],
             description="Wall time of the last run, all phases included.",
             unit="s",
+            size=(12, 7),
         ),
-        w=12,
-        h=7,
-    )
-    b.add(
         timeseries_panel(
             "Scheduler lag and skipped runs",
             [
@@ -399,13 +346,11 @@ def build() -> Json:
                     custom__axisPlacement="right",
                 )
             ],
+            size=(12, 7),
         ),
-        w=12,
-        h=7,
     )
-
-    b.row("What the receiver did")
-    b.add(
+    b.row(
+        "What the receiver did",
         timeseries_panel(
             "Delivered canaries by folder",
             [
@@ -424,11 +369,8 @@ def build() -> Json:
             stack=True,
             overrides=[series_color(".* inbox", "green"), series_color(".* junk", "red")],
             interval="5m",
+            size=(16, 8),
         ),
-        w=16,
-        h=8,
-    )
-    b.add(
         stat(
             "In junk (time range)",
             [
@@ -448,12 +390,8 @@ def build() -> Json:
             min=0,
             max=1,
             thresholds=thresholds((None, "green"), (0.0001, "red")),
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
-    )
-
-    b.add(
         timeseries_panel(
             "Bounces by status class",
             [
@@ -472,12 +410,8 @@ def build() -> Json:
             stack=True,
             overrides=[series_color(".* 5\\..*", "red")],
             interval="5m",
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-
-    b.add(
         table_panel(
             "Authentication verdict (last canary)",
             [table_target(f"max by (probe, method, result) (mailcanary_roundtrip_auth_result{{{RT}}}) == 1")],
@@ -500,11 +434,8 @@ def build() -> Json:
                 ),
                 index={"probe": 0, "method": 1, "result": 2},
             ),
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Spam score",
             [target(f"mailcanary_roundtrip_spam_score{{{RT}}}", "{{probe}} {{engine}}")],
@@ -514,11 +445,8 @@ def build() -> Json:
             ),
             unit="short",
             points=cm.VisibilityMode.ALWAYS,
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Path: hops and time between first and last hop",
             [
@@ -531,13 +459,11 @@ def build() -> Json:
             ),
             unit="short",
             overrides=[column_override(".* path", regexp=True, unit="s", custom__axisPlacement="right")],
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
     )
-
-    b.row("Mailbox: quota and sync")
-    b.add(
+    b.row(
+        "Mailbox: quota and sync",
         bar_gauge(
             "Quota used",
             [
@@ -556,11 +482,8 @@ def build() -> Json:
             max=1,
             decimals=1,
             thresholds=thresholds((None, "green"), (0.8, "orange"), (0.9, "red")),
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Sync to the second session",
             [
@@ -574,11 +497,8 @@ def build() -> Json:
             ),
             unit="s",
             points=cm.VisibilityMode.ALWAYS,
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Quota read errors",
             [
@@ -595,24 +515,19 @@ def build() -> Json:
             unit="short",
             bars=True,
             interval="5m",
+            size=(8, 8),
         ),
-        w=8,
-        h=8,
     )
-
-    b.row("Exporter")
-    b.add(
+    b.row(
+        "Exporter",
         stat(
             "Exporter scrape",
             [target('up{job=~"$job", instance=~"$instance"}', "{{instance}}")],
             description="Whether Prometheus can scrape each mailcanary instance.",
             mappings=value_map(("1", "UP", "green"), ("0", "DOWN", "red")),
             thresholds=thresholds((None, "red")),
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         stat(
             "Configuration",
             [
@@ -626,11 +541,8 @@ def build() -> Json:
             ),
             mappings=value_map(("1", "loaded", "green"), ("0", "RELOAD FAILED", "red")),
             thresholds=thresholds((None, "red")),
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         stat(
             "Probes configured",
             [
@@ -642,11 +554,8 @@ def build() -> Json:
             description="Configured round-trip probes and TLS checks.",
             color=FIXED_TEXT,
             color_mode=cm.BigValueColorMode.VALUE,
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         table_panel(
             "Version",
             [table_target("mailcanary_build_info{" + S + "}")],
@@ -659,9 +568,8 @@ def build() -> Json:
                     "job",
                 )
             ),
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
     )
     return dashboard(
         "mailcanary-overview",

@@ -36,21 +36,18 @@ PT = P + ', endpoint=""'
 
 def build() -> Json:
     b = Board()
-    b.row("Status")
     days = f"(probe_ssl_earliest_cert_expiry{{{P}}} - time()) / 86400"
     by = "max by (job, instance)"
-    b.add(
+    b.row(
+        "Status",
         stat(
             "Targets failing",
             [target(f"count(probe_success{{{P}}} == 0) or vector(0)", "failing")],
             description="Targets whose last /probe scrape failed (probe_success 0).",
             thresholds=thresholds((None, "green"), (1, "red")),
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         stat(
             "Soonest expiry",
             [target(f"min({days})", "days")],
@@ -59,11 +56,8 @@ def build() -> Json:
             decimals=1,
             thresholds=DAYS_THRESHOLDS,
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         stat(
             "Uptime (range)",
             [target(f"avg(avg_over_time(probe_success{{{P}}}[$__range]))", "uptime")],
@@ -72,11 +66,8 @@ def build() -> Json:
             decimals=2,
             thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         stat(
             "Uptime (30 d)",
             [target(f"avg(avg_over_time(probe_success{{{P}}}[30d]))", "uptime")],
@@ -85,11 +76,8 @@ def build() -> Json:
             decimals=3,
             thresholds=thresholds((None, "red"), (0.99, "orange"), (0.999, "green")),
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 5),
         ),
-        w=6,
-        h=5,
-    )
-    b.add(
         merged_table_panel(
             "Targets",
             [
@@ -123,42 +111,31 @@ def build() -> Json:
                 "result, days to the earliest expiry in the chain, chain verified, probe duration, uptime "
                 "over the time range and over 30 days."
             ),
+            size=(24, 8),
         ),
-        w=24,
-        h=8,
     )
-
-    b.row("Over time")
-    b.add(
+    b.row(
+        "Over time",
         status_timeline(
             "Probe success",
             [target(f"probe_success{{{P}}}", "{{instance}}")],
             description="Result of each /probe scrape over time (green success, red failure).",
+            size=(24, 6),
         ),
-        w=24,
-        h=6,
-    )
-    b.add(
         timeseries_panel(
             "Days to expiry",
             [target(days, "{{instance}}")],
             description="Days until the earliest certificate expiry in each target's chain.",
             unit="d",
+            size=(12, 7),
         ),
-        w=12,
-        h=7,
-    )
-    b.add(
         timeseries_panel(
             "Probe duration",
             [target(f"probe_duration_seconds{{{P}}}", "{{instance}}")],
             description="Wall time of each /probe request, legacy-protocol handshakes included.",
             unit="s",
+            size=(12, 7),
         ),
-        w=12,
-        h=7,
-    )
-    b.add(
         table_panel(
             "TLS version",
             [table_target(f"probe_tls_version_info{{{P}}}")],
@@ -170,11 +147,8 @@ def build() -> Json:
                     "__name__",
                 )
             ),
+            size=(12, 6),
         ),
-        w=12,
-        h=6,
-    )
-    b.add(
         table_panel(
             "Legacy TLS accepted",
             [table_target(f"max by (instance, version) (mailcanary_tls_legacy_protocol_accepted{{{PT}}})")],
@@ -183,9 +157,8 @@ def build() -> Json:
             ),
             mappings=YES_NO_BAD,
             transformations=organized(("Time",), rename={"Value": "accepted"}),
+            size=(12, 6),
         ),
-        w=12,
-        h=6,
     )
     return dashboard(
         "mailcanary-probe",

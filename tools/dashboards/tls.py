@@ -38,35 +38,30 @@ BY = "probe, endpoint, protocol"
 def build() -> Json:
     b = Board()
     days = f"(mailcanary_tls_earliest_cert_expiry_timestamp_seconds{{{T}}} - time()) / 86400"
-    b.row("Summary")
-    b.add(
+    b.row(
+        "Summary",
         stat(
             "Audited endpoints",
             [
                 target(
-                    f"count(max by (endpoint, protocol) (mailcanary_tls_cert_verified{{{T}}}))", "endpoints"
+                    f"count(max by (endpoint, protocol) (mailcanary_tls_cert_verified{{{T}}}))",
+                    "endpoints",
                 )
             ],
             description="Audited endpoints (host:port) with a certificate seen.",
             color=FIXED_TEXT,
             text_mode=cm.BigValueTextMode.VALUE,
             color_mode=cm.BigValueColorMode.VALUE,
+            size=(6, 4),
         ),
-        w=6,
-        h=4,
-    )
-    b.add(
         stat(
             "Expiring within 21 days",
             [target(f"count(min by (endpoint) ({days}) < 21) or vector(0)", "endpoints")],
             description="Endpoints whose chain has a certificate expiring in less than 21 days (or expired).",
             thresholds=thresholds((None, "green"), (1, "orange")),
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 4),
         ),
-        w=6,
-        h=4,
-    )
-    b.add(
         stat(
             "Not verified",
             [
@@ -78,11 +73,8 @@ def build() -> Json:
             description="Probe/endpoint pairs whose certificate chain or name did not verify.",
             thresholds=thresholds((None, "green"), (1, "red")),
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 4),
         ),
-        w=6,
-        h=4,
-    )
-    b.add(
         stat(
             "Legacy TLS accepted",
             [
@@ -96,15 +88,13 @@ def build() -> Json:
             description="Endpoint/version pairs that completed a TLS 1.0 or 1.1 handshake.",
             thresholds=thresholds((None, "green"), (1, "orange")),
             text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 4),
         ),
-        w=6,
-        h=4,
     )
-
-    b.row("Certificates")
     leaf_days = f"(mailcanary_tls_cert_not_after_timestamp_seconds{{{T}}} - time()) / 86400"
     days_left = {"decimals": 1, "thresholds": DAYS_THRESHOLDS, "cells": COLOR_BACKGROUND_BASIC}
-    b.add(
+    b.row(
+        "Certificates",
         merged_table_panel(
             "Endpoints",
             [
@@ -114,7 +104,9 @@ def build() -> Json:
                 yes_no("Hostname match", f"min by ({BY}) (mailcanary_tls_hostname_match{{{T}}})"),
                 yes_no("STARTTLS offered", f"min by ({BY}) (mailcanary_tls_starttls_offered{{{T}}})"),
                 yes_no(
-                    "AUTH before TLS", f"max by ({BY}) (mailcanary_tls_auth_before_tls{{{T}}})", good=False
+                    "AUTH before TLS",
+                    f"max by ({BY}) (mailcanary_tls_auth_before_tls{{{T}}})",
+                    good=False,
                 ),
             ],
             description=(
@@ -123,11 +115,8 @@ def build() -> Json:
             ),
             auto_cells=True,
             sort_by=("Days left (chain)", False),
+            size=(24, 9),
         ),
-        w=24,
-        h=9,
-    )
-    b.add(
         bar_gauge(
             "Days to earliest expiry",
             [target(f"min by (endpoint) ({days})", "{{endpoint}}")],
@@ -137,6 +126,7 @@ def build() -> Json:
             min=0,
             max=90,
             thresholds=DAYS_THRESHOLDS,
+            size=(12, 8),
         )
         .min_viz_height(10)
         .min_viz_width(0)
@@ -144,10 +134,6 @@ def build() -> Json:
         .reduce_options(last_not_null())
         .sizing(cm.BarGaugeSizing.AUTO)
         .value_mode(cm.BarGaugeValueMode.COLOR),
-        w=12,
-        h=8,
-    )
-    b.add(
         timeseries_panel(
             "Days left over time",
             [target(f"min by (endpoint) ({days})", "{{endpoint}}")],
@@ -155,13 +141,11 @@ def build() -> Json:
             unit="none",
             thresholds_style=cm.GraphThresholdsStyleMode.LINE_AND_AREA,
             thresholds=thresholds((None, "red"), (7, "orange"), (21, "transparent")),
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
     )
-
-    b.row("Protocol")
-    b.add(
+    b.row(
+        "Protocol",
         table_panel(
             "TLS version and cipher",
             [
@@ -185,11 +169,8 @@ def build() -> Json:
                 )
             ],
             transformations=merged_table({}, hide=("Time", "Value")),
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         table_panel(
             "Legacy protocols accepted",
             [table_target(f"max by ({BY}, version) (mailcanary_tls_legacy_protocol_accepted{{{T}}})")],
@@ -205,11 +186,8 @@ def build() -> Json:
                 )
             ],
             transformations=merged_table({"A": "accepted"}),
+            size=(12, 8),
         ),
-        w=12,
-        h=8,
-    )
-    b.add(
         table_panel(
             "Verification",
             [
@@ -235,11 +213,8 @@ def build() -> Json:
                 )
             ],
             transformations=merged_table({}, hide=("Time", "Value")),
+            size=(12, 7),
         ),
-        w=12,
-        h=7,
-    )
-    b.add(
         stat(
             "Legacy protocols testable here",
             [
@@ -251,13 +226,11 @@ def build() -> Json:
             description="Whether this exporter's OpenSSL can offer TLS 1.0 / 1.1; if not, none is measured.",
             mappings=value_map(("1", "testable", "green"), ("0", "not testable", "orange")),
             thresholds=thresholds((None, "orange")),
+            size=(12, 7),
         ),
-        w=12,
-        h=7,
     )
-
-    b.row("TLS checks")
-    b.add(
+    b.row(
+        "TLS checks",
         stat(
             "TLS check status",
             [
@@ -269,11 +242,8 @@ def build() -> Json:
             description="Standalone TLS checks (tls_checks): 1 if the last check completed and verified.",
             mappings=OK_FAIL,
             thresholds=thresholds((None, "red")),
+            size=(12, 6),
         ),
-        w=12,
-        h=6,
-    )
-    b.add(
         timeseries_panel(
             "TLS check duration",
             [
@@ -284,9 +254,8 @@ def build() -> Json:
             ],
             description="Wall time of the last check, legacy-protocol handshakes included.",
             unit="s",
+            size=(12, 6),
         ),
-        w=12,
-        h=6,
     )
     return dashboard(
         "mailcanary-tls",
