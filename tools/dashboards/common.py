@@ -61,11 +61,7 @@ def table_target(expr: str, ref: str = "A") -> prometheus.Dataquery:
 
 
 def thresholds(*steps: tuple[float | None, str]) -> db.ThresholdsConfig:
-    return (
-        db.ThresholdsConfig()
-        .mode(dm.ThresholdsMode.ABSOLUTE)
-        .steps([dm.Threshold(value=v, color=c) for v, c in steps])
-    )
+    return db.ThresholdsConfig().steps([dm.Threshold(value=v, color=c) for v, c in steps])
 
 
 def value_map(*items: tuple[str, str, str]) -> list[dm.ValueMapping]:
@@ -238,12 +234,8 @@ def stat(
         statb.Panel()
         .color_mode(color_mode)
         .graph_mode(cm.BigValueGraphMode.NONE)
-        .justify_mode(cm.BigValueJustifyMode.AUTO)
-        .orientation(cm.VizOrientation.AUTO)
         .reduce_options(last_not_null())
-        .show_percent_change(False)
         .text_mode(text_mode)
-        .wide_layout(True)
     )
     _common(p, title, targets, description, field, overrides, (), "", size)
     return p
@@ -251,16 +243,6 @@ def stat(
 
 def last_not_null() -> cb.ReduceDataOptions:
     return cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
-
-
-def legend(show: bool = True) -> cb.VizLegendOptions:
-    return (
-        cb.VizLegendOptions()
-        .calcs([])
-        .display_mode(cm.LegendDisplayMode.LIST)
-        .placement(cm.LegendPlacement.BOTTOM)
-        .show_legend(show)
-    )
 
 
 def timeseries_panel(
@@ -289,7 +271,7 @@ def timeseries_panel(
         .stacking(
             cb.StackingConfig().group("A").mode(cm.StackingMode.NORMAL if stack else cm.StackingMode.NONE)
         )
-        .legend(legend())
+        .legend(cb.VizLegendOptions().show_legend(True))
         .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
     )
     if thresholds_style is not None:
@@ -311,12 +293,7 @@ def table_panel(
     **field: Unpack[FieldArgs],
 ) -> table.Panel:
     """A table of instant queries; ``sort_by`` is (column, descending)."""
-    p = (
-        table.Panel()
-        .cell_height(cm.TableCellHeight.SM)
-        .footer(cb.TableFooterOptions().show(False).reducer(["sum"]).fields([]))
-        .show_header(True)
-    )
+    p = table.Panel().footer(cb.TableFooterOptions().show(False).reducer(["sum"]).fields([]))
     if sort_by:
         p.sort_by([cb.TableSortByFieldState().display_name(sort_by[0]).desc(sort_by[1])])
     if auto_cells:
@@ -367,16 +344,7 @@ def status_timeline(
     p = (
         statetimeline.Panel()
         .fill_opacity(80)
-        .line_width(0)
-        .align_value(cm.TimelineValueAlignment.LEFT)
-        .legend(
-            cb.VizLegendOptions()
-            .display_mode(cm.LegendDisplayMode.LIST)
-            .placement(cm.LegendPlacement.BOTTOM)
-            .show_legend(False)
-        )
-        .merge_values(True)
-        .row_height(0.9)
+        .legend(cb.VizLegendOptions().show_legend(False))
         .show_value(cm.VisibilityMode.NEVER)
         .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE).sort(cm.SortOrder.NONE))
     )
@@ -397,9 +365,8 @@ def latency_heatmap(
     """Pre-bucketed histogram series (format heatmap) drawn as they are, not re-bucketed."""
     p = (
         heatmap.Panel()
-        .scale_distribution(cb.ScaleDistributionConfig().type(cm.ScaleDistribution.LINEAR))
         .calculate(False)
-        .cell_gap(1)
+        .scale_distribution(cb.ScaleDistributionConfig().type(cm.ScaleDistribution.LINEAR))
         .color(
             heatmap.HeatmapColorOptions()
             .exponent(0.5)
@@ -407,9 +374,7 @@ def latency_heatmap(
             .scheme("Oranges")
             .steps(64)
         )
-        .show_legend()
         .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.AUTO))
-        .mode(cm.TooltipDisplayMode.SINGLE)
         .show_y_histogram()
         .y_axis(heatmap.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT).unit(unit))
     )
@@ -425,12 +390,7 @@ def bar_gauge(
     description: str = "",
     **field: Unpack[FieldArgs],
 ) -> bargauge.Panel:
-    p = (
-        bargauge.Panel()
-        .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
-        .orientation(cm.VizOrientation.HORIZONTAL)
-        .show_unfilled(True)
-    )
+    p = bargauge.Panel().orientation(cm.VizOrientation.HORIZONTAL)
     _common(p, title, targets, description, field, (), (), "", size)
     return p
 
@@ -486,18 +446,15 @@ def dashboard(
         .uid(uid)
         .description(description)
         .tags(["mailcanary", "mail"])
-        .editable()
         .tooltip(dm.DashboardCursorSync.CROSSHAIR)
         .time("now-24h", "now")
         .timezone("")
         .refresh("1m")
         .version(1)
-        .fiscal_year_start_month(0)
         .annotation(
             db.AnnotationQuery()
             .built_in(1)
             .datasource(dm.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
-            .enable(True)
             .hide(True)
             .icon_color("rgba(0, 211, 255, 1)")
             .name("Annotations & Alerts")
@@ -506,12 +463,10 @@ def dashboard(
         .link(
             db.DashboardLink("mailcanary")
             .type(dm.DashboardLinkType.DASHBOARDS)
-            .as_dropdown(False)
             .icon("external link")
             .include_vars(True)
             .keep_time(True)
             .tags(["mailcanary"])
-            .target_blank(False)
             .tooltip("The other mailcanary dashboards")
         )
         .variables([DATASOURCE_VAR, *(SCOPE_VARS if scope is None else scope), *variables])
@@ -563,8 +518,6 @@ DATASOURCE_VAR = (
     .type("prometheus")
     .current(dm.VariableOption(selected=False, text="Prometheus", value="${DS_PROMETHEUS}"))
     .hide(dm.VariableHide.DONT_HIDE)
-    .include_all(False)
-    .multi(False)
     .regex("")
 )
 JOB_VAR = variable_query("job", "Job", "label_values(mailcanary_build_info, job)")
