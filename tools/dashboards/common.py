@@ -131,6 +131,11 @@ def col(name: str, expr: str, **props: object) -> Column:
     return Column(name, expr, props)
 
 
+def ok_fail(name: str, expr: str) -> Column:
+    """A success column (1 OK, 0 FAILING) on a green or red background."""
+    return col(name, expr, mappings=OK_FAIL, cells=COLOR_BACKGROUND, thresholds=thresholds((None, "red")))
+
+
 def yes_no(name: str, expr: str, *, good: bool = True) -> Column:
     """A 0/1 column in green and red text: "yes"/"NO" where 1 is good, "YES"/"no" where 1 is bad."""
     return col(name, expr, mappings=YES_NO_GOOD if good else YES_NO_BAD, cells=COLOR_TEXT)

@@ -7,7 +7,6 @@ from grafana_foundation_sdk.models import common as cm
 
 from .common import (
     BY_THRESHOLDS,
-    COLOR_BACKGROUND,
     FIXED_TEXT,
     OK_FAIL,
     RT,
@@ -20,6 +19,7 @@ from .common import (
     dashboard,
     latency_heatmap,
     merged_table_panel,
+    ok_fail,
     organized,
     series_color,
     stat,
@@ -81,13 +81,7 @@ def build() -> Json:
         merged_table_panel(
             "Round-trip probes",
             [
-                col(
-                    "last run",
-                    f"{by} (mailcanary_roundtrip_success{{{RT}}})",
-                    mappings=OK_FAIL,
-                    cells=COLOR_BACKGROUND,
-                    thresholds=thresholds((None, "red")),
-                ),
+                ok_fail("last run", f"{by} (mailcanary_roundtrip_success{{{RT}}})"),
                 col(
                     "last delivery",
                     f"{by} (mailcanary_roundtrip_last_delivery_seconds{{{RT}}})",

@@ -8,7 +8,6 @@ from .common import (
     COLOR_BACKGROUND,
     COLOR_TEXT,
     DAYS_THRESHOLDS,
-    OK_FAIL,
     YES_NO_BAD,
     YES_NO_GOOD,
     Board,
@@ -16,6 +15,7 @@ from .common import (
     col,
     dashboard,
     merged_table_panel,
+    ok_fail,
     organized,
     stat,
     status_timeline,
@@ -81,13 +81,7 @@ def build() -> Json:
         merged_table_panel(
             "Targets",
             [
-                col(
-                    "success",
-                    f"{by} (probe_success{{{P}}})",
-                    mappings=OK_FAIL,
-                    cells=COLOR_BACKGROUND,
-                    thresholds=thresholds((None, "red")),
-                ),
+                ok_fail("success", f"{by} (probe_success{{{P}}})"),
                 col(
                     "days left",
                     f"{by} ({days})",
