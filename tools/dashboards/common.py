@@ -1,9 +1,11 @@
 """What the four dashboards share, on grafana-foundation-sdk's typed builders.
 
-The panel factories (``stat``, ``timeseries``, ``table``, ...) take what a panel says — title, queries,
-unit, thresholds, mappings — and fill in the house style (legend, tooltip, reducer, cell height) once.
-``Board`` numbers the panels and lays them out left to right in rows of 24 grid units; the SDK's own
-placement lets a panel run past the right edge, ours starts a new line first.
+The panel factories (``stat``, ``timeseries_panel``, ``table_panel``, ``merged_table_panel``, ...) take
+what a panel says (title, queries, unit, thresholds, mappings, size) and add the house style (reducer,
+legend, tooltip, draw style) once; a merged table is a list of ``Column`` specs. ``Board`` numbers the
+panels and lays them out left to right in rows of 24 grid units: the SDK's own placement wraps only after
+a line is full, so a panel could run past the right edge. ``dashboard()`` adds what the SDK does not
+model (grafana.com's ``__inputs`` / ``__requires``) after the build.
 """
 
 from __future__ import annotations
@@ -247,6 +249,7 @@ def stat(
 
 
 def last_not_null() -> cb.ReduceDataOptions:
+    """The newest non-null value of each series: what a status stat shows."""
     return cb.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
 
 
@@ -395,6 +398,7 @@ def bar_gauge(
     description: str = "",
     **field: Unpack[FieldArgs],
 ) -> bargauge.Panel:
+    """Horizontal gradient bars, one per series, against min / max and thresholds."""
     p = bargauge.Panel().orientation(cm.VizOrientation.HORIZONTAL)
     _common(p, title, targets, description, field, (), (), "", size)
     return p
@@ -483,8 +487,8 @@ def dashboard(
             d.with_panel(p)
     built = d.build()
     for var in built.templating.list_val or []:
-        # The SDK gives every variable the interval variable's auto / auto_min / auto_count; Grafana's
-        # VariableModel (@grafana/schema) has no such keys, and tsc rejects them: left out.
+        # The SDK gives every variable the interval variable's auto / auto_min / auto_count (defaults of
+        # its VariableModel); @grafana/schema's VariableModel has no such keys and tsc rejects them.
         var.auto = var.auto_min = var.auto_count = None
     model: Json = json.loads(json.dumps(built, cls=JSONEncoder))
     # grafana-foundation-sdk has no __inputs / __requires (grafana.com import metadata): added here.
