@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.metadata
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,13 @@ except ModuleNotFoundError as exc:  # the SDK is a build-time tool, not a depend
     sys.exit("gen_dashboards: grafana-foundation-sdk is not installed: pip install -e '.[dashboards]'")
 
 
+def sdk_pin() -> str:
+    """The exact version pyproject.toml pins: another build of the SDK may write other JSON."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    (req,) = project["optional-dependencies"]["dashboards"]
+    return str(req.split("==", 1)[1])
+
+
 def render() -> dict[str, str]:
     return {
         name: json.dumps(build(), indent=2, ensure_ascii=False) + "\n" for name, build in DASHBOARDS.items()
@@ -40,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with dashboards/ instead of writing")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="directory to write (default dashboards/)")
     args = parser.parse_args(argv)
+    installed, pinned = importlib.metadata.version("grafana-foundation-sdk"), sdk_pin()
+    if installed != pinned:
+        print(
+            f"gen_dashboards: grafana-foundation-sdk {installed} is installed, pyproject.toml pins {pinned}: "
+            "pip install -e '.[dashboards]'",
+            file=sys.stderr,
+        )
+        return 2
     stale = 0
     for name, text in render().items():
         path = args.out / name
