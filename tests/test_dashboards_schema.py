@@ -7,6 +7,8 @@ TypeScript string enums, which a JSON literal can never be; ``Loose<T>`` turns e
 its string values, which is exactly what Grafana reads from JSON. ``__inputs`` / ``__requires`` are
 grafana.com import metadata, not part of the dashboard model, and are checked by tests/test_dashboards.py.
 
+@grafana/schema is of the Grafana version the dashboards are built for: the grafana-foundation-sdk pinned
+in pyproject.toml (extra `dashboards`) is generated from Grafana 11.6's schema, so the check is 11.6's.
 The two npm packages (exact versions, below) are installed once into a cache directory
 (``$MAILCANARY_NPM_CACHE``, default ``~/.cache/mailcanary/npm``) with npm from the package registry;
 node and npm come from scripts/install-deps.sh. Their absence is a failure, not a skip.
@@ -25,7 +27,7 @@ import pytest
 
 from .test_dashboards import DASHBOARDS
 
-NPM_PACKAGES = ("@grafana/schema@13.2.3", "typescript@7.0.2")
+NPM_PACKAGES = ("@grafana/schema@11.6.9", "typescript@7.0.2")
 LOOSE = (
     "type Loose<T> = T extends string ? `${T}` : T extends number | boolean | null | undefined ? T"
     " : T extends readonly (infer U)[] ? Loose<U>[] : T extends object ? { [K in keyof T]: Loose<T[K]> } : T;"
