@@ -7,15 +7,18 @@ TypeScript string enums, which a JSON literal can never be; ``Loose<T>`` turns e
 its string values, which is exactly what Grafana reads from JSON. ``__inputs`` / ``__requires`` are
 grafana.com import metadata, not part of the dashboard model, and are checked by tests/test_dashboards.py.
 
-@grafana/schema is of the Grafana version the dashboards are built for: the grafana-foundation-sdk pinned
-in pyproject.toml (extra `dashboards`) is generated from Grafana 11.6's schema, so the check is 11.6's.
-The two npm packages (exact versions, below) are installed once into a cache directory
-(``$MAILCANARY_NPM_CACHE``, default ``~/.cache/mailcanary/npm``) with npm from the package registry;
+The dashboards are checked against two versions of @grafana/schema: 11.6, the Grafana version of the
+grafana-foundation-sdk pinned in pyproject.toml (extra `dashboards`) that builds them, and 13.2, the
+newest Grafana they are imported into. The npm packages (exact versions, below) are installed once per
+version into a cache directory of its own (``$MAILCANARY_NPM_CACHE``, default
+``~/.cache/mailcanary/npm``, then ``schema-<version>``; under a lock, so parallel suites don't race) with
+npm from the package registry;
 node and npm come from scripts/install-deps.sh. Their absence is a failure, not a skip.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -27,7 +30,8 @@ import pytest
 
 from .test_dashboards import DASHBOARDS
 
-NPM_PACKAGES = ("@grafana/schema@11.6.9", "typescript@7.0.2")
+SCHEMA_VERSIONS = ("11.6.9", "13.2.3")
+TYPESCRIPT = "typescript@7.0.2"
 LOOSE = (
     "type Loose<T> = T extends string ? `${T}` : T extends number | boolean | null | undefined ? T"
     " : T extends readonly (infer U)[] ? Loose<U>[] : T extends object ? { [K in keyof T]: Loose<T[K]> } : T;"
@@ -51,13 +55,21 @@ def npm_cache() -> Path:
     return Path(os.environ.get("MAILCANARY_NPM_CACHE", str(default)))
 
 
-@pytest.fixture(scope="session")
-def tsc() -> tuple[Path, Path]:
-    """(tsc binary, node_modules) — installed into the cache on first use."""
-    cache = npm_cache()
+@pytest.fixture(scope="session", params=SCHEMA_VERSIONS, ids=lambda v: f"grafana-schema-{v}")
+def tsc(request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """(tsc binary, node_modules) of one @grafana/schema version — installed into the cache on first use."""
+    packages = (f"@grafana/schema@{request.param}", TYPESCRIPT)
+    cache = npm_cache() / f"schema-{request.param}"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker or suite installing the same: wait for it
+        return _install(cache, packages)
+
+
+def _install(cache: Path, packages: tuple[str, ...]) -> tuple[Path, Path]:
     stamp = cache / ".installed"
     binary = cache / "node_modules" / ".bin" / "tsc"
-    if not (binary.exists() and stamp.exists() and stamp.read_text() == " ".join(NPM_PACKAGES)):
+    if not (binary.exists() and stamp.exists() and stamp.read_text() == " ".join(packages)):
         npm = shutil.which("npm")
         if npm is None or shutil.which("node") is None:
             pytest.fail(
@@ -66,14 +78,14 @@ def tsc() -> tuple[Path, Path]:
             )
         cache.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache), *NPM_PACKAGES],
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache), *packages],
             capture_output=True,
             text=True,
             timeout=600,
             check=False,
         )
         assert proc.returncode == 0, f"npm install failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        stamp.write_text(" ".join(NPM_PACKAGES))
+        stamp.write_text(" ".join(packages))
     return binary, cache / "node_modules"
 
 
