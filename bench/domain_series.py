@@ -18,10 +18,10 @@ from bench._common import load, median, table
 
 
 def _domain_report():  # type: ignore[no-untyped-def]
-    from probes import dane, dnsbl, mtasts, mustrefuse
-    from probes.certhygiene import KeyFacts, OCSPResult
-    from probes.domain import DomainReport, MXAddressResult
-    from probes.mx import AddressReport, MXHost, MXResolution
+    from probes.domain import dane, dnsbl, mtasts, mustrefuse
+    from probes.domain.mx import AddressReport, MXHost, MXResolution
+    from probes.domain.probe import DomainReport, MXAddressResult
+    from probes.tls.hygiene import KeyFacts, OCSPResult
     from tests.test_scrape_equal import facts
 
     hosts = tuple(

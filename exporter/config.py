@@ -33,13 +33,13 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.durations import parse_duration
+from probes.auth.credentials import TokenSource
+from probes.auth.oauth import FileToken, GrantToken
 from probes.canary import PROBE_NAME_RE
-from probes.oauth import FileToken, GrantToken, TokenSource
-from probes.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
-from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
-from probes.verdict import Preset
-
-from .durations import parse_duration
+from probes.receipt.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
+from probes.receipt.verdict import Preset
+from probes.roundtrip.probe import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
 _SECTIONS = ("global", "roundtrip", "tls_checks", "domain_checks", "modules", "probe_endpoint")

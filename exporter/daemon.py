@@ -12,16 +12,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from probes._legacy import LegacyCache
-from probes._net import clear_contexts
-from probes._slots import ServerSlots
-from probes.certhygiene import CRLCache, OCSPCache
-from probes.dnsbl import ListingCache
-from probes.recorder import Masker
-
-from . import logs
-from .buildinfo import build_info
-from .config import (
+from exporter import logs
+from exporter.buildinfo import build_info
+from exporter.config import (
     DEFAULT_MODULES,
     ConfigError,
     LoadedConfig,
@@ -32,17 +25,23 @@ from .config import (
     parse_shard,
     state_dir,
 )
-from .history import History
-from .http import HTTPServer
-from .kinds import configured, find
-from .metrics import ExporterState, SeriesCache, build_registry, runtime_registry
-from .multitarget import probe_handler
-from .results import ResultStore
-from .runner import Runner, make_masker
-from .scheduler import ProbeScheduler
-from .state import Ledger, StateCollector, StateHealth, load_or_create_key
-from .status import render_status
-from .webconfig import WebConfig
+from exporter.history import History
+from exporter.http import HTTPServer
+from exporter.kinds import configured, find
+from exporter.metrics import ExporterState, SeriesCache, build_registry, runtime_registry
+from exporter.multitarget import probe_handler
+from exporter.results import ResultStore
+from exporter.runner import Runner, make_masker
+from exporter.scheduler import ProbeScheduler
+from exporter.state import Ledger, StateCollector, StateHealth, load_or_create_key
+from exporter.status import render_status
+from exporter.webconfig import WebConfig
+from probes.domain.dnsbl import ListingCache
+from probes.recorder import Masker
+from probes.tls.hygiene import CRLCache, OCSPCache
+from probes.tls.legacy import LegacyCache
+from probes.wire.net import clear_contexts
+from probes.wire.slots import ServerSlots
 
 log = structlog.get_logger("mailcanary")
 

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from .config import ConfigError
-from .daemon import Daemon
-from .durations import parse_duration
-from .http import parse_listen
-from .logs import add_log_flags
+from exporter.config import ConfigError
+from exporter.daemon import Daemon
+from exporter.durations import parse_duration
+from exporter.http import parse_listen
+from exporter.logs import add_log_flags
 
 if TYPE_CHECKING:
-    from .sandbox import Listener, Sandbox
+    from exporter.sandbox import Listener, Sandbox
 
 CONFIG_NAME = "mailcanary.yml"
 CA_NAME = "sandbox-ca.pem"
@@ -129,7 +129,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"mailcanary demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        from . import sandbox  # noqa: F401  (aiosmtpd and pymap: fail here with a clear message)
+        from exporter import sandbox  # noqa: F401  (aiosmtpd and pymap: fail here with a clear message)
     except ImportError as exc:
         print(
             f"mailcanary demo: the sandbox mail server needs {exc.name or 'a missing package'}: "
@@ -378,7 +378,7 @@ class DemoDaemon(Daemon):
 
 
 async def run_demo(options: DemoOptions, out: TextIO) -> int:
-    from .sandbox import Sandbox
+    from exporter.sandbox import Sandbox
 
     t0 = time.monotonic()
     loop = asyncio.get_running_loop()

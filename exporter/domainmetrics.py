@@ -12,13 +12,12 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from probes.certhygiene import CRL_STATUSES, OCSP_STATUSES, CRLResult, KeyFacts, OCSPResult
-from probes.domain import DomainReport
-from probes.mtasts import mx_covered
-from probes.mx import resolution_dnssec
-
-from .results import DOMAIN_OUTCOMES, ProbeStats
-from .runfamilies import run_families
+from exporter.results import DOMAIN_OUTCOMES, ProbeStats
+from exporter.runfamilies import run_families
+from probes.domain.mtasts import mx_covered
+from probes.domain.mx import resolution_dnssec
+from probes.domain.probe import DomainReport
+from probes.tls.hygiene import CRL_STATUSES, OCSP_STATUSES, CRLResult, KeyFacts, OCSPResult
 
 HygieneRow = tuple[Sequence[str], KeyFacts, OCSPResult | None, CRLResult | None]
 

@@ -17,8 +17,8 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
-from .metrics import text_of
-from .webconfig import WebConfig, middleware, server_context
+from exporter.metrics import text_of
+from exporter.webconfig import WebConfig, middleware, server_context
 
 # The status page is inline styles and inline SVG only: nothing to fetch, nothing to run.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"

@@ -14,9 +14,9 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from .config import Config, DomainCheckConfig, RoundTripConfig, TLSCheckConfig
-from .results import ProbeStats, RunResult
-from .runner import Runner, endpoint_of, tls_check_settings
+from exporter.config import Config, DomainCheckConfig, RoundTripConfig, TLSCheckConfig
+from exporter.results import ProbeStats, RunResult
+from exporter.runner import Runner, endpoint_of, tls_check_settings
 
 Entry = RoundTripConfig | TLSCheckConfig | DomainCheckConfig
 Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
@@ -47,7 +47,7 @@ def _roundtrip_endpoints(p: RoundTripConfig) -> set[str]:
 
 def _families(kind: str) -> Families:
     """The result exporter of ``kind`` (imported late: exporter.metrics renders from this table)."""
-    from . import domainmetrics, metrics
+    from exporter import domainmetrics, metrics
 
     table: dict[str, Families] = {
         "roundtrip": metrics.roundtrip_families,

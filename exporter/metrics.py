@@ -28,16 +28,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from probes._quota import QUOTA_ERRORS
-from probes.dnsbl import STATUSES as DNSBL_STATUSES
-from probes.placement import PLACEMENTS
-from probes.roundtrip import SYNC_SKIP_REASONS
-
-from .buildinfo import build_info
-from .domainmetrics import hygiene_families
-from .results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
-from .runfamilies import run_families
-from .tlsmetrics import legacy_testable, tls_families
+from exporter.buildinfo import build_info
+from exporter.domainmetrics import hygiene_families
+from exporter.results import DELIVERY_BUCKETS, OUTCOMES, TLS_OUTCOMES, ProbeStats, ResultStore
+from exporter.runfamilies import run_families
+from exporter.tlsmetrics import legacy_testable, tls_families
+from probes.domain.dnsbl import STATUSES as DNSBL_STATUSES
+from probes.receipt.placement import PLACEMENTS
+from probes.receipt.quota import QUOTA_ERRORS
+from probes.roundtrip.probe import SYNC_SKIP_REASONS
 
 MAX_HOP_LABELS = 8  # hop label values "1".."8": the path's first hops; the count is exact beyond
 
@@ -66,7 +65,7 @@ Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
 def kind_families() -> list[tuple[str, Families]]:
     """(kind, result exporter) in the order of the probe-kind table (exporter.kinds, imported here late:
     the table names the renderers of this module)."""
-    from .kinds import KINDS
+    from exporter.kinds import KINDS
 
     return [(k.name, k.families) for k in KINDS]
 

@@ -12,16 +12,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from probes._slots import QueueTimeout, ServerSlots
+from exporter.config import ModuleConfig, ProbeEndpointConfig
+from exporter.history import BoundedTranscript
+from exporter.http import render
+from exporter.runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
+from exporter.tlsmetrics import blackbox_families, tls_families
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
-from probes.tls import TLSFacts, probe_tls
-
-from .config import ModuleConfig, ProbeEndpointConfig
-from .history import BoundedTranscript
-from .http import render
-from .runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
-from .tlsmetrics import blackbox_families, tls_families
+from probes.tls.audit import TLSFacts, probe_tls
+from probes.wire.slots import QueueTimeout, ServerSlots
 
 SCRAPE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus' scrape timeout to answer in time
 _TARGET_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+))(?::(?P<port>\d{1,5}))?$")

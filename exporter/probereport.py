@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from probes.verdict import REQUIRED_METHODS
-
-from .config import RoundTripConfig
-from .results import RunResult
+from exporter.config import RoundTripConfig
+from exporter.results import RunResult
+from probes.receipt.verdict import REQUIRED_METHODS
 
 # The daemon's MailcanaryMailboxQuotaNearlyFull threshold, given as the warn value of the ratio perfdata.
 QUOTA_WARN_RATIO = 0.9

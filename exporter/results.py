@@ -68,23 +68,25 @@ class RunResult:
     swept: int = 0  # other stale canaries of this probe deleted this run
     lost: int = 0  # timed-out canaries given up on this run (unseen for lost_after)
     outstanding: int = 0  # timed-out canaries still awaited after this run
-    placement: str | None = None  # where the canary was found (probes.placement.PLACEMENTS), if it was
-    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.TLSFacts
+    placement: str | None = (
+        None  # where the canary was found (probes.receipt.placement.PLACEMENTS), if it was
+    )
+    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.audit.TLSFacts
     # What the receiver did, for the log line and the status page (folders, bounce, path): small,
     # bounded values from the probe's facts (runner.RECEIVER_FACTS), never labels.
     receiver: dict[str, Any] = field(default_factory=dict)
-    bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.dsn)
-    path: Any = None  # probes.received.Path of the delivered canary
+    bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.receipt.dsn)
+    path: Any = None  # probes.receipt.received.Path of the delivered canary
     clock_offset: float | None = None  # first Received stamp minus our send time (seconds)
-    verdict: Any = None  # probes.verdict.Verdict of the delivered canary
+    verdict: Any = None  # probes.receipt.verdict.Verdict of the delivered canary
     quota: dict[str, tuple[int, int]] | None = None  # resource -> (used, limit), read this run
-    quota_error: str | None = None  # why the quota could not be read (probes._quota.QUOTA_ERRORS)
+    quota_error: str | None = None  # why the quota could not be read (probes.receipt.quota.QUOTA_ERRORS)
     sync_seconds: float | None = None  # sync check: flag set by the first session until the second saw it
     sync_arrival: float | None = None  # sync check: delivery latency as the second session saw it
     failed_phase: str | None = None
     transcript: list[str] | None = None
-    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.certhygiene.Hygiene
-    sender_dnsbl: tuple[Any, ...] = ()  # probes.dnsbl.Listing of the sending IP per zone, this run
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.hygiene.Hygiene
+    sender_dnsbl: tuple[Any, ...] = ()  # probes.domain.dnsbl.Listing of the sending IP per zone, this run
     detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
 
 
@@ -98,10 +100,10 @@ class ProbeStats:
     placements: Counter[str] = field(default_factory=Counter)  # delivered runs by placement
     last_placement: str | None = None
     bounces: Counter[str] = field(default_factory=Counter)  # verified bounces by status class
-    last_path: Any = None  # probes.received.Path of the last delivered canary
+    last_path: Any = None  # probes.receipt.received.Path of the last delivered canary
     last_clock_offset: float | None = None
-    last_verdict: Any = None  # probes.verdict.Verdict of the last delivered canary
-    last_sender_dnsbl: tuple[Any, ...] = ()  # probes.dnsbl.Listing per zone, last run that looked
+    last_verdict: Any = None  # probes.receipt.verdict.Verdict of the last delivered canary
+    last_sender_dnsbl: tuple[Any, ...] = ()  # probes.domain.dnsbl.Listing per zone, last run that looked
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -109,8 +111,8 @@ class ProbeStats:
     last_delivery: float | None = None
     scheduler_lag: float | None = None
     skipped_runs: int = 0
-    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.TLSFacts
-    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest probes.certhygiene.Hygiene
+    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.audit.TLSFacts
+    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest probes.tls.hygiene.Hygiene
     quota: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # latest reading: resource -> (used, limit)

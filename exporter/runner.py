@@ -11,26 +11,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from probes._dns import DNSSettings
-from probes._framing import ReadLimits
-from probes._legacy import LegacyCache
-from probes._net import Credentials, Endpoint, TLSSettings
-from probes._quota import Usage
-from probes._slots import ServerSlots, deadline_extender
-from probes.canary import Token
-from probes.certhygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
-from probes.dnsbl import Listing, ListingCache
-from probes.domain import DomainReport, DomainSettings, probe_domain
-from probes.errors import ProbeError
-from probes.imap import IMAPSettings
-from probes.mx import MXCheckSettings
-from probes.pop3 import LoginGate
-from probes.recorder import Masker, Recorder
-from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, SyncSettings, probe_roundtrip
-from probes.smtp import SMTPSettings
-from probes.tls import TLSCheckSettings, TLSFacts, probe_tls
-
-from .config import (
+from exporter.config import (
     DomainCheckConfig,
     EndpointConfig,
     LoadedConfig,
@@ -41,9 +22,34 @@ from .config import (
     TLSConfig,
     default_port,
 )
-from .history import BoundedTranscript, History
-from .results import ResultStore, RunResult
-from .state import Ledger
+from exporter.history import BoundedTranscript, History
+from exporter.results import ResultStore, RunResult
+from exporter.state import Ledger
+from probes.auth.credentials import Credentials
+from probes.canary import Token
+from probes.clients.imap import IMAPSettings
+from probes.clients.pop3 import LoginGate
+from probes.clients.smtp import SMTPSettings
+from probes.domain.dnsbl import Listing, ListingCache
+from probes.domain.mx import MXCheckSettings
+from probes.domain.probe import DomainReport, DomainSettings, probe_domain
+from probes.errors import ProbeError
+from probes.receipt.quota import Usage
+from probes.recorder import Masker, Recorder
+from probes.roundtrip.probe import (
+    PollSchedule,
+    POP3Settings,
+    RoundTripSettings,
+    SyncSettings,
+    probe_roundtrip,
+)
+from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
+from probes.tls.hygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
+from probes.tls.legacy import LegacyCache
+from probes.wire.dns import DNSSettings
+from probes.wire.framing import ReadLimits
+from probes.wire.net import Endpoint, TLSSettings
+from probes.wire.slots import ServerSlots, deadline_extender
 
 log = structlog.get_logger("mailcanary.runner")
 T = TypeVar("T")

@@ -34,9 +34,8 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter.config import ConfigError
 from probes.canary import MIN_KEY_BYTES, Token
-
-from .config import ConfigError
 
 log = structlog.get_logger("mailcanary.state")
 R = TypeVar("R")

@@ -13,11 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from html import escape
 
-from .buildinfo import build_info
-from .config import ModuleConfig
-from .history import FAILURES_KEPT, Failure, History, Point
-from .metrics import ExporterState
-from .results import ProbeStats
+from exporter.buildinfo import build_info
+from exporter.config import ModuleConfig
+from exporter.history import FAILURES_KEPT, Failure, History, Point
+from exporter.metrics import ExporterState
+from exporter.results import ProbeStats
 
 PHASE_COLOURS = ("#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from probes.tls import LEGACY_VERSIONS, TLSFacts, openssl_offers
+from probes.tls.audit import LEGACY_VERSIONS, TLSFacts, openssl_offers
 
 # blackbox_exporter spells versions the Go way; /probe answers as it does, /metrics the OpenSSL way.
 BLACKBOX_VERSIONS = {"TLSv1": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2", "TLSv1.3": "TLS 1.3"}

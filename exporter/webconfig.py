@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import Field, ValidationError
 
-from .config import ConfigError, Model, _problems, load_yaml, read_text_capped
+from exporter.config import ConfigError, Model, _problems, load_yaml, read_text_capped
 
 ClientAuth = Literal[
     "NoClientCert",

@@ -21,8 +21,8 @@ from exporter.config import (
     state_dir,
 )
 from exporter.runner import roundtrip_settings
-from probes.imap import IMAPSettings
-from probes.roundtrip import POP3Settings
+from probes.clients.imap import IMAPSettings
+from probes.roundtrip.probe import POP3Settings
 
 F = "/etc/mailcanary/test.yml"
 ENV = {"RECV_PW": "env-secret"}

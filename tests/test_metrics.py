@@ -13,7 +13,7 @@ from prometheus_client.samples import Sample
 from exporter.metrics import ExporterState, build_registry
 from exporter.results import DELIVERY_BUCKETS, OUTCOMES, ResultStore, RunResult
 from probes import canary
-from probes.roundtrip import PollSchedule
+from probes.roundtrip.probe import PollSchedule
 
 KEY = b"k" * 32
 

@@ -23,7 +23,7 @@ from exporter.config import load_config
 from exporter.results import ResultStore, RunResult
 from exporter.runner import Runner, make_masker
 from exporter.state import Ledger
-from probes.oauth import GrantToken, sasl_initial
+from probes.auth.oauth import GrantToken, sasl_initial
 from tests.mailstack import MailStack
 from tests.mailstack._net import free_ports, wait_ready
 from tests.stackconfig import roundtrip, secret_file, write_config

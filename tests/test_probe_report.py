@@ -10,8 +10,8 @@ from typing import Any
 from exporter.cli import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING, report
 from exporter.config import RoundTripConfig
 from exporter.results import RunResult
-from probes.received import Hop, Path
-from probes.verdict import Verdict
+from probes.receipt.received import Hop, Path
+from probes.receipt.verdict import Verdict
 
 
 def config(

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.multitarget import _Fixed
 from exporter.tlsmetrics import blackbox_families, tls_families
-from probes._certs import CertInfo, TLSFacts
+from probes.wire.certs import CertInfo, TLSFacts
 
 from .test_rules import RULE_FILES, load, run_promtool
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache, runtime_registry
 from exporter.results import ResultStore, RunResult
-from probes.tls import CertInfo, TLSFacts
+from probes.tls.audit import CertInfo, TLSFacts
 
 GOLDEN = Path(__file__).parent / "data" / "scrape_golden.txt"
 

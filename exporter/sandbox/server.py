@@ -47,8 +47,8 @@ from pymap.parsing.specials import FetchRequirement
 from pymap.user import Passwords, UserMetadata
 from pysasl.hashing import BuiltinHash
 
-from .ca import SandboxPKI, make_pki
-from .pop3 import DropMessage, POP3Server
+from exporter.sandbox.ca import SandboxPKI, make_pki
+from exporter.sandbox.pop3 import DropMessage, POP3Server
 
 log = logging.getLogger("mailcanary.sandbox")
 

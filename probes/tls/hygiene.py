@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from ._dns import DNSResolver, DNSSettings
-from ._net import source_socket_factory
+from probes.wire.dns import DNSResolver, DNSSettings
+from probes.wire.net import source_socket_factory
 
 WEAK_HASHES: Final = frozenset({"sha1", "md5"})
 MIN_BITS: Final = {"rsa": 2048, "dsa": 2048, "ec": 256}

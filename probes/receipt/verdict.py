@@ -32,7 +32,7 @@ from typing import Final, Literal
 
 import authres
 
-from . import canary
+from probes import canary
 
 METHODS: Final[tuple[str, ...]] = ("spf", "dkim", "dmarc", "arc")
 REQUIRED_METHODS: Final[tuple[str, ...]] = ("spf", "dkim", "dmarc")  # arc only where present

@@ -1,7 +1,7 @@
 """DANE for SMTP (RFC 7672): the TLSA records of ``_25._tcp.<mx>`` against the chain the MX presented.
 
 The matching is pure (no I/O) and fuzzed; :func:`fetch_tlsa` asks the validating resolver of
-``probes._dns`` (DNSSEC from its AD bit; see there why). Only usages 2 (DANE-TA) and 3 (DANE-EE) are
+``probes.wire.dns`` (DNSSEC from its AD bit; see there why). Only usages 2 (DANE-TA) and 3 (DANE-EE) are
 usable for SMTP (RFC 7672 §3.1.3); 0 and 1 are counted as unusable, never as a match.
 """
 
@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from ._dns import DNSSECStatus, DNSSettings, query
+from probes.wire.dns import DNSSECStatus, DNSSettings, query
 
 USABLE_USAGES: Final = frozenset({2, 3})
 SELECTORS: Final = frozenset({0, 1})

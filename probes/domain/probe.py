@@ -17,22 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from . import dane, dnsbl, mtasts, mustrefuse
-from ._dns import DNSError, DNSSettings
-from ._net import Endpoint, TLSSettings
-from ._slots import maybe_session
-from .certhygiene import (
-    CRLCache,
-    CRLResult,
-    KeyFacts,
-    OCSPCache,
-    OCSPResult,
-    crl_status,
-    key_facts,
-    ocsp_status,
-)
-from .errors import ProbeError, never_answered
-from .mx import (
+from probes.domain import dane, dnsbl, mtasts, mustrefuse
+from probes.domain.mx import (
     AddressReport,
     MXCheckSettings,
     MXResolution,
@@ -42,7 +28,21 @@ from .mx import (
     source_addresses,
     source_toward,
 )
-from .recorder import Recorder
+from probes.errors import ProbeError, never_answered
+from probes.recorder import Recorder
+from probes.tls.hygiene import (
+    CRLCache,
+    CRLResult,
+    KeyFacts,
+    OCSPCache,
+    OCSPResult,
+    crl_status,
+    key_facts,
+    ocsp_status,
+)
+from probes.wire.dns import DNSError, DNSSettings
+from probes.wire.net import Endpoint, TLSSettings
+from probes.wire.slots import maybe_session
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ._dns import DNSError, DNSSettings, query
+from probes.wire.dns import DNSError, DNSSettings, query
 
 Status = Literal["not_listed", "listed", "refused", "error"]
 STATUSES: Final[tuple[str, ...]] = ("not_listed", "listed", "refused", "error")

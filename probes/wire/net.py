@@ -13,12 +13,9 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
-from .errors import ProbeError, ProbeTimeout
-
-if TYPE_CHECKING:
-    from .oauth import TokenSource
+from probes.errors import ProbeError, ProbeTimeout
 
 TLSMode = Literal["implicit", "starttls", "none"]
 
@@ -52,16 +49,6 @@ class Endpoint:
     def server_hostname(self) -> str:
         """The name sent in SNI and checked against the certificate."""
         return self.tls.server_name or self.host
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A login: a password, or with ``token_source`` an OAuth 2.0 bearer token (XOAUTH2/OAUTHBEARER)."""
-
-    username: str
-    password: str = field(default="", repr=False)
-    token_source: TokenSource | None = field(default=None, repr=False, compare=False)
-    mechanism: str = "auto"  # OAuth only: auto (OAUTHBEARER, else XOAUTH2), xoauth2 or oauthbearer
 
 
 MAX_CONTEXTS = 256  # distinct TLS configurations kept; a config has a handful, /probe modules a few more

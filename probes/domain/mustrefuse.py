@@ -24,10 +24,11 @@ from typing import Final, Literal
 
 import aiosmtplib
 
-from ._net import Credentials, Endpoint, client_context
-from .errors import ProbeError
-from .recorder import Recorder
-from .smtp import SMTPSettings, open_session
+from probes.auth.credentials import Credentials
+from probes.clients.smtp import SMTPSettings, open_session
+from probes.errors import ProbeError
+from probes.recorder import Recorder
+from probes.wire.net import Endpoint, client_context
 
 CHECKS: Final = ("open_relay", "auth_before_tls", "own_domain_sender", "forged_sender")
 Check = Literal["open_relay", "auth_before_tls", "own_domain_sender", "forged_sender"]

@@ -5,8 +5,8 @@ Why not aioimaplib (which this module used before): its protocol buffers whateve
 in tasks nobody awaits (a garbage greeting waited out the step timeout and logged a traceback), and its
 response lists lose a literal when another session's ``* n FETCH (FLAGS …)`` lands beside it. Bounding
 it from outside would mean re-framing every byte before it sees them, i.e. writing this parser anyway.
-The handful of commands a probe needs are here instead, each read through :mod:`probes._framing` with
-hard limits and one deadline per command, and every response parsed on its own (:mod:`probes._imapwire`).
+The handful of commands a probe needs are here instead, each read through :mod:`probes.wire.framing` with
+hard limits and one deadline per command, and every response parsed on its own (:mod:`probes.wire.imapwire`).
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from . import _imapwire as wire
-from ._certs import facts_from_connection
-from ._framing import BoundedReader, ConnectionClosed, FrameError, ReadLimits
-from ._net import (
+from probes.auth.credentials import Credentials
+from probes.errors import ProbeError, ProbeTimeout
+from probes.receipt.placement import Namespace, parse_namespace
+from probes.receipt.quota import Usage, parse_quota, tightest
+from probes.recorder import MASK, Recorder
+from probes.wire import imapwire as wire
+from probes.wire.certs import facts_from_connection
+from probes.wire.framing import BoundedReader, ConnectionClosed, FrameError, ReadLimits
+from probes.wire.net import (
     CLOSE_TIMEOUT,
-    Credentials,
     Endpoint,
     client_context,
     close_writer,
     tcp_connect,
     tls_error_message,
 )
-from ._quota import Usage, parse_quota, tightest
-from .errors import ProbeError, ProbeTimeout
-from .placement import Namespace, parse_namespace
-from .recorder import MASK, Recorder
 
 FETCH_BATCH = 50  # UIDs per FETCH: bounds one reply to FETCH_BATCH x the item cap
 _PROTOCOL = "receive_protocol"
@@ -121,7 +121,7 @@ class IMAPSession:
     async def _authenticate_oauth(self) -> wire.Response:
         """AUTHENTICATE XOAUTH2/OAUTHBEARER (initial response inline with SASL-IR); an error challenge
         (``+ base64 JSON``) is answered with an empty line, after which the server says NO."""
-        from .oauth import error_of_challenge, initial_response
+        from probes.auth.oauth import error_of_challenge, initial_response
 
         creds, ep = self.settings.credentials, self.settings.endpoint
         offered = [c[5:] for c in self._caps if c.startswith("AUTH=")]
@@ -547,7 +547,7 @@ class IMAPSession:
 
     async def list_mailboxes(self) -> list[wire.Response]:
         """Untagged replies of ``LIST "" "*"`` (asking for SPECIAL-USE flags where LIST-EXTENDED is
-        offered), bounded by the reply budget; parsed by :func:`probes.placement.parse_list`."""
+        offered), bounded by the reply budget; parsed by :func:`probes.receipt.placement.parse_list`."""
         pieces: list[bytes | str] = [b'LIST "" "*"']
         if "LIST-EXTENDED" in self._caps and "SPECIAL-USE" in self._caps:
             pieces.append(b" RETURN (SPECIAL-USE)")

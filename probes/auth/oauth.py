@@ -18,13 +18,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import aiohttp
 
-from ._net import Credentials
-from .errors import ProbeError
-from .recorder import Recorder
+from probes.auth.credentials import Credentials
+from probes.errors import ProbeError
+from probes.recorder import Recorder
 
 MAX_TOKEN_BYTES = 16 * 1024  # a JWT access token is 1-4 KiB; a file or reply bigger than this is wrong
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -39,14 +39,6 @@ MECHANISMS: tuple[Mechanism, ...] = ("OAUTHBEARER", "XOAUTH2")  # preference: th
 
 class OAuthError(Exception):
     """Getting a token failed; the message is one line, safe to show (no token, no secret)."""
-
-
-class TokenSource(Protocol):
-    """Gives a currently valid access token; ``invalidate`` forgets a token the server refused."""
-
-    async def token(self) -> str: ...
-
-    def invalidate(self) -> None: ...
 
 
 def choose_mechanism(offered: Iterable[str], wanted: str = "auto") -> Mechanism | None:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib import SMTPResponse
 
-from ._certs import facts_from_connection
-from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
-from .errors import ProbeError, ProbeTimeout
-from .recorder import MASK, Recorder
+from probes.auth.credentials import Credentials
+from probes.errors import ProbeError, ProbeTimeout
+from probes.recorder import MASK, Recorder
+from probes.wire.certs import facts_from_connection
+from probes.wire.net import Endpoint, client_context, tcp_connect, tls_error_message
 
 # Longest AUTH line with an inline initial response (CRLF included): far below Postfix's line_length_limit
 # (2048), which truncates longer lines; RFC 4954 allows 12288, but an empty challenge works everywhere.
@@ -220,7 +221,7 @@ async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, p
 async def _auth_oauth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder) -> None:
     """XOAUTH2 / OAUTHBEARER (aiosmtplib has only XOAUTH2, and no way to pick from the offer): on
     failure the server sends an error challenge, answered by an empty line (RFC 7628 §3.2.3)."""
-    from .oauth import error_of_challenge, initial_response
+    from probes.auth.oauth import error_of_challenge, initial_response
 
     mech, encoded = await initial_response(creds, smtp.server_auth_methods, recorder, "smtp_auth", "SMTP")
     inline = len(encoded) + len(mech) + 7 <= SMTP_INLINE_MAX

@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Final, Self, TypeAlias
 
-from ._certs import facts_from_connection
-from ._framing import DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE
-from ._net import Credentials, Endpoint, client_context, close_writer, tcp_connect, tls_error_message
-from .errors import ProbeError, ProbeTimeout
-from .recorder import MASK, Recorder
+from probes.auth.credentials import Credentials
+from probes.errors import ProbeError, ProbeTimeout
+from probes.recorder import MASK, Recorder
+from probes.wire.certs import facts_from_connection
+from probes.wire.framing import DEFAULT_MAX_LINE, DEFAULT_MAX_MESSAGE
+from probes.wire.net import Endpoint, client_context, close_writer, tcp_connect, tls_error_message
 
 Capabilities: TypeAlias = dict[str, list[str]]
 Lines: TypeAlias = list[bytes]  # an alias, because the class has a method called ``list``
@@ -565,7 +566,7 @@ class POP3Client:
         """RFC 5034 AUTH with XOAUTH2/OAUTHBEARER from the server's ``SASL`` capability. A token does not
         fit the 255-octet command line, so the response follows an empty challenge; a refusal comes as an
         error challenge (base64 JSON, RFC 7628 section 3.2.3), answered by an empty line, then ``-ERR``."""
-        from .oauth import error_of_challenge, initial_response
+        from probes.auth.oauth import error_of_challenge, initial_response
 
         ep = self.endpoint
         mech, encoded = await initial_response(

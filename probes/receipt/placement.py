@@ -1,7 +1,7 @@
 """Where the receiver filed the canary: the inbox, or the junk folder (RFC 6154 SPECIAL-USE ``\\Junk``).
 
 Pure parsers for ``LIST`` and ``NAMESPACE`` responses and the choice of the junk folder live here, apart
-from the IMAP client, so they can be fuzzed; the commands go through :class:`probes.imap.IMAPSession`.
+from the IMAP client, so they can be fuzzed; the commands go through :class:`probes.clients.imap.IMAPSession`.
 
 Servers are not all Dovecot: Courier has no SPECIAL-USE and keeps every folder under the personal
 namespace ``INBOX.`` (so the junk folder is ``INBOX.Junk``), Cyrus names it ``INBOX/Spam``, Exchange
@@ -25,8 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from . import _imapwire as wire
-from .errors import ProbeError
+from probes.errors import ProbeError
+from probes.wire import imapwire as wire
 
 Placement = Literal["inbox", "junk", "other"]
 PLACEMENTS: Final[tuple[Placement, ...]] = ("inbox", "junk", "other")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-from . import canary
+from probes import canary
 
 MAX_HOPS: Final = 30  # Received fields read at most (RFC 5321 suggests rejecting ~100 as a loop)
 MAX_FIELD_CHARS: Final = 2000

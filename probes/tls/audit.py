@@ -23,7 +23,14 @@ from typing import Final
 
 import aiosmtplib
 
-from ._certs import (
+from probes.auth.credentials import Credentials
+from probes.clients.imap import IMAPSession, IMAPSettings
+from probes.clients.pop3 import POP3Client
+from probes.clients.smtp import SMTPSettings, open_session
+from probes.errors import ProbeError, ProbeTimeout
+from probes.recorder import Recorder
+from probes.tls.legacy import DEFAULT_RECHECK, LegacyCache
+from probes.wire.certs import (
     LEGACY_VERSIONS,
     VERIFY_REASONS,
     CertInfo,
@@ -38,14 +45,8 @@ from ._certs import (
     openssl_offers,
     presented_chain,
 )
-from ._legacy import DEFAULT_RECHECK, LegacyCache
-from ._net import Credentials, Endpoint, client_context, tcp_connect, tls_error_message
-from ._slots import ServerSlots, maybe_session
-from .errors import ProbeError, ProbeTimeout
-from .imap import IMAPSession, IMAPSettings
-from .pop3 import POP3Client
-from .recorder import Recorder
-from .smtp import SMTPSettings, open_session
+from probes.wire.net import Endpoint, client_context, tcp_connect, tls_error_message
+from probes.wire.slots import ServerSlots, maybe_session
 
 __all__ = [
     "LEGACY_VERSIONS",
@@ -272,7 +273,7 @@ def _copy_phases(scratch: Recorder, recorder: Recorder, *, failed: bool) -> None
 def _unverified_context(ep: Endpoint) -> ssl.SSLContext:
     """No verification (the client certificate kept), and old versions allowed too: a server that speaks
     only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway.
-    Shared and cached like every client context (probes._net.client_context)."""
+    Shared and cached like every client context (probes.wire.net.client_context)."""
     unverified = dataclasses.replace(ep.tls, insecure_skip_verify=True)
     return client_context(unverified, any_version=openssl_offers(ssl.TLSVersion.TLSv1))
 

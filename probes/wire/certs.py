@@ -1,8 +1,8 @@
 """Certificate and TLS-fact helpers without network I/O, so they can be tested and fuzzed on their own.
 
 Certificates are parsed with ``cryptography`` only. :func:`facts_from_connection` reads an already
-established ``ssl`` object; it lives here (not in ``probes.tls``) so that the protocol clients can record
-the facts of their own connections without importing the module that imports them.
+established ``ssl`` object; it lives here (not in ``probes.tls.audit``) so that the protocol clients
+can record the facts of their own connections without importing the module that imports them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
-    from ._net import Endpoint
+    from probes.wire.net import Endpoint
 
 VERIFY_REASONS: Final[frozenset[str]] = frozenset(
     {"expired", "not_yet_valid", "untrusted", "self_signed", "hostname_mismatch", "other"}

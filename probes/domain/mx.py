@@ -2,7 +2,7 @@
 at every address on port 25, as a sending MTA would meet it.
 
 Per address: banner, EHLO, STARTTLS offered, the verified handshake against the MX *name* (not the
-address), TLS version, legacy versions accepted, per-stage timings — all by calling ``probes.tls``'s
+address), TLS version, legacy versions accepted, per-stage timings — all by calling ``probes.tls.audit``'s
 audit, so the SMTP dialogue is the project's one. Beside it, the presented chain (for DANE and the
 certificate hygiene), and optionally whether MAIL FROM is refused before STARTTLS. Bounded by
 ``max_hosts`` times ``max_addresses``: a domain listing hundreds of MX cannot make the monitor a flood.
@@ -20,14 +20,14 @@ from typing import Any, Final
 
 import aiosmtplib
 
-from ._certs import presented_chain
-from ._dns import DNSError, DNSSECStatus, DNSSettings, addresses, query, weakest
-from ._net import Endpoint, TLSSettings, client_context, family_of, source_for
-from ._slots import ServerSlots, maybe_session
-from .errors import ProbeError, never_answered
-from .recorder import Recorder
-from .smtp import SMTPSettings, open_session
-from .tls import TLSCheckSettings, TLSFacts, probe_tls
+from probes.clients.smtp import SMTPSettings, open_session
+from probes.errors import ProbeError, never_answered
+from probes.recorder import Recorder
+from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
+from probes.wire.certs import presented_chain
+from probes.wire.dns import DNSError, DNSSECStatus, DNSSettings, addresses, query, weakest
+from probes.wire.net import Endpoint, TLSSettings, client_context, family_of, source_for
+from probes.wire.slots import ServerSlots, maybe_session
 
 _CLOSE_TIMEOUT: Final = 2.0
 
@@ -144,7 +144,7 @@ class MXCheckSettings:
 class AddressReport:
     mx: str
     address: str
-    tls: TLSFacts | None = None  # from probes.tls: STARTTLS, verification, version, legacy
+    tls: TLSFacts | None = None  # from probes.tls.audit: STARTTLS, verification, version, legacy
     chain: list[bytes] = field(default_factory=list)  # DER, leaf first, as presented
     phases: dict[str, float] = field(default_factory=dict)  # tls_connect, tls_handshake, tls_legacy, ...
     error: str | None = None  # one line: why the address could not be checked fully

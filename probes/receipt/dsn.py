@@ -22,8 +22,8 @@ from email.message import Message
 from email.policy import compat32
 from typing import Final, Literal
 
-from . import canary
-from .canary import Token
+from probes import canary
+from probes.canary import Token
 
 MAX_BOUNCE_BYTES: Final = 256 * 1024  # a DSN returns at most headers + the ~1 KiB canary; more is not ours
 MAX_DIAGNOSTIC_CHARS: Final = 200

@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ._net import Endpoint
-from .errors import ProbeError
-from .recorder import Recorder
+from probes.errors import ProbeError
+from probes.recorder import Recorder
+from probes.wire.net import Endpoint
 
 DEFAULT_MAX_SESSIONS = 50  # per host:port and per host/service: half a stock Dovecot/Postfix process limit
 DEFAULT_QUEUE_TIMEOUT = 30.0

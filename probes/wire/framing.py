@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import ProbeError
+from probes.errors import ProbeError
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB

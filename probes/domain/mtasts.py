@@ -2,7 +2,7 @@
 
 The policy is fetched from ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` with a verified
 certificate, no redirects (§3.3), ``text/plain`` and at most 64 KB read (§3.2 says senders may stop
-there). Names are resolved through ``probes._dns`` (never the system resolver when resolvers are set).
+there). Names are resolved through ``probes.wire.dns`` (never the system resolver when resolvers are set).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import aiohttp
 
-from ._certs import dns_pattern_matches
-from ._dns import DNSResolver, DNSSettings, query
-from ._net import source_socket_factory
+from probes.wire.certs import dns_pattern_matches
+from probes.wire.dns import DNSResolver, DNSSettings, query
+from probes.wire.net import source_socket_factory
 
 MAX_POLICY_BYTES: Final = 64 * 1024
 MAX_AGE_LIMIT: Final = 31557600  # one year, RFC 8461 §3.2

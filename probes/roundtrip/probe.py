@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from . import canary
-from ._framing import ReadLimits
-from ._net import CLOSE_TIMEOUT, Credentials, Endpoint
-from ._slots import ServerSlots, maybe_session
-from .canary import Token
-from .dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
-from .errors import ProbeError, ProbeTimeout
-from .imap import IMAPSession, IMAPSettings, QuotaMalformed
-from .placement import (
+from probes import canary
+from probes.auth.credentials import Credentials
+from probes.canary import Token
+from probes.clients.imap import IMAPSession, IMAPSettings, QuotaMalformed
+from probes.clients.pop3 import LOGIN_GATE, LoginGate, POP3Client, Refused, login_key, parse_login_delay
+from probes.clients.smtp import SMTPSettings, send_message
+from probes.errors import ProbeError, ProbeTimeout
+from probes.receipt.dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
+from probes.receipt.placement import (
     MAX_MAILBOXES,
     ListedMailbox,
     Namespace,
@@ -33,12 +33,13 @@ from .placement import (
     other_folders,
     parse_list,
 )
-from .pop3 import LOGIN_GATE, LoginGate, POP3Client, Refused, login_key, parse_login_delay
-from .received import Path as ReceivedPath
-from .received import path_of
-from .recorder import Recorder
-from .smtp import SMTPSettings, send_message
-from .verdict import Preset, verdict_of
+from probes.receipt.received import Path as ReceivedPath
+from probes.receipt.received import path_of
+from probes.receipt.verdict import Preset, verdict_of
+from probes.recorder import Recorder
+from probes.wire.framing import ReadLimits
+from probes.wire.net import CLOSE_TIMEOUT, Endpoint
+from probes.wire.slots import ServerSlots, maybe_session
 
 K = TypeVar("K")
 FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
@@ -118,7 +119,7 @@ class RoundTripSettings:
     # Verdict: Authentication-Results only from these authserv-ids (none: no verdict); spam scores
     # from the receiver's spam headers.
     trusted_authserv_ids: frozenset[str] = frozenset()
-    # A provider that breaks RFC 8601 (probes.verdict.Preset), set only by the operator.
+    # A provider that breaks RFC 8601 (probes.receipt.verdict.Preset), set only by the operator.
     verdict_preset: Preset = "none"
     spam_headers: bool = True
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
@@ -607,7 +608,7 @@ class _BounceWatch:
     token key among mail that arrived since the run began (a DSN carries the token only inside), then
     each candidate fetched (at most MAX_BOUNCE_BYTES) and parsed. A message that carries our token at
     the top is a canary, never a bounce; a bounce counts only if the canary headers it returns verify
-    (probes.dsn). Verified bounces are deleted (they are about our canary and nothing else); a
+    (probes.receipt.dsn). Verified bounces are deleted (they are about our canary and nothing else); a
     permanent failure of this run's canary ends the run with reason ``bounced``."""
 
     MAX_LOOKED = 1000  # UIDs remembered as looked at (not bounces, or handled): bounded

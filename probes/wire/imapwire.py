@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-from .errors import ProbeError
+from probes.errors import ProbeError
 
 Part: TypeAlias = bytes | None
 LITERAL: Final = re.compile(rb"\{([0-9]{1,10})\+?\}$")
