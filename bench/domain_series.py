@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args(argv)
     from bench.metrics_scrape import _results
-    from exporter.metrics import ExporterState, SeriesCache
-    from exporter.results import ResultStore, RunResult
+    from exporter.metrics.collector import ExporterState, SeriesCache
+    from exporter.run.results import ResultStore, RunResult
 
     report = _domain_report()
     domain_run = RunResult("dom", False, "domain_findings", "x", 1.7e9, 3.0, {}, detail=report)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
-from exporter import demo, logs, probereport
+from exporter import logs
 from exporter.buildinfo import version_text
 from exporter.config import (
     DEFAULT_CONFIG_PATH,
@@ -24,11 +24,13 @@ from exporter.config import (
     state_dir,
 )
 from exporter.daemon import Daemon
+from exporter.demo import command as demo
 from exporter.kinds import configured
-from exporter.results import ResultStore, RunResult
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger, key_problem, load_or_create_key
-from exporter.webconfig import load_web_config
+from exporter.run import report as probereport
+from exporter.run.results import ResultStore, RunResult
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger, key_problem, load_or_create_key
+from exporter.web.webconfig import load_web_config
 from probes.domain.probe import DomainReport, render_report
 from probes.tls.audit import TLSFacts
 
@@ -149,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     if args.command == "config-schema":
-        from exporter.schema import config_schema_text
+        from exporter.config.schema import config_schema_text
 
         sys.stdout.write(config_schema_text())
         return EXIT_OK
@@ -181,7 +183,7 @@ def _config_path(args: argparse.Namespace, for_run: bool = False) -> str:
 def _run(args: argparse.Namespace) -> int:
     path = _config_path(args, for_run=True)
     try:
-        from exporter.http import parse_listen
+        from exporter.web.server import parse_listen
 
         parse_listen(args.listen)
     except ValueError as exc:

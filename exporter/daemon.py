@@ -25,17 +25,17 @@ from exporter.config import (
     parse_shard,
     state_dir,
 )
-from exporter.history import History
-from exporter.http import HTTPServer
 from exporter.kinds import configured, find
-from exporter.metrics import ExporterState, SeriesCache, build_registry, runtime_registry
-from exporter.multitarget import probe_handler
-from exporter.results import ResultStore
-from exporter.runner import Runner, make_masker
-from exporter.scheduler import ProbeScheduler
-from exporter.state import Ledger, StateCollector, StateHealth, load_or_create_key
-from exporter.status import render_status
-from exporter.webconfig import WebConfig
+from exporter.metrics.collector import ExporterState, SeriesCache, build_registry, runtime_registry
+from exporter.run.history import History
+from exporter.run.results import ResultStore
+from exporter.run.runner import Runner, make_masker
+from exporter.run.scheduler import ProbeScheduler
+from exporter.state.ledger import Ledger, StateCollector, StateHealth, load_or_create_key
+from exporter.web.multitarget import probe_handler
+from exporter.web.server import HTTPServer
+from exporter.web.status import render_status
+from exporter.web.webconfig import WebConfig
 from probes.domain.dnsbl import ListingCache
 from probes.recorder import Masker
 from probes.tls.hygiene import CRLCache, OCSPCache
@@ -149,7 +149,7 @@ class Daemon:
 
     def _load(self) -> Runner:
         """Read, parse and prepare the config on a worker thread: a huge or slow file never stalls the
-        loop (probes and scrapes go on; the file size is capped in exporter.config)."""
+        loop (probes and scrapes go on; the file size is capped in exporter.config.model)."""
         return self._prepare(self.loader(self.config_path))
 
     def _apply(self, runner: Runner) -> None:

@@ -721,10 +721,10 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
 
     from exporter.config import load_config
     from exporter.kinds import find
-    from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.metrics.collector import ExporterState, MailcanaryCollector, SeriesCache
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     loaded = load_config(domain_config(world, https, tmp_path))
     found = find(loaded.config, "dom")
@@ -804,9 +804,9 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
 async def test_domain_check_failing_lookup_is_dns_lookup(world: World, tmp_path: Path) -> None:
     from exporter.config import parse_config
     from exporter.kinds import find
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     text = (
         f"domain_checks:\n  - name: gone\n    domain: outside.example\n    timeout: 3s\n"
@@ -855,10 +855,10 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     the responder once, then cached until nextUpdate), rendered as mailcanary_tls_cert_* series."""
     from exporter.config import parse_config
     from exporter.kinds import find
-    from exporter.metrics import ExporterState, SeriesCache
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.metrics.collector import ExporterState, SeriesCache
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     served = world.ocsp_served
     responder.issued[served.cert.serial_number] = served.cert
@@ -987,7 +987,7 @@ def build_crl(
 async def test_crl_good_revoked_cached_and_refused(world: World) -> None:
     import time
 
-    from exporter.domainmetrics import hygiene_families
+    from exporter.metrics.domain import hygiene_families
     from probes.tls.hygiene import CRLCache, check_crl, crl_status
 
     (port,) = free_ports(1)
@@ -1044,9 +1044,9 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
     mx1 as having no TLS: it fails with queue_timeout (our limit), and once the slot is free it checks."""
     from exporter.config import parse_config
     from exporter.kinds import find
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     text = (
         "global: {max_sessions: 1, queue_timeout: 1s}\n"
@@ -1075,7 +1075,7 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
 
 
 def fact_samples(report: object) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    from exporter.domainmetrics import domain_fact_families
+    from exporter.metrics.domain import domain_fact_families
 
     return {
         (s.name, frozenset(s.labels.items())): s.value

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from exporter.config import ConfigError
-from exporter.metrics import ExporterState, build_registry
-from exporter.runner import Runner
+from exporter.metrics.collector import ExporterState, build_registry
+from exporter.run.runner import Runner
 from probes import canary
 from probes.errors import ProbeError
 from probes.receipt.placement import (

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.metrics import ExporterState, SeriesCache
+from exporter.metrics.collector import ExporterState, SeriesCache
 from probes import canary
 from probes.auth.credentials import Credentials
 from probes.clients.pop3 import LoginGate

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.config import DEFAULT_MODULES
-from exporter.multitarget import probe_handler
+from exporter.web.multitarget import probe_handler
 from probes.recorder import Masker, Recorder
 from probes.wire.net import Endpoint
 from probes.wire.slots import ServerSlots

@@ -18,8 +18,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from exporter.sandbox import Sandbox
-from exporter.sandbox.pop3 import crlf, parse_plain, stuff, top
+from exporter.demo.sandbox import Sandbox
+from exporter.demo.sandbox.pop3 import crlf, parse_plain, stuff, top
 from probes.auth.credentials import Credentials
 from probes.canary import new_key
 from probes.clients.imap import IMAPSession, IMAPSettings

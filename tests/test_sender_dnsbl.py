@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from exporter.config import ConfigError, load_config
-from exporter.metrics import ExporterState, build_registry
+from exporter.metrics.collector import ExporterState, build_registry
 from probes.domain.dnsbl import ListingCache
 from tests import dnsstack
 from tests.mailstack import MailStack

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter.config import load_config
-from exporter.runner import Runner
+from exporter.run.runner import Runner
 from probes.recorder import Recorder
 from probes.wire.net import Endpoint, TLSSettings, client_context
 from probes.wire.slots import ServerSlots

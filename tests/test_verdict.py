@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from exporter.metrics import ExporterState, build_registry
+from exporter.metrics.collector import ExporterState, build_registry
 from probes import canary
 from probes.receipt.verdict import spam_scores, verdict_of
 from tests.mailstack import MailStack

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metrics import ExporterState, build_registry
-from exporter.runner import Runner
+from exporter.metrics.collector import ExporterState, build_registry
+from exporter.run.runner import Runner
 from probes import canary
 from probes.recorder import Recorder
 from probes.tls.audit import TLSCheckSettings, probe_tls

@@ -47,8 +47,8 @@ from pymap.parsing.specials import FetchRequirement
 from pymap.user import Passwords, UserMetadata
 from pysasl.hashing import BuiltinHash
 
-from exporter.sandbox.ca import SandboxPKI, make_pki
-from exporter.sandbox.pop3 import DropMessage, POP3Server
+from exporter.demo.sandbox.ca import SandboxPKI, make_pki
+from exporter.demo.sandbox.pop3 import DropMessage, POP3Server
 
 log = logging.getLogger("mailcanary.sandbox")
 

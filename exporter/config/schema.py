@@ -14,7 +14,7 @@ from typing import Any
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from exporter import config
+from exporter.config import model as config
 
 SCHEMA_ID = "https://github.com/mailcanary/mailcanary/blob/main/docs/mailcanary.schema.json"
 # What parse_duration accepts: a number of seconds, or a number with a unit, or several (1m30s).

@@ -17,8 +17,8 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
-from exporter.metrics import text_of
-from exporter.webconfig import WebConfig, middleware, server_context
+from exporter.metrics.collector import text_of
+from exporter.web.webconfig import WebConfig, middleware, server_context
 
 # The status page is inline styles and inline SVG only: nothing to fetch, nothing to run.
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'"
@@ -240,9 +240,11 @@ class HTTPServer:
         runtime: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry
-        self.text_body = text_body  # pre-rendered Prometheus text (exporter.metrics.SeriesCache.body)
+        self.text_body = (
+            text_body  # pre-rendered Prometheus text (exporter.metrics.collector.SeriesCache.body)
+        )
         self.ready = ready
-        self.status_page = status_page  # the page at / (exporter.status); else the short LANDING
+        self.status_page = status_page  # the page at / (exporter.web.status); else the short LANDING
         self.web_config = web_config
         self.app = web.Application(middlewares=[middleware(web_config)] if web_config else [])
         self.app.add_routes(

@@ -1,10 +1,10 @@
 """``mailcanary demo``: the whole product against the built-in sandbox mail server, in one process.
 
-It starts the sandbox (:mod:`exporter.sandbox`) on loopback, writes a config for it (a round trip over IMAP,
-one over POP3, a TLS check of every sandbox port) and runs the ordinary daemon on that file — scheduler,
-runner, /metrics, reload — with ``mailcanary_config_info{sandbox="true"}`` so nobody mistakes its numbers for
-a real mail system's. On start it prints the URL, the probes and a Prometheus scrape config; then one line
-per completed probe run. SIGINT/SIGTERM (or ``--duration``) stop it with exit code 0.
+It starts the sandbox (:mod:`exporter.demo.sandbox`) on loopback, writes a config for it (a round trip over
+IMAP, one over POP3, a TLS check of every sandbox port) and runs the ordinary daemon on that file —
+scheduler, runner, /metrics, reload — with ``mailcanary_config_info{sandbox="true"}`` so nobody mistakes its
+numbers for a real mail system's. On start it prints the URL, the probes and a Prometheus scrape config;
+then one line per completed probe run. SIGINT/SIGTERM (or ``--duration``) stop it with exit code 0.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, parse_duration
 from exporter.daemon import Daemon
-from exporter.durations import parse_duration
-from exporter.http import parse_listen
 from exporter.logs import add_log_flags
+from exporter.web.server import parse_listen
 
 if TYPE_CHECKING:
-    from exporter.sandbox import Listener, Sandbox
+    from exporter.demo.sandbox import Listener, Sandbox
 
 CONFIG_NAME = "mailcanary.yml"
 CA_NAME = "sandbox-ca.pem"
@@ -129,7 +128,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"mailcanary demo: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        from exporter import sandbox  # noqa: F401  (aiosmtpd and pymap: fail here with a clear message)
+        from exporter.demo import sandbox  # noqa: F401  (aiosmtpd and pymap: fail here with a clear message)
     except ImportError as exc:
         print(
             f"mailcanary demo: the sandbox mail server needs {exc.name or 'a missing package'}: "
@@ -378,7 +377,7 @@ class DemoDaemon(Daemon):
 
 
 async def run_demo(options: DemoOptions, out: TextIO) -> int:
-    from exporter.sandbox import Sandbox
+    from exporter.demo.sandbox import Sandbox
 
     t0 = time.monotonic()
     loop = asyncio.get_running_loop()

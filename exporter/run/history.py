@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from exporter.results import RunResult
+from exporter.run.results import RunResult
 
 RUNS_PER_PROBE = 30  # sparkline points
 FAILURES_KEPT = 20  # ring buffer of failed runs with their dialogue

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 
 from exporter.config import RoundTripConfig
-from exporter.results import RunResult
+from exporter.run.results import RunResult
 from probes.receipt.verdict import REQUIRED_METHODS
 
 # The daemon's MailcanaryMailboxQuotaNearlyFull threshold, given as the warn value of the ratio perfdata.

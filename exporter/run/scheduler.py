@@ -32,7 +32,7 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from exporter.results import ResultStore
+from exporter.run.results import ResultStore
 
 MAX_JITTER = 1.0  # seconds: enough to break ties between colliding hashes, too little to blur the schedule
 JITTER_FRACTION = 0.01

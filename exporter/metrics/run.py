@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from exporter.results import ProbeStats
+from exporter.run.results import ProbeStats
 
 
 def run_families(

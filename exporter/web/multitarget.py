@@ -13,10 +13,10 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.config import ModuleConfig, ProbeEndpointConfig
-from exporter.history import BoundedTranscript
-from exporter.http import render
-from exporter.runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
-from exporter.tlsmetrics import blackbox_families, tls_families
+from exporter.metrics.tls import blackbox_families, tls_families
+from exporter.run.history import BoundedTranscript
+from exporter.run.runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
+from exporter.web.server import render
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
 from probes.tls.audit import TLSFacts, probe_tls

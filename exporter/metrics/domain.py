@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.results import DOMAIN_OUTCOMES, ProbeStats
-from exporter.runfamilies import run_families
+from exporter.metrics.run import run_families
+from exporter.run.results import DOMAIN_OUTCOMES, ProbeStats
 from probes.domain.mtasts import mx_covered
 from probes.domain.mx import resolution_dnssec
 from probes.domain.probe import DomainReport

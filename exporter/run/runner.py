@@ -22,9 +22,9 @@ from exporter.config import (
     TLSConfig,
     default_port,
 )
-from exporter.history import BoundedTranscript, History
-from exporter.results import ResultStore, RunResult
-from exporter.state import Ledger
+from exporter.run.history import BoundedTranscript, History
+from exporter.run.results import ResultStore, RunResult
+from exporter.state.ledger import Ledger
 from probes.auth.credentials import Credentials
 from probes.canary import Token
 from probes.clients.imap import IMAPSettings

@@ -6,8 +6,8 @@ aiosmtpd and pymap (pinned in pyproject.toml, as pymap's internals are used).
 
 from __future__ import annotations
 
-from exporter.sandbox.ca import SandboxPKI, make_pki
-from exporter.sandbox.pop3 import POP3Server
-from exporter.sandbox.server import DEMO_USER, Listener, Sandbox
+from exporter.demo.sandbox.ca import SandboxPKI, make_pki
+from exporter.demo.sandbox.pop3 import POP3Server
+from exporter.demo.sandbox.server import DEMO_USER, Listener, Sandbox
 
 __all__ = ["DEMO_USER", "Listener", "POP3Server", "Sandbox", "SandboxPKI", "make_pki"]

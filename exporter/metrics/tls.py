@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.metrics.run import run_families
+from exporter.run.results import TLS_OUTCOMES, ProbeStats
 from probes.tls.audit import LEGACY_VERSIONS, TLSFacts, openssl_offers
 
 # blackbox_exporter spells versions the Go way; /probe answers as it does, /metrics the OpenSSL way.
@@ -143,3 +145,18 @@ def blackbox_families(f: TLSFacts | None, success: bool, duration: float) -> Ite
             [leaf.fingerprint_sha256, leaf.subject, leaf.issuer, ",".join(leaf.sans), leaf.serial], 1
         )
         yield info
+
+
+def tls_check_families(snap: dict[str, ProbeStats], checks: list[str]) -> list[Metric]:
+    """Per TLS check: last success, duration, finish time, runs by outcome."""
+    return list(
+        run_families(
+            snap,
+            checks,
+            "tls_check",
+            "TLS check",
+            "1 if the last TLS check verified the chain and the name, else 0.",
+            "Completed TLS checks by outcome.",
+            TLS_OUTCOMES,
+        )
+    )

@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import Field, ValidationError
 
-from exporter.config import ConfigError, Model, _problems, load_yaml, read_text_capped
+from exporter.config import ConfigError, Model, load_yaml, read_text_capped, validation_problems
 
 ClientAuth = Literal[
     "NoClientCert",
@@ -71,7 +71,7 @@ def load_web_config(path: str) -> WebConfig:
     try:
         cfg = WebConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems(path, exc)) from None
+        raise ConfigError(validation_problems(path, exc)) from None
     problems = []
     for user, hashed in cfg.basic_auth_users.items():
         if not _valid_bcrypt(hashed):

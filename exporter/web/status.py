@@ -2,7 +2,7 @@
 
 Every probe with its last outcome, reason and age; delivery latency of recent runs as a small SVG
 sparkline; the last run's phases as one bar; certificate expiry per endpoint; the recent failed runs with
-their masked dialogue (exporter.history); a form for ``/probe`` (with ``debug=true``). Everything shown
+their masked dialogue (exporter.run.history); a form for ``/probe`` (with ``debug=true``). Everything shown
 comes from data the exporter already holds (ResultStore snapshot, History, ExporterState); every value is
 HTML-escaped, and dialogues and messages were masked by the runner before they got here.
 """
@@ -15,9 +15,9 @@ from html import escape
 
 from exporter.buildinfo import build_info
 from exporter.config import ModuleConfig
-from exporter.history import FAILURES_KEPT, Failure, History, Point
-from exporter.metrics import ExporterState
-from exporter.results import ProbeStats
+from exporter.metrics.collector import ExporterState
+from exporter.run.history import FAILURES_KEPT, Failure, History, Point
+from exporter.run.results import ProbeStats
 
 PHASE_COLOURS = ("#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 
