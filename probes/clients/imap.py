@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from probes.auth.credentials import Credentials
+from probes.auth.oauth import error_of_challenge, initial_response
 from probes.errors import ProbeError, ProbeTimeout
 from probes.receipt.placement import Namespace, parse_namespace
 from probes.receipt.quota import Usage, parse_quota, tightest
@@ -121,8 +122,6 @@ class IMAPSession:
     async def _authenticate_oauth(self) -> wire.Response:
         """AUTHENTICATE XOAUTH2/OAUTHBEARER (initial response inline with SASL-IR); an error challenge
         (``+ base64 JSON``) is answered with an empty line, after which the server says NO."""
-        from probes.auth.oauth import error_of_challenge, initial_response
-
         creds, ep = self.settings.credentials, self.settings.endpoint
         offered = [c[5:] for c in self._caps if c.startswith("AUTH=")]
         mech, encoded = await initial_response(

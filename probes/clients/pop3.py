@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Final, Self, TypeAlias
 
 from probes.auth.credentials import Credentials
+from probes.auth.oauth import error_of_challenge, initial_response
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import MASK, Recorder
 from probes.wire.certs import facts_from_connection
@@ -566,8 +567,6 @@ class POP3Client:
         """RFC 5034 AUTH with XOAUTH2/OAUTHBEARER from the server's ``SASL`` capability. A token does not
         fit the 255-octet command line, so the response follows an empty challenge; a refusal comes as an
         error challenge (base64 JSON, RFC 7628 section 3.2.3), answered by an empty line, then ``-ERR``."""
-        from probes.auth.oauth import error_of_challenge, initial_response
-
         ep = self.endpoint
         mech, encoded = await initial_response(
             creds,

@@ -13,6 +13,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse
 
 from probes.auth.credentials import Credentials
+from probes.auth.oauth import error_of_challenge, initial_response
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import MASK, Recorder
 from probes.wire.certs import facts_from_connection
@@ -221,8 +222,6 @@ async def _auth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder, p
 async def _auth_oauth(smtp: aiosmtplib.SMTP, creds: Credentials, recorder: Recorder) -> None:
     """XOAUTH2 / OAUTHBEARER (aiosmtplib has only XOAUTH2, and no way to pick from the offer): on
     failure the server sends an error challenge, answered by an empty line (RFC 7628 §3.2.3)."""
-    from probes.auth.oauth import error_of_challenge, initial_response
-
     mech, encoded = await initial_response(creds, smtp.server_auth_methods, recorder, "smtp_auth", "SMTP")
     inline = len(encoded) + len(mech) + 7 <= SMTP_INLINE_MAX
     recorder.debug("C: smtp", f"AUTH {mech} ********" if inline else f"AUTH {mech}")
