@@ -46,7 +46,7 @@ def rss():
 out, prev = [], rss()
 for m in ["ssl", "asyncio", "yaml", "pydantic", "structlog", "prometheus_client",
           "apscheduler.schedulers.asyncio", "aiosmtplib", "cryptography.x509", "aiohttp.web",
-          "importlib.metadata", "exporter.config.model", "probes.roundtrip.probe", "probes.tls.audit",
+          "importlib.metadata", "exporter.config", "probes.roundtrip.probe", "probes.tls.audit",
           "exporter.metrics.collector", "exporter.web.server", "exporter.daemon", "exporter.cli"]:
     importlib.import_module(m)
     now = rss(); out.append((m, round(now - prev, 1))); prev = now

@@ -149,7 +149,7 @@ class Daemon:
 
     def _load(self) -> Runner:
         """Read, parse and prepare the config on a worker thread: a huge or slow file never stalls the
-        loop (probes and scrapes go on; the file size is capped in exporter.config.model)."""
+        loop (probes and scrapes go on; the file size is capped in exporter.config.yamlfile)."""
         return self._prepare(self.loader(self.config_path))
 
     def _apply(self, runner: Runner) -> None:

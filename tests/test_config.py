@@ -1,4 +1,4 @@
-"""exporter.config.model: loading, one-line errors, secrets, defaults; and the check-config / probe / run
+"""exporter.config: loading, one-line errors, secrets, defaults; and the check-config / probe / run
 CLI."""
 
 from __future__ import annotations
