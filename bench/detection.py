@@ -30,10 +30,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from probes._net import Credentials, Endpoint, TLSSettings
-from probes.imap import IMAPSettings
+from probes.auth.credentials import Credentials
+from probes.clients.imap import IMAPSettings
+from probes.clients.smtp import SMTPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import (
+from probes.roundtrip.probe import (
     DEFAULT_POLL_FACTOR,
     DEFAULT_POLL_MAX,
     PollSchedule,
@@ -41,7 +42,7 @@ from probes.roundtrip import (
     RoundTripSettings,
     probe_roundtrip,
 )
-from probes.smtp import SMTPSettings
+from probes.wire.net import Endpoint, TLSSettings
 from tests.faultservers import NO_FAULT, Mailboxes, Store, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack, make_root
 from tests.test_fault_matrix import _settings as fault_settings

@@ -18,10 +18,10 @@ from bench._common import load, median, table
 
 
 def _domain_report():  # type: ignore[no-untyped-def]
-    from probes import dane, dnsbl, mtasts, mustrefuse
-    from probes.certhygiene import KeyFacts, OCSPResult
-    from probes.domain import DomainReport, MXAddressResult
-    from probes.mx import AddressReport, MXHost, MXResolution
+    from probes.domain import dane, dnsbl, mtasts, mustrefuse
+    from probes.domain.mx import AddressReport, MXHost, MXResolution
+    from probes.domain.probe import DomainReport, MXAddressResult
+    from probes.tls.hygiene import KeyFacts, OCSPResult
     from tests.test_scrape_equal import facts
 
     hosts = tuple(
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args(argv)
     from bench.metrics_scrape import _results
-    from exporter.metrics import ExporterState, SeriesCache
-    from exporter.results import ResultStore, RunResult
+    from exporter.metrics.collector import ExporterState, SeriesCache
+    from exporter.run.results import ResultStore, RunResult
 
     report = _domain_report()
     domain_run = RunResult("dom", False, "domain_findings", "x", 1.7e9, 3.0, {}, detail=report)

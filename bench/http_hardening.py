@@ -1,6 +1,6 @@
 """What a hostile client costs a scraper: a wrong-password flood and slow-loris connections.
 
-Ours: exporter.http.HTTPServer with --web.config.file basic auth (bcrypt on a 2-thread pool, cached on
+Ours: exporter.web.server.HTTPServer with --web.config.file basic auth (bcrypt on a 2-thread pool, cached on
 the presented credentials; per-request head timeout; connection cap). Anchor: the same registry served
 the plain way (aiohttp TCPSite, bcrypt checked on the event loop, only successes cached), as main did.
 Both servers run in this process on loopback, one after the other.
@@ -33,8 +33,8 @@ import bcrypt
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.http import HTTPServer, render
-from exporter.webconfig import WebConfig
+from exporter.web.server import HTTPServer, render
+from exporter.web.webconfig import WebConfig
 
 USER, PASSWORD = "prometheus", "right"
 

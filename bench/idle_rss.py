@@ -46,8 +46,8 @@ def rss():
 out, prev = [], rss()
 for m in ["ssl", "asyncio", "yaml", "pydantic", "structlog", "prometheus_client",
           "apscheduler.schedulers.asyncio", "aiosmtplib", "cryptography.x509", "aiohttp.web",
-          "importlib.metadata", "exporter.config", "probes.roundtrip", "probes.tls",
-          "exporter.metrics", "exporter.http", "exporter.daemon", "exporter.cli"]:
+          "importlib.metadata", "exporter.config", "probes.roundtrip.probe", "probes.tls.audit",
+          "exporter.metrics.collector", "exporter.web.server", "exporter.daemon", "exporter.cli"]:
     importlib.import_module(m)
     now = rss(); out.append((m, round(now - prev, 1))); prev = now
 sandbox = sorted({n.split('.')[0] for n in sys.modules} & {"pymap", "aiosmtpd", "aioimaplib", "bcrypt"})

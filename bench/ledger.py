@@ -2,7 +2,7 @@
 
 N simulated runs start together on one loop; each does what a round trip does to the ledger: ``begin``
 (which canaries are awaited), record ``sending`` before DATA, ``accepted`` after, and ``finish``. Ours
-is exporter.state.Ledger (one writer thread, batched locked read-modify-write, fsync of file and
+is exporter.state.ledger.Ledger (one writer thread, batched locked read-modify-write, fsync of file and
 directory). The anchor is the same four durable operations done the way main did them: synchronously on
 the loop, one locked read-modify-write per operation (plus the fsyncs durability needs). A 1 ms ticker on
 the loop measures how long the loop was stalled.
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.state import Ledger
+from exporter.state.ledger import Ledger
 from probes.canary import new_token
 
 

@@ -2,7 +2,7 @@
 
     python -m bench.metrics_scrape [--probes 1000] [--scrapes 50]
 
-Runs mailcanary's HTTP server (exporter.http, aiohttp, as the daemon does) in a child process whose
+Runs mailcanary's HTTP server (exporter.web.server, aiohttp, as the daemon does) in a child process whose
 result store holds ``--probes`` round trips with full results (every phase, the histogram, TLS facts
 for two endpoints each: the ~70 series of a real probe), while runs keep finishing at the rate 1,000
 probes at 60 s give (17 a second, each re-rendering its probe). The anchor is the renderer of the day
@@ -27,7 +27,7 @@ from bench._common import ROOT, free_port, load, median, percentile, table, wait
 
 
 def _results(name: str, i: int):  # type: ignore[no-untyped-def]
-    from exporter.results import RunResult
+    from exporter.run.results import RunResult
     from tests.test_scrape_equal import facts
 
     phases = {
@@ -64,12 +64,12 @@ def _results(name: str, i: int):  # type: ignore[no-untyped-def]
 
 
 def serve(port: int, probes: int) -> None:
-    """The child: a store of ``probes`` round trips behind exporter.http, runs finishing meanwhile."""
+    """The child: a store of ``probes`` round trips behind exporter.web.server, runs finishing meanwhile."""
     from aiohttp import web
 
-    from exporter.http import HTTPServer, render
-    from exporter.metrics import ExporterState, SeriesCache, build_registry, runtime_registry
-    from exporter.results import ResultStore
+    from exporter.metrics.collector import ExporterState, SeriesCache, build_registry, runtime_registry
+    from exporter.run.results import ResultStore
+    from exporter.web.server import HTTPServer, render
 
     async def main() -> None:
         store = ResultStore()

@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from probes import canary
-from probes.imap import IMAPSession, IMAPSettings
+from probes.clients.imap import IMAPSession, IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import PollSchedule, SyncSettings, probe_roundtrip
+from probes.roundtrip.probe import PollSchedule, SyncSettings, probe_roundtrip
 from tests.mailstack import MailStack, make_root
 
 from .detection import pct, settings_for

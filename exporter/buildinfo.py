@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from exporter import __version__
 
 UNKNOWN = "unknown"
 _PACKAGE = Path(__file__).resolve().parent

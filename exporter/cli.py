@@ -12,12 +12,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
-from probes.domain import DomainReport, render_report
-from probes.tls import TLSFacts
-
-from . import demo, logs, probereport
-from .buildinfo import version_text
-from .config import (
+from exporter import logs
+from exporter.buildinfo import version_text
+from exporter.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     LoadedConfig,
@@ -26,12 +23,16 @@ from .config import (
     parse_shard,
     state_dir,
 )
-from .daemon import Daemon
-from .kinds import configured
-from .results import ResultStore, RunResult
-from .runner import Runner, make_masker
-from .state import Ledger, key_problem, load_or_create_key
-from .webconfig import load_web_config
+from exporter.daemon import Daemon
+from exporter.demo import command as demo
+from exporter.kinds import configured
+from exporter.run import report as probereport
+from exporter.run.results import ResultStore, RunResult
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger, key_problem, load_or_create_key
+from exporter.web.webconfig import load_web_config
+from probes.domain.probe import DomainReport, render_report
+from probes.tls.audit import TLSFacts
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
 EXIT_USAGE = 3
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     if args.command == "config-schema":
-        from .schema import config_schema_text
+        from exporter.config.schema import config_schema_text
 
         sys.stdout.write(config_schema_text())
         return EXIT_OK
@@ -182,7 +183,7 @@ def _config_path(args: argparse.Namespace, for_run: bool = False) -> str:
 def _run(args: argparse.Namespace) -> int:
     path = _config_path(args, for_run=True)
     try:
-        from .http import parse_listen
+        from exporter.web.server import parse_listen
 
         parse_listen(args.listen)
     except ValueError as exc:

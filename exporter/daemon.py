@@ -12,16 +12,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from probes._legacy import LegacyCache
-from probes._net import clear_contexts
-from probes._slots import ServerSlots
-from probes.certhygiene import CRLCache, OCSPCache
-from probes.dnsbl import ListingCache
-from probes.recorder import Masker
-
-from . import logs
-from .buildinfo import build_info
-from .config import (
+from exporter import logs
+from exporter.buildinfo import build_info
+from exporter.config import (
     DEFAULT_MODULES,
     ConfigError,
     LoadedConfig,
@@ -32,17 +25,23 @@ from .config import (
     parse_shard,
     state_dir,
 )
-from .history import History
-from .http import HTTPServer
-from .kinds import configured, find
-from .metrics import ExporterState, SeriesCache, build_registry, runtime_registry
-from .multitarget import probe_handler
-from .results import ResultStore
-from .runner import Runner, make_masker
-from .scheduler import ProbeScheduler
-from .state import Ledger, StateCollector, StateHealth, load_or_create_key
-from .status import render_status
-from .webconfig import WebConfig
+from exporter.kinds import configured, find
+from exporter.metrics.collector import ExporterState, SeriesCache, build_registry, runtime_registry
+from exporter.run.history import History
+from exporter.run.results import ResultStore
+from exporter.run.runner import Runner, make_masker
+from exporter.run.scheduler import ProbeScheduler
+from exporter.state.ledger import Ledger, StateCollector, StateHealth, load_or_create_key
+from exporter.web.multitarget import probe_handler
+from exporter.web.server import HTTPServer
+from exporter.web.status import render_status
+from exporter.web.webconfig import WebConfig
+from probes.domain.dnsbl import ListingCache
+from probes.recorder import Masker
+from probes.tls.hygiene import CRLCache, OCSPCache
+from probes.tls.legacy import LegacyCache
+from probes.wire.net import clear_contexts
+from probes.wire.slots import ServerSlots
 
 log = structlog.get_logger("mailcanary")
 
@@ -150,7 +149,7 @@ class Daemon:
 
     def _load(self) -> Runner:
         """Read, parse and prepare the config on a worker thread: a huge or slow file never stalls the
-        loop (probes and scrapes go on; the file size is capped in exporter.config)."""
+        loop (probes and scrapes go on; the file size is capped in exporter.config.yamlfile)."""
         return self._prepare(self.loader(self.config_path))
 
     def _apply(self, runner: Runner) -> None:

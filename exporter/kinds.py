@@ -14,9 +14,12 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from .config import Config, DomainCheckConfig, RoundTripConfig, TLSCheckConfig
-from .results import ProbeStats, RunResult
-from .runner import Runner, endpoint_of, tls_check_settings
+from exporter.config import Config, DomainCheckConfig, RoundTripConfig, TLSCheckConfig
+from exporter.metrics.domain import domain_families
+from exporter.metrics.roundtrip import roundtrip_families
+from exporter.metrics.tls import tls_check_families
+from exporter.run.results import ProbeStats, RunResult
+from exporter.run.runner import Runner, endpoint_of, tls_check_settings
 
 Entry = RoundTripConfig | TLSCheckConfig | DomainCheckConfig
 Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
@@ -45,16 +48,16 @@ def _roundtrip_endpoints(p: RoundTripConfig) -> set[str]:
     return {endpoint_of(p.smtp, "smtp").address, endpoint_of(p.receive, p.receive.protocol).address}
 
 
-def _families(kind: str) -> Families:
-    """The result exporter of ``kind`` (imported late: exporter.metrics renders from this table)."""
-    from . import domainmetrics, metrics
+_FAMILIES: dict[str, Families] = {
+    "roundtrip": roundtrip_families,
+    "tls": tls_check_families,
+    "domain": domain_families,
+}
 
-    table: dict[str, Families] = {
-        "roundtrip": metrics.roundtrip_families,
-        "tls": metrics.tls_check_families,
-        "domain": domainmetrics.domain_families,
-    }
-    return table[kind]
+
+def _families(kind: str) -> Families:
+    """The result exporter of ``kind``."""
+    return _FAMILIES[kind]
 
 
 KINDS: tuple[Kind, ...] = (
@@ -87,7 +90,7 @@ BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
 
 
 def configured(cfg: Config) -> list[tuple[Kind, Entry]]:
-    """Every entry of every kind, in table order (names are unique across kinds: exporter.config)."""
+    """Every entry of every kind, in table order (names are unique across kinds: exporter.config.model)."""
     return [(kind, entry) for kind in KINDS for entry in kind.entries(cfg)]
 
 

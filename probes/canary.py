@@ -205,7 +205,7 @@ def body_digest(body: bytes) -> str:
 
 def expected_body_digest(token: Token) -> str:
     """The body digest a v2 canary of ``token`` carries: the body is determined by the token, so a
-    bounce that returns only the headers can still be verified (probes.dsn)."""
+    bounce that returns only the headers can still be verified (probes.receipt.dsn)."""
     return body_digest(_body_text(token).replace("\n", "\r\n").encode("ascii"))
 
 

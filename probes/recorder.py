@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ProbeError
+from probes.errors import ProbeError
 
 MASK = "********"
 FEW_FORMS = 64  # up to this many secret forms, C-speed substring tests first rule most texts out
@@ -130,7 +130,7 @@ class Recorder:
     transcript: list[str] | None = None  # None: debug off, nothing is kept
     phases: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
-    tls: dict[str, Any] = field(default_factory=dict)  # endpoint "host:port" -> probes.tls.TLSFacts
+    tls: dict[str, Any] = field(default_factory=dict)  # endpoint "host:port" -> probes.tls.audit.TLSFacts
     commands: int = 0  # protocol commands issued on the receiving side (benchmarks read it)
     clock: Callable[[], float] = time.monotonic
     # Called with ("sending", token) just before the canary is sent and ("accepted", token) once the server

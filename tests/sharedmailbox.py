@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import load_config
-from exporter.results import ResultStore
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
+from exporter.run.results import ResultStore
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger
 from tests.mailstack import MailStack
 from tests.stackconfig import roundtrip, write_config
 

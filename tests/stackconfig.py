@@ -9,9 +9,9 @@ from typing import Any
 import yaml
 
 from exporter.config import load_config
-from exporter.results import ResultStore
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
+from exporter.run.results import ResultStore
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger
 from tests.mailstack import MailStack
 
 SMTP_PORTS = {"starttls": "submission", "implicit": "submissions", "none": "smtp"}

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from exporter.metrics import ExporterState, build_registry
+from exporter.metrics.collector import ExporterState, build_registry
 from probes import canary
 from tests.mailstack import MailStack, make_root
 from tests.stackconfig import roundtrip, secret_file

@@ -1,4 +1,5 @@
-"""exporter.config: loading, one-line errors, secrets, defaults; and the check-config / probe / run CLI."""
+"""exporter.config: loading, one-line errors, secrets, defaults; and the check-config / probe / run
+CLI."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from exporter.config import (
     parse_config,
     state_dir,
 )
-from exporter.runner import roundtrip_settings
-from probes.imap import IMAPSettings
-from probes.roundtrip import POP3Settings
+from exporter.run.runner import roundtrip_settings
+from probes.clients.imap import IMAPSettings
+from probes.roundtrip.probe import POP3Settings
 
 F = "/etc/mailcanary/test.yml"
 ENV = {"RECV_PW": "env-secret"}

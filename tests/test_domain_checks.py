@@ -23,13 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from probes import dane, dnsbl, mtasts, mustrefuse
-from probes._certs import LEGACY_VERSIONS, openssl_offers
-from probes._dns import DNSError, DNSSettings, query
-from probes._net import Endpoint, TLSSettings
-from probes.certhygiene import OCSPCache, key_facts, ocsp_status
-from probes.mx import MXCheckSettings, check_address, check_all, resolution_dnssec, resolve_mx
+from probes.domain import dane, dnsbl, mtasts, mustrefuse
+from probes.domain.mx import MXCheckSettings, check_address, check_all, resolution_dnssec, resolve_mx
 from probes.recorder import Recorder
+from probes.tls.hygiene import OCSPCache, key_facts, ocsp_status
+from probes.wire.certs import LEGACY_VERSIONS, openssl_offers
+from probes.wire.dns import DNSError, DNSSettings, query
+from probes.wire.net import Endpoint, TLSSettings
 from tests import dnsstack
 from tests.mailstack import MailStack, free_ports
 from tests.mailstack.variants import Issued, TestPKI, VariantSet, reap_orphans
@@ -435,7 +435,7 @@ async def test_forged_sender_after_auth(world: World, mailstack: MailStack) -> N
     """On submission, after AUTH over verified TLS: MAIL FROM another user's address must be refused.
     "sub" binds senders to logins (refused, 553); mx2 permits any sender once authenticated
     (accepted: the check fails). The dialogue stops at RCPT; the password never reaches the transcript."""
-    from probes._net import Credentials
+    from probes.auth.credentials import Credentials
 
     owner, other = mailstack.test_addresses[0], mailstack.test_addresses[1]
     creds = Credentials(owner, mailstack.password(owner))
@@ -596,7 +596,7 @@ async def test_ocsp_unreachable(world: World) -> None:
 
 
 async def test_probe_domain_report(world: World, https: int) -> None:
-    from probes.domain import DomainSettings, probe_domain, render_report
+    from probes.domain.probe import DomainSettings, probe_domain, render_report
 
     settings = DomainSettings(
         domain=DOMAIN,
@@ -655,7 +655,7 @@ async def test_probe_domain_report(world: World, https: int) -> None:
 
 
 async def test_probe_domain_uncovered_and_lookup_failure(world: World, https: int) -> None:
-    from probes.domain import DomainSettings, probe_domain, render_report
+    from probes.domain.probe import DomainSettings, probe_domain, render_report
     from probes.errors import ProbeError
 
     # the "uncovered" policy leaves mx2 out; the zone of uncovered.example.test has no MX: implicit, none
@@ -721,10 +721,10 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
 
     from exporter.config import load_config
     from exporter.kinds import find
-    from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.metrics.collector import ExporterState, MailcanaryCollector, SeriesCache
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     loaded = load_config(domain_config(world, https, tmp_path))
     found = find(loaded.config, "dom")
@@ -804,9 +804,9 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
 async def test_domain_check_failing_lookup_is_dns_lookup(world: World, tmp_path: Path) -> None:
     from exporter.config import parse_config
     from exporter.kinds import find
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     text = (
         f"domain_checks:\n  - name: gone\n    domain: outside.example\n    timeout: 3s\n"
@@ -855,10 +855,10 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     the responder once, then cached until nextUpdate), rendered as mailcanary_tls_cert_* series."""
     from exporter.config import parse_config
     from exporter.kinds import find
-    from exporter.metrics import ExporterState, SeriesCache
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.metrics.collector import ExporterState, SeriesCache
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     served = world.ocsp_served
     responder.issued[served.cert.serial_number] = served.cert
@@ -987,8 +987,8 @@ def build_crl(
 async def test_crl_good_revoked_cached_and_refused(world: World) -> None:
     import time
 
-    from exporter.domainmetrics import hygiene_families
-    from probes.certhygiene import CRLCache, check_crl, crl_status
+    from exporter.metrics.domain import hygiene_families
+    from probes.tls.hygiene import CRLCache, check_crl, crl_status
 
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}/inter.crl"
@@ -1044,9 +1044,9 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
     mx1 as having no TLS: it fails with queue_timeout (our limit), and once the slot is free it checks."""
     from exporter.config import parse_config
     from exporter.kinds import find
-    from exporter.results import ResultStore
-    from exporter.runner import Runner, make_masker
-    from exporter.state import Ledger
+    from exporter.run.results import ResultStore
+    from exporter.run.runner import Runner, make_masker
+    from exporter.state.ledger import Ledger
 
     text = (
         "global: {max_sessions: 1, queue_timeout: 1s}\n"
@@ -1075,7 +1075,7 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
 
 
 def fact_samples(report: object) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    from exporter.domainmetrics import domain_fact_families
+    from exporter.metrics.domain import domain_fact_families
 
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -1087,7 +1087,7 @@ def fact_samples(report: object) -> dict[tuple[str, frozenset[tuple[str, str]]],
 async def test_ipv6_mx_is_checked_beside_an_ipv4_source_address(world: World, mailstack: MailStack) -> None:
     """An IPv4 source_address must not make an IPv6 MX address 'down': that family connects from the
     default source (or from its own configured source), and the MX is really checked."""
-    from probes.domain import DomainSettings, probe_domain, render_report
+    from probes.domain.probe import DomainSettings, probe_domain, render_report
 
     if not mailstack.ipv6:
         pytest.skip("no IPv6 on this machine (::1 cannot be bound)")
@@ -1129,7 +1129,7 @@ async def test_dead_addresses_get_one_session_and_skipped_checks(world: World) -
     neither passed nor failed. Before, each dead address got 5 sessions (5 x timeout when hung)."""
     import asyncio
 
-    from probes.domain import DomainSettings, probe_domain, render_report
+    from probes.domain.probe import DomainSettings, probe_domain, render_report
 
     accepted: list[int] = []
     held: list[asyncio.StreamWriter] = []
@@ -1194,7 +1194,7 @@ async def test_dead_addresses_get_one_session_and_skipped_checks(world: World) -
 async def test_dnssec_line_finding_and_metric_agree(world: World) -> None:
     """A secure MX answer naming one host in an insecure zone: the text line, the finding and
     mailcanary_domain_mx_dnssec_valid all say insecure (before, the line and finding said secure)."""
-    from probes.domain import DomainSettings, probe_domain, render_report
+    from probes.domain.probe import DomainSettings, probe_domain, render_report
 
     settings = DomainSettings(
         domain=f"mixed.{DOMAIN}",
@@ -1239,7 +1239,7 @@ async def test_concurrent_ocsp_requests_are_merged_and_sent_from_the_source(
 
 async def test_mta_sts_policy_is_fetched_from_the_source_address(world: World, https: int) -> None:
     """The domain check's source_address is used for the policy fetch too (docs: connect from it)."""
-    from probes.domain import DomainSettings, probe_domain
+    from probes.domain.probe import DomainSettings, probe_domain
 
     POLICY_PEERS.clear()
     settings = DomainSettings(

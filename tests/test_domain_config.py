@@ -8,7 +8,7 @@ import pytest
 
 from exporter.config import ConfigError, parse_config
 from exporter.kinds import BY_NAME, KINDS, configured, find
-from exporter.runner import domain_settings
+from exporter.run.runner import domain_settings
 
 F = "mc.yml"
 

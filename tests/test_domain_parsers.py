@@ -16,8 +16,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes import dane, dnsbl, mtasts, mx
-from probes.certhygiene import key_facts
+from probes.domain import dane, dnsbl, mtasts, mx
+from probes.tls.hygiene import key_facts
 
 # ---- certificates for the matchers ---------------------------------------------------------------
 

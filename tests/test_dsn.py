@@ -1,5 +1,5 @@
-"""The bounce parser (probes.dsn): RFC 3464 reports and plain-text bounces about our canary, verified by
-the returned token; fuzzed so that no input makes it raise."""
+"""The bounce parser (probes.receipt.dsn): RFC 3464 reports and plain-text bounces about our canary,
+verified by the returned token; fuzzed so that no input makes it raise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probes import canary
-from probes.dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
+from probes.receipt.dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32

@@ -1,4 +1,4 @@
-"""exporter.durations: the duration syntax of the config file."""
+"""exporter.config.durations: the duration syntax of the config file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.durations import format_duration, parse_duration
+from exporter.config import format_duration, parse_duration
 
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 

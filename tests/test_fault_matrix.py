@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from probes import canary
-from probes._net import Credentials, Endpoint, TLSMode, TLSSettings
+from probes.auth.credentials import Credentials
+from probes.clients.imap import IMAPSettings
+from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
-from probes.imap import IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
-from probes.smtp import SMTPSettings
+from probes.roundtrip.probe import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.wire.net import Endpoint, TLSMode, TLSSettings
 from tests.faultservers import (
     NO_FAULT,
     Fault,

@@ -25,9 +25,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import webconfig
-from exporter.http import HEADER_TIMEOUT
-from exporter.webconfig import WebConfig
+from exporter.web import webconfig
+from exporter.web.server import HEADER_TIMEOUT
+from exporter.web.webconfig import WebConfig
 from tests.test_daemon_state import Daemon, json_lines
 
 USER, PASSWORD = "prometheus", "scrape-secret"

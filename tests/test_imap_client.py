@@ -1,4 +1,4 @@
-"""probes.imap against the in-process fake IMAP server: what the fault matrix does not cover."""
+"""probes.clients.imap against the in-process fake IMAP server: what the fault matrix does not cover."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import contextlib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probes._net import Credentials, Endpoint
+from probes.auth.credentials import Credentials
+from probes.clients.imap import IMAPSession, IMAPSettings
 from probes.errors import REASONS, ProbeError
-from probes.imap import IMAPSession, IMAPSettings
 from probes.recorder import Recorder
+from probes.wire.net import Endpoint
 from tests.faultservers import NO_FAULT, Store, imap_handler, serving
 
 PASSWORD = 'pässwörd "with" \\ specials'

@@ -1,4 +1,4 @@
-"""probes._imapwire: the pure parsers of IMAP responses (parts: text, literal, text, ...)."""
+"""probes.wire.imapwire: the pure parsers of IMAP responses (parts: text, literal, text, ...)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probes import _imapwire as wire
 from probes.errors import ProbeError
+from probes.wire import imapwire as wire
 
 
 def resp(*parts: bytes | None) -> wire.Response:

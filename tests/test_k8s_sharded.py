@@ -18,7 +18,8 @@ import kubernetes_validate
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from exporter.config import _DEFAULT_PORTS, DEFAULT_MODULES, parse_shard
+from exporter.config import DEFAULT_MODULES, parse_shard
+from exporter.config.model import _DEFAULT_PORTS
 
 from .test_deploy import DEPLOY, K8S, PORT, by_kind, cli_args, load_all
 

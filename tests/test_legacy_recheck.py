@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from probes._legacy import LegacyCache
 from probes.recorder import Recorder
-from probes.tls import TLSCheckSettings, probe_tls
+from probes.tls.audit import TLSCheckSettings, probe_tls
+from probes.tls.legacy import LegacyCache
 from tests.mailstack.variants import VariantSet
 from tests.test_tls_audit import certs, endpoint, expected_legacy, variants  # noqa: F401
 

@@ -1,4 +1,5 @@
-"""exporter.metrics: what /metrics shows, rendered and parsed back as Prometheus would; and PollSchedule."""
+"""exporter.metrics.collector: what /metrics shows, rendered and parsed back as Prometheus would; and
+PollSchedule."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from exporter.metrics import ExporterState, build_registry
-from exporter.results import DELIVERY_BUCKETS, OUTCOMES, ResultStore, RunResult
+from exporter.metrics.collector import ExporterState, build_registry
+from exporter.run.results import DELIVERY_BUCKETS, OUTCOMES, ResultStore, RunResult
 from probes import canary
-from probes.roundtrip import PollSchedule
+from probes.roundtrip.probe import PollSchedule
 
 KEY = b"k" * 32
 

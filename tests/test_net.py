@@ -1,4 +1,4 @@
-"""probes._net: TLS client contexts built once per configuration, rebuilt on change; IP literals resolve
+"""probes.wire.net: TLS client contexts built once per configuration, rebuilt on change; IP literals resolve
 without the thread pool."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from probes import _net
-from probes._net import Endpoint, TLSSettings, clear_contexts, client_context, context_builds, tcp_connect
+from probes.wire import net as _net
+from probes.wire.net import Endpoint, TLSSettings, clear_contexts, client_context, context_builds, tcp_connect
 from tests.mailstack.tls import write_ca, write_leaf
 
 

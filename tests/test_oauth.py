@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 
 from exporter.config import ConfigError, parse_config
-from exporter.runner import make_masker, roundtrip_settings
-from probes.oauth import (
+from exporter.run.runner import make_masker, roundtrip_settings
+from probes.auth.oauth import (
     MAX_RESPONSE_BYTES,
     FileToken,
     GrantToken,

@@ -20,10 +20,10 @@ from aiohttp import web
 
 from exporter import logs
 from exporter.config import load_config
-from exporter.results import ResultStore, RunResult
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
-from probes.oauth import GrantToken, sasl_initial
+from exporter.run.results import ResultStore, RunResult
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger
+from probes.auth.oauth import GrantToken, sasl_initial
 from tests.mailstack import MailStack
 from tests.mailstack._net import free_ports, wait_ready
 from tests.stackconfig import roundtrip, secret_file, write_config

@@ -254,7 +254,7 @@ def test_ready_and_healthy(mailstack: MailStack, tmp_path: Path, exporters: list
 )
 def test_web_config_problems_are_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
     from exporter.config import ConfigError
-    from exporter.webconfig import load_web_config
+    from exporter.web.webconfig import load_web_config
 
     path = tmp_path / "web.yml"
     path.write_bytes(content)

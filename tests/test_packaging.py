@@ -108,7 +108,8 @@ def test_run_does_not_load_what_it_does_not_use() -> None:
     code = (
         "import sys\n"
         "sys.modules['bcrypt'] = None\n"
-        "import exporter.cli, exporter.daemon, exporter.http, exporter.webconfig, probes.roundtrip\n"
+        "import exporter.cli, exporter.daemon, exporter.web.server, exporter.web.webconfig\n"
+        "import probes.roundtrip.probe\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'pymap', 'aiosmtpd'}), 'loaded')"
     )
     proc = subprocess.run(

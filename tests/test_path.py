@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
-from exporter.metrics import ExporterState, build_registry
+from exporter.metrics.collector import ExporterState, build_registry
 from tests.mailstack import MailStack
 from tests.stackconfig import roundtrip
 from tests.test_roundtrip_e2e import make_runner, run_one

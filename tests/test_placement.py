@@ -18,12 +18,11 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from exporter.config import ConfigError
-from exporter.metrics import ExporterState, build_registry
-from exporter.runner import Runner
-from probes import _imapwire as wire
+from exporter.metrics.collector import ExporterState, build_registry
+from exporter.run.runner import Runner
 from probes import canary
 from probes.errors import ProbeError
-from probes.placement import (
+from probes.receipt.placement import (
     DEFAULT_JUNK_FOLDERS,
     MAX_NAMESPACES,
     ListedMailbox,
@@ -35,7 +34,8 @@ from probes.placement import (
     parse_namespace,
 )
 from probes.recorder import Recorder
-from probes.roundtrip import RoundTripSettings, probe_roundtrip
+from probes.roundtrip.probe import RoundTripSettings, probe_roundtrip
+from probes.wire import imapwire as wire
 from tests.faultservers import NO_FAULT, Mailboxes, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack
 from tests.mailstack._system import chown

@@ -1,5 +1,5 @@
-"""Tests for probes.pop3: the pure parsers (examples and hypothesis), and the client against an in-process
-fake POP3 server that can be scripted to show faults a real server cannot be made to show."""
+"""Tests for probes.clients.pop3: the pure parsers (examples and hypothesis), and the client against an
+in-process fake POP3 server that can be scripted to show faults a real server cannot be made to show."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probes._net import Credentials, Endpoint, TLSMode, TLSSettings
-from probes.errors import ProbeError, ProbeTimeout
-from probes.pop3 import (
+from probes.auth.credentials import Credentials
+from probes.clients.pop3 import (
     MAX_LINE,
     MAX_LOGIN_DELAY,
     LoginGate,
@@ -34,7 +33,9 @@ from probes.pop3 import (
     sasl_plain,
     unstuff,
 )
+from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import Masker, Recorder
+from probes.wire.net import Endpoint, TLSMode, TLSSettings
 
 USER = "canary@example.test"
 PASSWORD = 's3cret pa$$ "word"'

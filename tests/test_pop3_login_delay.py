@@ -15,20 +15,21 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.metrics import ExporterState, SeriesCache
+from exporter.metrics.collector import ExporterState, SeriesCache
 from probes import canary
-from probes._net import Credentials, Endpoint, TLSSettings
+from probes.auth.credentials import Credentials
+from probes.clients.pop3 import LoginGate
+from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
-from probes.pop3 import LoginGate
 from probes.recorder import Recorder
-from probes.roundtrip import (
+from probes.roundtrip.probe import (
     PollSchedule,
     POP3Settings,
     RoundTripResult,
     RoundTripSettings,
     probe_roundtrip,
 )
-from probes.smtp import SMTPSettings
+from probes.wire.net import Endpoint, TLSSettings
 from tests.faultservers import NO_FAULT, Fault, Logins, Store, pop3_handler, serving, smtp_handler
 from tests.stackconfig import make_runner
 

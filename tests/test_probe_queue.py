@@ -9,10 +9,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.config import DEFAULT_MODULES
-from exporter.multitarget import probe_handler
-from probes._net import Endpoint
-from probes._slots import ServerSlots
+from exporter.web.multitarget import probe_handler
 from probes.recorder import Masker, Recorder
+from probes.wire.net import Endpoint
+from probes.wire.slots import ServerSlots
 
 
 async def _ask(slots: ServerSlots, port: int, timeout_header: str | None) -> tuple[int, str]:

@@ -9,9 +9,9 @@ from typing import Any
 
 from exporter.cli import EXIT_CRITICAL, EXIT_OK, EXIT_WARNING, report
 from exporter.config import RoundTripConfig
-from exporter.results import RunResult
-from probes.received import Hop, Path
-from probes.verdict import Verdict
+from exporter.run.results import RunResult
+from probes.receipt.received import Hop, Path
+from probes.receipt.verdict import Verdict
 
 
 def config(

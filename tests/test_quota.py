@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from probes._quota import Usage
+from probes.receipt.quota import Usage
 from probes.recorder import Recorder
-from probes.roundtrip import probe_roundtrip
+from probes.roundtrip.probe import probe_roundtrip
 from tests.faultservers import NO_FAULT, Fault, Store, imap_handler, serving, smtp_handler
 from tests.test_fault_matrix import _settings
 

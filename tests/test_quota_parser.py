@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from probes._quota import Usage, parse_quota, parse_quotaroot
+from probes.receipt.quota import Usage, parse_quota, parse_quotaroot
 
 
 def test_quota_response_in_base_units() -> None:

@@ -1,4 +1,4 @@
-"""The Received chain parser (probes.received): hops from the sender, TLS per hop, the IP the receiver
+"""The Received chain parser (probes.receipt.received): hops from the sender, TLS per hop, the IP the receiver
 saw, per-hop delays with clock skew shown as it is; fuzzed."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probes.received import MAX_HOPS, parse_hop, path_of
+from probes.receipt.received import MAX_HOPS, parse_hop, path_of
 
 # As Postfix writes them (smtpd_tls_received_header = yes), newest first; then Dovecot's LMTP.
 CHAIN = (

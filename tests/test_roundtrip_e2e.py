@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from exporter.history import History
-from exporter.metrics import ExporterState
-from exporter.results import RunResult
-from exporter.runner import Runner
-from exporter.status import render_status
+from exporter.metrics.collector import ExporterState
+from exporter.run.history import History
+from exporter.run.results import RunResult
+from exporter.run.runner import Runner
+from exporter.web.status import render_status
 from probes import canary
 from tests.mailstack import MailStack
 from tests.stackconfig import make_runner as stack_runner

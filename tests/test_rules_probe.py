@@ -1,6 +1,6 @@
 """mailcanary's rules beside a /probe scrape: none of its alerts fires on /probe series, blackbox's do.
 
-The /probe series are rendered by the real /probe renderers (``exporter.tlsmetrics``) for two targets with
+The /probe series are rendered by the real /probe renderers (``exporter.metrics.tls``) for two targets with
 everything wrong (expiring and expired certificate, not verified, wrong name, legacy TLS, no STARTTLS,
 AUTH before TLS, probe failed), labelled as the documented relabel setup labels them (job of the /probe
 scrape, instance = target), once under a job of their own and once under job="mailcanary". promtool then
@@ -21,9 +21,9 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.multitarget import _Fixed
-from exporter.tlsmetrics import blackbox_families, tls_families
-from probes._certs import CertInfo, TLSFacts
+from exporter.metrics.tls import blackbox_families, tls_families
+from exporter.web.multitarget import _Fixed
+from probes.wire.certs import CertInfo, TLSFacts
 
 from .test_rules import RULE_FILES, load, run_promtool
 

@@ -18,16 +18,17 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from exporter.sandbox import Sandbox
-from exporter.sandbox.pop3 import crlf, parse_plain, stuff, top
-from probes._net import Credentials, Endpoint, TLSSettings
+from exporter.demo.sandbox import Sandbox
+from exporter.demo.sandbox.pop3 import crlf, parse_plain, stuff, top
+from probes.auth.credentials import Credentials
 from probes.canary import new_key
+from probes.clients.imap import IMAPSession, IMAPSettings
+from probes.clients.pop3 import POP3Client
+from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
-from probes.imap import IMAPSession, IMAPSettings
-from probes.pop3 import POP3Client
 from probes.recorder import Recorder
-from probes.roundtrip import POP3Settings, RoundTripSettings, probe_roundtrip
-from probes.smtp import SMTPSettings
+from probes.roundtrip.probe import POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.wire.net import Endpoint, TLSSettings
 
 HOST = "127.0.0.1"
 

@@ -1,4 +1,4 @@
-"""exporter.scheduler: each probe at a stable phase inside its interval, spread evenly, kept on reload."""
+"""exporter.run.scheduler: each probe at a stable phase inside its interval, spread evenly, kept on reload."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import itertools
 import statistics
 from datetime import UTC, datetime, timedelta
 
-from exporter.results import ResultStore
-from exporter.scheduler import (
+from exporter.run.results import ResultStore
+from exporter.run.scheduler import (
     EPOCH,
     START_MIN,
     PhaseTrigger,

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from exporter.schema import config_schema, config_schema_text
+from exporter.config.schema import config_schema, config_schema_text
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "mailcanary.schema.json"

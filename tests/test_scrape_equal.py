@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.metrics import ExporterState, MailcanaryCollector, SeriesCache, runtime_registry
-from exporter.results import ResultStore, RunResult
-from probes.tls import CertInfo, TLSFacts
+from exporter.metrics.collector import ExporterState, MailcanaryCollector, SeriesCache, runtime_registry
+from exporter.run.results import ResultStore, RunResult
+from probes.tls.audit import CertInfo, TLSFacts
 
 GOLDEN = Path(__file__).parent / "data" / "scrape_golden.txt"
 
@@ -239,8 +239,8 @@ def test_text_of_equals_generate_latest_for_probe_and_runtime_families() -> None
     """/probe's families (blackbox names and the TLS facts) and the process/platform/GC collectors."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    from exporter.metrics import text_of
-    from exporter.tlsmetrics import blackbox_families, tls_families
+    from exporter.metrics.collector import text_of
+    from exporter.metrics.tls import blackbox_families, tls_families
 
     f = facts("127.0.0.1:993", "imap")
     probe_families = [*blackbox_families(f, True, 0.123), *tls_families([([], f)], [])]

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from exporter.config import ConfigError, load_config
-from exporter.metrics import ExporterState, build_registry
-from probes.dnsbl import ListingCache
+from exporter.metrics.collector import ExporterState, build_registry
+from probes.domain.dnsbl import ListingCache
 from tests import dnsstack
 from tests.mailstack import MailStack
 from tests.stackconfig import roundtrip, write_config

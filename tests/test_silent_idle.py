@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from probes.imap import IMAPSettings
+from probes.clients.imap import IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import PollSchedule, probe_roundtrip
+from probes.roundtrip.probe import PollSchedule, probe_roundtrip
 from tests.faultservers import NO_FAULT, Mailboxes, Store, courier_imap_handler, serving, smtp_handler
 from tests.test_fault_matrix import _settings
 

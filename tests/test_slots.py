@@ -1,4 +1,4 @@
-"""probes._slots: at most N sessions per server and per login service, FIFO, a queue phase of its own."""
+"""probes.wire.slots: at most N sessions per server and per login service, FIFO, a queue phase of its own."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from probes._net import Endpoint
-from probes._slots import QueueTimeout, ServerSlots, deadline_extender
 from probes.errors import REASONS
 from probes.recorder import Recorder
+from probes.wire.net import Endpoint
+from probes.wire.slots import QueueTimeout, ServerSlots, deadline_extender
 
 IMAPS = Endpoint("127.0.0.1", 993, "implicit")
 IMAP = Endpoint("127.0.0.1", 143, "starttls")

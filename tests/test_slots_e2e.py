@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from exporter.config import load_config
-from exporter.runner import Runner
-from probes._net import Endpoint, TLSSettings, client_context
-from probes._slots import ServerSlots
+from exporter.run.runner import Runner
 from probes.recorder import Recorder
+from probes.wire.net import Endpoint, TLSSettings, client_context
+from probes.wire.slots import ServerSlots
 from tests.mailstack import MailStack
 from tests.stackconfig import make_runner, roundtrip, write_config
 

@@ -1,4 +1,4 @@
-"""exporter.state: the canary key and the ledger of late canaries."""
+"""exporter.state.ledger: the canary key and the ledger of late canaries."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.config import ConfigError
-from exporter.state import (
+from exporter.state.ledger import (
     LEDGER_MAX_AGE,
     Ledger,
     StateCollector,
@@ -260,7 +260,7 @@ def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
 ) -> None:
     """A transaction reads the file only if it is not the version this process last read or wrote
     (a stat instead of a read and parse per operation); another writer's save is always picked up."""
-    import exporter.state as state_module
+    import exporter.state.ledger as state_module
 
     parsed: list[int] = []
     real_parse = state_module._parse
@@ -290,7 +290,7 @@ def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
 def test_slow_disk_gives_the_default_and_an_operation_error_reaches_the_caller(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import exporter.state as state_module
+    import exporter.state.ledger as state_module
 
     ledger = Ledger(tmp_path / "ledger.json")
     release = threading.Event()
@@ -348,7 +348,7 @@ def test_cancelled_caller_does_not_cancel_the_write(tmp_path: Path) -> None:
 _KILLED_RUN = """
 import asyncio, sys
 from pathlib import Path
-from exporter.state import Ledger
+from exporter.state.ledger import Ledger
 from probes.canary import Token
 ledger = Ledger(Path(sys.argv[1]))
 asyncio.run(ledger.record("p", Token(probe="p", sent_ms=int(sys.argv[2]), nonce="d" * 32), "accepted"))

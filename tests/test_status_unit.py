@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from exporter import history as hist
-from exporter.history import BoundedTranscript, History
-from exporter.metrics import ExporterState
-from exporter.results import ProbeStats, RunResult
-from exporter.status import phase_bar, render_status, sparkline
+from exporter.metrics.collector import ExporterState
+from exporter.run import history as hist
+from exporter.run.history import BoundedTranscript, History
+from exporter.run.results import ProbeStats, RunResult
+from exporter.web.status import phase_bar, render_status, sparkline
 
 
 def run(name: str, ok: bool, started: float = 1000.0, message: str = "boom") -> RunResult:

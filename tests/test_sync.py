@@ -11,10 +11,10 @@ import time
 import pytest
 
 from exporter.config import ConfigError, parse_config
-from probes._slots import ServerSlots
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip import SyncSettings, probe_roundtrip
+from probes.roundtrip.probe import SyncSettings, probe_roundtrip
+from probes.wire.slots import ServerSlots
 from tests.faultservers import NO_FAULT, Fault, Store, imap_handler, serving, smtp_handler
 from tests.test_fault_matrix import _settings
 

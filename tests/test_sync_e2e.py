@@ -13,10 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import load_config
-from exporter.metrics import ExporterState, SeriesCache
-from exporter.results import ResultStore
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
+from exporter.metrics.collector import ExporterState, SeriesCache
+from exporter.run.results import ResultStore
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger
 from tests.mailstack import MailStack
 from tests.stackconfig import roundtrip, write_config
 

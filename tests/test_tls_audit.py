@@ -1,7 +1,7 @@
 """The TLS audit against real Dovecot and Postfix servers, each configured to show one property.
 
 Variant servers (tests/mailstack/variants.py) run beside the session stack with certificates made here,
-so every expected value is known exactly: each test asserts the facts probes.tls reports (timestamps
+so every expected value is known exactly: each test asserts the facts probes.tls.audit reports (timestamps
 against the generated certificates, reasons, legacy flags, STARTTLS/AUTH before TLS), and one test runs
 Debian's prometheus-blackbox-exporter on the same endpoints to show that our earliest expiry is its
 ``probe_ssl_earliest_cert_expiry``. Clients connect from 127.0.0.2: Dovecot treats 127.0.0.1 -> 127.0.0.1
@@ -27,13 +27,14 @@ import yaml
 from cryptography.hazmat.primitives import hashes
 from prometheus_client.parser import text_string_to_metric_families
 
-from probes._net import Credentials, Endpoint, TLSSettings
+from probes.auth.credentials import Credentials
+from probes.clients.imap import IMAPSession, IMAPSettings
+from probes.clients.pop3 import POP3Client
+from probes.clients.smtp import SMTPSettings, open_session
 from probes.errors import ProbeError
-from probes.imap import IMAPSession, IMAPSettings
-from probes.pop3 import POP3Client
 from probes.recorder import Recorder
-from probes.smtp import SMTPSettings, open_session
-from probes.tls import LEGACY_VERSIONS, TLSCheckSettings, TLSFacts, openssl_offers, probe_tls
+from probes.tls.audit import LEGACY_VERSIONS, TLSCheckSettings, TLSFacts, openssl_offers, probe_tls
+from probes.wire.net import Endpoint, TLSSettings
 from tests.mailstack import SERVER_NAME, MailStack, free_ports
 from tests.mailstack.variants import (
     BlackboxExporter,

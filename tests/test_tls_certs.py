@@ -1,4 +1,4 @@
-"""Unit tests of the pure TLS/certificate helpers (probes._certs, the pure parts of probes.tls).
+"""Unit tests of the pure TLS/certificate helpers (probes.wire.certs, the pure parts of probes.tls.audit).
 
 Where OpenSSL is the judge (name matching, verify codes, legacy versions), the helpers are checked
 against a real in-memory handshake between two Python ``ssl`` objects, not against our own idea of it.
@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probes._certs import (
+from probes.errors import ProbeError
+from probes.tls.audit import imap_auth_offered, pop3_auth_offered, smtp_auth_offered
+from probes.wire.certs import (
     LEGACY_VERSIONS,
     VERIFY_REASONS,
     CertInfo,
@@ -34,9 +36,7 @@ from probes._certs import (
     openssl_offers,
     presented_chain,
 )
-from probes._net import Endpoint, TLSSettings
-from probes.errors import ProbeError
-from probes.tls import imap_auth_offered, pop3_auth_offered, smtp_auth_offered
+from probes.wire.net import Endpoint, TLSSettings
 from tests.mailstack.variants import Issued, TestPKI
 
 

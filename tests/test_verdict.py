@@ -1,5 +1,5 @@
-"""The verdict parser (probes.verdict): Authentication-Results only from trusted authserv-ids (RFC 8601
-§5), the nearest trusted field wins, a forged or unparsable one is ignored; spam scores of SpamAssassin,
+"""The verdict parser (probes.receipt.verdict): Authentication-Results only from trusted authserv-ids (RFC
+8601 §5), the nearest trusted field wins, a forged or unparsable one is ignored; spam scores of SpamAssassin,
 rspamd and Microsoft. Headers in the formats the real tools write; fuzzed."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from exporter.metrics import ExporterState, build_registry
+from exporter.metrics.collector import ExporterState, build_registry
 from probes import canary
-from probes.verdict import spam_scores, verdict_of
+from probes.receipt.verdict import spam_scores, verdict_of
 from tests.mailstack import MailStack
 from tests.stackconfig import roundtrip
 from tests.test_roundtrip_e2e import make_runner, run_one

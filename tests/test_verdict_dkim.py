@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from exporter.metrics import ExporterState, build_registry
+from exporter.metrics.collector import ExporterState, build_registry
 from tests.mailstack import MailStack, make_root
 from tests.milters import AUTHSERV_ID, DKIMPair
 from tests.stackconfig import roundtrip

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.config import ConfigError, parse_config
-from exporter.runner import roundtrip_settings
-from probes.verdict import MICROSOFT365, authentication, is_trusted, verdict_of
+from exporter.run.runner import roundtrip_settings
+from probes.receipt.verdict import MICROSOFT365, authentication, is_trusted, verdict_of
 
 ALL_PASS = {"spf": "pass", "dkim": "pass", "dmarc": "pass"}
 

@@ -8,7 +8,7 @@ The SLI: a round-trip run is good if its canary was delivered within ``--thresho
 failed count as bad. Good events are the ``le=<threshold>`` bucket of
 ``mailcanary_roundtrip_delivery_seconds`` (only successful runs are observed there), all events are the
 runs of every outcome in ``mailcanary_roundtrip_runs_total``. The threshold must therefore be a bucket
-edge (``exporter.results.DELIVERY_BUCKETS``) to be exact; the script refuses other values.
+edge (``exporter.run.results.DELIVERY_BUCKETS``) to be exact; the script refuses other values.
 
 Alerts follow the multiwindow, multi-burn-rate scheme of the Google SRE workbook (chapter "Alerting on
 SLOs"): page at 14.4x over 1h and 5m or 6x over 6h and 30m, ticket at 3x over 1d and 2h or 1x over 3d
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from exporter.results import DELIVERY_BUCKETS  # noqa: E402
+from exporter.run.results import DELIVERY_BUCKETS  # noqa: E402
 
 DEFAULT_THRESHOLD = 60.0
 DEFAULT_TARGET = 0.999

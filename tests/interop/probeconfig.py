@@ -7,8 +7,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from exporter.results import RunResult
-from exporter.runner import Runner
+from exporter.run.results import RunResult
+from exporter.run.runner import Runner
 from tests.stackconfig import apply_overrides, secret_file
 from tests.stackconfig import make_runner as stack_runner
 

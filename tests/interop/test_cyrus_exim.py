@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import hashes
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metrics import ExporterState, build_registry
-from exporter.runner import Runner
+from exporter.metrics.collector import ExporterState, build_registry
+from exporter.run.runner import Runner
 from probes import canary
-from probes._net import Endpoint, TLSSettings
 from probes.recorder import Recorder
-from probes.tls import TLSCheckSettings, probe_tls
+from probes.tls.audit import TLSCheckSettings, probe_tls
+from probes.wire.net import Endpoint, TLSSettings
 from tests.interop.cyrus import JUNK_FOLDER, CyrusServer
 from tests.interop.exim import LATE_LOCAL, LOST_LOCAL, EximServer
 from tests.interop.probeconfig import KEY, make_runner, roundtrip, run_one

@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from exporter.config import load_config
-from exporter.results import ResultStore, RunResult
-from exporter.runner import Runner, make_masker
-from exporter.state import Ledger
+from exporter.run.results import ResultStore, RunResult
+from exporter.run.runner import Runner, make_masker
+from exporter.state.ledger import Ledger
 from probes import canary
 from probes.recorder import Recorder
 from tests.interop.cyrus import CyrusServer

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from exporter.sandbox.ca import CA_KEY_USAGE
+from exporter.demo.sandbox.ca import CA_KEY_USAGE
 
 from ._net import LOOPBACK_V4, free_ports, wait_ready
 from ._system import StackError, find_binary, pid_alive, read_pid, tail, terminate

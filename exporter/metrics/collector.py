@@ -1,0 +1,334 @@
+"""Prometheus metrics rendered from stored outcomes at scrape time (a custom collector).
+
+Nothing here is a global gauge mutated by probe code: a probe removed from the config disappears from
+/metrics with its stats, and a scrape never sees half a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from exporter.buildinfo import build_info
+from exporter.kinds import KINDS
+from exporter.metrics.domain import hygiene_families
+from exporter.metrics.tls import legacy_testable, tls_families
+from exporter.run.results import ProbeStats, ResultStore
+
+
+@dataclass
+class ExporterState:
+    """The exporter's own facts, updated by the daemon (config loads, scheduler)."""
+
+    config_path: str = ""
+    config_digest: str = ""
+    reload_ok: bool = True
+    reload_success_time: float | None = None
+    probes: dict[str, str] = field(default_factory=dict)  # probe name -> kind ("roundtrip", "tls")
+    sandbox: bool = False
+    shard: str = ""  # "i/N" when this instance runs a share of the probes
+    vantage: str = ""  # where this instance probes from; a label on every mailcanary_* series when set
+
+
+def kind_of(state: ExporterState, name: str) -> str:
+    return state.probes.get(name, "roundtrip")
+
+
+Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
+
+
+def kind_families() -> list[tuple[str, Families]]:
+    """(kind, result exporter) in the order of the probe-kind table (:data:`exporter.kinds.KINDS`)."""
+    return [(k.name, k.families) for k in KINDS]
+
+
+class MailcanaryCollector(Collector):
+    """The reference renderer: every family from a fresh snapshot. /metrics serves :class:`SeriesCache`
+    (the same bytes, pre-rendered per probe); this one serves OpenMetrics and is what tests compare."""
+
+    def __init__(self, store: ResultStore, state: ExporterState) -> None:
+        self.store = store
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.store.snapshot()
+        st = self.state
+        families = list(exporter_families(st))
+        for kind, render in kind_families():
+            families += render(snap, sorted(n for n in snap if kind_of(st, n) == kind))
+        families += [*tls_fact_families(snap, sorted(snap)), legacy_testable()]
+        vantage = st.vantage
+        for fam in families:
+            if vantage:
+                with_vantage(fam, vantage)
+            yield fam
+
+
+def with_vantage(fam: Metric, vantage: str) -> Metric:
+    fam.samples = [s._replace(labels={**s.labels, "vantage": vantage}) for s in fam.samples]
+    return fam
+
+
+def tls_fact_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
+    """The ``mailcanary_tls_*`` facts of every endpoint these probes talked to."""
+    rows = [
+        ([name, facts.endpoint, facts.protocol], facts)
+        for name in names
+        for _, facts in sorted(snap[name].tls.items())
+    ]
+    labels = ["probe", "endpoint", "protocol"]
+    hygiene = [
+        ([name, facts.endpoint, facts.protocol], h.key, h.ocsp, h.crl)
+        for name in names
+        for endpoint, facts in sorted(snap[name].tls.items())
+        if (h := snap[name].hygiene.get(endpoint)) is not None
+    ]
+    return [*tls_families(rows, labels), *hygiene_families(hygiene, labels, "mailcanary_tls_")]
+
+
+def exporter_families(st: ExporterState) -> Iterator[Metric]:
+    """The exporter's own facts: build, config, probes by kind."""
+    info = InfoMetricFamily("mailcanary_build", "mailcanary version, git revision and branch, Python.")
+    b = build_info()
+    labels = {"version": b.version, "revision": b.revision, "branch": b.branch}
+    info.add_metric([], {**labels, "python_version": b.python_version})
+    yield info
+    cfg = InfoMetricFamily("mailcanary_config", "Digest of the loaded configuration file.")
+    cfg.add_metric(
+        [], {"digest": st.config_digest, "sandbox": "true" if st.sandbox else "false", "shard": st.shard}
+    )
+    yield cfg
+    yield GaugeMetricFamily(
+        "mailcanary_config_last_reload_successful",
+        "1 if the last configuration load or reload succeeded, else 0 (the old config keeps running).",
+        value=1 if st.reload_ok else 0,
+    )
+    if st.reload_success_time is not None:
+        yield GaugeMetricFamily(
+            "mailcanary_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            value=st.reload_success_time,
+        )
+    kinds = GaugeMetricFamily("mailcanary_config_probes", "Configured probes by kind.", labels=["kind"])
+    counts: dict[str, int] = {"roundtrip": 0}
+    for kind in st.probes.values():
+        counts[kind] = counts.get(kind, 0) + 1
+    for kind, n in sorted(counts.items()):
+        kinds.add_metric([kind], n)
+    yield kinds
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def sample_lines(fam: Metric) -> str:
+    """A family's samples in the Prometheus text format, exactly as ``generate_latest`` writes them
+    (labels sorted by name, values through ``floatToGoString``); our names never need escaping."""
+    out = []
+    for sample in fam.samples:
+        if sample.labels:
+            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(sample.labels.items()))
+            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
+        else:
+            out.append(f"{sample.name} {_number(sample.value)}\n")
+    return "".join(out)
+
+
+_TYPES = {"counter": "counter", "info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram"}
+_OM_ONLY = ("_created", "_gsum", "_gcount")
+
+
+def family_header(fam: Metric) -> str:
+    """``# HELP`` / ``# TYPE`` lines exactly as ``generate_latest`` writes them."""
+    name = fam.name + ("_total" if fam.type == "counter" else "_info" if fam.type == "info" else "")
+    kind = _TYPES.get(fam.type, "untyped" if fam.type == "unknown" else fam.type)
+    doc = fam.documentation.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+
+
+def text_of(families: Iterable[Metric]) -> str:
+    """The Prometheus text format of ``families``, as ``generate_latest`` renders it, ~5x faster; what it
+    does not handle the same way (OpenMetrics-only samples, timestamps, exemplars) goes through
+    prometheus_client itself."""
+    fams = list(families)
+    for fam in fams:
+        for sample in fam.samples:
+            extras = (sample.timestamp, sample.exemplar, sample.native_histogram)
+            if any(x is not None for x in extras) or sample.name.endswith(_OM_ONLY):
+                return _render(fams)
+    return "".join(family_header(fam) + sample_lines(fam) for fam in fams)
+
+
+def _render(families: Iterable[Metric]) -> str:
+    class _Once(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Once())
+    return generate_latest(registry).decode()
+
+
+def _headers(families: list[Metric]) -> list[str]:
+    """``# HELP`` and ``# TYPE`` of each (empty) family, as generate_latest writes them."""
+    return [_render([fam]) for fam in families]
+
+
+_EMPTY: dict[str, ProbeStats] = {}
+FACT_HEADERS = _headers(tls_fact_families(_EMPTY, []))
+
+
+@dataclass
+class _Fragment:
+    kind: str
+    own: list[str]  # one text per family of its kind's headers
+    facts: list[str]  # one text per family of FACT_HEADERS
+
+
+class SeriesCache:
+    """/metrics that costs (almost) nothing at scrape time.
+
+    A probe's series are rendered to text when its stats change (a run finished, the scheduler noted lag
+    or a skip, a reload added or pruned it): that costs about 0.3 ms per run, spread over the interval. A
+    scrape then writes each family's header and concatenates the probes' pre-rendered lines, sorted by
+    name, which gives byte for byte what prometheus_client renders from :class:`MailcanaryCollector`
+    (tests/test_scrape_equal.py). A reload that changes probe kinds or the vantage re-renders every probe
+    once, in a worker thread, so the event loop keeps answering meanwhile.
+    """
+
+    def __init__(
+        self, store: ResultStore, state: ExporterState, runtime: CollectorRegistry | None = None
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.runtime = runtime  # process, platform and GC collectors: a handful of series, rendered live
+        self._lock = threading.Lock()
+        self._frags: dict[str, _Fragment] = {}
+        self._want: dict[str, int] = {}  # probe -> sequence number of the newest render in progress
+        self._seq = 0
+        self._legacy = ""
+        self._signature: tuple[tuple[tuple[str, str], ...], str] | None = None
+        self._kinds = kind_families()
+        self._headers = {kind: _headers(render(_EMPTY, [])) for kind, render in self._kinds}
+        self.renders = 0  # probe renders so far (tests and benchmarks read it)
+        store.subscribe(self._changed)
+
+    def _current_signature(self) -> tuple[tuple[tuple[str, str], ...], str]:
+        return tuple(sorted(self.state.probes.items())), self.state.vantage
+
+    def _fragment(self, name: str, st: ProbeStats) -> _Fragment:
+        kind = kind_of(self.state, name)
+        snap = {name: st}
+        vantage = self.state.vantage
+
+        def text(families: list[Metric]) -> list[str]:
+            if vantage:
+                families = [with_vantage(f, vantage) for f in families]
+            return [sample_lines(f) for f in families]
+
+        render = dict(self._kinds).get(kind)
+        own = text(render(snap, [name])) if render is not None else []
+        return _Fragment(kind, own, text(tls_fact_families(snap, [name])))
+
+    def _changed(self, name: str) -> None:
+        with self._lock:  # a render that started later wins, whichever thread finishes first
+            self._seq += 1
+            mine = self._want[name] = self._seq
+        st = self.store.stats_of(name)
+        frag = None if st is None else self._fragment(name, st)
+        with self._lock:
+            if self._want.get(name) != mine:
+                return
+            del self._want[name]
+            if frag is None:
+                self._frags.pop(name, None)
+            else:
+                self._frags[name] = frag
+                self.renders += 1
+
+    def rerender_all(self) -> None:
+        """Every probe again (the probe kinds or the vantage changed); safe to run in a worker thread."""
+        signature = self._current_signature()
+        vantage = self.state.vantage
+        legacy = legacy_testable()
+        self._legacy = _render([with_vantage(legacy, vantage) if vantage else legacy])
+        names = set(self.store.names())
+        with self._lock:
+            for gone in set(self._frags) - names:
+                del self._frags[gone]
+        for name in names:
+            self._changed(name)
+        self._signature = signature
+
+    @property
+    def stale(self) -> bool:
+        return self._signature != self._current_signature()
+
+    def text(self) -> str:
+        """The whole mailcanary part of /metrics (call :meth:`rerender_all` first when :attr:`stale`)."""
+        if self.stale:
+            self.rerender_all()
+        vantage = self.state.vantage
+        exporter = [with_vantage(f, vantage) if vantage else f for f in exporter_families(self.state)]
+        out = [_render(exporter)]
+        with self._lock:
+            frags = sorted(self._frags.items())
+        for kind, _ in self._kinds:
+            mine = [f for _, f in frags if f.kind == kind]
+            for i, header in enumerate(self._headers[kind]):
+                out.append(header)
+                out.extend(f.own[i] for f in mine)
+        for i, header in enumerate(FACT_HEADERS):
+            out.append(header)
+            out.extend(f.facts[i] for _, f in frags)
+        out.append(self._legacy)
+        return "".join(out)
+
+    async def body(self) -> bytes:
+        """The /metrics body; a full re-render after a reload runs in a thread, never on the loop."""
+        if self.stale:
+            await asyncio.to_thread(self.rerender_all)
+        body = self.text().encode()
+        if self.runtime is None:
+            return body
+        return b"".join((body, generate_latest(self.runtime)))
+
+
+def runtime_registry() -> CollectorRegistry:
+    """The process, platform and GC collectors alone (rendered live on every scrape: ~20 series)."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def build_registry(store: ResultStore, state: ExporterState) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
