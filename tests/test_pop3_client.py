@@ -969,6 +969,24 @@ async def test_line_length_limit(serve: Serve, length: int, ok: bool) -> None:
             assert f"longer than {MAX_LINE}" in str(info.value)
 
 
+@pytest.mark.parametrize("length", [2_000, 200_000])  # within the stream's own limit, and beyond it
+async def test_foreign_line_over_the_limit_right_before_the_terminator(serve: Serve, length: int) -> None:
+    """A foreign message whose last line is over ``max_line`` is skipped and the session stays in step.
+
+    A line longer than ``max_line`` but shorter than the stream's buffer limit arrives whole: nothing of
+    it is left to drop. The old POP3 reader then dropped the *next* line too, here the terminator, and
+    waited out the step for a reply that had already come (a false ``timeout``)."""
+    long_line = b"X-Long: " + b"z" * length
+    port = await serve(
+        scripted({b"CAPA": b"-ERR\r\n", b"TOP": b"+OK\r\nFrom: a@b\r\n" + long_line + b"\r\n.\r\n"})
+    )
+    async with await POP3Client.connect(
+        endpoint(port, "none"), recorder(), timeout=2, max_line=1000
+    ) as client:
+        assert await client.top_or_none(1, 64 * 1024) is None
+        await client.noop()  # in step: the +OK of NOOP, not a line of the skipped reply
+
+
 async def test_over_long_greeting_without_newline(serve: Serve) -> None:
     async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"+OK " + b"x" * 1_000_000)
