@@ -720,8 +720,8 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
     from prometheus_client import CollectorRegistry, generate_latest
 
     from exporter.config import load_config
-    from exporter.registry import find
     from exporter.metrics.collector import ExporterState, MailcanaryCollector, SeriesCache
+    from exporter.registry import find
     from exporter.run.results import ResultStore
     from exporter.run.runner import Runner, make_masker
     from exporter.state.ledger import Ledger
@@ -854,8 +854,8 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     """A TLS check's own session gives the chain; the runner adds key facts and the OCSP answer (asked of
     the responder once, then cached until nextUpdate), rendered as mailcanary_tls_cert_* series."""
     from exporter.config import parse_config
-    from exporter.registry import find
     from exporter.metrics.collector import ExporterState, SeriesCache
+    from exporter.registry import find
     from exporter.run.results import ResultStore
     from exporter.run.runner import Runner, make_masker
     from exporter.state.ledger import Ledger

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, parse_config
-from exporter.registry import configured, find, get, kinds
 from exporter.kinds.domain import domain_settings
+from exporter.registry import configured, find, get, kinds
 
 F = "mc.yml"
 
