@@ -112,7 +112,7 @@ async def measure(
         stack.password(theirs),
         ca_file or "-",
     ]
-    await runner.run_roundtrip(rt)  # warm-up: imports, first context build, the mailbox sweep
+    await runner.run_entry(rt)  # warm-up: imports, first context build, the mailbox sweep
     await asyncio.to_thread(
         subprocess.run, anchor, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -122,7 +122,7 @@ async def measure(
     kids_before = children_cpu()
     for _ in range(rounds):
         t0 = time.process_time()
-        result = await runner.run_roundtrip(rt)
+        result = await runner.run_entry(rt)
         mine += time.process_time() - t0
         failures += 0 if result.success else 1
         proc = await asyncio.to_thread(

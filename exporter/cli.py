@@ -12,26 +12,23 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
-from exporter import logs
+from exporter import logs, registry
 from exporter.buildinfo import version_text
 from exporter.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     LoadedConfig,
-    RoundTripConfig,
     load_config,
     parse_shard,
     state_dir,
 )
 from exporter.daemon import Daemon
 from exporter.demo import command as demo
-from exporter.kinds import configured
-from exporter.run import report as probereport
+from exporter.run.report import warning as junk_warning
 from exporter.run.results import ResultStore, RunResult
 from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger, key_problem, load_or_create_key
 from exporter.web.webconfig import load_web_config
-from probes.domain.probe import DomainReport, render_report
 from probes.tls.audit import TLSFacts
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
@@ -224,20 +221,16 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
     for note in loaded.notes:
         print(f"note: {note}", file=out)
     cfg = loaded.config
-    for i, probe in enumerate(cfg.roundtrip):
-        # A POP3 server's LOGIN-DELAY cannot be known without asking it, and this command asks no one.
-        if probe.receive.protocol == "pop3":
-            print(
-                f"note: {path}: roundtrip[{i}].receive: a POP3 server's LOGIN-DELAY is learnt at the first "
-                f"run; if it exceeds the interval ({cfg.interval_of(probe):g}s) the daemon logs "
-                "pop3_login_delay_exceeds_interval (see mailcanary_receive_login_delay_seconds)",
-                file=out,
-            )
-    domains = f", {len(cfg.domain_checks)} domain checks" if cfg.domain_checks else ""
-    print(
-        f"{path}: ok ({len(cfg.roundtrip)} round-trip probes, {len(cfg.tls_checks)} TLS checks{domains})",
-        file=out,
-    )
+    counts = []
+    for kind in registry.kinds():
+        entries = kind.entries(cfg)
+        if kind.notes is not None:
+            for i, entry in enumerate(entries):
+                for note in kind.notes(cfg, entry, f"{kind.section}[{i}]"):
+                    print(f"note: {path}: {note}", file=out)
+        if entries or kind.count_zero:
+            counts.append(f"{len(entries)} {kind.plural}")
+    print(f"{path}: ok ({', '.join(counts)})", file=out)
     return EXIT_OK
 
 
@@ -263,32 +256,27 @@ def _state_dir_problem(loaded: LoadedConfig) -> str | None:
 async def _probe(args: argparse.Namespace, out: TextIO) -> int:
     loaded = load_config(_config_path(args))
     cfg = loaded.config
-    known = {entry.name: (kind, entry) for kind, entry in configured(cfg)}
+    known = {entry.name: (kind, entry) for kind, entry in registry.configured(cfg)}
     unknown = [n for n in args.names if n not in known]
     if unknown:
         have = ", ".join(known) or "none"
-        raise ConfigError(
-            [
-                f"{loaded.path}: no probe, TLS check or domain check named {n!r} (have: {have})"
-                for n in unknown
-            ]
-        )
+        what = registry.nouns([k.noun for k in registry.kinds()])
+        raise ConfigError([f"{loaded.path}: no {what} named {n!r} (have: {have})" for n in unknown])
     selected = [known[n] for n in args.names] if args.names else list(known.values())
     if not selected:
-        raise ConfigError(
-            [f"{loaded.path}: (top level): no roundtrip probes, tls_checks or domain_checks configured"]
-        )
+        what = registry.nouns([k.plural for k in registry.kinds()])
+        raise ConfigError([f"{loaded.path}: (top level): no {what} configured"])
     state = state_dir(cfg)
     key = load_or_create_key(cfg.global_.canary_key_file, state, loaded.path)
     ledger = await asyncio.to_thread(Ledger, state / "ledger.json")
     runner = Runner(loaded=loaded, key=key, ledger=ledger, store=ResultStore(), masker=make_masker(loaded))
     logs.set_masker(runner.masker)
     try:
-        results = await asyncio.gather(*(kind.run(runner, entry, args.debug) for kind, entry in selected))
+        results = await asyncio.gather(*(runner.run(kind, entry, args.debug) for kind, entry in selected))
     finally:
         await asyncio.to_thread(ledger.close)
-    roundtrips = {e.name: e for _, e in selected if isinstance(e, RoundTripConfig)}
-    text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days, roundtrips=roundtrips)
+    entries = {e.name: e for _, e in selected}
+    text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days, entries=entries)
     print(text, file=out)
     return code
 
@@ -301,19 +289,21 @@ def report(
     results: Sequence[RunResult],
     warn_days: float | None = None,
     crit_days: float | None = None,
-    roundtrips: Mapping[str, RoundTripConfig] | None = None,
+    entries: Mapping[str, object] | None = None,
 ) -> tuple[str, int]:
-    """Nagios-style first line (status - summary | perfdata), then a readable section per probe.
-    ``roundtrips`` (the run's round-trip configs) lets a fact that was not configured say so."""
+    """Nagios-style first line (status - summary | perfdata), then a readable section per probe, each
+    kind adding its own lines. ``entries`` (the run's config entries by probe name) lets a fact that was
+    not configured say so; without it, each result goes to the kind that claims it."""
     now = time.time()
-    rts = roundtrips or {}
+    given = entries or {}
+    kind_of = {r.probe: registry.kind_of_result(r, given) for r in results}
     problems: list[tuple[int, str]] = []
     for r in results:
         if not r.success:
             problems.append(
                 (EXIT_UNKNOWN if r.reason == "internal" else EXIT_CRITICAL, f"{r.probe}: {r.reason}")
             )
-        junk = probereport.warning(r)  # delivered, but as spam: the daemon's alert is a warning too
+        junk = junk_warning(r)  # delivered, but as spam: the daemon's alert is a warning too
         if junk is not None:
             problems.append((EXIT_WARNING, junk))
         for endpoint, facts in r.tls.items():
@@ -337,21 +327,18 @@ def report(
     if problems:
         summary = "; ".join(text for _, text in problems)
     else:
-        trips = sum(1 for r in results if r.delivery is not None)
-        domains = sum(1 for r in results if isinstance(r.detail, DomainReport))
-        checks = len(results) - trips - domains
-        parts = [f"{trips} round trips delivered"] if trips else []
-        parts += [f"{checks} TLS checks verified"] if checks else []
-        parts += [f"{domains} domains without findings"] if domains else []
+        parts = []
+        for each in registry.kinds():
+            n = sum(1 for r in results if kind_of[r.probe] is each)
+            if n:
+                parts.append(f"{n} {each.done}")
         summary = ", ".join(parts)
     perf = [f"'{r.probe}_delivery'={r.delivery:.3f}s;;;0" for r in results if r.delivery is not None]
     perf += [f"'{r.probe}_sync'={r.sync_seconds:.3f}s;;;0" for r in results if r.sync_seconds is not None]
-    perf += [
-        x
-        for r in results
-        if probereport.is_roundtrip(r, rts)
-        for x in probereport.perfdata(r, rts.get(r.probe))
-    ]
+    for r in results:
+        kind = kind_of[r.probe]
+        if kind is not None and kind.perfdata is not None:
+            perf += kind.perfdata(r, given.get(r.probe))
     for r in results:
         for endpoint, facts in r.tls.items():
             days = _days_left(facts, now)
@@ -359,6 +346,7 @@ def report(
                 perf.append(f"'{r.probe}_{endpoint}_days'={days:.1f};{warn_days or ''};{crit_days or ''}")
     lines = [f"MAILCANARY {status} - {summary}" + (f" | {' '.join(perf)}" if perf else "")]
     for r in results:
+        kind = kind_of[r.probe]
         lines.append("")
         if r.delivery is not None:
             verdict = f"delivered in {r.delivery:.3f}s"
@@ -368,8 +356,8 @@ def report(
         if not r.success:
             where = f" during {r.failed_phase}" if r.failed_phase else ""
             lines.append(f"  reason: {r.reason}{where}: {r.message}")
-        if probereport.is_roundtrip(r, rts):
-            lines.extend(probereport.fact_lines(r, rts.get(r.probe)))
+        if kind is not None and kind.report_facts is not None:
+            lines.extend(kind.report_facts(r, given.get(r.probe)))
         if r.late or r.swept:
             lines.append(f"  earlier canaries cleaned up: {r.late} late, {r.swept} stale")
         if r.phases:
@@ -378,8 +366,8 @@ def report(
             lines.extend(f"  {phase.ljust(width)}  {secs:.4f}" for phase, secs in r.phases.items())
         for endpoint, facts in r.tls.items():
             lines.extend(_tls_report(endpoint, facts, now))
-        if isinstance(r.detail, DomainReport):
-            lines.extend(f"  {line}" for line in render_report(r.detail).splitlines())
+        if kind is not None and kind.report_detail is not None:
+            lines.extend(kind.report_detail(r))
         if r.transcript:
             lines.append("  dialogue (secrets masked):")
             lines.extend(f"    {line}" for line in r.transcript)

@@ -25,8 +25,8 @@ from exporter.config import (
     parse_shard,
     state_dir,
 )
-from exporter.kinds import configured, find
 from exporter.metrics.collector import ExporterState, SeriesCache, build_registry, runtime_registry
+from exporter.registry import configured, find
 from exporter.run.history import History
 from exporter.run.results import ResultStore
 from exporter.run.runner import Runner, make_masker
@@ -166,7 +166,7 @@ class Daemon:
         entries = [(k, e) for k, e in configured(cfg) if in_shard(e.name, shard)]
         self.state.shard = shard_text or ""
         self.state.vantage = self.vantage_override or cfg.global_.vantage or ""
-        runner.ledger.prune(keep={e.name for k, e in entries if k.name == "roundtrip"})  # queued, not awaited
+        runner.ledger.prune(keep={e.name for k, e in entries if k.ledger})  # queued, not awaited
         self.store.ensure([e.name for _, e in entries])
         self.store.retain_tls({e.name: k.endpoints(e) for k, e in entries})
         self.state.probes = {e.name: k.name for k, e in entries}
@@ -202,7 +202,7 @@ class Daemon:
         found = find(runner.loaded.config, name)
         if found is not None:
             kind, entry = found
-            await kind.run(runner, entry, False)
+            await runner.run(kind, entry)
 
     async def start(self) -> None:
         """Load the config (raising ConfigError), then serve and schedule."""

@@ -180,7 +180,7 @@ def run_shared(stack: MailStack, tmp: Path, address: str, runs: int, seed: int =
     async def loop(probe: Any) -> None:
         while left[0] > 0:
             left[0] -= 1
-            result = await runner.run_roundtrip(probe)
+            result = await runner.run_entry(probe)
             outcomes[result.reason] += 1
             if not result.success:
                 messages.append(f"{probe.name}: {result.reason}: {result.message}")

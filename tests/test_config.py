@@ -21,7 +21,7 @@ from exporter.config import (
     parse_config,
     state_dir,
 )
-from exporter.run.runner import roundtrip_settings
+from exporter.kinds.roundtrip import roundtrip_settings
 from probes.clients.imap import IMAPSettings
 from probes.roundtrip.probe import POP3Settings
 

@@ -720,8 +720,8 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
     from prometheus_client import CollectorRegistry, generate_latest
 
     from exporter.config import load_config
-    from exporter.kinds import find
     from exporter.metrics.collector import ExporterState, MailcanaryCollector, SeriesCache
+    from exporter.registry import find
     from exporter.run.results import ResultStore
     from exporter.run.runner import Runner, make_masker
     from exporter.state.ledger import Ledger
@@ -736,7 +736,7 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
     runner = Runner(
         loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=store, masker=make_masker(loaded)
     )
-    run = await found[0].run(runner, found[1], False)
+    run = await runner.run(found[0], found[1])
     assert (run.success, run.reason) == (False, "domain_findings")
     assert run.message.startswith("7 findings: mx1.example.test/127.0.0.3: dnsbl_dnsbl.test; ")
     text = cache.text()
@@ -803,7 +803,7 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
 
 async def test_domain_check_failing_lookup_is_dns_lookup(world: World, tmp_path: Path) -> None:
     from exporter.config import parse_config
-    from exporter.kinds import find
+    from exporter.registry import find
     from exporter.run.results import ResultStore
     from exporter.run.runner import Runner, make_masker
     from exporter.state.ledger import Ledger
@@ -818,7 +818,7 @@ async def test_domain_check_failing_lookup_is_dns_lookup(world: World, tmp_path:
     runner = Runner(
         loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=ResultStore(), masker=make_masker(loaded)
     )
-    run = await found[0].run(runner, found[1], False)
+    run = await runner.run(found[0], found[1])
     assert (run.success, run.reason, run.detail) == (False, "dns_lookup", None)
     assert run.message == "MX lookup of outside.example failed: SERVFAIL"
 
@@ -854,8 +854,8 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     """A TLS check's own session gives the chain; the runner adds key facts and the OCSP answer (asked of
     the responder once, then cached until nextUpdate), rendered as mailcanary_tls_cert_* series."""
     from exporter.config import parse_config
-    from exporter.kinds import find
     from exporter.metrics.collector import ExporterState, SeriesCache
+    from exporter.registry import find
     from exporter.run.results import ResultStore
     from exporter.run.runner import Runner, make_masker
     from exporter.state.ledger import Ledger
@@ -880,8 +880,8 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     runner = Runner(
         loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=store, masker=make_masker(loaded)
     )
-    first = await found[0].run(runner, found[1], False)
-    second = await found[0].run(runner, found[1], False)
+    first = await runner.run(found[0], found[1])
+    second = await runner.run(found[0], found[1])
     assert (first.reason, second.reason) == ("success", "success")
     assert responder.asked == [served.cert.serial_number]  # the second run's answer came from the cache
     h = second.hygiene[address]
@@ -1043,7 +1043,7 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
     """With every slot of mx1's smtpd taken by something else of ours, the domain check must not report
     mx1 as having no TLS: it fails with queue_timeout (our limit), and once the slot is free it checks."""
     from exporter.config import parse_config
-    from exporter.kinds import find
+    from exporter.registry import find
     from exporter.run.results import ResultStore
     from exporter.run.runner import Runner, make_masker
     from exporter.state.ledger import Ledger
@@ -1064,10 +1064,10 @@ async def test_our_own_session_limit_is_queue_timeout_not_a_finding(world: World
     )
     held = Endpoint(MX1_ADDR, world.port, tls_mode="starttls")
     async with runner.slots.session(held, "smtp", Recorder()):
-        queued = await found[0].run(runner, found[1], False)
+        queued = await runner.run(found[0], found[1])
     assert (queued.reason, queued.detail) == ("queue_timeout", None)
     assert queued.message.startswith(f"no session slot for {MX1}/{MX1_ADDR}: ")
-    free = await found[0].run(runner, found[1], False)
+    free = await runner.run(found[0], found[1])
     assert free.reason == "success", free.message  # mx1 alone: verified, DANE valid, nothing else asked
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, parse_config
-from exporter.kinds import BY_NAME, KINDS, configured, find
-from exporter.run.runner import domain_settings
+from exporter.kinds.domain import domain_settings
+from exporter.registry import configured, find, get, kinds
 
 F = "mc.yml"
 
@@ -111,8 +111,8 @@ domain_checks:
 
 
 def test_three_kinds_in_one_table() -> None:
-    assert [k.name for k in KINDS] == ["roundtrip", "tls", "domain"]
-    assert [k.section for k in KINDS] == ["roundtrip", "tls_checks", "domain_checks"]
+    assert [k.name for k in kinds()] == ["roundtrip", "tls", "domain"]
+    assert [k.section for k in kinds()] == ["roundtrip", "tls_checks", "domain_checks"]
     text = """
 tls_checks:
   - {name: t, host: mx.example.com, protocol: smtp, port: 25}
@@ -122,11 +122,11 @@ domain_checks:
     cfg = parse_config(text, F).config
     assert [(k.name, e.name) for k, e in configured(cfg)] == [("tls", "t"), ("domain", "d")]
     found = find(cfg, "d")
-    assert found is not None and found[0] is BY_NAME["domain"]
+    assert found is not None and found[0] is get("domain")
     assert find(cfg, "nope") is None
-    assert BY_NAME["tls"].endpoints(cfg.tls_checks[0]) == {"mx.example.com:25"}
-    assert BY_NAME["domain"].endpoints(cfg.domain_checks[0]) == set()
-    fams = BY_NAME["domain"].families({}, [])
+    assert get("tls").endpoints(cfg.tls_checks[0]) == {"mx.example.com:25"}
+    assert get("domain").endpoints(cfg.domain_checks[0]) == set()
+    fams = get("domain").families({}, [])
     assert fams[0].name == "mailcanary_domain_check_success" and all(not f.samples for f in fams)
 
 

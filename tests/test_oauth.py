@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from exporter.config import ConfigError, parse_config
-from exporter.run.runner import make_masker, roundtrip_settings
+from exporter.kinds.roundtrip import roundtrip_settings
+from exporter.run.runner import make_masker
 from probes.auth.oauth import (
     MAX_RESPONSE_BYTES,
     FileToken,

@@ -212,7 +212,7 @@ def _runner(tmp: Path, probes: list[dict[str, Any]]) -> Runner:
 
 def _run(runner: Runner, name: str, debug: bool = True) -> RunResult:
     probe = next(p for p in runner.loaded.config.roundtrip if p.name == name)
-    return asyncio.run(runner.run_roundtrip(probe, debug=debug))
+    return asyncio.run(runner.run_entry(probe, debug=debug))
 
 
 def _text(result: RunResult) -> str:

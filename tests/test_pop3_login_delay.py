@@ -213,7 +213,7 @@ async def test_the_daemon_exports_the_delay_and_warns_once_when_the_interval_is_
         cache = SeriesCache(store_, state)
         (config,) = runner.loaded.config.roundtrip
         with capture_logs() as logs:
-            runs = [await runner.run_roundtrip(config) for _ in range(3)]
+            runs = [await runner.run_entry(config) for _ in range(3)]
     assert [r.reason for r in runs] == ["success", "receive_login_delay", "receive_login_delay"], runs
     assert "LOGIN-DELAY of 10s" in runs[1].message
     assert len(logins.at) == 1 and logins.refused == 0  # the refused runs did not even try

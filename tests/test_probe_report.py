@@ -58,7 +58,7 @@ def lines_of(text: str, probe: str = "rt") -> dict[str, str]:
 
 
 def run(r: RunResult, cfg: RoundTripConfig | None) -> tuple[str, int, dict[str, str]]:
-    text, code = report([r], roundtrips={cfg.name: cfg} if cfg is not None else None)
+    text, code = report([r], entries={cfg.name: cfg} if cfg is not None else None)
     return text.splitlines()[0], code, lines_of(text)
 
 

@@ -94,7 +94,7 @@ def test_quota_at_95_percent_is_exported_exactly(
     ledger = Ledger(tmp_path / "ledger.json")
     runner = Runner(loaded=loaded, key=KEY, ledger=ledger, store=store, masker=make_masker(loaded))
     store.ensure(["qt"])
-    result = asyncio.run(runner.run_roundtrip(loaded.config.roundtrip[0], debug=True))
+    result = asyncio.run(runner.run_entry(loaded.config.roundtrip[0], debug=True))
     assert result.success, (result.reason, result.message, result.transcript)
     text = cache.text()
     assert _values(text, "mailcanary_mailbox_quota_used") == {
@@ -131,7 +131,7 @@ def test_quota_off_reads_nothing(
         store=ResultStore(),
         masker=make_masker(loaded),
     )
-    result = asyncio.run(runner.run_roundtrip(loaded.config.roundtrip[0], debug=True))
+    result = asyncio.run(runner.run_entry(loaded.config.roundtrip[0], debug=True))
     assert result.success, (result.reason, result.message)
     assert result.quota is None and result.quota_error is None
     assert "GETQUOTAROOT" not in "\n".join(result.transcript or [])

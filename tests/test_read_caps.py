@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config import LoadedConfig, parse_config
-from exporter.run.runner import roundtrip_settings
+from exporter.kinds.roundtrip import roundtrip_settings
 from probes.wire.framing import ReadLimits
 from tests.test_config import ENV, F, _edit, full_config, one_problem, pw_file  # noqa: F401  (pw_file: fixture)
 

@@ -30,7 +30,7 @@ def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runn
 def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> RunResult:
     probes = runner.loaded.config.roundtrip
     probe = probes[0] if name is None else next(p for p in probes if p.name == name)
-    return asyncio.run(runner.run_roundtrip(probe, debug=debug))
+    return asyncio.run(runner.run_entry(probe, debug=debug))
 
 
 @pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])

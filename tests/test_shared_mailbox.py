@@ -95,7 +95,7 @@ def test_hostile_seeded_mailbox(mailstack: MailStack, mailbox: str, tmp_path: Pa
     mailstack.inject(mailbox, real)
     mailstack.inject(mailbox, legacy_v1_message(stale_v1, KEY, mailbox, mailbox))
 
-    result = asyncio.run(runner.run_roundtrip(probe))
+    result = asyncio.run(runner.run_entry(probe))
     assert result.success, result.message
     assert result.swept == 2
 

@@ -32,7 +32,7 @@ def test_limit_holds_against_the_real_stack(
     runner = runner_for(tmp_path, probes, max_sessions=2, queue_timeout="60s", timeout="30s")
 
     async def main() -> list[object]:
-        return list(await asyncio.gather(*(runner.run_roundtrip(p) for p in runner.loaded.config.roundtrip)))
+        return list(await asyncio.gather(*(runner.run_entry(p) for p in runner.loaded.config.roundtrip)))
 
     results = asyncio.run(main())
     assert [r.reason for r in results] == ["success"] * len(boxes)  # type: ignore[attr-defined]
@@ -66,7 +66,7 @@ def test_queueing_does_not_count_against_the_deadline(
 
         task = asyncio.create_task(hog())
         await held.wait()
-        result = await runner.run_roundtrip(probe)
+        result = await runner.run_entry(probe)
         await task
         return result
 
@@ -91,7 +91,7 @@ def test_no_slot_in_time_is_queue_timeout(mailstack: MailStack, mailbox: str, tm
 
         task = asyncio.create_task(hog())
         await asyncio.sleep(0)
-        result = await runner.run_roundtrip(probe)
+        result = await runner.run_entry(probe)
         release.set()
         await task
         return result

@@ -43,7 +43,7 @@ def test_second_session_sees_the_flag_and_both_times_are_exported(
     cache = SeriesCache(store, ExporterState(probes={"sy": "roundtrip"}))
     runner = _runner(tmp_path, probe, store)
     store.ensure(["sy"])
-    result = asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=True))
+    result = asyncio.run(runner.run_entry(runner.loaded.config.roundtrip[0], debug=True))
     assert result.success, (result.reason, result.message, result.transcript)
     assert result.sync_seconds is not None and 0 < result.sync_seconds < TIMEOUT
     assert result.sync_arrival is not None and 0 < result.sync_arrival < TIMEOUT
@@ -116,7 +116,7 @@ async def test_a_second_session_that_stalls_on_the_real_dovecot_is_sync_timeout(
         store = ResultStore()
         runner = _runner(tmp_path, probe, store)
         started = time.monotonic()
-        result = await runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=True)
+        result = await runner.run_entry(runner.loaded.config.roundtrip[0], debug=True)
         elapsed = time.monotonic() - started
     finally:
         server.close()
@@ -150,6 +150,6 @@ def test_a_canary_that_never_arrives_with_the_sync_check_is_a_timeout_not_intern
     runner = _runner(tmp_path, probe, store)
     outcomes = []
     for _ in range(6):  # the deadline falls at a different point of the second device's poll each time
-        result = asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0]))
+        result = asyncio.run(runner.run_entry(runner.loaded.config.roundtrip[0]))
         outcomes.append((result.reason, result.message))
     assert all(reason == "timeout" for reason, _ in outcomes), outcomes

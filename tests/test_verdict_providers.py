@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.config import ConfigError, parse_config
-from exporter.run.runner import roundtrip_settings
+from exporter.kinds.roundtrip import roundtrip_settings
 from probes.receipt.verdict import MICROSOFT365, authentication, is_trusted, verdict_of
 
 ALL_PASS = {"spf": "pass", "dkim": "pass", "dmarc": "pass"}

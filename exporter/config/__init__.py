@@ -19,7 +19,9 @@ from exporter.config.model import (
     RoundTripConfig,
     TLSCheckConfig,
     TLSConfig,
+    config_model,
     default_port,
+    sections,
     state_dir,
 )
 from exporter.config.shard import in_shard, parse_shard
@@ -41,6 +43,7 @@ __all__ = [
     "RoundTripConfig",
     "TLSCheckConfig",
     "TLSConfig",
+    "config_model",
     "default_port",
     "format_duration",
     "in_shard",
@@ -50,6 +53,7 @@ __all__ = [
     "parse_duration",
     "parse_shard",
     "read_text_capped",
+    "sections",
     "state_dir",
     "validation_problems",
 ]

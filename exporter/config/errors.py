@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from exporter.config.model import sections
+
 
 class ConfigError(Exception):
     """One or more problems, each a line ``file: key.path: what is wrong``."""
@@ -56,9 +58,7 @@ def validation_problems(path: str, exc: ValidationError) -> list[str]:
         msg = _message(err)
         # Errors raised by a model validator carry their own key path ("roundtrip[1].name: ...").
         m = re.match(r"^((?:[A-Za-z_]+(?:\[\d+\])?\.?)+): (.*)$", msg)
-        if m and m.group(1).startswith(
-            ("roundtrip", "global", "tls_checks", "domain_checks", "modules", "probe_endpoint")
-        ):
+        if m and m.group(1).startswith(sections()):
             lines.append(f"{path}: {m.group(1)}: {m.group(2)}")
             continue
         if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():

@@ -4,17 +4,18 @@ resolve secrets; every problem a line that names file, key and problem."""
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
+from exporter import registry
 from exporter.config.errors import ConfigError, validation_problems
-from exporter.config.model import SECTIONS, Config, EndpointConfig, RoundTripConfig
-from exporter.config.secrets import raw_problems, read_secret, without_passwords
+from exporter.config.model import Config, EndpointConfig, config_model, sections
+from exporter.config.secrets import raw_problems, without_passwords
 from exporter.config.yamlfile import load_yaml, read_text_capped
 from probes.auth.credentials import TokenSource
 from probes.auth.oauth import FileToken, GrantToken
@@ -30,6 +31,7 @@ class LoadedConfig:
     digest: str = ""
     # (username, settings and secrets) -> source; never in a repr or a log
     token_sources: dict[tuple[str, str], TokenSource] = field(default_factory=dict, repr=False)
+    usernames: dict[tuple[str, str], str] = field(default_factory=dict)  # (probe, secret key) -> its login
 
     def password(self, probe: str, side: str) -> str:
         return self.secrets[(probe, side)]
@@ -37,16 +39,15 @@ class LoadedConfig:
     def all_secrets(self) -> Iterable[tuple[str, str]]:
         """(username, secret) pairs (passwords, OAuth client secrets and refresh tokens), for the log and
         transcript masker."""
-        for probe in self.config.roundtrip:
-            for side, ep in probe.sides():
-                for key in (side, f"{side}.client_secret", f"{side}.refresh_token"):
-                    if (probe.name, key) in self.secrets and ep.username:
-                        yield ep.username, self.secrets[(probe.name, key)]
+        for key, secret in self.secrets.items():
+            username = self.usernames.get(key)
+            if username:
+                yield username, secret
 
-    def token_source(self, probe: RoundTripConfig, side: str) -> TokenSource | None:
-        """The OAuth token source of one side of a probe, made once per loaded config so that its
-        cached token outlives a run (None: a password login)."""
-        ep: EndpointConfig = probe.smtp if side == "smtp" else probe.receive
+    def token_source(self, probe: Any, side: str) -> TokenSource | None:
+        """The OAuth token source of one side (an endpoint key) of an entry, made once per loaded config
+        so that its cached token outlives a run (None: a password login)."""
+        ep: EndpointConfig = getattr(probe, side)
         oauth = ep.oauth
         if oauth is None:
             return None
@@ -84,66 +85,30 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     """Parse and validate; raises ConfigError listing every problem found."""
     environ = dict(os.environ) if environ is None else environ
     data = load_yaml(text, path)
+    keys = sections()  # global, each kind's section, modules, probe_endpoint
     if data is None:
         raise ConfigError(
             [
                 f"{path}: (top level): the file is empty (a truncated write?); a config with no probes "
-                "says so explicitly, e.g. `roundtrip: []`"
+                f"says so explicitly, e.g. `{keys[1]}: []`"
             ]
         )
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: (top level): must be a mapping with keys global, roundtrip, tls_checks"])
+        raise ConfigError([f"{path}: (top level): must be a mapping with keys {', '.join(keys[:3])}"])
     # A section left empty ("roundtrip:" with nothing under it) means "none", not "null".
-    data = {k: v for k, v in data.items() if not (v is None and k in SECTIONS)}
+    data = {k: v for k, v in data.items() if not (v is None and k in keys)}
     try:
-        config = Config.model_validate(data)
+        config = config_model().model_validate(data)
     except ValidationError as exc:
         # Structure first, but also what can be told from the raw data, so one run lists it all.
         found = validation_problems(path, exc) + raw_problems(path, data, environ)
         raise ConfigError(list(dict.fromkeys(found))) from None
     loaded = LoadedConfig(path=path, config=config)
-    loaded.notes += source_notes(config, path)
     problems: list[str] = []
-    for i, probe in enumerate(config.roundtrip):
-        for side, ep in probe.sides():
-            where = f"roundtrip[{i}].{side}"
-            secret, problem = read_secret(
-                path, where, ep.password, ep.password_file, ep.password_env, environ
-            )
-            if problem is not None:
-                problems.append(problem)
-            if secret is not None:
-                loaded.secrets[(probe.name, side)] = secret
-            if ep.oauth is not None:
-                for base in ("client_secret", "refresh_token"):
-                    value, problem = read_secret(
-                        path,
-                        f"{where}.oauth",
-                        getattr(ep.oauth, base),
-                        getattr(ep.oauth, f"{base}_file"),
-                        getattr(ep.oauth, f"{base}_env"),
-                        environ,
-                        key=base,
-                    )
-                    if problem is not None:
-                        problems.append(problem)
-                    if value is not None:
-                        loaded.secrets[(probe.name, f"{side}.{base}")] = value
-            if ep.password is not None:
-                loaded.warnings.append(
-                    f"{path}: {where}.password: inline password; prefer password_file or password_env"
-                )
-        sync = probe.receive.sync
-        if sync is not None and sync.enabled and sync.timeout >= config.timeout_of(probe):
-            loaded.warnings.append(
-                f"{path}: roundtrip[{i}].receive.sync.timeout: not shorter than the probe's timeout; "
-                "a sync that never shows ends as timeout, not sync_timeout"
-            )
-        if config.timeout_of(probe) > config.interval_of(probe):
-            loaded.warnings.append(
-                f"{path}: roundtrip[{i}].timeout: longer than the interval; "
-                "a run that overruns skips the next slot"
-            )
+    for kind in registry.kinds():
+        if kind.load is not None:
+            for i, entry in enumerate(kind.entries(config)):
+                problems += kind.load(loaded, entry, f"{kind.section}[{i}]", environ)
     if config.global_.canary_key_file is not None and not os.access(config.global_.canary_key_file, os.R_OK):
         problems.append(f"{path}: global.canary_key_file: cannot read {config.global_.canary_key_file}")
     if problems:
@@ -153,26 +118,6 @@ def parse_config(text: str, path: str, environ: dict[str, str] | None = None) ->
     public = json.dumps(without_passwords(config.model_dump(mode="json")), sort_keys=True)
     loaded.digest = hashlib.sha256(public.encode()).hexdigest()[:12]
     return loaded
-
-
-def source_notes(config: Config, path: str) -> list[str]:
-    """Where each domain check connects from, per address family (said by check-config): a source
-    address binds only to its own family, the other family uses the system's default source."""
-    out: list[str] = []
-    for i, check in enumerate(config.domain_checks):
-        sources = check.source_addresses
-        if not sources:
-            continue
-        by_family = {ipaddress.ip_address(a).version: a for a in sources}
-        said = [
-            f"IPv{v} from {by_family[v]}" if v in by_family else f"IPv{v} from the default source"
-            for v in (4, 6)
-        ]
-        out.append(
-            f"{path}: domain_checks[{i}].source_address: MX addresses (and the MTA-STS, OCSP and CRL "
-            f"servers) are connected {', '.join(said)}"
-        )
-    return out
 
 
 def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfig:

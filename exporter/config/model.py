@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -18,10 +18,12 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from exporter import registry
 from exporter.config.durations import parse_duration
 from exporter.config.shard import parse_shard
 from probes.canary import PROBE_NAME_RE
@@ -30,7 +32,6 @@ from probes.receipt.verdict import Preset
 from probes.roundtrip.probe import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
-SECTIONS = ("global", "roundtrip", "tls_checks", "domain_checks", "modules", "probe_endpoint")
 
 
 def _duration(value: object) -> float:
@@ -619,58 +620,75 @@ class GlobalConfig(Model):
 
 
 class Config(Model):
-    global_: GlobalConfig = Field(default=GlobalConfig(), alias="global")
-    roundtrip: list[RoundTripConfig] = []
-    tls_checks: list[TLSCheckConfig] = []
-    domain_checks: list[DomainCheckConfig] = []
-    modules: dict[str, ModuleConfig] = {}  # /probe modules; the built-in defaults are always there too
-    probe_endpoint: ProbeEndpointConfig = ProbeEndpointConfig()  # who may use /probe, and how much
+    """The root of the file. Its probe sections (one list of entries per kind) come from the registry of
+    kinds (:mod:`exporter.registry`): :func:`config_model` builds the class that validates a file, with
+    ``global`` first, then each kind's section in registry order, then ``modules`` and ``probe_endpoint``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    if TYPE_CHECKING:  # set by config_model(); a kind's section is read through registry.Kind.entries
+        global_: GlobalConfig
+        modules: dict[str, ModuleConfig]
+        probe_endpoint: ProbeEndpointConfig
+
+        def __getattr__(self, name: str) -> Any: ...
 
     @model_validator(mode="after")
     def _unique(self) -> Self:
         seen: set[str] = set()
-        named: list[tuple[str, RoundTripConfig | TLSCheckConfig | DomainCheckConfig]] = [
-            *((f"roundtrip[{i}]", p) for i, p in enumerate(self.roundtrip)),
-            *((f"tls_checks[{i}]", c) for i, c in enumerate(self.tls_checks)),
-            *((f"domain_checks[{i}]", d) for i, d in enumerate(self.domain_checks)),
-        ]
-        for where, item in named:
-            if item.name in seen:
-                raise ValueError(f"{where}.name: duplicate probe name {item.name!r}")
-            seen.add(item.name)
+        kinds = registry.kinds()
+        for kind in kinds:
+            for i, item in enumerate(kind.entries(self)):
+                if item.name in seen:
+                    raise ValueError(f"{kind.section}[{i}].name: duplicate probe name {item.name!r}")
+                seen.add(item.name)
         for name in self.modules:
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", name):
                 raise ValueError(f"modules.{name}: module names are 1-63 of letters, digits, '_', '.', '-'")
         for i, name in enumerate(self.probe_endpoint.allow_modules or []):
             if name not in self.all_modules():
                 raise ValueError(f"probe_endpoint.allow_modules[{i}]: no module named {name!r}")
-        for i, probe in enumerate(self.roundtrip):
-            interval, timeout = self.interval_of(probe), self.timeout_of(probe)
-            if interval < 1:
-                raise ValueError(f"roundtrip[{i}].interval: must be at least 1s")
-            if timeout <= 0:
-                raise ValueError(f"roundtrip[{i}].timeout: must be > 0")
-            rc = probe.receive
-            sync = rc.sync is not None and rc.sync.enabled
-            needed = 1 + int(rc.junk) + int(rc.placement_all_folders) + int(sync)  # sessions a run opens
-            limit = rc.max_sessions if rc.max_sessions is not None else self.global_.max_sessions
-            if limit < needed:
-                raise ValueError(
-                    f"roundtrip[{i}].receive.max_sessions: {limit} is fewer than the {needed} sessions a run "
-                    "opens with junk/placement_all_folders/sync (it would always end in queue_timeout)"
-                )
+        for kind in kinds:
+            if kind.check is not None:
+                for i, item in enumerate(kind.entries(self)):
+                    kind.check(self, item, f"{kind.section}[{i}]")
         return self
 
     def all_modules(self) -> dict[str, ModuleConfig]:
         return DEFAULT_MODULES | dict(self.modules)
 
-    def interval_of(self, probe: RoundTripConfig | TLSCheckConfig | DomainCheckConfig) -> float:
-        return probe.interval if probe.interval is not None else self.global_.interval
+    def interval_of(self, entry: Any) -> float:
+        """An entry's interval, or the global one."""
+        interval: float | None = entry.interval
+        return interval if interval is not None else self.global_.interval
 
-    def timeout_of(self, probe: RoundTripConfig) -> float:
-        return probe.timeout if probe.timeout is not None else self.global_.timeout
+    def timeout_of(self, entry: Any) -> float:
+        """An entry's timeout, or the global one (kinds whose timeout is optional)."""
+        timeout: float | None = entry.timeout
+        return timeout if timeout is not None else self.global_.timeout
+
+
+_built: tuple[int, type[Config]] | None = None
+
+
+def config_model() -> type[Config]:
+    """The root model for the kinds registered now (rebuilt when the registry changes)."""
+    global _built
+    if _built is not None and _built[0] == registry.version():
+        return _built[1]
+    fields: dict[str, Any] = {"global_": (GlobalConfig, Field(default=GlobalConfig(), alias="global"))}
+    for kind in registry.kinds():
+        fields[kind.section] = (list[kind.model], [])  # type: ignore[name-defined]
+    fields["modules"] = (dict[str, ModuleConfig], {})  # /probe modules; the built-in defaults are there too
+    fields["probe_endpoint"] = (ProbeEndpointConfig, ProbeEndpointConfig())  # who may use /probe
+    model = create_model("Config", __base__=Config, __module__=__name__, **fields)
+    _built = (registry.version(), model)
+    return model
+
+
+def sections() -> tuple[str, ...]:
+    """Every top-level key of the file."""
+    return ("global", *(k.section for k in registry.kinds()), "modules", "probe_endpoint")
 
 
 def default_port(protocol: str, tls: str) -> int:

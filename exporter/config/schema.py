@@ -1,9 +1,10 @@
 """The JSON Schema of the configuration file, derived from the pydantic models (``mailcanary config-schema``).
 
 Editors (yaml-language-server, VS Code, JetBrains) use it for completion and checks while typing. It is
-generated, never written by hand: the committed docs/mailcanary.schema.json is checked to equal this
-output. Checks the models make beyond structure (files readable, secrets resolvable, cross-field rules)
-are only in ``mailcanary check-config``.
+generated, never written by hand, from the root model built from the registry of kinds
+(:func:`exporter.config.model.config_model`: a kind registered at run time is in it too); the committed
+docs/mailcanary.schema.json is checked to equal this output. Checks the models make beyond structure
+(files readable, secrets resolvable, cross-field rules) are only in ``mailcanary check-config``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class _Generator(GenerateJsonSchema):
 
 
 def config_schema() -> dict[str, Any]:
-    schema = config.Config.model_json_schema(by_alias=True, mode="validation", schema_generator=_Generator)
+    schema = config.config_model().model_json_schema(
+        by_alias=True, mode="validation", schema_generator=_Generator
+    )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from exporter import registry
+
 
 def without_passwords(value: Any) -> Any:
     if isinstance(value, dict):
@@ -57,7 +59,8 @@ def raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> li
     """Secrets and duplicate names checked on the raw YAML, for when the structure did not validate."""
     problems: list[str] = []
     seen: set[str] = set()
-    for section in ("roundtrip", "tls_checks", "domain_checks"):
+    for kind in registry.kinds():
+        section = kind.section
         items = data.get(section)
         for i, item in enumerate(items if isinstance(items, list) else []):
             if not isinstance(item, dict):
@@ -67,7 +70,7 @@ def raw_problems(path: str, data: dict[str, Any], environ: dict[str, str]) -> li
                 if name in seen:
                     problems.append(f"{path}: {section}[{i}].name: duplicate probe name {name!r}")
                 seen.add(name)
-            for side in ("smtp", "receive", "bounce_receive") if section == "roundtrip" else ():
+            for side in kind.secret_sides:
                 ep = item.get(side)
                 if isinstance(ep, dict):
                     _, problem = read_secret(

@@ -1,7 +1,7 @@
 """Metric families rendered from stored outcomes: shared run families (run), per kind (roundtrip, tls,
-domain). The collector, the pre-rendered cache and the registries (:mod:`exporter.metrics.collector`)
-sit above the kinds table that names these families, so they are imported by their module path and not
-re-exported here (that would make a circle: kinds -> metrics -> collector -> kinds).
+domain; each kind's module in ``exporter/kinds/`` names its own). The collector, the pre-rendered cache
+and the registries (:mod:`exporter.metrics.collector`) read the registry of kinds and are imported by
+their module path: the kind modules import these families, and need not load the collector with them.
 """
 
 from exporter.metrics.domain import domain_fact_families, domain_families, hygiene_families

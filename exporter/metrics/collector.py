@@ -26,8 +26,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter import registry
 from exporter.buildinfo import build_info
-from exporter.kinds import KINDS
 from exporter.metrics.domain import hygiene_families
 from exporter.metrics.tls import legacy_testable, tls_families
 from exporter.run.results import ProbeStats, ResultStore
@@ -41,22 +41,23 @@ class ExporterState:
     config_digest: str = ""
     reload_ok: bool = True
     reload_success_time: float | None = None
-    probes: dict[str, str] = field(default_factory=dict)  # probe name -> kind ("roundtrip", "tls")
+    probes: dict[str, str] = field(default_factory=dict)  # probe name -> its kind's name (exporter.registry)
     sandbox: bool = False
     shard: str = ""  # "i/N" when this instance runs a share of the probes
     vantage: str = ""  # where this instance probes from; a label on every mailcanary_* series when set
 
 
 def kind_of(state: ExporterState, name: str) -> str:
-    return state.probes.get(name, "roundtrip")
+    """A probe's kind; results recorded without a daemon (no state) are the primary kind's."""
+    return state.probes.get(name) or registry.primary()
 
 
 Families = Callable[[dict[str, ProbeStats], list[str]], list[Metric]]
 
 
 def kind_families() -> list[tuple[str, Families]]:
-    """(kind, result exporter) in the order of the probe-kind table (:data:`exporter.kinds.KINDS`)."""
-    return [(k.name, k.families) for k in KINDS]
+    """(kind, result exporter) in registry order (:func:`exporter.registry.kinds`)."""
+    return [(k.name, k.families) for k in registry.kinds()]
 
 
 class MailcanaryCollector(Collector):
@@ -127,7 +128,7 @@ def exporter_families(st: ExporterState) -> Iterator[Metric]:
             value=st.reload_success_time,
         )
     kinds = GaugeMetricFamily("mailcanary_config_probes", "Configured probes by kind.", labels=["kind"])
-    counts: dict[str, int] = {"roundtrip": 0}
+    counts: dict[str, int] = {registry.primary(): 0}  # the primary kind is there even with no entries
     for kind in st.probes.values():
         counts[kind] = counts.get(kind, 0) + 1
     for kind, n in sorted(counts.items()):
@@ -214,8 +215,8 @@ class SeriesCache:
     or a skip, a reload added or pruned it): that costs about 0.3 ms per run, spread over the interval. A
     scrape then writes each family's header and concatenates the probes' pre-rendered lines, sorted by
     name, which gives byte for byte what prometheus_client renders from :class:`MailcanaryCollector`
-    (tests/test_scrape_equal.py). A reload that changes probe kinds or the vantage re-renders every probe
-    once, in a worker thread, so the event loop keeps answering meanwhile.
+    (tests/test_scrape_equal.py). A reload that changes probe kinds or the vantage (or a kind registered
+    at run time) re-renders every probe once, in a worker thread, so the event loop keeps answering.
     """
 
     def __init__(
@@ -229,14 +230,22 @@ class SeriesCache:
         self._want: dict[str, int] = {}  # probe -> sequence number of the newest render in progress
         self._seq = 0
         self._legacy = ""
-        self._signature: tuple[tuple[tuple[str, str], ...], str] | None = None
-        self._kinds = kind_families()
-        self._headers = {kind: _headers(render(_EMPTY, [])) for kind, render in self._kinds}
+        self._signature: tuple[tuple[tuple[str, str], ...], str, int] | None = None
+        self._kinds_at = -1
+        self._kinds: list[tuple[str, Families]] = []
+        self._headers: dict[str, list[str]] = {}
+        self._load_kinds()
         self.renders = 0  # probe renders so far (tests and benchmarks read it)
         store.subscribe(self._changed)
 
-    def _current_signature(self) -> tuple[tuple[tuple[str, str], ...], str]:
-        return tuple(sorted(self.state.probes.items())), self.state.vantage
+    def _load_kinds(self) -> None:
+        """Each kind's families and their headers, as the registry has them now."""
+        self._kinds_at = registry.version()
+        self._kinds = kind_families()
+        self._headers = {kind: _headers(render(_EMPTY, [])) for kind, render in self._kinds}
+
+    def _current_signature(self) -> tuple[tuple[tuple[str, str], ...], str, int]:
+        return tuple(sorted(self.state.probes.items())), self.state.vantage, registry.version()
 
     def _fragment(self, name: str, st: ProbeStats) -> _Fragment:
         kind = kind_of(self.state, name)
@@ -271,6 +280,8 @@ class SeriesCache:
     def rerender_all(self) -> None:
         """Every probe again (the probe kinds or the vantage changed); safe to run in a worker thread."""
         signature = self._current_signature()
+        if self._kinds_at != registry.version():  # a kind was registered or removed
+            self._load_kinds()
         vantage = self.state.vantage
         legacy = legacy_testable()
         self._legacy = _render([with_vantage(legacy, vantage) if vantage else legacy])

@@ -1,6 +1,6 @@
-"""Running probes: settings built from the config and one run of an entry (runner), the schedule
-(scheduler), stored outcomes (results), recent runs and failures for the status page (history) and the
-report of ``mailcanary probe`` (report).
+"""Running probes: one run of an entry of any kind (runner), the schedule (scheduler), the config
+pieces every kind shares as settings (settings), stored outcomes (results), recent runs and failures for
+the status page (history) and what ``mailcanary probe`` says about a round trip (report).
 """
 
 from exporter.run.history import FAILURES_KEPT, BoundedTranscript, Failure, History, Point
@@ -13,16 +13,7 @@ from exporter.run.results import (
     ResultStore,
     RunResult,
 )
-from exporter.run.runner import (
-    TLS_CHECK_STEPS,
-    Runner,
-    domain_settings,
-    endpoint_of,
-    make_masker,
-    roundtrip_settings,
-    tls_check_settings,
-    tls_outcome,
-)
+from exporter.run.runner import Runner, make_masker, session_limits, session_pools
 from exporter.run.scheduler import (
     EPOCH,
     START_MIN,
@@ -33,6 +24,7 @@ from exporter.run.scheduler import (
     offset_for,
     start_window,
 )
+from exporter.run.settings import endpoint_of, tls_settings
 
 __all__ = [
     "DELIVERY_BUCKETS",
@@ -41,7 +33,6 @@ __all__ = [
     "FAILURES_KEPT",
     "OUTCOMES",
     "START_MIN",
-    "TLS_CHECK_STEPS",
     "TLS_OUTCOMES",
     "BoundedTranscript",
     "Failure",
@@ -53,14 +44,13 @@ __all__ = [
     "ResultStore",
     "RunResult",
     "Runner",
-    "domain_settings",
     "endpoint_of",
     "jitter_for",
     "make_masker",
     "next_slot",
     "offset_for",
-    "roundtrip_settings",
+    "session_limits",
+    "session_pools",
     "start_window",
-    "tls_check_settings",
-    "tls_outcome",
+    "tls_settings",
 ]

@@ -1,4 +1,5 @@
-"""``GET /probe?module=NAME&target=host:port``: one TLS check run on demand, blackbox_exporter style."""
+"""``GET /probe?module=NAME&target=host:port``: one run on demand, blackbox_exporter style, of the kind
+that declares a target probe (:attr:`exporter.registry.Kind.target`: the TLS check)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from exporter import registry
 from exporter.config import ModuleConfig, ProbeEndpointConfig
-from exporter.metrics.tls import blackbox_families, tls_families
+from exporter.registry import TargetProbe
 from exporter.run.history import BoundedTranscript
-from exporter.run.runner import TLS_CHECK_STEPS, tls_check_settings, tls_outcome
 from exporter.web.server import render
+from probes.context import ProbeContext
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
-from probes.tls.audit import TLSFacts, probe_tls
 from probes.wire.slots import QueueTimeout, ServerSlots
 
 SCRAPE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus' scrape timeout to answer in time
@@ -45,12 +46,15 @@ class _Fixed(Collector):
         return iter(self.metrics)
 
 
-def debug_response(rec: Recorder, facts: TLSFacts | None, duration: float, exposition: str) -> web.Response:
+def debug_response(
+    rec: Recorder, target: TargetProbe, value: object, duration: float, exposition: str
+) -> web.Response:
     """What blackbox_exporter answers to ?debug=true: the probe's log (here its masked dialogue), the
     outcome and the metrics that would have been returned, as plain text."""
-    outcome = tls_outcome(facts)
+    outcome = target.outcome(value)
     lines = rec.transcript.lines() if isinstance(rec.transcript, BoundedTranscript) else []
-    error = f" ({rec.masker(facts.error)})" if facts is not None and facts.error else ""
+    text = target.error(value)
+    error = f" ({rec.masker(text)})" if text else ""
     text = "\n".join(
         [
             "Logs for the probe (secrets masked):",
@@ -82,6 +86,9 @@ def probe_handler(
         rules = controls()
         if not rules.enabled:
             return web.Response(status=404, text="/probe is turned off (probe_endpoint.enabled: false)\n")
+        kind = registry.target_kind()
+        if kind is None or kind.target is None:
+            return web.Response(status=404, text="/probe: no probe kind runs against a named target\n")
         available = modules()
         name = request.query.get("module", "")
         if name not in available:
@@ -106,7 +113,7 @@ def probe_handler(
             )
         running += 1
         try:
-            return await _probe(request, available[name], host, port, masker(), slots())
+            return await _probe(request, kind, kind.target, available[name], host, port, masker(), slots())
         finally:
             running -= 1
 
@@ -115,28 +122,30 @@ def probe_handler(
 
 async def _probe(
     request: web.Request,
+    kind: registry.AnyKind,
+    target: TargetProbe,
     module: ModuleConfig,
     host: str,
     port: int | None,
     masker: Masker,
     slots: ServerSlots | None,
 ) -> web.Response:
-    """One TLS check of the named target, rendered as blackbox_exporter-style series."""
-    deadline = module.timeout * TLS_CHECK_STEPS
+    """One run of the named target, rendered as blackbox_exporter-style series."""
+    deadline = module.timeout * target.steps
     header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     if header:
         try:
             deadline = min(deadline, max(float(header) - SCRAPE_TIMEOUT_OFFSET, 0.1))
         except ValueError:
             return web.Response(status=400, text="X-Prometheus-Scrape-Timeout-Seconds is not a number\n")
-    settings = tls_check_settings(module, host, port, slots)
+    settings = target.settings(module, host, port, slots)
     debug = request.query.get("debug", "").lower() == "true"  # blackbox_exporter's ?debug=true
     rec = Recorder(masker=masker, transcript=BoundedTranscript() if debug else None)
     t0 = time.monotonic()
-    facts: TLSFacts | None = None
+    value: object = None
     try:
         async with asyncio.timeout(deadline):
-            facts = await probe_tls(settings, rec)
+            value = await kind.probe(settings, ProbeContext(recorder=rec, slots=slots, debug=debug))
     except QueueTimeout as exc:
         # Our own session limit, not the target: a failed scrape, never a false probe_success 0.
         return web.Response(status=503, text=f"{exc.message}\n", headers={"Retry-After": "1"})
@@ -144,13 +153,11 @@ async def _probe(
         if rec.facts.get("current_phase") == "queue":  # the deadline came while waiting for a slot
             return web.Response(status=503, text="no session slot for the target before the deadline\n")
         rec.debug("error:", str(exc) or f"no answer within {deadline:g}s")
-        facts = rec.tls.get(settings.endpoint.address)
+        value = target.recover(rec, settings)
     duration = time.monotonic() - t0
-    metrics = list(blackbox_families(facts, tls_outcome(facts) == "success", duration))
-    if facts is not None:
-        metrics.extend(tls_families([([], facts)], []))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(metrics))
+    metrics = target.metrics(value, target.outcome(value) == "success", duration)
+    fresh = CollectorRegistry(auto_describe=False)
+    fresh.register(_Fixed(metrics))
     if debug:
-        return debug_response(rec, facts, duration, generate_latest(registry).decode())
-    return render(registry, request.headers.get("Accept", ""))
+        return debug_response(rec, target, value, duration, generate_latest(fresh).decode())
+    return render(fresh, request.headers.get("Accept", ""))

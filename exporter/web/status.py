@@ -1,10 +1,12 @@
 """The status page at ``/``: server-rendered HTML, no JavaScript, where an operator looks first.
 
-Every probe with its last outcome, reason and age; delivery latency of recent runs as a small SVG
-sparkline; the last run's phases as one bar; certificate expiry per endpoint; the recent failed runs with
-their masked dialogue (exporter.run.history); a form for ``/probe`` (with ``debug=true``). Everything shown
-comes from data the exporter already holds (ResultStore snapshot, History, ExporterState); every value is
-HTML-escaped, and dialogues and messages were masked by the runner before they got here.
+Every probe with its last outcome, reason and age, and its kind's result cell (a round trip's
+delivery; each kind declares its own: :attr:`exporter.registry.Kind.status`); delivery latency of recent
+runs as a small SVG sparkline; the last run's phases as one bar; certificate expiry per endpoint; the
+recent failed runs with their masked dialogue (exporter.run.history); a form for ``/probe`` (with
+``debug=true``). Everything shown comes from data the exporter already holds (ResultStore snapshot,
+History, ExporterState); every value is HTML-escaped, and dialogues and messages were masked by the
+runner before they got here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from html import escape
 
+from exporter import registry
 from exporter.buildinfo import build_info
 from exporter.config import ModuleConfig
 from exporter.metrics.collector import ExporterState
@@ -99,6 +102,7 @@ def _probe_rows(snap: Mapping[str, ProbeStats], state: ExporterState, history: H
     for name in sorted(snap):
         st = snap[name]
         kind = state.probes.get(name, "")
+        declared = registry.get(kind) if kind in registry.names() else None
         last = st.last
         failure = history.last_failure(name)
         if last is None:
@@ -106,12 +110,13 @@ def _probe_rows(snap: Mapping[str, ProbeStats], state: ExporterState, history: H
             outcome_attr = "none"
         else:
             finished = last.started + last.duration
-            delivery = f"{last.delivery:.3f} s" if last.delivery is not None else "-"
+            # the kind's own cell (a round trip: its delivery; the default shows delivery or "-")
+            result = (declared.status if declared is not None else registry.delivery_cell)(last)
             reason = "" if last.success else f'<br><span class="muted">{escape(last.message)}</span>'
             cells = (
                 f'<td class="outcome">{_outcome(last.success, last.reason)}{reason}</td>'
                 f'<td class="num age">{_age(max(now - finished, 0))}</td>'
-                f'<td class="num">{delivery}</td><td>{phase_bar(last.phases)}</td>'
+                f'<td class="num">{escape(result)}</td><td>{phase_bar(last.phases)}</td>'
             )
             outcome_attr = "success" if last.success else last.reason
         link = (
@@ -219,7 +224,7 @@ def render_status(
         '<nav><a href="metrics">/metrics</a><a href="-/healthy">/-/healthy</a><a href="-/ready">/-/ready</a>'
         '<a href="#probe">/probe</a></nav>'
         '<h2>Probes</h2><table id="probes"><thead><tr><th>probe</th><th>kind</th><th>last outcome</th>'
-        "<th>last run</th><th>delivery</th><th>phases (last run)</th><th>recent runs</th>"
+        "<th>last run</th><th>result</th><th>phases (last run)</th><th>recent runs</th>"
         f"<th>last failure</th></tr></thead><tbody>{_probe_rows(snap, state, history, now)}</tbody></table>"
         '<h2>Certificates</h2><table id="certificates"><thead><tr><th>probe</th><th>endpoint</th>'
         "<th>protocol</th><th>days left</th><th>earliest expiry</th><th>verified</th><th>TLS</th></tr>"

@@ -76,4 +76,4 @@ def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runn
 
 
 def run_one(runner: Runner, debug: bool = False) -> RunResult:
-    return asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=debug))
+    return asyncio.run(runner.run_entry(runner.loaded.config.roundtrip[0], debug=debug))

@@ -103,7 +103,7 @@ def runner_for(
 
 
 def run_roundtrip(runner: Runner, debug: bool = False) -> RunResult:
-    return asyncio.run(runner.run_roundtrip(runner.loaded.config.roundtrip[0], debug=debug))
+    return asyncio.run(runner.run_entry(runner.loaded.config.roundtrip[0], debug=debug))
 
 
 @pytest.fixture
@@ -333,7 +333,7 @@ def test_tls_check_matches_openssl_s_client(
         "tls_config": {"ca_file": str(opensmtpd.ca_file), "server_name": opensmtpd.server_name},
     }
     runner = runner_for(tmp_path, tls_checks=[check])
-    result = asyncio.run(runner.run_tls_check(runner.loaded.config.tls_checks[0]))
+    result = asyncio.run(runner.run_entry(runner.loaded.config.tls_checks[0]))
     assert (result.success, result.reason) == (False, "tls_handshake"), result.message
     assert "INTERNAL_ERROR" in result.message.upper().replace(" ", "_")
     facts = result.tls[f"{opensmtpd.host}:{opensmtpd.ports[port_name]}"]

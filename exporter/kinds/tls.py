@@ -1,0 +1,135 @@
+"""The TLS check: an audit of one endpoint that needs no mailbox (section ``tls_checks``): handshake,
+verification, legacy versions, STARTTLS and AUTH before TLS, and the chain's hygiene. ``/probe`` runs the
+same audit against a target its caller names (``TARGET``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.core import Metric
+
+from exporter.config import Config, ModuleConfig, TLSCheckConfig, default_port
+from exporter.metrics.tls import blackbox_families, tls_check_families, tls_families
+from exporter.registry import Kind, Verdict
+from exporter.run.results import TLS_OUTCOMES
+from exporter.run.settings import tls_settings
+from probes.context import ProbeContext
+from probes.recorder import Recorder
+from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
+from probes.tls.legacy import LegacyCache
+from probes.wire.net import Endpoint
+from probes.wire.slots import ServerSlots
+
+STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
+
+
+def tls_check_settings(
+    check: TLSCheckConfig | ModuleConfig,
+    host: str,
+    port: int | None,
+    slots: ServerSlots | None = None,
+    legacy: LegacyCache | None = None,
+) -> TLSCheckSettings:
+    if port is None:
+        port = default_port(check.protocol, check.tls)
+    endpoint = Endpoint(
+        host=host,
+        port=port,
+        tls_mode=check.tls,
+        tls=tls_settings(check.tls_config),
+        source_address=getattr(check, "source_address", None),
+    )
+    return TLSCheckSettings(
+        endpoint=endpoint,
+        protocol=check.protocol,
+        timeout=check.timeout,
+        check_legacy=check.check_legacy,
+        helo_name=check.helo,
+        slots=slots,
+        legacy_cache=legacy,
+        legacy_recheck=getattr(check, "legacy_recheck", 0.0),
+    )
+
+
+def tls_outcome(facts: TLSFacts | None) -> str:
+    """``success`` only for a verified chain whose name matches; a handshake that works but does not
+    verify is ``tls_verify`` (the facts are still exported)."""
+    if facts is None or not facts.handshake_ok:
+        return "tls_handshake"
+    return "success" if facts.verified else "tls_verify"
+
+
+async def probe(settings: TLSCheckSettings, ctx: ProbeContext) -> TLSFacts:
+    """The one probe signature over the library's audit."""
+    return await probe_tls(settings, ctx.recorder)
+
+
+def judge(facts: TLSFacts | None, reason: str, message: str) -> Verdict:
+    if facts is None:
+        return Verdict(reason, message)
+    reason = tls_outcome(facts)
+    if reason != "success":
+        message = facts.error or f"certificate not verified: {facts.verify_reason}"
+    return Verdict(reason, message)
+
+
+@dataclass(frozen=True)
+class Target:
+    """How ``/probe?module=…&target=…`` runs this kind against a target its caller names: the
+    blackbox_exporter names (probe_success, probe_ssl_*) and the mailcanary_tls_* facts."""
+
+    steps: int = STEPS
+
+    def settings(
+        self, module: ModuleConfig, host: str, port: int | None, slots: ServerSlots | None
+    ) -> TLSCheckSettings:
+        return tls_check_settings(module, host, port, slots)
+
+    def recover(self, rec: Recorder, settings: TLSCheckSettings) -> TLSFacts | None:
+        return rec.tls.get(settings.endpoint.address)
+
+    def outcome(self, facts: TLSFacts | None) -> str:
+        return tls_outcome(facts)
+
+    def error(self, facts: TLSFacts | None) -> str | None:
+        return facts.error if facts is not None else None
+
+    def metrics(self, facts: TLSFacts | None, success: bool, duration: float) -> list[Metric]:
+        metrics = list(blackbox_families(facts, success, duration))
+        if facts is not None:
+            metrics.extend(tls_families([([], facts)], []))
+        return metrics
+
+
+TARGET = Target()
+
+
+def _sessions(check: TLSCheckConfig) -> list[tuple[Endpoint, str, int | None]]:
+    return [(tls_check_settings(check, check.host, check.port).endpoint, check.protocol, check.max_sessions)]
+
+
+def _deadline(check: TLSCheckConfig, cfg: Config) -> float:
+    return check.timeout * STEPS
+
+
+KIND = Kind(
+    name="tls",
+    section="tls_checks",
+    model=TLSCheckConfig,
+    settings=lambda check, env: tls_check_settings(check, check.host, check.port, env.slots, env.legacy),
+    probe=probe,
+    deadline=_deadline,
+    outcomes=TLS_OUTCOMES,
+    families=tls_check_families,
+    noun="TLS check",
+    plural="TLS checks",
+    judge=judge,
+    endpoints=lambda c: {tls_check_settings(c, c.host, c.port).endpoint.address},
+    hygiene=True,
+    sessions=_sessions,
+    count_zero=True,
+    done="TLS checks verified",
+    # a result without config: a TLS check has no delivery, placement or detail of its own
+    claims=lambda run: run.delivery is None and run.placement is None and run.detail is None,
+    target=TARGET,
+)
