@@ -7,7 +7,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict
+
+if TYPE_CHECKING:  # only for annotations: these modules import the recorder
+    from probes.canary import Token
+    from probes.receipt.placement import Placement
+    from probes.receipt.quota import Usage
+    from probes.receipt.received import Path as ReceivedPath
+    from probes.receipt.verdict import Verdict
+    from probes.wire.certs import TLSFacts
+    from probes.wire.dns import DNSSECStatus
 
 from probes.errors import ProbeError
 
@@ -122,6 +131,108 @@ class Masker:
         return "".join(out)
 
 
+BounceEvent = TypedDict(
+    "BounceEvent",
+    {
+        "action": str,  # the DSN's Action (probes.receipt.dsn.Action)
+        "status": str | None,  # "5.1.1"; None if the bounce names none
+        "class": str,  # bounded status class, "5.1.x" or "unknown" (a label value of the bounce counter)
+        "kind": str,  # "dsn" or "plain"
+        "this_run": bool,  # about this run's canary (else an earlier one's)
+        "diagnostic": NotRequired[str],  # Diagnostic-Code, one bounded line, when the bounce gives one
+    },
+)
+"""One verified bounce about our canary, as the log line and the status page show it."""
+
+
+class ReceiverFacts(TypedDict, total=False):
+    """What the receiver did, for the run's log line and the status page: the facts below that a run
+    learnt (a key is absent when the run did not learn it). Small, bounded values, never labels."""
+
+    junk_folder: str  # the junk folder found (placement on)
+    junk_folder_found: bool  # placement on: the server has a junk folder
+    sync_skipped: str  # sync check skipped: the canary was in "junk" or "other", not the inbox
+    other_folders: int  # folders the all-folders walk looks in
+    found_folder: str  # where the all-folders walk found the canary
+    bounces: list[BounceEvent]  # verified bounces seen this run (at most 20)
+    bounce_watch: str  # why bounces are not watched ("off: ...")
+    sender_ip: str  # the sending IP the receiver saw (first Received hop), for a blocklist check
+    sender_dnsbl: dict[str, str]  # zone -> status of that IP (receive.sender_dnsbl)
+    clock_offset: float  # first Received stamp minus our send time (seconds)
+    login_delay: int  # POP3: the LOGIN-DELAY the server announced (seconds; 0: none)
+
+
+@dataclass
+class Facts:
+    """What a run learnt besides its phase timings, one typed field per fact, so every read and write is
+    checked. A field stays at its default (None, False, empty) until the run learns it."""
+
+    # Every kind
+    current_phase: str | None = None  # the phase under way; left in place if it fails: the failed phase
+    # The round trip: the canary (its ledger reads these after a run, whatever the outcome)
+    token: Token | None = None  # this run's canary, set before it is sent
+    accepted: bool = False  # the SMTP server took the canary: from here on it may turn up late
+    seen: bool = False  # the receiver found the canary
+    bounced: bool = False  # a permanent bounce of this run's canary came back: it will never arrive
+    swept: list[Token] = field(default_factory=list)  # earlier canaries of this probe deleted this run
+    smtp_tls_version: str | None = None  # TLS version of the SMTP session
+    accepted_at: float | None = None  # monotonic time the SMTP server took the canary
+    seen_at: float | None = None  # monotonic time the receiver saw it
+    wait_commands: int | None = None  # receiving-side commands spent waiting for it (benchmarks)
+    # The round trip: where it landed and what it carried
+    placement: Placement | None = None
+    junk_folder: str | None = None  # placement on: the junk folder found, if any
+    junk_folder_found: bool | None = None  # placement on: whether the server has a junk folder
+    other_folders: int | None = None  # folders the all-folders walk looks in
+    found_folder: str | None = None  # where the all-folders walk found the canary
+    path: ReceivedPath | None = None  # the canary's Received chain
+    sender_ip: str | None = None  # the sending IP the receiver saw
+    sender_dnsbl: dict[str, str] | None = None  # zone -> status of sender_ip (set by the daemon)
+    verdict: Verdict | None = None  # Authentication-Results and spam scores
+    clock_offset: float | None = None  # first Received stamp minus our send time (seconds)
+    # The round trip: bounces, foreign mail, quota, sync, POP3
+    bounces: list[BounceEvent] | None = None  # verified bounces seen this run (at most 20)
+    bounce_watch: str | None = None  # why bounces are not watched
+    foreign_skipped: int = 0  # messages like our canary that did not verify (or could not be read)
+    quota: dict[str, Usage] | None = None  # GETQUOTAROOT reading: resource -> usage
+    quota_error: str | None = None  # why the quota could not be read (probes.receipt.quota.QUOTA_ERRORS)
+    quota_message: str | None = None  # the server's words for it
+    sync_seconds: float | None = None  # sync check: flag set by the first session until the second saw it
+    sync_arrival_seconds: float | None = None  # sync check: delivery latency as the second session saw it
+    sync_skipped: str | None = None  # sync check skipped: the canary was in "junk" or "other"
+    login_delay: int | None = None  # POP3: the LOGIN-DELAY the server announced (seconds; 0: none)
+    imap_expunge_skipped: bool = False  # the server could not expunge only our canary (no UIDPLUS)
+    # The domain check
+    domain_dnssec: DNSSECStatus | None = None  # weakest DNSSEC status of the MX answer and its hosts
+
+    def receiver(self) -> ReceiverFacts:
+        """The facts about what the receiver did that this run learnt (:class:`ReceiverFacts`)."""
+        out: ReceiverFacts = {}
+        if self.junk_folder is not None:
+            out["junk_folder"] = self.junk_folder
+        if self.junk_folder_found is not None:
+            out["junk_folder_found"] = self.junk_folder_found
+        if self.sync_skipped is not None:
+            out["sync_skipped"] = self.sync_skipped
+        if self.other_folders is not None:
+            out["other_folders"] = self.other_folders
+        if self.found_folder is not None:
+            out["found_folder"] = self.found_folder
+        if self.bounces is not None:
+            out["bounces"] = self.bounces
+        if self.bounce_watch is not None:
+            out["bounce_watch"] = self.bounce_watch
+        if self.sender_ip is not None:
+            out["sender_ip"] = self.sender_ip
+        if self.sender_dnsbl is not None:
+            out["sender_dnsbl"] = self.sender_dnsbl
+        if self.clock_offset is not None:
+            out["clock_offset"] = self.clock_offset
+        if self.login_delay is not None:
+            out["login_delay"] = self.login_delay
+        return out
+
+
 @dataclass
 class Recorder:
     """Per-run facts: phase timings, protocol reply codes, TLS facts, and an optional debug transcript."""
@@ -129,24 +240,24 @@ class Recorder:
     masker: Masker = field(default_factory=Masker)
     transcript: list[str] | None = None  # None: debug off, nothing is kept
     phases: dict[str, float] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
-    tls: dict[str, Any] = field(default_factory=dict)  # endpoint "host:port" -> probes.tls.audit.TLSFacts
+    facts: Facts = field(default_factory=Facts)
+    tls: dict[str, TLSFacts] = field(default_factory=dict)  # endpoint "host:port" -> its TLS facts
     commands: int = 0  # protocol commands issued on the receiving side (benchmarks read it)
     clock: Callable[[], float] = time.monotonic
     # Called with ("sending", token) just before the canary is sent and ("accepted", token) once the server
     # took it, and awaited: the daemon's write-ahead ledger records the canary before it can be lost.
-    on_canary: Callable[[str, Any], Awaitable[None]] | None = None
+    on_canary: Callable[[str, Token], Awaitable[None]] | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time a phase; a phase that fails is still recorded up to the failure."""
         start = self.clock()
-        self.facts["current_phase"] = name  # left in place if the phase fails: the failed phase
+        self.facts.current_phase = name  # left in place if the phase fails: the failed phase
         try:
             yield
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + (self.clock() - start)
-        self.facts.pop("current_phase", None)
+        self.facts.current_phase = None
 
     @contextmanager
     def masked_errors(self) -> Iterator[None]:
@@ -157,7 +268,7 @@ class Recorder:
             exc.args = (self.masker(exc.message), *exc.args[1:])
             raise
 
-    async def canary(self, state: str, token: Any) -> None:
+    async def canary(self, state: str, token: Token) -> None:
         """Tell ``on_canary`` (if any) where the canary ``token`` stands: ``sending`` or ``accepted``."""
         if self.on_canary is not None:
             await self.on_canary(state, token)

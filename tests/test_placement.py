@@ -333,9 +333,9 @@ async def test_courier_files_the_canary_into_inbox_junk_and_it_is_found_and_dele
     async with serving(smtp_handler(junk, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
         result = await probe_roundtrip(_courier_settings(sp, ip), rec)
     assert result.placement == "junk"
-    assert rec.facts["junk_folder"] == "INBOX.Junk" and rec.facts["junk_folder_found"] is True
+    assert rec.facts.junk_folder == "INBOX.Junk" and rec.facts.junk_folder_found is True
     assert list(junk.messages) == [foreign] and len(junk.deleted) == 1  # only the canary is gone
-    assert rec.facts["quota"] == {} and "quota_error" not in rec.facts  # no limit, not an error
+    assert rec.facts.quota == {} and rec.facts.quota_error is None  # no limit, not an error
     assert any(line.endswith("NAMESPACE") for line in rec.transcript or [])
 
 

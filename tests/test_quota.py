@@ -30,14 +30,14 @@ async def _roundtrip(fault: Fault, quota: bytes = GOOD) -> Recorder:
 async def test_a_root_named_by_a_literal_is_read() -> None:
     quota = b"* QUOTAROOT INBOX {10}\r\nUser quota\r\n* QUOTA {10}\r\nUser quota (MESSAGE 5 10)\r\n"
     rec = await _roundtrip(NO_FAULT, quota)
-    assert rec.facts["quota"] == {"MESSAGE": Usage(5, 10)}
+    assert rec.facts.quota == {"MESSAGE": Usage(5, 10)}
 
 
 async def test_quota_read_with_two_roots_keeps_the_tightest() -> None:
     quota = GOOD + b"* QUOTA other (STORAGE 10 1000 MESSAGE 19 19)\r\n"
     rec = await _roundtrip(NO_FAULT, quota)
-    assert rec.facts["quota"] == {"STORAGE": Usage(190 * 1024, 200 * 1024), "MESSAGE": Usage(19, 19)}
-    assert "quota_error" not in rec.facts
+    assert rec.facts.quota == {"STORAGE": Usage(190 * 1024, 200 * 1024), "MESSAGE": Usage(19, 19)}
+    assert rec.facts.quota_error is None
     assert "receive_quota" in rec.phases
 
 
@@ -55,8 +55,8 @@ async def test_a_failed_quota_read_is_noted_and_the_round_trip_goes_on(
     fault: Fault, quota: bytes, error: str, reopened: bool
 ) -> None:
     rec = await _roundtrip(fault, quota)
-    assert rec.facts["quota_error"] == error
-    assert "quota" not in rec.facts
+    assert rec.facts.quota_error == error
+    assert rec.facts.quota is None
     logins = [line for line in rec.transcript or [] if line.startswith("C: imap") and " LOGIN " in line]
     assert len(logins) == (2 if reopened else 1)
 
@@ -66,7 +66,7 @@ async def test_no_quota_capability_no_read() -> None:
     rec = Recorder(transcript=[])
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(imap_handler(store, NO_FAULT)) as ip:
         await probe_roundtrip(_settings("q", sp, ip, None), rec)
-    assert "quota" not in rec.facts and "quota_error" not in rec.facts
+    assert rec.facts.quota is None and rec.facts.quota_error is None
     assert not any("GETQUOTAROOT" in line for line in rec.transcript or [])
 
 
@@ -75,4 +75,4 @@ async def test_courier_root_without_limits_is_read_as_no_limit(answer: bytes) ->
     """Courier's ``* QUOTA "ROOT"`` (no list): no quota_error (the protocol-error counter grew by one
     every run before), no usage exported."""
     rec = await _roundtrip(NO_FAULT, b'* QUOTAROOT "INBOX" "ROOT"\r\n' + answer)
-    assert rec.facts["quota"] == {} and "quota_error" not in rec.facts
+    assert rec.facts.quota == {} and rec.facts.quota_error is None

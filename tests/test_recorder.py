@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from probes.recorder import MASK, Masker, Recorder
+from probes.canary import Token
+from probes.recorder import MASK, Facts, Masker, Recorder
 
 SECRET = 'pa"ss\\word'  # a quote and a backslash: the IMAP quoted form differs from the plain one
 USER = "canary@example.com"
@@ -126,9 +127,9 @@ def test_few_and_many_secrets_mask_alike() -> None:
 def test_phase_times_a_phase() -> None:
     rec = Recorder(clock=fake_clock(10.0, 10.5))
     with rec.phase("smtp_connect"):
-        assert rec.facts["current_phase"] == "smtp_connect"
+        assert rec.facts.current_phase == "smtp_connect"
     assert rec.phases == {"smtp_connect": 0.5}
-    assert "current_phase" not in rec.facts
+    assert rec.facts.current_phase is None
 
 
 def test_phase_accumulates() -> None:
@@ -145,7 +146,7 @@ def test_phase_records_when_the_body_raises() -> None:
     with pytest.raises(RuntimeError, match="boom"), rec.phase("receive_login"):
         raise RuntimeError("boom")
     assert rec.phases == {"receive_login": 2.0}
-    assert rec.facts["current_phase"] == "receive_login"  # the failed phase
+    assert rec.facts.current_phase == "receive_login"  # the failed phase
 
 
 def test_nested_phases_leave_the_failing_one() -> None:
@@ -155,7 +156,7 @@ def test_nested_phases_leave_the_failing_one() -> None:
     with pytest.raises(KeyError), rec.phase("inner"):
         raise KeyError("x")
     assert rec.phases == {"outer": 1.0, "inner": 1.0}
-    assert rec.facts["current_phase"] == "inner"
+    assert rec.facts.current_phase == "inner"
 
 
 def test_phase_removes_a_stale_failed_phase_on_success() -> None:
@@ -164,7 +165,7 @@ def test_phase_removes_a_stale_failed_phase_on_success() -> None:
         raise ValueError
     with rec.phase("second"):
         pass
-    assert "current_phase" not in rec.facts
+    assert rec.facts.current_phase is None
 
 
 def test_set_phase_overrides() -> None:
@@ -194,9 +195,10 @@ def test_debug_records_masked_lines() -> None:
 def test_recorder_defaults_are_independent() -> None:
     a, b = Recorder(), Recorder()
     a.phases["x"] = 1.0
-    a.facts["y"] = 2
+    a.facts.current_phase = "x"
+    a.facts.swept.append(Token("p", 0, "n"))
     assert b.phases == {}
-    assert b.facts == {}
+    assert b.facts == Facts()
     assert a.commands == 0
 
 

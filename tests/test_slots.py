@@ -87,7 +87,7 @@ def test_no_slot_in_time_is_queue_timeout_in_the_queue_phase() -> None:
     exc, rec, slots = asyncio.run(main())
     assert exc.reason == "queue_timeout"
     assert "127.0.0.1:587" in exc.message and "1 of 1 in use" in exc.message
-    assert rec.facts["current_phase"] == "queue"
+    assert rec.facts.current_phase == "queue"
     assert slots.in_use("127.0.0.1:587") == 0 and slots.waiting("127.0.0.1:587") == 0
 
 

@@ -409,7 +409,7 @@ async def test_no_starttls_offered(variants: VariantSet, port_name: str) -> None
     assert f.verify_reason == "other" and f.chain == [] and f.earliest_not_after is None
     assert f.error in ("IMAP server does not offer STARTTLS", "server does not offer STLS")
     assert f.legacy == {"TLSv1": None, "TLSv1.1": None}  # not asked: there is no TLS to ask about
-    assert a.recorder.facts["current_phase"] == "tls_handshake"
+    assert a.recorder.facts.current_phase == "tls_handshake"
 
 
 async def test_a_server_that_never_completes_a_handshake() -> None:
@@ -442,7 +442,7 @@ async def test_a_server_that_never_completes_a_handshake() -> None:
     )
     assert f.error is not None and "TLS handshake failed" in f.error
     assert f.legacy == expected_legacy(False)
-    assert rec.facts["current_phase"] == "tls_handshake"
+    assert rec.facts.current_phase == "tls_handshake"
 
 
 async def test_nothing_listening_is_tls_connect(variants: VariantSet) -> None:

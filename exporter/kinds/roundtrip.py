@@ -210,14 +210,13 @@ class RoundTripRun:
     async def _settle(self, rec: Recorder) -> tuple[int, int, int, int]:
         """One ledger transaction at the end of a run: (late, swept, lost, outstanding)."""
         probe = self.probe
-        seen_before: list[Token] = rec.facts.get("swept", [])
-        token = rec.facts.get("token")
+        seen_before = rec.facts.swept
         late, lost, outstanding = await self.env.ledger.finish(
             probe.name,
-            token if isinstance(token, Token) else None,
+            rec.facts.token,
             # accepted, unseen: if it turns up later it is late; bounced: it never will
-            accepted=bool(rec.facts.get("accepted")) and not rec.facts.get("bounced"),
-            seen=bool(rec.facts.get("seen")),
+            accepted=rec.facts.accepted and not rec.facts.bounced,
+            seen=rec.facts.seen,
             swept=seen_before,
             lost_after=probe.lost_after,
         )
@@ -228,8 +227,8 @@ class RoundTripRun:
         time it took (not the round trip's). Never changes the run's outcome; the TXT reason is logged."""
         probe = self.probe
         conf = probe.sender_dnsbl
-        address = rec.facts.get("sender_ip")
-        if conf is None or reason != "success" or not isinstance(address, str):
+        address = rec.facts.sender_ip
+        if conf is None or reason != "success" or address is None:
             return (), 0.0
         t0 = time.monotonic()
         settings = DNSSettings(
@@ -249,7 +248,7 @@ class RoundTripRun:
                     codes=list(li.codes),
                     reason=li.reason,
                 )
-        rec.facts["sender_dnsbl"] = {li.zone: li.status for li in listings}
+        rec.facts.sender_dnsbl = {li.zone: li.status for li in listings}
         return listings, time.monotonic() - t0
 
     def _warn_login_delay(self, run: RunResult) -> None:

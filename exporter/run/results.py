@@ -7,9 +7,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from probes.domain import Listing
 from probes.errors import REASONS
+from probes.receipt import Path, Verdict
+from probes.recorder import ReceiverFacts
+from probes.tls import Hygiene, TLSFacts
 
 # Bounds suit 50 ms .. 10 min; 60 s is an edge so "delivered within 60 s" (the default SLO) is exact.
 DELIVERY_BUCKETS: tuple[float, ...] = (
@@ -71,23 +74,25 @@ class RunResult:
     placement: str | None = (
         None  # where the canary was found (probes.receipt.placement.PLACEMENTS), if it was
     )
-    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.audit.TLSFacts
+    tls: dict[str, TLSFacts] = field(default_factory=dict)  # endpoint -> its TLS facts
     # What the receiver did, for the log line and the status page (folders, bounce, path): small,
-    # bounded values from the probe's facts (runner.RECEIVER_FACTS), never labels.
-    receiver: dict[str, Any] = field(default_factory=dict)
+    # bounded values from the probe's facts (probes.recorder.Facts.receiver), never labels.
+    receiver: ReceiverFacts = field(default_factory=lambda: ReceiverFacts())
     bounces: tuple[str, ...] = ()  # status class of each verified bounce seen this run (probes.receipt.dsn)
-    path: Any = None  # probes.receipt.received.Path of the delivered canary
+    path: Path | None = None  # the Received path of the delivered canary
     clock_offset: float | None = None  # first Received stamp minus our send time (seconds)
-    verdict: Any = None  # probes.receipt.verdict.Verdict of the delivered canary
+    verdict: Verdict | None = None  # authentication results and spam scores of the delivered canary
     quota: dict[str, tuple[int, int]] | None = None  # resource -> (used, limit), read this run
     quota_error: str | None = None  # why the quota could not be read (probes.receipt.quota.QUOTA_ERRORS)
     sync_seconds: float | None = None  # sync check: flag set by the first session until the second saw it
     sync_arrival: float | None = None  # sync check: delivery latency as the second session saw it
     failed_phase: str | None = None
     transcript: list[str] | None = None
-    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> probes.tls.hygiene.Hygiene
-    sender_dnsbl: tuple[Any, ...] = ()  # probes.domain.dnsbl.Listing of the sending IP per zone, this run
-    detail: Any = None  # the kind's own result beside the common fields (domain checks: DomainReport)
+    hygiene: dict[str, Hygiene] = field(default_factory=dict)  # endpoint -> certificate-chain hygiene
+    sender_dnsbl: tuple[Listing, ...] = ()  # the sending IP's listing per zone, this run
+    # The kind's own result beside the common fields (domain checks: DomainReport); its readers check
+    # its type (isinstance), as exporter.registry.Verdict.detail hands it over.
+    detail: object = None
 
 
 @dataclass
@@ -100,10 +105,10 @@ class ProbeStats:
     placements: Counter[str] = field(default_factory=Counter)  # delivered runs by placement
     last_placement: str | None = None
     bounces: Counter[str] = field(default_factory=Counter)  # verified bounces by status class
-    last_path: Any = None  # probes.receipt.received.Path of the last delivered canary
+    last_path: Path | None = None  # the Received path of the last delivered canary
     last_clock_offset: float | None = None
-    last_verdict: Any = None  # probes.receipt.verdict.Verdict of the last delivered canary
-    last_sender_dnsbl: tuple[Any, ...] = ()  # probes.domain.dnsbl.Listing per zone, last run that looked
+    last_verdict: Verdict | None = None  # authentication results and spam scores of the last delivered canary
+    last_sender_dnsbl: tuple[Listing, ...] = ()  # the sending IP's listing per zone, last run that looked
     bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DELIVERY_BUCKETS))
     delivery_sum: float = 0.0
     delivery_count: int = 0
@@ -111,8 +116,8 @@ class ProbeStats:
     last_delivery: float | None = None
     scheduler_lag: float | None = None
     skipped_runs: int = 0
-    tls: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest known probes.tls.audit.TLSFacts
-    hygiene: dict[str, Any] = field(default_factory=dict)  # endpoint -> latest probes.tls.hygiene.Hygiene
+    tls: dict[str, TLSFacts] = field(default_factory=dict)  # endpoint -> latest known TLS facts
+    hygiene: dict[str, Hygiene] = field(default_factory=dict)  # endpoint -> latest certificate-chain hygiene
     quota: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # latest reading: resource -> (used, limit)

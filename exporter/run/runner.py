@@ -21,8 +21,7 @@ from exporter.state.ledger import Ledger
 from probes.context import ProbeContext
 from probes.domain.dnsbl import ListingCache
 from probes.errors import ProbeError
-from probes.receipt.quota import Usage
-from probes.recorder import Masker, Recorder
+from probes.recorder import Masker, ReceiverFacts, Recorder
 from probes.tls.hygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
 from probes.tls.legacy import LegacyCache
 from probes.wire.net import Endpoint
@@ -39,20 +38,9 @@ class Attempt(Generic[T]):
     message: str
 
 
-# Probe facts about what the receiver did that go into the run's log line (RunResult.receiver).
-RECEIVER_FACTS = (
-    "junk_folder",
-    "junk_folder_found",
-    "sync_skipped",
-    "other_folders",
-    "found_folder",
-    "bounces",
-    "bounce_watch",
-    "sender_ip",  # kept for a blocklist check of the IP the receiver saw
-    "sender_dnsbl",  # zone -> status of that IP (receive.sender_dnsbl)
-    "clock_offset",
-    "login_delay",  # POP3: the LOGIN-DELAY the server announced (seconds; 0: none)
-)
+# Probe facts about what the receiver did that go into the run's log line (RunResult.receiver), in order:
+# the keys of probes.recorder.ReceiverFacts, filled by Facts.receiver().
+RECEIVER_FACTS: tuple[str, ...] = tuple(ReceiverFacts.__annotations__)
 
 
 def _sides(loaded: LoadedConfig) -> list[tuple[Endpoint, str, int | None]]:
@@ -77,10 +65,10 @@ def session_pools(loaded: LoadedConfig) -> set[str]:
 
 def _quota_of(rec: Recorder) -> dict[str, tuple[int, int]] | None:
     """The run's quota reading as resource (lower case) -> (used, limit); None if none was read."""
-    found = rec.facts.get("quota")
-    if not isinstance(found, dict):
+    found = rec.facts.quota
+    if found is None:
         return None
-    return {res.lower(): (u.used, u.limit) for res, u in found.items() if isinstance(u, Usage)}
+    return {res.lower(): (u.used, u.limit) for res, u in found.items()}
 
 
 def make_masker(loaded: LoadedConfig) -> Masker:
@@ -176,16 +164,16 @@ class Runner:
             outstanding=settled.outstanding,
             placement=verdict.placement,
             tls=dict(rec.tls),
-            receiver={k: rec.facts[k] for k in RECEIVER_FACTS if rec.facts.get(k) is not None},
-            bounces=tuple(str(b["class"]) for b in rec.facts.get("bounces", ()) if isinstance(b, dict)),
-            path=rec.facts.get("path") if reason == "success" else None,
-            clock_offset=rec.facts.get("clock_offset") if reason == "success" else None,
-            verdict=rec.facts.get("verdict") if reason == "success" else None,
+            receiver=rec.facts.receiver(),
+            bounces=tuple(b["class"] for b in rec.facts.bounces or ()),
+            path=rec.facts.path if reason == "success" else None,
+            clock_offset=rec.facts.clock_offset if reason == "success" else None,
+            verdict=rec.facts.verdict if reason == "success" else None,
             quota=_quota_of(rec),
-            quota_error=rec.facts.get("quota_error"),
-            sync_seconds=rec.facts.get("sync_seconds") if reason == "success" else None,
-            sync_arrival=rec.facts.get("sync_arrival_seconds") if reason == "success" else None,
-            failed_phase=rec.facts.get("current_phase") if reason != "success" else None,
+            quota_error=rec.facts.quota_error,
+            sync_seconds=rec.facts.sync_seconds if reason == "success" else None,
+            sync_arrival=rec.facts.sync_arrival_seconds if reason == "success" else None,
+            failed_phase=rec.facts.current_phase if reason != "success" else None,
             transcript=None if isinstance(rec.transcript, BoundedTranscript) else rec.transcript,
             detail=verdict.detail,
             hygiene=hygiene,
@@ -252,7 +240,7 @@ class Runner:
             outcome="cancelled",
             reason="cancelled",
             error="stopped before the run finished (daemon shutdown after the grace period)",
-            failed_phase=rec.facts.get("current_phase"),
+            failed_phase=rec.facts.current_phase,
             duration_seconds=round(time.monotonic() - t0, 4),
             phases={k: round(v, 4) for k, v in rec.phases.items()},
         )

@@ -150,7 +150,7 @@ async def _probe(
         # Our own session limit, not the target: a failed scrape, never a false probe_success 0.
         return web.Response(status=503, text=f"{exc.message}\n", headers={"Retry-After": "1"})
     except (ProbeError, TimeoutError) as exc:
-        if rec.facts.get("current_phase") == "queue":  # the deadline came while waiting for a slot
+        if rec.facts.current_phase == "queue":  # the deadline came while waiting for a slot
             return web.Response(status=503, text="no session slot for the target before the deadline\n")
         rec.debug("error:", str(exc) or f"no answer within {deadline:g}s")
         value = target.recover(rec, settings)

@@ -23,7 +23,7 @@ from typing import Literal
 import aiohttp
 
 from probes.auth.credentials import Credentials
-from probes.errors import ProbeError
+from probes.errors import ProbeError, Reason
 from probes.recorder import Recorder
 
 MAX_TOKEN_BYTES = 16 * 1024  # a JWT access token is 1-4 KiB; a file or reply bigger than this is wrong
@@ -240,7 +240,7 @@ async def initial_response(
     creds: Credentials,
     offered: Iterable[str],
     recorder: Recorder,
-    reason: str,
+    reason: Reason,
     proto: str,
     host: str = "",
     port: int = 0,

@@ -14,7 +14,7 @@ from aiosmtplib import SMTPResponse
 
 from probes.auth.credentials import Credentials
 from probes.auth.oauth import error_of_challenge, initial_response
-from probes.errors import ProbeError, ProbeTimeout
+from probes.errors import ProbeError, ProbeTimeout, Reason
 from probes.recorder import MASK, Recorder
 from probes.wire.certs import facts_from_connection
 from probes.wire.net import Endpoint, client_context, tcp_connect, tls_error_message
@@ -46,7 +46,7 @@ def _local_name() -> str:
     return socket.gethostname() or "localhost"
 
 
-def _fail(exc: BaseException, reason: str, step: str) -> ProbeError:
+def _fail(exc: BaseException, reason: Reason, step: str) -> ProbeError:
     """Turn an aiosmtplib/OS error into a probe error that names the step that failed."""
     if isinstance(exc, ProbeError):
         return exc
@@ -79,7 +79,7 @@ def _reply(recorder: Recorder, step: str, response: SMTPResponse) -> None:
 
 
 async def _step(
-    recorder: Recorder, step: str, aw: Awaitable[SMTPResponse], reason: str = "smtp_rejected"
+    recorder: Recorder, step: str, aw: Awaitable[SMTPResponse], reason: Reason = "smtp_rejected"
 ) -> SMTPResponse:
     """One command: a library or OS error, or a failure reply, becomes a probe error naming the step."""
     try:
@@ -167,7 +167,7 @@ async def open_session(
                 # banner is a protocol failure, not a failed connect.
                 raise _fail(exc, "smtp_protocol", "banner") from exc
             except (aiosmtplib.SMTPException, OSError) as exc:
-                reason = "smtp_tls" if ep.tls_mode == "implicit" else "smtp_connect"
+                reason: Reason = "smtp_tls" if ep.tls_mode == "implicit" else "smtp_connect"
                 err = _fail(exc, reason, "connect")
                 # No banner at all (silence until the timeout, or closed before a greeting); a failed
                 # implicit-TLS handshake is an answer of sorts and not counted.

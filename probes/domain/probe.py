@@ -173,7 +173,7 @@ async def probe_domain(
     report.addresses = [MXAddressResult(r) for r in reports]
     await asyncio.gather(*(_per_address(a, settings, recorder, cache, crl_cache) for a in report.addresses))
     report.seconds = time.monotonic() - began
-    recorder.facts["domain_dnssec"] = resolution_dnssec(res)
+    recorder.facts.domain_dnssec = resolution_dnssec(res)
     return report
 
 

@@ -36,7 +36,7 @@ from probes.receipt.placement import (
 from probes.receipt.received import Path as ReceivedPath
 from probes.receipt.received import path_of
 from probes.receipt.verdict import Preset, verdict_of
-from probes.recorder import Recorder
+from probes.recorder import BounceEvent, Recorder
 from probes.wire.framing import ReadLimits
 from probes.wire.net import CLOSE_TIMEOUT, Endpoint
 from probes.wire.slots import ServerSlots, maybe_session
@@ -132,7 +132,7 @@ class RoundTripResult:
     delivery_seconds: float
     swept: list[Token] = field(default_factory=list)  # earlier canaries of this probe deleted this run
     placement: Placement = "inbox"  # where the receiver filed it (POP3 sees the inbox only)
-    bounces: list[dict[str, object]] = field(default_factory=list)  # delay notices etc. seen this run
+    bounces: list[BounceEvent] = field(default_factory=list)  # delay notices etc. seen this run
     path: ReceivedPath | None = None  # from the canary's Received chain
 
 
@@ -142,7 +142,7 @@ async def probe_roundtrip(
     """Run one round trip. ``late`` holds nonces of earlier canaries that timed out: seen, they are
     deleted whatever their age (and reported in ``swept`` so the caller can count them late).
 
-    ``recorder.facts["token"]`` is set before the canary is sent and ``recorder.facts["accepted"]`` once
+    ``recorder.facts.token`` is set before the canary is sent and ``recorder.facts.accepted`` once
     the SMTP server took it, so a caller whose deadline cancels the wait knows which canary is in flight.
     """
     receiver: _Receiver
@@ -175,47 +175,47 @@ async def _run(
     settings: RoundTripSettings, recorder: Recorder, receiver: _Receiver, late: Collection[str]
 ) -> RoundTripResult:
     swept = await receiver.open_and_sweep(set(late))
-    recorder.facts["swept"] = swept
+    recorder.facts.swept = swept
     await receiver.open_device()
     token = canary.new_token(settings.name)
     message = canary.build_message(token, settings.key, settings.sender, settings.recipient)
-    recorder.facts["token"] = token
+    recorder.facts.token = token
     async with maybe_session(settings.slots, settings.smtp.endpoint, "smtp", recorder):
         await recorder.canary("sending", token)
         sent = await send_message(settings.smtp, settings.sender, [settings.recipient], message, recorder)
-    recorder.facts["accepted"] = True  # from here on the canary is on its way: it may turn up late
+    recorder.facts.accepted = True  # from here on the canary is on its way: it may turn up late
     await recorder.canary("accepted", token)
-    recorder.facts["smtp_tls_version"] = sent.tls_version
+    recorder.facts.smtp_tls_version = sent.tls_version
     commands_before = recorder.commands
     receiver.watch(token, sent.accepted_at)
     with recorder.phase("receive_wait"):
         seen_at = await receiver.wait(token, sent.accepted_at)
-    recorder.facts.update(seen=True, seen_at=seen_at, accepted_at=sent.accepted_at)
+    recorder.facts.seen, recorder.facts.seen_at, recorder.facts.accepted_at = True, seen_at, sent.accepted_at
     delivery = seen_at - sent.accepted_at
     recorder.set_phase("receive_wait", delivery)
-    recorder.facts["wait_commands"] = recorder.commands - commands_before
+    recorder.facts.wait_commands = recorder.commands - commands_before
     await receiver.fetch_verify_delete(token)
     placement = receiver.placement
-    recorder.facts["placement"] = placement
+    recorder.facts.placement = placement
     raw = receiver.verified
     path = path_of(raw) if raw is not None else None
     if raw is not None and path is not None:
-        recorder.facts["path"] = path
+        recorder.facts.path = path
         if path.sender_ip is not None:
-            recorder.facts["sender_ip"] = path.sender_ip  # for a blocklist check, and the log
+            recorder.facts.sender_ip = path.sender_ip  # for a blocklist check, and the log
         verdict = verdict_of(
             raw, settings.trusted_authserv_ids, settings.spam_headers, settings.verdict_preset
         )
-        recorder.facts["verdict"] = verdict
+        recorder.facts.verdict = verdict
         first = path.hops[0].timestamp if path.hops else None
         if first is not None:  # the first server's clock against ours (1 s resolution): skew shown
-            recorder.facts["clock_offset"] = round(first - token.sent, 3)
+            recorder.facts.clock_offset = round(first - token.sent, 3)
     return RoundTripResult(
         token=token,
         delivery_seconds=delivery,
         swept=swept,
         placement=placement,
-        bounces=list(recorder.facts.get("bounces", [])),
+        bounces=list(recorder.facts.bounces or ()),
         path=path,
     )
 
@@ -318,8 +318,8 @@ class _IMAPReceiver(_Receiver):
         (``junk_folder_found`` false, a warning in the daemon), not a failure."""
         assert isinstance(self.settings.receiver, IMAPSettings) and self.settings.junk_folders is not None
         folder = choose_junk(listing, self.settings.junk_folders, self.settings.receiver.mailbox, namespaces)
-        self.recorder.facts["junk_folder"] = folder
-        self.recorder.facts["junk_folder_found"] = folder is not None
+        self.recorder.facts.junk_folder = folder
+        self.recorder.facts.junk_folder_found = folder is not None
         if folder is None:
             return []
         self.junk_recorder = await self._aux_recorder()
@@ -335,7 +335,7 @@ class _IMAPReceiver(_Receiver):
         assert isinstance(self.settings.receiver, IMAPSettings)
         watched = [self.settings.receiver.mailbox, *([self.junk.settings.mailbox] if self.junk else [])]
         self.others = other_folders(listing, watched, self.settings.other_folders)
-        self.recorder.facts["other_folders"] = len(self.others)
+        self.recorder.facts.other_folders = len(self.others)
         if not self.others:
             return []
         self.other_recorder = await self._aux_recorder()
@@ -363,7 +363,7 @@ class _IMAPReceiver(_Receiver):
                 if uids:
                     self.uids = uids[-FETCH_CANDIDATES:]
                     self.found_in, self.placement = self.other, "other"
-                    self.recorder.facts["found_folder"] = folder
+                    self.recorder.facts.found_folder = folder
                     return True
         finally:
             self._count_junk_commands()
@@ -402,7 +402,7 @@ class _IMAPReceiver(_Receiver):
 
     async def _read_quota(self) -> None:
         """Quota of the canary mailbox before the canary goes out (a full mailbox is then shown even when
-        it bounces the canary). A failed read is only noted (``facts["quota_error"]``, one of
+        it bounces the canary). A failed read is only noted (``facts.quota_error``, one of
         ``QUOTA_ERRORS``): the round trip goes on, in a fresh session if the old one had to be dropped."""
         s, rec = self.session, self.recorder
         assert isinstance(self.settings.receiver, IMAPSettings)
@@ -410,12 +410,12 @@ class _IMAPReceiver(_Receiver):
             return
         started = rec.clock()
         try:
-            rec.facts["quota"] = await s.quota()
+            rec.facts.quota = await s.quota()
         except ProbeError as exc:
             refused = s.is_open and not isinstance(exc, QuotaMalformed)
             error = "timeout" if isinstance(exc, ProbeTimeout) else "refused" if refused else "protocol"
-            rec.facts["quota_error"] = error
-            rec.facts["quota_message"] = exc.message
+            rec.facts.quota_error = error
+            rec.facts.quota_message = exc.message
             rec.debug("quota", f"quota not read ({error}): {exc.message}")
         finally:
             rec.set_phase("receive_quota", rec.clock() - started)
@@ -523,7 +523,7 @@ class _IMAPReceiver(_Receiver):
             with rec.phase("sync_wait"):
                 async with asyncio.timeout(limit):
                     arrived, _ = await self.device_seen  # the arrival as the second device saw it
-                    rec.facts["sync_arrival_seconds"] = arrived - self.accepted_at
+                    rec.facts.sync_arrival_seconds = arrived - self.accepted_at
                     while True:
                         seen, uids = await self._look(self.device, token, flag)
                         if uid in uids:
@@ -535,7 +535,7 @@ class _IMAPReceiver(_Receiver):
                 f"the second IMAP session did not see {flag} on the canary within {limit:g}s{stalled}",
                 reason="sync_timeout",
             ) from None
-        rec.facts["sync_seconds"] = max(0.0, seen - flagged)
+        rec.facts.sync_seconds = max(0.0, seen - flagged)
         rec.set_phase("sync_wait", seen - flagged)
 
     async def fetch_verify_delete(self, token: Token) -> None:
@@ -563,17 +563,17 @@ class _IMAPReceiver(_Receiver):
         if self.device is not None and self.found_in is not None:
             # The second device watches the inbox: a canary filed elsewhere cannot be synced there. Said
             # so (the log line, mailcanary_roundtrip_sync_skipped{reason}), never silently.
-            self.recorder.facts["sync_skipped"] = self.placement  # "junk" or "other": SYNC_SKIP_REASONS
+            self.recorder.facts.sync_skipped = self.placement  # "junk" or "other": SYNC_SKIP_REASONS
         elif self.device is not None:
             try:
                 await self._sync(token, ours[0])
             except ProbeError as exc:
-                failed, failed_phase = exc, self.recorder.facts.get("current_phase")
+                failed, failed_phase = exc, self.recorder.facts.current_phase
         with self.recorder.phase("receive_delete"):
             # After a failed sync check too (never leave it behind), and from the junk folder too.
             await (self.found_in or self.session).delete(ours[:1])
         if failed is not None:
-            self.recorder.facts["current_phase"] = failed_phase  # the failed phase is the sync one
+            self.recorder.facts.current_phase = failed_phase  # the failed phase is the sync one
             raise failed
 
     async def close(self) -> None:
@@ -623,7 +623,7 @@ class _BounceWatch:
         self.since = None if session.uidnext is None else max(1, session.uidnext - self.LOOK_BACK)
         self.looked: set[int] = set()
         if self.since is None:  # pragma: no cover - RFC 3501 requires UIDNEXT in SELECT
-            run.facts["bounce_watch"] = "off: the server sent no UIDNEXT"
+            run.facts.bounce_watch = "off: the server sent no UIDNEXT"
 
     async def look(self, token: Token) -> None:
         if self.since is None:
@@ -646,7 +646,7 @@ class _BounceWatch:
         small = [u for u in fresh if sized.sizes.get(u, cap + 1) <= cap]
         fetched = await self.session.fetch(small, "BODY.PEEK[]", cap=cap)
         ours: list[int] = []
-        permanent: dict[str, object] | None = None
+        permanent: BounceEvent | None = None
         for uid, raw in sorted(fetched.data.items()):
             bounce = parse_bounce(raw)
             if bounce is None:
@@ -656,7 +656,7 @@ class _BounceWatch:
                 _count_skipped(self.run, 1)
                 continue
             ours.append(uid)
-            event: dict[str, object] = {
+            event: BounceEvent = {
                 "action": bounce.action,
                 "status": bounce.status,
                 "class": bounce.status_class,
@@ -665,7 +665,9 @@ class _BounceWatch:
             }
             if bounce.diagnostic:
                 event["diagnostic"] = bounce.diagnostic
-            events = self.run.facts.setdefault("bounces", [])
+            if self.run.facts.bounces is None:
+                self.run.facts.bounces = []
+            events = self.run.facts.bounces
             if len(events) < 20:
                 events.append(event)
             if tok.nonce == token.nonce and bounce.permanent and permanent is None:
@@ -674,7 +676,7 @@ class _BounceWatch:
             with self.recorder.phase("bounce_delete"):
                 await self.session.delete(ours)
         if permanent is not None:
-            self.run.facts["bounced"] = True
+            self.run.facts.bounced = True
             status = permanent["status"] or "no status code"
             detail = f": {permanent['diagnostic']}" if permanent.get("diagnostic") else ""
             raise ProbeError(f"the canary bounced ({status}){detail}", reason="bounced")
@@ -683,7 +685,7 @@ class _BounceWatch:
 def _count_skipped(recorder: Recorder, n: int) -> None:
     """Foreign messages that carried something like our token but did not verify (or could not be read)."""
     if n > 0:
-        recorder.facts["foreign_skipped"] = recorder.facts.get("foreign_skipped", 0) + n
+        recorder.facts.foreign_skipped += n
 
 
 MAX_REFUSED = 64  # messages a look could not read (-ERR) remembered per run, to look at again
@@ -741,7 +743,7 @@ class _POP3Receiver(_Receiver):
             return
         seconds, self.per_user = parsed if parsed is not None else (0, False)
         self.gate.learn(self.key, seconds)
-        self.recorder.facts["login_delay"] = seconds
+        self.recorder.facts.login_delay = seconds
 
     def _deadline(self) -> float | None:
         t = self.pop.run_timeout
@@ -926,7 +928,7 @@ class _POP3Receiver(_Receiver):
         """With a LOGIN-DELAY a run logs in only to look. If not even one look fits in the run's time,
         fail now, before a canary is sent (it would stay behind until a later run swept it)."""
         self.once = True
-        self.recorder.facts["login_delay"] = self._delay()
+        self.recorder.facts.login_delay = self._delay()
         wait = self.gate.allowed_at(self.key) - time.monotonic()
         deadline = self._deadline()
         if wait > 0 and deadline is not None and time.monotonic() + wait > deadline - self._reserve():

@@ -206,7 +206,7 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     if not facts.handshake_ok:
         if facts.verify_reason is None:
             facts.verify_reason = "other"
-        recorder.facts["current_phase"] = "tls_handshake"  # the legacy phase has cleared it
+        recorder.facts.current_phase = "tls_handshake"  # the legacy phase has cleared it
         raise ProbeError(
             f"no TLS session with {ep.address}: {facts.error or 'handshake failed'}", reason="tls_handshake"
         )
@@ -266,8 +266,8 @@ def _copy_phases(scratch: Recorder, recorder: Recorder, *, failed: bool) -> None
     if "look_tls" in ph:
         recorder.set_phase("tls_handshake", ph["look_tls"])
     if failed:
-        current = scratch.facts.get("current_phase")
-        recorder.facts["current_phase"] = "tls_handshake" if current == "look_tls" else "tls_connect"
+        current = scratch.facts.current_phase
+        recorder.facts.current_phase = "tls_handshake" if current == "look_tls" else "tls_connect"
 
 
 def _unverified_context(ep: Endpoint) -> ssl.SSLContext:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from probes.errors import ProbeError, ProbeTimeout
+from probes.errors import ProbeError, ProbeTimeout, Reason
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -57,7 +57,7 @@ class FrameError(ProbeError):
 class ConnectionClosed(FrameError):
     """The server closed the connection; ``partial`` tells whether a line was cut off."""
 
-    def __init__(self, message: str, *, reason: str | None = None, partial: bool = False) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None, partial: bool = False) -> None:
         super().__init__(message, reason=reason)
         self.partial = partial
 
@@ -118,7 +118,7 @@ class BoundedReader:
         self,
         reader: asyncio.StreamReader,
         limits: ReadLimits,
-        reason: str,
+        reason: Reason,
         *,
         reply_budget: bool = True,
         read_timeout: float | None = None,

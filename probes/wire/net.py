@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from probes.errors import ProbeError, ProbeTimeout
+from probes.errors import ProbeError, ProbeTimeout, Reason
 
 TLSMode = Literal["implicit", "starttls", "none"]
 
@@ -182,7 +182,7 @@ def source_socket_factory(sources: Sequence[str]) -> SocketFactory | None:
     return factory
 
 
-async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = None) -> socket.socket:
+async def tcp_connect(endpoint: Endpoint, reason: Reason, timeout: float | None = None) -> socket.socket:
     """Resolve and connect, trying each address in turn; returns a connected non-blocking socket.
 
     Done by hand (not by ``create_connection``) so that the TCP connect can be timed apart from the TLS
@@ -195,7 +195,7 @@ async def tcp_connect(endpoint: Endpoint, reason: str, timeout: float | None = N
         raise ProbeTimeout(f"TCP connect to {endpoint.address} timed out after {timeout:g}s") from exc
 
 
-async def _connect(endpoint: Endpoint, reason: str) -> socket.socket:
+async def _connect(endpoint: Endpoint, reason: Reason) -> socket.socket:
     loop = asyncio.get_running_loop()
     infos: list[tuple[Any, Any, int, str, tuple[Any, ...]]] | None
     infos = _literal_infos(endpoint.host, endpoint.port)

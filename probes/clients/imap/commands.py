@@ -273,7 +273,7 @@ class IMAPCommands(IMAPConnection):
         if self.can_expunge_by_uid:
             await self._command("UID EXPUNGE", [b"UID EXPUNGE ", uid_set], reason="cleanup")
         else:
-            self.recorder.facts["imap_expunge_skipped"] = True
+            self.recorder.facts.imap_expunge_skipped = True
 
 
 _UIDNEXT_RE = re.compile(rb"\[UIDNEXT ([0-9]{1,10})\]", re.IGNORECASE)

@@ -10,9 +10,10 @@ import asyncio
 import itertools
 import ssl
 from dataclasses import dataclass, field
+from typing import Final
 
 from probes.auth.credentials import Credentials
-from probes.errors import ProbeError, ProbeTimeout
+from probes.errors import ProbeError, ProbeTimeout, Reason
 from probes.recorder import Recorder
 from probes.wire import imapwire as wire
 from probes.wire.certs import facts_from_connection
@@ -26,7 +27,7 @@ from probes.wire.net import (
     tls_error_message,
 )
 
-PROTOCOL = "receive_protocol"
+PROTOCOL: Final = "receive_protocol"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class IMAPConnection:
             raise ProbeTimeout(f"IMAP greeting: none within {self.settings.timeout:g}s") from None
         except ConnectionClosed as exc:
             self._abort()
-            reason = "receive_connect" if not exc.partial and not self._in_received() else PROTOCOL
+            reason: Reason = "receive_connect" if not exc.partial and not self._in_received() else PROTOCOL
             raise ProbeError(f"IMAP greeting: {exc.message}", reason=reason) from None
         except ProbeError:
             self._abort()
@@ -248,7 +249,7 @@ class IMAPConnection:
         pieces: list[bytes | str],
         *,
         shown: str | None = None,
-        reason: str = PROTOCOL,
+        reason: Reason = PROTOCOL,
         literal_cap: int | None = None,
     ) -> tuple[wire.Response, list[wire.Response]]:
         """Send one command and read up to its tagged reply within one step: ``(tagged, untagged)``.
@@ -265,7 +266,7 @@ class IMAPConnection:
         pieces: list[bytes | str],
         *,
         shown: str | None,
-        reason: str,
+        reason: Reason,
         literal_cap: int | None,
     ) -> tuple[wire.Response, list[wire.Response]]:
         if self._closed or self._in is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from probes.clients.pop3.connection import POP3Connection
 from probes.clients.pop3.parse import PROTOCOL, parse_list, parse_stat, parse_uidl
-from probes.errors import ProbeError
+from probes.errors import ProbeError, Reason
 from probes.wire.framing import join_lines
 
 
@@ -48,7 +48,7 @@ class POP3Commands(POP3Connection):
         _, _, reply = await self._command("RETR", str(number), multiline=True)
         return join_lines(reply)
 
-    async def dele(self, number: int, *, err_reason: str = PROTOCOL) -> None:
+    async def dele(self, number: int, *, err_reason: Reason = PROTOCOL) -> None:
         """Mark for deletion; nothing is removed until :meth:`quit`."""
         _check_number(number)
         await self._command("DELE", str(number), err_reason=err_reason)
@@ -84,7 +84,7 @@ class POP3Commands(POP3Connection):
     async def noop(self) -> None:
         await self._command("NOOP")
 
-    async def quit(self, *, err_reason: str = PROTOCOL) -> None:
+    async def quit(self, *, err_reason: Reason = PROTOCOL) -> None:
         """QUIT, which commits deletions (UPDATE state), then close whatever happened."""
         try:
             await self._command("QUIT", err_reason=err_reason)

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Final, Self, TypeAlias, TypeVar
 
 from probes.clients.pop3.parse import PROTOCOL, Capabilities, as_text, parse_capa, parse_status
-from probes.errors import ProbeError, ProbeTimeout
+from probes.errors import ProbeError, ProbeTimeout, Reason
 from probes.recorder import Recorder
 from probes.wire.certs import facts_from_connection
 from probes.wire.framing import (
@@ -184,7 +184,7 @@ class POP3Connection:
         *args: str,
         shown: str | None = None,
         multiline: bool = False,
-        err_reason: str = PROTOCOL,
+        err_reason: Reason = PROTOCOL,
         tolerate_err: bool = False,
     ) -> tuple[bool, str, Lines]:
         """Send one command and read its reply: ``(ok, status text, body lines, unstuffed)``.
@@ -231,7 +231,7 @@ class POP3Connection:
             self._abort()
             raise ProbeError(f"connection lost while sending {what}: {exc}", reason=PROTOCOL) from exc
 
-    async def _guarded(self, read: Awaitable[_T], what: str, *, eof_reason: str = PROTOCOL) -> _T:
+    async def _guarded(self, read: Awaitable[_T], what: str, *, eof_reason: Reason = PROTOCOL) -> _T:
         """Await one read of the reader; whatever fails ends the session. A connection closed or reset
         before the server sent anything (at the greeting) is ``eof_reason``: a refused connection."""
         if self._closed:
@@ -251,13 +251,13 @@ class POP3Connection:
             self._abort()
             raise
 
-    async def _read_line(self, what: str, *, eof_reason: str = PROTOCOL) -> bytes:
+    async def _read_line(self, what: str, *, eof_reason: Reason = PROTOCOL) -> bytes:
         """One line without its terminator, logged to the transcript, within the per-read timeout."""
         line = await self._guarded(self._in.line(what), what, eof_reason=eof_reason)
         self.recorder.debug("S: pop3", as_text(line))
         return line
 
-    async def _read_status(self, what: str, *, eof_reason: str = PROTOCOL) -> tuple[bool, str]:
+    async def _read_status(self, what: str, *, eof_reason: Reason = PROTOCOL) -> tuple[bool, str]:
         return self._status(await self._read_line(what, eof_reason=eof_reason), what)
 
     def _status(self, line: bytes, what: str) -> tuple[bool, str]:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Final, TypeAlias
 
-from probes.errors import ProbeError
+from probes.errors import ProbeError, Reason
 from probes.wire.framing import show, strip_eol, unstuff
 
 Capabilities: TypeAlias = dict[str, list[str]]
@@ -107,7 +107,7 @@ def response_code(text: str) -> str | None:
     return match[1].upper() if match else None
 
 
-def login_refusal_reason(text: str) -> str:
+def login_refusal_reason(text: str) -> Reason:
     """The failure reason of a refused login, from its response code (RFC 2449 section 8.1, RFC 3206).
 
     ``LOGIN-DELAY``: logged in too soon after the last login, its own reason. ``IN-USE`` (the maildrop is
