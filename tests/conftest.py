@@ -1,4 +1,5 @@
-"""Shared fixtures. Mailstack: one real Postfix + Dovecot per session (tests/mailstack)."""
+"""Shared fixtures. Mailstack: one real Postfix + Dovecot per session (tests/mailstack); TLS audit
+variants beside it; a password file for config tests. Shared helpers live in tests/support."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.mailstack import MailStack, StackError, make_root, reap_orphans, requirement_problems
+from tests.mailstack.variants import VariantSet
+from tests.support.tlsaudit import Certs, audit_variants, make_certs
 
 # ---- mailstack ------------------------------------------------------------------------------------
 
@@ -63,3 +67,30 @@ def fresh_mailbox(mailstack: MailStack) -> Callable[[], str]:
 def mailbox(fresh_mailbox: Callable[[], str]) -> str:
     """A fresh, emptied mailbox address of the session stack; its password is ``mailstack.password(...)``."""
     return fresh_mailbox()
+
+
+# ---- TLS audit variants ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certs:
+    """The test PKI of the TLS audit variants (tests/support/tlsaudit.py)."""
+    return make_certs()
+
+
+@pytest.fixture(scope="module")
+def variants(mailstack: MailStack, certs: Certs) -> Iterator[VariantSet]:
+    """One Dovecot per TLS case (two with a Postfix smtpd), started together, stopped at the module's end."""
+    with audit_variants(mailstack, certs) as vs:
+        yield vs
+
+
+# ---- config files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pw_file(tmp_path: Path) -> Path:
+    """The SMTP password file of tests.support.configs.full_config."""
+    path = tmp_path / "smtp.pw"
+    path.write_text("file-secret\n", encoding="utf-8")
+    return path

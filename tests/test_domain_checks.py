@@ -30,9 +30,9 @@ from probes.tls.hygiene import OCSPCache, key_facts, ocsp_status
 from probes.wire.certs import LEGACY_VERSIONS, openssl_offers
 from probes.wire.dns import DNSError, DNSSettings, query
 from probes.wire.net import Endpoint, TLSSettings
-from tests import dnsstack
 from tests.mailstack import MailStack, free_ports
 from tests.mailstack.variants import Issued, TestPKI, VariantSet, reap_orphans
+from tests.support import dnsstack
 
 # Outside CI a machine without nsd/unbound skips; in CI (.ci/run sets CI) their absence is a failure, so
 # a green CI run has really checked a DNSSEC-signed domain.

@@ -26,7 +26,7 @@ from exporter.state.ledger import Ledger
 from probes.auth.oauth import GrantToken, sasl_initial
 from tests.mailstack import MailStack
 from tests.mailstack._net import free_ports, wait_ready
-from tests.stackconfig import roundtrip, secret_file, write_config
+from tests.support.stackconfig import roundtrip, secret_file, write_config
 
 KEY = b"oauth-test-key-0123456789abcdef"
 CLIENT_ID = "mailcanary-test"

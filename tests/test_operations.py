@@ -21,7 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import exporter_argv
+from tests.support.stackconfig import exporter_argv
 
 
 def tls_check(

@@ -38,8 +38,8 @@ import yaml
 
 from tests.mailstack import MailStack
 from tests.mailstack._net import claim_ports
-from tests.stackconfig import exporter_argv
-from tests.test_dashboards import DASHBOARD_DIR, load, queries, substitute
+from tests.support.dashboards import DASHBOARD_DIR, load, queries, substitute
+from tests.support.stackconfig import exporter_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from exporter.metrics.collector import ExporterState
 from exporter.run.history import History
-from exporter.run.results import RunResult
-from exporter.run.runner import Runner
 from exporter.web.status import render_status
 from probes import canary
 from tests.mailstack import MailStack
-from tests.stackconfig import make_runner as stack_runner
-from tests.stackconfig import roundtrip
-
-KEY = b"e2e-test-key-0123456789abcdef"
-
-
-def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runner:
-    return stack_runner(tmp, probes, KEY, **global_)
-
-
-def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> RunResult:
-    probes = runner.loaded.config.roundtrip
-    probe = probes[0] if name is None else next(p for p in probes if p.name == name)
-    return asyncio.run(runner.run_roundtrip(probe, debug=debug))
+from tests.support.roundtrip import KEY, make_runner, run_one
+from tests.support.stackconfig import roundtrip
 
 
 @pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import exporter_argv, roundtrip, write_config
+from tests.support.stackconfig import exporter_argv, roundtrip, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_POP3_SECRET = "Wr0ng-s3cret!"
