@@ -13,6 +13,7 @@ import pytest
 
 from tests.mailstack import MailStack, StackError, make_root, reap_orphans, requirement_problems
 from tests.mailstack.variants import VariantSet
+from tests.support.postfix import drain
 from tests.support.tlsaudit import Certs, audit_variants, make_certs
 
 # ---- mailstack ------------------------------------------------------------------------------------
@@ -67,6 +68,20 @@ def fresh_mailbox(mailstack: MailStack) -> Callable[[], str]:
 def mailbox(fresh_mailbox: Callable[[], str]) -> str:
     """A fresh, emptied mailbox address of the session stack; its password is ``mailstack.password(...)``."""
     return fresh_mailbox()
+
+
+@pytest.fixture
+def slow_mailbox(mailstack: MailStack) -> Iterator[str]:
+    """The stack's slow address (delivered ``mailstack.slow_delay`` s late), empty and with nothing on its
+    way to it; afterwards the delay is reset and Postfix is waited for again: a canary of this test never
+    lands there while another test, in whatever order, uses it."""
+    address = mailstack.slow_address
+    drain(mailstack, address)
+    try:
+        yield address
+    finally:
+        mailstack.slow_delay = 0
+        drain(mailstack, address)
 
 
 # ---- TLS audit variants ----------------------------------------------------------------------------

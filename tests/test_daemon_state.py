@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +14,9 @@ import pytest
 from tests.mailstack import MailStack
 from tests.support.daemon import Daemon, json_lines
 from tests.support.metrics import scrape, value
-from tests.support.postfix import drain, queued
+from tests.support.postfix import queued
 from tests.support.stackconfig import roundtrip, write_config
 from tests.support.wait import eventually
-
-
-@pytest.fixture
-def slow(mailstack: MailStack) -> Iterator[str]:
-    address = mailstack.slow_address
-    drain(mailstack, address)
-    try:
-        yield address
-    finally:
-        mailstack.slow_delay = 0
-        drain(mailstack, address)
 
 
 def ledger_entries(state: Path, probe: str) -> dict[str, Any]:
@@ -69,11 +57,11 @@ def wait_accepted(state: Path, probe: str, proc: subprocess.Popen[str], timeout:
 
 
 def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
-    mailstack: MailStack, slow: str, tmp_path: Path
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
 ) -> None:
     """kill -9 while a canary is on its way: after a restart it is awaited, and counted late when seen."""
     mailstack.slow_delay = 4
-    probe = roundtrip(mailstack, tmp_path, "killed", slow)
+    probe = roundtrip(mailstack, tmp_path, "killed", slow_mailbox)
     config = write_config(tmp_path, [probe], interval="2s", timeout="20s")
     state = tmp_path / "state"
     first = Daemon(config)
@@ -107,12 +95,14 @@ def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
     assert not any(e.get("swept") for e in json_lines(err) if e.get("event") == "probe_run")
 
 
-def test_sigterm_lets_the_run_in_flight_finish(mailstack: MailStack, slow: str, tmp_path: Path) -> None:
+def test_sigterm_lets_the_run_in_flight_finish(
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
+) -> None:
     """SIGTERM while a canary is 1.5 s from arriving: the run finishes within the 3 s grace, logs its one
     JSON line, and the ledger is left empty; stderr is JSON only."""
     mailstack.slow_delay = 1.5
     config = write_config(
-        tmp_path, [roundtrip(mailstack, tmp_path, "term", slow)], interval="1m", timeout="20s"
+        tmp_path, [roundtrip(mailstack, tmp_path, "term", slow_mailbox)], interval="1m", timeout="20s"
     )
     state = tmp_path / "state"
     daemon = Daemon(config)
@@ -132,13 +122,13 @@ def test_sigterm_lets_the_run_in_flight_finish(mailstack: MailStack, slow: str, 
 
 
 def test_sigterm_past_the_grace_cancels_logs_and_hands_the_canary_over(
-    mailstack: MailStack, slow: str, tmp_path: Path
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
 ) -> None:
     """A run that cannot finish within the grace is cancelled: one JSON line (outcome cancelled), and its
     canary is left in the ledger as awaited, so the next start counts it late or lost."""
     mailstack.slow_delay = 10
     config = write_config(
-        tmp_path, [roundtrip(mailstack, tmp_path, "cut", slow)], interval="1m", timeout="30s"
+        tmp_path, [roundtrip(mailstack, tmp_path, "cut", slow_mailbox)], interval="1m", timeout="30s"
     )
     state = tmp_path / "state"
     daemon = Daemon(config)

@@ -15,6 +15,7 @@ from probes import canary
 from tests.mailstack import MailStack
 from tests.support.roundtrip import KEY, make_runner, run_one
 from tests.support.stackconfig import roundtrip
+from tests.support.wait import eventually
 
 
 @pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])
@@ -169,9 +170,10 @@ def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(
     assert any(young.nonce.encode() in raw for raw in left)
 
 
-def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: Path) -> None:
-    address = mailstack.slow_address
-    mailstack.clear(address)
+def test_late_canary_is_counted_when_seen_later(
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
+) -> None:
+    address = slow_mailbox
     mailstack.slow_delay = 2.5
     runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "late", address, timeout="1.5s")])
     try:
@@ -193,10 +195,11 @@ def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: 
     assert mailstack.messages(address) == []
 
 
-def test_canary_unseen_past_lost_after_is_lost(mailstack: MailStack, tmp_path: Path) -> None:
-    """Runs after the late test: its canaries land in the slow mailbox only after this test is over."""
-    address = mailstack.slow_address
-    mailstack.clear(address)
+def test_canary_unseen_past_lost_after_is_lost(
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
+) -> None:
+    """The canaries land only after the test (slow_mailbox waits for them, whatever test comes next)."""
+    address = slow_mailbox
     mailstack.slow_delay = 8
     runner = make_runner(
         tmp_path, [roundtrip(mailstack, tmp_path, "lost", address, timeout="1s", lost_after="2s")]
@@ -204,7 +207,14 @@ def test_canary_unseen_past_lost_after_is_lost(mailstack: MailStack, tmp_path: P
     try:
         first = run_one(runner)
         assert (first.reason, first.outstanding, first.lost) == ("timeout", 1, 0)
-        time.sleep(2.2)
+        # until the ledger's own record of the first canary is older than lost_after (no fixed sleep)
+        eventually(
+            lambda: time.time() - max(runner.ledger.call(lambda e: [x.sent for x in e["lost"].values()])),
+            until=lambda age: age > 2.0,
+            timeout=30,
+            interval=0.1,
+            message="the first canary older than lost_after (2 s)",
+        )
         second = run_one(runner)
     finally:
         mailstack.slow_delay = 0
