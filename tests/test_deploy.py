@@ -23,7 +23,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ import yaml
 from exporter.config import parse_config
 from tests.mailstack import free_ports
 from tests.support.deploy import DEPLOY, K8S, PORT, REPO, by_kind, cli_args, k8s_docs, k8s_files, load_all
+from tests.support.wait import eventually
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE_DIR = DEPLOY / "compose"
@@ -190,17 +190,14 @@ def _daemon(tmp: Path, port: int, extra: list[str]) -> subprocess.Popen[str]:
 def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
     import socket
 
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def connect() -> bool:
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"mailcanary exited with {proc.returncode}:\n{out}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail("mailcanary did not listen within 20 s")
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    eventually(connect, ignoring=(OSError,), timeout=20, message="mailcanary listening")
 
 
 @pytest.fixture

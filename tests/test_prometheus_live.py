@@ -17,6 +17,7 @@ Everything binds 127.0.0.1; every process started here is stopped in a finally b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -40,6 +41,7 @@ from tests.mailstack import MailStack
 from tests.mailstack._net import claim_ports
 from tests.support.dashboards import DASHBOARD_DIR, load, queries, substitute
 from tests.support.stackconfig import exporter_argv
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
@@ -89,18 +91,8 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (OSError, ValueError) as exc:  # not up yet
-            last_error = exc
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g}s (last error: {last_error})", pytrace=False)
-        time.sleep(interval)
+    # OSError, ValueError: not up yet (refused, or an answer that is not JSON yet)
+    return eventually(check, timeout=timeout, interval=interval, ignoring=(OSError, ValueError), message=what)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
@@ -380,12 +372,15 @@ def dashboard_queries(name: str, job: str = JOB) -> list[tuple[str, str, str]]:
 def empty_queries(live: Live, name: str, timeout: float, job: str = JOB) -> list[str]:
     """The queries of a dashboard that still return no number after ``timeout`` s of retrying."""
     pending = dashboard_queries(name, job)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def still_empty() -> list[tuple[str, str, str]]:
+        nonlocal pending
         pending = [(t, r, e) for t, r, e in pending if not has_value(live.query(e))]
-        if not pending or time.monotonic() > deadline:
-            return [f"{t!r} {r}: {e}" for t, r, e in pending]
-        time.sleep(1)
+        return pending
+
+    with contextlib.suppress(AssertionError):  # not all answered in time: the caller names the rest
+        eventually(still_empty, until=lambda left: not left, timeout=timeout, interval=1)
+    return [f"{t!r} {r}: {e}" for t, r, e in pending]
 
 
 # ---- (a) dashboards --------------------------------------------------------------------------------

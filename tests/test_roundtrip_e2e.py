@@ -13,9 +13,8 @@ from exporter.run.history import History
 from exporter.web.status import render_status
 from probes import canary
 from tests.mailstack import MailStack
-from tests.support.roundtrip import KEY, make_runner, run_one
+from tests.support.roundtrip import KEY, make_runner, run_one, wait_past_lost_after
 from tests.support.stackconfig import roundtrip
-from tests.support.wait import eventually
 
 
 @pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])
@@ -207,14 +206,7 @@ def test_canary_unseen_past_lost_after_is_lost(
     try:
         first = run_one(runner)
         assert (first.reason, first.outstanding, first.lost) == ("timeout", 1, 0)
-        # until the ledger's own record of the first canary is older than lost_after (no fixed sleep)
-        eventually(
-            lambda: time.time() - max(runner.ledger.call(lambda e: [x.sent for x in e["lost"].values()])),
-            until=lambda age: age > 2.0,
-            timeout=30,
-            interval=0.1,
-            message="the first canary older than lost_after (2 s)",
-        )
+        wait_past_lost_after(runner, "lost", 2.0)  # the ledger's own send time, no fixed sleep
         second = run_one(runner)
     finally:
         mailstack.slow_delay = 0

@@ -45,6 +45,7 @@ from tests.mailstack.variants import (
 )
 from tests.support.stackconfig import exporter_argv
 from tests.support.tlsaudit import NAMES, SOURCE, Certs, endpoint, expected_legacy
+from tests.support.wait import eventually
 
 IMPLICIT_PORTS = {"imaps", "pop3s", "submissions"}
 PROTOCOL_OF = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3", "smtp": "smtp"}
@@ -542,18 +543,21 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         text=True,
     )
     d = Daemon(port, proc)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def checked() -> set[str | None]:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            status, text = d.get("/metrics")
-            done = {dict(k[1]).get("probe") for k in _samples(text) if k[0] == "mailcanary_tls_check_success"}
-            if status == 200 and done >= {c[0] for c in DAEMON_CHECKS}:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the TLS checks did not all complete within 30 s"
-        time.sleep(0.2)
+        status, text = d.get("/metrics")
+        assert status == 200, text
+        return {dict(k[1]).get("probe") for k in _samples(text) if k[0] == "mailcanary_tls_check_success"}
+
+    eventually(
+        checked,
+        until=lambda done: done >= {c[0] for c in DAEMON_CHECKS},
+        ignoring=(OSError,),
+        timeout=30,
+        interval=0.2,
+        message="the TLS checks all completed",
+    )
     try:
         yield d
     finally:
