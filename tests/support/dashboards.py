@@ -23,8 +23,8 @@ GRAFANA_VARS = {
 
 def substitute(expr: str, **values: str) -> str:
     """The query Grafana would send: built-in interval variables, then $name / ${name} variables."""
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
+    for name, value in GRAFANA_VARS.items():
+        expr = expr.replace(name, value)
 
     def var(m: re.Match[str]) -> str:
         return values.get(m.group(1) or m.group(2), ".*")

@@ -38,7 +38,7 @@ def load(path: Path) -> Any:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    rules = []
+    rules: list[dict[str, Any]] = []
     for path in RULE_FILES:
         for group in load(path)["groups"]:
             rules.extend(r for r in group["rules"] if "alert" in r)
