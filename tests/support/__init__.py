@@ -10,7 +10,8 @@ never from another test module: a test file can then be run, moved or deleted on
 - ``configs``: a complete config file and the one-line error checks of the config tests.
 - ``messages``: mail built as others build it (bounces, canaries of earlier releases).
 - ``faultservers``: in-process servers that misbehave at one step, and round-trip settings against them.
-- ``tlsaudit``: TLS variant endpoints and what a legacy-version audit must show (fixtures in conftest).
+- ``tlsaudit``: TLS variant endpoints and what a legacy-version audit must show (fixtures in conftest);
+  ``tlsfacts``: made-up TLS facts for the scrape golden test and benchmarks.
 - ``dnsstack``, ``milters``, ``sharedmailbox``: a real DNS (nsd + unbound), DKIM/DMARC milters, a second
   client busy in a shared mailbox.
 - ``deploy``, ``rules``, ``dashboards``: the shipped deploy files, Prometheus rules and Grafana boards.
