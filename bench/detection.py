@@ -43,9 +43,16 @@ from probes.roundtrip.probe import (
     probe_roundtrip,
 )
 from probes.wire.net import Endpoint, TLSSettings
-from tests.faultservers import NO_FAULT, Mailboxes, Store, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack, make_root
-from tests.test_fault_matrix import _settings as fault_settings
+from tests.support.faultservers import (
+    NO_FAULT,
+    Mailboxes,
+    Store,
+    courier_imap_handler,
+    fault_settings,
+    serving,
+    smtp_handler,
+)
 
 KEY = b"bench-detection-key-0123456789ab"
 
@@ -121,11 +128,12 @@ async def one(stack: MailStack, settings: RoundTripSettings, watcher: MaildirWat
     landed = watcher.landed_after(t0)
     if landed is None:
         raise RuntimeError("the watcher never saw the message file")
-    seen_at = rec.facts["seen_at"]
+    seen_at, commands = rec.facts.seen_at, rec.facts.wait_commands
+    assert seen_at is not None and commands is not None  # set by every delivered run
     return Sample(
         overhead=seen_at - landed,
         delivery=result.delivery_seconds,
-        wait_commands=int(rec.facts["wait_commands"]),
+        wait_commands=commands,
         wait_seconds=result.delivery_seconds,
     )
 
@@ -202,9 +210,9 @@ class LateStore(Store):
 
 async def bench_silent_idle(rounds: int, delay: float) -> dict[str, dict[str, float]]:
     """A server that accepts IDLE and never pushes (Courier without FAM, Cyrus without idled; here the
-    Courier-like fault server of tests/faultservers.py), the canary landing ``delay`` s after DATA: what
-    detection then rests on (each IDLE ends at the poll gap, a NOOP and SEARCH follow), its delay over
-    the landing time, and the commands per second the probe sends meanwhile (all sessions)."""
+    Courier-like fault server of tests/support/faultservers.py), the canary landing ``delay`` s after
+    DATA: what detection then rests on (each IDLE ends at the poll gap, a NOOP and SEARCH follow), its
+    delay over the landing time, and the commands per second the probe sends meanwhile (all sessions)."""
     report: dict[str, dict[str, float]] = {}
     for label, idle in (("silent IDLE, default", True), ("no IDLE (idle: false), default", False)):
         over: list[float] = []
@@ -221,16 +229,17 @@ async def bench_silent_idle(rounds: int, delay: float) -> dict[str, dict[str, fl
                 serving(smtp_handler(inbox, NO_FAULT)) as sp,
                 serving(courier_imap_handler(boxes)) as ip,
             ):
-                settings = fault_settings("bench-silent", sp, ip, None)
+                settings = fault_settings("bench-silent", sp, ip)
                 assert isinstance(settings.receiver, IMAPSettings)
                 shipped = PollSchedule(factor=DEFAULT_POLL_FACTOR["imap"], maximum=DEFAULT_POLL_MAX["imap"])
                 settings = replace(settings, receiver=replace(settings.receiver, use_idle=idle), poll=shipped)
                 rec = Recorder()
                 result = await asyncio.wait_for(probe_roundtrip(settings, rec), 60)
-            seen_at = float(rec.facts["seen_at"])
-            accepted = float(rec.facts["accepted_at"])
+            f = rec.facts
+            assert f.seen_at is not None and f.accepted_at is not None and f.wait_commands is not None
+            seen_at, accepted = f.seen_at, f.accepted_at
             over.append((seen_at - inbox.landed[0]) * 1000)
-            commands.append(int(rec.facts["wait_commands"]))
+            commands.append(f.wait_commands)
             deliveries.append(result.delivery_seconds * 1000)
             rates.append(commands[-1] / result.delivery_seconds)
             idles_per_s.append(boxes.idles / (seen_at - accepted))

@@ -22,7 +22,7 @@ def _domain_report():  # type: ignore[no-untyped-def]
     from probes.domain.mx import AddressReport, MXHost, MXResolution
     from probes.domain.probe import DomainReport, MXAddressResult
     from probes.tls.hygiene import KeyFacts, OCSPResult
-    from tests.test_scrape_equal import facts
+    from tests.support.tlsfacts import facts
 
     hosts = tuple(
         MXHost(f"mx{h}.example.com", 10 * h, tuple(f"192.0.2.{h * 8 + a}" for a in range(8)), "secure")

@@ -37,7 +37,7 @@ from bench._common import (
 )
 from bench.tls_cpu import BLACKBOX, blackbox_config
 from tests.mailstack import MailStack, make_root
-from tests.stackconfig import roundtrip, write_config
+from tests.support.stackconfig import roundtrip, write_config
 
 IMPORTS = """
 import importlib, json, sys

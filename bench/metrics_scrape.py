@@ -28,7 +28,7 @@ from bench._common import ROOT, free_port, load, median, percentile, table, wait
 
 def _results(name: str, i: int):  # type: ignore[no-untyped-def]
     from exporter.run.results import RunResult
-    from tests.test_scrape_equal import facts
+    from tests.support.tlsfacts import facts
 
     phases = {
         "queue": 0.0,

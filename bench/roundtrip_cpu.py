@@ -41,7 +41,7 @@ from exporter import logs
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from tests.mailstack import MailStack, make_root
-from tests.stackconfig import roundtrip, write_config
+from tests.support.stackconfig import roundtrip, write_config
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ANCHOR = ROOT / "bench" / "_anchor_check.py"

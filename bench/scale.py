@@ -43,7 +43,7 @@ from bench._common import (
     wait_http,
 )
 from tests.mailstack import MailStack, make_root, numbered_users
-from tests.stackconfig import roundtrip, write_config
+from tests.support.stackconfig import roundtrip, write_config
 
 SCRAPE_EVERY = 15.0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import structlog
 
 from tests.mailstack import MailStack, make_root
-from tests.sharedmailbox import make_runner, run_shared
+from tests.support.sharedmailbox import make_runner, run_shared
 
 
 def _alone(stack: MailStack, tmp: Path, address: str, runs: int) -> tuple[int, Counter[str], float]:

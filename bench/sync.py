@@ -57,8 +57,9 @@ async def bench(stack: MailStack, rounds: int) -> dict[str, float]:
         rec = Recorder()
         result = await asyncio.wait_for(probe_roundtrip(settings, rec), 60)
         delivery.append(result.delivery_seconds * 1000)
-        arrival.append(rec.facts["sync_arrival_seconds"] * 1000)
-        sync.append(rec.facts["sync_seconds"] * 1000)
+        assert rec.facts.sync_arrival_seconds is not None and rec.facts.sync_seconds is not None
+        arrival.append(rec.facts.sync_arrival_seconds * 1000)
+        sync.append(rec.facts.sync_seconds * 1000)
         await asyncio.sleep(0.05)
     looks = [s * 1000 for s in await look_cost(settings.receiver, rounds * 5)]
     first_gap = PollSchedule().initial * 1000

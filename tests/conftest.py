@@ -1,4 +1,5 @@
-"""Shared fixtures. Mailstack: one real Postfix + Dovecot per session (tests/mailstack)."""
+"""Shared fixtures. Mailstack: one real Postfix + Dovecot per session (tests/mailstack); TLS audit
+variants beside it; a password file for config tests. Shared helpers live in tests/support."""
 
 from __future__ import annotations
 
@@ -6,10 +7,21 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.mailstack import MailStack, StackError, make_root, reap_orphans, requirement_problems
+from tests.mailstack.variants import VariantSet
+from tests.support.postfix import drain
+from tests.support.tlsaudit import Certs, audit_variants, make_certs
+
+# Property tests check what a function does, never how fast: Hypothesis's per-example deadline (200 ms)
+# is a timing assertion that fails on a busy machine (seen: a framing round trip at load 8). No deadline;
+# each test's own bounds (sizes, the reader's deadlines) stay what they assert.
+settings.register_profile("mailcanary", deadline=None)
+settings.load_profile("mailcanary")
 
 # ---- mailstack ------------------------------------------------------------------------------------
 
@@ -63,3 +75,44 @@ def fresh_mailbox(mailstack: MailStack) -> Callable[[], str]:
 def mailbox(fresh_mailbox: Callable[[], str]) -> str:
     """A fresh, emptied mailbox address of the session stack; its password is ``mailstack.password(...)``."""
     return fresh_mailbox()
+
+
+@pytest.fixture
+def slow_mailbox(mailstack: MailStack) -> Iterator[str]:
+    """The stack's slow address (delivered ``mailstack.slow_delay`` s late), empty and with nothing on its
+    way to it; afterwards the delay is reset and Postfix is waited for again: a canary of this test never
+    lands there while another test, in whatever order, uses it."""
+    address = mailstack.slow_address
+    drain(mailstack, address)
+    try:
+        yield address
+    finally:
+        mailstack.slow_delay = 0
+        drain(mailstack, address)
+
+
+# ---- TLS audit variants ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs() -> Certs:
+    """The test PKI of the TLS audit variants (tests/support/tlsaudit.py)."""
+    return make_certs()
+
+
+@pytest.fixture(scope="module")
+def variants(mailstack: MailStack, certs: Certs) -> Iterator[VariantSet]:
+    """One Dovecot per TLS case (two with a Postfix smtpd), started together, stopped at the module's end."""
+    with audit_variants(mailstack, certs) as vs:
+        yield vs
+
+
+# ---- config files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pw_file(tmp_path: Path) -> Path:
+    """The SMTP password file of tests.support.configs.full_config."""
+    path = tmp_path / "smtp.pw"
+    path.write_text("file-secret\n", encoding="utf-8")
+    return path

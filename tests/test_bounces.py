@@ -21,9 +21,9 @@ from prometheus_client import generate_latest
 from exporter.metrics.collector import ExporterState, build_registry
 from probes import canary
 from tests.mailstack import MailStack, make_root
-from tests.stackconfig import roundtrip, secret_file
-from tests.test_dsn import dsn
-from tests.test_roundtrip_e2e import KEY, make_runner, run_one
+from tests.support.messages import dsn
+from tests.support.roundtrip import KEY, make_runner, run_one
+from tests.support.stackconfig import roundtrip, secret_file
 
 
 def _bounce_probe(stack: MailStack, tmp: Path, name: str, sender: str, recipient: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from probes import canary
 from probes.canary import HEADER, Token, build_message, candidates, new_token, tokens_in_header, verify
+from tests.support.messages import legacy_v1_message
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -286,31 +287,6 @@ def test_new_key() -> None:
 
 
 # ---- binding: the token verifies only on the one message it was made for --------------------------------
-
-
-def legacy_v1_message(token: Token, key: bytes, sender: str, recipient: str) -> bytes:
-    """A canary exactly as releases before token v2 built it (EmailMessage, v1 token)."""
-    from email.message import EmailMessage
-    from email.utils import format_datetime, make_msgid
-
-    v1 = Token(token.probe, token.sent_ms, token.nonce, version="v1")
-    msg = EmailMessage(policy=policy.SMTP.clone(max_line_length=998))
-    msg["Date"] = format_datetime(
-        __import__("datetime").datetime.fromtimestamp(v1.sent, tz=__import__("datetime").UTC)
-    )
-    msg["Message-ID"] = make_msgid(idstring=v1.nonce[:12], domain="example.com")
-    msg["From"] = sender
-    msg["To"] = recipient
-    msg["Subject"] = f"mailcanary probe {v1.probe}"
-    msg["Auto-Submitted"] = "auto-generated"
-    msg[HEADER] = v1.header_value(key)
-    msg.set_content(
-        "This is an automated delivery test sent by mailcanary.\n"
-        f"Probe: {v1.probe}\n"
-        f"Canary: {v1.nonce}\n"
-        "It is deleted automatically when it arrives; no action is needed.\n"
-    )
-    return msg.as_bytes()
 
 
 def test_transplanted_token_header_does_not_verify() -> None:

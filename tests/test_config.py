@@ -24,75 +24,7 @@ from exporter.config import (
 from exporter.kinds.roundtrip import roundtrip_settings
 from probes.clients.imap import IMAPSettings
 from probes.roundtrip.probe import POP3Settings
-
-F = "/etc/mailcanary/test.yml"
-ENV = {"RECV_PW": "env-secret"}
-
-# One line per problem: "FILE: key.path: message" (the path may be "(top level)" or "line L, column C").
-LINE_RE = re.compile(r"^(?P<file>[^:]+): (?P<key>[^:]+): (?P<msg>.+)$")
-
-
-@pytest.fixture
-def pw_file(tmp_path: Path) -> Path:
-    path = tmp_path / "smtp.pw"
-    path.write_text("file-secret\n", encoding="utf-8")
-    return path
-
-
-def full_config(pw_file: Path) -> str:
-    return f"""\
-global:
-  interval: 5m
-  timeout: 2m
-roundtrip:
-  - name: imap-probe
-    sender: canary@example.com
-    recipient: inbox@example.net
-    interval: 1m
-    timeout: 30s
-    smtp:
-      host: smtp.example.com
-      tls: starttls
-      username: canary@example.com
-      password_file: {pw_file}
-    receive:
-      protocol: imap
-      host: imap.example.net
-      tls: implicit
-      username: inbox@example.net
-      password_env: RECV_PW
-      mailbox: Canaries
-  - name: pop3.probe_2
-    sender: canary@example.com
-    recipient: pop@example.net
-    smtp:
-      host: mx.example.net
-      port: 25
-      tls: none
-    receive:
-      protocol: pop3
-      host: pop.example.net
-      tls: starttls
-      username: pop@example.net
-      password_env: RECV_PW
-"""
-
-
-def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, F, ENV if environ is None else environ)
-    assert str(info.value) == "\n".join(info.value.problems)
-    return info.value.problems
-
-
-def one_problem(text: str, environ: dict[str, str] | None = None) -> str:
-    problems = problems_of(text, environ)
-    assert len(problems) == 1, problems
-    (line,) = problems
-    assert "\n" not in line
-    assert LINE_RE.match(line), line
-    return line
-
+from tests.support.configs import ENV, F, edit, full_config, one_problem, problems_of
 
 # ---- a good file ----------------------------------------------------------------------------------------
 
@@ -230,67 +162,61 @@ def test_password_file_crlf_is_stripped(tmp_path: Path, pw_file: Path) -> None:
 # ---- one line per problem -------------------------------------------------------------------------------
 
 
-def _edit(pw_file: Path, old: str, new: str, count: int = 1) -> str:
-    text = full_config(pw_file)
-    assert old in text, old
-    return text.replace(old, new, count)
-
-
 def test_unknown_top_level_key(pw_file: Path) -> None:
     assert one_problem(full_config(pw_file) + "bogus: 1\n") == f"{F}: bogus: unknown key"
 
 
 def test_unknown_global_key(pw_file: Path) -> None:
-    text = _edit(pw_file, "  timeout: 2m\n", "  timeout: 2m\n  intervall: 3m\n")
+    text = edit(pw_file, "  timeout: 2m\n", "  timeout: 2m\n  intervall: 3m\n")
     assert one_problem(text) == f"{F}: global.intervall: unknown key"
 
 
 def test_unknown_probe_key(pw_file: Path) -> None:
-    text = _edit(pw_file, "    interval: 1m\n", "    interval: 1m\n    retries: 3\n")
+    text = edit(pw_file, "    interval: 1m\n", "    interval: 1m\n    retries: 3\n")
     assert one_problem(text) == f"{F}: roundtrip[0].retries: unknown key"
 
 
 def test_unknown_smtp_key(pw_file: Path) -> None:
-    text = _edit(pw_file, "      tls: none\n", "      tls: none\n      hello: x\n")
+    text = edit(pw_file, "      tls: none\n", "      tls: none\n      hello: x\n")
     assert one_problem(text) == f"{F}: roundtrip[1].smtp.hello: unknown key"
 
 
 def test_unknown_receive_key(pw_file: Path) -> None:
-    text = _edit(pw_file, "      mailbox: Canaries\n", "      mailbox: Canaries\n      folder: X\n")
+    text = edit(pw_file, "      mailbox: Canaries\n", "      mailbox: Canaries\n      folder: X\n")
     assert one_problem(text) == f"{F}: roundtrip[0].receive.folder: unknown key"
 
 
 def test_unknown_tls_config_key(pw_file: Path) -> None:
-    text = _edit(pw_file, "      tls: implicit\n", "      tls: implicit\n      tls_config:\n        ca: /x\n")
+    text = edit(pw_file, "      tls: implicit\n", "      tls: implicit\n      tls_config:\n        ca: /x\n")
     assert one_problem(text) == f"{F}: roundtrip[0].receive.tls_config.ca: unknown key"
 
 
 def test_wrong_tls_mode(pw_file: Path) -> None:
-    text = _edit(pw_file, "tls: starttls", "tls: ssl")
+    text = edit(pw_file, "tls: starttls", "tls: ssl")
     assert one_problem(text) == f"{F}: roundtrip[0].smtp.tls: must be 'implicit', 'starttls' or 'none'"
 
 
 def test_wrong_protocol(pw_file: Path) -> None:
-    text = _edit(pw_file, "protocol: pop3", "protocol: jmap")
+    text = edit(pw_file, "protocol: pop3", "protocol: jmap")
     assert one_problem(text) == f"{F}: roundtrip[1].receive.protocol: must be 'imap' or 'pop3'"
 
 
 def test_bad_global_duration(pw_file: Path) -> None:
-    text = _edit(pw_file, "interval: 5m", "interval: 5x")
+    text = edit(pw_file, "interval: 5m", "interval: 5x")
     assert one_problem(text) == (
         f"{F}: global.interval: '5x' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)"
     )
 
 
 def test_bad_probe_duration(pw_file: Path) -> None:
-    text = _edit(pw_file, "timeout: 30s", "timeout: soon")
+    text = edit(pw_file, "timeout: 30s", "timeout: soon")
     assert one_problem(text) == (
         f"{F}: roundtrip[0].timeout: 'soon' is not a duration (use e.g. 30s, 5m, 1h30m, 250ms)"
     )
 
 
 def test_bad_nested_duration(pw_file: Path) -> None:
-    text = _edit(pw_file, "      mailbox: Canaries\n", "      mailbox: Canaries\n      poll_max: [1s]\n")
+    text = edit(pw_file, "      mailbox: Canaries\n", "      mailbox: Canaries\n      poll_max: [1s]\n")
     assert (
         one_problem(text) == f"{F}: roundtrip[0].receive.poll_max: expected a duration such as 30s, 5m or 1h"
     )
@@ -298,24 +224,24 @@ def test_bad_nested_duration(pw_file: Path) -> None:
 
 @pytest.mark.parametrize("value", ["yes", "true"])
 def test_boolean_duration(pw_file: Path, value: str) -> None:
-    text = _edit(pw_file, "interval: 5m", f"interval: {value}")
+    text = edit(pw_file, "interval: 5m", f"interval: {value}")
     assert one_problem(text) == f"{F}: global.interval: expected a duration such as 30s, 5m or 1h"
 
 
 def test_huge_integer_duration_is_a_config_error(pw_file: Path) -> None:
-    text = _edit(pw_file, "interval: 5m", "interval: " + "9" * 400)
+    text = edit(pw_file, "interval: 5m", "interval: " + "9" * 400)
     line = one_problem(text)
     assert line.startswith(f"{F}: global.interval: ")
     assert "finite" in line
 
 
 def test_interval_below_one_second(pw_file: Path) -> None:
-    text = _edit(pw_file, "interval: 1m", "interval: 500ms")
+    text = edit(pw_file, "interval: 1m", "interval: 500ms")
     assert one_problem(text) == f"{F}: roundtrip[0].interval: must be at least 1s"
 
 
 def test_missing_required_key(pw_file: Path) -> None:
-    text = _edit(pw_file, "      host: smtp.example.com\n", "")
+    text = edit(pw_file, "      host: smtp.example.com\n", "")
     assert one_problem(text) == f"{F}: roundtrip[0].smtp.host: required key is missing"
 
 
@@ -326,13 +252,13 @@ def test_missing_receive_section(pw_file: Path) -> None:
 
 
 def test_duplicate_probe_names(pw_file: Path) -> None:
-    text = _edit(pw_file, "name: pop3.probe_2", "name: imap-probe")
+    text = edit(pw_file, "name: pop3.probe_2", "name: imap-probe")
     assert one_problem(text) == f"{F}: roundtrip[1].name: duplicate probe name 'imap-probe'"
 
 
 @pytest.mark.parametrize("name", ["-starts-with-dash", "has space", "ü-umlaut", "x" * 64, "''", "a/b"])
 def test_bad_probe_name(pw_file: Path, name: str) -> None:
-    text = _edit(pw_file, "name: imap-probe", f"name: {name}")
+    text = edit(pw_file, "name: imap-probe", f"name: {name}")
     assert one_problem(text) == (
         f"{F}: roundtrip[0].name: must be 1-63 characters of letters, digits, '_', '.', '-', "
         "starting alphanumeric"
@@ -340,13 +266,13 @@ def test_bad_probe_name(pw_file: Path, name: str) -> None:
 
 
 def test_probe_name_of_63_characters_is_fine(pw_file: Path) -> None:
-    loaded = parse_config(_edit(pw_file, "name: imap-probe", "name: " + "n" * 63), F, ENV)
+    loaded = parse_config(edit(pw_file, "name: imap-probe", "name: " + "n" * 63), F, ENV)
     assert loaded.config.roundtrip[0].name == "n" * 63
 
 
 @pytest.mark.parametrize("address", ["not-an-address", "two@at@example.com", "'<x@example.com>'", "a b@c"])
 def test_bad_mail_address(pw_file: Path, address: str) -> None:
-    text = _edit(pw_file, "recipient: inbox@example.net", f"recipient: {address}")
+    text = edit(pw_file, "recipient: inbox@example.net", f"recipient: {address}")
     assert one_problem(text) == f"{F}: roundtrip[0].recipient: must be a mail address like user@example.com"
 
 
@@ -378,7 +304,7 @@ def test_password_env_empty(pw_file: Path) -> None:
 
 
 def test_two_password_sources(pw_file: Path) -> None:
-    text = _edit(
+    text = edit(
         pw_file,
         "      password_env: RECV_PW\n      mailbox",
         "      password_env: RECV_PW\n      password: x\n      mailbox",
@@ -390,19 +316,19 @@ def test_two_password_sources(pw_file: Path) -> None:
 
 
 def test_username_without_password(pw_file: Path) -> None:
-    text = _edit(pw_file, f"      password_file: {pw_file}\n", "")
+    text = edit(pw_file, f"      password_file: {pw_file}\n", "")
     assert one_problem(text) == (
         f"{F}: roundtrip[0].smtp: username given without password_file, password_env, password or oauth"
     )
 
 
 def test_password_without_username(pw_file: Path) -> None:
-    text = _edit(pw_file, "      username: canary@example.com\n", "")
+    text = edit(pw_file, "      username: canary@example.com\n", "")
     assert one_problem(text) == f"{F}: roundtrip[0].smtp: a password needs a username"
 
 
 def test_credentials_over_plaintext(pw_file: Path) -> None:
-    text = _edit(pw_file, "tls: starttls\n      username: canary", "tls: none\n      username: canary")
+    text = edit(pw_file, "tls: starttls\n      username: canary", "tls: none\n      username: canary")
     assert one_problem(text) == (
         f"{F}: roundtrip[0].smtp: credentials over tls: none would travel in clear text; use starttls "
         "or implicit, or set allow_plaintext_auth: true"
@@ -410,7 +336,7 @@ def test_credentials_over_plaintext(pw_file: Path) -> None:
 
 
 def test_credentials_over_plaintext_allowed_explicitly(pw_file: Path) -> None:
-    text = _edit(
+    text = edit(
         pw_file,
         "tls: starttls\n      username: canary",
         "tls: none\n      allow_plaintext_auth: true\n      username: canary",
@@ -421,7 +347,7 @@ def test_credentials_over_plaintext_allowed_explicitly(pw_file: Path) -> None:
 
 
 def test_cert_file_without_key_file(pw_file: Path) -> None:
-    text = _edit(
+    text = edit(
         pw_file,
         "      tls: implicit\n",
         f"      tls: implicit\n      tls_config:\n        cert_file: {pw_file}\n",
@@ -432,12 +358,12 @@ def test_cert_file_without_key_file(pw_file: Path) -> None:
 def test_unreadable_ca_file(pw_file: Path, tmp_path: Path) -> None:
     # A missing file: permission bits would not stop root, which the test may run as.
     ca = tmp_path / "missing-ca.pem"
-    text = _edit(pw_file, "      tls: none\n", f"      tls: none\n      tls_config:\n        ca_file: {ca}\n")
+    text = edit(pw_file, "      tls: none\n", f"      tls: none\n      tls_config:\n        ca_file: {ca}\n")
     assert one_problem(text) == f"{F}: roundtrip[1].smtp.tls_config.ca_file: cannot read {ca}"
 
 
 def test_readable_tls_files_load(pw_file: Path) -> None:
-    text = _edit(
+    text = edit(
         pw_file,
         "      tls: implicit\n",
         f"      tls: implicit\n      tls_config:\n        ca_file: {pw_file}\n        cert_file: {pw_file}\n"
@@ -454,12 +380,12 @@ def test_readable_tls_files_load(pw_file: Path) -> None:
 
 def test_unreadable_canary_key_file(pw_file: Path, tmp_path: Path) -> None:
     key = tmp_path / "missing.key"
-    text = _edit(pw_file, "  timeout: 2m\n", f"  timeout: 2m\n  canary_key_file: {key}\n")
+    text = edit(pw_file, "  timeout: 2m\n", f"  timeout: 2m\n  canary_key_file: {key}\n")
     assert one_problem(text) == f"{F}: global.canary_key_file: cannot read {key}"
 
 
 def test_pop3_with_mailbox(pw_file: Path) -> None:
-    text = _edit(pw_file, "protocol: pop3\n", "protocol: pop3\n      mailbox: Other\n")
+    text = edit(pw_file, "protocol: pop3\n", "protocol: pop3\n      mailbox: Other\n")
     assert (
         one_problem(text)
         == f"{F}: roundtrip[1].receive: mailbox is an IMAP setting; POP3 always reads the inbox"
@@ -467,7 +393,7 @@ def test_pop3_with_mailbox(pw_file: Path) -> None:
 
 
 def test_port_out_of_range(pw_file: Path) -> None:
-    text = _edit(pw_file, "port: 25", "port: 70000")
+    text = edit(pw_file, "port: 25", "port: 70000")
     line = one_problem(text)
     assert line.startswith(f"{F}: roundtrip[1].smtp.port: ")
     assert "65535" in line
@@ -506,7 +432,7 @@ def test_top_level_not_a_mapping(text: str) -> None:
 
 
 def test_several_problems_one_line_each(pw_file: Path) -> None:
-    text = _edit(pw_file, "interval: 5m", "interval: 5x")
+    text = edit(pw_file, "interval: 5m", "interval: 5x")
     text = text.replace("recipient: pop@example.net", "recipient: nobody")
     problems = problems_of(text)
     assert problems == [

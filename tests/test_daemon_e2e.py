@@ -12,27 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import exporter_argv, roundtrip, write_config
-
-
-def scrape(port: int) -> dict[str, list[tuple[str, dict[str, str], float]]]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, list[tuple[str, dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        out[fam.name] = [(s.name, s.labels, s.value) for s in fam.samples]
-    return out
-
-
-def value(metrics: dict[str, list[tuple[str, dict[str, str], float]]], sample: str, **labels: str) -> float:
-    for fam in metrics.values():
-        for name, lab, val in fam:
-            if name == sample and all(lab.get(k) == v for k, v in labels.items()):
-                return val
-    raise KeyError(f"{sample}{labels} not exported")
+from tests.support.metrics import Scrape, scrape, value
+from tests.support.stackconfig import exporter_argv, roundtrip, write_config
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -71,22 +55,22 @@ def daemon(
 
 def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]]) -> None:
     port, proc = daemon
-    deadline = time.monotonic() + 30
-    metrics: dict[str, list[tuple[str, dict[str, str], float]]] = {}
-    while time.monotonic() < deadline:
+
+    def running() -> Scrape:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            metrics = scrape(port)
-            if all(
-                value(metrics, "mailcanary_roundtrip_runs_total", probe=p, outcome="success") >= 2
-                for p in ("imap-rt", "pop3-rt")
-            ):
-                break
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.3)
-    else:
-        pytest.fail(f"no two successful runs per probe within 30 s; last scrape: {metrics}")
+        return scrape(port)
+
+    metrics = eventually(
+        running,
+        until=lambda m: all(
+            value(m, "mailcanary_roundtrip_runs_total", probe=p, outcome="success") >= 2
+            for p in ("imap-rt", "pop3-rt")
+        ),
+        ignoring=(OSError, KeyError),
+        timeout=30,
+        interval=0.3,
+        message="two successful runs per probe",
+    )
 
     now = time.time()
     for probe in ("imap-rt", "pop3-rt"):

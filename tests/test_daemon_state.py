@@ -2,61 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import exporter_argv, roundtrip, write_config
-from tests.test_daemon_e2e import scrape, value
-
-
-def _drain(stack: MailStack, address: str) -> None:
-    """Wait until Postfix holds nothing more (slow deliveries done), then empty the mailbox: canaries
-    of these tests must not land in the slow mailbox while a later test uses it."""
-    deadline = time.monotonic() + 60
-    queue = stack.postfix.queue_dir
-    while time.monotonic() < deadline:
-        busy = [f for sub in ("maildrop", "incoming", "active", "deferred") for f in (queue / sub).rglob("*")]
-        if not any(f.is_file() for f in busy):
-            break
-        time.sleep(0.2)
-    stack.clear(address)
-
-
-@pytest.fixture
-def slow(mailstack: MailStack) -> Iterator[str]:
-    address = mailstack.slow_address
-    _drain(mailstack, address)
-    try:
-        yield address
-    finally:
-        mailstack.slow_delay = 0
-        _drain(mailstack, address)
-
-
-class Daemon:
-    def __init__(self, config: Path, *extra: str) -> None:
-        self.port = free_ports(1)[0]
-        self.proc = subprocess.Popen(
-            exporter_argv(config, self.port, *extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def stop(self) -> tuple[str, str]:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        out, err = self.proc.communicate(timeout=20)
-        return out, err
+from tests.mailstack import MailStack
+from tests.support.daemon import Daemon, json_lines
+from tests.support.metrics import scrape, value
+from tests.support.postfix import queued
+from tests.support.stackconfig import roundtrip, write_config
+from tests.support.wait import eventually
 
 
 def ledger_entries(state: Path, probe: str) -> dict[str, Any]:
@@ -70,40 +30,38 @@ def ledger_entries(state: Path, probe: str) -> dict[str, Any]:
 
 def wait_queued(stack: MailStack, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     """Until Postfix holds a message for the slow mailbox: a canary accepted and on its way."""
-    deadline = time.monotonic() + timeout
-    queue = stack.postfix.queue_dir
-    while time.monotonic() < deadline:
+
+    def files() -> list[str]:
         assert proc.poll() is None, "daemon exited"
-        if any(f.is_file() for sub in ("incoming", "active", "deferred") for f in (queue / sub).rglob("*")):
-            return
-        time.sleep(0.05)
-    pytest.fail(f"no message in the Postfix queue within {timeout} s")
+        return queued(stack, ("incoming", "active", "deferred"))
+
+    eventually(files, timeout=timeout, interval=0.05, message="a message in the Postfix queue")
 
 
 def wait_accepted(state: Path, probe: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     """Until the ledger says the server accepted a canary of ``probe``. A file in Postfix's queue is not
     enough: ``incoming`` holds the message while DATA is still arriving, and a client killed then leaves
     no mail at all (a canary that can never turn up late)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def entries() -> dict[str, Any]:
         assert proc.poll() is None, "daemon exited"
-        if any(e.get("state") == "accepted" for e in ledger_entries(state, probe).values()):
-            return
-        time.sleep(0.02)
-    pytest.fail(f"no canary of {probe} recorded as accepted within {timeout} s")
+        return ledger_entries(state, probe)
 
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """Every line of ``text`` parsed as JSON: a line that is not JSON fails the test."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    eventually(
+        entries,
+        until=lambda found: any(e.get("state") == "accepted" for e in found.values()),
+        timeout=timeout,
+        interval=0.02,
+        message=f"a canary of {probe} recorded as accepted",
+    )
 
 
 def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
-    mailstack: MailStack, slow: str, tmp_path: Path
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
 ) -> None:
     """kill -9 while a canary is on its way: after a restart it is awaited, and counted late when seen."""
     mailstack.slow_delay = 4
-    probe = roundtrip(mailstack, tmp_path, "killed", slow)
+    probe = roundtrip(mailstack, tmp_path, "killed", slow_mailbox)
     config = write_config(tmp_path, [probe], interval="2s", timeout="20s")
     state = tmp_path / "state"
     first = Daemon(config)
@@ -116,13 +74,19 @@ def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
     written = ledger_entries(state, "killed")  # written ahead: the kill left it recorded
     second = Daemon(config)
     try:
-        deadline = time.monotonic() + 60
-        late = 0.0
-        while time.monotonic() < deadline and late < 1:
+
+        def late_total() -> float:
             assert second.proc.poll() is None
-            with contextlib.suppress(OSError, KeyError):
-                late = value(scrape(second.port), "mailcanary_roundtrip_late_total", probe="killed")
-            time.sleep(0.3)
+            return value(scrape(second.port), "mailcanary_roundtrip_late_total", probe="killed")
+
+        late = eventually(
+            late_total,
+            until=lambda n: n >= 1,
+            ignoring=(OSError, KeyError),
+            timeout=60,
+            interval=0.3,
+            message="the canary in flight at kill -9 counted late after the restart",
+        )
         assert late == 1, "the canary in flight at kill -9 was not counted late after the restart"
         (nonce,) = written
         assert nonce not in ledger_entries(state, "killed")
@@ -131,12 +95,14 @@ def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
     assert not any(e.get("swept") for e in json_lines(err) if e.get("event") == "probe_run")
 
 
-def test_sigterm_lets_the_run_in_flight_finish(mailstack: MailStack, slow: str, tmp_path: Path) -> None:
+def test_sigterm_lets_the_run_in_flight_finish(
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
+) -> None:
     """SIGTERM while a canary is 1.5 s from arriving: the run finishes within the 3 s grace, logs its one
     JSON line, and the ledger is left empty; stderr is JSON only."""
     mailstack.slow_delay = 1.5
     config = write_config(
-        tmp_path, [roundtrip(mailstack, tmp_path, "term", slow)], interval="1m", timeout="20s"
+        tmp_path, [roundtrip(mailstack, tmp_path, "term", slow_mailbox)], interval="1m", timeout="20s"
     )
     state = tmp_path / "state"
     daemon = Daemon(config)
@@ -156,13 +122,13 @@ def test_sigterm_lets_the_run_in_flight_finish(mailstack: MailStack, slow: str, 
 
 
 def test_sigterm_past_the_grace_cancels_logs_and_hands_the_canary_over(
-    mailstack: MailStack, slow: str, tmp_path: Path
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
 ) -> None:
     """A run that cannot finish within the grace is cancelled: one JSON line (outcome cancelled), and its
     canary is left in the ledger as awaited, so the next start counts it late or lost."""
     mailstack.slow_delay = 10
     config = write_config(
-        tmp_path, [roundtrip(mailstack, tmp_path, "cut", slow)], interval="1m", timeout="30s"
+        tmp_path, [roundtrip(mailstack, tmp_path, "cut", slow_mailbox)], interval="1m", timeout="30s"
     )
     state = tmp_path / "state"
     daemon = Daemon(config)

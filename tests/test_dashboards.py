@@ -4,65 +4,31 @@ only for metrics that exist. tests/test_prometheus_live.py runs every query agai
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.dashboards import (
+    DASHBOARD_DIR,
+    DASHBOARDS,
+    load,
+    panels,
+    queries,
+    substitute,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD_DIR = ROOT / "dashboards"
-DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 RULES_DIR = ROOT / "deploy" / "prometheus"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 # Series that are not mailcanary's own but that the dashboards may use.
 FOREIGN_METRICS = {"up"}
-
-# Grafana's variables, replaced by values that make a query valid PromQL (and match everything).
-GRAFANA_VARS = {
-    "$__rate_interval": "1m",
-    "$__interval": "15s",
-    "$__range": "1h",
-}
-
-
-def substitute(expr: str, **values: str) -> str:
-    """The query Grafana would send: built-in interval variables, then $name / ${name} variables."""
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-
-    def var(m: re.Match[str]) -> str:
-        return values.get(m.group(1) or m.group(2), ".*")
-
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", var, expr)
-
-
-def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
-
-
-def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, those inside collapsed rows included; rows themselves are not data panels."""
-    for panel in board.get("panels", []):
-        if panel.get("type") == "row":
-            yield from panel.get("panels", [])
-        else:
-            yield panel
-
-
-def queries(board: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    for panel in panels(board):
-        for target in panel.get("targets", []):
-            yield panel, target
 
 
 def all_queries() -> list[tuple[str, str, str, str]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from .test_dashboards import DASHBOARDS
+from tests.support.dashboards import DASHBOARDS
 
 SCHEMA_VERSIONS = ("11.6.9", "13.2.3")
 TYPESCRIPT = "typescript@7.0.2"

@@ -16,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import free_ports
+from tests.support.wait import eventually
 
 Samples = list[tuple[str, dict[str, str], float]]
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,41 +67,43 @@ def demo(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[str], Path]]:
 def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.Popen[str], Path]) -> None:
     port, proc, out = demo
     t0 = time.monotonic()
-    deadline = t0 + 25
-    samples: Samples = []
     config: dict[str, object] = {}
-    while time.monotonic() < deadline:
+
+    def running() -> Samples:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            samples = scrape(port)
-            if not config:
-                config = yaml.safe_load((out / "mailcanary.yml").read_text())
-            checks = config["tls_checks"]
-            assert isinstance(checks, list)
-            if all(
-                value(samples, "mailcanary_roundtrip_success", probe=p) == 1
-                for p in ("sandbox-imap", "sandbox-pop3")
-            ) and all(
-                # the endpoint label names this demo's own sandbox port: a scrape that reached another
-                # program on a reused port (another demo) never counts, and our failed bind shows above
-                value(samples, "mailcanary_tls_check_success", probe=c["name"]) == 1
-                and value(
-                    samples,
-                    "mailcanary_tls_cert_verified",
-                    probe=c["name"],
-                    endpoint=f"127.0.0.1:{c['port']}",
-                )
-                == 1
-                for c in checks
-            ):
-                break
-        except (OSError, KeyError):
-            pass
-        time.sleep(0.2)
-    else:
-        pytest.fail(
-            f"no successful IMAP and POP3 round trips and TLS checks within 25 s; last scrape: {samples}"
+        samples = scrape(port)
+        if not config:
+            config.update(yaml.safe_load((out / "mailcanary.yml").read_text()))
+        return samples
+
+    def all_green(samples: Samples) -> bool:
+        checks = config["tls_checks"]
+        assert isinstance(checks, list)
+        return all(
+            value(samples, "mailcanary_roundtrip_success", probe=p) == 1
+            for p in ("sandbox-imap", "sandbox-pop3")
+        ) and all(
+            # the endpoint label names this demo's own sandbox port: a scrape that reached another
+            # program on a reused port (another demo) never counts, and our failed bind shows above
+            value(samples, "mailcanary_tls_check_success", probe=c["name"]) == 1
+            and value(
+                samples,
+                "mailcanary_tls_cert_verified",
+                probe=c["name"],
+                endpoint=f"127.0.0.1:{c['port']}",
+            )
+            == 1
+            for c in checks
         )
+
+    samples = eventually(
+        running,
+        until=all_green,
+        ignoring=(OSError, KeyError),
+        timeout=25,
+        interval=0.2,
+        message="successful IMAP and POP3 round trips and TLS checks",
+    )
     ready = time.monotonic() - t0
 
     # Both round trips succeeded, over IMAP and over POP3; the data is marked as sandbox data.

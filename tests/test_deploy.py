@@ -23,7 +23,6 @@ import shutil
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,18 +32,15 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.cli import build_parser
 from exporter.config import parse_config
 from tests.mailstack import free_ports
+from tests.support.deploy import DEPLOY, K8S, PORT, REPO, by_kind, cli_args, k8s_docs, k8s_files, load_all
+from tests.support.wait import eventually
 
-REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yml"
 UNIT = DEPLOY / "systemd" / "mailcanary.service"
-K8S = DEPLOY / "kubernetes"
-PORT = 9925
 
 # name -> how to get it (the package names are the ones the install scripts / test extra carry)
 INSTALL = {
@@ -72,18 +68,6 @@ def tool(name: str) -> str:
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
-
-
-def load_all(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-
-
-def cli_args(argv: list[str]) -> Any:
-    """Parse a command line as mailcanary would (argparse exits on an unknown flag: make that a failure)."""
-    try:
-        return build_parser().parse_args(argv)
-    except SystemExit:
-        pytest.fail(f"mailcanary does not accept the command line {argv}", pytrace=False)
 
 
 def load_shipped_config(text: str, where: str, secret_dirs: tuple[str, ...], tmp: Path) -> list[str]:
@@ -206,17 +190,14 @@ def _daemon(tmp: Path, port: int, extra: list[str]) -> subprocess.Popen[str]:
 def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
     import socket
 
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def connect() -> bool:
         if proc.poll() is not None:
             out = proc.stdout.read() if proc.stdout else ""
             pytest.fail(f"mailcanary exited with {proc.returncode}:\n{out}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail("mailcanary did not listen within 20 s")
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    eventually(connect, ignoring=(OSError,), timeout=20, message="mailcanary listening")
 
 
 @pytest.fixture
@@ -489,14 +470,6 @@ def test_systemd_unit_hardening_and_credentials(tmp_path: Path) -> None:
 CRD_GROUP = "monitoring.coreos.com/"
 
 
-def k8s_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-def k8s_docs() -> list[tuple[Path, dict[str, Any]]]:
-    return [(path, doc) for path in k8s_files() for doc in load_all(path)]
-
-
 def test_kustomization_lists_every_manifest_but_the_examples() -> None:
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     assert kust["kind"] == "Kustomization"  # kustomize's own file, not an API object: not schema-checked
@@ -549,12 +522,6 @@ def test_prometheus_operator_resources_validate_against_the_crd_models() -> None
         assert dumped == doc, f"{path.name}: fields the {doc['kind']} CRD does not define"
         seen.add(doc["kind"])
     assert seen == {"ServiceMonitor", "PrometheusRule", "Probe"}
-
-
-def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
-    docs = [d for _, d in k8s_docs() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(docs) == 1, f"expected one {kind} {name or ''}, found {len(docs)}"
-    return docs[0]
 
 
 def test_kubernetes_objects_reference_each_other_and_are_hardened(tmp_path: Path) -> None:

@@ -30,9 +30,10 @@ from probes.tls.hygiene import OCSPCache, key_facts, ocsp_status
 from probes.wire.certs import LEGACY_VERSIONS, openssl_offers
 from probes.wire.dns import DNSError, DNSSettings, query
 from probes.wire.net import Endpoint, TLSSettings
-from tests import dnsstack
 from tests.mailstack import MailStack, free_ports
 from tests.mailstack.variants import Issued, TestPKI, VariantSet, reap_orphans
+from tests.support import dnsstack
+from tests.support.wait import eventually_async
 
 # Outside CI a machine without nsd/unbound skips; in CI (.ci/run sets CI) their absence is a failure, so
 # a green CI run has really checked a DNSSEC-signed domain.
@@ -912,9 +913,6 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
 async def test_daemon_schedules_a_domain_check(world: World, https: int, tmp_path: Path) -> None:
     """The real daemon: the probe-kind table gives domain_checks a job, /metrics serves its series and
     mailcanary_config_probes counts it as kind domain."""
-    import asyncio
-    import time
-
     import aiohttp
 
     from exporter.daemon import Daemon
@@ -923,15 +921,21 @@ async def test_daemon_schedules_a_domain_check(world: World, https: int, tmp_pat
     await daemon.start()
     try:
         host, port = daemon.http.bound[0]
-        deadline = time.monotonic() + 60
-        text = ""
         async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
+
+            async def metrics() -> str:
                 async with session.get(f"http://{host}:{port}/metrics") as resp:
-                    text = await resp.text()
-                if 'mailcanary_domain_check_runs_total{outcome="domain_findings",probe="dom"} 1.0' in text:
-                    break
-                await asyncio.sleep(0.5)
+                    return await resp.text()
+
+            text = await eventually_async(
+                metrics,
+                until=lambda t: (
+                    'mailcanary_domain_check_runs_total{outcome="domain_findings",probe="dom"} 1.0' in t
+                ),
+                timeout=60,
+                interval=0.5,
+                message="the domain check run exported",
+            )
         got = samples_of(text)
         assert got[("mailcanary_domain_check_success", frozenset({"probe": "dom"}.items()))] == 0
         assert got[("mailcanary_config_probes", frozenset({"kind": "domain"}.items()))] == 1

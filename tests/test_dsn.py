@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from probes import canary
 from probes.receipt.dsn import MAX_BOUNCE_BYTES, parse_bounce, returned_token
+from tests.support.messages import dsn
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
@@ -16,34 +17,6 @@ OTHER_KEY = b"o" * 32
 def _canary(probe: str = "rt", key: bytes = KEY) -> tuple[canary.Token, bytes]:
     token = canary.new_token(probe)
     return token, canary.build_message(token, key, "a@example.test", "nouser@example.test")
-
-
-def dsn(
-    original: bytes, *, action: str = "failed", status: str = "5.1.1", headers_only: bool = False
-) -> bytes:
-    """A report shaped like Postfix's (bounce(8)): human part, delivery-status, the returned message."""
-    head = canary.split_message(original)[0] + b"\r\n\r\n"
-    returned = (
-        b"Content-Type: text/rfc822-headers\r\n\r\n" + head
-        if headers_only
-        else b"Content-Type: message/rfc822\r\n\r\n" + original
-    )
-    return (
-        b"Return-Path: <>\r\n"
-        b"From: MAILER-DAEMON@example.test (Mail Delivery System)\r\n"
-        b"Subject: Undelivered Mail Returned to Sender\r\n"
-        b"To: a@example.test\r\n"
-        b"Auto-Submitted: auto-replied\r\n"
-        b"MIME-Version: 1.0\r\n"
-        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B1"\r\n\r\n'
-        b"--B1\r\nContent-Type: text/plain\r\n\r\nI'm sorry to have to inform you...\r\n\r\n"
-        b"--B1\r\nContent-Type: message/delivery-status\r\n\r\n"
-        b"Reporting-MTA: dns; mx.example.test\r\nArrival-Date: Tue, 1 Dec 2026 23:00:00 +0000\r\n\r\n"
-        b"Final-Recipient: rfc822; nouser@example.test\r\nOriginal-Recipient: rfc822;nouser@example.test\r\n"
-        b"Action: " + action.encode() + b"\r\nStatus: " + status.encode() + b"\r\n"
-        b"Diagnostic-Code: X-Postfix; user unknown. Command output: no such user\r\n\r\n"
-        b"--B1\r\n" + returned + b"\r\n--B1--\r\n"
-    )
 
 
 def test_permanent_dsn_with_the_full_message_returned() -> None:

@@ -19,17 +19,17 @@ from typing import Any
 import pytest
 
 from probes import canary
-from probes.auth.credentials import Credentials
-from probes.clients.imap import IMAPSettings
 from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip.probe import PollSchedule, POP3Settings, RoundTripSettings, probe_roundtrip
-from probes.wire.net import Endpoint, TLSMode, TLSSettings
-from tests.faultservers import (
+from probes.roundtrip.probe import RoundTripSettings, probe_roundtrip
+from probes.wire.net import TLSMode
+from tests.support.faultservers import (
     NO_FAULT,
+    STEP,
     Fault,
     Store,
+    fault_settings,
     imap_handler,
     pop3_handler,
     refused_port,
@@ -37,11 +37,8 @@ from tests.faultservers import (
     smtp_handler,
 )
 
-KEY = b"fault-matrix-key-0123456789abcdef"
-STEP = 1.0  # per-step timeout of the runs under test
 DEADLINE = 8.0  # the run's own deadline (the runner's): a fault must end well before it
 RSS_BOUND = 32 * 1024 * 1024
-CREDS = Credentials("canary@example.test", "pw")
 
 
 @dataclass(frozen=True)
@@ -171,26 +168,16 @@ def _rss() -> int:
     return 0  # pragma: no cover
 
 
-def _settings(name: str, smtp_port: int, recv_port: int, case: Case | None) -> RoundTripSettings:
-    tls = TLSSettings(insecure_skip_verify=True)
-    smtp_tls: TLSMode = case.tls if case is not None and case.side == "smtp" else "none"
-    recv_tls: TLSMode = case.tls if case is not None and case.side != "smtp" else "none"
-    smtp = SMTPSettings(Endpoint("127.0.0.1", smtp_port, smtp_tls, tls), timeout=STEP, helo_name="probe.test")
-    recv_ep = Endpoint("127.0.0.1", recv_port, recv_tls, tls)
-    receiver: IMAPSettings | POP3Settings
-    idle = case is not None and case.idle
-    if case is not None and case.receiver == "pop3":
-        receiver = POP3Settings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP)
-    else:
-        receiver = IMAPSettings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP, use_idle=idle)
-    return RoundTripSettings(
-        name=name,
-        smtp=smtp,
-        receiver=receiver,
-        sender="canary@example.test",
-        recipient="canary@example.test",
-        key=KEY,
-        poll=PollSchedule(initial=0.3, factor=1.0, maximum=0.3) if idle else PollSchedule(0.01, 1.5, 0.05),
+def _settings(name: str, smtp_port: int, recv_port: int, case: Case) -> RoundTripSettings:
+    on_smtp = case.side == "smtp"
+    return fault_settings(
+        name,
+        smtp_port,
+        recv_port,
+        smtp_tls=case.tls if on_smtp else "none",
+        recv_tls="none" if on_smtp else case.tls,
+        receiver=case.receiver,
+        idle=case.idle,
     )
 
 
@@ -210,7 +197,7 @@ async def _healthy(stop: asyncio.Event, outcomes: list[str]) -> None:
     store = Store()
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(imap_handler(store, NO_FAULT)) as ip:
         while not stop.is_set():
-            settings = _settings("healthy", sp, ip, None)
+            settings = fault_settings("healthy", sp, ip)
             settings = RoundTripSettings(
                 **{
                     **settings.__dict__,

@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.web import webconfig
 from exporter.web.server import HEADER_TIMEOUT
 from exporter.web.webconfig import WebConfig
-from tests.test_daemon_state import Daemon, json_lines
+from tests.support.daemon import Daemon, json_lines
+from tests.support.wait import eventually
 
 USER, PASSWORD = "prometheus", "scrape-secret"
 
@@ -85,27 +86,24 @@ def metrics(
 
 
 def wait_ready(d: Daemon, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+
+    def status() -> int:
         assert d.proc.poll() is None, d.stop()
-        try:
-            if get(d.port, "/-/ready", headers, timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail("daemon not ready within 20 s")
+        return get(d.port, "/-/ready", headers, timeout=2)[0]
+
+    eventually(
+        status, until=lambda code: code == 200, ignoring=(OSError,), timeout=20, message="daemon ready"
+    )
 
 
 def wait_metric(d: Daemon, name: str, want: float, timeout: float = 20, **labels: str) -> None:
-    deadline = time.monotonic() + timeout
-    got = None
-    while time.monotonic() < deadline:
-        got = metrics(d.port).get((name, frozenset(labels.items())))
-        if got == want:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"{name}{labels} is {got}, not {want}, after {timeout} s")
+    eventually(
+        lambda: metrics(d.port).get((name, frozenset(labels.items()))),
+        until=lambda got: got == want,
+        timeout=timeout,
+        interval=0.2,
+        message=f"{name}{labels} to be {want}",
+    )
 
 
 @pytest.fixture
@@ -243,18 +241,22 @@ def test_wrong_password_flood_keeps_authenticated_scrapes_fast(
     wait_ready(d, good)
     stop = threading.Event()
 
+    answered = [0] * 40  # requests each flooding thread got an answer (or an error) to
+
     def flood(i: int) -> None:
         n = 0
         while not stop.is_set():
             n += 1
             with contextlib.suppress(OSError):  # each one is new to the cache
                 get(d.port, "/metrics", auth(USER, f"wrong-{i}-{n}"), timeout=30)
+            answered[i] += 1
 
     with ThreadPoolExecutor(40) as pool:
         for i in range(40):
             pool.submit(flood, i)
         try:
-            time.sleep(1)
+            # the flood is on: every thread has had a wrong password answered and is sending the next
+            eventually(lambda: min(answered), timeout=60, message="every flooding thread answered once")
             for _ in range(5):
                 assert get(d.port, "/metrics", good)[0] == 200  # within 5 s, during the flood
             assert get(d.port, "/metrics", auth(USER, "nope"))[0] in (401, 503)
@@ -417,9 +419,9 @@ def test_slow_loris_connections_are_closed_and_metrics_answers(
             slow.append(s)
         status, _ = get(d.port, "/metrics")  # a scraper gets in at once: the oldest slow one is evicted
         assert status == 200
-        deadline = time.monotonic() + HEADER_TIMEOUT + 15
         still = list(slow)
-        while still and time.monotonic() < deadline:
+
+        def open_ones() -> int:
             for s in list(still):
                 s.settimeout(0.01)
                 try:
@@ -429,8 +431,15 @@ def test_slow_loris_connections_are_closed_and_metrics_answers(
                     pass
                 except OSError:
                     still.remove(s)
-            time.sleep(0.2)
-        assert not still, f"{len(still)} of 300 slow-loris connections still open"
+            return len(still)
+
+        eventually(
+            open_ones,
+            until=lambda n: n == 0,
+            timeout=HEADER_TIMEOUT + 15,
+            interval=0.2,
+            message="no slow-loris connection left open (the value counts the open ones)",
+        )
         m = metrics(d.port)
         closed = sum(v for (n, _), v in m.items() if n == "mailcanary_http_connections_closed_total")
         assert closed >= 300
@@ -519,10 +528,13 @@ def test_probe_allow_lists_and_switch(tmp_path: Path, silent_port: int, daemons:
     data["probe_endpoint"] = {"enabled": False}
     config.write_text(yaml.safe_dump(data))
     d.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    while get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr)[0] != 404:
-        assert time.monotonic() < deadline, "/probe still on after the reload"
-        time.sleep(0.2)
+    eventually(
+        lambda: get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr)[0],
+        until=lambda status: status == 404,
+        timeout=20,
+        interval=0.2,
+        message="/probe turned off by the reload",
+    )
     assert get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr) == (
         404,
         "/probe is turned off (probe_endpoint.enabled: false)\n",

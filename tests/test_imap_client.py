@@ -13,7 +13,7 @@ from probes.clients.imap import IMAPSession, IMAPSettings
 from probes.errors import REASONS, ProbeError
 from probes.recorder import Recorder
 from probes.wire.net import Endpoint
-from tests.faultservers import NO_FAULT, Store, imap_handler, serving
+from tests.support.faultservers import NO_FAULT, Store, imap_handler, serving
 
 PASSWORD = 'pässwörd "with" \\ specials'
 

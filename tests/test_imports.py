@@ -1,5 +1,6 @@
-"""tools/check_imports.py: the project has no import circle, no private cross-package import and no
-``probes`` -> ``exporter`` import; and the checker finds each of those in a tiny fake tree."""
+"""tools/check_imports.py: the project has no import circle, no private cross-package import, no
+``probes`` -> ``exporter`` import and no import of a test module; and the checker finds each of those in
+a tiny fake tree."""
 
 from __future__ import annotations
 
@@ -77,3 +78,33 @@ def test_fake_tree_circle_through_a_package_init(tmp_path: Path) -> None:
     assert proc.returncode == 1
     [line] = proc.stdout.splitlines()
     assert "import circle:" in line and "probes.high" in line and "probes.low.x" in line, line
+
+
+def test_fake_tree_reports_a_test_module_imported(tmp_path: Path) -> None:
+    """A test module imported by another test (as module or package member, relative or absolute) or by a
+    benchmark is reported; tests/support and conftest are where shared code goes, and are not."""
+    _write(
+        tmp_path,
+        {
+            "tests/__init__.py": "",
+            "tests/conftest.py": "from tests.support.helpers import H\n",
+            "tests/support/__init__.py": "",
+            "tests/support/helpers.py": "H = 1\n",
+            "tests/test_a.py": "from tests.support.helpers import H\ndef helper():\n    return H\n",
+            "tests/test_b.py": "from tests.test_a import helper\n",
+            "tests/test_c.py": "from . import test_a\n",
+            "tests/test_d.py": "def test_x():\n    from .test_a import helper\n",
+            "bench/__init__.py": "",
+            "bench/run.py": "import tests.test_a\n",
+        },
+    )
+    proc = _run(tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    hint = "(shared helpers go to tests/support, shared fixtures to a conftest.py)"
+    assert lines == [
+        f"bench/run.py:1: test module imported: bench.run imports tests.test_a {hint}",
+        f"tests/test_b.py:1: test module imported: tests.test_b imports tests.test_a {hint}",
+        f"tests/test_c.py:1: test module imported: tests.test_c imports tests.test_a {hint}",
+        f"tests/test_d.py:2: test module imported: tests.test_d imports tests.test_a {hint}",
+    ], lines

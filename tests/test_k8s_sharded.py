@@ -20,8 +20,7 @@ from kubernetes_validate.utils import all_versions
 
 from exporter.config import DEFAULT_MODULES, parse_shard
 from exporter.config.model import _DEFAULT_PORTS
-
-from .test_deploy import DEPLOY, K8S, PORT, by_kind, cli_args, load_all
+from tests.support.deploy import DEPLOY, K8S, PORT, by_kind, cli_args, load_all
 
 SHARDED = DEPLOY / "kubernetes-sharded"
 POD_INDEX = "metadata.labels['apps.kubernetes.io/pod-index']"

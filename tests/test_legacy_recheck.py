@@ -9,7 +9,7 @@ from probes.recorder import Recorder
 from probes.tls.audit import TLSCheckSettings, probe_tls
 from probes.tls.legacy import LegacyCache
 from tests.mailstack.variants import VariantSet
-from tests.test_tls_audit import certs, endpoint, expected_legacy, variants  # noqa: F401
+from tests.support.tlsaudit import endpoint, expected_legacy
 
 
 class Clock:
@@ -40,7 +40,7 @@ def test_cache_rules() -> None:
     assert cache.fresh(("e0",), None, 100) is None and cache.fresh(("e2",), None, 100) is not None
 
 
-async def test_real_endpoint_is_tested_once_per_period(variants: VariantSet) -> None:  # noqa: F811
+async def test_real_endpoint_is_tested_once_per_period(variants: VariantSet) -> None:
     """Against Dovecot accepting TLS 1.0/1.1: the first audit tests, the next reuses (no tls_legacy
     phase, same answer, same time), and after the period the endpoint is tested again."""
     v = variants["legacy"]

@@ -24,6 +24,10 @@ def stream() -> Iterator[io.StringIO]:
         n: logging.getLogger(n).level for n in ("aioimaplib", "apscheduler", "aiohttp.access", "mail.log")
     }
     out = io.StringIO()
+    # An earlier test in this process may have run configure() (warnings captured) without undoing it:
+    # logging then thinks the capture is on while pytest has since put the original hook back, and a
+    # second captureWarnings(True) would do nothing. Start from a fresh process's state.
+    logging.captureWarnings(False)
     logs.configure("json", "debug", stream=out)
     masker = Masker()
     masker.add(SECRET, "user@example.com")

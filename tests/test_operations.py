@@ -7,7 +7,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import exporter_argv
+from tests.support.stackconfig import exporter_argv
+from tests.support.wait import eventually
 
 
 def tls_check(
@@ -79,18 +79,19 @@ class Exporter:
     def wait(
         self, predicate: Any, timeout: float = 20, **kw: Any
     ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        deadline = time.monotonic() + timeout
-        last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-        while time.monotonic() < deadline:
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             assert self.proc.poll() is None, self.output()
-            try:
-                last = self.metrics(**kw)
-                if predicate(last):
-                    return last
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"condition not met in {timeout}s; last metrics: {sorted(last)[:40]}")
+            return self.metrics(**kw)
+
+        return eventually(
+            scrape,
+            until=predicate,
+            ignoring=(OSError,),
+            timeout=timeout,
+            interval=0.2,
+            message="condition on the metrics",
+        )
 
     def output(self) -> str:
         self.stop()
@@ -178,14 +179,14 @@ def test_web_config_tls_and_basic_auth(
     ctx = ssl.create_default_context(cafile=str(ca_file))
     good = {"Authorization": "Basic " + base64.b64encode(b"prometheus:scrape-pass").decode()}
     bad = {"Authorization": "Basic " + base64.b64encode(b"prometheus:wrong").decode()}
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            status, body = e.get("/metrics", scheme="https", context=ctx, headers=good)
-            break
-        except OSError:
-            assert time.monotonic() < deadline and e.proc.poll() is None
-            time.sleep(0.2)
+
+    def get_metrics() -> tuple[int, str]:
+        assert e.proc.poll() is None
+        return e.get("/metrics", scheme="https", context=ctx, headers=good)
+
+    status, body = eventually(
+        get_metrics, ignoring=(OSError,), timeout=15, interval=0.2, message="an HTTPS answer to /metrics"
+    )
     assert status == 200 and "mailcanary_build_info" in body
     assert e.get("/metrics", scheme="https", context=ctx, headers=bad)[0] == 401
     assert e.get("/-/healthy", scheme="https", context=ctx)[0] == 401  # every endpoint, health included

@@ -11,8 +11,8 @@ from prometheus_client import generate_latest
 
 from exporter.metrics.collector import ExporterState, build_registry
 from tests.mailstack import MailStack
-from tests.stackconfig import roundtrip
-from tests.test_roundtrip_e2e import make_runner, run_one
+from tests.support.roundtrip import make_runner, run_one
+from tests.support.stackconfig import roundtrip
 
 
 def test_two_postfix_hop_chain(mailstack: MailStack, tmp_path: Path) -> None:

@@ -36,12 +36,18 @@ from probes.receipt.placement import (
 from probes.recorder import Recorder
 from probes.roundtrip.probe import RoundTripSettings, probe_roundtrip
 from probes.wire import imapwire as wire
-from tests.faultservers import NO_FAULT, Mailboxes, courier_imap_handler, serving, smtp_handler
 from tests.mailstack import MailStack
 from tests.mailstack._system import chown
-from tests.stackconfig import roundtrip, write_config
-from tests.test_fault_matrix import _settings as fault_settings
-from tests.test_roundtrip_e2e import make_runner, run_one
+from tests.support.faultservers import (
+    NO_FAULT,
+    Mailboxes,
+    courier_imap_handler,
+    fault_settings,
+    serving,
+    smtp_handler,
+)
+from tests.support.roundtrip import make_runner, run_one
+from tests.support.stackconfig import roundtrip, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -318,7 +324,7 @@ def test_parse_list_keeps_the_delimiter() -> None:
 
 
 def _courier_settings(smtp_port: int, imap_port: int, **extra: object) -> RoundTripSettings:
-    base = fault_settings("courier", smtp_port, imap_port, None)
+    base = fault_settings("courier", smtp_port, imap_port)
     return replace(base, junk_folders=DEFAULT_JUNK_FOLDERS, **extra)  # type: ignore[arg-type]
 
 

@@ -1,9 +1,10 @@
 """POP3 servers as they are: LOGIN-DELAY advertised and enforced (Cyrus ``popminpoll``), advertised and not
 enforced (Courier), and a server failing to serve a message it still lists (issue 19).
 
-In-process fake servers (tests/faultservers.py): the enforcement and the login times must be observed from
-the server's side, and a delay short enough for a test is a setting no real server ships with. A real
-Cyrus runs in the interoperability matrix. Timing assertions are lower bounds only (load only adds).
+In-process fake servers (tests/support/faultservers.py): the enforcement and the login times must be
+observed from the server's side, and a delay short enough for a test is a setting no real server ships
+with. A real Cyrus runs in the interoperability matrix. Timing assertions are lower bounds only (load
+only adds).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from probes.roundtrip.probe import (
     probe_roundtrip,
 )
 from probes.wire.net import Endpoint, TLSSettings
-from tests.faultservers import NO_FAULT, Fault, Logins, Store, pop3_handler, serving, smtp_handler
-from tests.stackconfig import make_runner
+from tests.support.faultservers import NO_FAULT, Fault, Logins, Store, pop3_handler, serving, smtp_handler
+from tests.support.stackconfig import make_runner
 
 KEY = b"login-delay-test-key-0123456789ab"
 CREDS = Credentials("canary@example.test", "pw")

@@ -12,11 +12,15 @@ relabel setup, its /probe against Dovecot's IMAPS port. In order:
 (d) after a reload that adds TLS checks of two extra Dovecots, whose certificates expire in 15 and
     3 days, the warning and critical expiry alerts fire for exactly those endpoints.
 
+The tests run in any order: (c) and (d) disturb the system for good (SLO burn alerts last for hours), so
+what (b) checks is watched once, by the fixture, before any test runs.
+
 Everything binds 127.0.0.1; every process started here is stopped in a finally block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -38,8 +42,9 @@ import yaml
 
 from tests.mailstack import MailStack
 from tests.mailstack._net import claim_ports
-from tests.stackconfig import exporter_argv
-from tests.test_dashboards import DASHBOARD_DIR, load, queries, substitute
+from tests.support.dashboards import DASHBOARD_DIR, load, queries, substitute
+from tests.support.stackconfig import exporter_argv
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
@@ -89,18 +94,8 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
     """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (OSError, ValueError) as exc:  # not up yet
-            last_error = exc
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:g}s (last error: {last_error})", pytrace=False)
-        time.sleep(interval)
+    # OSError, ValueError: not up yet (refused, or an answer that is not JSON yet)
+    return eventually(check, timeout=timeout, interval=interval, ignoring=(OSError, ValueError), message=what)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
@@ -122,6 +117,33 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 @dataclass
+class QuietWatch:
+    """What Prometheus showed while the stack was healthy, before any test stopped or changed anything."""
+
+    active: list[dict[str, Any]]  # the alerts pending or firing at the first evaluation that had any
+    legacy_refused: dict[str, list[dict[str, Any]]]  # TLS check -> its `legacy accepted == 0` series
+
+
+def watch_quiet(live: Live) -> QuietWatch:
+    """Watch a few evaluations (5 s), so that the 2 s `for:` of the variant would have turned anything
+    true into firing; stop at the first alert pending or firing. This is a watch over a window, not a
+    wait for an event: nothing is expected to happen."""
+    wait_for_data(live)
+    active: list[dict[str, Any]] = []
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        active = live.alerts()
+        if active:
+            break
+        time.sleep(1)
+    legacy = {
+        probe: live.query(f'mailcanary_tls_legacy_protocol_accepted{{probe="{probe}"}} == 0')
+        for probe in ("tls-imaps", "tls-submission")
+    }
+    return QuietWatch(active, legacy)
+
+
+@dataclass
 class Live:
     stack: MailStack
     tmp: Path
@@ -131,6 +153,7 @@ class Live:
     prometheus_url: str
     prometheus_log: Path
     base_config: dict[str, Any]
+    quiet: QuietWatch | None = None  # what the healthy system showed, watched before any test ran
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"{self.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
@@ -349,6 +372,7 @@ def live(
                 return True
 
             wait_for("exporter and Prometheus answering", up, timeout=20)
+            live.quiet = watch_quiet(live)  # before any test: (c) and (d) disturb it for good
             yield live
         finally:
             stop_process(prometheus)
@@ -380,12 +404,15 @@ def dashboard_queries(name: str, job: str = JOB) -> list[tuple[str, str, str]]:
 def empty_queries(live: Live, name: str, timeout: float, job: str = JOB) -> list[str]:
     """The queries of a dashboard that still return no number after ``timeout`` s of retrying."""
     pending = dashboard_queries(name, job)
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def still_empty() -> list[tuple[str, str, str]]:
+        nonlocal pending
         pending = [(t, r, e) for t, r, e in pending if not has_value(live.query(e))]
-        if not pending or time.monotonic() > deadline:
-            return [f"{t!r} {r}: {e}" for t, r, e in pending]
-        time.sleep(1)
+        return pending
+
+    with contextlib.suppress(AssertionError):  # not all answered in time: the caller names the rest
+        eventually(still_empty, until=lambda left: not left, timeout=timeout, interval=1)
+    return [f"{t!r} {r}: {e}" for t, r, e in pending]
 
 
 # ---- (a) dashboards --------------------------------------------------------------------------------
@@ -439,19 +466,15 @@ def test_probe_dashboard_queries_return_data(live: Live) -> None:
 
 
 def test_no_alert_while_the_stack_is_healthy(live: Live) -> None:
-    wait_for_data(live)
-    # Watch a few evaluations, so that the 2 s `for:` of the variant would have turned anything true
-    # into firing; every alert of both the shipped and the short-for rules must stay inactive.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        active = live.alerts()
-        assert not active, "alerts on a healthy stack:\n" + "\n".join(
-            f"{a['state']}: {a['labels']} value={a['value']}" for a in active
-        )
-        time.sleep(1)
+    """Every alert of both the shipped and the short-for rules stayed inactive while the stack was healthy
+    (watched by the fixture before any test ran: see watch_quiet)."""
+    assert live.quiet is not None
+    active = live.quiet.active
+    assert not active, "alerts on a healthy stack:\n" + "\n".join(
+        f"{a['state']}: {a['labels']} value={a['value']}" for a in active
+    )
     # Dovecot and Postfix (both set to TLS 1.2+) refuse the legacy versions: measured, and no alert.
-    for probe in ("tls-imaps", "tls-submission"):
-        refused = live.query(f'mailcanary_tls_legacy_protocol_accepted{{probe="{probe}"}} == 0')
+    for probe, refused in live.quiet.legacy_refused.items():
         assert {s["metric"]["version"] for s in refused} == {"TLSv1", "TLSv1.1"}, (probe, refused)
 
 

@@ -8,8 +8,15 @@ import pytest
 from probes.receipt.quota import Usage
 from probes.recorder import Recorder
 from probes.roundtrip.probe import probe_roundtrip
-from tests.faultservers import NO_FAULT, Fault, Store, imap_handler, serving, smtp_handler
-from tests.test_fault_matrix import _settings
+from tests.support.faultservers import (
+    NO_FAULT,
+    Fault,
+    Store,
+    fault_settings,
+    imap_handler,
+    serving,
+    smtp_handler,
+)
 
 ROOT = b'* QUOTAROOT INBOX "User quota"\r\n'
 GOOD = ROOT + b'* QUOTA "User quota" (STORAGE 190 200 MESSAGE 19 20)\r\n'
@@ -22,7 +29,7 @@ async def _roundtrip(fault: Fault, quota: bytes = GOOD) -> Recorder:
         serving(smtp_handler(store, NO_FAULT)) as sp,
         serving(imap_handler(store, fault, quota=quota)) as ip,
     ):
-        await probe_roundtrip(_settings("q", sp, ip, None), rec)  # raises if the round trip failed
+        await probe_roundtrip(fault_settings("q", sp, ip), rec)  # raises if the round trip failed
     assert not store.messages  # the canary was found and deleted: the run really went on
     return rec
 
@@ -65,7 +72,7 @@ async def test_no_quota_capability_no_read() -> None:
     store = Store()
     rec = Recorder(transcript=[])
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(imap_handler(store, NO_FAULT)) as ip:
-        await probe_roundtrip(_settings("q", sp, ip, None), rec)
+        await probe_roundtrip(fault_settings("q", sp, ip), rec)
     assert rec.facts.quota is None and rec.facts.quota_error is None
     assert not any("GETQUOTAROOT" in line for line in rec.transcript or [])
 

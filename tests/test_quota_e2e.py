@@ -19,7 +19,7 @@ from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger
 from tests.mailstack import MailStack
 from tests.mailstack._net import free_ports, wait_ready
-from tests.stackconfig import roundtrip, write_config
+from tests.support.stackconfig import roundtrip, write_config
 
 KEY = b"quota-test-key-0123456789abcdef!"
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from exporter.metrics.collector import ExporterState
 from exporter.run.history import History
-from exporter.run.results import RunResult
-from exporter.run.runner import Runner
 from exporter.web.status import render_status
 from probes import canary
 from tests.mailstack import MailStack
-from tests.stackconfig import make_runner as stack_runner
-from tests.stackconfig import roundtrip
-
-KEY = b"e2e-test-key-0123456789abcdef"
-
-
-def make_runner(tmp: Path, probes: list[dict[str, Any]], **global_: Any) -> Runner:
-    return stack_runner(tmp, probes, KEY, **global_)
-
-
-def run_one(runner: Runner, name: str | None = None, debug: bool = False) -> RunResult:
-    probes = runner.loaded.config.roundtrip
-    probe = probes[0] if name is None else next(p for p in probes if p.name == name)
-    return asyncio.run(runner.run_entry(probe, debug=debug))
+from tests.support.roundtrip import KEY, make_runner, run_one, wait_past_lost_after
+from tests.support.stackconfig import roundtrip
 
 
 @pytest.mark.parametrize("smtp_tls", ["starttls", "implicit"])
@@ -185,9 +169,10 @@ def test_sweep_keeps_foreign_mail_and_removes_stale_canaries(
     assert any(young.nonce.encode() in raw for raw in left)
 
 
-def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: Path) -> None:
-    address = mailstack.slow_address
-    mailstack.clear(address)
+def test_late_canary_is_counted_when_seen_later(
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
+) -> None:
+    address = slow_mailbox
     mailstack.slow_delay = 2.5
     runner = make_runner(tmp_path, [roundtrip(mailstack, tmp_path, "late", address, timeout="1.5s")])
     try:
@@ -209,10 +194,11 @@ def test_late_canary_is_counted_when_seen_later(mailstack: MailStack, tmp_path: 
     assert mailstack.messages(address) == []
 
 
-def test_canary_unseen_past_lost_after_is_lost(mailstack: MailStack, tmp_path: Path) -> None:
-    """Runs after the late test: its canaries land in the slow mailbox only after this test is over."""
-    address = mailstack.slow_address
-    mailstack.clear(address)
+def test_canary_unseen_past_lost_after_is_lost(
+    mailstack: MailStack, slow_mailbox: str, tmp_path: Path
+) -> None:
+    """The canaries land only after the test (slow_mailbox waits for them, whatever test comes next)."""
+    address = slow_mailbox
     mailstack.slow_delay = 8
     runner = make_runner(
         tmp_path, [roundtrip(mailstack, tmp_path, "lost", address, timeout="1s", lost_after="2s")]
@@ -220,7 +206,7 @@ def test_canary_unseen_past_lost_after_is_lost(mailstack: MailStack, tmp_path: P
     try:
         first = run_one(runner)
         assert (first.reason, first.outstanding, first.lost) == ("timeout", 1, 0)
-        time.sleep(2.2)
+        wait_past_lost_after(runner, "lost", 2.0)  # the ledger's own send time, no fixed sleep
         second = run_one(runner)
     finally:
         mailstack.slow_delay = 0

@@ -7,18 +7,15 @@ a failure, not a skip: a skip would let CI pass without having tested a single r
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES_DIR = ROOT / "deploy" / "prometheus"
-RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
+from tests.support.rules import ROOT, RULE_FILES, RULES_DIR, alert_rules, load, run_promtool
+
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.yml"))
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
 SLO_FILE = RULES_DIR / "mailcanary-slo.yml"
@@ -26,35 +23,6 @@ RUNBOOK_BASE = "https://github.com/mailcanary/mailcanary/blob/main/docs/alerts.m
 SEVERITIES = {"critical", "warning"}
 
 pytestmark = pytest.mark.prometheus
-
-
-def promtool() -> str:
-    path = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
-    if path is None:
-        pytest.fail(
-            "promtool not found: install Debian's prometheus package (sudo scripts/install-deps.sh, "
-            "or apt-get install prometheus)",
-            pytrace=False,
-        )
-    return path
-
-
-def run_promtool(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=RULES_DIR
-    )
-
-
-def load(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    rules = []
-    for path in RULE_FILES:
-        for group in load(path)["groups"]:
-            rules.extend(r for r in group["rules"] if "alert" in r)
-    return rules
 
 
 def github_anchors(markdown: str) -> set[str]:

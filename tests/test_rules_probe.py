@@ -24,8 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.metrics.tls import blackbox_families, tls_families
 from exporter.web.multitarget import _Fixed
 from probes.wire.certs import CertInfo, TLSFacts
-
-from .test_rules import RULE_FILES, load, run_promtool
+from tests.support.rules import RULE_FILES, alert_rules, load, run_promtool
 
 pytestmark = pytest.mark.prometheus
 
@@ -209,7 +208,6 @@ def test_summaries_only_name_labels_the_expression_guarantees() -> None:
     makes it non-empty. endpoint!="" keeps only /metrics TLS series, which always carry probe, endpoint
     and protocol. Alerts on recorded series (name with a colon) inherit the recording rules' scope, and
     every recording rule is checked for it here."""
-    from .test_rules import alert_rules
 
     guards = {
         "probe": ('probe!=""', 'endpoint!=""'),

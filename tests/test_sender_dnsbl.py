@@ -15,10 +15,10 @@ from prometheus_client import generate_latest
 from exporter.config import ConfigError, load_config
 from exporter.metrics.collector import ExporterState, build_registry
 from probes.domain.dnsbl import ListingCache
-from tests import dnsstack
 from tests.mailstack import MailStack
-from tests.stackconfig import roundtrip, write_config
-from tests.test_roundtrip_e2e import make_runner, run_one
+from tests.support import dnsstack
+from tests.support.roundtrip import make_runner, run_one
+from tests.support.stackconfig import roundtrip, write_config
 
 LISTED = '1.0.0.127 A 127.0.0.2\n1.0.0.127 A 127.0.0.4\n1.0.0.127 TXT "listed for the test"\n'
 REFUSED = "1.0.0.127 A 127.255.255.254\n"

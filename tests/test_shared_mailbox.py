@@ -11,8 +11,8 @@ import pytest
 
 from probes import canary
 from tests.mailstack import MailStack
-from tests.sharedmailbox import KEY, make_runner, run_shared
-from tests.test_canary import legacy_v1_message
+from tests.support.messages import legacy_v1_message
+from tests.support.sharedmailbox import KEY, make_runner, run_shared
 
 RUNS = int(os.environ.get("MAILCANARY_SHARED_RUNS", "100"))
 

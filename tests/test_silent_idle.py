@@ -11,8 +11,15 @@ from dataclasses import replace
 from probes.clients.imap import IMAPSettings
 from probes.recorder import Recorder
 from probes.roundtrip.probe import PollSchedule, probe_roundtrip
-from tests.faultservers import NO_FAULT, Mailboxes, Store, courier_imap_handler, serving, smtp_handler
-from tests.test_fault_matrix import _settings
+from tests.support.faultservers import (
+    NO_FAULT,
+    Mailboxes,
+    Store,
+    courier_imap_handler,
+    fault_settings,
+    serving,
+    smtp_handler,
+)
 
 
 class _Later(Store):
@@ -39,7 +46,7 @@ async def test_silent_idle_is_bounded_by_the_gap_and_followed_by_noop() -> None:
     boxes.folders["INBOX"] = inbox
     rec = Recorder(transcript=[])
     async with serving(smtp_handler(inbox, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
-        base = _settings("silent", sp, ip, None)
+        base = fault_settings("silent", sp, ip)
         assert isinstance(base.receiver, IMAPSettings)
         # The shipped IMAP schedule (gaps up to 0.25 s, IDLE from 0.2 s), IDLE on.
         settings = replace(base, receiver=replace(base.receiver, use_idle=True), poll=PollSchedule())

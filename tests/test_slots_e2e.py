@@ -13,7 +13,7 @@ from probes.recorder import Recorder
 from probes.wire.net import Endpoint, TLSSettings, client_context
 from probes.wire.slots import ServerSlots
 from tests.mailstack import MailStack
-from tests.stackconfig import make_runner, roundtrip, write_config
+from tests.support.stackconfig import make_runner, roundtrip, write_config
 
 KEY = b"slots-e2e-key-0123456789abcdef!!"
 

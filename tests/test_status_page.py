@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from tests.mailstack import MailStack, free_ports
-from tests.stackconfig import exporter_argv, roundtrip, write_config
+from tests.support.stackconfig import exporter_argv, roundtrip, write_config
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_POP3_SECRET = "Wr0ng-s3cret!"
@@ -96,23 +96,24 @@ def running(
         mailstack,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def page() -> str:
             if proc.poll() is not None:
                 pytest.fail(f"exporter exited: {(tmp / 'exporter.log').read_text()}", pytrace=False)
-            try:
-                page = get(run.url)
-                if (
-                    page.count('data-outcome="') == 3
-                    and 'data-outcome="none"' not in page
-                    and (page.count('class="failure"') >= 2)
-                ):
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the status page never showed all three probes run", pytrace=False)
-            time.sleep(0.5)
+            return get(run.url)
+
+        eventually(
+            page,
+            until=lambda text: (
+                text.count('data-outcome="') == 3
+                and 'data-outcome="none"' not in text
+                and text.count('class="failure"') >= 2
+            ),
+            ignoring=(urllib.error.URLError, OSError),
+            timeout=60,
+            interval=0.5,
+            message="the status page showing all three probes run",
+        )
         yield run
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -15,15 +15,22 @@ from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.roundtrip.probe import SyncSettings, probe_roundtrip
 from probes.wire.slots import ServerSlots
-from tests.faultservers import NO_FAULT, Fault, Store, imap_handler, serving, smtp_handler
-from tests.test_fault_matrix import _settings
+from tests.support.faultservers import (
+    NO_FAULT,
+    Fault,
+    Store,
+    fault_settings,
+    imap_handler,
+    serving,
+    smtp_handler,
+)
 
 
 async def test_a_flag_that_never_shows_is_sync_timeout_and_the_canary_is_still_deleted() -> None:
     store = Store()
     rec = Recorder(transcript=[])
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(imap_handler(store, NO_FAULT)) as ip:
-        settings = dataclasses.replace(_settings("s", sp, ip, None), sync=SyncSettings(timeout=0.5))
+        settings = dataclasses.replace(fault_settings("s", sp, ip), sync=SyncSettings(timeout=0.5))
         started = time.monotonic()
         try:
             await probe_roundtrip(settings, rec)
@@ -46,7 +53,7 @@ async def test_runs_needing_two_sessions_take_turns_on_two_slots() -> None:
     store = Store()
     slots = ServerSlots(default_limit=2, queue_timeout=20)
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(imap_handler(store, NO_FAULT)) as ip:
-        base = dataclasses.replace(_settings("t", sp, ip, None), sync=SyncSettings(timeout=0.3), slots=slots)
+        base = dataclasses.replace(fault_settings("t", sp, ip), sync=SyncSettings(timeout=0.3), slots=slots)
         runs = [dataclasses.replace(base, name=f"t{i}") for i in range(4)]
 
         async def one(settings: object) -> str:
@@ -77,7 +84,7 @@ async def test_a_stalled_second_session_is_sync_timeout() -> None:
         await imap_handler(store, fault)(reader, writer)
 
     async with serving(smtp_handler(store, NO_FAULT)) as sp, serving(first_fine_then_stalled) as ip:
-        settings = dataclasses.replace(_settings("st", sp, ip, None), sync=SyncSettings(timeout=3.0))
+        settings = dataclasses.replace(fault_settings("st", sp, ip), sync=SyncSettings(timeout=3.0))
         started = time.monotonic()
         try:
             await probe_roundtrip(settings, Recorder())

@@ -34,114 +34,21 @@ from probes.clients.smtp import SMTPSettings, open_session
 from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.tls.audit import LEGACY_VERSIONS, TLSCheckSettings, TLSFacts, openssl_offers, probe_tls
-from probes.wire.net import Endpoint, TLSSettings
 from tests.mailstack import SERVER_NAME, MailStack, free_ports
 from tests.mailstack.variants import (
     BlackboxExporter,
     Issued,
-    TestPKI,
     Variant,
     VariantSet,
     blackbox_available,
     blackbox_starttls_modules,
-    reap_orphans,
 )
-from tests.stackconfig import exporter_argv
+from tests.support.stackconfig import exporter_argv
+from tests.support.tlsaudit import NAMES, SOURCE, Certs, endpoint, expected_legacy
+from tests.support.wait import eventually
 
-SOURCE = "127.0.0.2"
-NAMES = (SERVER_NAME, "localhost", "127.0.0.1")
 IMPLICIT_PORTS = {"imaps", "pop3s", "submissions"}
 PROTOCOL_OF = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3", "smtp": "smtp"}
-
-
-@dataclass
-class Certs:
-    pki: TestPKI
-    inter: Issued  # the long-lived intermediate most chains use
-    early: Issued  # an intermediate that expires (in 20 days) before the leaf it signs (60 days)
-
-
-@pytest.fixture(scope="module")
-def certs() -> Certs:
-    pki = TestPKI("mailcanary tls audit")
-    inter = pki.ca("audit intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(1000))
-    early = pki.ca(
-        "short-lived intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(20)
-    )
-    return Certs(pki, inter, early)
-
-
-@pytest.fixture(scope="module")
-def variants(mailstack: MailStack, certs: Certs) -> Iterator[VariantSet]:
-    """One Dovecot per case (two with a Postfix smtpd), started together, stopped at the module's end."""
-    reap_orphans()
-    pki, inter = certs.pki, certs.inter
-
-    def leaf(**kw: object) -> Issued:
-        return pki.leaf(NAMES, issuer=inter, common_name=SERVER_NAME, **kw)  # type: ignore[arg-type]
-
-    vs = VariantSet(mailstack, pki)
-    vs.add("valid", [leaf(not_after=pki.days(90)), inter])
-    vs.add(
-        "expired",
-        [leaf(not_before=pki.days(-30), not_after=pki.days(-2)), inter],
-        dovecot_ports=("imaps", "pop3"),
-    )
-    vs.add("expiring", [leaf(not_after=pki.days(5)), inter], dovecot_ports=("imaps",))
-    vs.add(
-        "wronghost",
-        [pki.leaf(["other.example.test"], issuer=inter, common_name="other.example.test"), inter],
-        dovecot_ports=("imaps",),
-    )
-    vs.add("selfsigned", [pki.leaf(NAMES, issuer=None, common_name=SERVER_NAME)], dovecot_ports=("imaps",))
-    vs.add("notyet", [leaf(not_before=pki.days(2), not_after=pki.days(60)), inter], dovecot_ports=("imaps",))
-    vs.add(
-        "earlyinter",
-        [pki.leaf(NAMES, issuer=certs.early, not_after=pki.days(60)), certs.early],
-        dovecot_ports=("imap", "imaps"),
-        postfix_settings={"smtpd_tls_protocols": ">=TLSv1.2"},
-    )
-    vs.add(
-        "legacy",
-        [leaf(), inter],
-        dovecot_ports=("imap", "imaps", "pop3"),
-        ssl_min_protocol="TLSv1",
-        dovecot_settings={"ssl_cipher_list": "ALL:@SECLEVEL=0"},
-    )
-    vs.add(
-        "plainauth",
-        [leaf(), inter],
-        dovecot_ports=("imap", "pop3"),
-        # ssl=required would refuse plaintext auth whatever disable_plaintext_auth says.
-        dovecot_settings={"ssl": "yes", "disable_plaintext_auth": False},
-        postfix_settings={"smtpd_tls_auth_only": "no", "smtpd_tls_protocols": ">=TLSv1"},
-    )
-    vs.add(
-        "notls",
-        [leaf(), inter],
-        dovecot_ports=("imap", "pop3"),
-        dovecot_settings={"ssl": "no", "disable_plaintext_auth": False},
-    )
-    with vs:
-        yield vs
-
-
-def endpoint(
-    host: str,
-    port: int,
-    mode: str,
-    *,
-    ca_file: Path | None,
-    server_name: str = SERVER_NAME,
-    source: str | None = SOURCE,
-) -> Endpoint:
-    return Endpoint(
-        host,
-        port,
-        tls_mode=mode,  # type: ignore[arg-type]
-        tls=TLSSettings(ca_file=str(ca_file) if ca_file else None, server_name=server_name),
-        source_address=source,
-    )
 
 
 @dataclass
@@ -173,12 +80,6 @@ async def audit(
         return Audit(rec.tls.get(ep.address), rec, exc, None)
     assert rec.tls[ep.address] is facts
     return Audit(facts, rec, None, facts)
-
-
-def expected_legacy(accepted: bool) -> dict[str, bool | None]:
-    """What a server that does/does not accept legacy versions must show: None where this machine's
-    OpenSSL cannot even offer the version (never a false 0)."""
-    return {name: (accepted if openssl_offers(v) else None) for name, v in LEGACY_VERSIONS.items()}
 
 
 def assert_chain(facts: TLSFacts, chain: tuple[Issued, ...]) -> None:
@@ -642,18 +543,21 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         text=True,
     )
     d = Daemon(port, proc)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def checked() -> set[str | None]:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        try:
-            status, text = d.get("/metrics")
-            done = {dict(k[1]).get("probe") for k in _samples(text) if k[0] == "mailcanary_tls_check_success"}
-            if status == 200 and done >= {c[0] for c in DAEMON_CHECKS}:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the TLS checks did not all complete within 30 s"
-        time.sleep(0.2)
+        status, text = d.get("/metrics")
+        assert status == 200, text
+        return {dict(k[1]).get("probe") for k in _samples(text) if k[0] == "mailcanary_tls_check_success"}
+
+    eventually(
+        checked,
+        until=lambda done: done >= {c[0] for c in DAEMON_CHECKS},
+        ignoring=(OSError,),
+        timeout=30,
+        interval=0.2,
+        message="the TLS checks all completed",
+    )
     try:
         yield d
     finally:

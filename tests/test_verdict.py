@@ -17,8 +17,8 @@ from exporter.metrics.collector import ExporterState, build_registry
 from probes import canary
 from probes.receipt.verdict import spam_scores, verdict_of
 from tests.mailstack import MailStack
-from tests.stackconfig import roundtrip
-from tests.test_roundtrip_e2e import make_runner, run_one
+from tests.support.roundtrip import make_runner, run_one
+from tests.support.stackconfig import roundtrip
 
 TRUSTED = frozenset({"mx.example.test"})
 

@@ -15,9 +15,9 @@ from prometheus_client import generate_latest
 
 from exporter.metrics.collector import ExporterState, build_registry
 from tests.mailstack import MailStack, make_root
-from tests.milters import AUTHSERV_ID, DKIMPair
-from tests.stackconfig import roundtrip
-from tests.test_roundtrip_e2e import make_runner, run_one
+from tests.support.milters import AUTHSERV_ID, DKIMPair
+from tests.support.roundtrip import make_runner, run_one
+from tests.support.stackconfig import roundtrip
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """The DMARC verdict from real OpenDMARC: at the relay ("MX"), after the verifying OpenDKIM, OpenDMARC
 reads OpenDKIM's trusted Authentication-Results, checks SPF itself (SPFSelfValidate) and looks up
-``_dmarc.example.test``, both answered by a real NSD (see tests.milters.OpenDMARC: OpenDMARC can only use
-the system resolver, so it runs in its own namespaces with a private resolv.conf). Aligned DKIM and SPF
-pass: dmarc=pass exported; a broken DKIM key: dkim=fail beside dmarc=pass (SPF still aligned)."""
+``_dmarc.example.test``, both answered by a real NSD (see tests.support.milters.OpenDMARC: OpenDMARC can
+only use the system resolver, so it runs in its own namespaces with a private resolv.conf). Aligned DKIM
+and SPF pass: dmarc=pass exported; a broken DKIM key: dkim=fail beside dmarc=pass (SPF still aligned)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from prometheus_client import generate_latest
 
 from exporter.metrics.collector import ExporterState, build_registry
 from tests.mailstack import MailStack, make_root
-from tests.milters import AUTHSERV_ID, DKIMPair, OpenDMARC
-from tests.stackconfig import roundtrip
-from tests.test_roundtrip_e2e import make_runner, run_one
+from tests.support.milters import AUTHSERV_ID, DKIMPair, OpenDMARC
+from tests.support.roundtrip import make_runner, run_one
+from tests.support.stackconfig import roundtrip
 
 DMARC = "v=DMARC1; p=reject; adkim=r; aspf=r"
 SPF_PASS = "v=spf1 ip4:127.0.0.0/8 -all"

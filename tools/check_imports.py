@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Check the import structure of the project: no circles, no private cross-package imports, and the
-library (``probes``) never imports the daemon (``exporter``).
+"""Check the import structure of the project: no circles, no private cross-package imports, the
+library (``probes``) never imports the daemon (``exporter``), and no module imports a test module.
 
     python tools/check_imports.py [ROOT]      # ROOT: the project directory (default: this checkout)
 
@@ -23,6 +23,9 @@ What counts:
   import private modules: a test exercises the module it tests.
 - ``probes`` importing ``exporter`` (any import, TYPE_CHECKING included): the library never depends on
   the daemon.
+- Test modules (``test_*.py`` under ``tests/``) imported by any module (a test, a benchmark, a tool): a
+  test file is for pytest to collect, and can then be run, moved or deleted on its own. What tests share
+  lives in ``tests/support`` (helpers) and ``conftest.py`` (fixtures).
 """
 
 from __future__ import annotations
@@ -232,6 +235,12 @@ def _circles(modules: dict[str, Module]) -> list[list[str]]:
     return circles
 
 
+def _is_test_module(mod: Module) -> bool:
+    """A module pytest collects: ``test_*.py`` under ``tests/``."""
+    parts = mod.name.split(".")
+    return parts[0] == "tests" and not mod.is_package and parts[-1].startswith("test_")
+
+
 def problems(root: Path) -> list[str]:
     modules = discover(root)
     collect(modules)
@@ -244,6 +253,11 @@ def problems(root: Path) -> list[str]:
                 continue
             if mod.name.split(".")[0] == "probes" and imp.target.split(".")[0] == "exporter":
                 out.append(f"{rel}:{imp.line}: library imports daemon: {mod.name} imports {imp.target}")
+            if _is_test_module(modules[imp.target]):
+                out.append(
+                    f"{rel}:{imp.line}: test module imported: {mod.name} imports {imp.target} "
+                    "(shared helpers go to tests/support, shared fixtures to a conftest.py)"
+                )
             parts = imp.target.split(".")
             private = [i for i, p in enumerate(parts) if p.startswith("_") and not p.startswith("__")]
             if not private or mod.name.split(".")[0] == "tests":

@@ -1,4 +1,5 @@
-"""mailcanary round-trip configs for the interop servers (as tests/stackconfig.py for the mailstack)."""
+"""mailcanary round-trip configs for the interop servers (as tests/support/stackconfig.py for the
+mailstack)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 from exporter.run.results import RunResult
 from exporter.run.runner import Runner
-from tests.stackconfig import apply_overrides, secret_file
-from tests.stackconfig import make_runner as stack_runner
+from tests.support.stackconfig import apply_overrides, secret_file
+from tests.support.stackconfig import make_runner as stack_runner
 
 from .cyrus import CyrusServer
 from .exim import EximServer

@@ -32,6 +32,7 @@ from probes.wire.net import Endpoint, TLSSettings
 from tests.interop.cyrus import JUNK_FOLDER, CyrusServer
 from tests.interop.exim import LATE_LOCAL, LOST_LOCAL, EximServer
 from tests.interop.probeconfig import KEY, make_runner, roundtrip, run_one
+from tests.support.roundtrip import wait_past_lost_after
 
 ROUND_TRIP_USERS = ("canary", "alice", "bob", "carol", "dave", "erin")
 
@@ -340,7 +341,7 @@ def test_canary_unseen_past_lost_after_is_lost(
     runner = make_runner(tmp_path, [probe])
     first = run_one(runner)
     assert (first.reason, first.outstanding, first.lost) == ("timeout", 1, 0)
-    time.sleep(2.2)  # lost_after is wall time since sending: nothing to await but the clock
+    wait_past_lost_after(runner, "lost", 2.0)  # lost_after is wall time since the ledger's send time
     second = run_one(runner)
     assert (second.reason, second.lost, second.outstanding) == ("timeout", 1, 1)
     assert runner.store.snapshot()["lost"].lost_total == 1

@@ -32,7 +32,7 @@ from probes import canary
 from probes.recorder import Recorder
 from tests.interop.cyrus import CyrusServer
 from tests.interop.opensmtpd import OpenSMTPD
-from tests.stackconfig import RECEIVE_PORTS, secret_file
+from tests.support.stackconfig import RECEIVE_PORTS, secret_file
 
 KEY = b"opensmtpd-interop-key-0123456789"
 SMTP_PORTS = {"none": "smtp", "starttls": "smtp", "implicit": "submissions"}

@@ -108,7 +108,10 @@ def _start(args: argparse.Namespace) -> int:
 
 def _write_mailcanary_config(stack: MailStack, path: Path) -> Path:
     """A working mailcanary config for this stack: IMAP and POP3 round trips, TLS checks of each port."""
-    from tests.stackconfig import roundtrip, write_config  # the same builder the integration tests use
+    from tests.support.stackconfig import (  # the same builder the integration tests use
+        roundtrip,
+        write_config,
+    )
 
     secrets = path.parent / "secrets"
     secrets.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -14,13 +14,13 @@ import base64
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.mailstack._net import free_ports
+from tests.support.wait import eventually
 
 SELECTOR = "mc"
 AUTHSERV_ID = "mx2.example.test"
@@ -68,18 +68,20 @@ class OpenDKIM:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
+
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"opendkim exited: {self.log.read_text(errors='replace')}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("opendkim did not listen within 10 s") from None
-                time.sleep(0.05)
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+
+        try:
+            eventually(
+                listening, ignoring=(OSError,), timeout=10, interval=0.05, message="opendkim listening"
+            )
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from None
 
     @property
     def milter(self) -> str:
@@ -202,20 +204,22 @@ class OpenDMARC:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
+
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"opendmarc exited: {self.log.read_text(errors='replace')}")
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(0.5)
-                    s.connect(str(self.socket))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("opendmarc did not listen within 10 s") from None
-                time.sleep(0.05)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(0.5)
+                s.connect(str(self.socket))
+            return True
+
+        try:
+            eventually(
+                listening, ignoring=(OSError,), timeout=10, interval=0.05, message="opendmarc listening"
+            )
+        except AssertionError as exc:
+            self.stop()
+            raise RuntimeError(str(exc)) from None
 
     @property
     def milter(self) -> str:

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import dns.zone
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.mailstack import free_ports
+from tests.support.wait import eventually
 
 LOOPBACK = "127.0.0.1"
 NSD = "/usr/sbin/nsd"
@@ -193,17 +193,22 @@ class DNSStack:
             )
 
     def _wait(self, port: int, origin: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         query = dns.message.make_query(origin, "SOA")
-        while time.monotonic() < deadline:
+
+        def answering() -> bool:
             for proc in self._procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}:\n{self.logs()}")
-            with contextlib.suppress(Exception):
+            try:
                 dns.query.udp(query, LOOPBACK, port=port, timeout=0.5)
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"DNS server on port {port} not answering after {timeout}s:\n{self.logs()}")
+            except Exception:  # refused, timed out, not loaded yet: not up yet
+                return False
+            return True
+
+        try:
+            eventually(answering, timeout=timeout, message=f"DNS server on port {port} answering")
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}:\n{self.logs()}") from None
 
     def logs(self) -> str:
         parts = []

@@ -25,7 +25,7 @@ from exporter.run.results import ResultStore
 from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger
 from tests.mailstack import MailStack
-from tests.stackconfig import roundtrip, write_config
+from tests.support.stackconfig import roundtrip, write_config
 
 KEY = b"shared-mailbox-key-0123456789abc"
 

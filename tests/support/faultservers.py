@@ -17,6 +17,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from probes.auth.credentials import Credentials
+from probes.clients.imap import IMAPSettings
+from probes.clients.smtp import SMTPSettings
+from probes.roundtrip.probe import PollSchedule, POP3Settings, RoundTripSettings
+from probes.wire.net import Endpoint, TLSMode, TLSSettings
 from tests.mailstack._net import claim_ports
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -587,3 +592,41 @@ async def serving(handler: Handler) -> AsyncIterator[int]:
 def refused_port() -> int:
     """A loopback port with nothing listening, claimed so that nothing else starts listening there."""
     return claim_ports(1)[0]
+
+
+# ---- round trips against these servers -------------------------------------------------------------
+
+KEY = b"fault-matrix-key-0123456789abcdef"
+STEP = 1.0  # per-step timeout of the runs under test
+CREDS = Credentials("canary@example.test", "pw")
+
+
+def fault_settings(
+    name: str,
+    smtp_port: int,
+    recv_port: int,
+    *,
+    smtp_tls: TLSMode = "none",
+    recv_tls: TLSMode = "none",
+    receiver: str = "imap",
+    idle: bool = False,
+) -> RoundTripSettings:
+    """A round trip from the SMTP server on ``smtp_port`` to the IMAP (or POP3) server on ``recv_port``,
+    both on 127.0.0.1, with the short step timeout and quick polls of the fault tests."""
+    tls = TLSSettings(insecure_skip_verify=True)
+    smtp = SMTPSettings(Endpoint("127.0.0.1", smtp_port, smtp_tls, tls), timeout=STEP, helo_name="probe.test")
+    recv_ep = Endpoint("127.0.0.1", recv_port, recv_tls, tls)
+    recv: IMAPSettings | POP3Settings
+    if receiver == "pop3":
+        recv = POP3Settings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP)
+    else:
+        recv = IMAPSettings(recv_ep, CREDS, allow_plaintext_auth=True, timeout=STEP, use_idle=idle)
+    return RoundTripSettings(
+        name=name,
+        smtp=smtp,
+        receiver=recv,
+        sender="canary@example.test",
+        recipient="canary@example.test",
+        key=KEY,
+        poll=PollSchedule(initial=0.3, factor=1.0, maximum=0.3) if idle else PollSchedule(0.01, 1.5, 0.05),
+    )

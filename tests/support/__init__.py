@@ -1,0 +1,20 @@
+"""What tests share, by concern. A test module imports from here (or gets a fixture from a conftest),
+never from another test module: a test file can then be run, moved or deleted on its own.
+
+- ``wait``: ``eventually()``, the one way a test waits for a condition (no hand-written deadline loops).
+- ``daemon``: a ``mailcanary run`` subprocess, its JSON log lines.
+- ``metrics``: scraping ``/metrics`` over HTTP and picking one sample.
+- ``postfix``: the session stack's Postfix queue (wait until it is empty, then clear a mailbox).
+- ``stackconfig``: YAML configs pointing at the session MailStack; ``roundtrip``: a Runner over them and
+  one round trip through it.
+- ``configs``: a complete config file and the one-line error checks of the config tests.
+- ``messages``: mail built as others build it (bounces, canaries of earlier releases).
+- ``faultservers``: in-process servers that misbehave at one step, and round-trip settings against them.
+- ``tlsaudit``: TLS variant endpoints and what a legacy-version audit must show (fixtures in conftest);
+  ``tlsfacts``: made-up TLS facts for the scrape golden test and benchmarks.
+- ``dnsstack``, ``milters``, ``sharedmailbox``: a real DNS (nsd + unbound), DKIM/DMARC milters, a second
+  client busy in a shared mailbox.
+- ``deploy``, ``rules``, ``dashboards``: the shipped deploy files, Prometheus rules and Grafana boards.
+
+The harness packages ``tests/mailstack`` (Postfix + Dovecot) and ``tests/interop`` stay where they are.
+"""
