@@ -74,9 +74,10 @@ def render(
             continue
         cls = GaugeMetricFamily if spec.type == "gauge" else CounterMetricFamily
         fam = cls(spec.name, spec.help, labels=[*labels, *spec.labels])
+        add, samples = fam.add_metric, spec.samples
         for values, obj in rows:
-            for extra, value in spec.samples(obj):
-                fam.add_metric([*values, *extra], value)
+            for extra, v in samples(obj):
+                add([*values, *extra] if extra else values, v)
         families.append(fam)
     return families
 
