@@ -40,13 +40,13 @@ class Leaf(NamedTuple):
 
 
 @cache
-def hygiene_specs(prefix: str) -> list[FamilySpec[Leaf]]:
+def hygiene_specs(prefix: str) -> tuple[FamilySpec[Leaf], ...]:
     """``<prefix>cert_*``: key, signature, validity, SCT, OCSP and CRL facts of a leaf."""
 
     def g(name: str, doc: str, samples: Callable[[Leaf], Samples], *extra: str) -> FamilySpec[Leaf]:
         return gauge(f"{prefix}cert_{name}", doc, samples, *extra)
 
-    return [
+    return (
         g(
             "key_bits",
             "Size of the leaf certificate's public key in bits, by key type.",
@@ -93,7 +93,7 @@ def hygiene_specs(prefix: str) -> list[FamilySpec[Leaf]]:
             lambda x: NONE if x.crl is None else [((s,), _b(x.crl.status == s)) for s in CRL_STATUSES],
             "status",
         ),
-    ]
+    )
 
 
 def hygiene_families(rows: Iterable[HygieneRow], labels: Sequence[str], prefix: str) -> list[Metric]:
