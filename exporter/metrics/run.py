@@ -1,13 +1,40 @@
 """The four series every scheduled check kind has per probe: last success, duration, finish time, runs
-by outcome (TLS checks and domain checks; round trips have more and build their own)."""
+by outcome (TLS checks and domain checks; round trips have more and reuse the sample functions)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import Metric
 
+from exporter.metrics.family import NONE, FamilySpec, Samples, counter, counts, flag, gauge, render
 from exporter.run.results import ProbeStats
+
+
+def last_success(st: ProbeStats) -> Samples:
+    return NONE if st.last is None else flag(st.last.success)
+
+
+def last_duration(st: ProbeStats) -> Samples:
+    return NONE if st.last is None else (((), st.last.duration),)
+
+
+def last_finish(st: ProbeStats) -> Samples:
+    return NONE if st.last is None else (((), st.last.started + st.last.duration),)
+
+
+def run_specs(
+    kind: str, what: str, success_help: str, runs_help: str, outcomes: Sequence[str]
+) -> list[FamilySpec[ProbeStats]]:
+    """``mailcanary_<kind>_{success,duration_seconds,last_run_timestamp_seconds,runs}``."""
+    return [
+        gauge(f"mailcanary_{kind}_success", success_help, last_success),
+        gauge(f"mailcanary_{kind}_duration_seconds", f"Wall time of the last {what}.", last_duration),
+        gauge(
+            f"mailcanary_{kind}_last_run_timestamp_seconds", f"When the last {what} finished.", last_finish
+        ),
+        counter(f"mailcanary_{kind}_runs", runs_help, lambda st: counts(st.runs, outcomes), "outcome"),
+    ]
 
 
 def run_families(
@@ -18,22 +45,7 @@ def run_families(
     success_help: str,
     runs_help: str,
     outcomes: Sequence[str],
-) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
-    """``mailcanary_<kind>_{success,duration_seconds,last_run_timestamp_seconds,runs}`` for ``names``."""
-    success = GaugeMetricFamily(f"mailcanary_{kind}_success", success_help, labels=["probe"])
-    duration = GaugeMetricFamily(
-        f"mailcanary_{kind}_duration_seconds", f"Wall time of the last {what}.", labels=["probe"]
-    )
-    last_run = GaugeMetricFamily(
-        f"mailcanary_{kind}_last_run_timestamp_seconds", f"When the last {what} finished.", labels=["probe"]
-    )
-    runs = CounterMetricFamily(f"mailcanary_{kind}_runs", runs_help, labels=["probe", "outcome"])
-    for name in names:
-        st = snap[name]
-        if st.last is not None:
-            success.add_metric([name], 1 if st.last.success else 0)
-            duration.add_metric([name], st.last.duration)
-            last_run.add_metric([name], st.last.started + st.last.duration)
-        for outcome in outcomes:
-            runs.add_metric([name, outcome], st.runs.get(outcome, 0))
-    return success, duration, last_run, runs
+) -> list[Metric]:
+    """The four families of :func:`run_specs` for ``names``."""
+    specs = run_specs(kind, what, success_help, runs_help, outcomes)
+    return render(specs, (([name], snap[name]) for name in names), ["probe"])

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from exporter.metrics.family import NONE, FamilySpec, Samples, flag, gauge, info, render, value
 from exporter.metrics.run import run_families
 from exporter.run.results import TLS_OUTCOMES, ProbeStats
 from probes.tls.audit import LEGACY_VERSIONS, TLSFacts, openssl_offers
@@ -18,80 +19,85 @@ def _bool(v: bool) -> int:
     return 1 if v else 0
 
 
-def tls_families(rows: Iterable[tuple[Sequence[str], TLSFacts]], labels: Sequence[str]) -> Iterator[Metric]:
-    """``mailcanary_tls_*`` families for ``rows`` of (label values, facts); empty facts render nothing."""
-    names = list(labels)
+# Sample functions of TLS facts, shared with the domain check's per-address families.
 
-    def g(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
-        return GaugeMetricFamily(f"mailcanary_tls_{name}", doc, labels=[*names, *extra])
 
-    not_after = g("cert_not_after_timestamp_seconds", "Leaf certificate notAfter (unix time).")
-    not_before = g("cert_not_before_timestamp_seconds", "Leaf certificate notBefore (unix time).")
-    earliest = g(
-        "earliest_cert_expiry_timestamp_seconds",
+def verified(f: TLSFacts) -> Samples:
+    """Judged only when a handshake completed or a chain was seen."""
+    return flag(f.verified) if f.handshake_ok or f.chain else NONE
+
+
+def verify_error(f: TLSFacts) -> Samples:
+    judged = f.handshake_ok or f.chain
+    return info(f.verify_reason) if judged and not f.verified else NONE
+
+
+def legacy_accepted(f: TLSFacts) -> Samples:
+    return [((name,), _bool(ok)) for name, ok in f.legacy.items() if ok is not None]
+
+
+# mailcanary_tls_*: rows of (label values, facts); empty facts render nothing.
+SPECS: list[FamilySpec[TLSFacts]] = [
+    gauge(
+        "mailcanary_tls_cert_not_after_timestamp_seconds",
+        "Leaf certificate notAfter (unix time).",
+        lambda f: NONE if f.leaf is None else value(f.leaf.not_after),
+    ),
+    gauge(
+        "mailcanary_tls_cert_not_before_timestamp_seconds",
+        "Leaf certificate notBefore (unix time).",
+        lambda f: NONE if f.leaf is None else value(f.leaf.not_before),
+    ),
+    gauge(
+        "mailcanary_tls_earliest_cert_expiry_timestamp_seconds",
         "Earliest notAfter of any certificate in the chain the server presented (unix time).",
-    )
-    verified = g("cert_verified", "1 if the chain verified against the trust store and matched the name.")
-    verify_error = g(
-        "cert_verify_error_info", "Why verification failed (present only when it did).", "reason"
-    )
-    hostname = g("hostname_match", "1 if the leaf certificate's SAN/CN matches the name we connected to.")
-    version = g("version_info", "Negotiated TLS version.", "version")
-    cipher = g("cipher_info", "Negotiated cipher suite.", "cipher")
-    legacy = g(
-        "legacy_protocol_accepted",
-        "1 if the server completed a handshake pinned to this legacy version; absent if untestable here.",
-        "version",
-    )
-    legacy_at = g(
-        "legacy_protocol_checked_timestamp_seconds",
-        "When the legacy answers were last tested (re-tested after legacy_recheck or a new certificate).",
-    )
-    starttls = g("starttls_offered", "1 if the plain port offers STARTTLS/STLS (plain ports only).")
-    auth_plain = g(
-        "auth_before_tls",
-        "1 if the plain port offers AUTH/LOGIN before TLS: credentials could travel in clear.",
-    )
-    for values, f in rows:
-        lv = list(values)
-        if f.leaf is not None:
-            not_after.add_metric(lv, f.leaf.not_after)
-            not_before.add_metric(lv, f.leaf.not_before)
-        if f.earliest_not_after is not None:
-            earliest.add_metric(lv, f.earliest_not_after)
-        if f.handshake_ok or f.chain:
-            verified.add_metric(lv, _bool(f.verified))
-            if not f.verified and f.verify_reason:
-                verify_error.add_metric([*lv, f.verify_reason], 1)
-        if f.hostname_match is not None:
-            hostname.add_metric(lv, _bool(f.hostname_match))
-        if f.version:
-            version.add_metric([*lv, f.version], 1)
-        if f.cipher:
-            cipher.add_metric([*lv, f.cipher], 1)
-        for name, accepted in f.legacy.items():
-            if accepted is not None:
-                legacy.add_metric([*lv, name], _bool(accepted))
-        if f.legacy_checked_at is not None:
-            legacy_at.add_metric(lv, f.legacy_checked_at)
-        if f.starttls_offered is not None:
-            starttls.add_metric(lv, _bool(f.starttls_offered))
-        if f.auth_before_tls is not None:
-            auth_plain.add_metric(lv, _bool(f.auth_before_tls))
-    yield from (
-        not_after,
-        not_before,
-        earliest,
+        lambda f: value(f.earliest_not_after),
+    ),
+    gauge(
+        "mailcanary_tls_cert_verified",
+        "1 if the chain verified against the trust store and matched the name.",
         verified,
+    ),
+    gauge(
+        "mailcanary_tls_cert_verify_error_info",
+        "Why verification failed (present only when it did).",
         verify_error,
-        hostname,
-        version,
-        cipher,
-        legacy,
-        legacy_at,
-        starttls,
-        auth_plain,
-    )
+        "reason",
+    ),
+    gauge(
+        "mailcanary_tls_hostname_match",
+        "1 if the leaf certificate's SAN/CN matches the name we connected to.",
+        lambda f: flag(f.hostname_match),
+    ),
+    gauge("mailcanary_tls_version_info", "Negotiated TLS version.", lambda f: info(f.version), "version"),
+    gauge("mailcanary_tls_cipher_info", "Negotiated cipher suite.", lambda f: info(f.cipher), "cipher"),
+    gauge(
+        "mailcanary_tls_legacy_protocol_accepted",
+        "1 if the server completed a handshake pinned to this legacy version; absent if untestable here.",
+        legacy_accepted,
+        "version",
+    ),
+    gauge(
+        "mailcanary_tls_legacy_protocol_checked_timestamp_seconds",
+        "When the legacy answers were last tested (re-tested after legacy_recheck or a new certificate).",
+        lambda f: value(f.legacy_checked_at),
+    ),
+    gauge(
+        "mailcanary_tls_starttls_offered",
+        "1 if the plain port offers STARTTLS/STLS (plain ports only).",
+        lambda f: flag(f.starttls_offered),
+    ),
+    gauge(
+        "mailcanary_tls_auth_before_tls",
+        "1 if the plain port offers AUTH/LOGIN before TLS: credentials could travel in clear.",
+        lambda f: flag(f.auth_before_tls),
+    ),
+]
+
+
+def tls_families(rows: Iterable[tuple[Sequence[str], TLSFacts]], labels: Sequence[str]) -> Iterator[Metric]:
+    """The :data:`SPECS` families for ``rows`` of (label values, facts)."""
+    yield from render(SPECS, rows, labels)
 
 
 def legacy_testable() -> GaugeMetricFamily:
