@@ -34,7 +34,7 @@ from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
 from probes.clients.smtp import SMTPSettings
 from probes.recorder import Recorder
-from probes.roundtrip.probe import (
+from probes.roundtrip import (
     DEFAULT_POLL_FACTOR,
     DEFAULT_POLL_MAX,
     PollSchedule,

@@ -24,7 +24,7 @@ from pathlib import Path
 from probes import canary
 from probes.clients.imap import IMAPSession, IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip.probe import PollSchedule, SyncSettings, probe_roundtrip
+from probes.roundtrip import PollSchedule, SyncSettings, probe_roundtrip
 from tests.mailstack import MailStack, make_root
 
 from .detection import pct, settings_for

@@ -23,7 +23,7 @@ from exporter.config import (
 )
 from exporter.kinds.roundtrip import roundtrip_settings
 from probes.clients.imap import IMAPSettings
-from probes.roundtrip.probe import POP3Settings
+from probes.roundtrip import POP3Settings
 from tests.support.configs import ENV, F, edit, full_config, one_problem, problems_of
 
 # ---- a good file ----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from probes import canary
 from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip.probe import RoundTripSettings, probe_roundtrip
+from probes.roundtrip import RoundTripSettings, probe_roundtrip
 from probes.wire.net import TLSMode
 from tests.support.faultservers import (
     NO_FAULT,

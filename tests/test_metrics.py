@@ -14,7 +14,7 @@ from prometheus_client.samples import Sample
 from exporter.metrics.collector import ExporterState, build_registry
 from exporter.run.results import DELIVERY_BUCKETS, OUTCOMES, ResultStore, RunResult
 from probes import canary
-from probes.roundtrip.probe import PollSchedule
+from probes.roundtrip import PollSchedule
 
 KEY = b"k" * 32
 

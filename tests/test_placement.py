@@ -34,7 +34,7 @@ from probes.receipt.placement import (
     parse_namespace,
 )
 from probes.recorder import Recorder
-from probes.roundtrip.probe import RoundTripSettings, probe_roundtrip
+from probes.roundtrip import RoundTripSettings, probe_roundtrip
 from probes.wire import imapwire as wire
 from tests.mailstack import MailStack
 from tests.mailstack._system import chown

@@ -23,7 +23,7 @@ from probes.clients.pop3 import LoginGate
 from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip.probe import (
+from probes.roundtrip import (
     PollSchedule,
     POP3Settings,
     RoundTripResult,

@@ -7,7 +7,7 @@ import pytest
 
 from probes.receipt.quota import Usage
 from probes.recorder import Recorder
-from probes.roundtrip.probe import probe_roundtrip
+from probes.roundtrip import probe_roundtrip
 from tests.support.faultservers import (
     NO_FAULT,
     Fault,

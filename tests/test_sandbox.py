@@ -27,7 +27,7 @@ from probes.clients.pop3 import POP3Client
 from probes.clients.smtp import SMTPSettings
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip.probe import POP3Settings, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import POP3Settings, RoundTripSettings, probe_roundtrip
 from probes.wire.net import Endpoint, TLSSettings
 
 HOST = "127.0.0.1"

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from probes.clients.imap import IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip.probe import PollSchedule, probe_roundtrip
+from probes.roundtrip import PollSchedule, probe_roundtrip
 from tests.support.faultservers import (
     NO_FAULT,
     Mailboxes,

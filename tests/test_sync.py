@@ -13,7 +13,7 @@ import pytest
 from exporter.config import ConfigError, parse_config
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip.probe import SyncSettings, probe_roundtrip
+from probes.roundtrip import SyncSettings, probe_roundtrip
 from probes.wire.slots import ServerSlots
 from tests.support.faultservers import (
     NO_FAULT,

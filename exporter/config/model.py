@@ -29,7 +29,7 @@ from exporter.config.shard import parse_shard
 from probes.canary import PROBE_NAME_RE
 from probes.receipt.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.receipt.verdict import Preset
-from probes.roundtrip.probe import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
+from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
 

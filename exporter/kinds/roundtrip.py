@@ -25,7 +25,7 @@ from probes.context import ProbeContext
 from probes.domain.dnsbl import Listing
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.roundtrip.probe import (
+from probes.roundtrip import (
     PollSchedule,
     POP3Settings,
     RoundTripResult,

@@ -26,7 +26,7 @@ from exporter.run.results import DELIVERY_BUCKETS, OUTCOMES, ProbeStats
 from probes.domain.dnsbl import STATUSES as DNSBL_STATUSES
 from probes.receipt.placement import PLACEMENTS
 from probes.receipt.quota import QUOTA_ERRORS
-from probes.roundtrip.probe import SYNC_SKIP_REASONS
+from probes.roundtrip import SYNC_SKIP_REASONS
 
 MAX_HOP_LABELS = 8  # hop label values "1".."8": the path's first hops; the count is exact beyond
 

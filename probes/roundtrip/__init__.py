@@ -1,6 +1,10 @@
-"""The round-trip probe: send a canary over SMTP, find it over IMAP or POP3, measure, clean up."""
+"""The round-trip probe: send a canary over SMTP, find it over IMAP or POP3, measure, clean up.
 
-from probes.roundtrip.probe import (
+``probe`` runs it; ``settings`` is what it is told and returns; ``receiver`` the receiving side's shape,
+``imap`` and ``pop3`` its two kinds, ``bounces`` the DSN watch of the IMAP side."""
+
+from probes.roundtrip.probe import probe_roundtrip
+from probes.roundtrip.settings import (
     DEFAULT_POLL_FACTOR,
     DEFAULT_POLL_MAX,
     SYNC_SKIP_REASONS,
@@ -9,7 +13,6 @@ from probes.roundtrip.probe import (
     RoundTripResult,
     RoundTripSettings,
     SyncSettings,
-    probe_roundtrip,
 )
 
 __all__ = [

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
 from probes.clients.smtp import SMTPSettings
-from probes.roundtrip.probe import PollSchedule, POP3Settings, RoundTripSettings
+from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings
 from probes.wire.net import Endpoint, TLSMode, TLSSettings
 from tests.mailstack._net import claim_ports
 

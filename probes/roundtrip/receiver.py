@@ -1,0 +1,52 @@
+"""What every receiving side of a round trip does (open and sweep, wait, fetch-verify-delete, close)."""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from probes.canary import Token
+from probes.receipt.placement import (
+    Placement,
+)
+from probes.recorder import Recorder
+from probes.roundtrip.settings import RoundTripSettings
+
+K = TypeVar("K")
+
+
+class Receiver:
+    def __init__(self, settings: RoundTripSettings, recorder: Recorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.placement: Placement = "inbox"
+        self.verified: bytes | None = None  # the canary as received (with the receiver's headers)
+
+    async def open_and_sweep(self, late: set[str]) -> list[Token]:
+        raise NotImplementedError
+
+    async def open_device(self) -> None:
+        """Open the second device's session (the sync check), if there is one."""
+
+    def watch(self, token: Token, accepted_at: float) -> None:
+        """Let the second device look for ``token`` while the first waits for it."""
+
+    async def wait(self, token: Token, since: float) -> float:
+        raise NotImplementedError
+
+    async def fetch_verify_delete(self, token: Token) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def _stale(self, found: dict[K, Token], late: set[str]) -> dict[K, Token]:
+        """Which of our earlier canaries to delete: known-late ones at once, others once old enough."""
+        cutoff_ms = (time.time() - self.settings.sweep_after) * 1000
+        return {ref: t for ref, t in found.items() if t.nonce in late or t.sent_ms < cutoff_ms}
+
+
+def count_skipped(recorder: Recorder, n: int) -> None:
+    """Foreign messages that carried something like our token but did not verify (or could not be read)."""
+    if n > 0:
+        recorder.facts.foreign_skipped += n
