@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -87,20 +88,35 @@ def interop_tls(interop_root: Path) -> TLSFiles:
     )
 
 
-@pytest.fixture(scope="session")
-def cyrus(interop_root: Path, interop_tls: TLSFiles) -> Iterator[CyrusServer]:
-    """One running Cyrus IMAP for the session (IMAP, POP3, LMTP; users CYRUS_USERS)."""
-    server = CyrusServer(interop_root / "cyrus", interop_tls, make_users(CYRUS_USERS), quota_kib=QUOTA_KIB)
+class _Server(Protocol):
+    root: Path
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _serving(name: str, server: S, *steps: Callable[[], None]) -> Iterator[S]:
+    """Run ``steps`` (set up, start); a failure stops what started and fails the session with the log's
+    tail; the server is stopped after the session."""
     try:
-        server.setup()
-        server.start()
+        for step in steps:
+            step()
     except StackError as exc:
         server.stop()
-        pytest.fail(f"cyrus did not start (root {server.root}):\n{exc}", pytrace=False)
+        pytest.fail(f"{name} did not start (root {server.root}):\n{exc}", pytrace=False)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def cyrus(interop_root: Path, interop_tls: TLSFiles) -> Iterator[CyrusServer]:
+    """One running Cyrus IMAP for the session (IMAP, POP3, LMTP; users CYRUS_USERS)."""
+    server = CyrusServer(interop_root / "cyrus", interop_tls, make_users(CYRUS_USERS), quota_kib=QUOTA_KIB)
+    yield from _serving("cyrus", server, server.setup, server.start)
 
 
 @pytest.fixture(scope="session")
@@ -108,16 +124,7 @@ def exim(interop_root: Path, interop_tls: TLSFiles, cyrus: CyrusServer) -> Itera
     """One running Exim for the session: submission/submissions with AUTH, delivering into ``cyrus``."""
     users = {cyrus.address(local): pw for local, pw in cyrus.users.items()}
     server = EximServer(interop_root / "exim", interop_tls, users, lmtp=(cyrus.host, cyrus.ports["lmtp"]))
-    try:
-        server.setup()
-        server.start()
-    except StackError as exc:
-        server.stop()
-        pytest.fail(f"exim did not start (root {server.root}):\n{exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving("exim", server, server.setup, server.start)
 
 
 @pytest.fixture(scope="session")
@@ -135,12 +142,4 @@ def opensmtpd(interop_root: Path, interop_tls: TLSFiles, cyrus: CyrusServer) -> 
     server = OpenSMTPD(
         interop_root / "opensmtpd", interop_tls, f"lmtp://{cyrus.host}:{cyrus.ports['lmtp']}", users
     )
-    try:
-        server.start()
-    except StackError as exc:
-        server.stop()
-        pytest.fail(f"opensmtpd did not start (root {server.root}):\n{exc}", pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving("opensmtpd", server, server.start)
