@@ -92,7 +92,7 @@ class Daemon:
                 self.store.snapshot(), self.state, self.history, self._modules()
             ),
             labels=self._labels,
-            text_body=self.series.body,
+            metrics_body=self.series.body,
             runtime=runtime,
         )
         self.runner: Runner | None = None

@@ -234,3 +234,94 @@ def test_text_of_equals_generate_latest_for_probe_and_runtime_families() -> None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Fixed())  # type: ignore[arg-type]
         assert text_of(families) == generate_latest(registry).decode()
+
+
+# ---- OpenMetrics: what Prometheus asks for first (issue 23) ---------------------------------------------
+
+
+def reference_openmetrics(store: ResultStore, state: ExporterState, *extra: object) -> str:
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    body: bytes = generate_openmetrics(registry)
+    return body.decode()
+
+
+@pytest.mark.parametrize("vantage", ["", "eu-1"])
+def test_cached_openmetrics_equals_prometheus_client(vantage: str) -> None:
+    store, state = build(vantage)
+    cache = SeriesCache(store, state)
+    assert cache.text(openmetrics=True) + "# EOF\n" == reference_openmetrics(store, state)
+    # and after changes, without re-rendering at scrape
+    store.record(result("rt-01", "smtp_auth", message="no"))
+    store.note_skipped("tls-a")
+    renders = cache.renders
+    assert cache.text(openmetrics=True) + "# EOF\n" == reference_openmetrics(store, state)
+    cache.text(openmetrics=True)
+    assert cache.renders == renders
+
+
+def test_openmetrics_body_has_the_runtime_collectors_and_one_eof() -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    store, state = build()
+    runtime = runtime_registry()
+    body = asyncio.run(SeriesCache(store, state, runtime).body(openmetrics=True)).decode()
+    full = CollectorRegistry(auto_describe=False)
+    full.register(MailcanaryCollector(store, state))
+    for collector in list(runtime._collector_to_names):  # the same collectors, in the same order
+        full.register(collector)
+    expected = generate_openmetrics(full).decode()
+
+    def steady(text: str) -> list[str]:  # process and GC figures move between two renders
+        return [line for line in text.splitlines() if not line.startswith(("process_", "python_gc_"))]
+
+    assert steady(body) == steady(expected)
+    assert body.count("# EOF\n") == 1 and body.endswith("# EOF\n")
+
+
+def test_openmetrics_lines_fall_back_for_what_the_formats_write_differently() -> None:
+    """A counter with ``_created`` (OpenMetrics only) goes through prometheus_client itself."""
+    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from exporter.metrics.collector import openmetrics_lines
+
+    fam = CounterMetricFamily("x_runs", "runs", labels=["l"], created=None)
+    fam.add_metric(["a"], 3.0, created=1_700_000_000.5)
+
+    class Fixed:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return iter([fam])
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())  # type: ignore[arg-type]
+    whole = generate_openmetrics(registry).decode()
+    assert whole.endswith(openmetrics_lines(fam) + "# EOF\n")
+    assert "x_runs_created" in openmetrics_lines(fam)
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        # Prometheus 2.5+ (and 2.42 here): OpenMetrics first
+        (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+            "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            True,
+        ),
+        ("application/openmetrics-text; version=0.0.1", True),
+        ("", False),
+        ("*/*", False),
+        ("text/plain;version=0.0.4", False),
+        ("text/plain;q=1,application/openmetrics-text;q=0.5", False),  # the scraper prefers text
+        ("application/openmetrics-text;q=0", False),  # explicitly not acceptable
+        ("application/openmetrics-text;q=bogus,text/plain", False),
+        ("APPLICATION/OpenMetrics-Text ; version=1.0.0", True),
+    ],
+)
+def test_negotiation_honours_the_scrapers_preference(accept: str, openmetrics: bool) -> None:
+    from exporter.web.server import wants_openmetrics
+
+    assert wants_openmetrics(accept) is openmetrics

@@ -23,6 +23,7 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -192,13 +193,60 @@ def _render(families: Iterable[Metric]) -> str:
     return generate_latest(registry).decode()
 
 
+def _render_openmetrics(families: Iterable[Metric]) -> str:
+    """OpenMetrics as prometheus_client writes it, without the closing ``# EOF`` (parts are joined)."""
+
+    class _Once(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Once())
+    return openmetrics_of(registry)
+
+
+def openmetrics_of(registry: CollectorRegistry) -> str:
+    """A registry in OpenMetrics 1.0.0 (prometheus_client's renderer), without the closing ``# EOF``."""
+    body: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return body.decode()[: -len(EOF)]
+
+
+EOF = "# EOF\n"
+
+
 def _headers(families: list[Metric]) -> list[str]:
     """``# HELP`` and ``# TYPE`` of each (empty) family, as generate_latest writes them."""
     return [_render([fam]) for fam in families]
 
 
+def _openmetrics_headers(families: list[Metric]) -> list[str]:
+    """The same in OpenMetrics (counters and infos are named without their suffix there, ``# UNIT``)."""
+    return [_render_openmetrics([fam]) for fam in families]
+
+
+def _plain(fam: Metric) -> bool:
+    """Samples the two formats write the same way (no timestamp, exemplar, ``_created``, native histogram)."""
+    return not any(
+        s.timestamp is not None
+        or s.exemplar is not None
+        or s.native_histogram is not None
+        or s.name.endswith(_OM_ONLY)
+        for s in fam.samples
+    )
+
+
+def openmetrics_lines(fam: Metric) -> str:
+    """A family's samples in OpenMetrics: the text format's lines for plain families (the formats agree
+    on sample lines and differ only in headers and ``# EOF``), prometheus_client for anything else."""
+    if _plain(fam):
+        return sample_lines(fam)
+    head = _render_openmetrics([Metric(fam.name, fam.documentation, fam.type, fam.unit)])
+    return _render_openmetrics([fam])[len(head) :]
+
+
 _EMPTY: dict[str, ProbeStats] = {}
 FACT_HEADERS = _headers(tls_fact_families(_EMPTY, []))
+FACT_HEADERS_OM = _openmetrics_headers(tls_fact_families(_EMPTY, []))
 
 
 @dataclass
@@ -206,6 +254,8 @@ class _Fragment:
     kind: str
     own: list[str]  # one text per family of its kind's headers
     facts: list[str]  # one text per family of FACT_HEADERS
+    own_om: list[str]  # the same in OpenMetrics (the same strings when every family is plain)
+    facts_om: list[str]
 
 
 class SeriesCache:
@@ -230,10 +280,12 @@ class SeriesCache:
         self._want: dict[str, int] = {}  # probe -> sequence number of the newest render in progress
         self._seq = 0
         self._legacy = ""
+        self._legacy_om = ""
         self._signature: tuple[tuple[tuple[str, str], ...], str, int] | None = None
         self._kinds_at = -1
         self._kinds: list[tuple[str, Families]] = []
         self._headers: dict[str, list[str]] = {}
+        self._headers_om: dict[str, list[str]] = {}
         self._load_kinds()
         self.renders = 0  # probe renders so far (tests and benchmarks read it)
         store.subscribe(self._changed)
@@ -243,6 +295,7 @@ class SeriesCache:
         self._kinds_at = registry.version()
         self._kinds = kind_families()
         self._headers = {kind: _headers(render(_EMPTY, [])) for kind, render in self._kinds}
+        self._headers_om = {kind: _openmetrics_headers(render(_EMPTY, [])) for kind, render in self._kinds}
 
     def _current_signature(self) -> tuple[tuple[tuple[str, str], ...], str, int]:
         return tuple(sorted(self.state.probes.items())), self.state.vantage, registry.version()
@@ -252,14 +305,17 @@ class SeriesCache:
         snap = {name: st}
         vantage = self.state.vantage
 
-        def text(families: list[Metric]) -> list[str]:
-            if vantage:
-                families = [with_vantage(f, vantage) for f in families]
-            return [sample_lines(f) for f in families]
+        def labelled(families: list[Metric]) -> list[Metric]:
+            return [with_vantage(f, vantage) for f in families] if vantage else families
 
         render = dict(self._kinds).get(kind)
-        own = text(render(snap, [name])) if render is not None else []
-        return _Fragment(kind, own, text(tls_fact_families(snap, [name])))
+        own = labelled(render(snap, [name])) if render is not None else []
+        facts = labelled(tls_fact_families(snap, [name]))
+        own_text, facts_text = [sample_lines(f) for f in own], [sample_lines(f) for f in facts]
+        # Plain families (all of ours today) share the text lines: the second format costs nothing.
+        own_om = own_text if all(map(_plain, own)) else [openmetrics_lines(f) for f in own]
+        facts_om = facts_text if all(map(_plain, facts)) else [openmetrics_lines(f) for f in facts]
+        return _Fragment(kind, own_text, facts_text, own_om, facts_om)
 
     def _changed(self, name: str) -> None:
         with self._lock:  # a render that started later wins, whichever thread finishes first
@@ -283,8 +339,9 @@ class SeriesCache:
         if self._kinds_at != registry.version():  # a kind was registered or removed
             self._load_kinds()
         vantage = self.state.vantage
-        legacy = legacy_testable()
-        self._legacy = _render([with_vantage(legacy, vantage) if vantage else legacy])
+        testable = legacy_testable()
+        legacy = with_vantage(testable, vantage) if vantage else testable
+        self._legacy, self._legacy_om = _render([legacy]), _render_openmetrics([legacy])
         names = set(self.store.names())
         with self._lock:
             for gone in set(self._frags) - names:
@@ -297,31 +354,38 @@ class SeriesCache:
     def stale(self) -> bool:
         return self._signature != self._current_signature()
 
-    def text(self) -> str:
-        """The whole mailcanary part of /metrics (call :meth:`rerender_all` first when :attr:`stale`)."""
+    def text(self, openmetrics: bool = False) -> str:
+        """The whole mailcanary part of /metrics (call :meth:`rerender_all` first when :attr:`stale`), in
+        the Prometheus text format or in OpenMetrics (without its closing ``# EOF``: :meth:`body` adds it
+        after the runtime collectors)."""
         if self.stale:
             self.rerender_all()
         vantage = self.state.vantage
         exporter = [with_vantage(f, vantage) if vantage else f for f in exporter_families(self.state)]
-        out = [_render(exporter)]
+        out = [_render_openmetrics(exporter) if openmetrics else _render(exporter)]
         with self._lock:
             frags = sorted(self._frags.items())
+        headers = self._headers_om if openmetrics else self._headers
         for kind, _ in self._kinds:
             mine = [f for _, f in frags if f.kind == kind]
-            for i, header in enumerate(self._headers[kind]):
+            for i, header in enumerate(headers[kind]):
                 out.append(header)
-                out.extend(f.own[i] for f in mine)
-        for i, header in enumerate(FACT_HEADERS):
+                out.extend((f.own_om if openmetrics else f.own)[i] for f in mine)
+        for i, header in enumerate(FACT_HEADERS_OM if openmetrics else FACT_HEADERS):
             out.append(header)
-            out.extend(f.facts[i] for _, f in frags)
-        out.append(self._legacy)
+            out.extend((f.facts_om if openmetrics else f.facts)[i] for _, f in frags)
+        out.append(self._legacy_om if openmetrics else self._legacy)
         return "".join(out)
 
-    async def body(self) -> bytes:
-        """The /metrics body; a full re-render after a reload runs in a thread, never on the loop."""
+    async def body(self, openmetrics: bool = False) -> bytes:
+        """The /metrics body; a full re-render after a reload runs in a thread, never on the loop. Both
+        formats come from the same pre-rendered lines; only the few runtime series render live."""
         if self.stale:
             await asyncio.to_thread(self.rerender_all)
-        body = self.text().encode()
+        body = self.text(openmetrics).encode()
+        if openmetrics:
+            runtime = openmetrics_of(self.runtime).encode() if self.runtime is not None else b""
+            return b"".join((body, runtime, EOF.encode()))
         if self.runtime is None:
             return body
         return b"".join((body, generate_latest(self.runtime)))

@@ -205,9 +205,37 @@ def parse_listen(listen: str) -> tuple[str | None, int]:
     return (host or None), int(port_text)
 
 
+def _q(params: list[str]) -> float:
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return min(max(float(value.strip()), 0.0), 1.0)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Content negotiation (RFC 9110 §12.5.1) between the two formats we serve: OpenMetrics when the
+    scraper rates it at least as high as the text format (Prometheus since 2.5 sends
+    ``application/openmetrics-text;version=1.0.0,…;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1``:
+    OpenMetrics). No header, or only text/wildcards: the text format, as prometheus_client does."""
+    best = {"openmetrics": 0.0, "text": 0.0}
+    for item in accept.split(",")[:64]:  # bounded: a header of thousands of items is not parsed whole
+        media, *params = item.split(";")
+        media = media.strip().lower()
+        q = _q(params)
+        if media == "application/openmetrics-text":
+            best["openmetrics"] = max(best["openmetrics"], q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            best["text"] = max(best["text"], q)
+    return best["openmetrics"] > 0 and best["openmetrics"] >= best["text"]
+
+
 def render(registry: CollectorRegistry, accept: str) -> web.Response:
     """Prometheus text format, or OpenMetrics when the scraper asks for it."""
-    if "application/openmetrics-text" in accept:
+    if wants_openmetrics(accept):
         body, ctype = generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
     else:  # the same bytes as generate_latest, faster (tests/test_scrape_equal.py)
         body, ctype = text_of(registry.collect()).encode(), CONTENT_TYPE_LATEST
@@ -236,13 +264,12 @@ class HTTPServer:
         web_config: WebConfig | None = None,
         status_page: Callable[[], str] | None = None,
         labels: Callable[[], dict[str, str]] = dict,
-        text_body: Callable[[], Awaitable[bytes]] | None = None,
+        metrics_body: Callable[[bool], Awaitable[bytes]] | None = None,
         runtime: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry
-        self.text_body = (
-            text_body  # pre-rendered Prometheus text (exporter.metrics.collector.SeriesCache.body)
-        )
+        # Pre-rendered /metrics in either format (exporter.metrics.collector.SeriesCache.body).
+        self.metrics_body = metrics_body
         self.ready = ready
         self.status_page = status_page  # the page at / (exporter.web.status); else the short LANDING
         self.web_config = web_config
@@ -272,11 +299,13 @@ class HTTPServer:
         return resp
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        """Never renders on the loop: the text format is pre-rendered, OpenMetrics (rarely asked for) is
-        rendered in a worker thread."""
+        """Never renders on the loop: both formats are pre-rendered (what Prometheus asks for first is
+        OpenMetrics); without a pre-rendered body the registry renders in a worker thread."""
         accept = request.headers.get("Accept", "")
-        if self.text_body is not None and "application/openmetrics-text" not in accept:
-            return _response(await self.text_body(), CONTENT_TYPE_LATEST)
+        if self.metrics_body is not None:
+            openmetrics = wants_openmetrics(accept)
+            body = await self.metrics_body(openmetrics)
+            return _response(body, OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_LATEST)
         return await asyncio.to_thread(render, self.registry, accept)
 
     async def _healthy(self, request: web.Request) -> web.Response:
