@@ -61,7 +61,7 @@ def _copy_shipped(package: Path) -> None:
     for kind, (source, pattern) in SHIPPED_DATA.items():
         files = sorted((HERE / source).glob(pattern))
         if not files:
-            raise SystemExit(f"setup.py: no {pattern} in {source}: the wheel would lack `mailcanary generate`")
+            raise SystemExit(f"setup.py: no {pattern} in {source}: `mailcanary generate` would lack them")
         target = package / "shipped" / kind
         target.mkdir(parents=True, exist_ok=True)
         for path in files:

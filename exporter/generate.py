@@ -427,8 +427,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Write the generated file(s); a problem is one line on stderr and exit code 3."""
+    out = out or sys.stdout
     try:
         selector = parse_selector(args.selector) if args.selector is not None else None
         if args.what == "dashboards":

@@ -8,6 +8,7 @@ grouping and inhibition, with its timers shortened and every webhook URL pointed
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import signal
@@ -65,7 +66,7 @@ def fast_alertmanager_config(
     """The example config with ``timers`` (group_wait, group_interval, repeat_interval) set on every
     route that sets them (and the root), and every webhook URL replaced by ``webhook_base/<receiver>``.
     Receivers of another kind would send elsewhere: refused."""
-    config = json.loads(json.dumps(example))  # a deep copy of plain YAML data
+    config = copy.deepcopy(example)
     for route in _routes(config["route"]):
         for key, value in timers.items():
             if key in route or route is config["route"]:
