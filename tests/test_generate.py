@@ -117,6 +117,10 @@ def test_another_selector_replaces_exactly_the_job_matchers(
         assert expr_old.count('job="mailcanary"') == len(defaults), old  # none hidden from the tokenizer
         assert expr_new.count(sel.text) == len(defaults) + expr_old.count(sel.text), (old, new)
         assert 'job="mailcanary"' not in expr_new
+        # no other spelling of the job was left behind (job=~"mailcanary", job!="…"): every job matcher
+        # of the generated expression is one of the selector's
+        own = {m.text for m in sel.matchers if m.label == "job"}
+        assert {m.text for m in generate.matchers(expr_new) if m.label == "job"} <= own, new
         assert {k: v for k, v in new.items() if k not in ("expr", "annotations")} == {
             k: v for k, v in old.items() if k not in ("expr", "annotations")
         }
