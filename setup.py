@@ -1,4 +1,5 @@
-"""Only a build hook: write exporter/_build.json (revision, branch, build date) into sdist and wheel.
+"""Only build hooks: write exporter/_build.json (revision, branch, build date) into sdist and wheel, and
+copy the shipped rules and dashboards into the wheel's exporter/shipped/ for ``mailcanary generate``.
 
 Everything else about the package is in pyproject.toml. Revision and branch come from the
 MAILCANARY_REVISION / MAILCANARY_BRANCH variables (a container build passes them, having no .git), else
@@ -51,10 +52,27 @@ def _write(target: Path) -> None:
     target.write_text(json.dumps(build_facts(), indent=1) + "\n", encoding="utf-8")
 
 
+# deploy/prometheus/*.yml and dashboards/*.json stay the only source (an sdist carries both); the wheel
+# gets a copy for `mailcanary generate` (exporter/generate.py reads exporter/shipped/ when installed).
+SHIPPED_DATA = {"prometheus": ("deploy/prometheus", "*.yml"), "dashboards": ("dashboards", "*.json")}
+
+
+def _copy_shipped(package: Path) -> None:
+    for kind, (source, pattern) in SHIPPED_DATA.items():
+        files = sorted((HERE / source).glob(pattern))
+        if not files:
+            raise SystemExit(f"setup.py: no {pattern} in {source}: `mailcanary generate` would lack them")
+        target = package / "shipped" / kind
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            (target / path.name).write_bytes(path.read_bytes())
+
+
 class BuildPy(build_py):
     def run(self) -> None:
         super().run()
         _write(Path(self.build_lib) / "exporter" / "_build.json")
+        _copy_shipped(Path(self.build_lib) / "exporter")
 
 
 class SDist(sdist):

@@ -1,4 +1,5 @@
-"""The ``mailcanary`` command: run (daemon), probe (one-shot, Nagios exit codes), check-config, demo."""
+"""The ``mailcanary`` command: run (daemon), probe (one-shot, Nagios exit codes), check-config, demo,
+generate (rules and dashboards for another scrape job)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NoReturn, TextIO
 
-from exporter import logs, registry
+from exporter import generate, logs, registry
 from exporter.buildinfo import version_text
 from exporter.config import (
     DEFAULT_CONFIG_PATH,
@@ -138,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(
         sub.add_parser("demo", help="see it work: the daemon on a built-in sandbox mail server")
     )
+    generate.add_arguments(
+        sub.add_parser(
+            "generate", help="print the shipped alert rules, SLO rules or dashboards for your scrape job"
+        )
+    )
     return parser
 
 
@@ -152,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(config_schema_text())
         return EXIT_OK
+    if args.command == "generate":
+        return generate.run(args)
     logs.configure(args.log_format, args.log_level)
     try:
         if args.command == "run":

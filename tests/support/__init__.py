@@ -15,6 +15,8 @@ never from another test module: a test file can then be run, moved or deleted on
 - ``dnsstack``, ``milters``, ``sharedmailbox``: a real DNS (nsd + unbound), DKIM/DMARC milters, a second
   client busy in a shared mailbox.
 - ``deploy``, ``rules``, ``dashboards``: the shipped deploy files, Prometheus rules and Grafana boards.
+- ``alerting``: the alert path: shipped rules with test-time ``for:``, the example Alertmanager config with
+  short timers and loopback webhooks, a webhook receiver that records notifications.
 
 The harness packages ``tests/mailstack`` (Postfix + Dovecot) and ``tests/interop`` stay where they are.
 """
