@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -116,17 +116,20 @@ class HelloError(ValueError):
 # HMAC-SHA1). Order: a modern client's preference (AEAD with forward secrecy first, weak suites last);
 # :data:`ALL_TLS12` is offered in this order.
 _SUITES: Final[tuple[tuple[int, str, str, str, str, str], ...]] = (
-    (0x1301, "TLS_AES_128_GCM_SHA256", "ANY", "ANY", "AES_128_GCM", "AEAD"),
     (0x1302, "TLS_AES_256_GCM_SHA384", "ANY", "ANY", "AES_256_GCM", "AEAD"),
     (0x1303, "TLS_CHACHA20_POLY1305_SHA256", "ANY", "ANY", "CHACHA20_POLY1305", "AEAD"),
+    (0x1301, "TLS_AES_128_GCM_SHA256", "ANY", "ANY", "AES_128_GCM", "AEAD"),
     (0x1304, "TLS_AES_128_CCM_SHA256", "ANY", "ANY", "AES_128_CCM", "AEAD"),
     (0x1305, "TLS_AES_128_CCM_8_SHA256", "ANY", "ANY", "AES_128_CCM_8", "AEAD"),
-    (0xC02B, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE", "ECDSA", "AES_128_GCM", "AEAD"),
-    (0xC02F, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE", "RSA", "AES_128_GCM", "AEAD"),
     (0xC02C, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "ECDHE", "ECDSA", "AES_256_GCM", "AEAD"),
     (0xC030, "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384", "ECDHE", "RSA", "AES_256_GCM", "AEAD"),
+    (0x009F, "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384", "DHE", "RSA", "AES_256_GCM", "AEAD"),
     (0xCCA9, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE", "ECDSA", "CHACHA20_POLY1305", "AEAD"),
     (0xCCA8, "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "ECDHE", "RSA", "CHACHA20_POLY1305", "AEAD"),
+    (0xCCAA, "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "DHE", "RSA", "CHACHA20_POLY1305", "AEAD"),
+    (0xC02B, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "ECDHE", "ECDSA", "AES_128_GCM", "AEAD"),
+    (0xC02F, "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE", "RSA", "AES_128_GCM", "AEAD"),
+    (0x009E, "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", "DHE", "RSA", "AES_128_GCM", "AEAD"),
     (0xC0AC, "TLS_ECDHE_ECDSA_WITH_AES_128_CCM", "ECDHE", "ECDSA", "AES_128_CCM", "AEAD"),
     (0xC0AD, "TLS_ECDHE_ECDSA_WITH_AES_256_CCM", "ECDHE", "ECDSA", "AES_256_CCM", "AEAD"),
     (0xC0AE, "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8", "ECDHE", "ECDSA", "AES_128_CCM_8", "AEAD"),
@@ -139,11 +142,8 @@ _SUITES: Final[tuple[tuple[int, str, str, str, str, str], ...]] = (
     (0xC087, "TLS_ECDHE_ECDSA_WITH_CAMELLIA_256_GCM_SHA384", "ECDHE", "ECDSA", "CAMELLIA_256_GCM", "AEAD"),
     (0xC08A, "TLS_ECDHE_RSA_WITH_CAMELLIA_128_GCM_SHA256", "ECDHE", "RSA", "CAMELLIA_128_GCM", "AEAD"),
     (0xC08B, "TLS_ECDHE_RSA_WITH_CAMELLIA_256_GCM_SHA384", "ECDHE", "RSA", "CAMELLIA_256_GCM", "AEAD"),
-    (0x009E, "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", "DHE", "RSA", "AES_128_GCM", "AEAD"),
-    (0x009F, "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384", "DHE", "RSA", "AES_256_GCM", "AEAD"),
     (0x00A2, "TLS_DHE_DSS_WITH_AES_128_GCM_SHA256", "DHE", "DSS", "AES_128_GCM", "AEAD"),
     (0x00A3, "TLS_DHE_DSS_WITH_AES_256_GCM_SHA384", "DHE", "DSS", "AES_256_GCM", "AEAD"),
-    (0xCCAA, "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "DHE", "RSA", "CHACHA20_POLY1305", "AEAD"),
     (0xC09E, "TLS_DHE_RSA_WITH_AES_128_CCM", "DHE", "RSA", "AES_128_CCM", "AEAD"),
     (0xC09F, "TLS_DHE_RSA_WITH_AES_256_CCM", "DHE", "RSA", "AES_256_CCM", "AEAD"),
     (0xC0A2, "TLS_DHE_RSA_WITH_AES_128_CCM_8", "DHE", "RSA", "AES_128_CCM_8", "AEAD"),
@@ -380,9 +380,8 @@ TLS13_SUITES: Final = tuple(s.code for s in SUITES.values() if s.tls13)
 ALL_TLS12: Final = tuple(s.code for s in SUITES.values() if not s.tls13)  # modern order, weak last
 
 
-def suites_where(pred: object, among: Iterable[int] = ALL_TLS12) -> tuple[int, ...]:
+def suites_where(pred: Callable[[Suite], bool], among: Iterable[int] = ALL_TLS12) -> tuple[int, ...]:
     """Codes of the table's suites (in preference order) for which ``pred(suite)`` is true."""
-    assert callable(pred)
     return tuple(c for c in among if pred(SUITES[c]))
 
 
