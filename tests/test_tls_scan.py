@@ -10,11 +10,11 @@ faults (a suite never offered, garbage, truncated or oversize records, 421 after
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import pytest
 
@@ -26,6 +26,8 @@ from probes.wire.certs import presented_chain
 from probes.wire.net import Endpoint, TLSSettings
 from probes.wire.slots import ServerSlots
 from tests.mailstack import SERVER_NAME, MailStack
+from tests.support.fakehello import FakeHello, fake_hello
+from tests.support.faultservers import refused_port
 from tests.support.tlsaudit import SOURCE
 
 PORTS = {
@@ -112,6 +114,10 @@ def reference_accepts(settings: TLSCheckSettings, version: ssl.TLSVersion) -> bo
         return False
 
 
+def in_class(cls: str) -> Callable[[h.Suite], bool]:
+    return lambda suite: cls in suite.classes
+
+
 def reference_takes(settings: TLSCheckSettings, pred: Callable[[h.Suite], bool]) -> bool:
     """OpenSSL, offering (TLS 1.2) exactly the table's suites that ``pred`` selects, gets a session."""
     names = openssl_names()
@@ -132,9 +138,9 @@ def reference_takes(settings: TLSCheckSettings, pred: Callable[[h.Suite], bool])
 async def test_real_stack_port(mailstack: MailStack, port_name: str) -> None:
     protocol, mode = PORTS[port_name]
     settings = settings_for(mailstack.host, mailstack.ports[port_name], protocol, mode)
-    rec = Recorder(transcript=[])
-    facts = await scan(settings, rec)
-    print("\n".join(rec.transcript))
+    transcript: list[str] = []
+    facts = await scan(settings, Recorder(transcript=transcript))
+    print("\n".join(transcript))
 
     assert facts.errors == {}
     assert facts.checked_at is not None
@@ -148,7 +154,7 @@ async def test_real_stack_port(mailstack: MailStack, port_name: str) -> None:
     # Every class, forward secrecy and DHE as OpenSSL sees them offering exactly that class's suites
     # (RC4, 3DES and EXPORT: this OpenSSL knows none, nor do the servers built on it).
     for cls in WEAK_CLASSES + INFO_CLASSES:
-        assert facts.classes[cls] is reference_takes(settings, lambda s, c=cls: c in s.classes), cls
+        assert facts.classes[cls] is reference_takes(settings, in_class(cls)), cls
     assert facts.non_fs is reference_takes(settings, lambda s: not s.forward_secret)
     assert facts.dhe is reference_takes(settings, lambda s: s.ffdhe)
     assert facts.secure_renegotiation is True
@@ -207,3 +213,123 @@ def test_cache_keeps_complete_scans_only() -> None:
     for i in range(3):
         cache.put(("k", str(i)), done, None)
     assert len(cache) == 2
+
+
+# ---- in-process fakes: what no server here offers, and faults -------------------------------------------
+
+
+def fake_settings(port: int, protocol: str = "tcp", timeout: float = 5.0) -> TLSCheckSettings:
+    mode = "implicit" if protocol == "tcp" else "starttls"
+    ep = Endpoint("127.0.0.1", port, tls_mode=mode, tls=TLSSettings(server_name=SERVER_NAME))  # type: ignore[arg-type]
+    return TLSCheckSettings(ep, protocol, timeout=timeout)
+
+
+async def scan_fake(fake: FakeHello, timeout: float = 5.0) -> ScanFacts:
+    async with fake_hello(fake) as port:
+        facts = await scan(fake_settings(port, fake.protocol, timeout), Recorder(transcript=[]))
+    assert facts.connections == fake.connections  # every connection the scan counted reached the server
+    return facts
+
+
+def known(facts: ScanFacts) -> list[bool | None]:
+    return [*facts.protocols.values(), *facts.classes.values(), facts.non_fs, facts.dhe]
+
+
+async def test_sslv2_only_server() -> None:
+    facts = await scan_fake(FakeHello(versions=frozenset({h.SSL2}), sslv2_ciphers=(0x010080, 0x020080)))
+    assert facts.protocols == dict.fromkeys(h.VERSION_NAMES.values(), False) | {"SSLv2": True}
+    # The SSLv2 SERVER-HELLO lists RC4 and RC4-EXPORT40; no TLS version, so no TLS suite of any class.
+    assert facts.classes == {
+        "null": False, "anon": False, "export": True, "rc4": True, "3des": False,
+        "cbc_only": False, "sha1_mac": False,
+    }  # fmt: skip
+    assert facts.non_fs is False and facts.errors == {}
+    assert facts.connections == 6
+
+
+async def test_sslv3_only_server_with_rc4_3des_export() -> None:
+    fake = FakeHello(versions=frozenset({h.SSL3}), suites=(0x0005, 0x000A, 0x0003, 0x002F))
+    facts = await scan_fake(fake)
+    assert facts.protocols == dict.fromkeys(h.VERSION_NAMES.values(), False) | {"SSLv3": True}
+    assert facts.preferred == {"SSLv3": "TLS_RSA_WITH_RC4_128_SHA"}
+    assert facts.classes == {
+        "null": False, "anon": False, "export": True, "rc4": True, "3des": True,
+        "cbc_only": True, "sha1_mac": True,
+    }  # fmt: skip
+    assert facts.non_fs is True and facts.dhe is False and facts.errors == {}
+    assert facts.connections == 9
+    # The weak hellos went out as SSLv3 hellos (the highest version the server takes), no extensions.
+    weak = [x for x in fake.hellos[5:] if x[0] == 22]
+    assert weak and all(x[9:11] == b"\x03\x00" for x in weak)
+
+
+async def test_dhe_group_size() -> None:
+    facts = await scan_fake(FakeHello(suites=(0x0033,), dh_bits=1024))
+    assert facts.dhe is True and facts.dh_bits == 1024
+    assert facts.preferred == {"TLSv1.2": "TLS_DHE_RSA_WITH_AES_128_CBC_SHA"}
+    assert facts.classes["cbc_only"] is True and facts.classes["sha1_mac"] is True
+    assert facts.non_fs is False
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        ("unoffered_suite", "not offered"),
+        ("unoffered_version", "not offered"),
+        ("garbage", "unreadable answer"),
+        ("truncated", "unreadable answer"),
+        ("oversize", "unreadable answer"),
+        ("reset", "connection lost"),
+    ],
+)
+async def test_a_server_we_cannot_read_is_unknown_never_refused(fault: str, why: str) -> None:
+    facts = await scan_fake(FakeHello(fault=fault))  # type: ignore[arg-type]
+    # Nothing read from a bad answer is ever True or False; the versions the fake really refuses
+    # (with an alert, or SSLv2 by closing) may be False.
+    assert facts.protocols["TLSv1.2"] is None
+    assert True not in facts.protocols.values()
+    assert all(v is None for v in facts.classes.values())
+    assert facts.non_fs is None and facts.dhe is None and facts.preferred == {}
+    assert why in facts.errors["TLSv1.2"]
+    assert not facts.complete
+
+
+async def test_rate_limit_421_is_unknown_and_stops() -> None:
+    fake = FakeHello(protocol="smtp", versions=frozenset({h.TLS12, h.TLS13}), refuse_after=3)
+    fake.suites = (0x1302, 0xC02F)
+    facts = await scan_fake(fake)
+    assert facts.protocols["TLSv1.2"] is True and facts.protocols["TLSv1.3"] is True
+    assert facts.rate_limited
+    assert facts.connections == 3  # the third got 421: nothing more was tried
+    assert "421" in facts.errors["TLSv1.1"]
+    assert all(facts.protocols[v] is None for v in ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1"))
+    assert all(v is None for v in facts.classes.values()) and facts.non_fs is None
+    assert all(e.startswith("not tried") for k, e in facts.errors.items() if k != "TLSv1.1")
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_refusal_before_tls_is_unknown(protocol: str) -> None:
+    facts = await scan_fake(FakeHello(protocol=protocol, refuse_after=1))  # type: ignore[arg-type]
+    assert facts.connections == 1 and facts.rate_limited
+    assert all(v is None for v in known(facts))
+
+
+async def test_starttls_dialogues_reach_tls() -> None:
+    protocol: Literal["smtp", "imap", "pop3"]
+    for protocol in ("smtp", "imap", "pop3"):
+        facts = await scan_fake(FakeHello(protocol=protocol))
+        assert facts.protocols["TLSv1.2"] is True and facts.errors == {}, protocol
+
+
+async def test_silent_listener_times_out_as_unknown() -> None:
+    facts = await scan_fake(FakeHello(fault="silent"), timeout=0.5)
+    assert all(v is None for v in known(facts))
+    assert facts.connections == 2  # two unanswered hellos in a row end the scan
+    assert "no complete answer" in facts.errors["TLSv1.2"]
+
+
+async def test_nothing_listening_is_unknown() -> None:
+    port = refused_port()
+    facts = await scan(fake_settings(port), Recorder())
+    assert facts.connections == 1 and all(v is None for v in known(facts))
+    assert "cannot connect" in facts.errors["TLSv1.2"]

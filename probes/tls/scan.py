@@ -126,6 +126,7 @@ class _Scanner:
         self.facts = ScanFacts(checked_at=time.time())
         self.stopped: str | None = None
         self.timeouts = 0
+        self.answered = False  # the server answered a hello of this scan (a ServerHello or an alert)
         self.name = settings.endpoint.server_hostname
 
     # ---- the plan ----------------------------------------------------------------------------------
@@ -240,10 +241,10 @@ class _Scanner:
             remaining = {c for c in classes if f.classes[c] is None}
             if not remaining:
                 return
-            codes = sorted(
-                h.suites_where(lambda s, r=remaining: bool(s.classes & r)),
-                key=lambda c: -len(h.SUITES[c].classes & remaining),
-            )
+            # Suites covering the most unknown classes first: a server that follows the client's order
+            # answers several classes with one hello.
+            members = [c for c in h.ALL_TLS12 if h.SUITES[c].classes & remaining]
+            codes = sorted(members, key=lambda c: -len(h.SUITES[c].classes & remaining))
             answer = await self._hello(f"{step}{round_}", tuple(codes))
             if answer is None or answer.verdict == "unknown":
                 return
@@ -298,7 +299,9 @@ class _Scanner:
                 self.stopped = f"{self.timeouts} hellos in a row unanswered"
             return None
         self.timeouts = 0
-        answer = h.judge(flight, offer, closed=closed)
+        answer = h.judge(flight, offer, closed=closed and self.answered)
+        if flight.server_hello or flight.alert is not None:
+            self.answered = True
         if answer.verdict == "unknown":
             f.errors[name] = answer.why
         elif answer.verdict == "accepted":
