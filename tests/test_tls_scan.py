@@ -263,6 +263,22 @@ async def test_sslv3_only_server_with_rc4_3des_export() -> None:
     assert weak and all(x[9:11] == b"\x03\x00" for x in weak)
 
 
+async def test_silent_refusals_count_once_the_server_answered_a_hello() -> None:
+    """A TLS 1.3-only server that refuses by closing (as Dovecot does): the TLS 1.2 hello, closed before
+    any answer, is refused once the TLS 1.3 hello has been answered; so is every later close."""
+    fake = FakeHello(versions=frozenset({h.TLS13}), suites=(0x1301,), refuse_by_closing=True)
+    facts = await scan_fake(fake)
+    assert facts.protocols == dict.fromkeys(h.VERSION_NAMES.values(), False) | {"TLSv1.3": True}
+    assert facts.errors == {} and facts.complete
+    assert facts.connections == 6  # nothing up to TLS 1.2: no class needs a hello
+
+
+async def test_a_server_that_closes_every_hello_is_unknown() -> None:
+    facts = await scan_fake(FakeHello(versions=frozenset(), refuse_by_closing=True))
+    assert all(v is None for v in known(facts))
+    assert facts.errors["TLSv1.2"] == "connection closed without an answer"
+
+
 async def test_dhe_group_size() -> None:
     facts = await scan_fake(FakeHello(suites=(0x0033,), dh_bits=1024))
     assert facts.dhe is True and facts.dh_bits == 1024

@@ -876,13 +876,13 @@ class Answer:
     suite: int | None = None
 
 
-def judge(flight: Flight, offer: Offer, *, closed: bool = False) -> Answer:
+def judge(flight: Flight, offer: Offer, *, closed: bool = False, close_refuses: bool = True) -> Answer:
     """Accepted: the server chose a version and a suite within the offer. Refused: a refusing alert
-    (handshake_failure, protocol_version, insufficient_security), an SSLv2 ERROR, or — ``closed``, for an
-    SSLv2 or SSLv3 hello only — the server closed the connection cleanly without a byte (how many
-    servers without those protocols refuse them). The caller passes ``closed`` only when the same server
-    answered another hello of the scan: a server that closes every connection is not refusing a
-    version, it is refusing us. Anything else is unknown."""
+    (handshake_failure, protocol_version, insufficient_security), an SSLv2 ERROR, or — ``closed`` — the
+    server closed the connection cleanly (no reset) without a byte after our hello: Dovecot's login
+    processes refuse every hello so, and many servers an SSLv2 one. ``close_refuses`` False (the same
+    server has answered no other hello yet) makes such a close unknown: a server that closes every
+    connection is not refusing a version, it is refusing us. Anything else is unknown."""
     if offer.sslv2:
         if flight.sslv2_ciphers is not None:
             if flight.sslv2_version != SSL2:
@@ -910,7 +910,7 @@ def judge(flight: Flight, offer: Offer, *, closed: bool = False) -> Answer:
             return Answer("refused", _alert_text(flight.alert))
         return Answer("unknown", f"server sent {_alert_text(flight.alert)}")
     if closed and not flight.messages:
-        if offer.version in (SSL2, SSL3):
+        if close_refuses:
             return Answer("refused", "connection closed without an answer")
         return Answer("unknown", "connection closed without an answer")
     return Answer("unknown", "no ServerHello")

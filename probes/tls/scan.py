@@ -127,6 +127,7 @@ class _Scanner:
         self.stopped: str | None = None
         self.timeouts = 0
         self.answered = False  # the server answered a hello of this scan (a ServerHello or an alert)
+        self.closed_early: list[str] = []  # version hellos closed without a word before any answer
         self.name = settings.endpoint.server_hostname
 
     # ---- the plan ----------------------------------------------------------------------------------
@@ -139,6 +140,7 @@ class _Scanner:
             if f.protocols[h.VERSION_NAMES[version]] is None:
                 await self._version(version)
         await self._sslv2()
+        self._resolve_closed()
         legacy = [f.protocols[n] for n in ("SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2")]
         if all(v is False for v in legacy):  # nothing up to TLS 1.2: no suite of those can be chosen
             for cls in WEAK_CLASSES + INFO_CLASSES:
@@ -157,6 +159,17 @@ class _Scanner:
             if answer is not None and answer.verdict != "unknown":
                 f.dhe = answer.verdict == "accepted"
         await self._eliminate("info", INFO_CLASSES)
+
+    def _resolve_closed(self) -> None:
+        """Version hellos the server closed silently before it had answered any hello: once it has
+        answered one (it is not closing on us as such), those closes are refusals like the later ones."""
+        if not self.answered:
+            return
+        for name in self.closed_early:
+            if self.facts.protocols[name] is None:
+                self.facts.protocols[name] = False
+                self.facts.errors.pop(name, None)
+        self.closed_early.clear()
 
     async def _rich_tls12(self) -> None:
         f = self.facts
@@ -299,9 +312,12 @@ class _Scanner:
                 self.stopped = f"{self.timeouts} hellos in a row unanswered"
             return None
         self.timeouts = 0
-        answer = h.judge(flight, offer, closed=closed and self.answered)
         if flight.server_hello or flight.alert is not None:
             self.answered = True
+        silent = closed and not buf_seen(flight)
+        if silent and not self.answered and name in PROTOCOLS:
+            self.closed_early.append(name)  # refused or not, told once another hello is answered
+        answer = h.judge(flight, offer, closed=closed, close_refuses=self.answered)
         if answer.verdict == "unknown":
             f.errors[name] = answer.why
         elif answer.verdict == "accepted":
@@ -456,6 +472,11 @@ _STARTTLS: Final[dict[str, Callable[[_Scanner, BoundedReader, asyncio.StreamWrit
     "imap": _Scanner._imap,
     "pop3": _Scanner._pop3,
 }
+
+
+def buf_seen(flight: h.Flight) -> bool:
+    """Anything at all was read for this hello (a message, an alert, an SSLv2 reply)."""
+    return bool(flight.messages) or flight.alert is not None or flight.sslv2_ciphers is not None
 
 
 def _local_name() -> str:

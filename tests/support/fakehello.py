@@ -36,6 +36,7 @@ class FakeHello:
     refuse_after: int | None = None  # answer 421 / * BYE / -ERR from this connection on (1-based)
     fault: Fault = "none"
     fault_on: frozenset[str] = frozenset({"hello"})  # "hello" (every hello) or "sslv2"
+    refuse_by_closing: bool = False  # refuse as Dovecot does: close without an alert
     connections: int = 0
     hellos: list[bytes] = field(default_factory=list)
 
@@ -56,7 +57,10 @@ class FakeHello:
             length = struct.unpack("!H", rest[1:3])[0]
             body = await reader.readexactly(length)
             self.hellos.append(head + rest + body)
-            writer.write(await self._tls(body[4:]))
+            answer = await self._tls(body[4:])
+            if self.refuse_by_closing and answer[:1] == b"\x15":
+                return
+            writer.write(answer)
         await writer.drain()
         if self.fault in ("garbage", "truncated", "oversize"):
             return  # and close: a cut record must be seen as cut, not waited for
