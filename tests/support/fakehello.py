@@ -195,7 +195,8 @@ def server_hello(version: int, suite: int, *, tls13: bool = False) -> bytes:
 
 
 def parse_client_hello(body: bytes) -> tuple[int, list[int], dict[str, list[int]]]:
-    """(client_version, suites, {"versions": supported_versions}) of a ClientHello body."""
+    """(client_version, suites, {"versions": supported_versions, "kinds": extension types}) of a
+    ClientHello body."""
     version = struct.unpack("!H", body[0:2])[0]
     pos = 34
     pos += 1 + body[pos]
@@ -210,6 +211,7 @@ def parse_client_hello(body: bytes) -> tuple[int, list[int], dict[str, list[int]
         while pos < end:
             kind, length = struct.unpack("!HH", body[pos : pos + 4])
             data = body[pos + 4 : pos + 4 + length]
+            exts.setdefault("kinds", []).append(kind)
             if kind == h.EXT_SUPPORTED_VERSIONS:
                 exts["versions"] = [struct.unpack("!H", data[1 + i : 3 + i])[0] for i in range(0, data[0], 2)]
             pos += 4 + length
