@@ -164,7 +164,7 @@ def python_server(cert: Path, key: Path) -> Iterator[tuple[int, list[str | None]
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     names: list[str | None] = []
-    ctx.sni_callback = lambda _s, name, _c: names.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    ctx.sni_callback = lambda _s, name, _c: names.append(name)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
