@@ -103,7 +103,7 @@ async def scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
 
 
 class _Scanner:
-    """The plan: each step skips what earlier answers already told (see docs/tls.md, "The scan").
+    """The plan: each step skips what earlier answers already told (docs/architecture.md, "The TLS scan").
 
     1. TLS 1.2 with every suite of the table in a modern client's order, status_request,
        renegotiation_info and deflate: preferred suite, served chain, staple, secure renegotiation,
