@@ -10,22 +10,31 @@ faults (a suite never offered, garbage, truncated or oversize records, 421 after
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from probes.recorder import Recorder
 from probes.tls import hello as h
 from probes.tls.audit import TLSCheckSettings, openssl_offers
+from probes.tls.chain import Anchors, chain_facts, staple_status
 from probes.tls.scan import INFO_CLASSES, WEAK_CLASSES, ScanCache, ScanFacts, scan, scan_key
 from probes.wire.certs import presented_chain
 from probes.wire.net import Endpoint, TLSSettings
 from probes.wire.slots import ServerSlots
 from tests.mailstack import SERVER_NAME, MailStack
+from tests.mailstack.variants import TestPKI
+from tests.support import gnutlsns
 from tests.support.fakehello import FakeHello, fake_hello
 from tests.support.faultservers import refused_port
 from tests.support.tlsaudit import SOURCE
@@ -349,3 +358,56 @@ async def test_nothing_listening_is_unknown() -> None:
     facts = await scan(fake_settings(port), Recorder())
     assert facts.connections == 1 and all(v is None for v in known(facts))
     assert "cannot connect" in facts.errors["TLSv1.2"]
+
+
+# ---- GnuTLS: RC4, 3DES, NULL, anonymous and a staple, for real -----------------------------------------
+
+
+@pytest.mark.skipif(not gnutlsns.available(), reason="gnutls-serv or unprivileged namespaces unavailable")
+def test_gnutls_weak_classes_and_staple(tmp_path: Path) -> None:
+    pki = TestPKI("gnutls scan")
+    leaf = pki.leaf(["mail.example.test"], issuer=pki.root, common_name="mail.example.test")
+    (tmp_path / "cert.pem").write_bytes(leaf.pem)
+    (tmp_path / "key.pem").write_bytes(
+        leaf.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    response = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf.cert,
+            issuer=pki.root.cert,
+            algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=now - dt.timedelta(hours=1),
+            next_update=now + dt.timedelta(days=1),
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.root.cert)
+        .sign(pki.root.key, hashes.SHA256())
+    )
+    (tmp_path / "ocsp.der").write_bytes(response.public_bytes(serialization.Encoding.DER))
+    priority = "NORMAL:+ARCFOUR-128:+3DES-CBC:+ANON-ECDH:+NULL:+VERS-TLS1.0:+VERS-TLS1.1"
+    facts = gnutlsns.scan_in_namespace(tmp_path, priority)
+    print("\n".join(facts["transcript"]))
+    # GnuTLS 3.7 turns TLS 1.3 off when +NULL is in the priority (its own gnutls-cli gets a fatal alert
+    # for TLS 1.3 too): TLS 1.3 False is the server's answer, not our hello's fault.
+    assert facts["protocols"] == {
+        "SSLv2": False, "SSLv3": False, "TLSv1": True, "TLSv1.1": True, "TLSv1.2": True, "TLSv1.3": False,
+    }  # fmt: skip
+    assert facts["classes"] == {
+        "null": True, "anon": True, "export": False, "rc4": True, "3des": True,
+        "cbc_only": True, "sha1_mac": True,
+    }  # fmt: skip
+    assert facts["errors"] == {}
+    assert facts["connections"] <= 14
+    served = [base64.b64decode(c) for c in facts["served_chain"]]
+    assert served == [leaf.der]
+    assert facts["stapled"] is True
+    staple = base64.b64decode(facts["ocsp_staple"])
+    chain = chain_facts(served, Anchors.of([pki.root.cert]))
+    assert chain.complete is True and chain.issuer == pki.root.der
+    assert staple_status(staple, leaf.der, chain.issuer, time.time()) == "good"
