@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.tls import hello as h
 from probes.tls.audit import TLSCheckSettings, openssl_offers
@@ -351,6 +352,26 @@ async def test_silent_listener_times_out_as_unknown() -> None:
     assert all(v is None for v in known(facts))
     assert facts.connections == 2  # two unanswered hellos in a row end the scan
     assert "no complete answer" in facts.errors["TLSv1.2"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"), [("drip_banner", "no STARTTLS within"), ("long_line", "line longer")]
+)
+async def test_a_bad_dialogue_before_tls_stops_the_scan(fault: str, why: str) -> None:
+    facts = await scan_fake(FakeHello(protocol="smtp", fault=fault), timeout=0.5)  # type: ignore[arg-type]
+    assert facts.connections == 1 and all(v is None for v in known(facts))
+    assert why in facts.errors["TLSv1.2"] and not facts.rate_limited
+
+
+async def test_bad_settings_are_config_errors() -> None:
+    for settings in (
+        TLSCheckSettings(Endpoint("127.0.0.1", 1, "starttls"), "tcp"),
+        TLSCheckSettings(Endpoint("127.0.0.1", 1, "none"), "smtp"),
+        TLSCheckSettings(Endpoint("127.0.0.1", 1, "implicit"), "ftp"),
+    ):
+        with pytest.raises(ProbeError) as info:
+            await scan(settings, Recorder())
+        assert info.value.reason == "config"
 
 
 async def test_nothing_listening_is_unknown() -> None:

@@ -18,8 +18,9 @@ from typing import Literal
 from probes.tls import hello as h
 
 Fault = Literal[
-    "none", "unoffered_suite", "unoffered_version", "garbage", "truncated", "oversize", "silent", "reset"
-]
+    "none", "unoffered_suite", "unoffered_version", "garbage", "truncated", "oversize", "silent", "reset",
+    "drip_banner", "long_line",
+]  # fmt: skip
 
 
 @dataclass
@@ -73,6 +74,16 @@ class FakeHello:
         if self.protocol == "smtp":
             if limited:
                 writer.write(b"421 4.7.0 mail.example.test Error: too many connections\r\n")
+                return False
+            if self.fault == "drip_banner":  # a banner that never ends, one line at a time
+                while True:
+                    writer.write(b"220-still greeting\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+            if self.fault == "long_line":
+                writer.write(b"220 " + b"x" * 100_000 + b"\r\n")
+                await writer.drain()
+                await reader.read(1)
                 return False
             writer.write(b"220 fake ESMTP\r\n")
             await reader.readline()
