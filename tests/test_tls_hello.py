@@ -342,6 +342,24 @@ def test_fuzz_record_shaped(data: bytes, eof: bool) -> None:
     _check(data, eof, False)
 
 
+def test_tls13_answers() -> None:
+    def sh13(group: int, *, hrr: bool = False) -> bytes:
+        share = struct.pack("!H", group) + (b"" if hrr else struct.pack("!H", 32) + bytes(32))
+        exts = struct.pack("!HHH", h.EXT_SUPPORTED_VERSIONS, 2, h.TLS13)
+        exts += struct.pack("!HH", h.EXT_KEY_SHARE, len(share)) + share
+        rnd = h.HRR_RANDOM if hrr else bytes(32)
+        body = struct.pack("!H", h.TLS12) + rnd + b"\x00" + struct.pack("!HBH", 0x1301, 0, len(exts)) + exts
+        return record(22, handshake(2, body))
+
+    _, offer = h.tls13_client_hello()
+    assert h.judge(h.parse_flight(sh13(h.X25519)), offer).verdict == "accepted"
+    assert h.judge(h.parse_flight(sh13(0x0100)), offer).verdict == "unknown"  # no share sent, no HRR
+    hrr = h.parse_flight(sh13(0x0100, hrr=True))
+    assert hrr.hrr and hrr.complete and h.judge(hrr, offer).verdict == "accepted"
+    assert h.judge(h.parse_flight(sh13(0x9999, hrr=True)), offer).verdict == "unknown"
+    assert h.judge(h.parse_flight(sh13(h.X25519)), h.Offer(h.TLS12, (0x1301,))).verdict == "unknown"
+
+
 def test_limits() -> None:
     with pytest.raises(h.HelloError, match="record of"):
         h.parse_flight(struct.pack("!BHH", 22, h.TLS12, h.MAX_RECORD + 1))
