@@ -28,17 +28,17 @@ from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.tls import hello as h
 from probes.tls.audit import TLSCheckSettings, openssl_offers
-from probes.tls.chain import Anchors, chain_facts, staple_status
+from probes.tls.chain import Anchors, chain_facts, staple_status, trust_anchors
 from probes.tls.scan import INFO_CLASSES, WEAK_CLASSES, ScanCache, ScanFacts, scan, scan_key
 from probes.wire.certs import presented_chain
 from probes.wire.net import Endpoint, TLSSettings
 from probes.wire.slots import ServerSlots
 from tests.mailstack import SERVER_NAME, MailStack
-from tests.mailstack.variants import TestPKI
+from tests.mailstack.variants import TestPKI, VariantSet, reap_orphans
 from tests.support import gnutlsns
 from tests.support.fakehello import FakeHello, fake_hello
 from tests.support.faultservers import refused_port
-from tests.support.tlsaudit import SOURCE
+from tests.support.tlsaudit import NAMES, SOURCE
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 
@@ -437,3 +437,55 @@ def test_gnutls_weak_classes_and_staple(tmp_path: Path) -> None:
     chain = chain_facts(served, Anchors.of([pki.root.cert]))
     assert chain.complete is True and chain.issuer == pki.root.der
     assert staple_status(staple, leaf.der, chain.issuer, time.time()) == "good"
+
+
+# ---- served chains of a real Dovecot: complete, missing, misordered, root sent --------------------------
+
+
+@pytest.fixture(scope="module")
+def chain_variants(mailstack: MailStack) -> Iterator[VariantSet]:
+    reap_orphans()
+    pki = TestPKI("scan chains")
+    inter = pki.ca("scan intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(900))
+    sub = pki.ca("scan sub-intermediate", issuer=inter, not_before=pki.days(-1), not_after=pki.days(800))
+    leaf = pki.leaf(NAMES, issuer=sub, common_name=SERVER_NAME)
+    vs = VariantSet(mailstack, pki)
+    vs.add("complete", [leaf, sub, inter], dovecot_ports=("imaps",))
+    vs.add("missing", [leaf, inter], dovecot_ports=("imaps",))
+    vs.add("misordered", [leaf, inter, sub], dovecot_ports=("imaps",))
+    vs.add("rootsent", [leaf, sub, inter, pki.root], dovecot_ports=("imaps",))
+    with vs:
+        yield vs
+
+
+@pytest.mark.parametrize(
+    ("name", "complete", "ordered", "superfluous", "anchor_sent"),
+    [
+        ("complete", True, True, 0, False),
+        ("missing", False, True, 1, False),
+        ("misordered", True, False, 0, False),
+        ("rootsent", True, True, 0, True),
+    ],
+)
+async def test_served_chain_facts(
+    chain_variants: VariantSet, name: str, complete: bool, ordered: bool, superfluous: int, anchor_sent: bool
+) -> None:
+    v = chain_variants.variants[name]
+    settings = settings_for(v.host, v.ports["imaps"], "imap", "implicit")
+    facts = await scan(settings, Recorder())
+    assert facts.served_chain == [c.der for c in v.chain]  # as sent, in the order sent
+    chain = chain_facts(facts.served_chain, trust_anchors(str(chain_variants.ca_file)))
+    assert (chain.complete, chain.ordered, chain.superfluous, chain.anchor_sent) == (
+        complete, ordered, superfluous, anchor_sent,
+    )  # fmt: skip
+    # What OpenSSL's own verification says of the same chain (no AIA fetching either).
+    ctx = ssl.create_default_context(cafile=str(chain_variants.ca_file))
+    try:
+        with (
+            socket.create_connection((v.host, v.ports["imaps"]), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=SERVER_NAME),
+        ):
+            verified = True
+    except ssl.SSLCertVerificationError:
+        verified = False
+    assert verified is complete
