@@ -296,6 +296,24 @@ DIALOGUES = [
 ]
 
 
+async def test_rate_limited_after_a_failed_verification_is_tls_connect(pki: PKI) -> None:
+    """Was ``tls_handshake`` ("no TLS session"): the first session fails verification, the second one,
+    to gather the chain, is greeted ``421`` (rate limited). The server does speak TLS: what stopped the
+    audit is the dialogue, and the certificate's verdict is kept in the facts."""
+    async with serve_tls(weak_context(pki, "modern"), "smtp", sessions=1) as port:
+        facts, error = await audit(port, "smtp", None)
+    assert error is not None and error.reason == "tls_connect"
+    assert "421 4.7.0" in error.message and "unable to get local issuer certificate" in error.message
+    assert facts is not None and (facts.verified, facts.verify_reason) == (False, "untrusted")
+
+
+async def test_rate_limited_legacy_handshakes_stay_unknown(pki: PKI) -> None:
+    async with serve_tls(weak_context(pki, "modern"), "smtp", sessions=1) as port:
+        facts, error = await audit(port, "smtp", pki.ca_file)
+    assert error is None and facts is not None and facts.verified
+    assert facts.legacy == {"TLSv1": None, "TLSv1.1": None}
+
+
 @pytest.mark.parametrize(("protocol", "step", "reply", "close", "outcome"), DIALOGUES)
 async def test_dialogue_failures_before_tls(
     protocol: str, step: str, reply: bytes, close: bool, outcome: str

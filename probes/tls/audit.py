@@ -175,6 +175,7 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     # judge the certificate on a second handshake that still verifies but accepts any parameters; if
     # that fails too, or the certificate was the reason, look once more without verification, for the
     # chain and the dates.
+    turned_away: ProbeError | None = None  # a later session refused before TLS (421, BYE, a timeout)
     if first_error is not None and facts.starttls_offered is not False:
         cert_error: ProbeError = first_error
         if parameters_refused(first_error):
@@ -187,6 +188,8 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
                 recorder.debug("tls:", f"permissive verified handshake failed ({exc.reason}): {exc.message}")
                 if _certificate_failed(exc):
                     cert_error = exc  # the certificate's own verdict, at last
+                elif not _tls_stage(exc):
+                    turned_away = exc
             else:
                 _merge(facts, seen)
                 facts.handshake_refused = describe_refusal(first_error, facts.version, facts.cipher)
@@ -199,8 +202,9 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
                     settings, _scratch(recorder), _unverified_context(ep), None
                 ) as ssl_object:
                     seen = await facts_from_connection(ssl_object, ep, settings.protocol, ep.tls_mode)
-            except ProbeError:
-                pass  # no session even unverified: handshake_ok stays False
+            except ProbeError as exc:  # no session even unverified: handshake_ok stays False
+                if not _tls_stage(exc):
+                    turned_away = exc
             else:
                 _merge(facts, seen)
                 if parameters_refused(first_error):
@@ -237,6 +241,13 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         if facts.verify_reason is None:
             facts.verify_reason = "other"
         recorder.facts.current_phase = "tls_handshake"  # the legacy phase has cleared it
+        if turned_away is not None:  # the server stopped talking: nothing more is known of its TLS
+            recorder.facts.current_phase = "tls_connect"
+            raise ProbeError(
+                f"{ep.address}: {facts.error or 'handshake failed'}; another session to look again was "
+                f"refused before TLS: {turned_away.message}",
+                reason="tls_connect",
+            )
         raise ProbeError(
             f"no TLS session with {ep.address}: {facts.error or 'handshake failed'}", reason="tls_handshake"
         )

@@ -122,9 +122,10 @@ def server_context(
 
 
 @contextlib.asynccontextmanager
-async def serve_tls(ctx: ssl.SSLContext, protocol: str) -> AsyncIterator[int]:
+async def serve_tls(ctx: ssl.SSLContext, protocol: str, *, sessions: int | None = None) -> AsyncIterator[int]:
     """Serve on 127.0.0.1 (a free port) until the block ends; yields the port. ``tcp``: implicit TLS and
-    nothing more; ``smtp``: a plain SMTP dialogue offering STARTTLS, then EHLO/QUIT under TLS.
+    nothing more; ``smtp``: a plain SMTP dialogue offering STARTTLS, then EHLO/QUIT under TLS; with
+    ``sessions``, every SMTP session after that many is greeted ``421`` (Postfix's connection rate limit).
 
     Blocking sockets in threads, as a real server's OpenSSL does it: a refused handshake ends with the
     server's alert on the wire (asyncio's server side may drop it when it closes the transport)."""
@@ -132,6 +133,7 @@ async def serve_tls(ctx: ssl.SSLContext, protocol: str) -> AsyncIterator[int]:
     listener.settimeout(0.2)
     stop = threading.Event()
     open_conns: set[socket.socket] = set()
+    count = [0]  # SMTP sessions so far
 
     def session(conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -151,6 +153,10 @@ async def serve_tls(ctx: ssl.SSLContext, protocol: str) -> AsyncIterator[int]:
     def _smtp(conn: socket.socket) -> None:
         sock: socket.socket = conn
         reader = sock.makefile("rb")
+        count[0] += 1
+        if sessions is not None and count[0] > sessions:
+            sock.sendall(b"421 4.7.0 weak.example.test Error: too many connections from 127.0.0.1\r\n")
+            return
         sock.sendall(b"220 weak.example.test ESMTP\r\n")
         secured = False
         while line := reader.readline(1024):
