@@ -28,6 +28,8 @@ from exporter.registry import Verdict, find
 from exporter.run.results import OUTCOMES, TLS_OUTCOMES, ResultStore
 from exporter.run.runner import Runner, make_masker, revoked_verdict
 from exporter.state.ledger import Ledger
+from probes.domain.mx import MXCheckSettings, MXHost, MXResolution, check_address
+from probes.domain.probe import DomainReport, MXAddressResult, render_report
 from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
@@ -330,3 +332,25 @@ def test_outcomes_are_declared() -> None:
     """Every outcome is a series from the start: the new ones too, where a kind can end in them."""
     assert {"tls_params", "tls_revoked"} <= set(TLS_OUTCOMES)
     assert "tls_revoked" in OUTCOMES and "tls_params" not in OUTCOMES
+
+
+# ---- the domain check judges the same facts -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weakness", ["dhe1024", "rsa_kx"])
+async def test_domain_mx_address_with_weak_parameters(pki: PKI, weakness: str) -> None:
+    """Was the finding ``cert_other`` (and ``mailcanary_domain_mx_cert_verified 0``): now the certificate
+    verifies and the finding is ``tls_params``; the report says what today's senders are refused."""
+    async with serve_tls(weak_context(pki, weakness), "smtp") as port:
+        settings = MXCheckSettings(port=port, timeout=5.0, check_legacy=False, ca_file=str(pki.ca_file))
+        address = await check_address(NAME, "127.0.0.1", settings, Recorder())
+    assert address.tls is not None and (address.tls.verified, address.tls.verify_reason) == (True, None)
+    host = MXHost(NAME, 10, ("127.0.0.1",), "secure")
+    resolution = MXResolution("example.test", (host,), implicit=False, null_mx=False, dnssec="secure")
+    report = DomainReport("example.test", resolution, [MXAddressResult(address)])
+    assert report.problems == [f"{NAME}/127.0.0.1: tls_params"]
+    assert f"refused by a client with today's defaults: {address.tls.handshake_refused}" in render_report(
+        report
+    )
+    address.tls.ocsp_staple_status = "revoked"
+    assert report.problems[-1] == f"{NAME}/127.0.0.1: ocsp_staple_revoked"
