@@ -14,6 +14,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,11 @@ from exporter.config import load_config
 from exporter.kinds.tls import judge, tls_outcome
 from exporter.metrics.collector import ExporterState, SeriesCache
 from exporter.registry import Verdict, find
+from exporter.run.history import History
 from exporter.run.results import OUTCOMES, TLS_OUTCOMES, ResultStore
 from exporter.run.runner import Runner, make_masker, revoked_verdict
 from exporter.state.ledger import Ledger
+from exporter.web.status import render_status
 from probes.domain.mx import MXCheckSettings, MXHost, MXResolution, check_address
 from probes.domain.probe import DomainReport, MXAddressResult, render_report
 from probes.errors import ProbeError
@@ -163,6 +166,45 @@ async def test_modern_server_needs_no_second_look(pki: PKI) -> None:
     assert (facts.verified, facts.handshake_refused, tls_outcome(facts)) == (True, None, "success")
 
 
+async def test_weak_parameters_through_the_daemons_runner(pki: PKI, tmp_path: Path) -> None:
+    """The whole way out: ``cert_verified 1``, no verify error series, ``check_success 0``, outcome
+    ``tls_params``; ``mailcanary probe`` CRITICAL with the refusal in words; the status page says it."""
+    async with serve_tls(weak_context(pki, "dhe1024"), "smtp") as port:
+        loaded = load_config(tls_check_config(tmp_path, port, pki.ca_file, name="weakdh"))
+        found = find(loaded.config, "weakdh")
+        assert found is not None
+        store = ResultStore()
+        store.ensure(["weakdh"])
+        state = ExporterState(probes={"weakdh": "tls"})
+        cache = SeriesCache(store, state)
+        history = History()
+        masker = make_masker(loaded)
+        runner = Runner(
+            loaded=loaded, key=b"k" * 32, ledger=Ledger(None), store=store, masker=masker, history=history
+        )
+        run = await runner.run(*found)
+    assert (run.success, run.reason) == (False, "tls_params")
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(cache.text())
+        for s in fam.samples
+    }
+    where = frozenset({("probe", "weakdh"), ("endpoint", f"127.0.0.1:{port}"), ("protocol", "smtp")})
+    assert samples[("mailcanary_tls_cert_verified", where)] == 1
+    assert not [k for k in samples if k[0] == "mailcanary_tls_cert_verify_error_info"]
+    assert samples[("mailcanary_tls_check_success", frozenset({("probe", "weakdh")}))] == 0
+    outcome = frozenset({("probe", "weakdh"), ("outcome", "tls_params")})
+    assert samples[("mailcanary_tls_check_runs_total", outcome)] == 1
+    text, code = report([run], entries={"weakdh": found[1]})
+    assert code == 2 and text.startswith("MAILCANARY CRITICAL - weakdh: tls_params")
+    refused = "DH key too small; the server chose DHE-RSA-AES256-GCM-SHA384 (TLSv1.2)"
+    assert f"    refused    by a client with today's defaults: {refused}" in text
+    assert "    verified   yes" in text and "verdict    NEEDS ATTENTION" in text
+    page = render_status(store.snapshot(), state, history, {})
+    assert "FAILED tls_params" in page
+    assert escape(f"refused by a client with today's defaults: {refused}") in page
+
+
 # ---- 2. revoked is a failure -----------------------------------------------------------------------------
 
 
@@ -172,13 +214,13 @@ async def responder(pki: PKI) -> AsyncIterator[OCSPResponder]:
         yield r
 
 
-def tls_check_config(tmp_path: Path, port: int, ca_file: Path) -> str:
+def tls_check_config(tmp_path: Path, port: int, ca_file: Path, name: str = "revoked") -> str:
     path = tmp_path / "mailcanary.yml"
     path.write_text(
         f"""
 global: {{state_dir: {tmp_path / "state"}, check_ocsp: true, ocsp_timeout: 5s}}
 tls_checks:
-  - name: revoked
+  - name: {name}
     host: 127.0.0.1
     port: {port}
     protocol: smtp
@@ -211,8 +253,8 @@ async def test_revoked_certificate_fails_the_check(
         run = await runner.run(*found)
     assert responder.asked == [leaf.cert.serial_number]
     address = f"127.0.0.1:{port}"
-    assert run.tls[address].verified and run.hygiene[address].ocsp is not None
-    assert run.hygiene[address].ocsp.status == status
+    answer = run.hygiene[address].ocsp
+    assert run.tls[address].verified and answer is not None and answer.status == status
     samples = {
         (s.name, frozenset(s.labels.items())): s.value
         for fam in text_string_to_metric_families(cache.text())
@@ -230,6 +272,8 @@ async def test_revoked_certificate_fails_the_check(
     assert samples[("mailcanary_tls_check_runs_total", outcome)] == 1
     assert code == 2 and text.startswith("MAILCANARY CRITICAL - revoked: tls_revoked")
     assert "verdict    REVOKED (OCSP responder)" in text
+    page = render_status(store.snapshot(), ExporterState(probes={"revoked": "tls"}), History(), {})
+    assert "FAILED tls_revoked" in page and "REVOKED (OCSP responder)" in page
 
 
 def _facts(**kw: object) -> TLSFacts:
