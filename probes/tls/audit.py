@@ -1,9 +1,13 @@
 """TLS and certificate audit of one mail endpoint, on the real protocol dialogue.
 
 One handshake with verification on, through the project's own SMTP/IMAP/POP3 clients (so STARTTLS is
-done exactly as the round trip does it). If that fails, an unverified second look gathers the chain,
-version and expiry anyway: an expired or untrusted certificate is exactly when the dates matter most.
-Then, if asked, one short handshake pinned to each legacy version (TLS 1.0, 1.1) at security level 0.
+done exactly as the round trip does it). If that fails for the server's parameters rather than its
+certificate (DH key too small, RSA key exchange only, old versions only), a second handshake that still
+verifies but accepts any parameters judges the certificate, and the refusal becomes a fact of its own
+(``handshake_refused``). If the certificate fails, or no verifying handshake completes, an unverified look
+gathers the chain, version and expiry anyway: an expired or untrusted certificate is exactly when the
+dates matter most. Then, if asked, one short handshake pinned to each legacy version (TLS 1.0, 1.1) at
+security level 0.
 
 Facts go to ``recorder.tls[endpoint]`` as soon as anything is known, so they survive a later failure. A
 failed verification is a fact (``verified=False`` with a reason), not an exception: :func:`probe_tls`
@@ -132,8 +136,9 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     (STARTTLS and the verified handshake) and ``tls_legacy`` (all legacy handshakes).
 
     Raises :class:`ProbeError` with reason ``tls_connect`` (no connection, or no sane dialogue before
-    TLS), ``tls_handshake`` (no TLS session at all, STARTTLS not offered included: the facts gathered so
-    far are in ``recorder.tls``), ``timeout``, or ``config``.
+    TLS: a greeting that refuses, an SMTP ``421`` at any step, a later look turned away so), ``tls_handshake``
+    (no TLS session at all, STARTTLS not offered or refused included: the facts gathered so far are in
+    ``recorder.tls``), ``timeout``, or ``config``.
     """
     ep = settings.endpoint
     _check(settings)
@@ -175,15 +180,12 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     # judge the certificate on a second handshake that still verifies but accepts any parameters; if
     # that fails too, or the certificate was the reason, look once more without verification, for the
     # chain and the dates.
-    turned_away: ProbeError | None = None  # a later session refused before TLS (421, BYE, a timeout)
+    turned_away: ProbeError | None = None  # a later session refused before TLS (421, BYE) or stalled
     if first_error is not None and facts.starttls_offered is not False:
         cert_error: ProbeError = first_error
         if parameters_refused(first_error):
             try:
-                async with _secured(
-                    settings, _scratch(recorder), _permissive_context(ep), None
-                ) as ssl_object:
-                    seen = await facts_from_connection(ssl_object, ep, settings.protocol, ep.tls_mode)
+                seen = await _look(settings, recorder, _permissive_context(ep))
             except ProbeError as exc:
                 recorder.debug("tls:", f"permissive verified handshake failed ({exc.reason}): {exc.message}")
                 if _certificate_failed(exc):
@@ -198,10 +200,7 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
                 recorder.debug("tls:", f"permissive verified handshake ok: {facts.version} {facts.cipher}")
         if not facts.verified:
             try:
-                async with _secured(
-                    settings, _scratch(recorder), _unverified_context(ep), None
-                ) as ssl_object:
-                    seen = await facts_from_connection(ssl_object, ep, settings.protocol, ep.tls_mode)
+                seen = await _look(settings, recorder, _unverified_context(ep))
             except ProbeError as exc:  # no session even unverified: handshake_ok stays False
                 if not _tls_stage(exc):
                     turned_away = exc
@@ -241,6 +240,8 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         if facts.verify_reason is None:
             facts.verify_reason = "other"
         recorder.facts.current_phase = "tls_handshake"  # the legacy phase has cleared it
+        if isinstance(turned_away, ProbeTimeout):  # a later look stalled: the stall rule
+            raise ProbeTimeout(f"{ep.address}: {facts.error or 'handshake failed'}; {turned_away.message}")
         if turned_away is not None:  # the server stopped talking: nothing more is known of its TLS
             recorder.facts.current_phase = "tls_connect"
             raise ProbeError(
