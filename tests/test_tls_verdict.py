@@ -37,6 +37,7 @@ from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
 from probes.tls.hygiene import Hygiene, OCSPResult, key_facts
+from probes.wire.certs import describe_refusal, forward_secret, parameters_refused
 from probes.wire.net import Endpoint, TLSSettings
 from tests.mailstack.variants import Issued, TestPKI
 from tests.support.faultservers import pretls_handler, serving
@@ -398,3 +399,33 @@ async def test_domain_mx_address_with_weak_parameters(pki: PKI, weakness: str) -
     )
     address.tls.ocsp_staple_status = "revoked"
     assert report.problems[-1] == f"{NAME}/127.0.0.1: ocsp_staple_revoked"
+
+
+def _ssl_error(reason: str, cls: type[ssl.SSLError] = ssl.SSLError) -> ssl.SSLError:
+    err = cls(1, f"[SSL: {reason}] test")
+    err.reason = reason
+    return err
+
+
+def test_refusal_words() -> None:
+    """The pure part: which handshake failures are the parameters', and the one line that says so."""
+    dh = ProbeError("SMTP STARTTLS: TLS handshake failed: DH_KEY_TOO_SMALL", reason="smtp_tls")
+    dh.__cause__ = _ssl_error("DH_KEY_TOO_SMALL")
+    assert parameters_refused(dh)
+    assert describe_refusal(dh, None, None) == "DH key too small"
+    old = ProbeError("x", reason="tls_handshake")
+    old.__cause__ = _ssl_error("UNSUPPORTED_PROTOCOL")
+    assert describe_refusal(old, "TLSv1", "ECDHE-RSA-AES256-SHA") == (
+        "no protocol version in common; the server chose ECDHE-RSA-AES256-SHA (TLSv1)"
+    )
+    odd = ProbeError("x", reason="tls_handshake")
+    odd.__cause__ = _ssl_error("SOMETHING_NEW")
+    assert describe_refusal(odd, "TLSv1.2", "AES128-SHA") == (
+        "something new; the server chose AES128-SHA (TLSv1.2): RSA key exchange, no forward secrecy"
+    )
+    cert = ProbeError("x", reason="smtp_tls")
+    cert.__cause__ = _ssl_error("CERTIFICATE_VERIFY_FAILED", ssl.SSLCertVerificationError)
+    assert not parameters_refused(cert)
+    assert not parameters_refused(ProbeError("SMTP STARTTLS answered 454", reason="smtp_tls", code=454))
+    assert forward_secret("TLS_AES_128_GCM_SHA256") and forward_secret("DHE-RSA-AES256-GCM-SHA384")
+    assert not forward_secret("AES256-GCM-SHA384") and not forward_secret("DES-CBC3-SHA")

@@ -183,7 +183,7 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     turned_away: ProbeError | None = None  # a later session refused before TLS (421, BYE) or stalled
     if first_error is not None and facts.starttls_offered is not False:
         cert_error: ProbeError = first_error
-        if parameters_refused(first_error):
+        if _refused_in_handshake(first_error):
             try:
                 seen = await _look(settings, recorder, _permissive_context(ep))
             except ProbeError as exc:
@@ -206,7 +206,7 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
                     turned_away = exc
             else:
                 _merge(facts, seen)
-                if parameters_refused(first_error):
+                if _refused_in_handshake(first_error):
                     facts.handshake_refused = describe_refusal(first_error, facts.version, facts.cipher)
             facts.verified = False
             facts.verify_reason = classify_verify_error(cert_error, facts.chain, time.time())
@@ -305,6 +305,13 @@ def _tls_stage(exc: ProbeError) -> bool:
 
 def _certificate_failed(exc: BaseException) -> bool:
     return isinstance(find_ssl_error(exc), ssl.SSLCertVerificationError)
+
+
+def _refused_in_handshake(exc: ProbeError) -> bool:
+    """The handshake itself failed, not on the certificate: an ``ssl`` error other than a verification
+    failure (probes.wire.certs.parameters_refused), or the server hanging up mid-handshake (some do that
+    instead of an alert). A more permissive handshake may then judge the certificate."""
+    return parameters_refused(exc) or (_handshake_tried(exc) and not _certificate_failed(exc))
 
 
 def _connect_error(exc: ProbeError) -> ProbeError:
