@@ -21,6 +21,7 @@ from exporter.config import ModuleConfig
 from exporter.metrics.collector import ExporterState
 from exporter.run.history import FAILURES_KEPT, Failure, History, Point
 from exporter.run.results import ProbeStats
+from exporter.run.runner import revocations
 
 PHASE_COLOURS = ("#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 
@@ -150,6 +151,13 @@ def _cert_rows(snap: Mapping[str, ProbeStats], now: float) -> str:
                 if facts.verified
                 else f'<span class="fail">no ({escape(facts.verify_reason or "unknown")})</span>'
             )
+            hygiene = snap[name].hygiene.get(endpoint)
+            revoked = revocations({endpoint: facts}, {endpoint: hygiene} if hygiene is not None else {})
+            if revoked:  # red whatever verification said: a client that checks would refuse it
+                verified = f'<span class="fail">REVOKED ({escape(revoked[0][1])})</span>'
+            if facts.handshake_refused is not None:
+                refused = escape(f"refused by a client with today's defaults: {facts.handshake_refused}")
+                verified += f'<br><span class="fail">{refused}</span>'
             rows.append(
                 f'<tr class="cert" data-probe="{escape(name)}" data-endpoint="{escape(endpoint)}">'
                 f"<td>{escape(name)}</td><td>{escape(endpoint)}</td><td>{escape(facts.protocol)}</td>"
