@@ -2,7 +2,7 @@
 ``domain`` (domain checks) and ``reports`` (TLS-RPT and DMARC reports). Each declares itself once as a
 :class:`exporter.registry.Kind` (``KIND``); they are registered here, in this order (the order of
 config sections and /metrics families). A new kind is a new module and one line here, or, from outside
-the project, one call to :func:`exporter.registry.register` (see docs/architecture.md, "Adding a probe kind")."""
+the project, one call to :func:`exporter.registry.register` (docs/architecture.md, "Adding a probe kind")."""
 
 from exporter.kinds import domain, reports, roundtrip, tls
 from exporter.registry import register
