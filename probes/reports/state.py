@@ -138,7 +138,7 @@ class ReportState:
         return "duplicate" if found[1] == body else "changed_duplicate"
 
     def remember(self, kind: str, org: str, report_id: str, end: float, body: str) -> None:
-        self.seen[_key(kind, org, report_id)] = (end, body)
+        self.seen[_key(kind, org, report_id)] = (float(end), body)
 
     # --- counting --------------------------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class ReportState:
         if pub_domain != OTHER and pub.domain == pub_domain:
             old = self.policy.get(pub_domain)
             if old is None or old[3] <= report.end:
-                self.policy[pub_domain] = (pub.p, pub.sp, pub.pct, report.end)
+                self.policy[pub_domain] = (pub.p, pub.sp, pub.pct, float(report.end))
         for r in report.records:
             source = classify(r.source_ip, rules.senders)
             domain = domain_label(r.header_from, rules.domains)
@@ -187,12 +187,13 @@ class ReportState:
             if source == UNKNOWN and domain != OTHER:
                 done.unknown_messages += r.count
                 n, end = self.unknown.get(r.source_ip, (0, 0.0))
-                self.unknown[r.source_ip] = (n + r.count, max(end, report.end))
+                self.unknown[r.source_ip] = (n + r.count, float(max(end, report.end)))
         self._finish("dmarc", org, report.report_id, report.begin, report.end, now)
         return done
 
     def _finish(self, kind: str, org: str, report_id: str, begin: float, end: float, now: float) -> None:
         self.ingested[(kind,)] += 1
+        now, begin, end = float(now), float(begin), float(end)
         old = self.last.get((kind, org))
         if old is None or old[2] <= end:
             self.last[(kind, org)] = (now, begin, end)
