@@ -109,6 +109,11 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_sync_",  # sync_seconds, sync_arrival_seconds, sync_skipped (issue 19)
     "mailcanary_roundtrip_junk_folder_found",  # issue 19
     'outcome="sync_timeout"',
+    # issue 22: the reports kind (its families render headers even with no entry)
+    "mailcanary_reports_",
+    "mailcanary_tlsrpt_",
+    "mailcanary_dmarc_",
+    'mailcanary_config_probes{kind="reports"}',
 )
 
 
