@@ -22,8 +22,11 @@ DOM = RT + ', domain=~"$domain"'
 
 
 def inc(metric: str, extra: str = "", sel: str = DOM) -> str:
-    """The last day's increase of ``metric`` under the dashboard's selection (reports come daily)."""
-    return f"increase({metric}{{{sel}{extra}}}[1d])"
+    """What the last day added to ``metric`` under the dashboard's selection (reports come daily): a
+    series new within the day (an org's first report) counts whole, as in the alerts; increase() alone
+    would see its first value as the start and show 0."""
+    series = f"{metric}{{{sel}{extra}}}"
+    return f"(({series} unless {series} offset 1d) or increase({series}[1d]))"
 
 
 UNITS = {"TLS success ratio (1d)": "percentunit", "Newest report": "s"}
