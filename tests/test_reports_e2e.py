@@ -385,3 +385,20 @@ def test_reports_config_errors_are_one_line(tmp_path: Path) -> None:
             parse_config(base % extra, "f.yml")
         assert len(err.value.problems) == 1 and problem in err.value.problems[0], err.value.problems
         assert "\n" not in err.value.problems[0]
+
+
+async def test_max_messages_leaves_a_backlog_for_the_next_run(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, mails: list[bytes]
+) -> None:
+    """Three reports, two per run: the first run counts two and says one is left; the next counts it."""
+    _send(mailstack, mailbox, [mails[2], mails[3], mails[10]])
+    runner = _runner(_config(mailstack, tmp_path, mailbox, max_messages=2))
+    entry = runner.loaded.config.reports[0]
+    first = await runner.run_entry(entry)
+    assert first.success and _get(_samples(runner), "mailcanary_reports_backlog") == 1
+    assert "1 left for the next run" in first.message
+    second = await runner.run_entry(entry)
+    got = _samples(runner)
+    assert second.success and _get(got, "mailcanary_reports_backlog") == 0
+    assert _get(got, "mailcanary_reports_ingested_total", kind="tlsrpt") == 2
+    assert _get(got, "mailcanary_reports_ingested_total", kind="dmarc") == 1

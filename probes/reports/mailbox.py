@@ -39,6 +39,7 @@ SKIP_REASONS: Final[tuple[str, ...]] = (
     "not_a_report",  # a mail with no report attachment
 )
 LOCK_POLL: Final = 0.05
+SEARCH_RANGE: Final = 4000  # UIDs per SEARCH: at most 44 KB of reply, under the 64 KiB line cap
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,30 @@ def ingest(
     return read
 
 
+async def _new_uids(
+    session: IMAPSession, since: int, day: str, budget: int, res: ReportsResult
+) -> tuple[list[int], bool]:
+    """Up to ``budget`` UIDs from ``since`` within the window, searched in ranges of
+    :data:`SEARCH_RANGE` UIDs up to UIDNEXT, so no SEARCH reply outgrows a line (a first run over a
+    folder of years of mail); what is over the budget is counted as backlog. True with them when
+    nothing was left over and every UID below UIDNEXT was looked at (the cursor may then move to
+    UIDNEXT - 1: the rest arrived before the window)."""
+    top = session.uidnext
+    if top is None:  # no UIDNEXT (RFC 3501 requires it): one search to the end
+        found = await session.search_since(since, day)
+        res.backlog += max(len(found) - budget, 0)
+        return found[:budget], False
+    take: list[int] = []
+    over = 0
+    for start in range(since, top, SEARCH_RANGE):
+        found = await session.search_since(start, day, min(start + SEARCH_RANGE, top) - 1)
+        room = budget - len(take)
+        take += found[:room]
+        over += max(len(found) - room, 0)
+    res.backlog += over
+    return take, over == 0
+
+
 @contextlib.asynccontextmanager
 async def _locked(path: Path) -> AsyncIterator[None]:
     """The state file's lock (flock on ``<state>.lock``): one reader of a state at a time (the daemon and
@@ -249,9 +274,7 @@ async def _folder(
         validity = await session.examine(folder)
     cursor = state.cursor.get(folder)
     since = cursor[1] + 1 if cursor is not None and validity is not None and cursor[0] == validity else 1
-    uids = await session.search_since(since, day)
-    take, rest = uids[:budget], uids[budget:]
-    res.backlog += len(rest)
+    take, complete = await _new_uids(session, since, day, budget, res)
     moved: list[int] = []
     for uid in take:
         got = await session.fetch([uid], "BODY.PEEK[]", cap=st.max_message_bytes)
@@ -276,6 +299,9 @@ async def _folder(
                 moved.append(uid)
         if validity is not None:
             state.cursor[folder] = (validity, uid)
+    top = session.uidnext
+    if complete and validity is not None and top is not None and top - 1 >= since:
+        state.cursor[folder] = (validity, top - 1)  # everything below UIDNEXT was looked at
     if st.move_to is not None and moved:
         if await session.move(moved, st.move_to):
             res.moved += len(moved)

@@ -140,15 +140,17 @@ class IMAPCommands(IMAPConnection):
         self.uidvalidity = _uidvalidity(untagged)
         return self.uidvalidity
 
-    async def search_since(self, since_uid: int, day: str) -> list[int]:
-        """UIDs from ``since_uid`` on that arrived on or after ``day`` (``7-Dec-2026``, RFC 3501 date)."""
-        pieces: list[bytes | str] = [b"UID SEARCH UID %d:* SINCE " % since_uid, day.encode("ascii")]
+    async def search_since(self, since_uid: int, day: str, until_uid: int | None = None) -> list[int]:
+        """UIDs from ``since_uid`` (to ``until_uid``, else the last) that arrived on or after ``day``
+        (``7-Dec-2026``, RFC 3501 date). A caller bounds one reply by bounding the range."""
+        upper = b"*" if until_uid is None else b"%d" % until_uid
+        pieces: list[bytes | str] = [b"UID SEARCH UID %d:%s SINCE " % (since_uid, upper), day.encode("ascii")]
         _, untagged = await self._command("UID SEARCH", pieces)
         uids: set[int] = set()
         for resp in untagged:
             found = wire.parse_search(resp)
             if found is not None:
-                uids.update(u for u in found if u >= since_uid)
+                uids.update(u for u in found if u >= since_uid and (until_uid is None or u <= until_uid))
         return sorted(uids)
 
     async def move(self, uids: Iterable[int], mailbox: str) -> bool:
