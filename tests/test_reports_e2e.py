@@ -10,6 +10,7 @@ entities, a zip bomb, a gzip bomb, mismatched totals and a mail that is no repor
 
 from __future__ import annotations
 
+import errno
 import imaplib
 import io
 import smtplib
@@ -30,6 +31,7 @@ from exporter.kinds.reports import status_cell
 from exporter.run.results import ResultStore
 from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger
+from probes.reports import mailbox as reports_mailbox
 from tests.mailstack import MailStack
 from tests.support.reports import (
     DAY,
@@ -402,3 +404,28 @@ async def test_max_messages_leaves_a_backlog_for_the_next_run(
     assert second.success and _get(got, "mailcanary_reports_backlog") == 0
     assert _get(got, "mailcanary_reports_ingested_total", kind="tlsrpt") == 2
     assert _get(got, "mailcanary_reports_ingested_total", kind="dmarc") == 1
+
+
+async def test_a_state_that_cannot_be_saved_fails_the_run_and_counts_nothing_twice(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, mails: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (faked: the tests run as root, for whom no directory is read-only): the run fails
+    (internal, one log line naming the file); the report is counted once the state can be saved."""
+    _send(mailstack, mailbox, [mails[3]])
+    runner = _runner(_config(mailstack, tmp_path, mailbox))
+    entry = runner.loaded.config.reports[0]
+
+    def full(path: Path, state: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m, structlog.testing.capture_logs() as logs:
+        m.setattr(reports_mailbox, "save_state", full)
+        run = await runner.run_entry(entry)
+    assert run.reason == "internal" and "No space left on device" in run.message
+    assert [e["file"] for e in logs if e["event"] == "reports_state_not_saved"] == [
+        str(tmp_path / "state" / "reports-rua.json")
+    ]
+    assert (await runner.run_entry(entry)).success
+    assert _get(_samples(runner), "mailcanary_reports_ingested_total", kind="tlsrpt") == 1
+    assert (await runner.run_entry(entry)).success
+    assert _get(_samples(runner), "mailcanary_reports_ingested_total", kind="tlsrpt") == 1

@@ -232,7 +232,14 @@ async def probe_reports(st: ReportsSettings, recorder: Recorder) -> ReportsResul
             res.failure = (exc.reason, exc.message)
         finally:
             state.prune(time.time(), st.rules.window)
-            await asyncio.shield(asyncio.to_thread(save_state, st.state_path, state))
+            try:
+                await asyncio.shield(asyncio.to_thread(save_state, st.state_path, state))
+            except OSError as exc:  # full disk, read-only: this run's counts are counted again next run
+                why = exc.strerror or type(exc).__name__
+                res.events.append(
+                    Event("reports_state_not_saved", {"file": str(st.state_path), "error": why})
+                )
+                res.failure = ("internal", f"cannot save {st.state_path}: {why}")
         res.state = copy.deepcopy(state)  # what the families render: never changed by a later run
         res.top_unknown = state.top_unknown(st.top_unknown)
         return res
