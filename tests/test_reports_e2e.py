@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import imaplib
 import io
+import re
 import smtplib
 import time
 from pathlib import Path
@@ -28,9 +29,12 @@ from exporter.cli import _probe as run_probe
 from exporter.cli import build_parser
 from exporter.config import load_config
 from exporter.kinds.reports import status_cell
+from exporter.metrics.collector import ExporterState
+from exporter.run.history import History
 from exporter.run.results import ResultStore
 from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger
+from exporter.web.status import render_status
 from probes.reports import mailbox as reports_mailbox
 from tests.mailstack import MailStack
 from tests.support.reports import (
@@ -309,6 +313,13 @@ async def test_reports_counted_once_across_a_restart(
     assert top[0] == {"address": "203.0.113.66", "messages": 45}
     assert mailstack.password(mailbox) not in repr(logs)
     assert "203.0.113.66 (45)" in status_cell(run)
+    page = render_status(runner.store.snapshot(), ExporterState(probes={NAME: "reports"}), History(), {})
+    row = re.search(
+        r'<tr class="probe" data-probe="rua" data-kind="reports" data-outcome="success">(.*?)</tr>', page
+    )
+    assert row is not None and "9 reports counted (tlsrpt 6, dmarc 3)" in row.group(1)
+    assert "unknown senders: 203.0.113.66 (45), 198.51.100.1 (2)" not in row.group(1)  # not ours: not listed
+    assert "unknown senders: 203.0.113.66 (45)" in row.group(1)
     # read-only: nothing was flagged (EXAMINE, BODY.PEEK)
     assert all("S" not in f and "T" not in f for f in _flags(mailstack, mailbox))
 
