@@ -27,6 +27,7 @@ from probes.reports import (
     parse_dmarc,
     parse_tlsrpt,
     save_state,
+    shown,
     unpack,
 )
 from tests.support.reports import (
@@ -290,3 +291,7 @@ def test_fuzz_dmarc_fields(text: str, field: str) -> None:
     except ReportError:
         return
     assert all(r.count >= 0 and r.dkim in ("pass", "fail") for r in rep.records)
+
+
+def test_report_text_in_the_log_is_printable_and_bounded() -> None:
+    assert shown("Evil\nOrg\x1b[31m" + "x" * 500) == "Evil?Org?[31m" + "x" * 115

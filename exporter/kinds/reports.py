@@ -20,7 +20,7 @@ from exporter.run.settings import endpoint_of
 from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
 from probes.context import ProbeContext
-from probes.reports import Limits, ReportsResult, ReportsSettings, Rules, probe_reports
+from probes.reports import Limits, ReportsResult, ReportsSettings, Rules, probe_reports, shown
 from probes.wire.framing import ReadLimits
 from probes.wire.net import Endpoint
 
@@ -155,7 +155,7 @@ def report_detail(run: RunResult) -> list[str]:
                 f"{c.messages} messages, {c.failing_messages} failing DMARC, "
                 f"{c.unknown_messages} from unknown senders"
             )
-        lines.append(f"  {c.kind} {c.org} {c.report_id}: {what}")
+        lines.append(f"  {c.kind} {c.org} {shown(c.report_id)}: {what}")
     if len(result.counted) > 50:
         lines.append(f"  ... and {len(result.counted) - 50} more reports")
     for (kind, reason), n in sorted(result.skipped.items()):

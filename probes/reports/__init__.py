@@ -21,6 +21,7 @@ from probes.reports.mailbox import (
     imap_day,
     ingest,
     probe_reports,
+    shown,
 )
 from probes.reports.state import (
     OTHER,
@@ -93,6 +94,7 @@ __all__ = [
     "parse_tlsrpt",
     "probe_reports",
     "save_state",
+    "shown",
     "unpack",
     "unzip",
 ]

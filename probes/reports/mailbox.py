@@ -93,6 +93,12 @@ def imap_day(when: float) -> str:
     return f"{t.tm_mday}-{_MONTHS[t.tm_mon - 1]}-{t.tm_year}"
 
 
+def shown(text: str, limit: int = 128) -> str:
+    """Text from a report (an org name, an id, an MX name) as a log value: printable characters only,
+    bounded, so a hostile report cannot forge log lines or flood them."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def sniff(att: Attachment) -> ReportKind | None:
     """The kind the decompressed content says (JSON object: TLS-RPT, XML: DMARC), else the media type's."""
     head = att.data[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -134,7 +140,7 @@ def ingest(
     for att in found:
         kind = sniff(att)
         if kind is None:
-            error("unknown", "bad_report", f"{att.media_type} attachment is neither JSON nor XML")
+            error("unknown", "bad_report", f"{shown(att.media_type, 64)} attachment is neither JSON nor XML")
             continue
         if kind not in st.kinds:
             skip(kind, "kind_disabled")
@@ -148,7 +154,7 @@ def ingest(
             continue
         body = digest(att.data)
         why = state.check(kind, report.org, report.report_id, report.end, body, now, st.rules.window)
-        ids = {"org": report.org[:128], "report_id": report.report_id[:128]}
+        ids = {"org": shown(report.org), "report_id": shown(report.report_id)}
         if why is not None:
             skip(kind, why, **ids)
             read = read or why != "too_old"
@@ -164,12 +170,16 @@ def ingest(
             res.events.append(
                 Event(
                     "tlsrpt_summary_mismatch",
-                    {**ids, "domain": domain, "summary_failed": summary, "details_failed": details},
+                    {**ids, "domain": shown(domain), "summary_failed": summary, "details_failed": details},
                 )
             )
         if done.unlisted_mx:
             res.events.append(
-                Event("tlsrpt_unlisted_mx", {**ids, "mx": sorted(done.unlisted_mx)[:10]}, warning=False)
+                Event(
+                    "tlsrpt_unlisted_mx",
+                    {**ids, "mx": [shown(m) for m in sorted(done.unlisted_mx)[:10]]},
+                    warning=False,
+                )
             )
     return read
 
