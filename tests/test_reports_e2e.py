@@ -440,3 +440,34 @@ async def test_a_state_that_cannot_be_saved_fails_the_run_and_counts_nothing_twi
     assert _get(_samples(runner), "mailcanary_reports_ingested_total", kind="tlsrpt") == 1
     assert (await runner.run_entry(entry)).success
     assert _get(_samples(runner), "mailcanary_reports_ingested_total", kind="tlsrpt") == 1
+
+
+def test_oauth_login_and_secrets_reuse_the_endpoint_models(tmp_path: Path) -> None:
+    """The mailbox side takes the receive side's keys: OAuth (a token file here) gives a token source,
+    a password file is read at load time and registered with the log masker."""
+    from types import SimpleNamespace
+
+    from exporter.config import parse_config
+    from exporter.kinds.reports import reports_settings
+    from probes.auth.oauth import FileToken
+
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-pw\n")
+    text = (
+        f"global: {{state_dir: {tmp_path}}}\nreports:\n"
+        f"  - {{name: a, domains: [example.test], imap: {{host: h, tls: implicit, username: u@example.test, "
+        f"oauth: {{token_file: {token}}}}}}}\n"
+        f"  - {{name: b, domains: [example.test], imap: {{host: h, tls: implicit, username: u@example.test, "
+        f"password_file: {pw}}}}}\n"
+    )
+    loaded = parse_config(text, "f.yml")
+    a, b = loaded.config.reports
+    env = SimpleNamespace(loaded=loaded, slots=None)
+    sa = reports_settings(a, env)  # type: ignore[arg-type]
+    assert isinstance(sa.imap.credentials.token_source, FileToken)
+    assert sa.imap.endpoint.port == 993 and sa.state_path == tmp_path / "reports-a.json"
+    sb = reports_settings(b, env)  # type: ignore[arg-type]
+    assert sb.imap.credentials.password == "s3cret-pw"
+    assert ("u@example.test", "s3cret-pw") in list(loaded.all_secrets())
