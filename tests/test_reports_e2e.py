@@ -465,9 +465,9 @@ def test_oauth_login_and_secrets_reuse_the_endpoint_models(tmp_path: Path) -> No
     loaded = parse_config(text, "f.yml")
     a, b = loaded.config.reports
     env = SimpleNamespace(loaded=loaded, slots=None)
-    sa = reports_settings(a, env)  # type: ignore[arg-type]
+    sa = reports_settings(a, env)
     assert isinstance(sa.imap.credentials.token_source, FileToken)
     assert sa.imap.endpoint.port == 993 and sa.state_path == tmp_path / "reports-a.json"
-    sb = reports_settings(b, env)  # type: ignore[arg-type]
+    sb = reports_settings(b, env)
     assert sb.imap.credentials.password == "s3cret-pw"
     assert ("u@example.test", "s3cret-pw") in list(loaded.all_secrets())
