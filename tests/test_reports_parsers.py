@@ -22,6 +22,7 @@ from probes.reports import (
     ReportState,
     Rules,
     attachments,
+    gunzip,
     load_state,
     org_label,
     parse_dmarc,
@@ -295,3 +296,12 @@ def test_fuzz_dmarc_fields(text: str, field: str) -> None:
 
 def test_report_text_in_the_log_is_printable_and_bounded() -> None:
     assert shown("Evil\nOrg\x1b[31m" + "x" * 500) == "Evil?Org?[31m" + "x" * 115
+
+
+@given(st.binary(max_size=3 * 64 * 1024 + 100), st.integers(min_value=1, max_value=3))
+def test_fuzz_gunzip_round_trips_across_chunk_boundaries(data: bytes, members: int) -> None:
+    """Whatever the sizes (around the 64 KiB decompression step) and however many members, gzip in is
+    the data out (highly compressible data: the output runs ahead of the input)."""
+    body = (data * 3)[: 3 * 64 * 1024 + 100] if data else b""
+    packed = b"".join(gzipped(body) for _ in range(members))
+    assert gunzip(packed, Limits(max_decompressed_bytes=1 << 22, max_ratio=10_000)) == body * members

@@ -217,14 +217,10 @@ def gunzip(data: bytes, limits: Limits, kind: str = "unknown") -> bytes:
                 out += chunk
                 if len(out) > cap:
                     raise _bomb(limits, len(data), kind)
-                if d.eof or not d.unconsumed_tail:
-                    break
-                chunk = d.decompress(d.unconsumed_tail, CHUNK)
+                if d.eof or (not d.unconsumed_tail and len(chunk) < CHUNK):
+                    break  # the member's end, or the input is used up with nothing pending
+                chunk = d.decompress(d.unconsumed_tail, CHUNK)  # a full chunk: more may be pending
             if not d.eof:
-                tail = d.flush(CHUNK)
-                out += tail
-                if len(out) > cap:
-                    raise _bomb(limits, len(data), kind)
                 raise ReportError("bad_archive", "gzip data ends before its end marker", kind)
             rest = d.unused_data.lstrip(b"\0")  # padding after the last member is harmless
     except zlib.error:
