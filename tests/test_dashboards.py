@@ -69,6 +69,7 @@ def test_both_dashboards_exist() -> None:
         "mailcanary-tls.json",
         "mailcanary-probe.json",
         "mailcanary-domains.json",
+        "mailcanary-reports.json",
     }
 
 
@@ -107,6 +108,7 @@ def test_variables() -> None:
         "mailcanary-tls.json": {"datasource", "job", "vantage", "instance", "probe", "endpoint"},
         "mailcanary-probe.json": {"datasource", "job", "instance"},
         "mailcanary-domains.json": {"datasource", "job", "vantage", "instance", "probe", "domain"},
+        "mailcanary-reports.json": {"datasource", "job", "vantage", "instance", "probe", "domain"},
     }
     for path in DASHBOARDS:
         variables = {v["name"]: v for v in load(path)["templating"]["list"]}

@@ -10,7 +10,9 @@ relabel setup, its /probe against Dovecot's IMAPS port. In order:
 (b) with the stack healthy, no alert is pending or firing (the /probe series included);
 (c) with Dovecot stopped, the probe-failing alert goes pending or firing; Dovecot is restarted after;
 (d) after a reload that adds TLS checks of two extra Dovecots, whose certificates expire in 15 and
-    3 days, the warning and critical expiry alerts fire for exactly those endpoints.
+    3 days, the warning and critical expiry alerts fire for exactly those endpoints;
+(e) after a reload that adds a reports entry over a mailbox of TLS-RPT and DMARC reports, the three
+    report alerts fire and the "What others see" dashboard has data.
 
 The tests run in any order: (c) and (d) disturb the system for good (SLO burn alerts last for hours), so
 what (b) checks is watched once, by the fixture, before any test runs.
@@ -27,6 +29,7 @@ import math
 import os
 import shutil
 import signal
+import smtplib
 import subprocess
 import time
 import urllib.error
@@ -43,6 +46,18 @@ import yaml
 from tests.mailstack import MailStack
 from tests.mailstack._net import claim_ports
 from tests.support.dashboards import DASHBOARD_DIR, load, queries, substitute
+from tests.support.reports import (
+    DAY,
+    Mail,
+    Policy,
+    Row,
+    dmarc_mail,
+    dmarc_xml,
+    gzip_bomb,
+    mail,
+    tlsrpt,
+    tlsrpt_mail,
+)
 from tests.support.stackconfig import exporter_argv
 from tests.support.wait import eventually
 
@@ -560,6 +575,92 @@ def test_certificate_near_expiry_makes_the_expiry_alerts_fire(live: Live) -> Non
         live.reload_exporter(live.base_config)
         for dovecot in servers:
             dovecot.stop()
+
+
+# ---- (e) the domain's reports ---------------------------------------------------------------------------
+
+
+def test_reports_make_the_report_alerts_fire_and_fill_the_dashboard(
+    live: Live, fresh_mailbox: Callable[[], str]
+) -> None:
+    """A reports entry reads a mailbox holding a TLS-RPT report with failures and a DMARC report with a
+    failing known sender and unknown senders above the threshold (sent through Postfix): the three
+    report alerts fire (they have no ``for:``) and every query of "What others see" has data."""
+    stack = live.stack
+    address = fresh_mailbox()
+    day = (int(time.time()) // DAY - 1) * DAY
+    raws = [
+        tlsrpt_mail(
+            tlsrpt(
+                "Google Inc.",
+                "live-1",
+                day,
+                [Policy(ok=50, failures=[("certificate-expired", 3, "mx.example.test")])],
+            )
+        ),
+        dmarc_mail(
+            dmarc_xml(
+                "Yahoo",
+                "live-2",
+                day,
+                [
+                    Row("192.0.2.10", 20, "quarantine", "fail", "fail"),
+                    Row("203.0.113.9", 7, "reject", "fail", "fail"),
+                ],
+            ),
+            how="gzip",
+        ),
+        mail(Mail("bomb", [(gzip_bomb(64 << 20), "application/gzip", "r.xml.gz")])),
+    ]
+    with smtplib.SMTP(stack.host, stack.smtp_port, timeout=30) as s:
+        for raw in raws:
+            s.sendmail("noreply@example.test", [address], raw)
+    stack.wait_for_messages(address, len(raws), timeout=60)
+    config = dict(live.base_config)
+    config["reports"] = [
+        {
+            "name": "live-rua",
+            "interval": PROBE_INTERVAL,
+            "imap": {
+                "host": stack.host,
+                "port": stack.imaps_port,
+                "tls": "implicit",
+                "tls_config": {"ca_file": str(stack.ca_file), "server_name": stack.server_name},
+                "username": address,
+                "password_file": write_secret(live.tmp, "live-rua", stack.password(address)),
+            },
+            "domains": ["example.test"],
+            "senders": {"ourmta": ["192.0.2.0/24"]},
+            "unknown_threshold": 5,
+        }
+    ]
+    try:
+        live.reload_exporter(config)
+        want = {
+            ("MailcanaryTLSRPTFailures", "certificate-expired"),
+            ("MailcanaryDMARCKnownSenderFailing", "ourmta"),
+            ("MailcanaryDMARCUnknownSenders", "example.test"),
+        }
+
+        def fired() -> set[tuple[str, str]]:
+            return {
+                (
+                    a["labels"]["alertname"],
+                    a["labels"].get("result_type") or a["labels"].get("source") or a["labels"]["domain"],
+                )
+                for a in live.alerts()
+                if a["labels"].get("probe") == "live-rua"
+                and a["state"] == "firing"
+                and VARIANT_LABEL[0] not in a["labels"]
+            }
+
+        wait_for(f"the report alerts firing\n{live.logs()}", lambda: fired() == want, timeout=30)
+        empty = empty_queries(live, "mailcanary-reports.json", timeout=15)
+        # "skipped" is filtered to > 0 and nothing here is skipped: the only query without data.
+        empty = [e for e in empty if not e.startswith("'Reports counted, skipped, unreadable' B")]
+        assert not empty, "reports panels without data:\n" + "\n".join(empty)
+    finally:
+        live.reload_exporter(live.base_config)
 
 
 def test_short_for_variant_rewrites_every_for() -> None:

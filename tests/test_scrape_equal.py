@@ -111,6 +111,11 @@ ADDED_SINCE_GOLDEN = (
     'outcome="sync_timeout"',
     'outcome="tls_revoked"',  # issue 21: a revoked certificate fails round trips and TLS checks
     'outcome="tls_params"',  # issue 21: TLS checks refused for their parameters, the certificate apart
+    # issue 22: the reports kind (its families render headers even with no entry)
+    "mailcanary_reports_",
+    "mailcanary_tlsrpt_",
+    "mailcanary_dmarc_",
+    'mailcanary_config_probes{kind="reports"}',
 )
 
 

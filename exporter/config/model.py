@@ -705,3 +705,99 @@ def state_dir(config: Config, environ: dict[str, str] | None = None) -> Path:
         return Path(environ["STATE_DIRECTORY"].split(":")[0])
     base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "mailcanary"
+
+
+# --- reports (issue 22): the domain's TLS-RPT and DMARC aggregate reports, read from their rua mailbox --
+
+
+class ReportsMailboxConfig(EndpointConfig):
+    """The IMAP mailbox where ``rua`` reports arrive: the endpoint keys of a round trip's receive side
+    (password, password_file, password_env or oauth), IMAP only."""
+
+    max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # A mail bigger than this is not read (counted: reports_errors_total{kind="unknown",reason="too_large"}).
+    max_message_bytes: int = Field(default=10 * 1024 * 1024, ge=4096, le=256 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _login(self) -> Self:
+        if self.username is None:
+            raise ValueError("the reports mailbox needs username and a password (or oauth)")
+        return self
+
+
+_FOLDER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+
+
+class ReportsConfig(Model):
+    """One rua mailbox: which folders, which report kinds, our domains, the senders we know, and the caps
+    that keep hostile attachments bounded (see docs/inbound.md)."""
+
+    name: str
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    imap: ReportsMailboxConfig
+    folders: list[Annotated[str, Field(pattern=_FOLDER_RE.pattern)]] = Field(
+        default_factory=lambda: ["INBOX"], min_length=1, max_length=20
+    )
+    kinds: list[Literal["tlsrpt", "dmarc"]] = Field(default=["tlsrpt", "dmarc"], min_length=1, max_length=2)
+    domains: list[str] = Field(min_length=1, max_length=50)  # our domains; others are counted as `other`
+    # DMARC source IPs by name: the sender's label; every other IP is `unknown` (never a label of its own).
+    senders: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")], list[str]] = Field(
+        default_factory=dict, max_length=50
+    )
+    mx_hosts: list[str] = Field(default=[], max_length=20)  # receiving MX names that become `mx` labels
+    max_age: Duration = 14 * 86400.0  # reports whose range ended before this are skipped (too_old)
+    max_orgs: int = Field(default=50, ge=1, le=500)  # org labels per kind; later orgs are `other`
+    max_messages: int = Field(default=500, ge=1, le=100_000)  # mails read per run; the rest next run
+    max_attachment_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_decompressed_bytes: int = Field(default=20 * 1024 * 1024, ge=4096, le=1024 * 1024 * 1024)
+    max_ratio: int = Field(default=100, ge=2, le=10_000)
+    max_records: int = Field(default=10_000, ge=1, le=1_000_000)
+    unknown_threshold: int = Field(default=100, ge=0)  # MailcanaryDMARCUnknownSenders fires above it
+    top_unknown: int = Field(default=10, ge=0, le=100)  # unknown sources named in the log and status page
+    move_to: str | None = Field(default=None, pattern=_FOLDER_RE.pattern)  # read reports go there (UID MOVE)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return RoundTripConfig._name(v)
+
+    @field_validator("domains", "mx_hosts")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(_domain_name(item))
+            except ValueError as exc:
+                raise ValueError(f"entry {i}: {exc}") from None
+        if len(set(out)) != len(out):
+            raise ValueError("a name is listed twice")
+        return out
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, cidrs in v.items():
+            if name == "unknown":
+                raise ValueError("'unknown' is the label of every source no sender covers; pick another name")
+            if not cidrs or len(cidrs) > 256:
+                raise ValueError(f"{name}: give 1 to 256 CIDRs")
+            for i, item in enumerate(cidrs):
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{name}[{i}]: {item!r} is not a CIDR like 192.0.2.0/24") from None
+        return v
+
+    @model_validator(mode="after")
+    def _reports(self) -> Self:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError("kinds: a kind is listed twice")
+        if len(set(self.folders)) != len(self.folders):
+            raise ValueError("folders: a folder is listed twice")
+        if self.move_to is not None and self.move_to in self.folders:
+            raise ValueError("move_to: must not be one of the folders read")
+        if self.max_age <= 0:
+            raise ValueError("max_age: must be > 0")
+        return self

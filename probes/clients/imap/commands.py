@@ -129,6 +129,38 @@ class IMAPCommands(IMAPConnection):
         _, untagged = await self._command(f"SELECT {mailbox}", [b"SELECT ", mailbox])
         self.exists = _exists(untagged, 0) or 0
         self.uidnext = _uidnext(untagged)
+        self.uidvalidity = _uidvalidity(untagged)
+
+    async def examine(self, mailbox: str) -> int | None:
+        """EXAMINE ``mailbox`` (read-only: nothing in it can change, not even \\Seen); its UIDVALIDITY,
+        if the server sent it. Used by readers of other people's mail (the reports kind)."""
+        _, untagged = await self._command(f"EXAMINE {mailbox}", [b"EXAMINE ", mailbox])
+        self.exists = _exists(untagged, 0) or 0
+        self.uidnext = _uidnext(untagged)
+        self.uidvalidity = _uidvalidity(untagged)
+        return self.uidvalidity
+
+    async def search_since(self, since_uid: int, day: str, until_uid: int | None = None) -> list[int]:
+        """UIDs from ``since_uid`` (to ``until_uid``, else the last) that arrived on or after ``day``
+        (``7-Dec-2026``, RFC 3501 date). A caller bounds one reply by bounding the range."""
+        upper = b"*" if until_uid is None else b"%d" % until_uid
+        pieces: list[bytes | str] = [b"UID SEARCH UID %d:%s SINCE " % (since_uid, upper), day.encode("ascii")]
+        _, untagged = await self._command("UID SEARCH", pieces)
+        uids: set[int] = set()
+        for resp in untagged:
+            found = wire.parse_search(resp)
+            if found is not None:
+                uids.update(u for u in found if u >= since_uid and (until_uid is None or u <= until_uid))
+        return sorted(uids)
+
+    async def move(self, uids: Iterable[int], mailbox: str) -> bool:
+        """UID MOVE (RFC 6851) ``uids`` to ``mailbox``; False, doing nothing, where MOVE is not offered
+        (a COPY then delete could leave two copies or expunge what a user flagged)."""
+        uid_set = ",".join(str(u) for u in sorted(set(uids))).encode()
+        if not uid_set or "MOVE" not in self._caps:
+            return False
+        await self._command("UID MOVE", [b"UID MOVE ", uid_set, b" ", mailbox])
+        return True
 
     async def search_text(self, value: str, since_uid: int) -> list[int]:
         """UIDs from ``since_uid`` on whose text (headers, body, attached messages' headers) contains
@@ -285,6 +317,20 @@ def _uidnext(untagged: Iterable[wire.Response]) -> int | None:
         first = resp.parts[0] if resp.parts else None
         if resp.tag == b"*" and isinstance(first, bytes):
             m = _UIDNEXT_RE.search(first)
+            if m is not None:
+                return int(m.group(1))
+    return None
+
+
+_UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
+
+
+def _uidvalidity(untagged: Iterable[wire.Response]) -> int | None:
+    """``* OK [UIDVALIDITY n]`` of a SELECT/EXAMINE, if the server sent it."""
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = _UIDVALIDITY_RE.search(first)
             if m is not None:
                 return int(m.group(1))
     return None
