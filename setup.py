@@ -1,9 +1,10 @@
 """Only a build hook: write exporter/_build.json (revision, branch, build date) into sdist and wheel.
 
 Everything else about the package is in pyproject.toml. Revision and branch come from the
-MAILCANARY_REVISION / MAILCANARY_BRANCH variables (a container build passes them, having no .git), else
-from git if this directory is the top of a git checkout, else from the _build.json an sdist already carries (a wheel built from the sdist); the date
-from SOURCE_DATE_EPOCH (reproducible builds), else now. A build that can't tell says "unknown".
+MAILCANARY_REVISION / MAILCANARY_BRANCH variables (a container build passes them, having no .git),
+else from git if this directory is the top of a git checkout, else from the _build.json an sdist
+already carries (a wheel built from the sdist); the date from SOURCE_DATE_EPOCH (reproducible
+builds), else now. A build that can't tell says "unknown".
 """
 
 from __future__ import annotations
