@@ -115,7 +115,9 @@ def installed(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Install
     env |= {"PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     proc = subprocess.run(
-        [str(bin_dir / "python"), "-m", "pip", "install", "-q", f"{dists.wheel}[demo]"],
+        # --no-compile: only what the commands import gets byte-compiled (on first use), not every
+        # dependency up front: less CPU taken from the test files running beside this one.
+        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile", f"{dists.wheel}[demo]"],
         capture_output=True,
         text=True,
         timeout=900,
