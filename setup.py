@@ -2,9 +2,10 @@
 copy the shipped rules and dashboards into the wheel's exporter/shipped/ for ``mailcanary generate``.
 
 Everything else about the package is in pyproject.toml. Revision and branch come from the
-MAILCANARY_REVISION / MAILCANARY_BRANCH variables (a container build passes them, having no .git), else
-from git, else from the _build.json an sdist already carries (a wheel built from the sdist); the date
-from SOURCE_DATE_EPOCH (reproducible builds), else now.
+MAILCANARY_REVISION / MAILCANARY_BRANCH variables (a container build passes them, having no .git),
+else from git if this directory is the top of a git checkout, else from the _build.json an sdist
+already carries (a wheel built from the sdist); the date from SOURCE_DATE_EPOCH (reproducible
+builds), else now. A build that can't tell says "unknown".
 """
 
 from __future__ import annotations
@@ -34,10 +35,20 @@ def _git(*args: str) -> str:
     return out if proc.returncode == 0 and out else "unknown"
 
 
+def _in_our_checkout() -> bool:
+    """True only if HERE is the top of a git work tree: an unpacked sdist inside some other repository
+    must not take that repository's commit for its own."""
+    top = _git("rev-parse", "--show-toplevel")
+    return top != "unknown" and Path(top).resolve() == HERE
+
+
 def build_facts() -> dict[str, str]:
+    ours = _in_our_checkout()
     facts = {
-        "revision": os.environ.get("MAILCANARY_REVISION") or _git("rev-parse", "HEAD"),
-        "branch": os.environ.get("MAILCANARY_BRANCH") or _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "revision": os.environ.get("MAILCANARY_REVISION")
+        or (_git("rev-parse", "HEAD") if ours else "unknown"),
+        "branch": os.environ.get("MAILCANARY_BRANCH")
+        or (_git("rev-parse", "--abbrev-ref", "HEAD") if ours else "unknown"),
     }
     if facts["revision"] == "unknown" and SHIPPED.exists():  # building a wheel from our sdist
         shipped = json.loads(SHIPPED.read_text(encoding="utf-8"))

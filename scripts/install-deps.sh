@@ -4,11 +4,12 @@
 # resolver) for the domain checks, OpenDMARC (the receiving side's DMARC verdict), systemd (for `systemd-analyze verify` of
 # the shipped unit; installed only if missing), Chromium (headless, for the status page test) and
 # node + npm (tsc checks the dashboards against @grafana/schema; a node that brings its own npm,
-# e.g. NodeSource's, is kept as is). Run as root; idempotent and quick when all
+# e.g. NodeSource's, is kept as is), podman + runc + mmdebstrap (scripts/container-test builds and runs
+# the container image from a locally made Debian base). Run as root; idempotent and quick when all
 # is present. Python packages are installed by scripts/test, not here.
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin opendkim opendmarc prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium nsd unbound"
+PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin opendkim opendmarc prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium nsd unbound podman runc mmdebstrap"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -1,13 +1,15 @@
 """deploy/ and every shell script, checked by the validator each ecosystem uses.
 
-There is no container engine or cluster here, so linters and schema validators stand in for builds:
-hadolint (Dockerfile), the Compose Specification schema (via check-jsonschema), promtool and amtool
-(the compose stack's Prometheus and Alertmanager configs), systemd-analyze (unit file), the
-Kubernetes OpenAPI schemas (kubernetes-validate) and the Prometheus Operator's CRD models
-(cloudcoil-models-prometheus-operator), shellcheck. Beyond the validators, the files are checked
-against each other and against mailcanary itself: the shipped configs load, the command lines parse,
-the names that tie files together (ports, labels, credentials, mount paths) match, the generated
-Kubernetes files are current, and the container's HEALTHCHECK command is run against a real daemon.
+There is no cluster here, so schema validators stand in for applying: hadolint (Dockerfile; the image
+is also built and run for real by tests/test_container.py where podman works), the Compose
+Specification schema (via check-jsonschema), promtool and amtool (the compose stack's Prometheus and
+Alertmanager configs), systemd-analyze (unit file), the Kubernetes OpenAPI schemas
+(kubernetes-validate) and the Prometheus Operator's CRD models (cloudcoil-models-prometheus-operator)
+for the raw files and for each overlay as `kubectl kustomize` renders it (what `kubectl apply -k`
+sends), shellcheck. Beyond the validators, the files are checked against each other and against
+mailcanary itself: the shipped configs load, the command lines parse, the names that tie files
+together (ports, labels, credentials, mount paths) match, the generated Kubernetes files are current,
+and the container's HEALTHCHECK command is run against a real daemon.
 
 A missing validator is a failure that says how to install it, never a skip: a skip would let CI pass
 while checking nothing.
@@ -23,6 +25,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +37,18 @@ import yaml
 
 from exporter.config import parse_config
 from tests.mailstack import free_ports
-from tests.support.deploy import DEPLOY, K8S, PORT, REPO, by_kind, cli_args, k8s_docs, k8s_files, load_all
+from tests.support.deploy import (
+    DEPLOY,
+    K8S,
+    PORT,
+    REPO,
+    by_kind,
+    cli_args,
+    k8s_docs,
+    k8s_files,
+    load_all,
+    with_stand_in_secrets,
+)
 from tests.support.wait import eventually
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
@@ -52,6 +66,7 @@ INSTALL = {
     "systemd-analyze": "apt-get install systemd",
     "promtool": "apt-get install prometheus",
     "amtool": "apt-get install prometheus-alertmanager",
+    "kubectl": "install kubectl (Kubernetes' apt repository; it carries kustomize)",
 }
 
 
@@ -577,6 +592,75 @@ def test_kubernetes_objects_reference_each_other_and_are_hardened(tmp_path: Path
     monitor = by_kind("ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [svc_port["name"]]
+
+
+# ---- Kubernetes, rendered as applied (kubectl kustomize) --------------------------------------------------
+
+OVERLAYS = {"base": K8S, "sharded": DEPLOY / "kubernetes-sharded"}
+
+
+def rendered(overlay: str) -> list[dict[str, Any]]:
+    """What `kubectl apply -k` would send: the overlay rendered by kubectl's built-in kustomize."""
+    result = run([tool("kubectl"), "kustomize", str(OVERLAYS[overlay])])
+    assert result.returncode == 0, f"kubectl kustomize {OVERLAYS[overlay]}:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_rendered_overlays_validate_against_the_schemas(overlay: str) -> None:
+    """Every object of each overlay as it is applied (patches, image tag and all): built-in kinds against
+    the Kubernetes OpenAPI schemas, strict, oldest and newest version; CRDs against the operator models."""
+    import kubernetes_validate
+    from cloudcoil.models.prometheus_operator import v1
+    from kubernetes_validate.utils import all_versions
+
+    versions = sorted({all_versions()[0], kubernetes_validate.latest_version()})
+    docs = rendered(overlay)
+    for doc in docs:
+        where = f"{overlay}: {doc['kind']} {doc['metadata']['name']}"
+        if doc["apiVersion"].startswith(CRD_GROUP):
+            parsed = getattr(v1, doc["kind"]).model_validate(doc)
+            dumped = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+            assert dumped == doc, f"{where}: fields the CRD does not define"
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{where} invalid for Kubernetes {version}: {exc.message}")
+    kinds = [d["kind"] for d in docs]
+    workload = "StatefulSet" if overlay == "sharded" else "Deployment"
+    assert [k for k in kinds if k in ("Deployment", "StatefulSet")] == [workload]
+    assert {"ConfigMap", "Service", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"} <= set(kinds)
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == workload]
+    (container,) = pod["containers"]
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert container["image"] == f"mailcanary:{version}", "kustomization.yaml's newTag is not the release"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_rendered_configmap_config_passes_check_config(overlay: str, tmp_path: Path) -> None:
+    """The config the pod reads (the ConfigMap key its --config.file names, as rendered) passes
+    `mailcanary check-config`, with stand-ins for the Secret's files."""
+    docs = rendered(overlay)
+    (pod,) = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    (container,) = pod["containers"]
+    config_path = cli_args([a.replace("$(SHARD)", "0") for a in container["args"]]).config
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    key = config_path.removeprefix(mounts[volume["name"]] + "/")
+    (configmap,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]
+    ]
+    text, env = with_stand_in_secrets(configmap["data"][key], tmp_path)
+    config = tmp_path / "mailcanary.yml"
+    config.write_text(text)
+    result = run(
+        [sys.executable, "-m", "exporter.cli", "check-config", "--config.file", str(config)],
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, f"{overlay}: {result.stdout}{result.stderr}"
+    assert result.stdout.splitlines()[-1].startswith(f"{config}: ok ("), result.stdout
 
 
 def _generator(name: str) -> Path:

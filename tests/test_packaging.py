@@ -1,18 +1,14 @@
-"""Packaging and the Prometheus toolkit conventions: flags, --version, build_info, sdist/wheel contents.
+"""Packaging and the Prometheus toolkit conventions: flags, --version, build_info, dependencies.
 
-The sdist and wheel are built for real with PyPA's ``build`` (an isolated build env from the package
-registry, as CI has it), once per session.
+The sdist and wheel themselves, built and installed into a fresh venv: tests/test_release.py.
 """
 
 from __future__ import annotations
 
-import email
 import json
 import subprocess
 import sys
-import tarfile
 import tomllib
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -132,57 +128,6 @@ def test_demo_without_the_extra_says_what_to_install() -> None:
     assert len(lines) == 1, proc.stderr
     assert "pip install 'mailcanary[demo]'" in lines[0] and "aiosmtpd" in lines[0]
     assert proc.stdout == ""
-
-
-# ---- sdist and wheel -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (sdist,) = out.glob("*.tar.gz")
-    (wheel,) = out.glob("*.whl")
-    return sdist, wheel
-
-
-def test_sdist_carries_dashboards_deploy_docs_examples_license(dists: tuple[Path, Path]) -> None:
-    with tarfile.open(dists[0]) as tar:
-        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for must in (
-        "LICENSE",
-        "setup.py",
-        "dashboards/mailcanary-overview.json",
-        "deploy/prometheus/mailcanary-rules.yml",
-        "deploy/kubernetes/kustomization.yaml",
-        "docs/configuration.md",
-        "docs/mailcanary.schema.json",
-        "examples/mailcanary.yml",
-        "exporter/_build.json",
-    ):
-        assert must in names, must
-    assert not [n for n in names if n.startswith(".venv") or "__pycache__" in n]
-
-
-def test_wheel_metadata_license_extras_and_build_info(dists: tuple[Path, Path]) -> None:
-    head = git_head()
-    with zipfile.ZipFile(dists[1]) as whl:
-        meta_name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
-        meta = email.message_from_bytes(whl.read(meta_name))
-        info = json.loads(whl.read("exporter/_build.json"))
-        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in whl.namelist())
-    assert meta["License-Expression"] == "Apache-2.0"
-    requires = meta.get_all("Requires-Dist") or []
-    sandbox = [r for r in requires if r.startswith(("aiosmtpd", "pymap"))]
-    assert sandbox and all('extra == "demo"' in r for r in sandbox)
-    assert info["revision"] == head and info["branch"] != "unknown"
 
 
 def test_log_format_logfmt_as_the_toolkit_spells_it() -> None:

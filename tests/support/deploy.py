@@ -41,3 +41,51 @@ def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
     docs = [d for _, d in k8s_docs() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     assert len(docs) == 1, f"expected one {kind} {name or ''}, found {len(docs)}"
     return docs[0]
+
+
+def shipped_configs() -> dict[str, str]:
+    """Every example mailcanary config the project ships, by its path in the repository (and the sdist);
+    the Kubernetes one is the ConfigMap's data."""
+    out = {
+        p.relative_to(REPO).as_posix(): p.read_text(encoding="utf-8")
+        for p in (
+            REPO / "examples" / "mailcanary.yml",
+            DEPLOY / "systemd" / "mailcanary.example.yml",
+            DEPLOY / "compose" / "mailcanary" / "mailcanary.yml",
+        )
+    }
+    for name, text in by_kind("ConfigMap", "mailcanary-config")["data"].items():
+        if name.endswith((".yml", ".yaml")):
+            out[f"deploy/kubernetes/configmap.yaml:{name}"] = text
+    return out
+
+
+def with_stand_in_secrets(text: str, tmp: Path) -> tuple[str, dict[str, str]]:
+    """The config with every file it reads (password, key, CA) pointed at a stand-in of the right kind,
+    and the environment its ``*_env`` keys name: what a deployment supplies beside the file, so that
+    ``mailcanary check-config`` judges the shipped text itself. Returns (config text, environment)."""
+    import trustme
+
+    secret = tmp / "stand-in.secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    secret.chmod(0o600)
+    ca = tmp / "stand-in-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    env: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.endswith("_file") and isinstance(value, str):
+                    node[key] = str(ca if key == "ca_file" else secret)
+                elif key.endswith("_env") and isinstance(value, str):
+                    env[value] = "stand-in-password"
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    data = yaml.safe_load(text) or {}
+    walk(data)
+    return yaml.safe_dump(data, sort_keys=False), env
