@@ -12,6 +12,7 @@ ships beside it (dashboards, rules, deploy files, docs with the config schema, e
 from __future__ import annotations
 
 import email
+import fcntl
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import tomllib
 import venv
 import zipfile
@@ -54,8 +56,20 @@ def git(*args: str) -> str:
     return proc.stdout.strip()
 
 
+BUILD_LOCK = Path(tempfile.gettempdir()) / "mailcanary-test-build.lock"
+
+
 def build(source: Path, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """One build at a time on this machine: an sdist is assembled inside the source tree
+    (``mailcanary-X.Y.Z/``, ``*.egg-info``), so two at once (two xdist workers each with this session's
+    fixture, or two suites) would take each other's files away."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCANARY_")}
+    with BUILD_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(source, out, env, *flags)
+
+
+def _build(source: Path, out: Path, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "build", *flags, "--outdir", str(out), str(source)],
         capture_output=True,
