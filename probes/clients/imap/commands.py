@@ -124,11 +124,56 @@ class IMAPCommands(IMAPConnection):
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
         return self._saw_exists(pushed)
 
-    async def select(self, mailbox: str) -> None:
-        """SELECT another mailbox in this session (the all-folders walk); expunges nothing."""
-        _, untagged = await self._command(f"SELECT {mailbox}", [b"SELECT ", mailbox])
+    async def select(self, mailbox: str, *, readonly: bool = False) -> None:
+        """SELECT another mailbox in this session (the all-folders walk); expunges nothing. With
+        ``readonly``, EXAMINE: nothing in the mailbox can change (heartbeats that only read)."""
+        verb = "EXAMINE" if readonly else "SELECT"
+        _, untagged = await self._command(f"{verb} {mailbox}", [verb.encode() + b" ", mailbox])
         self.exists = _exists(untagged, 0) or 0
         self.uidnext = _uidnext(untagged)
+        self.uidvalidity = _code_number(untagged, _UIDVALIDITY_RE)
+        self.permanent_flags = _permanent_flags(untagged)
+
+    async def search(self, criteria: bytes) -> list[int]:
+        """``UID SEARCH criteria`` (criteria we build: atoms and numbers only), UIDs ascending."""
+        _, untagged = await self._command("UID SEARCH", [b"UID SEARCH ", criteria])
+        uids: set[int] = set()
+        for resp in untagged:
+            found = wire.parse_search(resp)
+            if found is not None:
+                uids.update(found)
+        return sorted(uids)
+
+    async def fetch_items(self, uids: Iterable[int], items: bytes, *, cap: int) -> list[wire.FetchItem]:
+        """``UID FETCH`` of ``items`` in batches; each body literal over ``cap`` is dropped unread
+        (``body_skipped``). Only responses naming an asked UID count (see :meth:`fetch`)."""
+        wanted = sorted(set(uids))
+        out: list[wire.FetchItem] = []
+        for i in range(0, len(wanted), FETCH_BATCH):
+            batch = wanted[i : i + FETCH_BATCH]
+            uid_set = ",".join(str(u) for u in batch).encode()
+            _, untagged = await self._command(
+                "UID FETCH", [b"UID FETCH ", uid_set, b" (UID ", items, b")"], literal_cap=cap
+            )
+            asked = set(batch)
+            for resp in untagged:
+                item = wire.parse_fetch(resp)
+                if item is not None and item.uid in asked:
+                    out.append(item)
+        return out
+
+    async def move(self, uid: int, folder: str) -> None:
+        """Move one message to ``folder``: MOVE (RFC 6851) where offered, else COPY, then \\Deleted and
+        UID EXPUNGE of that UID only (UIDPLUS). Without either nothing is done: a plain EXPUNGE would
+        also remove what the user flagged \\Deleted."""
+        if "MOVE" in self._caps:
+            await self._command("UID MOVE", [b"UID MOVE %d " % uid, folder])
+            return
+        if not self.can_expunge_by_uid:
+            raise ProbeError("IMAP server offers neither MOVE nor UIDPLUS: not moved", reason=PROTOCOL)
+        await self._command("UID COPY", [b"UID COPY %d " % uid, folder])
+        await self._command("UID STORE", [b"UID STORE %d +FLAGS.SILENT (\\Deleted)" % uid])
+        await self._command("UID EXPUNGE", [b"UID EXPUNGE %d" % uid])
 
     async def search_text(self, value: str, since_uid: int) -> list[int]:
         """UIDs from ``since_uid`` on whose text (headers, body, attached messages' headers) contains
@@ -277,6 +322,29 @@ class IMAPCommands(IMAPConnection):
 
 
 _UIDNEXT_RE = re.compile(rb"\[UIDNEXT ([0-9]{1,10})\]", re.IGNORECASE)
+_UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
+_PERMANENTFLAGS_RE = re.compile(rb"\[PERMANENTFLAGS \(([^)]{0,4096})\)\]", re.IGNORECASE)
+
+
+def _code_number(untagged: Iterable[wire.Response], pattern: re.Pattern[bytes]) -> int | None:
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = pattern.search(first)
+            if m is not None:
+                return int(m.group(1))
+    return None
+
+
+def _permanent_flags(untagged: Iterable[wire.Response]) -> frozenset[str] | None:
+    """``* OK [PERMANENTFLAGS (...)]`` of a SELECT (``\\*``: new keywords may be made); None if absent."""
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = _PERMANENTFLAGS_RE.search(first)
+            if m is not None:
+                return frozenset(f.decode("ascii", "replace") for f in m.group(1).split())
+    return None
 
 
 def _uidnext(untagged: Iterable[wire.Response]) -> int | None:

@@ -52,6 +52,8 @@ class IMAPConnection:
         self.prefix = prefix
         self.exists = 0
         self.uidnext: int | None = None  # UIDNEXT of the last SELECT (RFC 3501 requires it)
+        self.uidvalidity: int | None = None  # UIDVALIDITY of the last SELECT
+        self.permanent_flags: frozenset[str] | None = None  # PERMANENTFLAGS of the last SELECT
         self._caps: set[str] = set()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None

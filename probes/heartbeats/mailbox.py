@@ -1,0 +1,278 @@
+"""Reading a mailbox for heartbeats: one IMAP session per mailbox serves every heartbeat on it.
+
+A scan looks at each watched folder once: new UIDs since the folder's cursor (``UID SEARCH UID n:*``),
+then for at most ``max_messages`` of them (oldest first; the rest wait for the next scan) the size,
+INTERNALDATE, BODYSTRUCTURE and header block, and only where a rule asks, at most ``body_bytes`` of the
+first text part (``BODY.PEEK[n]<0.N>``: the server sends no more, a 5 MB body costs N bytes). Everything
+is read with PEEK; a folder no heartbeat acts on is opened with EXAMINE (read-only), so flags stay as
+they were. The first time a folder is seen its cursor is set to UIDNEXT: mail already there is not read.
+
+What matched is handed to ``commit`` (the caller's durable state) before anything is done to a message:
+a keyword (``mark_keyword``, only where PERMANENTFLAGS allows) and a move (``move_to``, MOVE or COPY +
+UID EXPUNGE of that UID only) come after the count is saved, so a crash between the two never counts a
+mail twice; mail is never deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import structlog
+
+from probes.clients.imap import IMAPSession, IMAPSettings
+from probes.errors import ProbeError
+from probes.heartbeats.rules import (
+    MailFacts,
+    Outcome,
+    Rules,
+    TextPart,
+    decode_body,
+    parse_header,
+    walk_structure,
+)
+from probes.recorder import Recorder
+from probes.wire.slots import ServerSlots, maybe_session
+
+log = structlog.get_logger("mailcanary.heartbeats")
+
+MAX_MESSAGES: Final = 200  # new messages read per folder per scan; the rest at the next scan
+HEADER_ITEMS: Final = b"RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER]"
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One heartbeat as the scan sees it."""
+
+    name: str
+    folders: tuple[str, ...]
+    rules: Rules
+    mark_keyword: str | None = None
+    move_to: str | None = None
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    imap: IMAPSettings
+    heartbeats: tuple[Watched, ...]
+    slots: ServerSlots | None = None
+    max_messages: int = MAX_MESSAGES
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """Every watched folder, once, in the order the heartbeats name them."""
+        return tuple(dict.fromkeys(f for h in self.heartbeats for f in h.folders))
+
+
+@dataclass
+class Cursor:
+    """Where a folder was read up to: its UIDVALIDITY and the last UID looked at."""
+
+    uidvalidity: int | None
+    last_uid: int
+
+
+@dataclass(frozen=True)
+class Match:
+    """A mail that matched a heartbeat."""
+
+    heartbeat: str
+    folder: str
+    uidvalidity: int | None
+    uid: int
+    message_id: str | None
+    arrival: float  # INTERNALDATE (unix seconds)
+    outcome: Outcome
+    subject: str
+
+    @property
+    def key(self) -> str:
+        """What makes it the same mail across runs and restarts."""
+        return f"{self.folder}\0{self.uidvalidity}\0{self.uid}"
+
+
+@dataclass
+class ScanStats:
+    read: int = 0  # messages whose headers were read
+    foreign: int = 0  # of them matching no heartbeat (never touched)
+    unreadable: int = 0  # header over the cap: looked at by size only
+    backlog: int = 0  # new messages left for the next scan (over max_messages)
+    body_bytes: int = 0  # bytes of bodies fetched
+    idle: bool = False  # the server offers IDLE
+    action_errors: list[str] = field(default_factory=list)
+
+
+# commit(folder, cursor, matches) -> the matches newly counted (not seen before): saved before it returns
+Commit = Callable[[str, Cursor, list[Match]], Awaitable[list[Match]]]
+
+
+def parse_internaldate(value: bytes | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z").timestamp()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def scan_mailbox(
+    settings: MailboxSettings, cursors: dict[str, Cursor], recorder: Recorder, commit: Commit, since: float
+) -> ScanStats:
+    """Read every watched folder once (see the module's docstring). ``since``: where to start looking
+    when a folder's UIDVALIDITY changed (the oldest open window; Message-IDs keep counts single)."""
+    stats = ScanStats()
+    folders = settings.folders
+    imap = replace(settings.imap, mailbox=folders[0])
+    session = IMAPSession(imap, recorder)
+    async with maybe_session(settings.slots, imap.endpoint, "imap", recorder):
+        try:
+            await session.open()
+            stats.idle = "IDLE" in session.capabilities
+            with recorder.phase("receive_scan"):
+                for folder in folders:
+                    await _scan_folder(session, settings, folder, cursors, recorder, commit, since, stats)
+        finally:
+            await session.close()
+    return stats
+
+
+async def _scan_folder(
+    session: IMAPSession,
+    settings: MailboxSettings,
+    folder: str,
+    cursors: dict[str, Cursor],
+    recorder: Recorder,
+    commit: Commit,
+    since: float,
+    stats: ScanStats,
+) -> None:
+    here = [h for h in settings.heartbeats if folder in h.folders]
+    acting = any(h.mark_keyword or h.move_to for h in here)
+    try:
+        await session.select(folder, readonly=not acting)
+    except ProbeError as exc:
+        if not session.is_open:
+            raise
+        raise ProbeError(
+            f"folder {folder!r} cannot be opened: {exc.message}", reason="receive_protocol"
+        ) from None
+    validity = session.uidvalidity
+    cursor = cursors.get(folder)
+    if cursor is None:  # first look: start at UIDNEXT, mail already there is not read
+        top = (session.uidnext - 1) if session.uidnext else max(await session.search(b"UID *") or [0])
+        cursor = Cursor(validity, max(top, 0))
+        await commit(folder, cursor, [])
+        cursors[folder] = cursor
+        return
+    if cursor.uidvalidity != validity:
+        # The folder was rebuilt: UIDs mean nothing now. Look again from the day the open windows
+        # began; what was counted already is known by its Message-ID.
+        day = (datetime.fromtimestamp(since, UTC) - timedelta(days=1)).strftime("%d-%b-%Y").encode()
+        uids = await session.search(b"SINCE " + day)
+        log.warning("heartbeat_uidvalidity_changed", folder=folder, was=cursor.uidvalidity, now=validity)
+        cursor = Cursor(validity, 0)
+    else:
+        uids = [u for u in await session.search(b"UID %d:*" % (cursor.last_uid + 1)) if u > cursor.last_uid]
+    if not uids:
+        cursors[folder] = cursor
+        await commit(folder, cursor, [])
+        return
+    todo = uids[: settings.max_messages]
+    stats.backlog += len(uids) - len(todo)
+    items = await session.fetch_items(todo, HEADER_ITEMS, cap=session.settings.limits.max_header)
+    facts: dict[int, tuple[MailFacts, float, TextPart | None]] = {}
+    now = time.time()
+    for item in items:
+        assert item.uid is not None
+        stats.read += 1
+        if item.body_skipped or item.body is None:
+            stats.unreadable += 1
+            mail = MailFacts(size=item.size or 0)
+        else:
+            mail = parse_header(item.body, item.size or 0)
+        text: TextPart | None = None
+        if item.structure is not None:
+            mail.attachments, text = walk_structure(item.structure)
+        arrival = parse_internaldate(item.internaldate)
+        facts[item.uid] = (mail, arrival if arrival is not None else now, text)
+    cap = max((h.rules.body_bytes for h in here if h.rules.needs_body), default=0)
+    if cap:
+        await _read_bodies(session, facts, cap, stats)
+    matches: list[Match] = []
+    for uid in sorted(facts):
+        mail, arrival, _ = facts[uid]
+        mine = False
+        for h in here:
+            outcome = h.rules.classify(_bounded(mail, h.rules.body_bytes))
+            if outcome is not None:
+                mine = True
+                matches.append(
+                    Match(
+                        h.name, folder, validity, uid, mail.message_id, arrival, outcome, mail.subject[:200]
+                    )
+                )
+        stats.foreign += 0 if mine else 1
+    cursor = Cursor(validity, max(todo))
+    cursors[folder] = cursor
+    counted = await commit(folder, cursor, matches)
+    await _act(session, here, counted, stats)
+
+
+def _bounded(mail: MailFacts, body_bytes: int) -> MailFacts:
+    """The mail as a heartbeat with a smaller body cap sees it."""
+    if mail.body is None or mail.body_read <= body_bytes:
+        return mail
+    return replace(mail, body=mail.body[:body_bytes])
+
+
+async def _read_bodies(
+    session: IMAPSession,
+    facts: dict[int, tuple[MailFacts, float, TextPart | None]],
+    cap: int,
+    stats: ScanStats,
+) -> None:
+    """At most ``cap`` bytes of each message's first text part (a partial FETCH: the server cuts)."""
+    by_section: dict[str, list[int]] = {}
+    for uid, (_, _, text) in facts.items():
+        if text is not None:
+            by_section.setdefault(text.section, []).append(uid)
+    for section, uids in by_section.items():
+        part = b"BODY.PEEK[%s]<0.%d>" % (section.encode("ascii"), cap)
+        for item in await session.fetch_items(uids, part, cap=cap):
+            if item.uid is None or item.uid not in facts or item.body is None:
+                continue
+            mail, _, text = facts[item.uid]
+            assert text is not None
+            data = item.body[:cap]
+            stats.body_bytes += len(data)
+            mail.body = decode_body(data, text)
+            mail.body_read = len(data)
+
+
+async def _act(session: IMAPSession, here: Sequence[Watched], counted: list[Match], stats: ScanStats) -> None:
+    """The explicit options, on newly counted mail only: a keyword, then a move (first heartbeat wins)."""
+    by_name = {h.name: h for h in here}
+    moved: set[int] = set()
+    for m in counted:
+        h = by_name.get(m.heartbeat)
+        if h is None or m.uid in moved:
+            continue
+        try:
+            if h.mark_keyword is not None:
+                flags = session.permanent_flags
+                if flags is not None and ("\\*" in flags or h.mark_keyword in flags):
+                    await session.add_flag(m.uid, h.mark_keyword)
+                else:
+                    stats.action_errors.append(
+                        f"{h.name}: the folder does not allow new keywords (PERMANENTFLAGS)"
+                    )
+            if h.move_to is not None:
+                await session.move(m.uid, h.move_to)
+                moved.add(m.uid)
+        except ProbeError as exc:
+            if not session.is_open:
+                raise
+            stats.action_errors.append(f"{h.name}: {exc.message}")
