@@ -4,11 +4,11 @@ and ``domain`` (domain checks). Each declares itself once as a :class:`exporter.
 families). A new kind is a new module and one line here, or, from outside the project, one call to
 :func:`exporter.registry.register` (see docs/architecture.md, "Adding a probe kind")."""
 
-from exporter.kinds import domain, roundtrip, tls
+from exporter.kinds import domain, heartbeats, roundtrip, tls
 from exporter.registry import register
 
-BUILTIN = (roundtrip.KIND, tls.KIND, domain.KIND)
+BUILTIN = (roundtrip.KIND, tls.KIND, domain.KIND, heartbeats.KIND)
 for _kind in BUILTIN:
     register(_kind)
 
-__all__ = ["BUILTIN", "domain", "roundtrip", "tls"]
+__all__ = ["BUILTIN", "domain", "heartbeats", "roundtrip", "tls"]

@@ -19,6 +19,7 @@ a later window gets its expected mail.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -89,8 +90,10 @@ class Heartbeat:
 
     @classmethod
     def new(cls, schedule: Schedule, now: float) -> Heartbeat:
-        """A new heartbeat's first window starts now (mail already in the folder is not counted)."""
-        return cls(window=Window(start=now, deadline=schedule.first_deadline(now)))
+        """A new heartbeat's first window starts now (mail already in the folder is not counted), on a
+        whole second: arrival times (INTERNALDATE) have no fraction."""
+        start = float(math.floor(now))
+        return cls(window=Window(start=start, deadline=schedule.first_deadline(start)))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,147 @@
+"""Heartbeats against the real Postfix + Dovecot: mails sent by the test on a schedule, delivered by
+Postfix, read over IMAP. Short windows (seconds); the test waits for events (a counted mail, a deadline
+passed by the wall clock), never a fixed sleep."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.mailstack import MailStack
+from tests.support.heartbeats import flags_in, heartbeat, imap, make_runner, run, send
+from tests.support.wait import eventually
+
+
+def _until_counted(runner, name: str, total: int):  # type: ignore[no-untyped-def]
+    return eventually(
+        lambda: run(runner, name),
+        until=lambda got: got[1].matched_total >= total,
+        timeout=60,
+        interval=0.3,
+        message=f"{name}: {total} mails counted",
+    )
+
+
+def _past(when: float) -> None:
+    """Until the wall clock is past ``when`` (the event a window's deadline is)."""
+    eventually(
+        time.time, until=lambda now: now > when, timeout=120, interval=0.1, message=f"time past {when}"
+    )
+
+
+def test_on_time_is_ok_and_foreign_mail_is_never_touched(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    runner = make_runner(tmp_path, [heartbeat(mailstack, tmp_path, "nightly", mailbox)])
+    first, report = run(runner, "nightly")
+    assert first.reason == "success" and report.state == "ok" and report.matched_total == 0
+    foreign = send(mailstack, mailbox, "Your invoice", sender="billing@shop.example.com")
+    mine = send(mailstack, mailbox)
+    result, report = _until_counted(runner, "nightly", 1)
+    assert result.success and result.reason == "success", result.message
+    # every: a window closes with its expected mail, the next is due `every` after it (healthchecks' period)
+    assert report.state == "ok" and report.windows["ok"] == 1 and report.count == 0 and report.expect == 1
+    assert report.last_seen is not None and report.deadline == report.last_seen + 60
+    # nothing counted twice on the next runs; the foreign mail never counted
+    _, again = run(runner, "nightly")
+    assert again.matched_total == 1
+    flags = flags_in(mailstack, mailbox)
+    assert flags[foreign] == "" and flags[mine] == "", flags  # read-only: still unseen, no keyword
+
+
+def test_late_then_ok(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    runner = make_runner(
+        tmp_path, [heartbeat(mailstack, tmp_path, "late", mailbox, every="3s", grace="120s")]
+    )
+    _, report = run(runner, "late")
+    _past(report.deadline)
+    result, report = run(runner, "late")
+    assert result.reason == "heartbeat_late" and report.state == "late", result.message
+    send(mailstack, mailbox)
+    result, report = _until_counted(runner, "late", 1)
+    assert result.reason == "success" and report.state == "ok"
+    assert report.windows["late"] == 1 and report.windows["missing"] == 0, report
+
+
+def test_missing_then_back(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    runner = make_runner(tmp_path, [heartbeat(mailstack, tmp_path, "gone", mailbox, every="2s", grace="1s")])
+    _, report = run(runner, "gone")
+    _past(report.deadline + 1)
+    result, report = run(runner, "gone")
+    assert result.reason == "heartbeat_missing" and report.state == "missing", result.message
+    assert report.windows["missing"] >= 1
+    send(mailstack, mailbox)
+    result, report = _until_counted(runner, "gone", 1)
+    assert report.state == "ok" and result.success
+
+
+def test_failure_report_fails_even_though_mail_came(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    entry = heartbeat(mailstack, tmp_path, "backup", mailbox, fail_if=[{"subject": "FAILED"}])
+    runner = make_runner(tmp_path, [entry])
+    run(runner, "backup")
+    send(mailstack, mailbox, "Nightly backup: FAILED (disk full)")
+    result, report = _until_counted(runner, "backup", 1)
+    assert result.reason == "heartbeat_failed" and report.state == "failed", result.message
+    assert report.failed_total == 1 and report.count == 0
+
+
+def test_restart_counts_nothing_twice(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    entries = [heartbeat(mailstack, tmp_path, "twice", mailbox, expect=3)]
+    runner = make_runner(tmp_path, entries)
+    run(runner, "twice")
+    send(mailstack, mailbox)
+    send(mailstack, mailbox)
+    _, report = _until_counted(runner, "twice", 2)
+    assert report.count == 2
+    restarted = make_runner(tmp_path, entries)  # a new daemon on the same state dir
+    _, report = run(restarted, "twice")
+    assert report.matched_total == 2 and report.count == 2 and report.windows["ok"] == 0
+    send(mailstack, mailbox)
+    _, report = _until_counted(restarted, "twice", 3)
+    assert report.matched_total == 3 and report.windows["ok"] == 1  # the third closed the window
+    assert (tmp_path / "state" / "heartbeats.json").exists()
+
+
+def test_mark_keyword_and_move_to(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    conn = imap(mailstack, mailbox)
+    try:
+        conn.create("Reports")
+    finally:
+        conn.logout()
+    entries = [
+        heartbeat(
+            mailstack, tmp_path, "marked", mailbox, match={"subject": "^Marked"}, mark_keyword="$Heartbeat"
+        ),
+        heartbeat(mailstack, tmp_path, "moved", mailbox, match={"subject": "^Moved"}, move_to="Reports"),
+    ]
+    runner = make_runner(tmp_path, entries)
+    run(runner, "marked")
+    run(runner, "moved")
+    marked = send(mailstack, mailbox, "Marked report")
+    moved = send(mailstack, mailbox, "Moved report")
+    foreign = send(mailstack, mailbox, "Something else", sender="friend@example.net")
+    _until_counted(runner, "marked", 1)
+    _until_counted(runner, "moved", 1)
+    inbox = flags_in(mailstack, mailbox)
+    assert "$Heartbeat" in inbox[marked] and "\\Seen" not in inbox[marked]
+    assert moved not in inbox and foreign in inbox and inbox[foreign] == ""
+    assert moved in flags_in(mailstack, mailbox, "Reports")
+
+
+def test_body_read_is_bounded(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    entries = [
+        heartbeat(mailstack, tmp_path, "head", mailbox, match={"body": "BACKUP-OK"}, body_bytes=4096),
+        heartbeat(mailstack, tmp_path, "tail", mailbox, match={"body": "THE-END"}, body_bytes=4096),
+    ]
+    runner = make_runner(tmp_path, entries)
+    run(runner, "head")
+    run(runner, "tail")
+    filler = ("x" * 76 + "\n") * (5 * 1024 * 1024 // 77)
+    send(mailstack, mailbox, "Big report", body="BACKUP-OK\n" + filler + "THE-END\n")
+    result, report = _until_counted(runner, "head", 1)
+    assert result.success
+    _, tail = run(runner, "tail")
+    assert tail.matched_total == 0  # its marker is past the cap: never read
+    assert report.scanned and 0 < report.body_bytes <= 4096  # of a 5 MB body
