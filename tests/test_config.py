@@ -672,7 +672,7 @@ def test_cli_probe_unknown_name_is_unknown(good_file: Path, capsys: pytest.Captu
     _, err = capsys.readouterr()
     assert (
         err
-        == f"{good_file}: no probe, TLS check or domain check named 'nope' (have: imap-probe, pop3.probe_2)\n"
+        == f"{good_file}: no probe, TLS check, domain check or heartbeat named 'nope' (have: imap-probe, pop3.probe_2)\n"
     )
 
 

@@ -151,9 +151,10 @@ def test_fail_if_is_looked_at_before_match() -> None:
 
 def test_bodystructure_attachments_and_text_part() -> None:
     line = (
-        b'* 1 FETCH (UID 7 BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 20 1 '
-        b'NIL NIL NIL NIL)("application" "pdf" ("name" "r.pdf") NIL NIL "base64" 400 NIL ("attachment" '
-        b'("filename" "report-2026.pdf")) NIL NIL) "mixed" ("boundary" "b") NIL NIL NIL))'
+        b'* 1 FETCH (UID 7 BODYSTRUCTURE (("text" "plain" ("charset" "utf-8") NIL NIL '
+        b'"quoted-printable" 20 1 NIL NIL NIL NIL)("application" "pdf" ("name" "r.pdf") NIL NIL '
+        b'"base64" 400 NIL ("attachment" ("filename" "report-2026.pdf")) NIL NIL) "mixed" '
+        b'("boundary" "b") NIL NIL NIL))'
     )
     item = wire.parse_fetch(wire.Response(tag=b"*", parts=[line]))
     assert item is not None and item.structure is not None
