@@ -4,12 +4,20 @@ passed by the wall clock), never a fixed sleep."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import time
 from pathlib import Path
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.cli import _probe as run_probe
+from exporter.cli import build_parser
+from exporter.daemon import Daemon
 from tests.mailstack import MailStack
-from tests.support.heartbeats import flags_in, heartbeat, imap, make_runner, run, send
-from tests.support.wait import eventually
+from tests.support.heartbeats import flags_in, heartbeat, imap, make_runner, run, send, write_config
+from tests.support.wait import eventually, eventually_async
 
 
 def _until_counted(runner, name: str, total: int):  # type: ignore[no-untyped-def]
@@ -145,3 +153,74 @@ def test_body_read_is_bounded(mailstack: MailStack, mailbox: str, tmp_path: Path
     _, tail = run(runner, "tail")
     assert tail.matched_total == 0  # its marker is past the cap: never read
     assert report.scanned and 0 < report.body_bytes <= 4096  # of a 5 MB body
+
+
+async def test_in_the_daemon_metrics_status_page_and_probe_report(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    """The daemon schedules it, /metrics and the status page show it, ``mailcanary probe`` reports it."""
+    entry = heartbeat(mailstack, tmp_path, "report", mailbox, interval="1s", fail_if=[{"subject": "FAILED"}])
+    path = write_config(tmp_path, [entry])
+    daemon = Daemon(str(path), "127.0.0.1:0")
+    await daemon.start()
+    try:
+        host, port = daemon.http.bound[0]
+
+        async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://{host}:{port}/metrics") as resp:
+                    text = await resp.text()
+            return {
+                (s.name, frozenset(s.labels.items())): s.value
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+            }
+
+        def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+            return (name, frozenset({"probe": "report", **labels}.items()))
+
+        await eventually_async(
+            scrape,
+            until=lambda got: key("mailcanary_heartbeat_success") in got,
+            timeout=60,
+            message="a first run",
+        )
+        await asyncio.to_thread(send, mailstack, mailbox)
+        got = await eventually_async(
+            scrape,
+            until=lambda got: got.get(key("mailcanary_heartbeat_matched_total")) == 1,
+            timeout=60,
+            message="the mail counted",
+        )
+        assert got[key("mailcanary_heartbeat_state", state="ok")] == 1
+        assert got[key("mailcanary_heartbeat_state", state="missing")] == 0
+        assert got[key("mailcanary_heartbeat_windows_total", result="ok")] == 1
+        assert got[key("mailcanary_heartbeat_expected")] == 1
+        assert got[key("mailcanary_heartbeat_last_seen_timestamp_seconds")] > 0
+        assert got[key("mailcanary_heartbeat_runs_total", outcome="heartbeat_missing")] == 0
+        assert got[("mailcanary_config_probes", frozenset({"kind": "heartbeat"}.items()))] == 1
+        await asyncio.to_thread(send, mailstack, mailbox, "Nightly backup: FAILED")
+        got = await eventually_async(
+            scrape,
+            until=lambda got: got.get(key("mailcanary_heartbeat_state", state="failed")) == 1,
+            timeout=60,
+            message="the failure report seen",
+        )
+        assert (
+            got[key("mailcanary_heartbeat_success")] == 0
+            and got[key("mailcanary_heartbeat_failed_total")] == 1
+        )
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://{host}:{port}/") as resp:
+                page = await resp.text()
+        assert 'data-probe="report" data-kind="heartbeat" data-outcome="heartbeat_failed"' in page
+        assert "failed: 0/1 by" in page
+    finally:
+        await daemon.shutdown()
+    # the one-shot report (a new process's state: same state dir, nothing counted twice)
+    args = build_parser().parse_args(["probe", "--config", str(path), "report"])
+    buf = io.StringIO()
+    assert await run_probe(args, buf) == 2
+    out = buf.getvalue()
+    assert "report: FAILED heartbeat_failed" in out and "state: failed" in out, out
+    assert "counted 2, failure reports 1" in out and "read: 0 new messages" in out, out

@@ -200,7 +200,7 @@ async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
     error: tuple[str, str] | None = None
     stats: ScanStats | None = None
     async with book.lock(s.key):
-        if mb.last_read is None or time.time() - mb.last_read >= REUSE:
+        if mb.read_here is None or time.time() - mb.read_here >= REUSE:
             since = min(book.entries[n].heartbeat.window.start for n in s.specs)
 
             async def commit(folder: str, cursor: Cursor, matches: list[Match]) -> list[Match]:
@@ -211,7 +211,7 @@ async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
             try:
                 async with asyncio.timeout(s.budget):
                     stats = await scan_mailbox(s.mailbox, mb.cursors, ctx.recorder, commit, since)
-                mb.last_read = time.time()
+                mb.last_read = mb.read_here = time.time()
             except TimeoutError:
                 error = ("timeout", f"the mailbox was not read within {s.budget:g}s")
             except ProbeError as exc:

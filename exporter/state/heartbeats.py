@@ -44,6 +44,7 @@ class Entry:
 class Mailbox:
     cursors: dict[str, Cursor] = field(default_factory=dict)
     last_read: float | None = None  # when the last scan that read every folder finished
+    read_here: float | None = None  # the same, by this process (not saved: a new process reads anew)
 
 
 def spec_of(schedule: Schedule, expect: int) -> str:
