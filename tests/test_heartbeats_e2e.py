@@ -210,9 +210,8 @@ async def test_in_the_daemon_metrics_status_page_and_probe_report(
             got[key("mailcanary_heartbeat_success")] == 0
             and got[key("mailcanary_heartbeat_failed_total")] == 1
         )
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://{host}:{port}/") as resp:
-                page = await resp.text()
+        async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}/") as resp:
+            page = await resp.text()
         assert 'data-probe="report" data-kind="heartbeat" data-outcome="heartbeat_failed"' in page
         assert "failed: 0/1 by" in page
     finally:
