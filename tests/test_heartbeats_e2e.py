@@ -167,9 +167,11 @@ async def test_in_the_daemon_metrics_status_page_and_probe_report(
         host, port = daemon.http.bound[0]
 
         async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"http://{host}:{port}/metrics") as resp:
-                    text = await resp.text()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{host}:{port}/metrics") as resp,
+            ):
+                text = await resp.text()
             return {
                 (s.name, frozenset(s.labels.items())): s.value
                 for fam in text_string_to_metric_families(text)
