@@ -215,7 +215,7 @@ async def test_in_the_daemon_metrics_status_page_and_probe_report(
         async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}/") as resp:
             page = await resp.text()
         assert 'data-probe="report" data-kind="heartbeat" data-outcome="heartbeat_failed"' in page
-        assert "failed: 0/1 by" in page
+        assert "failed: 0 of 1 in this window, due" in page
     finally:
         await daemon.shutdown()
     # the one-shot report (a new process's state: same state dir, nothing counted twice)

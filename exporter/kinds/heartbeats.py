@@ -353,7 +353,10 @@ def status_cell(run: RunResult) -> str:
     r = run.detail
     if not isinstance(r, HeartbeatReport):
         return "-"
-    return f"{r.state}: {r.count}/{r.expect} by {_when(r.deadline)}; last seen {_when(r.last_seen)}"
+    return (
+        f"{r.state}: {r.count} of {r.expect} in this window, due {_when(r.deadline)}; "
+        f"last seen {_when(r.last_seen)}"
+    )
 
 
 def report_lines(run: RunResult) -> list[str]:
