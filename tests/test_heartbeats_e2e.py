@@ -109,7 +109,7 @@ def test_restart_counts_nothing_twice(mailstack: MailStack, mailbox: str, tmp_pa
     send(mailstack, mailbox)
     _, report = _until_counted(restarted, "twice", 3)
     assert report.matched_total == 3 and report.windows["ok"] == 1  # the third closed the window
-    assert (tmp_path / "state" / "heartbeats.json").exists()
+    assert len(list((tmp_path / "state" / "heartbeats").glob("*.json"))) == 1  # one file per mailbox
 
 
 def test_mark_keyword_and_move_to(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
@@ -225,3 +225,19 @@ async def test_in_the_daemon_metrics_status_page_and_probe_report(
     out = buf.getvalue()
     assert "report: FAILED heartbeat_failed" in out and "state: failed" in out, out
     assert "counted 2, failure reports 1" in out and "read: 0 new messages" in out, out
+
+
+def test_a_mailbox_that_cannot_be_read_never_turns_missing(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    good = heartbeat(mailstack, tmp_path, "blind", mailbox, every="2s", grace="1s")
+    _, report = run(make_runner(tmp_path, [good]), "blind")
+    read_at = report.evaluated_at
+    assert read_at is not None
+    _past(report.deadline + 2)  # the window is over: had it been read, it would be missing now
+    (tmp_path / "wrong.pw").write_text("not-the-password\n")
+    bad = {**good, "imap": {**good["imap"], "password_file": str(tmp_path / "wrong.pw")}}
+    result, report = run(make_runner(tmp_path, [bad]), "blind")
+    assert result.reason == "receive_auth" and not result.success, result.message
+    assert report.state == "ok" and report.evaluated_at == read_at  # as of the last good read
+    assert "mailbox not read" in result.message

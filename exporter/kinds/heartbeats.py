@@ -3,11 +3,12 @@ switch read from the mailbox where the mail really lands.
 
 A run reads the heartbeat's mailbox (one IMAP session serves every heartbeat on the same mailbox: the
 group's runs share one scan at a time, and a scan younger than REUSE seconds is not repeated), counts
-what matched into the heartbeats' windows (:mod:`probes.heartbeats`), keeps that in ``heartbeats.json``
-(:mod:`exporter.state.heartbeats`) and judges the heartbeat's state: ``ok`` is success; ``late``,
-``missing`` and ``failed`` are the outcomes ``heartbeat_late``/``_missing``/``_failed``. A mailbox that
-cannot be read fails the run with the reading's reason (``receive_*``, ``timeout``...) and the state
-stays what the last good read showed: a read that failed never turns into ``missing``.
+what matched into the heartbeats' windows (:mod:`probes.heartbeats`), keeps that in
+``state_dir/heartbeats/`` (one file per mailbox, :mod:`exporter.state.heartbeats`) and judges the
+heartbeat's state: ``ok`` is success; ``late``, ``missing`` and ``failed`` are the outcomes
+``heartbeat_late``/``_missing``/``_failed``. A mailbox that cannot be read fails the run with the
+reading's reason (``receive_*``, ``timeout``...) and the state stays what the last good read showed: a
+read that failed never turns into ``missing``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from exporter.metrics.run import run_families
 from exporter.registry import Kind, RunEnv, Verdict
 from exporter.run.results import HEARTBEAT_OUTCOMES, ProbeStats, RunResult
 from exporter.run.settings import endpoint_of
-from exporter.state.heartbeats import HeartbeatBook
+from exporter.state.heartbeats import HeartbeatBook, MailboxState
 from exporter.state.ledger import Ledger
 from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
@@ -61,7 +62,7 @@ def book_for(env: RunEnv) -> HeartbeatBook:
     """The daemon's heartbeat state (one per ledger, i.e. per daemon or ``mailcanary probe``)."""
     found = _BOOKS.get(env.ledger)
     if found is None:
-        path = env.ledger.path.parent / "heartbeats.json" if env.ledger.path is not None else None
+        path = env.ledger.path.parent / "heartbeats" if env.ledger.path is not None else None
         found = _BOOKS[env.ledger] = HeartbeatBook(path, env.ledger.health)
     return found
 
@@ -114,8 +115,7 @@ class HeartbeatSettings:
     specs: dict[str, tuple[Schedule, int]]  # the group's schedules and expected counts
     book: HeartbeatBook
     budget: float  # seconds the scan may take
-    names: tuple[str, ...] = ()  # every configured heartbeat (the rest is forgotten)
-    boxes: tuple[str, ...] = ()  # every configured mailbox
+    boxes: tuple[str, ...] = ()  # every configured mailbox (the rest is forgotten)
 
 
 def heartbeat_settings(hb: HeartbeatConfig, env: RunEnv) -> HeartbeatSettings:
@@ -149,7 +149,6 @@ def heartbeat_settings(hb: HeartbeatConfig, env: RunEnv) -> HeartbeatSettings:
         specs={h.name: (schedule_of(h), h.expect) for h in group},
         book=book_for(env),
         budget=max(cfg.timeout_of(hb) - 1.0, 1.0),
-        names=tuple(h.name for h in everyone),
         boxes=tuple(dict.fromkeys(mailbox_key(h) for h in everyone)),
     )
 
@@ -189,41 +188,44 @@ class HeartbeatReport:
 
 
 async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
-    """Read the group's mailbox (unless a scan is fresh), count, judge this heartbeat."""
+    """Read the group's mailbox (unless this process read it less than REUSE ago), count, judge."""
     book = s.book
-    now = time.time()
-    for name, (schedule, expect) in s.specs.items():
-        book.ensure(name, schedule, expect, now)
-    if s.names:
-        book.prune(s.names, s.boxes)
-    mb = book.mailbox(s.key)
+    if s.boxes:
+        book.prune(s.boxes)
+    box = book.box(s.key)
     error: tuple[str, str] | None = None
     stats: ScanStats | None = None
     async with book.lock(s.key):
-        if mb.read_here is None or time.time() - mb.read_here >= REUSE:
-            since = min(book.entries[n].heartbeat.window.start for n in s.specs)
+        try:
+            async with asyncio.timeout(s.budget), box.locked():
+                now = time.time()
+                for name, (schedule, expect) in s.specs.items():
+                    box.ensure(name, schedule, expect, now)
+                box.prune(s.specs)
+                if box.read_here is None or time.time() - box.read_here >= REUSE:
+                    since = min(box.entries[n].heartbeat.window.start for n in s.specs)
 
-            async def commit(folder: str, cursor: Cursor, matches: list[Match]) -> list[Match]:
-                new = book.record(matches, s.specs)  # counted and saved before anything is done to them
-                await book.save()
-                return new
+                    async def commit(folder: str, cursor: Cursor, matches: list[Match]) -> list[Match]:
+                        new = box.record(matches, s.specs)  # counted and saved before anything is done
+                        await box.save()
+                        return new
 
-            try:
-                async with asyncio.timeout(s.budget):
-                    stats = await scan_mailbox(s.mailbox, mb.cursors, ctx.recorder, commit, since)
-                mb.last_read = mb.read_here = time.time()
-            except TimeoutError:
-                error = ("timeout", f"the mailbox was not read within {s.budget:g}s")
-            except ProbeError as exc:
-                error = (exc.reason, exc.message)
-    entry = book.entries[s.name]
+                    stats = await scan_mailbox(s.mailbox, box.cursors, ctx.recorder, commit, since)
+                    box.last_read = box.read_here = time.time()
+                await _judge_save(box, s)
+        except TimeoutError:
+            error = ("timeout", f"the mailbox was not read within {s.budget:g}s")
+        except ProbeError as exc:
+            error = (exc.reason, exc.message)
+        if error is not None:
+            now = time.time()
+            for name, (schedule, expect) in s.specs.items():  # a first run that failed still has a window
+                box.ensure(name, schedule, expect, now)
+    entry = box.entries[s.name]
     schedule, expect = s.specs[s.name]
     hb = entry.heartbeat
-    at = mb.last_read
-    if at is not None:
-        hb.advance(schedule, expect, at)
+    at = box.last_read
     state = hb.state(schedule, expect, at if at is not None else hb.window.start)
-    await book.save()
     w = hb.window
     return HeartbeatReport(
         name=s.name,
@@ -249,6 +251,15 @@ async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
         error_reason=error[0] if error else None,
         error=error[1] if error else None,
     )
+
+
+async def _judge_save(box: MailboxState, s: HeartbeatSettings) -> None:
+    """Close the group's windows that are over as of the last good read, and save (under the lock)."""
+    at = box.last_read
+    if at is not None:
+        for name, (schedule, expect) in s.specs.items():
+            box.entries[name].heartbeat.advance(schedule, expect, at)
+    await box.save()
 
 
 def _when(ts: float | None) -> str:

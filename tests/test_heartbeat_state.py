@@ -1,0 +1,63 @@
+"""The heartbeats' state files: one per mailbox, atomic, re-read when another process wrote it, a
+corrupt one moved aside and counted as a state error, bounded memory of counted mails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from exporter.state.heartbeats import MAX_KEYS, HeartbeatBook
+from exporter.state.ledger import StateHealth
+from probes.heartbeats import Match, Schedule
+
+EVERY = Schedule(grace=10, every=3600)
+SPECS = {"hb": (EVERY, 5)}
+
+
+def match(uid: int, mid: str | None = None, arrival: float = 1000.0) -> Match:
+    return Match("hb", "INBOX", 7, uid, mid, arrival, "success", "report")
+
+
+async def _count(book: HeartbeatBook, *matches: Match) -> list[Match]:
+    box = book.box("u@h:993")
+    async with box.locked():
+        box.ensure("hb", EVERY, 5, 900.0)
+        new = box.record(list(matches), SPECS)
+        await box.save()
+    return new
+
+
+def test_counted_once_across_processes_sharing_the_state_dir(tmp_path: Path) -> None:
+    daemon, oneshot = HeartbeatBook(tmp_path, StateHealth()), HeartbeatBook(tmp_path, StateHealth())
+    assert asyncio.run(_count(daemon, match(1, "<a@x>"))) == [match(1, "<a@x>")]
+    # the other process re-reads the file under the lock: the same mail is not counted again, even under
+    # another UID (a rebuilt folder), by its Message-ID
+    assert asyncio.run(_count(oneshot, match(1, "<a@x>"), match(9, "<a@x>"), match(2, "<b@x>"))) == [
+        match(2, "<b@x>")
+    ]
+    assert asyncio.run(_count(daemon)) == []
+    box = daemon.box("u@h:993")
+    assert box.entries["hb"].heartbeat.matched_total == 2 and box.entries["hb"].heartbeat.window.count == 2
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["mailbox"] == "u@h:993"
+    assert not list(tmp_path.glob(".heartbeats-*"))  # no temporary file left
+
+
+def test_corrupt_file_is_moved_aside_and_counted(tmp_path: Path) -> None:
+    health = StateHealth()
+    asyncio.run(_count(HeartbeatBook(tmp_path, health), match(1)))
+    path = next(tmp_path.glob("*.json"))
+    path.write_text("{not json")
+    fresh = HeartbeatBook(tmp_path, health)
+    box = fresh.box("u@h:993")
+    assert box.entries == {} and health.errors[("heartbeats", "corrupt")] == 1
+    assert list(tmp_path.glob("*.json.corrupt-*")) and not path.exists()
+    assert asyncio.run(_count(fresh, match(2))) == [match(2)]  # and it starts again
+
+
+def test_counted_mails_remembered_are_bounded(tmp_path: Path) -> None:
+    book = HeartbeatBook(tmp_path, StateHealth())
+    asyncio.run(_count(book, *(match(u, f"<{u}@x>", arrival=1000.0 + u) for u in range(1, MAX_KEYS + 50))))
+    entry = book.box("u@h:993").entries["hb"]
+    assert len(entry.keys) == MAX_KEYS and len(entry.message_ids) == MAX_KEYS
