@@ -241,3 +241,16 @@ def test_a_mailbox_that_cannot_be_read_never_turns_missing(
     assert result.reason == "receive_auth" and not result.success, result.message
     assert report.state == "ok" and report.evaluated_at == read_at  # as of the last good read
     assert "mailbox not read" in result.message
+
+
+def test_a_foreign_mail_with_a_huge_header_neither_fails_nor_jams(
+    mailstack: MailStack, mailbox: str, tmp_path: Path
+) -> None:
+    runner = make_runner(tmp_path, [heartbeat(mailstack, tmp_path, "robust", mailbox)])
+    run(runner, "robust")
+    huge = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"y" * 900) for i in range(300))  # ~270 KB of header
+    mailstack.inject(mailbox, b"From: junk@example.net\r\nSubject: noise\r\n" + huge + b"\r\nbody\r\n")
+    send(mailstack, mailbox)
+    result, report = _until_counted(runner, "robust", 1)
+    assert result.success, result.message
+    assert report.matched_total == 1

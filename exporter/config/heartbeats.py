@@ -34,7 +34,9 @@ class HeartbeatIMAPConfig(EndpointConfig):
     """The mailbox the mail lands in: the round trip's receive keys (IMAP only) and its read caps."""
 
     protocol: Literal["imap"] = "imap"
-    max_line_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # A FETCH line carries the BODYSTRUCTURE of any mail in the folder (a foreign one with many parts):
+    # 1 MiB, not the round trip's 64 KiB. Headers are fetched in part (at most max_header_bytes).
+    max_line_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
     @model_validator(mode="after")

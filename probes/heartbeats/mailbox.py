@@ -40,7 +40,7 @@ from probes.wire.slots import ServerSlots, maybe_session
 log = structlog.get_logger("mailcanary.heartbeats")
 
 MAX_MESSAGES: Final = 200  # new messages read per folder per scan; the rest at the next scan
-HEADER_ITEMS: Final = b"RFC822.SIZE INTERNALDATE BODYSTRUCTURE BODY.PEEK[HEADER]"
+HEADER_ITEMS: Final = b"RFC822.SIZE INTERNALDATE"  # + BODYSTRUCTURE where a rule needs it, + the header
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Match:
 class ScanStats:
     read: int = 0  # messages whose headers were read
     foreign: int = 0  # of them matching no heartbeat (never touched)
-    unreadable: int = 0  # header over the cap: looked at by size only
+    unreadable: int = 0  # no header block came back: looked at by size only
     backlog: int = 0  # new messages left for the next scan (over max_messages)
     body_bytes: int = 0  # bytes of bodies fetched
     idle: bool = False  # the server offers IDLE
@@ -182,7 +182,13 @@ async def _scan_folder(
         return
     todo = uids[: settings.max_messages]
     stats.backlog += len(uids) - len(todo)
-    items = await session.fetch_items(todo, HEADER_ITEMS, cap=session.settings.limits.max_header)
+    # A partial fetch of the header block: the server sends at most max_header bytes, so a foreign
+    # message with a huge header is read in part, never refused (nor can it jam the folder's cursor).
+    cap = session.settings.limits.max_header
+    structure = b" BODYSTRUCTURE" if any(h.rules.needs_structure for h in here) else b""
+    items = await session.fetch_items(
+        todo, HEADER_ITEMS + structure + b" BODY.PEEK[HEADER]<0.%d>" % cap, cap=cap
+    )
     facts: dict[int, tuple[MailFacts, float, TextPart | None]] = {}
     now = time.time()
     for item in items:
@@ -198,9 +204,9 @@ async def _scan_folder(
             mail.attachments, text = walk_structure(item.structure)
         arrival = parse_internaldate(item.internaldate)
         facts[item.uid] = (mail, arrival if arrival is not None else now, text)
-    cap = max((h.rules.body_bytes for h in here if h.rules.needs_body), default=0)
-    if cap:
-        await _read_bodies(session, facts, cap, stats)
+    body_cap = max((h.rules.body_bytes for h in here if h.rules.needs_body), default=0)
+    if body_cap:
+        await _read_bodies(session, facts, body_cap, stats)
     matches: list[Match] = []
     for uid in sorted(facts):
         mail, arrival, _ = facts[uid]
