@@ -61,3 +61,35 @@ def test_counted_mails_remembered_are_bounded(tmp_path: Path) -> None:
     asyncio.run(_count(book, *(match(u, f"<{u}@x>", arrival=1000.0 + u) for u in range(1, MAX_KEYS + 50))))
     entry = book.box("u@h:993").entries["hb"]
     assert len(entry.keys) == MAX_KEYS and len(entry.message_ids) == MAX_KEYS
+
+
+def test_settings_group_a_mailbox_and_take_oauth(tmp_path: Path) -> None:
+    """Heartbeats on one login share one mailbox (one session per read); OAuth is the receive side's."""
+    from exporter.kinds.heartbeats import heartbeat_settings
+    from tests.support.heartbeats import make_runner
+
+    (tmp_path / "tok").write_text('{"access_token": "t"}')
+    (tmp_path / "pw").write_text("secret\n")
+    imap = {"host": "imap.example.com", "tls": "implicit", "username": "r@example.com"}
+    entries = [
+        {
+            "name": "a",
+            "imap": {**imap, "oauth": {"token_file": str(tmp_path / "tok")}},
+            "match": {"subject": "a"},
+        },
+        {"name": "b", "imap": {**imap, "password_file": str(tmp_path / "pw")}, "match": {"subject": "b"}},
+        {
+            "name": "c",
+            "imap": {**imap, "username": "o@example.com", "password_file": str(tmp_path / "pw")},
+            "match": {"subject": "c"},
+        },
+    ]
+    for e in entries:
+        e.update(every="1h", grace="5m")
+    runner = make_runner(tmp_path, entries)
+    a, b, c = (heartbeat_settings(h, runner) for h in runner.loaded.config.heartbeats)
+    assert a.key == b.key != c.key
+    assert [w.name for w in a.mailbox.heartbeats] == ["a", "b"] and set(a.specs) == {"a", "b"}
+    assert a.mailbox.imap.credentials.token_source is not None
+    assert b.mailbox.imap.credentials.token_source is None
+    assert a.book is b.book is c.book  # one state per daemon
