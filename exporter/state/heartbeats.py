@@ -36,6 +36,7 @@ VERSION: Final = 1
 MAX_BYTES: Final = 4 * 1024 * 1024
 MAX_KEYS: Final = 500  # counted mails remembered per heartbeat (UIDs and Message-IDs each)
 LOCK_POLL: Final = 0.05  # seconds between tries for a file lock another process holds
+QUIET_SAVE: Final = 60.0  # seconds: a read that changed nothing but its time is saved at most this often
 
 
 @dataclass
@@ -72,6 +73,7 @@ class MailboxState:
         self.saves = 0
         self._seen: tuple[int, ...] | None = None  # the file as we last read or wrote it
         self._dirty = False  # the last save failed: memory is ahead of the file
+        self._saved: tuple[bytes, float] | None = None  # what was last saved (without last_read), when
 
     # -- the file --
 
@@ -133,7 +135,7 @@ class MailboxState:
         self.entries, self.cursors = entries, cursors
         self.last_read = None if last is None else float(last)
 
-    def _dump(self) -> bytes:
+    def _dump(self, with_read: bool = True) -> bytes:
         data = {
             "version": VERSION,
             "mailbox": self.key,
@@ -147,7 +149,7 @@ class MailboxState:
                 for name, e in sorted(self.entries.items())
             },
             "cursors": {f: [c.uidvalidity, c.last_uid] for f, c in sorted(self.cursors.items())},
-            "last_read": self.last_read,
+            "last_read": self.last_read if with_read else None,
         }
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -187,10 +189,19 @@ class MailboxState:
                     os.unlink(tmp)
 
     async def save(self) -> None:
-        """Write the whole file off the event loop (atomic: temporary file, fsync, rename)."""
+        """Write the whole file off the event loop (atomic: temporary file, fsync, rename). A read that
+        changed nothing but the time of the last read is written at most every QUIET_SAVE seconds."""
+        if self.path is None:
+            return
+        body, now = self._dump(with_read=False), time.monotonic()
+        if not self._dirty and self._saved is not None:
+            same, when = self._saved
+            if same == body and now - when < QUIET_SAVE:
+                return
         self.saves += 1
-        if self.path is not None:
-            await asyncio.to_thread(self._save_now, self._dump())
+        await asyncio.to_thread(self._save_now, self._dump())
+        if not self._dirty:
+            self._saved = (body, now)
 
     def _try_lock(self) -> int | None:
         """The file lock if free now (-1: it cannot be had at all, e.g. an unwritable state dir)."""
