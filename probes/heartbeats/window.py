@@ -19,6 +19,7 @@ a later window gets its expected mail.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,12 @@ State = Literal["ok", "late", "missing", "failed"]
 STATES: Final[tuple[State, ...]] = ("ok", "late", "missing", "failed")
 RESULTS: Final[tuple[str, ...]] = ("ok", "late", "missing", "failed")  # how a closed window ended
 MAX_STEPS: Final = 10_000  # windows closed one by one at most (a daemon down for long jumps ahead)
+
+
+@functools.lru_cache(maxsize=256)
+def _trigger(cron: str, timezone: str) -> CronTrigger:
+    """Parsed once per expression and zone (closing many windows asks for many fire times)."""
+    return CronTrigger.from_crontab(cron, timezone=ZoneInfo(timezone))
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class Schedule:
 
     def trigger(self) -> CronTrigger:
         assert self.cron is not None
-        return CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(self.timezone))
+        return _trigger(self.cron, self.timezone)
 
     def next_fire(self, after: float) -> float:
         """The first cron fire time strictly after ``after`` (unix seconds)."""
