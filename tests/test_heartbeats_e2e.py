@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import _probe as run_probe
 from exporter.cli import build_parser
 from exporter.daemon import Daemon
+from exporter.kinds import heartbeats
+from exporter.kinds.heartbeats import HeartbeatReport, book_for
 from tests.mailstack import MailStack
 from tests.support.heartbeats import flags_in, heartbeat, imap, make_runner, run, send, write_config
 from tests.support.wait import eventually, eventually_async
@@ -254,3 +257,58 @@ def test_a_foreign_mail_with_a_huge_header_neither_fails_nor_jams(
     result, report = _until_counted(runner, "robust", 1)
     assert result.success, result.message
     assert report.matched_total == 1
+
+
+def test_idle_keeps_one_session_and_the_server_push_is_counted(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one event loop (as in the daemon): the first read logs in and leaves the session in IDLE; a
+    read with nothing pushed needs no login and no search; a delivered mail is pushed and counted."""
+    monkeypatch.setattr(heartbeats, "REUSE", 0.0)  # every run reads (no reuse of a read just made)
+    runner = make_runner(tmp_path, [heartbeat(mailstack, tmp_path, "pushed", mailbox, every="1h")])
+    entry = runner.loaded.config.heartbeats[0]
+
+    async def scenario() -> None:
+        first = await runner.run_entry(entry)
+        assert first.success and "receive_login" in first.phases, first.message
+        quiet = await runner.run_entry(entry)
+        assert isinstance(quiet.detail, HeartbeatReport)
+        assert quiet.detail.quiet and quiet.detail.reused and "receive_login" not in quiet.phases
+        await asyncio.to_thread(send, mailstack, mailbox)
+
+        async def counted() -> HeartbeatReport:
+            got = await runner.run_entry(entry)
+            assert isinstance(got.detail, HeartbeatReport), got.message
+            return got.detail
+
+        report = await eventually_async(
+            counted, until=lambda r: r.matched_total == 1, timeout=60, message="the pushed mail counted"
+        )
+        assert report.reused and not report.quiet and report.state == "ok"
+        box = next(iter(book_for(runner).boxes.values()))
+        assert box.keeper.holding
+        await box.keeper.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_due_window_is_judged_on_a_real_search_not_on_idle(
+    mailstack: MailStack, mailbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(heartbeats, "REUSE", 0.0)
+    runner = make_runner(tmp_path, [heartbeat(mailstack, tmp_path, "due", mailbox, every="3s", grace="60s")])
+    entry = runner.loaded.config.heartbeats[0]
+
+    async def scenario() -> None:
+        first = await runner.run_entry(entry)
+        assert isinstance(first.detail, HeartbeatReport)
+        deadline = first.detail.deadline
+        await eventually_async(
+            lambda: asyncio.sleep(0.1, time.time()), until=lambda now: now > deadline, timeout=60
+        )
+        late = await runner.run_entry(entry)
+        assert isinstance(late.detail, HeartbeatReport)
+        assert late.reason == "heartbeat_late" and late.detail.reused and not late.detail.quiet
+        await next(iter(book_for(runner).boxes.values())).keeper.close()
+
+    asyncio.run(scenario())

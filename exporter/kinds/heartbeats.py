@@ -176,6 +176,8 @@ class HeartbeatReport:
     backlog: int = 0
     body_bytes: int = 0
     idle: bool | None = None  # the server offers IDLE
+    reused: bool = False  # the session kept in IDLE since the last read served this one (no login)
+    quiet: bool = False  # ... and nothing was pushed: no search
     action_errors: tuple[str, ...] = ()
     error_reason: str | None = None
     error: str | None = None
@@ -210,7 +212,17 @@ async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
                         await box.save()
                         return new
 
-                    stats = await scan_mailbox(s.mailbox, box.cursors, ctx.recorder, commit, since)
+                    # IDLE is trusted only while no window of the group is due (see scan_mailbox)
+                    due = any(now >= box.entries[n].heartbeat.window.deadline for n in s.specs)
+                    stats = await scan_mailbox(
+                        s.mailbox,
+                        box.cursors,
+                        ctx.recorder,
+                        commit,
+                        since,
+                        keeper=box.keeper,
+                        trust_idle=not due,
+                    )
                     box.last_read = box.read_here = time.time()
                 await _judge_save(box, s)
         except TimeoutError:
@@ -247,6 +259,8 @@ async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
         backlog=stats.backlog if stats else 0,
         body_bytes=stats.body_bytes if stats else 0,
         idle=stats.idle if stats else None,
+        reused=stats.reused if stats else False,
+        quiet=stats.quiet if stats else False,
         action_errors=tuple(stats.action_errors) if stats else (),
         error_reason=error[0] if error else None,
         error=error[1] if error else None,
@@ -381,10 +395,13 @@ def report_lines(run: RunResult) -> list[str]:
         f"  last seen: {_when(r.last_seen)}; counted {r.matched_total}, failure reports {r.failed_total}",
         "  closed windows: " + ", ".join(f"{k} {r.windows.get(k, 0)}" for k in RESULTS),
     ]
-    if r.scanned:
+    if r.quiet:
+        lines.append("  read: the session kept in IDLE since the last read; the server pushed nothing new")
+    elif r.scanned:
         lines.append(
             f"  read: {r.read} new messages ({r.foreign} matching no heartbeat, left untouched)"
             + (f", {r.backlog} left for the next run" if r.backlog else "")
+            + ("; the session kept in IDLE was used" if r.reused else "")
         )
     lines += [f"  action not done: {e}" for e in r.action_errors]
     return lines

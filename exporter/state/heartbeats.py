@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from exporter.state.ledger import StateHealth
-from probes.heartbeats import Cursor, Heartbeat, Match, Schedule
+from probes.heartbeats import Cursor, Heartbeat, Keeper, Match, Schedule
 
 FILE: Final = "heartbeats"
 VERSION: Final = 1
@@ -70,6 +70,7 @@ class MailboxState:
         self.cursors: dict[str, Cursor] = {}
         self.last_read: float | None = None  # when the last scan that read every folder finished
         self.read_here: float | None = None  # the same, by this process (not saved: a new one reads anew)
+        self.keeper = Keeper()  # the session kept in IDLE between reads (this process only)
         self.saves = 0
         self._seen: tuple[int, ...] | None = None  # the file as we last read or wrote it
         self._dirty = False  # the last save failed: memory is ahead of the file

@@ -15,6 +15,8 @@ mail twice; mail is never deleted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -102,6 +104,8 @@ class ScanStats:
     backlog: int = 0  # new messages left for the next scan (over max_messages)
     body_bytes: int = 0  # bytes of bodies fetched
     idle: bool = False  # the server offers IDLE
+    reused: bool = False  # the session kept in IDLE since the last scan was used (no login)
+    quiet: bool = False  # ... and the server had pushed nothing: no search
     action_errors: list[str] = field(default_factory=list)
 
 
@@ -118,25 +122,147 @@ def parse_internaldate(value: bytes | None) -> float | None:
         return None
 
 
+@dataclass
+class _Kept:
+    session: IMAPSession
+    loop: asyncio.AbstractEventLoop
+    slot: contextlib.AsyncExitStack  # the session's slot on the server, held while it is kept
+    searched: float  # monotonic: when its folder was last searched
+    idle_since: float  # monotonic: when IDLE began
+
+
+class Keeper:
+    """One mailbox's session kept between scans, in IDLE, where the server offers it and the group
+    watches one folder: the server pushes what arrives, so a scan with nothing pushed needs no login
+    and no search (a full search still every FULL_SEARCH seconds). Any doubt — another event loop, a
+    dropped connection, an IDLE older than IDLE_MAX, an error ending IDLE — means a fresh session."""
+
+    IDLE_MAX: Final = 25 * 60.0  # RFC 2177: re-issue IDLE at least every 29 minutes
+    FULL_SEARCH: Final = 600.0
+
+    def __init__(self) -> None:
+        self._kept: _Kept | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self._kept is not None
+
+    async def take(self, recorder: Recorder) -> tuple[_Kept, bool] | None:
+        """The kept session, out of IDLE, and whether its folder may have changed; None: open anew."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        now = time.monotonic()
+        if kept.loop is not asyncio.get_running_loop() or not kept.session.is_open:
+            await self._drop(kept)
+            return None
+        if now - kept.idle_since > self.IDLE_MAX:
+            await self._drop(kept)
+            return None
+        kept.session.recorder = recorder
+        try:
+            changed = await kept.session.idle_end()
+        except ProbeError:
+            await self._drop(kept)
+            return None
+        return kept, changed or now - kept.searched >= self.FULL_SEARCH
+
+    async def keep(self, kept: _Kept) -> None:
+        """Put the session into IDLE and keep it (or drop it if that fails)."""
+        try:
+            await kept.session.idle_begin()
+        except ProbeError:
+            await self._drop(kept)
+            return
+        kept.idle_since = time.monotonic()
+        self._kept = kept
+
+    async def close(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            await self._drop(kept)
+
+    @staticmethod
+    async def _drop(kept: _Kept) -> None:
+        """Drop the connection (no LOGOUT inside IDLE) and give its slot back; never raises."""
+        with contextlib.suppress(Exception):
+            kept.session.abort()
+        with contextlib.suppress(Exception):
+            await kept.slot.aclose()
+
+
 async def scan_mailbox(
-    settings: MailboxSettings, cursors: dict[str, Cursor], recorder: Recorder, commit: Commit, since: float
+    settings: MailboxSettings,
+    cursors: dict[str, Cursor],
+    recorder: Recorder,
+    commit: Commit,
+    since: float,
+    keeper: Keeper | None = None,
+    trust_idle: bool = False,
 ) -> ScanStats:
     """Read every watched folder once (see the module's docstring). ``since``: where to start looking
-    when a folder's UIDVALIDITY changed (the oldest open window; Message-IDs keep counts single)."""
+    when a folder's UIDVALIDITY changed (the oldest open window; Message-IDs keep counts single). With a
+    ``keeper``, the session stays in IDLE afterwards where it can (see :class:`Keeper`); with
+    ``trust_idle``, a kept session to which nothing was pushed is taken as read (no search). The caller
+    gives it only while no window is due: a deadline is always judged on a real search, so a push the
+    server is slow to send can delay a count, never make a window missing."""
     stats = ScanStats()
     folders = settings.folders
+    taken = await keeper.take(recorder) if keeper is not None else None
+    if taken is not None:
+        kept, changed = taken
+        stats.idle = stats.reused = True
+        if not changed and trust_idle and folders[0] in cursors:
+            stats.quiet = True  # the server pushed nothing: no search
+            await commit(folders[0], cursors[folders[0]], [])
+            await _keep_or_close(keeper, kept, settings)
+            return stats
+        try:
+            with recorder.phase("receive_scan"):
+                await _scan_folder(
+                    kept.session, settings, folders[0], cursors, recorder, commit, since, stats
+                )
+                kept.searched = time.monotonic()
+        except BaseException:
+            await Keeper._drop(kept)
+            raise
+        await _keep_or_close(keeper, kept, settings)
+        return stats
     imap = replace(settings.imap, mailbox=folders[0])
     session = IMAPSession(imap, recorder)
-    async with maybe_session(settings.slots, imap.endpoint, "imap", recorder):
-        try:
-            await session.open()
-            stats.idle = "IDLE" in session.capabilities
-            with recorder.phase("receive_scan"):
-                for folder in folders:
-                    await _scan_folder(session, settings, folder, cursors, recorder, commit, since, stats)
-        finally:
-            await session.close()
+    slot = contextlib.AsyncExitStack()
+    await slot.enter_async_context(maybe_session(settings.slots, imap.endpoint, "imap", recorder))
+    kept = _Kept(session, asyncio.get_running_loop(), slot, time.monotonic(), 0.0)
+    try:
+        await session.open()
+        stats.idle = "IDLE" in session.capabilities
+        with recorder.phase("receive_scan"):
+            for folder in folders:
+                await _scan_folder(session, settings, folder, cursors, recorder, commit, since, stats)
+        kept.searched = time.monotonic()
+    except BaseException:
+        await session.close()
+        await slot.aclose()
+        raise
+    await _keep_or_close(keeper, kept, settings)
     return stats
+
+
+async def _keep_or_close(keeper: Keeper | None, kept: _Kept, settings: MailboxSettings) -> None:
+    """Keep the session in IDLE (one folder, IDLE offered, a keeper given), else LOGOUT and free its slot."""
+    session = kept.session
+    if (
+        keeper is not None
+        and len(settings.folders) == 1
+        and "IDLE" in session.capabilities
+        and session.is_open
+    ):
+        await keeper.keep(kept)
+        return
+    try:
+        await session.close()
+    finally:
+        await kept.slot.aclose()
 
 
 async def _scan_folder(

@@ -124,6 +124,72 @@ class IMAPCommands(IMAPConnection):
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
         return self._saw_exists(pushed)
 
+    async def idle_begin(self) -> None:
+        """Start IDLE and leave it running with no reader: what the server pushes meanwhile waits in the
+        connection's buffer (bounded: a full buffer pauses the socket) until :meth:`idle_end`. Nothing
+        else may be sent before idle_end (heartbeats keep a mailbox's session so between runs)."""
+        async with self._busy:
+            if self._closed or self._in is None or self._idle_tag is not None:
+                raise ProbeError("IMAP IDLE: the connection is closed or already idle", reason=PROTOCOL)
+            tag = next(self._tags)
+            self.recorder.commands += 1
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    self._in.reset_budget()
+                    await self._send(tag, [b"IDLE"], "IDLE", "IDLE")
+                    while True:
+                        resp = await self._read_response("IDLE", tag, self.settings.limits.max_line)
+                        if resp.tag == b"+":
+                            break
+                        if resp.tag == tag:
+                            raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
+                        self._note(resp)
+                        self._idle_pushed.append(resp)
+            except TimeoutError:
+                self._abort()
+                raise ProbeTimeout(f"IMAP IDLE: no reply within {self.settings.timeout:g}s") from None
+            except ProbeError:
+                self._abort()
+                raise
+            except OSError as exc:
+                self._abort()
+                raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+            self._idle_tag = tag
+
+    async def idle_end(self) -> bool:
+        """End an IDLE left by :meth:`idle_begin` (``DONE``, then up to its tagged reply within one step):
+        True if the server announced a change meanwhile (EXISTS, EXPUNGE, FETCH)."""
+        async with self._busy:
+            tag, self._idle_tag = self._idle_tag, None
+            pushed, self._idle_pushed = self._idle_pushed, []
+            if tag is None or self._closed or self._in is None or self._writer is None:
+                raise ProbeError("IMAP IDLE: no IDLE to end", reason=PROTOCOL)
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    self.recorder.debug("C: imap", "DONE")
+                    self._writer.write(b"DONE\r\n")
+                    await self._writer.drain()
+                    self._in.reset_budget()
+                    while True:
+                        resp = await self._read_response("IDLE", tag, self.settings.limits.max_line)
+                        if resp.tag == tag:
+                            break
+                        self._note(resp)
+                        pushed.append(resp)
+            except TimeoutError:
+                self._abort()
+                raise ProbeTimeout(f"IMAP IDLE: no reply to DONE within {self.settings.timeout:g}s") from None
+            except ProbeError:
+                self._abort()
+                raise
+            except OSError as exc:
+                self._abort()
+                raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+            if resp.status != b"OK":
+                raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
+            events = [e[1] for r in pushed if (e := wire.number_event(r)) is not None]
+            return any(e in (b"EXISTS", b"EXPUNGE", b"FETCH") for e in events)
+
     async def select(self, mailbox: str, *, readonly: bool = False) -> None:
         """SELECT another mailbox in this session (the all-folders walk); expunges nothing. With
         ``readonly``, EXAMINE: nothing in the mailbox can change (heartbeats that only read)."""
