@@ -448,6 +448,14 @@ def sessions(hb: HeartbeatConfig) -> list[tuple[Endpoint, str, int | None]]:
     return [(endpoint_of(hb.imap, "imap"), "imap", hb.imap.max_sessions)]
 
 
+async def close(env: RunEnv) -> None:
+    """The daemon stops (or ``mailcanary probe`` ends): drop the sessions kept in IDLE, free their slots."""
+    book = _BOOKS.get(env.ledger)
+    if book is not None:
+        for box in book.boxes.values():
+            await box.keeper.close()
+
+
 KIND = Kind(
     name="heartbeat",
     section="heartbeats",
@@ -468,4 +476,5 @@ KIND = Kind(
     done="heartbeats ok",
     claims=lambda run: isinstance(run.detail, HeartbeatReport),
     report_detail=report_lines,
+    close=close,
 )
