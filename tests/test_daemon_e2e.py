@@ -151,4 +151,7 @@ def test_probe_command_exit_codes_and_debug(
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert failed.stdout.startswith("MAILCANARY CRITICAL - bad: receive_auth")
     unknown = subprocess.run([*cmd, "nosuch"], capture_output=True, text=True, timeout=60)
-    assert unknown.returncode == 3 and "no probe, TLS check, domain check or heartbeat named 'nosuch'" in unknown.stderr
+    assert (
+        unknown.returncode == 3
+        and "no probe, TLS check, domain check or heartbeat named 'nosuch'" in unknown.stderr
+    )

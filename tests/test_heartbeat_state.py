@@ -93,3 +93,23 @@ def test_settings_group_a_mailbox_and_take_oauth(tmp_path: Path) -> None:
     assert a.mailbox.imap.credentials.token_source is not None
     assert b.mailbox.imap.credentials.token_source is None
     assert a.book is b.book is c.book  # one state per daemon
+
+
+def test_a_kept_session_never_takes_the_last_slots() -> None:
+    """A session kept in IDLE holds a slot: only while the server's pools are at most half full."""
+    from probes.heartbeats.mailbox import _room
+    from probes.wire.net import Endpoint
+    from probes.wire.slots import ServerSlots
+
+    ep = Endpoint(host="imap.example.com", port=993, tls_mode="implicit")
+    slots = ServerSlots(default_limit=4)
+    assert _room(slots, ep) and _room(None, ep)
+
+    async def hold(n: int) -> bool:
+        from probes.recorder import Recorder
+
+        async with slots.session(ep, "imap", Recorder(), count=n):
+            return _room(slots, ep)
+
+    assert asyncio.run(hold(2))  # 2 of 4 in use: half, still room
+    assert not asyncio.run(hold(3))  # 3 of 4: no session is kept

@@ -37,6 +37,7 @@ from probes.heartbeats.rules import (
     walk_structure,
 )
 from probes.recorder import Recorder
+from probes.wire.net import Endpoint
 from probes.wire.slots import ServerSlots, maybe_session
 
 log = structlog.get_logger("mailcanary.heartbeats")
@@ -248,14 +249,27 @@ async def scan_mailbox(
     return stats
 
 
+def _room(slots: ServerSlots | None, endpoint: Endpoint) -> bool:
+    """A kept session holds a slot: only while the server's pools are at most half full and nobody
+    waits, so kept sessions never starve a round trip or another mailbox of sessions."""
+    if slots is None:
+        return True
+    return all(
+        slots.waiting(k) == 0 and slots.in_use(k) * 2 <= slots.limit_of(k)
+        for k in ServerSlots.keys(endpoint, "imap")
+    )
+
+
 async def _keep_or_close(keeper: Keeper | None, kept: _Kept, settings: MailboxSettings) -> None:
-    """Keep the session in IDLE (one folder, IDLE offered, a keeper given), else LOGOUT and free its slot."""
+    """Keep the session in IDLE (one folder, IDLE offered, a keeper given, room on the server), else
+    LOGOUT and free its slot."""
     session = kept.session
     if (
         keeper is not None
         and len(settings.folders) == 1
         and "IDLE" in session.capabilities
         and session.is_open
+        and _room(settings.slots, settings.imap.endpoint)
     ):
         await keeper.keep(kept)
         return
