@@ -163,18 +163,22 @@ class Keeper:
         kept.session.recorder = recorder
         try:
             changed = await kept.session.idle_end()
-        except ProbeError:
+        except BaseException as exc:  # cut short too: drop it, its slot back
             await self._drop(kept)
-            return None
+            if isinstance(exc, ProbeError):
+                return None
+            raise
         return kept, changed or now - kept.searched >= self.FULL_SEARCH
 
     async def keep(self, kept: _Kept) -> None:
         """Put the session into IDLE and keep it (or drop it if that fails)."""
         try:
             await kept.session.idle_begin()
-        except ProbeError:
+        except BaseException as exc:
             await self._drop(kept)
-            return
+            if isinstance(exc, ProbeError):
+                return
+            raise
         kept.idle_since = time.monotonic()
         self._kept = kept
 
@@ -209,27 +213,29 @@ async def scan_mailbox(
     server is slow to send can delay a count, never make a window missing."""
     stats = ScanStats()
     folders = settings.folders
+    imap = replace(settings.imap, mailbox=folders[0])
     taken = await keeper.take(recorder) if keeper is not None else None
+    if taken is not None and taken[0].session.settings != imap:  # a reload changed the mailbox's settings
+        await Keeper._drop(taken[0])
+        taken = None
     if taken is not None:
         kept, changed = taken
         stats.idle = stats.reused = True
-        if not changed and trust_idle and folders[0] in cursors:
-            stats.quiet = True  # the server pushed nothing: no search
-            await commit(folders[0], cursors[folders[0]], [])
-            await _keep_or_close(keeper, kept, settings)
-            return stats
         try:
-            with recorder.phase("receive_scan"):
-                await _scan_folder(
-                    kept.session, settings, folders[0], cursors, recorder, commit, since, stats
-                )
+            if not changed and trust_idle and folders[0] in cursors:
+                stats.quiet = True  # the server pushed nothing: no search
+                await commit(folders[0], cursors[folders[0]], [])
+            else:
+                with recorder.phase("receive_scan"):
+                    await _scan_folder(
+                        kept.session, settings, folders[0], cursors, recorder, commit, since, stats
+                    )
                 kept.searched = time.monotonic()
         except BaseException:
             await Keeper._drop(kept)
             raise
         await _keep_or_close(keeper, kept, settings)
         return stats
-    imap = replace(settings.imap, mailbox=folders[0])
     session = IMAPSession(imap, recorder)
     slot = contextlib.AsyncExitStack()
     await slot.enter_async_context(maybe_session(settings.slots, imap.endpoint, "imap", recorder))
