@@ -266,6 +266,24 @@ def exporter_config(
             tls_check("tls-submission", stack.submission_port, "smtp", "starttls", stack),
             tls_check("tls-imaps", stack.imaps_port, "imap", "implicit", stack),
         ],
+        # A heartbeat on the first mailbox (read-only beside its round trip): its series and the
+        # dashboard's Heartbeats row have data; it expects a mail that never comes, due in an hour.
+        "heartbeats": [
+            {
+                "name": "live-heartbeat",
+                "imap": {
+                    "host": stack.host,
+                    "port": stack.imaps_port,
+                    "tls": "implicit",
+                    "tls_config": dict(tls_config),
+                    "username": addresses[0],
+                    "password_file": write_secret(tmp, "live-heartbeat", stack.password(addresses[0])),
+                },
+                "match": {"from_address": "nightly-job@example.invalid"},
+                "every": "1h",
+                "grace": "1h",
+            }
+        ],
     }
 
 
@@ -427,6 +445,7 @@ NEEDS_RECEIVER_EVENTS = {
     "'Authentication verdict (last canary)' A",
     "'Spam score' A",
     "'Path: hops and time between first and last hop' B",
+    "'Heartbeats' E",  # since last seen: the live heartbeat's mail never comes
 }
 
 
