@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import signal
+import smtplib
 import subprocess
 import time
 import urllib.error
@@ -579,6 +580,57 @@ def test_certificate_near_expiry_makes_the_expiry_alerts_fire(live: Live) -> Non
         live.reload_exporter(live.base_config)
         for dovecot in servers:
             dovecot.stop()
+
+
+# ---- (e) heartbeats: a mail that stops coming, a failure report -------------------------------------------
+
+
+def test_heartbeat_missing_and_failed_alerts_fire(live: Live) -> None:
+    """A heartbeat due every 2 s (+1 s grace) whose mail never comes goes missing; one whose mail is a
+    failure report (sent through the stack's Postfix) goes failed: both alerts fire on real series."""
+    base = live.base_config["heartbeats"][0]
+    config = dict(live.base_config)
+    config["heartbeats"] = [
+        base,
+        {**base, "name": "live-hb-gone", "every": "2s", "grace": "1s", "interval": "1s"},
+        {
+            **base,
+            "name": "live-hb-failing",
+            "match": {"from_address": "nightly-job@example.org"},
+            "fail_if": [{"from_address": "nightly-job@example.org", "subject": "FAILED"}],
+            "interval": "1s",
+        },
+    ]
+    live.reload_exporter(config)
+    try:
+
+        def fired(alertname: str) -> set[str]:
+            return {
+                a["labels"]["probe"]
+                for a in live.alerts()
+                if a["labels"]["alertname"] == alertname
+                and a["state"] == "firing"
+                and a["labels"].get(VARIANT_LABEL[0]) == VARIANT_LABEL[1]
+            }
+
+        wait_for(
+            f"MailcanaryHeartbeatMissing firing for live-hb-gone\n{live.logs()}",
+            lambda: fired("MailcanaryHeartbeatMissing") == {"live-hb-gone"},
+            timeout=40,
+        )
+        with smtplib.SMTP(live.stack.host, live.stack.smtp_port, timeout=30) as smtp:
+            smtp.sendmail(
+                "nightly-job@example.org",
+                [base["imap"]["username"]],
+                b"From: nightly-job@example.org\r\nSubject: backup FAILED\r\n\r\ndisk full\r\n",
+            )
+        wait_for(
+            f"MailcanaryHeartbeatFailed firing for live-hb-failing\n{live.logs()}",
+            lambda: fired("MailcanaryHeartbeatFailed") == {"live-hb-failing"},
+            timeout=40,
+        )
+    finally:
+        live.reload_exporter(live.base_config)
 
 
 def test_short_for_variant_rewrites_every_for() -> None:
