@@ -283,6 +283,9 @@ async def _probe(args: argparse.Namespace, out: TextIO) -> int:
     try:
         results = await asyncio.gather(*(runner.run(kind, entry, args.debug) for kind, entry in selected))
     finally:
+        for kind in registry.kinds():  # sessions a kind keeps between runs (heartbeats' IDLE)
+            if kind.close is not None:
+                await kind.close(runner)
         await asyncio.to_thread(ledger.close)
     entries = {e.name: e for _, e in selected}
     text, code = report(results, warn_days=args.warn_days, crit_days=args.crit_days, entries=entries)

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from exporter import logs
+from exporter import registry as kinds_registry
 from exporter.buildinfo import build_info
 from exporter.config import (
     DEFAULT_MODULES,
@@ -262,6 +263,9 @@ class Daemon:
         await asyncio.sleep(0)  # let the scheduler's jobs see their runs end
         self.scheduler.shutdown()
         if self.runner is not None:
+            for kind in kinds_registry.kinds():  # sessions a kind keeps between runs (heartbeats' IDLE)
+                if kind.close is not None:
+                    await kind.close(self.runner)
             await asyncio.to_thread(self.runner.ledger.close)
         await self.http.stop()
         log.info("stopped", cancelled=sum(1 for t in runs if t.cancelled()))

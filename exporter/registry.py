@@ -182,6 +182,7 @@ class Kind(Generic[E, S, D]):
     report_detail: Callable[[RunResult], list[str]] | None = None
     perfdata: Callable[[RunResult, E | None], list[str]] | None = None
     target: TargetProbe | None = None  # how /probe runs it against a target its caller names
+    close: Callable[[RunEnv], Awaitable[None]] | None = None  # the daemon stops: release what runs kept
 
     def entries(self, cfg: Config) -> Sequence[E]:
         entries: Sequence[E] = getattr(cfg, self.section)

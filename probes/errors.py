@@ -28,6 +28,9 @@ Reason = Literal[
     "tls_revoked",  # TLS: a certificate presented is revoked (OCSP responder, stapled OCSP or CRL)
     "dns_lookup",  # domain check: the MX (or implicit A/AAAA) of the domain could not be looked up
     "domain_findings",  # domain check: checked, with at least one finding (mailcanary_domain_* series)
+    "heartbeat_late",  # heartbeat: its window's mail is due and not (all) there; inside the grace time
+    "heartbeat_missing",  # heartbeat: a window closed (deadline + grace) with fewer mails than expected
+    "heartbeat_failed",  # heartbeat: a mail matching a fail_if rule arrived (a failure report)
     "queue_timeout",  # no session slot free on the server within queue_timeout (our own limit)
     "sync_timeout",  # sync check: the second IMAP session did not see the canary's flag in time
     "timeout",  # the canary did not arrive (or a phase stalled) within the probe's timeout

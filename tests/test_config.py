@@ -671,7 +671,7 @@ def test_cli_probe_unknown_name_is_unknown(good_file: Path, capsys: pytest.Captu
     assert cli.main(["probe", "--config", str(good_file), "nope"]) == 3
     _, err = capsys.readouterr()
     assert (
-        err == f"{good_file}: no probe, TLS check, domain check or reports mailbox named 'nope' "
+        err == f"{good_file}: no probe, TLS check, domain check, heartbeat or reports mailbox named 'nope' "
         "(have: imap-probe, pop3.probe_2)\n"
     )
 

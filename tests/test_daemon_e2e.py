@@ -152,4 +152,4 @@ def test_probe_command_exit_codes_and_debug(
     assert failed.stdout.startswith("MAILCANARY CRITICAL - bad: receive_auth")
     unknown = subprocess.run([*cmd, "nosuch"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 3
-    assert "no probe, TLS check, domain check or reports mailbox named 'nosuch'" in unknown.stderr
+    assert "no probe, TLS check, domain check, heartbeat or reports mailbox named 'nosuch'" in unknown.stderr

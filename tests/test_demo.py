@@ -105,6 +105,16 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
         message="successful IMAP and POP3 round trips and TLS checks",
     )
     ready = time.monotonic() - t0
+    # The demo mails itself a "nightly report"; its heartbeat counts it (read-only, beside the round trips).
+    heartbeat = eventually(
+        running,
+        until=lambda s: value(s, "mailcanary_heartbeat_matched_total", probe="sandbox-nightly-report") >= 1,
+        ignoring=(OSError, KeyError),
+        timeout=30,
+        interval=0.2,
+        message="the demo's nightly report counted by its heartbeat",
+    )
+    assert value(heartbeat, "mailcanary_heartbeat_state", probe="sandbox-nightly-report", state="ok") == 1
 
     # Both round trips succeeded, over IMAP and over POP3; the data is marked as sandbox data.
     for probe, protocol in (("sandbox-imap", "imap"), ("sandbox-pop3", "pop3")):

@@ -201,6 +201,7 @@ def test_example_kind_in_check_config_loader_and_schema(
         "roundtrip",
         "tls_checks",
         "domain_checks",
+        "heartbeats",
         "reports",
         "banner_checks",
         "modules",

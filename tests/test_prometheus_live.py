@@ -281,6 +281,24 @@ def exporter_config(
             tls_check("tls-submission", stack.submission_port, "smtp", "starttls", stack),
             tls_check("tls-imaps", stack.imaps_port, "imap", "implicit", stack),
         ],
+        # A heartbeat on the first mailbox (read-only beside its round trip): its series and the
+        # dashboard's Heartbeats row have data; it expects a mail that never comes, due in an hour.
+        "heartbeats": [
+            {
+                "name": "live-heartbeat",
+                "imap": {
+                    "host": stack.host,
+                    "port": stack.imaps_port,
+                    "tls": "implicit",
+                    "tls_config": dict(tls_config),
+                    "username": addresses[0],
+                    "password_file": write_secret(tmp, "live-heartbeat", stack.password(addresses[0])),
+                },
+                "match": {"from_address": "nightly-job@example.invalid"},
+                "every": "1h",
+                "grace": "1h",
+            }
+        ],
     }
 
 
@@ -442,6 +460,7 @@ NEEDS_RECEIVER_EVENTS = {
     "'Authentication verdict (last canary)' A",
     "'Spam score' A",
     "'Path: hops and time between first and last hop' B",
+    "'Heartbeats' E",  # since last seen: the live heartbeat's mail never comes
 }
 
 
@@ -659,6 +678,57 @@ def test_reports_make_the_report_alerts_fire_and_fill_the_dashboard(
         # "skipped" is filtered to > 0 and nothing here is skipped: the only query without data.
         empty = [e for e in empty if not e.startswith("'Reports counted, skipped, unreadable' B")]
         assert not empty, "reports panels without data:\n" + "\n".join(empty)
+    finally:
+        live.reload_exporter(live.base_config)
+
+
+# ---- (f) heartbeats: a mail that stops coming, a failure report -------------------------------------------
+
+
+def test_heartbeat_missing_and_failed_alerts_fire(live: Live) -> None:
+    """A heartbeat due every 2 s (+1 s grace) whose mail never comes goes missing; one whose mail is a
+    failure report (sent through the stack's Postfix) goes failed: both alerts fire on real series."""
+    base = live.base_config["heartbeats"][0]
+    config = dict(live.base_config)
+    config["heartbeats"] = [
+        base,
+        {**base, "name": "live-hb-gone", "every": "2s", "grace": "1s", "interval": "1s"},
+        {
+            **base,
+            "name": "live-hb-failing",
+            "match": {"from_address": "nightly-job@example.org"},
+            "fail_if": [{"from_address": "nightly-job@example.org", "subject": "FAILED"}],
+            "interval": "1s",
+        },
+    ]
+    live.reload_exporter(config)
+    try:
+
+        def fired(alertname: str) -> set[str]:
+            return {
+                a["labels"]["probe"]
+                for a in live.alerts()
+                if a["labels"]["alertname"] == alertname
+                and a["state"] == "firing"
+                and a["labels"].get(VARIANT_LABEL[0]) == VARIANT_LABEL[1]
+            }
+
+        wait_for(
+            f"MailcanaryHeartbeatMissing firing for live-hb-gone\n{live.logs()}",
+            lambda: fired("MailcanaryHeartbeatMissing") == {"live-hb-gone"},
+            timeout=40,
+        )
+        with smtplib.SMTP(live.stack.host, live.stack.smtp_port, timeout=30) as smtp:
+            smtp.sendmail(
+                "nightly-job@example.org",
+                [base["imap"]["username"]],
+                b"From: nightly-job@example.org\r\nSubject: backup FAILED\r\n\r\ndisk full\r\n",
+            )
+        wait_for(
+            f"MailcanaryHeartbeatFailed firing for live-hb-failing\n{live.logs()}",
+            lambda: fired("MailcanaryHeartbeatFailed") == {"live-hb-failing"},
+            timeout=40,
+        )
     finally:
         live.reload_exporter(live.base_config)
 

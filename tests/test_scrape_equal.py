@@ -116,6 +116,8 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_tlsrpt_",
     "mailcanary_dmarc_",
     'mailcanary_config_probes{kind="reports"}',
+    "mailcanary_heartbeat_",  # issue 22: heartbeats (their families render headers even with none)
+    'mailcanary_config_probes{kind="heartbeats"}',
 )
 
 

@@ -4,11 +4,11 @@
 config sections and /metrics families). A new kind is a new module and one line here, or, from outside
 the project, one call to :func:`exporter.registry.register` (docs/architecture.md, "Adding a probe kind")."""
 
-from exporter.kinds import domain, reports, roundtrip, tls
+from exporter.kinds import domain, heartbeats, reports, roundtrip, tls
 from exporter.registry import register
 
-BUILTIN = (roundtrip.KIND, tls.KIND, domain.KIND, reports.KIND)
+BUILTIN = (roundtrip.KIND, tls.KIND, domain.KIND, heartbeats.KIND, reports.KIND)
 for _kind in BUILTIN:
     register(_kind)
 
-__all__ = ["BUILTIN", "domain", "reports", "roundtrip", "tls"]
+__all__ = ["BUILTIN", "domain", "heartbeats", "reports", "roundtrip", "tls"]

@@ -34,13 +34,27 @@ DELIVERY_BUCKETS: tuple[float, ...] = (
 DOMAIN_ONLY: frozenset[str] = frozenset({"dns_lookup", "domain_findings"})
 OUTCOMES: tuple[str, ...] = (
     "success",
-    *sorted(r for r in REASONS if not r.startswith("tls_") and r not in DOMAIN_ONLY),
+    *sorted(r for r in REASONS if not r.startswith(("tls_", "heartbeat_")) and r not in DOMAIN_ONLY),
     "tls_revoked",  # a round trip's SMTP or receiving endpoint presented a revoked certificate
 )
 DOMAIN_OUTCOMES: tuple[str, ...] = (
     "success",
     "domain_findings",
     "dns_lookup",
+    "queue_timeout",
+    "timeout",
+    "config",
+    "internal",
+)
+HEARTBEAT_OUTCOMES: tuple[str, ...] = (
+    "success",
+    "heartbeat_late",
+    "heartbeat_missing",
+    "heartbeat_failed",
+    "receive_connect",
+    "receive_tls",
+    "receive_auth",
+    "receive_protocol",
     "queue_timeout",
     "timeout",
     "config",

@@ -97,7 +97,7 @@ class StateHealth:
     reports here.
     """
 
-    FILES = ("ledger", "key")
+    FILES = ("ledger", "key", "heartbeats")
     KINDS = ("corrupt", "read", "write", "slow")
 
     def __init__(self) -> None:

@@ -324,6 +324,9 @@ async def _folder(
             res.moved += len(moved)
         else:
             res.events.append(
-                Event("reports_not_moved", {"folder": folder, "reason": "the server does not offer MOVE"})
+                Event(
+                    "reports_not_moved",
+                    {"folder": folder, "reason": "the server offers neither MOVE nor UIDPLUS"},
+                )
             )
     return budget - len(take)

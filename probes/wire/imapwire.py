@@ -196,6 +196,8 @@ class FetchItem:
     size: int | None = None
     body: bytes | None = None  # the (only) BODY[…] section's data
     body_skipped: bool = False  # a BODY[…] literal over the cap: read and dropped
+    internaldate: bytes | None = None  # INTERNALDATE as sent ("17-Jul-1996 02:44:25 -0700")
+    structure: Token | None = None  # BODYSTRUCTURE as tokens (nested lists)
 
 
 def parse_fetch(resp: Response) -> FetchItem | None:
@@ -213,6 +215,8 @@ def parse_fetch(resp: Response) -> FetchItem | None:
     uid = size = None
     body: bytes | None = None
     skipped = False
+    internaldate: bytes | None = None
+    structure: Token | None = None
     for name, value in zip(items[0::2], items[1::2], strict=True):
         if not isinstance(name, bytes) or isinstance(name, Literal):
             raise ProbeError("malformed FETCH item name", reason=_REASON)
@@ -224,6 +228,12 @@ def parse_fetch(resp: Response) -> FetchItem | None:
                 uid = int(value)
             else:
                 size = int(value)
+        elif key == b"INTERNALDATE":
+            if not isinstance(value, Literal):
+                raise ProbeError("malformed FETCH INTERNALDATE value", reason=_REASON)
+            internaldate = bytes(value)
+        elif key in (b"BODYSTRUCTURE", b"BODY") and isinstance(value, list):
+            structure = value
         elif key.startswith(b"BODY[") or key in (b"RFC822", b"RFC822.HEADER"):
             if isinstance(value, Skipped):
                 skipped = True
@@ -233,7 +243,15 @@ def parse_fetch(resp: Response) -> FetchItem | None:
                 body = b""
             else:
                 raise ProbeError("malformed FETCH body value", reason=_REASON)
-    return FetchItem(seq=event[0], uid=uid, size=size, body=body, body_skipped=skipped)
+    return FetchItem(
+        seq=event[0],
+        uid=uid,
+        size=size,
+        body=body,
+        body_skipped=skipped,
+        internaldate=internaldate,
+        structure=structure,
+    )
 
 
 def quote(value: str) -> bytes | None:

@@ -7,6 +7,7 @@ from grafana_foundation_sdk.models import common as cm
 
 from .common import (
     BY_THRESHOLDS,
+    COLOR_BACKGROUND,
     FIXED_TEXT,
     OK_FAIL,
     RT,
@@ -510,6 +511,50 @@ def build() -> Json:
             bars=True,
             interval="5m",
             size=(8, 8),
+        ),
+    )
+    hb = "max by (job, instance, probe)"
+    state = " or ".join(
+        f'(mailcanary_heartbeat_state{{{S}, state="{name}"}} * {n})'
+        for n, name in enumerate(("ok", "late", "missing", "failed"))
+    )
+    b.row(
+        "Heartbeats: mail others send",
+        merged_table_panel(
+            "Heartbeats",
+            [
+                col(
+                    "state",
+                    f"{hb} ({state})",
+                    mappings=value_map(
+                        ("0", "ok", "green"),
+                        ("1", "late", "orange"),
+                        ("2", "MISSING", "red"),
+                        ("3", "FAILED", "red"),
+                    ),
+                    cells=COLOR_BACKGROUND,
+                ),
+                col("in window", f"{hb} (mailcanary_heartbeat_window_count{{{S}}})", decimals=0),
+                col("expected", f"{hb} (mailcanary_heartbeat_expected{{{S}}})", decimals=0),
+                col(
+                    "due in",
+                    f"{hb} (mailcanary_heartbeat_deadline_timestamp_seconds{{{S}}} - time())",
+                    unit="s",
+                ),
+                col(
+                    "since last seen",
+                    f"{hb} (time() - mailcanary_heartbeat_last_seen_timestamp_seconds{{{S}}})",
+                    unit="s",
+                ),
+                col("mails counted", f"{hb} (mailcanary_heartbeat_matched_total{{{S}}})", decimals=0),
+            ],
+            description=(
+                "One row per heartbeat (a mail others must keep sending, docs/inbound.md): its state as of "
+                "the last good read of the mailbox (late: due and inside the grace; MISSING: a window closed "
+                "short; FAILED: a fail_if mail came), mails in the open window and expected, time until it "
+                "is due (negative: overdue), time since the last matching mail, and mails counted in all."
+            ),
+            size=(24, 7),
         ),
     )
     b.row(

@@ -124,42 +124,138 @@ class IMAPCommands(IMAPConnection):
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
         return self._saw_exists(pushed)
 
-    async def select(self, mailbox: str) -> None:
-        """SELECT another mailbox in this session (the all-folders walk); expunges nothing."""
-        _, untagged = await self._command(f"SELECT {mailbox}", [b"SELECT ", mailbox])
+    async def idle_begin(self) -> None:
+        """Start IDLE and leave it running with no reader: what the server pushes meanwhile waits in the
+        connection's buffer (bounded: a full buffer pauses the socket) until :meth:`idle_end`. Nothing
+        else may be sent before idle_end (heartbeats keep a mailbox's session so between runs)."""
+        async with self._busy:
+            if self._closed or self._in is None or self._idle_tag is not None:
+                raise ProbeError("IMAP IDLE: the connection is closed or already idle", reason=PROTOCOL)
+            tag = next(self._tags)
+            self.recorder.commands += 1
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    self._in.reset_budget()
+                    await self._send(tag, [b"IDLE"], "IDLE", "IDLE")
+                    while True:
+                        resp = await self._read_response("IDLE", tag, self.settings.limits.max_line)
+                        if resp.tag == b"+":
+                            break
+                        if resp.tag == tag:
+                            raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
+                        self._note(resp)
+                        self._idle_pushed.append(resp)
+            except TimeoutError:
+                self._abort()
+                raise ProbeTimeout(f"IMAP IDLE: no reply within {self.settings.timeout:g}s") from None
+            except ProbeError:
+                self._abort()
+                raise
+            except OSError as exc:
+                self._abort()
+                raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+            self._idle_tag = tag
+
+    async def idle_end(self) -> bool:
+        """End an IDLE left by :meth:`idle_begin` (``DONE``, then up to its tagged reply within one step):
+        True if the server announced a change meanwhile (EXISTS, EXPUNGE, FETCH)."""
+        async with self._busy:
+            tag, self._idle_tag = self._idle_tag, None
+            pushed, self._idle_pushed = self._idle_pushed, []
+            if tag is None or self._closed or self._in is None or self._writer is None:
+                raise ProbeError("IMAP IDLE: no IDLE to end", reason=PROTOCOL)
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    self.recorder.debug("C: imap", "DONE")
+                    self._writer.write(b"DONE\r\n")
+                    await self._writer.drain()
+                    self._in.reset_budget()
+                    while True:
+                        resp = await self._read_response("IDLE", tag, self.settings.limits.max_line)
+                        if resp.tag == tag:
+                            break
+                        self._note(resp)
+                        pushed.append(resp)
+            except TimeoutError:
+                self._abort()
+                raise ProbeTimeout(f"IMAP IDLE: no reply to DONE within {self.settings.timeout:g}s") from None
+            except ProbeError:
+                self._abort()
+                raise
+            except OSError as exc:
+                self._abort()
+                raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+            if resp.status != b"OK":
+                raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
+            events = [e[1] for r in pushed if (e := wire.number_event(r)) is not None]
+            return any(e in (b"EXISTS", b"EXPUNGE", b"FETCH") for e in events)
+
+    async def select(self, mailbox: str, *, readonly: bool = False) -> None:
+        """SELECT another mailbox in this session (the all-folders walk); expunges nothing. With
+        ``readonly``, EXAMINE: nothing in the mailbox can change (heartbeats that only read)."""
+        verb = "EXAMINE" if readonly else "SELECT"
+        _, untagged = await self._command(f"{verb} {mailbox}", [verb.encode() + b" ", mailbox])
         self.exists = _exists(untagged, 0) or 0
         self.uidnext = _uidnext(untagged)
-        self.uidvalidity = _uidvalidity(untagged)
+        self.uidvalidity = _code_number(untagged, _UIDVALIDITY_RE)
+        self.permanent_flags = _permanent_flags(untagged)
 
     async def examine(self, mailbox: str) -> int | None:
         """EXAMINE ``mailbox`` (read-only: nothing in it can change, not even \\Seen); its UIDVALIDITY,
-        if the server sent it. Used by readers of other people's mail (the reports kind)."""
-        _, untagged = await self._command(f"EXAMINE {mailbox}", [b"EXAMINE ", mailbox])
-        self.exists = _exists(untagged, 0) or 0
-        self.uidnext = _uidnext(untagged)
-        self.uidvalidity = _uidvalidity(untagged)
+        if the server sent it. Used by readers of other people's mail (reports, heartbeats)."""
+        await self.select(mailbox, readonly=True)
         return self.uidvalidity
+
+    async def search(self, criteria: bytes) -> list[int]:
+        """``UID SEARCH criteria`` (criteria we build: atoms and numbers only), UIDs ascending."""
+        _, untagged = await self._command("UID SEARCH", [b"UID SEARCH ", criteria])
+        uids: set[int] = set()
+        for resp in untagged:
+            found = wire.parse_search(resp)
+            if found is not None:
+                uids.update(found)
+        return sorted(uids)
 
     async def search_since(self, since_uid: int, day: str, until_uid: int | None = None) -> list[int]:
         """UIDs from ``since_uid`` (to ``until_uid``, else the last) that arrived on or after ``day``
         (``7-Dec-2026``, RFC 3501 date). A caller bounds one reply by bounding the range."""
         upper = b"*" if until_uid is None else b"%d" % until_uid
-        pieces: list[bytes | str] = [b"UID SEARCH UID %d:%s SINCE " % (since_uid, upper), day.encode("ascii")]
-        _, untagged = await self._command("UID SEARCH", pieces)
-        uids: set[int] = set()
-        for resp in untagged:
-            found = wire.parse_search(resp)
-            if found is not None:
-                uids.update(u for u in found if u >= since_uid and (until_uid is None or u <= until_uid))
-        return sorted(uids)
+        found = await self.search(b"UID %d:%s SINCE %s" % (since_uid, upper, day.encode("ascii")))
+        return [u for u in found if u >= since_uid and (until_uid is None or u <= until_uid)]
+
+    async def fetch_items(self, uids: Iterable[int], items: bytes, *, cap: int) -> list[wire.FetchItem]:
+        """``UID FETCH`` of ``items`` in batches; each body literal over ``cap`` is dropped unread
+        (``body_skipped``). Only responses naming an asked UID count (see :meth:`fetch`)."""
+        wanted = sorted(set(uids))
+        out: list[wire.FetchItem] = []
+        for i in range(0, len(wanted), FETCH_BATCH):
+            batch = wanted[i : i + FETCH_BATCH]
+            uid_set = ",".join(str(u) for u in batch).encode()
+            _, untagged = await self._command(
+                "UID FETCH", [b"UID FETCH ", uid_set, b" (UID ", items, b")"], literal_cap=cap
+            )
+            asked = set(batch)
+            for resp in untagged:
+                item = wire.parse_fetch(resp)
+                if item is not None and item.uid in asked:
+                    out.append(item)
+        return out
 
     async def move(self, uids: Iterable[int], mailbox: str) -> bool:
-        """UID MOVE (RFC 6851) ``uids`` to ``mailbox``; False, doing nothing, where MOVE is not offered
-        (a COPY then delete could leave two copies or expunge what a user flagged)."""
+        """Move ``uids`` to ``mailbox``: UID MOVE (RFC 6851) where offered, else UID COPY, then \\Deleted
+        and UID EXPUNGE of those UIDs only (UIDPLUS). False, doing nothing, without either: a plain
+        EXPUNGE would also remove what the user flagged \\Deleted."""
         uid_set = ",".join(str(u) for u in sorted(set(uids))).encode()
-        if not uid_set or "MOVE" not in self._caps:
+        if not uid_set:
+            return True
+        if "MOVE" in self._caps:
+            await self._command("UID MOVE", [b"UID MOVE ", uid_set, b" ", mailbox])
+            return True
+        if not self.can_expunge_by_uid:
             return False
-        await self._command("UID MOVE", [b"UID MOVE ", uid_set, b" ", mailbox])
+        await self._command("UID COPY", [b"UID COPY ", uid_set, b" ", mailbox])
+        await self._command("UID STORE", [b"UID STORE ", uid_set, b" +FLAGS.SILENT (\\Deleted)"])
+        await self._command("UID EXPUNGE", [b"UID EXPUNGE ", uid_set])
         return True
 
     async def search_text(self, value: str, since_uid: int) -> list[int]:
@@ -309,31 +405,35 @@ class IMAPCommands(IMAPConnection):
 
 
 _UIDNEXT_RE = re.compile(rb"\[UIDNEXT ([0-9]{1,10})\]", re.IGNORECASE)
+_UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
+_PERMANENTFLAGS_RE = re.compile(rb"\[PERMANENTFLAGS \(([^)]{0,4096})\)\]", re.IGNORECASE)
+
+
+def _code_number(untagged: Iterable[wire.Response], pattern: re.Pattern[bytes]) -> int | None:
+    """The number of a response code (``* OK [UIDNEXT n]``, ``[UIDVALIDITY n]``), if the server sent it."""
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = pattern.search(first)
+            if m is not None:
+                return int(m.group(1))
+    return None
+
+
+def _permanent_flags(untagged: Iterable[wire.Response]) -> frozenset[str] | None:
+    """``* OK [PERMANENTFLAGS (...)]`` of a SELECT (``\\*``: new keywords may be made); None if absent."""
+    for resp in untagged:
+        first = resp.parts[0] if resp.parts else None
+        if resp.tag == b"*" and isinstance(first, bytes):
+            m = _PERMANENTFLAGS_RE.search(first)
+            if m is not None:
+                return frozenset(f.decode("ascii", "replace") for f in m.group(1).split())
+    return None
 
 
 def _uidnext(untagged: Iterable[wire.Response]) -> int | None:
     """``* OK [UIDNEXT n]`` of a SELECT, if the server sent it."""
-    for resp in untagged:
-        first = resp.parts[0] if resp.parts else None
-        if resp.tag == b"*" and isinstance(first, bytes):
-            m = _UIDNEXT_RE.search(first)
-            if m is not None:
-                return int(m.group(1))
-    return None
-
-
-_UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY ([0-9]{1,10})\]", re.IGNORECASE)
-
-
-def _uidvalidity(untagged: Iterable[wire.Response]) -> int | None:
-    """``* OK [UIDVALIDITY n]`` of a SELECT/EXAMINE, if the server sent it."""
-    for resp in untagged:
-        first = resp.parts[0] if resp.parts else None
-        if resp.tag == b"*" and isinstance(first, bytes):
-            m = _UIDVALIDITY_RE.search(first)
-            if m is not None:
-                return int(m.group(1))
-    return None
+    return _code_number(untagged, _UIDNEXT_RE)
 
 
 def _exists(untagged: Iterable[wire.Response], default: int | None) -> int | None:

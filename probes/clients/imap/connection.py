@@ -53,6 +53,9 @@ class IMAPConnection:
         self.exists = 0
         self.uidnext: int | None = None  # UIDNEXT of the last SELECT (RFC 3501 requires it)
         self.uidvalidity: int | None = None  # UIDVALIDITY of the last SELECT/EXAMINE, if sent
+        self.permanent_flags: frozenset[str] | None = None  # PERMANENTFLAGS of the last SELECT
+        self._idle_tag: bytes | None = None  # an IDLE left running by idle_begin (no reader meanwhile)
+        self._idle_pushed: list[wire.Response] = []
         self._caps: set[str] = set()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
