@@ -1,0 +1,315 @@
+"""The ground truth of issue 21's TLS matrix: Debian's testssl.sh (3.0.8) and sslscan (2.0.x) run against
+the weak servers, their answers turned into the same facts as ``probes.tls.scan.ScanFacts``.
+
+Only loopback is ever contacted: every run names the target by its 127.0.0.x address (no name to
+resolve), testssl gets ``--ip`` with that address and ``--nodns none`` and never ``--phone-out`` (no CRL,
+no OCSP responder, no CAA lookup), sslscan gets ``--no-check-certificate`` / ``--no-ocsp``-free defaults
+(it only opens connections to the target). :func:`run_all` starts every scan at once (asyncio
+subprocesses): each spends most of its wall time waiting, so the whole oracle costs about the slowest.
+
+An oracle fact is three-valued like ours: None means "this tool did not say" (not checked, or no finding),
+and the comparison skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.weaktls import Target
+
+TESTSSL = "testssl"
+SSLSCAN = "sslscan"
+PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+_TESTSSL_PROTO = {"SSLv2": "SSLv2", "SSLv3": "SSLv3", "TLS1": "TLSv1", "TLS1_1": "TLSv1.1"}
+_TESTSSL_PROTO |= {"TLS1_2": "TLSv1.2", "TLS1_3": "TLSv1.3"}
+# testssl's -s category -> our weak class (its LOW also holds DES/RC2; its 3DES_IDEA also IDEA: no
+# server here offers DES, RC2 or IDEA, so on this matrix they coincide; RC4 comes from -4).
+_TESTSSL_CLASS = {"cipherlist_NULL": "null", "cipherlist_aNULL": "anon", "cipherlist_EXPORT": "export"}
+_TESTSSL_CLASS |= {"cipherlist_3DES_IDEA": "3des"}
+
+# Which testssl checks each weakness needs (chain/staple endpoints need the server defaults -S; the
+# cipher weaknesses need protocols, categories, RC4 and FS). The control gets everything.
+CIPHER_CHECKS = ("-p", "-s", "-4", "-f")
+CHAIN_CHECKS = ("-p", "-S")
+ALL_CHECKS = ("-p", "-s", "-4", "-f", "-S", "-R", "-C")
+
+
+@dataclass
+class OracleFacts:
+    """What one tool said about one endpoint, in ScanFacts' terms (None: the tool did not say)."""
+
+    tool: str
+    protocols: dict[str, bool | None] = field(default_factory=lambda: dict.fromkeys(PROTOCOLS))
+    classes: dict[str, bool | None] = field(default_factory=dict)
+    fs_offered: bool | None = None  # some suite with forward secrecy accepted
+    non_fs: bool | None = None  # some suite without forward secrecy accepted
+    suites: dict[str, list[str]] = field(default_factory=dict)  # protocol -> accepted IANA names (sslscan)
+    preferred: dict[str, str] = field(default_factory=dict)  # protocol -> IANA suite (server's order)
+    dh_bits: int | None = None
+    groups: list[str] = field(default_factory=list)  # ECDHE curves / TLS 1.3 groups accepted
+    secure_renegotiation: bool | None = None
+    compression: bool | None = None
+    chain_count: int | None = None  # certificates the server sent
+    chain_complete: bool | None = None  # reaches the trust anchor with only what was sent
+    chain_misordered: bool | None = None
+    stapled: bool | None = None
+    staple_status: str | None = None  # good | revoked | stale
+    raw: dict[str, str] = field(default_factory=dict, repr=False)  # id -> finding (testssl)
+    seconds: float = 0.0  # wall time of the run
+    cpu_seconds: float = 0.0  # user+sys of the tool and its children
+    returncode: int | None = None
+    command: list[str] = field(default_factory=list)
+
+
+def testssl_argv(target: Target, checks: Sequence[str], jsonfile: Path, ca_file: Path | None) -> list[str]:
+    argv = [TESTSSL, "--quiet", "--color", "0", "--warnings", "off", "--nodns", "none", "--ip", target.host]
+    argv += ["--connect-timeout", "10", "--openssl-timeout", "10", "--mapping", "iana"]
+    argv += [*checks, "--jsonfile", str(jsonfile)]
+    if ca_file is not None:
+        argv += ["--add-ca", str(ca_file)]
+    if target.starttls:
+        argv += ["--starttls", target.starttls]
+    return [*argv, f"{target.host}:{target.port}"]
+
+
+def sslscan_argv(target: Target, xmlfile: Path) -> list[str]:
+    argv = [SSLSCAN, "--no-colour", f"--xml={xmlfile}", "--no-heartbleed"]
+    if target.starttls:
+        argv.append(f"--starttls-{target.starttls}")
+    return [*argv, f"{target.host}:{target.port}"]
+
+
+def _offered(finding: str) -> bool | None:
+    f = finding.lower()
+    if f.startswith("not offered") or "not vulnerable" in f or f.startswith("no "):
+        return False
+    if f.startswith("offered") or f.startswith("vulnerable"):
+        return True
+    return None
+
+
+def parse_testssl(entries: list[dict[str, str]]) -> OracleFacts:
+    """testssl's flat JSON (``--jsonfile``) -> facts."""
+    o = OracleFacts("testssl.sh")
+    raw = {e["id"]: e.get("finding", "") for e in entries}
+    o.raw = raw
+    for tid, ours in _TESTSSL_PROTO.items():
+        if tid in raw:
+            o.protocols[ours] = _offered(raw[tid])
+    for tid, ours in _TESTSSL_CLASS.items():
+        if tid in raw:
+            o.classes[ours] = _offered(raw[tid])
+    if "RC4" in raw:
+        o.classes["rc4"] = raw["RC4"].upper().startswith("VULNERABLE")
+    elif "cipherlist_LOW" in raw:
+        pass  # LOW mixes RC4 with DES/RC2: not a fact of ours on its own
+    if "PFS" in raw or "FS" in raw:
+        fs = raw.get("PFS", raw.get("FS", ""))
+        o.fs_offered = _offered(fs)
+        legacy_or_12 = [o.protocols.get(p) for p in PROTOCOLS if p != "TLSv1.3"]
+        if o.fs_offered is False and any(legacy_or_12):
+            o.non_fs = True  # suites accepted, none with FS
+    groups = raw.get("PFS_ECDHE_curves", raw.get("FS_ECDHE_curves", ""))
+    o.groups = groups.split() if groups and "not" not in groups.lower() else []
+    dh_groups = raw.get("DH_groups", raw.get("DH_group", ""))
+    bits = re.search(r"(\d{3,4})\s*bits?", dh_groups) or re.search(r"ffdhe(\d{4})", dh_groups)
+    if bits:
+        o.dh_bits = int(bits.group(1))
+    if "secure_renego" in raw:
+        o.secure_renegotiation = raw["secure_renego"].lower().startswith("supported")
+    if "CRIME_TLS" in raw:
+        o.compression = raw["CRIME_TLS"].upper().startswith("VULNERABLE")
+    if "certs_countServer" in raw:
+        o.chain_count = int(raw["certs_countServer"])
+    trust = raw.get("cert_chain_of_trust", "")
+    if trust:
+        o.chain_complete = None if "chain incomplete" not in trust and "passed" not in trust else "passed" in trust
+    if "certs_list_ordering_problem" in raw:
+        o.chain_misordered = raw["certs_list_ordering_problem"].lower().startswith("yes")
+    staple = raw.get("OCSP_stapling", "")
+    if staple:
+        o.stapled = not staple.lower().startswith("not offered")
+        if o.stapled:
+            low = staple.lower()
+            o.staple_status = "revoked" if "revoked" in low else "good" if "not revoked" in low else None
+    return o
+
+
+# sslscan cipher names are OpenSSL's; the IANA name comes from testssl's own mapping file.
+_MAPPING = Path("/etc/testssl/cipher-mapping.txt")  # Debian's testssl.sh package
+
+
+def suite_names() -> dict[int, str]:
+    """Suite code point -> IANA name, from testssl's mapping file ("0xC0,0x30 - ECDHE-RSA-… TLS_ECDHE_…")."""
+    out: dict[int, str] = {}
+    if _MAPPING.exists():
+        for line in _MAPPING.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == "-" and parts[0].count(",") == 1:
+                hi, lo = parts[0].split(",")
+                with contextlib.suppress(ValueError):
+                    out.setdefault((int(hi, 16) << 8) | int(lo, 16), parts[3])
+    return out
+
+
+_NON_FS_KX = re.compile(r"^(TLS_(RSA|DH|ECDH|PSK|RSA_PSK|KRB5|SRP_SHA)_(?!anon)|TLS_(DH|ECDH)_anon_)")
+_FS_KX = re.compile(r"^TLS_(DHE|ECDHE)_(RSA|DSS|ECDSA|PSK)_")
+
+
+def suite_is_fs(iana: str) -> bool | None:
+    """Forward secrecy of a suite by its IANA name (TLS 1.3 suites: always)."""
+    if iana.startswith("TLS_AES_") or iana.startswith("TLS_CHACHA20_"):
+        return True
+    if _FS_KX.match(iana):
+        return True
+    if iana.startswith(("TLS_RSA_", "TLS_DH_RSA", "TLS_DH_DSS", "TLS_ECDH_RSA", "TLS_ECDH_ECDSA")):
+        return False
+    if "_anon_" in iana:
+        return False  # anonymous suites authenticate nothing; testssl counts ADH/AECDH apart
+    return None
+
+
+def suite_classes(iana: str) -> set[str]:
+    out: set[str] = set()
+    if "_WITH_NULL_" in iana:
+        out.add("null")
+    if "_anon_" in iana:
+        out.add("anon")
+    if "EXPORT" in iana:
+        out.add("export")
+    if "_RC4_" in iana:
+        out.add("rc4")
+    if "3DES" in iana:
+        out.add("3des")
+    return out
+
+
+def parse_sslscan(xml_text: str) -> OracleFacts:
+    """sslscan's ``--xml`` -> facts: every accepted suite per protocol, so classes and FS follow."""
+    o = OracleFacts("sslscan")
+    names = suite_names()
+    root = ET.fromstring(xml_text)
+    test = root.find("ssltest")
+    if test is None:
+        return o
+    for proto in test.findall("protocol"):
+        name = {"SSL": "SSLv", "TLS": "TLSv"}[proto.get("type", "TLS").upper()] + proto.get("version", "")
+        name = "TLSv1" if name == "TLSv1.0" else name
+        if name in o.protocols:
+            o.protocols[name] = proto.get("enabled") == "1"
+    for c in test.findall("cipher"):
+        version = c.get("sslversion", "")
+        proto = "TLSv1" if version == "TLSv1.0" else version
+        cipher = c.get("cipher", "")
+        try:
+            iana = names.get(int(c.get("id", ""), 16), cipher)
+        except ValueError:
+            iana = cipher
+        o.suites.setdefault(proto, []).append(iana)
+        if c.get("status") == "preferred":
+            o.preferred[proto] = iana
+        if c.get("dhebits"):
+            o.dh_bits = min(o.dh_bits or 10**6, int(c.get("dhebits", "0")))
+    every = [s for suites in o.suites.values() for s in suites]
+    if every:
+        o.classes = {k: False for k in ("null", "anon", "export", "rc4", "3des")}
+        for s in every:
+            for k in suite_classes(s):
+                o.classes[k] = True
+        fs = [suite_is_fs(s) for s in every]
+        o.non_fs = any(f is False for f in fs)
+        o.fs_offered = any(f is True for f in fs)
+    for g in test.findall("group"):
+        if g.get("name"):
+            o.groups.append(g.get("name", ""))
+    reneg = test.find("renegotiation")
+    if reneg is not None:
+        o.secure_renegotiation = reneg.get("secure") == "1"
+    comp = test.find("compression")
+    if comp is not None:
+        o.compression = comp.get("supported") == "1"
+    return o
+
+
+async def _run(argv: list[str], log: Path, timeout: float) -> tuple[int | None, float, float]:
+    """Run ``argv`` (output to ``log``); (returncode, wall seconds, CPU seconds of it and its children)."""
+    began = time.monotonic()
+    # CPU of the child tree: wrap it in /usr/bin/time-free bash `times` would miss grandchildren that are
+    # still reaped by testssl itself; getrusage(RUSAGE_CHILDREN) is process-wide, so use `time -f`.
+    wrapped = ["/usr/bin/time", "-f", "CPU %U %S", "-o", f"{log}.time", *argv]
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *wrapped, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+        try:
+            rc = await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            rc = None
+    cpu = 0.0
+    try:
+        fields = Path(f"{log}.time").read_text().split()
+        i = fields.index("CPU")
+        cpu = float(fields[i + 1]) + float(fields[i + 2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return rc, time.monotonic() - began, cpu
+
+
+async def testssl(target: Target, checks: Sequence[str], work: Path, ca_file: Path | None) -> OracleFacts:
+    work.mkdir(parents=True, exist_ok=True)
+    jsonfile = work / f"{target.id}.testssl.json"
+    jsonfile.unlink(missing_ok=True)
+    argv = testssl_argv(target, checks, jsonfile, ca_file)
+    rc, wall, cpu = await _run(argv, work / f"{target.id}.testssl.log", timeout=240)
+    try:
+        entries = json.loads(jsonfile.read_text())
+    except (OSError, ValueError):
+        entries = []
+    facts = parse_testssl(entries)
+    facts.seconds, facts.cpu_seconds, facts.returncode, facts.command = wall, cpu, rc, argv
+    return facts
+
+
+async def sslscan(target: Target, work: Path) -> OracleFacts:
+    work.mkdir(parents=True, exist_ok=True)
+    xmlfile = work / f"{target.id}.sslscan.xml"
+    xmlfile.unlink(missing_ok=True)
+    argv = sslscan_argv(target, xmlfile)
+    rc, wall, cpu = await _run(argv, work / f"{target.id}.sslscan.log", timeout=120)
+    try:
+        facts = parse_sslscan(xmlfile.read_text())
+    except (OSError, ET.ParseError):
+        facts = OracleFacts("sslscan")
+    facts.seconds, facts.cpu_seconds, facts.returncode, facts.command = wall, cpu, rc, argv
+    return facts
+
+
+@dataclass
+class OracleRun:
+    testssl: dict[str, OracleFacts]  # target id -> facts
+    sslscan: dict[str, OracleFacts]
+    seconds: float  # wall time of the whole run
+
+
+async def run_all(
+    plan: Sequence[tuple[Target, Sequence[str]]], work: Path, ca_file: Path | None, *, with_sslscan: bool = True
+) -> OracleRun:
+    """Every testssl (and sslscan) run of ``plan`` at once."""
+    began = time.monotonic()
+    t_jobs = [testssl(t, checks, work, ca_file) for t, checks in plan]
+    s_jobs = [sslscan(t, work) for t, _ in plan] if with_sslscan else []
+    results = await asyncio.gather(*t_jobs, *s_jobs)
+    ids = [t.id for t, _ in plan]
+    t_res = dict(zip(ids, results[: len(plan)], strict=True))
+    s_res = dict(zip(ids, results[len(plan) :], strict=True)) if with_sslscan else {}
+    return OracleRun(t_res, s_res, time.monotonic() - began)
