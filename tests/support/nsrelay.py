@@ -20,9 +20,11 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from typing import TextIO
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+SIOCSIFFLAGS = 0x8914
+IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 INNER_PORT = 4433  # in the private namespace nothing else listens
 
 
@@ -38,7 +42,9 @@ def _unshare_net() -> None:
     if libc.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    # ip link set lo up, without needing iproute2: SIOCSIFFLAGS on a socket of the new namespace.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
 
 
 def _die_with_parent() -> None:

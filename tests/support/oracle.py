@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import signal
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -37,6 +39,13 @@ _TESTSSL_CLASS |= {"cipherlist_3DES_IDEA": "3des"}
 
 # Which testssl checks each weakness needs (chain/staple endpoints need the server defaults -S; the
 # cipher weaknesses need protocols, categories, RC4 and FS). The control gets everything.
+# Named DH groups in testssl's findings -> size.
+_DH_GROUPS = {
+    "RFC2409/Oakley Group 2": 1024,
+    "RFC3526/Oakley Group 14": 2048,
+    "RFC3526/Oakley Group 15": 3072,
+}
+_DH_GROUPS |= {"RFC5114/1024-bit": 1024, "RFC5114/2048-bit": 2048, "RFC2409/Oakley Group 1": 768}
 CIPHER_CHECKS = ("-p", "-s", "-4", "-f")
 CHAIN_CHECKS = ("-p", "-S")
 ALL_CHECKS = ("-p", "-s", "-4", "-f", "-S", "-R", "-C")
@@ -119,19 +128,27 @@ def parse_testssl(entries: list[dict[str, str]]) -> OracleFacts:
             o.non_fs = True  # suites accepted, none with FS
     groups = raw.get("PFS_ECDHE_curves", raw.get("FS_ECDHE_curves", ""))
     o.groups = groups.split() if groups and "not" not in groups.lower() else []
-    dh_groups = raw.get("DH_groups", raw.get("DH_group", ""))
-    bits = re.search(r"(\d{3,4})\s*bits?", dh_groups) or re.search(r"ffdhe(\d{4})", dh_groups)
-    if bits:
-        o.dh_bits = int(bits.group(1))
-    if "secure_renego" in raw:
-        o.secure_renegotiation = raw["secure_renego"].lower().startswith("supported")
+    # The DHE group of TLS <= 1.2: -J names a common prime it found, -f the group it was given (when
+    # TLS 1.3 is on, 3.0.8's DH_groups lists the TLS 1.3 FFDHE groups instead: not this fact).
+    for key in ("LOGJAM-common_primes", "DH_groups"):
+        named = next((bits for name, bits in _DH_GROUPS.items() if name in raw.get(key, "")), None)
+        if named is not None:
+            o.dh_bits = named
+            break
+    reneg = raw.get("secure_renego", "").lower()
+    if reneg.startswith("supported"):
+        o.secure_renegotiation = True
+    elif reneg.startswith(("not supported", "vulnerable")):
+        o.secure_renegotiation = False  # else ("OpenSSL handshake didn't succeed"): testssl could not tell
     if "CRIME_TLS" in raw:
         o.compression = raw["CRIME_TLS"].upper().startswith("VULNERABLE")
     if "certs_countServer" in raw:
         o.chain_count = int(raw["certs_countServer"])
     trust = raw.get("cert_chain_of_trust", "")
     if trust:
-        o.chain_complete = None if "chain incomplete" not in trust and "passed" not in trust else "passed" in trust
+        o.chain_complete = (
+            None if "chain incomplete" not in trust and "passed" not in trust else "passed" in trust
+        )
     if "certs_list_ordering_problem" in raw:
         o.chain_misordered = raw["certs_list_ordering_problem"].lower().startswith("yes")
     staple = raw.get("OCSP_stapling", "")
@@ -247,17 +264,22 @@ async def _run(argv: list[str], log: Path, timeout: float) -> tuple[int | None, 
     wrapped = ["/usr/bin/time", "-f", "CPU %U %S", "-o", f"{log}.time", *argv]
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            *wrapped, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT
+            *wrapped,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout ends testssl's children too
         )
         try:
             rc = await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            proc.kill()
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
             rc = None
     cpu = 0.0
     try:
-        fields = Path(f"{log}.time").read_text().split()
+        fields = Path(f"{log}.time").read_text().split()  # noqa: ASYNC240 - a few bytes, once
         i = fields.index("CPU")
         cpu = float(fields[i + 1]) + float(fields[i + 2])
     except (OSError, ValueError, IndexError):
@@ -266,11 +288,11 @@ async def _run(argv: list[str], log: Path, timeout: float) -> tuple[int | None, 
 
 
 async def testssl(target: Target, checks: Sequence[str], work: Path, ca_file: Path | None) -> OracleFacts:
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - before the run, once
     jsonfile = work / f"{target.id}.testssl.json"
     jsonfile.unlink(missing_ok=True)
     argv = testssl_argv(target, checks, jsonfile, ca_file)
-    rc, wall, cpu = await _run(argv, work / f"{target.id}.testssl.log", timeout=240)
+    rc, wall, cpu = await _run(argv, work / f"{target.id}.testssl.log", timeout=900)
     try:
         entries = json.loads(jsonfile.read_text())
     except (OSError, ValueError):
@@ -281,11 +303,11 @@ async def testssl(target: Target, checks: Sequence[str], work: Path, ca_file: Pa
 
 
 async def sslscan(target: Target, work: Path) -> OracleFacts:
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - before the run, once
     xmlfile = work / f"{target.id}.sslscan.xml"
     xmlfile.unlink(missing_ok=True)
     argv = sslscan_argv(target, xmlfile)
-    rc, wall, cpu = await _run(argv, work / f"{target.id}.sslscan.log", timeout=120)
+    rc, wall, cpu = await _run(argv, work / f"{target.id}.sslscan.log", timeout=600)
     try:
         facts = parse_sslscan(xmlfile.read_text())
     except (OSError, ET.ParseError):
@@ -302,7 +324,11 @@ class OracleRun:
 
 
 async def run_all(
-    plan: Sequence[tuple[Target, Sequence[str]]], work: Path, ca_file: Path | None, *, with_sslscan: bool = True
+    plan: Sequence[tuple[Target, Sequence[str]]],
+    work: Path,
+    ca_file: Path | None,
+    *,
+    with_sslscan: bool = True,
 ) -> OracleRun:
     """Every testssl (and sslscan) run of ``plan`` at once."""
     began = time.monotonic()

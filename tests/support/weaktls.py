@@ -17,14 +17,17 @@ endpoints (one per protocol).
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import datetime as dt
 import ipaddress
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -383,8 +386,97 @@ __all__ = [
     "Weak",
     "WeakPKI",
     "WeakServers",
+    "rate_limited",
     "start_relay",
     "stop_process",
+    "threaded",
     "wait_relay",
     "weak_servers",
 ]
+
+
+@contextlib.contextmanager
+def threaded(serve: Callable[[], contextlib.AbstractAsyncContextManager[int]]) -> Iterator[int]:
+    """Run an in-process asyncio server (``fake_hello(...)``, a fault server) on a loop of its own thread,
+    so that subprocesses (testssl.sh, sslscan) and other loops can connect to it; yields its port."""
+    loop = asyncio.new_event_loop()
+    ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            async with serve() as port:
+                ready.set_result(port)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        yield ready.result(timeout=10)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+
+
+REFUSALS = {
+    "smtp": b"421 4.7.0 mail.example.test Error: too many connections from 127.0.0.2\r\n",
+    "imap": b"* BYE Too many connections from your IP\r\n",
+    "pop3": b"-ERR [SYS/TEMP] Too many connections from your IP\r\n",
+}
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def rate_limited(
+    host: str, port: int, protocol: str, after: int
+) -> AsyncIterator[tuple[int, list[str]]]:
+    """A fault server in front of a real one: connections 1..``after`` are relayed to ``host:port``, every
+    later one gets the server's "too many connections" refusal before TLS (SMTP ``421``, IMAP ``* BYE``,
+    POP3 ``-ERR``), as Postfix's anvil limits or a provider's MX do. Yields (port, log of what each
+    connection got)."""
+    log: list[str] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            if len(log) >= after:
+                log.append("refused")
+                cw.write(REFUSALS[protocol])
+                await cw.drain()
+                cw.close()
+                return
+            log.append("relayed")
+            sr, sw = await asyncio.open_connection(host, port)
+            await asyncio.gather(_pipe(cr, sw), _pipe(sr, cw))
+        except (OSError, asyncio.CancelledError):
+            cw.transport.abort()
+        finally:
+            tasks.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], log
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
