@@ -342,3 +342,14 @@ async def test_rate_limit_is_unknown_never_refused(matrix: Matrix, protocol: str
     assert {k: v for k, v in got.items() if v is not None and v != full.get(k)} == {}
     assert any(v is None for k, v in got.items() if full.get(k) is not None)  # some were not reached
     assert not facts.complete
+
+
+def test_the_oracle_resolves_nothing_off_loopback(tmp_path: Path) -> None:
+    """testssl.sh resolves ``invalid.`` to probe its openssl (about 30 lookups per run, ``--nodns none``
+    or not): the oracle runs it where the only name server is 127.0.0.1, never the machine's resolver."""
+    argv = oracle.loopback_only(["cat", "/etc/resolv.conf"], tmp_path)
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("nameserver")] == ["127.0.0.1"]
+    argv = oracle.testssl_argv(Target("x", "smtp", "127.0.0.1", 25, "postfix"), ["-p"], tmp_path / "j", None)
+    assert "--phone-out" not in argv and argv[argv.index("--ip") + 1] == "127.0.0.1"
+    assert argv[argv.index("--nodns") + 1] == "none"

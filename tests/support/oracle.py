@@ -3,9 +3,11 @@ the weak servers, their answers turned into the same facts as ``probes.tls.scan.
 
 Only loopback is ever contacted: every run names the target by its 127.0.0.x address (no name to
 resolve), testssl gets ``--ip`` with that address and ``--nodns none`` and never ``--phone-out`` (no CRL,
-no OCSP responder, no CAA lookup), sslscan gets ``--no-check-certificate`` / ``--no-ocsp``-free defaults
-(it only opens connections to the target). :func:`run_all` starts every scan at once (asyncio
-subprocesses): each spends most of its wall time waiting, so the whole oracle costs about the slowest.
+no OCSP responder, no CAA lookup), and both tools run with a resolv.conf naming 127.0.0.1 only
+(:func:`loopback_only`: testssl resolves ``invalid.`` to probe its openssl). Checked with
+``strace -f -e trace=connect``: every connect() of a run goes to 127.0.0.1 or a local socket.
+:func:`run_all` starts every scan at once (asyncio subprocesses): each spends much of its wall time
+waiting on the servers, so the whole oracle costs its CPU spread over the cores, not the sum of walls.
 
 An oracle fact is three-valued like ours: None means "this tool did not say" (not checked, or no finding),
 and the comparison skips it.
@@ -98,7 +100,8 @@ def sslscan_argv(target: Target, xmlfile: Path) -> list[str]:
 
 def _offered(finding: str) -> bool | None:
     f = finding.lower()
-    if f.startswith("not offered") or "not vulnerable" in f or f.startswith("no "):
+    # "not offered", "TLSv1.1 is not offered, and downgraded …", "not vulnerable"
+    if "not offered" in f or "not vulnerable" in f or f.startswith("no "):
         return False
     if f.startswith("offered") or f.startswith("vulnerable"):
         return True
@@ -256,12 +259,26 @@ def parse_sslscan(xml_text: str) -> OracleFacts:
     return o
 
 
+def loopback_only(argv: Sequence[str], work: Path) -> list[str]:
+    """``argv`` in a private mount namespace whose /etc/resolv.conf names 127.0.0.1 only.
+
+    testssl.sh probes the local openssl's options with ``openssl s_client … -connect invalid.`` (about 30
+    times per run, whatever ``--nodns`` says): without this, each is a DNS query to the machine's
+    resolver, off loopback. Here it goes to 127.0.0.1:53, where nothing answers."""
+    resolv = work / "resolv.conf"
+    if not resolv.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(resolv), *argv]
+
+
 async def _run(argv: list[str], log: Path, timeout: float) -> tuple[int | None, float, float]:
     """Run ``argv`` (output to ``log``); (returncode, wall seconds, CPU seconds of it and its children)."""
     began = time.monotonic()
     # CPU of the child tree: wrap it in /usr/bin/time-free bash `times` would miss grandchildren that are
     # still reaped by testssl itself; getrusage(RUSAGE_CHILDREN) is process-wide, so use `time -f`.
-    wrapped = ["/usr/bin/time", "-f", "CPU %U %S", "-o", f"{log}.time", *argv]
+    wrapped = ["/usr/bin/time", "-f", "CPU %U %S", "-o", f"{log}.time", *loopback_only(argv, log.parent)]
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             *wrapped,
@@ -324,18 +341,13 @@ class OracleRun:
 
 
 async def run_all(
-    plan: Sequence[tuple[Target, Sequence[str]]],
-    work: Path,
-    ca_file: Path | None,
-    *,
-    with_sslscan: bool = True,
+    plan: Sequence[tuple[Target, Sequence[str]]], sslscans: Sequence[Target], work: Path, ca_file: Path | None
 ) -> OracleRun:
-    """Every testssl (and sslscan) run of ``plan`` at once."""
+    """Every testssl run of ``plan`` (target, checks) and every sslscan of ``sslscans``, all at once."""
     began = time.monotonic()
     t_jobs = [testssl(t, checks, work, ca_file) for t, checks in plan]
-    s_jobs = [sslscan(t, work) for t, _ in plan] if with_sslscan else []
+    s_jobs = [sslscan(t, work) for t in sslscans]
     results = await asyncio.gather(*t_jobs, *s_jobs)
-    ids = [t.id for t, _ in plan]
-    t_res = dict(zip(ids, results[: len(plan)], strict=True))
-    s_res = dict(zip(ids, results[len(plan) :], strict=True)) if with_sslscan else {}
+    t_res = dict(zip([t.id for t, _ in plan], results[: len(plan)], strict=True))
+    s_res = dict(zip([t.id for t in sslscans], results[len(plan) :], strict=True))
     return OracleRun(t_res, s_res, time.monotonic() - began)
