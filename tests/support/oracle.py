@@ -244,6 +244,10 @@ def parse_sslscan(xml_text: str) -> OracleFacts:
         for s in every:
             for k in suite_classes(s):
                 o.classes[k] = True
+        # The informational classes: a CBC-mode suite accepted (our scan: the server picks one for a client
+        # offering nothing else), a suite whose records carry HMAC-SHA1.
+        o.classes["cbc_only"] = any("_CBC_" in s for s in every)
+        o.classes["sha1_mac"] = any(s.endswith("_SHA") for s in every)
         fs = [suite_is_fs(s) for s in every]
         o.non_fs = any(f is False for f in fs)
         o.fs_offered = any(f is True for f in fs)
