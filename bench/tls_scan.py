@@ -33,11 +33,16 @@ from probes.tls.audit import TLSCheckSettings
 from probes.tls.scan import scan
 from probes.wire.net import Endpoint, TLSSettings
 from tests.mailstack import SERVER_NAME, MailStack, make_root
-from tests.mailstack._net import claim_ports
 from tests.support import oracle
-from tests.support.weaktls import Target, start_relay, stop_process, wait_relay, weak_servers
+from tests.support.weaktls import (
+    Target,
+    loopback_address,
+    start_relay,
+    stop_process,
+    wait_relay,
+    weak_servers,
+)
 
-RELAY_HOSTS = [f"127.0.0.{n}" for n in range(50, 60)]
 TESTSSL_CHECKS = ("-p", "-s", "-4", "-f", "-S", "-R", "-C")
 DEFAULT_ENDPOINTS = "baseline-smtp,baseline-imap,legacy-pop3,nofs-smtp,rc4-tls"
 
@@ -73,8 +78,7 @@ def main() -> int:
         with weak_servers(stack, tmp / "servers") as ws:
             for i, tid in enumerate(wanted):
                 real = next(t for t in ws.targets if t.id == tid)
-                host = RELAY_HOSTS[i % len(RELAY_HOSTS)]
-                port = claim_ports(1, (host,))[0]
+                host, port = loopback_address(50 + i % 10)
                 counter, log = tmp / f"{tid}.count", tmp / f"{tid}.relay.log"
                 relay = start_relay((host, port), counter, log, to=(real.host, real.port))
                 try:

@@ -231,6 +231,14 @@ class GnutlsServer:
             return 0
 
 
+def loopback_address(n: int) -> tuple[str, int]:
+    """127.0.0.``n`` (41..59, this matrix's range) and a port claimed there (tests/mailstack/_net)."""
+    if not 41 <= n <= 59:
+        raise ValueError(f"127.0.0.{n} is outside the matrix's addresses 127.0.0.41-59")
+    host = f"127.0.0.{n}"
+    return host, claim_ports(1, (host,))[0]
+
+
 def start_relay(
     listen: tuple[str, int],
     count_file: Path,
@@ -379,22 +387,6 @@ def weak_servers(stack: MailStack, work: Path) -> Iterator[WeakServers]:
             vs.remove()
 
 
-__all__ = [
-    "WEAK",
-    "GnutlsServer",
-    "Target",
-    "Weak",
-    "WeakPKI",
-    "WeakServers",
-    "rate_limited",
-    "start_relay",
-    "stop_process",
-    "threaded",
-    "wait_relay",
-    "weak_servers",
-]
-
-
 @contextlib.contextmanager
 def threaded(serve: Callable[[], contextlib.AbstractAsyncContextManager[int]]) -> Iterator[int]:
     """Run an in-process asyncio server (``fake_hello(...)``, a fault server) on a loop of its own thread,
@@ -480,3 +472,20 @@ async def rate_limited(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
+
+
+__all__ = [
+    "WEAK",
+    "GnutlsServer",
+    "Target",
+    "Weak",
+    "WeakPKI",
+    "WeakServers",
+    "loopback_address",
+    "rate_limited",
+    "start_relay",
+    "stop_process",
+    "threaded",
+    "wait_relay",
+    "weak_servers",
+]
