@@ -16,12 +16,13 @@ and every listed disagreement must still happen (a stale entry fails too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,13 @@ PLAN: dict[tuple[str, str], tuple[str, ...]] = {
     ("3des", "tls"): (S,),
     ("ocsprevoked", "tls"): (SD,),
     ("sslv3", "tls"): (P, S, R4),
+    ("sslv2", "tls"): (P,),
 }
 # sslscan (a fraction of a second of CPU per run): one endpoint per weakness and server software.
 SSLSCAN_PLAN: tuple[tuple[str, str], ...] = (
     *((w, p) for w in ("baseline", "legacy", "null", "anon", "nofs", "dhe1024") for p in ("smtp", "pop3")),
     *((w, "imap") for w in ("nointer", "misordered", "extra")),
-    *((w, "tls") for w in ("rc4", "3des", "ocspgood", "ocsprevoked", "sslv3")),
+    *((w, "tls") for w in ("rc4", "3des", "ocspgood", "ocsprevoked", "sslv3", "sslv2")),
 )
 SOFTWARE = {"smtp": "postfix", "imap": "dovecot", "pop3": "dovecot", "imaps": "dovecot", "tls": "tls"}
 
@@ -99,10 +101,19 @@ EXPECT: dict[str, dict[str, object]] = {
     "ocspgood": {"stapled": True},
     "ocsprevoked": {"stapled": True},
     "sslv3": {"protocol:SSLv3": True, "class:rc4": True, "class:3des": True, "class:export": True},
+    "sslv2": {"protocol:SSLv2": True, "protocol:SSLv3": False, "protocol:TLSv1.2": False},
 }
 
 SOURCE = "127.0.0.2"
-FAKE_SSLV3 = dict(versions=frozenset({h.SSL3}), suites=(0x0005, 0x000A, 0x0003, 0x002F))
+# What no real server here can offer (OpenSSL 3 and GnuTLS 3.7 dropped them): issue 21's first-flight fake.
+FAKES: dict[str, Callable[[], FakeHello]] = {
+    "sslv3": lambda: FakeHello(versions=frozenset({h.SSL3}), suites=(0x0005, 0x000A, 0x0003, 0x002F)),
+    "sslv2": lambda: FakeHello(versions=frozenset({h.SSL2}), sslv2_ciphers=(0x010080, 0x020080, 0x0700C0)),
+}
+
+
+def _serving(fake: FakeHello) -> Callable[[], contextlib.AbstractAsyncContextManager[int]]:
+    return lambda: fake_hello(fake)
 
 
 @dataclass
@@ -146,15 +157,17 @@ def matrix(mailstack: MailStack, tmp_path_factory: pytest.TempPathFactory) -> It
     if missing:  # a failure, not a skip: a skip would let CI pass while comparing nothing
         pytest.fail(f"missing {missing}: run scripts/install-deps.sh (testssl.sh sslscan gnutls-bin time)")
     work = tmp_path_factory.mktemp("tls-matrix")
-    fake = FakeHello(**FAKE_SSLV3)  # type: ignore[arg-type]
-    with weak_servers(mailstack, work / "servers") as ws, threaded(lambda: fake_hello(fake)) as fake_port:
-        targets = [*ws.targets, Target("sslv3", "tls", "127.0.0.1", fake_port, "fake")]
+    with contextlib.ExitStack() as stack:
+        ws = stack.enter_context(weak_servers(mailstack, work / "servers"))
+        fakes = {name: make() for name, make in FAKES.items()}
+        ports = {name: stack.enter_context(threaded(_serving(f))) for name, f in fakes.items()}
+        targets = [*ws.targets, *(Target(n, "tls", "127.0.0.1", port, "fake") for n, port in ports.items())]
         before = {name: s.connections() for name, s in ws.gnutls.items()}
         began = time.monotonic()
         ours = asyncio.run(scan_all(targets))
         ours_seconds = time.monotonic() - began
         counts = {f"{n}-tls": s.connections() - before[n] for n, s in ws.gnutls.items()}
-        counts["sslv3-tls"] = fake.connections
+        counts |= {f"{n}-tls": f.connections for n, f in fakes.items()}
         by_id = {t.id: t for t in targets}
         plan = [(by_id[f"{w}-{p}"], checks) for (w, p), checks in PLAN.items()]
         sslscan = [by_id[f"{w}-{p}"] for w, p in SSLSCAN_PLAN]
@@ -166,6 +179,7 @@ def matrix(mailstack: MailStack, tmp_path_factory: pytest.TempPathFactory) -> It
             "testssl": {k: [round(v.seconds, 1), round(v.cpu_seconds, 1)] for k, v in run.testssl.items()},
             "sslscan": {k: [round(v.seconds, 1), round(v.cpu_seconds, 2)] for k, v in run.sslscan.items()},
             "ours_connections": {k: v.connections for k, v in ours.items()},
+            "ours": {k: facts_of(v, ws.ca_file) for k, v in ours.items()},
         }
         (work / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"\ntls matrix: {work / 'summary.json'}: {json.dumps(summary)}")
