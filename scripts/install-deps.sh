@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian 12 packages that mailcanary's tests drive for real: Postfix, Dovecot (IMAP, POP3),
 # Prometheus, Alertmanager, blackbox_exporter, openssl, NSD (authoritative DNS) and Unbound (validating
-# resolver) for the domain checks, OpenDMARC (the receiving side's DMARC verdict), systemd (for `systemd-analyze verify` of
+# resolver) for the domain checks, OpenDMARC (the receiving side's DMARC verdict), testssl.sh and sslscan (the
+# ground truth of the TLS scan matrix) and gnutls-bin (gnutls-serv: RC4, 3DES, OCSP stapling), time (their CPU), systemd (for `systemd-analyze verify` of
 # the shipped unit; installed only if missing), Chromium (headless, for the status page test) and
 # node + npm (tsc checks the dashboards against @grafana/schema; a node that brings its own npm,
 # e.g. NodeSource's, is kept as is), podman + runc + mmdebstrap (scripts/container-test builds and runs
@@ -9,7 +10,7 @@
 # is present. Python packages are installed by scripts/test, not here.
 set -eu
 
-PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin opendkim opendmarc prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium nsd unbound podman runc mmdebstrap"
+PACKAGES="postfix dovecot-imapd dovecot-pop3d dovecot-sieve spamassassin opendkim opendmarc prometheus prometheus-alertmanager prometheus-blackbox-exporter openssl systemd chromium nsd unbound podman runc mmdebstrap testssl.sh sslscan gnutls-bin time"
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

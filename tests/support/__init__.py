@@ -15,6 +15,10 @@ never from another test module: a test file can then be run, moved or deleted on
 - ``dnsstack``, ``milters``, ``sharedmailbox``: a real DNS (nsd + unbound), DKIM/DMARC milters, a second
   client busy in a shared mailbox.
 - ``deploy``, ``rules``, ``dashboards``: the shipped deploy files, Prometheus rules and Grafana boards.
+- ``weaktls``: OpenSSL servers with one weak parameter (the audit's verdict tests); ``weakservers``,
+  ``nsrelay``, ``oracle``: real Postfix/Dovecot/gnutls-serv configured weak, a counting loopback relay,
+  testssl.sh and sslscan as the oracle (the TLS scan matrix); ``fakehello``, ``gnutlsns``: what no real
+  server here offers (SSLv2/SSLv3/EXPORT, faults) and gnutls-serv in a private network namespace.
 - ``alerting``: the alert path: shipped rules with test-time ``for:``, the example Alertmanager config with
   short timers and loopback webhooks, a webhook receiver that records notifications.
 
