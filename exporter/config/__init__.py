@@ -5,7 +5,7 @@ the JSON Schema generated from the models (:mod:`exporter.config.schema`, import
 
 from exporter.config.durations import format_duration, parse_duration
 from exporter.config.errors import ConfigError, validation_problems
-from exporter.config.loader import LoadedConfig, load_config, parse_config
+from exporter.config.loader import LoadedConfig, load_config, load_endpoint_secrets, parse_config
 from exporter.config.model import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_MODULES,
@@ -52,6 +52,7 @@ __all__ = [
     "format_duration",
     "in_shard",
     "load_config",
+    "load_endpoint_secrets",
     "load_yaml",
     "parse_config",
     "parse_duration",

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from exporter import registry
 from exporter.config.errors import ConfigError, validation_problems
 from exporter.config.model import Config, EndpointConfig, config_model, sections
-from exporter.config.secrets import raw_problems, without_passwords
+from exporter.config.secrets import raw_problems, read_secret, without_passwords
 from exporter.config.yamlfile import load_yaml, read_text_capped
 from probes.auth.credentials import TokenSource
 from probes.auth.oauth import FileToken, GrantToken
@@ -124,3 +124,43 @@ def load_config(path: str, environ: dict[str, str] | None = None) -> LoadedConfi
     """Read (size-capped), parse and validate. Blocking and possibly slow: the daemon calls it on a
     worker thread, so a reload never stalls probes or scrapes."""
     return parse_config(read_text_capped(path), path, environ)
+
+
+def load_endpoint_secrets(
+    loaded: LoadedConfig, name: str, side: str, at: str, ep: EndpointConfig, environ: dict[str, str]
+) -> list[str]:
+    """Read one endpoint's password and OAuth secrets into ``loaded`` (keys ``(name, side)`` and
+    ``(name, side.client_secret|refresh_token)``, each with its username for the masker); returns the
+    problems (a missing secret is a config error at load, not a failed run later). One rule for every
+    kind that logs in (round trip sides, heartbeat and reports mailboxes)."""
+    path = loaded.path
+    problems: list[str] = []
+    secret, problem = read_secret(path, at, ep.password, ep.password_file, ep.password_env, environ)
+    if problem is not None:
+        problems.append(problem)
+    if secret is not None:
+        loaded.secrets[(name, side)] = secret
+        if ep.username:
+            loaded.usernames[(name, side)] = ep.username
+    if ep.oauth is not None:
+        for base in ("client_secret", "refresh_token"):
+            value, problem = read_secret(
+                path,
+                f"{at}.oauth",
+                getattr(ep.oauth, base),
+                getattr(ep.oauth, f"{base}_file"),
+                getattr(ep.oauth, f"{base}_env"),
+                environ,
+                key=base,
+            )
+            if problem is not None:
+                problems.append(problem)
+            if value is not None:
+                loaded.secrets[(name, f"{side}.{base}")] = value
+                if ep.username:
+                    loaded.usernames[(name, f"{side}.{base}")] = ep.username
+    if ep.password is not None:
+        loaded.warnings.append(
+            f"{path}: {at}.password: inline password; prefer password_file or password_env"
+        )
+    return problems

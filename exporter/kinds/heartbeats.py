@@ -22,9 +22,8 @@ from datetime import UTC, datetime
 
 from prometheus_client.core import Metric
 
-from exporter.config import LoadedConfig
+from exporter.config import LoadedConfig, load_endpoint_secrets
 from exporter.config.heartbeats import HeartbeatConfig, MatchConfig
-from exporter.config.secrets import read_secret
 from exporter.metrics.family import FamilySpec, counter, counts, gauge, one_of, render, value
 from exporter.metrics.run import run_families
 from exporter.registry import Kind, RunEnv, Verdict
@@ -409,39 +408,7 @@ def report_lines(run: RunResult) -> list[str]:
 
 def load(loaded: LoadedConfig, hb: HeartbeatConfig, where: str, environ: dict[str, str]) -> list[str]:
     """The mailbox's password or OAuth secrets now (a missing one is a config error, not a failed run)."""
-    path = loaded.path
-    ep = hb.imap
-    at = f"{where}.{SIDE}"
-    problems: list[str] = []
-    secret, problem = read_secret(path, at, ep.password, ep.password_file, ep.password_env, environ)
-    if problem is not None:
-        problems.append(problem)
-    if secret is not None:
-        loaded.secrets[(hb.name, SIDE)] = secret
-        if ep.username:
-            loaded.usernames[(hb.name, SIDE)] = ep.username
-    if ep.oauth is not None:
-        for base in ("client_secret", "refresh_token"):
-            value_, problem = read_secret(
-                path,
-                f"{at}.oauth",
-                getattr(ep.oauth, base),
-                getattr(ep.oauth, f"{base}_file"),
-                getattr(ep.oauth, f"{base}_env"),
-                environ,
-                key=base,
-            )
-            if problem is not None:
-                problems.append(problem)
-            if value_ is not None:
-                loaded.secrets[(hb.name, f"{SIDE}.{base}")] = value_
-                if ep.username:
-                    loaded.usernames[(hb.name, f"{SIDE}.{base}")] = ep.username
-    if ep.password is not None:
-        loaded.warnings.append(
-            f"{path}: {at}.password: inline password; prefer password_file or password_env"
-        )
-    return problems
+    return load_endpoint_secrets(loaded, hb.name, SIDE, f"{where}.{SIDE}", hb.imap, environ)
 
 
 def sessions(hb: HeartbeatConfig) -> list[tuple[Endpoint, str, int | None]]:

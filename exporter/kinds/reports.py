@@ -11,8 +11,7 @@ from collections import Counter
 import structlog
 from prometheus_client.core import Metric
 
-from exporter.config import Config, LoadedConfig, ReportsConfig, state_dir
-from exporter.config.secrets import read_secret
+from exporter.config import Config, LoadedConfig, ReportsConfig, load_endpoint_secrets, state_dir
 from exporter.metrics.reports import REPORTS_OUTCOMES, reports_families
 from exporter.registry import Kind, RunEnv, Verdict
 from exporter.run.results import ProbeStats, RunResult
@@ -182,37 +181,7 @@ def families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metric]:
 def load(loaded: LoadedConfig, entry: ReportsConfig, where: str, environ: dict[str, str]) -> list[str]:
     """Read the mailbox's password or OAuth secrets now (a missing one is a config error, not a failed
     run later)."""
-    path, ep, at = loaded.path, entry.imap, f"{where}.imap"
-    problems: list[str] = []
-    secret, problem = read_secret(path, at, ep.password, ep.password_file, ep.password_env, environ)
-    if problem is not None:
-        problems.append(problem)
-    if secret is not None:
-        loaded.secrets[(entry.name, "imap")] = secret
-        if ep.username:
-            loaded.usernames[(entry.name, "imap")] = ep.username
-    if ep.oauth is not None:
-        for base in ("client_secret", "refresh_token"):
-            value, problem = read_secret(
-                path,
-                f"{at}.oauth",
-                getattr(ep.oauth, base),
-                getattr(ep.oauth, f"{base}_file"),
-                getattr(ep.oauth, f"{base}_env"),
-                environ,
-                key=base,
-            )
-            if problem is not None:
-                problems.append(problem)
-            if value is not None:
-                loaded.secrets[(entry.name, f"imap.{base}")] = value
-                if ep.username:
-                    loaded.usernames[(entry.name, f"imap.{base}")] = ep.username
-    if ep.password is not None:
-        loaded.warnings.append(
-            f"{path}: {at}.password: inline password; prefer password_file or password_env"
-        )
-    return problems
+    return load_endpoint_secrets(loaded, entry.name, "imap", f"{where}.imap", entry.imap, environ)
 
 
 def _deadline(entry: ReportsConfig, cfg: Config) -> float:

@@ -9,8 +9,7 @@ import time
 
 import structlog
 
-from exporter.config import Config, LoadedConfig, ReceiveConfig, RoundTripConfig
-from exporter.config.secrets import read_secret
+from exporter.config import Config, LoadedConfig, ReceiveConfig, RoundTripConfig, load_endpoint_secrets
 from exporter.metrics.roundtrip import roundtrip_families
 from exporter.registry import Kind, RunEnv, Settled, Verdict
 from exporter.run import report
@@ -296,35 +295,7 @@ def load(loaded: LoadedConfig, probe: RoundTripConfig, where: str, environ: dict
     path, config = loaded.path, loaded.config
     problems: list[str] = []
     for side, ep in probe.sides():
-        at = f"{where}.{side}"
-        secret, problem = read_secret(path, at, ep.password, ep.password_file, ep.password_env, environ)
-        if problem is not None:
-            problems.append(problem)
-        if secret is not None:
-            loaded.secrets[(probe.name, side)] = secret
-            if ep.username:
-                loaded.usernames[(probe.name, side)] = ep.username
-        if ep.oauth is not None:
-            for base in ("client_secret", "refresh_token"):
-                value, problem = read_secret(
-                    path,
-                    f"{at}.oauth",
-                    getattr(ep.oauth, base),
-                    getattr(ep.oauth, f"{base}_file"),
-                    getattr(ep.oauth, f"{base}_env"),
-                    environ,
-                    key=base,
-                )
-                if problem is not None:
-                    problems.append(problem)
-                if value is not None:
-                    loaded.secrets[(probe.name, f"{side}.{base}")] = value
-                    if ep.username:
-                        loaded.usernames[(probe.name, f"{side}.{base}")] = ep.username
-        if ep.password is not None:
-            loaded.warnings.append(
-                f"{path}: {at}.password: inline password; prefer password_file or password_env"
-            )
+        problems += load_endpoint_secrets(loaded, probe.name, side, f"{where}.{side}", ep, environ)
     sync = probe.receive.sync
     if sync is not None and sync.enabled and sync.timeout >= config.timeout_of(probe):
         loaded.warnings.append(
