@@ -106,15 +106,8 @@ class IMAPCommands(IMAPConnection):
                     break
                 self._note(resp)
                 pushed.append(resp)
-        except TimeoutError:
-            self._abort()
-            raise ProbeTimeout(f"IMAP IDLE: no reply within {self.settings.timeout:g}s") from None
-        except ProbeError:
-            self._abort()
-            raise
-        except OSError as exc:
-            self._abort()
-            raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+        except (TimeoutError, ProbeError, OSError) as exc:
+            raise self._idle_failed(exc, "no reply") from None
         finally:
             if reader is not None and not reader.done():
                 # Cancelled mid-IDLE (the run's deadline): the dialogue is out of step, end it.
@@ -123,6 +116,16 @@ class IMAPCommands(IMAPConnection):
         if resp.status != b"OK":
             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
         return self._saw_exists(pushed)
+
+    def _idle_failed(self, exc: BaseException, waiting: str) -> ProbeError:
+        """Any failure inside IDLE leaves the dialogue out of step: the connection is dropped, and the
+        error says what was waited for (a stall is a timeout, a lost connection a protocol error)."""
+        self._abort()
+        if isinstance(exc, ProbeError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return ProbeTimeout(f"IMAP IDLE: {waiting} within {self.settings.timeout:g}s")
+        return ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL)
 
     async def idle_begin(self) -> None:
         """Start IDLE and leave it running with no reader: what the server pushes meanwhile waits in the
@@ -145,15 +148,8 @@ class IMAPCommands(IMAPConnection):
                             raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
                         self._note(resp)
                         self._idle_pushed.append(resp)
-            except TimeoutError:
-                self._abort()
-                raise ProbeTimeout(f"IMAP IDLE: no reply within {self.settings.timeout:g}s") from None
-            except ProbeError:
-                self._abort()
-                raise
-            except OSError as exc:
-                self._abort()
-                raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+            except (TimeoutError, ProbeError, OSError) as exc:
+                raise self._idle_failed(exc, "no reply") from None
             self._idle_tag = tag
 
     async def idle_end(self) -> bool:
@@ -176,15 +172,8 @@ class IMAPCommands(IMAPConnection):
                             break
                         self._note(resp)
                         pushed.append(resp)
-            except TimeoutError:
-                self._abort()
-                raise ProbeTimeout(f"IMAP IDLE: no reply to DONE within {self.settings.timeout:g}s") from None
-            except ProbeError:
-                self._abort()
-                raise
-            except OSError as exc:
-                self._abort()
-                raise ProbeError(f"IMAP IDLE: connection lost: {exc}", reason=PROTOCOL) from None
+            except (TimeoutError, ProbeError, OSError) as exc:
+                raise self._idle_failed(exc, "no reply to DONE") from None
             if resp.status != b"OK":
                 raise ProbeError(f"IMAP IDLE answered {resp.text()}", reason=PROTOCOL)
             events = [e[1] for r in pushed if (e := wire.number_event(r)) is not None]
