@@ -110,9 +110,15 @@ domain_checks:
     assert problems(text) == [f"{F}: domain_checks[0].name: duplicate probe name 'same'"]
 
 
-def test_three_kinds_in_one_table() -> None:
-    assert [k.name for k in kinds()] == ["roundtrip", "tls", "domain"]
-    assert [k.section for k in kinds()] == ["roundtrip", "tls_checks", "domain_checks"]
+def test_every_kind_in_one_table() -> None:
+    assert [k.name for k in kinds()] == ["roundtrip", "tls", "domain", "heartbeat", "reports"]
+    assert [k.section for k in kinds()] == [
+        "roundtrip",
+        "tls_checks",
+        "domain_checks",
+        "heartbeats",
+        "reports",
+    ]
     text = """
 tls_checks:
   - {name: t, host: mx.example.com, protocol: smtp, port: 25}
