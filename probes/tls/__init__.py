@@ -1,5 +1,6 @@
-"""The TLS audit of a mail endpoint (audit), its legacy-protocol scan (legacy) and certificate-chain
-hygiene with revocation (hygiene: CRL, OCSP, key facts).
+"""The TLS audit of a mail endpoint (audit), its legacy-protocol scan (legacy), the scan of what else it
+accepts (scan; remembered per endpoint by scanning) and certificate-chain hygiene with revocation
+(hygiene: CRL, OCSP, key facts).
 """
 
 from probes.tls.audit import (
@@ -29,6 +30,8 @@ from probes.tls.hygiene import (
     ocsp_status,
 )
 from probes.tls.legacy import LegacyCache
+from probes.tls.scan import ScanFacts
+from probes.tls.scanning import ScanCache
 
 __all__ = [
     "CRL_STATUSES",
@@ -42,6 +45,8 @@ __all__ = [
     "LegacyCache",
     "OCSPCache",
     "OCSPResult",
+    "ScanCache",
+    "ScanFacts",
     "TLSCheckSettings",
     "TLSFacts",
     "chain_hygiene",

@@ -30,6 +30,8 @@ from probes.clients.smtp import SMTPSettings, open_session
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import Recorder
 from probes.tls.legacy import DEFAULT_RECHECK, LegacyCache
+from probes.tls.scan import DEFAULT_RESCAN, ScanFacts, scan
+from probes.tls.scanning import SCAN_STEPS, ScanCache, apply_scan, failed_scan
 from probes.wire.certs import (
     LEGACY_VERSIONS,
     VERIFY_REASONS,
@@ -55,6 +57,7 @@ __all__ = [
     "CertInfo",
     "TLSCheckSettings",
     "TLSFacts",
+    "bounded_scan",
     "cert_info",
     "classify_verify_error",
     "earliest_expiry",
@@ -66,6 +69,8 @@ __all__ = [
     "pop3_auth_offered",
     "presented_chain",
     "probe_tls",
+    "scan_key",
+    "scan_step",
     "smtp_auth_offered",
 ]
 
@@ -89,6 +94,11 @@ class TLSCheckSettings:
     slots: ServerSlots | None = dataclasses.field(default=None, compare=False, repr=False)  # session limits
     legacy_cache: LegacyCache | None = dataclasses.field(default=None, compare=False, repr=False)
     legacy_recheck: float = DEFAULT_RECHECK  # with a cache: test legacy versions again after this long
+    # The scan (issue 21): protocols SSLv2..TLS 1.3, weak classes, FS, chain, stapling, by hellos of our
+    # own; off unless asked (the config turns it on). With it, TLS 1.0/1.1 answers come from the scan.
+    scan: bool = False
+    scan_cache: ScanCache | None = dataclasses.field(default=None, compare=False, repr=False)
+    scan_recheck: float = DEFAULT_RESCAN  # with a cache: scan again after this long (or a new cert)
 
 
 # ---- what a plain port offers before TLS (pure) -----------------------------------------------------
@@ -126,7 +136,7 @@ async def probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
 
 async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
     """Audit one endpoint; phases ``tls_connect`` (TCP and the dialogue before TLS), ``tls_handshake``
-    (STARTTLS and the verified handshake) and ``tls_legacy`` (all legacy handshakes).
+    (STARTTLS and the verified handshake), ``tls_legacy`` (all legacy handshakes) and ``tls_scan``.
 
     Raises :class:`ProbeError` with reason ``tls_connect`` (no connection, or no sane dialogue before
     TLS), ``tls_handshake`` (no TLS session at all, STARTTLS not offered included: the facts gathered so
@@ -187,8 +197,9 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
             f"{len(facts.chain)} certificate(s), verify reason {facts.verify_reason}",
         )
 
-    # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of.
-    if settings.check_legacy and facts.starttls_offered is not False:
+    # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of, nor
+    # when the scan (step 4) answers it with its own TLS 1.0/1.1 hellos.
+    if settings.check_legacy and not settings.scan and facts.starttls_offered is not False:
         cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
         fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
         known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
@@ -203,6 +214,11 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         answers = {True: "accepted", False: "refused", None: "not tested"}
         recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
 
+    # 4. The scan: what else the endpoint accepts (remembered; never fails the audit).
+    if settings.scan and facts.starttls_offered is not False:
+        await scan_step(settings, facts, recorder)
+        publish()
+
     if not facts.handshake_ok:
         if facts.verify_reason is None:
             facts.verify_reason = "other"
@@ -211,6 +227,51 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
             f"no TLS session with {ep.address}: {facts.error or 'handshake failed'}", reason="tls_handshake"
         )
     return facts
+
+
+async def scan_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recorder) -> bool:
+    """Fill ``facts.scan`` (and the legacy answers, when asked) from the endpoint's scan: the remembered
+    one while fresh, else a new one (phase ``tls_scan``) bounded by :data:`SCAN_STEPS` step timeouts.
+    Returns whether a new scan was made. Never raises a :class:`ProbeError`: a scan that fails or
+    overruns is a scan whose facts are unknown."""
+    key, fingerprint = scan_key(settings), facts.leaf.fingerprint_sha256 if facts.leaf else None
+
+    async def run() -> ScanFacts:
+        with recorder.phase("tls_scan"):
+            return await bounded_scan(settings, recorder)
+
+    if settings.scan_cache is not None:
+        found, new = await settings.scan_cache.get(key, fingerprint, settings.scan_recheck, run)
+    else:
+        found, new = await run(), True
+    apply_scan(facts, found, legacy=settings.check_legacy)
+    recorder.debug(
+        "tls:",
+        f"scan {'made' if new else 'remembered'}: {found.connections} connection(s)"
+        + (f", unknown: {', '.join(sorted(found.errors))}" if found.errors else ""),
+    )
+    return new
+
+
+def scan_key(settings: TLSCheckSettings) -> tuple[str, ...]:
+    """What identifies one scanned endpoint: the address, how it is spoken to and the name sent."""
+    ep = settings.endpoint
+    return (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname or "")
+
+
+async def bounded_scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
+    """:func:`probes.tls.scan.scan` within its own time; whatever goes wrong is an unknown scan."""
+    budget = settings.timeout * SCAN_STEPS
+    try:
+        async with asyncio.timeout(budget):
+            return await scan(settings, recorder)
+    except TimeoutError:
+        return failed_scan(f"no scan result within {budget:g}s")
+    except ProbeError as exc:
+        return failed_scan(f"{exc.reason}: {exc.message}")
+    except Exception as exc:  # a bug in the scanner must not fail the audit: unknown, and said loudly
+        recorder.debug("tls:", f"scan failed: {type(exc).__name__}: {exc}")
+        return failed_scan(f"internal: {type(exc).__name__}: {exc}")
 
 
 def _check(settings: TLSCheckSettings) -> None:

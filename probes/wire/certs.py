@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
+    from probes.tls.scan import ScanFacts
     from probes.wire.net import Endpoint
 
 VERIFY_REASONS: Final[frozenset[str]] = frozenset(
@@ -87,6 +88,17 @@ class TLSFacts:
     verified: bool = False  # chain and name verified against the trust store (system or ca_file)
     verify_reason: str | None = None  # one of VERIFY_REASONS; None when verified
     hostname_match: bool | None = None  # None: no certificate seen
+    # The scan (probes.tls.scan, issue 21): what else the endpoint accepts, from hellos of our own; None
+    # when it was not scanned. It may be remembered from an earlier run: its own ``checked_at`` says when.
+    scan: ScanFacts | None = None
+    # The chain as the scan's hello saw it served (TLS <= 1.2 Certificate message); None: unknown.
+    chain_complete: bool | None = None  # reaches a trust anchor with what was sent (no AIA fetching)
+    chain_ordered: bool | None = None  # each certificate is followed by its issuer (RFC 5246 7.4.2)
+    chain_superfluous: int | None = None  # certificates sent that the path to the anchor does not use
+    chain_anchor_sent: bool | None = None  # the trust anchor itself was sent (allowed, useless)
+    # The stapled OCSP response (status_request): good | revoked | unknown | stale | invalid; None when
+    # none was stapled or it was not asked. Also set by the verdict (i21-verdict) from the same staple.
+    ocsp_staple_status: str | None = None
     # True/False: the server did/did not complete a handshake pinned to that version. None: unknown —
     # not checked, or this machine's OpenSSL cannot offer the version (see openssl_offers); never a false 0.
     legacy: dict[str, bool | None] = field(default_factory=lambda: dict.fromkeys(LEGACY_VERSIONS))
