@@ -13,8 +13,8 @@ from exporter.run.results import DOMAIN_OUTCOMES
 from probes.context import ProbeContext
 from probes.domain.mx import MXCheckSettings
 from probes.domain.probe import DomainReport, DomainSettings, probe_domain, render_report
-from probes.wire.dns import DNSSettings
 from probes.tls.scanning import ScanCache
+from probes.wire.dns import DNSSettings
 from probes.wire.slots import ServerSlots
 
 
