@@ -109,6 +109,23 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_sync_",  # sync_seconds, sync_arrival_seconds, sync_skipped (issue 19)
     "mailcanary_roundtrip_junk_folder_found",  # issue 19
     'outcome="sync_timeout"',
+    *(  # issue 21: the TLS scan (each documented in docs/metrics.md)
+        f"mailcanary_tls_{n}"
+        for n in (
+            "protocol_accepted",
+            "cipher_class_accepted",
+            "forward_secrecy",
+            "preferred_cipher_info",
+            "dh_group_bits",
+            "tls13_group_info",
+            "secure_renegotiation",
+            "compression",
+            "chain_",  # complete, ordered, superfluous_certs
+            "ocsp_stapled",
+            "ocsp_staple_status",
+            "scan_",  # checked_timestamp_seconds, connections, unknown
+        )
+    ),
 )
 
 
