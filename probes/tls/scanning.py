@@ -8,6 +8,11 @@ when its scan is older than the recheck period (default a day) or its leaf certi
 that could not tell everything (a ``421``, a refused connection, a timeout) is tried again after
 :data:`UNKNOWN_RETRY` at the soonest. Two runs that want the same endpoint at once share one scan.
 
+A new scan that learnt nothing at all (every fact unknown: the server refused every connection, or it
+overran) does not wipe out what an earlier scan of the same certificate found: those facts stay, with
+their own older ``checked_at`` (so their age shows, and the stale-scan alert fires if it goes on), and a
+``421`` storm cannot make an "SSLv3 accepted" alert resolve.
+
 Nothing here fails a run: a scan that raises or overruns its time is a scan whose facts are unknown, with
 the reason in ``errors``.
 """
@@ -33,6 +38,7 @@ __all__ = [
     "ScanCache",
     "apply_scan",
     "failed_scan",
+    "learnt_nothing",
     "unknown_facts",
 ]
 
@@ -87,10 +93,23 @@ def apply_scan(facts: TLSFacts, scan: ScanFacts, *, legacy: bool) -> None:
         facts.legacy_checked_at = scan.checked_at
 
 
+def learnt_nothing(scan: ScanFacts) -> bool:
+    """Every fact unknown: the scan could not tell anything."""
+    return (
+        all(v is None for v in scan.protocols.values())
+        and all(v is None for v in scan.classes.values())
+        and scan.non_fs is None
+        and scan.stapled is None
+        and not scan.served_chain
+    )
+
+
 @dataclass(frozen=True)
 class ScanAnswer:
     facts: ScanFacts
     fingerprint: str | None  # leaf certificate (sha256) when it was scanned
+    tried_at: float  # the last attempt (a scan that learnt nothing keeps the earlier facts)
+    complete: bool  # that attempt could tell everything
 
 
 class ScanCache:
@@ -110,20 +129,32 @@ class ScanCache:
         answer = self._answers.get(key)
         if answer is None:
             return None
-        age = self.clock() - (answer.facts.checked_at or 0.0)
-        limit = every if not answer.facts.errors else min(every, UNKNOWN_RETRY)
+        age = self.clock() - answer.tried_at
+        limit = every if answer.complete else min(every, UNKNOWN_RETRY)
         if age >= limit or (fingerprint is not None and answer.fingerprint != fingerprint):
             return None
         self._answers.move_to_end(key)
         return answer.facts
 
-    def put(self, key: tuple[str, ...], facts: ScanFacts, fingerprint: str | None) -> None:
+    def put(self, key: tuple[str, ...], facts: ScanFacts, fingerprint: str | None) -> ScanFacts:
+        """Remember an attempt; returns the facts to show (an earlier scan's, if this one learnt
+        nothing and the certificate is the same)."""
         if facts.checked_at is None:
-            return
-        self._answers[key] = ScanAnswer(facts, fingerprint)
+            return facts
+        tried, complete = facts.checked_at, not facts.errors
+        earlier = self._answers.get(key)
+        if (
+            learnt_nothing(facts)
+            and earlier is not None
+            and earlier.fingerprint == fingerprint
+            and not learnt_nothing(earlier.facts)
+        ):
+            facts = earlier.facts
+        self._answers[key] = ScanAnswer(facts, fingerprint, tried, complete)
         self._answers.move_to_end(key)
         while len(self._answers) > self.max_entries:
             self._answers.popitem(last=False)
+        return facts
 
     async def get(
         self,
@@ -159,6 +190,6 @@ class ScanCache:
             raise
         finally:
             del self._running[key]
+        facts = self.put(key, facts, fingerprint)
         future.set_result(facts)
-        self.put(key, facts, fingerprint)
         return facts, True
