@@ -203,7 +203,7 @@ def _scan_cells(f: TLSFacts, now: float) -> str:
     )
     fs = _flag(None if s.non_fs is None else not s.non_fs, "yes", "no")
     return (
-        f"<td>{_listed(s.protocols, PROTOCOLS, ('SSLv2', 'SSLv3'))}</td>"
+        f"<td>{_listed(s.protocols, PROTOCOLS, ('SSLv2', 'SSLv3', 'TLSv1', 'TLSv1.1'))}</td>"
         f"<td>{_listed(s.classes, WEAK_CLASSES, WEAK_CLASSES)}</td><td>{fs}</td><td>{chain}</td>"
         f"<td>{staple}</td>"
         f'<td class="num">{_age(max(now - s.checked_at, 0))}</td><td class="num">{s.connections}</td>'

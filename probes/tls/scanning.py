@@ -141,7 +141,7 @@ class ScanCache:
         nothing and the certificate is the same)."""
         if facts.checked_at is None:
             return facts
-        tried, complete = facts.checked_at, not facts.errors
+        tried, complete = self.clock(), not facts.errors
         earlier = self._answers.get(key)
         if (
             learnt_nothing(facts)

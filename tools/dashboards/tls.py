@@ -243,7 +243,8 @@ def build() -> Json:
                 target(
                     "count(max by (endpoint) ("
                     f'mailcanary_tls_protocol_accepted{{{T}, version=~"SSLv2|SSLv3"}} == 1 '
-                    f'or mailcanary_tls_cipher_class_accepted{{{T}, class=~"null|anon|export|rc4|3des"}} == 1 '
+                    "or mailcanary_tls_cipher_class_accepted"
+                    f'{{{T}, class=~"null|anon|export|rc4|3des"}} == 1 '
                     f"or mailcanary_tls_forward_secrecy{{{T}}} == 0 "
                     f"or mailcanary_tls_chain_complete{{{T}}} == 0 "
                     f'or mailcanary_tls_ocsp_staple_status{{{T}, status="revoked"}} == 1'
