@@ -200,24 +200,19 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of, nor
     # when the scan (step 4) answers it with its own TLS 1.0/1.1 hellos.
     if settings.check_legacy and not settings.scan and facts.starttls_offered is not False:
-        cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
-        fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
-        known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
-        if known is not None:  # same certificate, answered recently: no more sessions for it
-            facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
-        else:
-            with recorder.phase("tls_legacy"):
-                for name, version in LEGACY_VERSIONS.items():
-                    facts.legacy[name] = await _accepts(settings, recorder, version)
-            facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
+        await _legacy_step(settings, facts, recorder)
         publish()
-        answers = {True: "accepted", False: "refused", None: "not tested"}
-        recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
 
-    # 4. The scan: what else the endpoint accepts (remembered; never fails the audit).
+    # 4. The scan: what else the endpoint accepts (remembered; never fails the audit). Its TLS 1.0/1.1
+    # answers stand for the legacy handshakes; only a version it could not tell gets them (as in step 3).
     if settings.scan and facts.starttls_offered is not False:
         await scan_step(settings, facts, recorder)
         publish()
+        if settings.check_legacy and any(v is None for v in facts.legacy.values()):
+            from_scan = dict(facts.legacy)
+            await _legacy_step(settings, facts, recorder)
+            facts.legacy = {n: a if a is not None else facts.legacy[n] for n, a in from_scan.items()}
+            publish()
 
     if not facts.handshake_ok:
         if facts.verify_reason is None:
@@ -251,6 +246,24 @@ async def scan_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recor
         + (f", unknown: {', '.join(sorted(found.errors))}" if found.errors else ""),
     )
     return new
+
+
+async def _legacy_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recorder) -> None:
+    """One OpenSSL handshake pinned to each legacy version (phase ``tls_legacy``), or the answers the
+    legacy cache remembers for this certificate."""
+    ep = settings.endpoint
+    cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
+    fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
+    known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
+    if known is not None:  # same certificate, answered recently: no more sessions for it
+        facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
+    else:
+        with recorder.phase("tls_legacy"):
+            for name, version in LEGACY_VERSIONS.items():
+                facts.legacy[name] = await _accepts(settings, recorder, version)
+        facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
+    answers = {True: "accepted", False: "refused", None: "not tested"}
+    recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
 
 
 def scan_key(settings: TLSCheckSettings) -> tuple[str, ...]:
