@@ -1,6 +1,7 @@
-"""The TLS audit of a mail endpoint (audit), its legacy-protocol scan (legacy), the scan of what else it
-accepts (scan; remembered per endpoint by scanning) and certificate-chain hygiene with revocation
-(hygiene: CRL, OCSP, key facts).
+"""The TLS audit of a mail endpoint (audit), its legacy-protocol scan (legacy), certificate-chain
+hygiene with revocation (hygiene: CRL, OCSP, key facts), the scan of what the endpoint accepts with
+ClientHellos of our own (scan, hello; remembered per endpoint and run as an audit step by scanning) and
+the served chain's facts (chain).
 """
 
 from probes.tls.audit import (
@@ -14,6 +15,7 @@ from probes.tls.audit import (
     probe_tls,
     smtp_auth_offered,
 )
+from probes.tls.chain import STAPLE_STATUSES, Anchors, ChainFacts, chain_facts, staple_status, trust_anchors
 from probes.tls.hygiene import (
     CRL_STATUSES,
     OCSP_STATUSES,
@@ -30,16 +32,31 @@ from probes.tls.hygiene import (
     ocsp_status,
 )
 from probes.tls.legacy import LegacyCache
-from probes.tls.scan import ScanFacts
+from probes.tls.scan import (
+    DEFAULT_RESCAN,
+    INFO_CLASSES,
+    WEAK_CLASSES,
+    ScanFacts,
+    scan,
+    scan_key,
+)
+from probes.tls.scan import PROTOCOLS as SCAN_PROTOCOLS
 from probes.tls.scanning import ScanCache
 
 __all__ = [
     "CRL_STATUSES",
+    "DEFAULT_RESCAN",
+    "INFO_CLASSES",
     "LEGACY_VERSIONS",
     "OCSP_STATUSES",
+    "SCAN_PROTOCOLS",
+    "STAPLE_STATUSES",
+    "WEAK_CLASSES",
+    "Anchors",
     "CRLCache",
     "CRLResult",
     "CertInfo",
+    "ChainFacts",
     "Hygiene",
     "KeyFacts",
     "LegacyCache",
@@ -49,6 +66,7 @@ __all__ = [
     "ScanFacts",
     "TLSCheckSettings",
     "TLSFacts",
+    "chain_facts",
     "chain_hygiene",
     "check_crl",
     "crl_status",
@@ -58,5 +76,9 @@ __all__ = [
     "openssl_offers",
     "pop3_auth_offered",
     "probe_tls",
+    "scan",
+    "scan_key",
     "smtp_auth_offered",
+    "staple_status",
+    "trust_anchors",
 ]
