@@ -26,6 +26,7 @@ from probes.tls.audit import TLSCheckSettings, TLSFacts, scan_step
 from probes.tls.scan import ScanFacts
 from probes.tls.scanning import SCAN_FACTS, UNKNOWN_RETRY, ScanCache, failed_scan
 from probes.wire.net import Endpoint, TLSSettings
+from probes.wire.slots import ServerSlots
 from tests.support.tlsfacts import facts as full_facts
 from tests.support.tlsfacts import scan as weak_scan
 
@@ -218,7 +219,9 @@ async def test_two_runs_share_one_scan_and_a_cut_short_scan_is_remembered_as_unk
 
 def settings(cache: ScanCache | None, *, legacy: bool = True) -> TLSCheckSettings:
     ep = Endpoint(host="127.0.0.1", port=25, tls_mode="starttls", tls=TLSSettings(server_name="mx"))
-    return TLSCheckSettings(ep, "smtp", timeout=1.0, check_legacy=legacy, scan=True, scan_cache=cache)
+    return TLSCheckSettings(
+        ep, "smtp", timeout=1.0, check_legacy=legacy, scan=True, scan_cache=cache, slots=ServerSlots()
+    )
 
 
 async def test_scan_step_answers_legacy_versions_and_is_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,7 +229,9 @@ async def test_scan_step_answers_legacy_versions_and_is_remembered(monkeypatch: 
 
     async def fake_scan(s: TLSCheckSettings, rec: Recorder) -> ScanFacts:
         calls.append(s.endpoint.address)
-        return weak_scan()
+        assert s.slots is None  # the caller holds the slot: the scanner must not wait for a second one
+        with rec.phase("tls_scan"):
+            return weak_scan()
 
     monkeypatch.setattr(audit, "scan", fake_scan)
     cache = ScanCache()

@@ -134,6 +134,11 @@ def scan_specs(prefix: str) -> tuple[FamilySpec[TLSFacts], ...]:
             _checked(lambda f: value(f.chain_superfluous)),
         ),
         g(
+            "chain_anchor_sent",
+            "1 if the served chain includes the trust anchor (root) itself: allowed, wasted bytes.",
+            _checked(lambda f: flag(f.chain_anchor_sent)),
+        ),
+        g(
             "ocsp_stapled",
             "1 if the server stapled an OCSP response when asked (status_request), 0 if not.",
             _scanned(lambda s: flag(s.stapled)),

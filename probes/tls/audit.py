@@ -30,7 +30,7 @@ from probes.clients.smtp import SMTPSettings, open_session
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import Recorder
 from probes.tls.legacy import DEFAULT_RECHECK, LegacyCache
-from probes.tls.scan import DEFAULT_RESCAN, ScanFacts, scan
+from probes.tls.scan import DEFAULT_RESCAN, ScanFacts, scan, scan_key
 from probes.tls.scanning import SCAN_STEPS, ScanCache, apply_scan, failed_scan
 from probes.wire.certs import (
     LEGACY_VERSIONS,
@@ -231,15 +231,14 @@ async def scan_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recor
     overruns is a scan whose facts are unknown."""
     key, fingerprint = scan_key(settings), facts.leaf.fingerprint_sha256 if facts.leaf else None
 
-    async def run() -> ScanFacts:
-        with recorder.phase("tls_scan"):
-            return await bounded_scan(settings, recorder)
+    async def run() -> ScanFacts:  # the scanner records its own phase, tls_scan
+        return await bounded_scan(settings, recorder)
 
     if settings.scan_cache is not None:
         found, new = await settings.scan_cache.get(key, fingerprint, settings.scan_recheck, run)
     else:
         found, new = await run(), True
-    apply_scan(facts, found, legacy=settings.check_legacy)
+    apply_scan(facts, found, legacy=settings.check_legacy, ca_file=settings.endpoint.tls.ca_file)
     recorder.debug(
         "tls:",
         f"scan {'made' if new else 'remembered'}: {found.connections} connection(s)"
@@ -266,18 +265,14 @@ async def _legacy_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Re
     recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
 
 
-def scan_key(settings: TLSCheckSettings) -> tuple[str, ...]:
-    """What identifies one scanned endpoint: the address, how it is spoken to and the name sent."""
-    ep = settings.endpoint
-    return (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname or "")
-
-
 async def bounded_scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
-    """:func:`probes.tls.scan.scan` within its own time; whatever goes wrong is an unknown scan."""
+    """:func:`probes.tls.scan.scan` within its own time; whatever goes wrong is an unknown scan. The
+    caller holds the endpoint's session slot (the audit's, or the round trip's for its scan): the scanner
+    is given none, so it does not wait for a second one."""
     budget = settings.timeout * SCAN_STEPS
     try:
         async with asyncio.timeout(budget):
-            return await scan(settings, recorder)
+            return await scan(dataclasses.replace(settings, slots=None), recorder)
     except TimeoutError:
         return failed_scan(f"no scan result within {budget:g}s")
     except ProbeError as exc:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from probes.tls.chain import STAPLE_STATUSES, chain_facts, staple_status, trust_anchors
 from probes.tls.scan import DEFAULT_RESCAN, INFO_CLASSES, PROTOCOLS, WEAK_CLASSES, ScanFacts
 from probes.wire.certs import LEGACY_VERSIONS, TLSFacts
 
@@ -46,8 +47,6 @@ MAX_ENDPOINTS: Final = 4096
 UNKNOWN_RETRY: Final = 3600.0  # seconds: an incomplete scan is not repeated sooner than this
 # The scan's own time bound is this many step timeouts: about one per connection it may open.
 SCAN_STEPS: Final = 15
-# What a stapled OCSP response said (label values of mailcanary_tls_ocsp_staple_status).
-STAPLE_STATUSES: Final = ("good", "revoked", "unknown", "stale", "invalid")
 # Every fact a scan reports, by the name ``mailcanary_tls_scan_unknown{fact}`` gives it.
 SCAN_FACTS: Final = (
     *PROTOCOLS,
@@ -83,14 +82,26 @@ def failed_scan(why: str, clock: Callable[[], float] = time.time) -> ScanFacts:
     return ScanFacts(checked_at=clock(), errors={"scan": " ".join(why.split())[:200]})
 
 
-def apply_scan(facts: TLSFacts, scan: ScanFacts, *, legacy: bool) -> None:
+def apply_scan(
+    facts: TLSFacts, scan: ScanFacts, *, legacy: bool, ca_file: str | None, now: float | None = None
+) -> None:
     """Fold a scan into the audit's facts: the scan itself, TLS 1.0/1.1 answers when ``legacy`` (they
-    replace the two OpenSSL legacy handshakes), and the chain and staple facts the scan saw."""
+    replace the two OpenSSL legacy handshakes), and the facts of the chain the scan was served (judged
+    against ``ca_file``, else the system store, without AIA fetching: probes.tls.chain) and of its
+    stapled OCSP response (None when nothing was stapled, or the leaf's issuer is not known)."""
     facts.scan = scan
     if legacy:
         for name in LEGACY_VERSIONS:
             facts.legacy[name] = scan.protocols.get(name)
         facts.legacy_checked_at = scan.checked_at
+    chain = chain_facts(scan.served_chain, trust_anchors(ca_file)) if scan.served_chain else None
+    facts.chain_complete = chain.complete if chain else None
+    facts.chain_ordered = chain.ordered if chain else None
+    facts.chain_superfluous = chain.superfluous if chain else None
+    facts.chain_anchor_sent = chain.anchor_sent if chain else None
+    if scan.stapled and scan.ocsp_staple is not None and chain is not None and chain.issuer is not None:
+        when = time.time() if now is None else now
+        facts.ocsp_staple_status = staple_status(scan.ocsp_staple, scan.served_chain[0], chain.issuer, when)
 
 
 def learnt_nothing(scan: ScanFacts) -> bool:
