@@ -26,6 +26,7 @@ from probes.recorder import Masker, Recorder
 from probes.tls import audit
 from probes.tls.audit import TLSCheckSettings
 from probes.tls.scan import ScanFacts
+from probes.tls.scan import scan as real_scan
 from probes.tls.scanning import ScanCache
 from tests.mailstack import MailStack
 from tests.support.roundtrip import make_runner as roundtrip_runner
@@ -40,10 +41,9 @@ class Counted:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.scans: list[tuple[str, int]] = []
-        real = audit.scan
 
         async def scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
-            facts = await real(settings, recorder)
+            facts = await real_scan(settings, recorder)
             self.scans.append((settings.endpoint.address, facts.connections))
             return facts
 
@@ -131,10 +131,9 @@ def test_tls_checks_export_the_scan_and_reuse_it(
     assert value(m, "mailcanary_tls_cipher_class_accepted", **{"class": "null"}, **sub) == 0
     assert value(m, "mailcanary_tls_chain_complete", **sub) == 1
     assert value(m, "mailcanary_tls_scan_connections", **sub) == counted.scans[0][1]
-    assert (
-        value(m, "mailcanary_tls_scan_checked_timestamp_seconds", **sub)
-        == first[0].tls[next(iter(first[0].tls))].scan.checked_at
-    )  # type: ignore[union-attr]
+    sub_scan = next(iter(first[0].tls.values())).scan
+    assert sub_scan is not None
+    assert value(m, "mailcanary_tls_scan_checked_timestamp_seconds", **sub) == sub_scan.checked_at
 
     before = list(counted.scans)
     again = asyncio.run(run_all())
