@@ -96,15 +96,19 @@ class TLSFacts:
     chain_ordered: bool | None = None  # each certificate is followed by its issuer (RFC 5246 7.4.2)
     chain_superfluous: int | None = None  # certificates sent that the path to the anchor does not use
     chain_anchor_sent: bool | None = None  # the trust anchor itself was sent (allowed, useless)
-    # The stapled OCSP response (status_request): good | revoked | unknown | stale | invalid; None when
-    # none was stapled or it was not asked. Also set by the verdict (i21-verdict) from the same staple.
-    ocsp_staple_status: str | None = None
     # True/False: the server did/did not complete a handshake pinned to that version. None: unknown —
     # not checked, or this machine's OpenSSL cannot offer the version (see openssl_offers); never a false 0.
     legacy: dict[str, bool | None] = field(default_factory=lambda: dict.fromkeys(LEGACY_VERSIONS))
     error: str | None = None  # why the verified handshake (or the whole check) failed, one line
     server_name: str | None = None  # the name sent in SNI and matched against the certificate
     legacy_checked_at: float | None = None  # when the legacy answers were tested (they may be remembered)
+    # Why a client with today's defaults (TLS 1.2+, OpenSSL's default security level) was refused although
+    # a permissive handshake completed, one line (e.g. "DH key too small"); None: not refused, or unknown.
+    # The certificate is then judged on the permissive, still verifying handshake (issue 21).
+    handshake_refused: str | None = None
+    # The OCSP response the server staples, judged: one of probes.tls.hygiene.OCSP_STATUSES; None: not
+    # looked at (the scan fills it). "revoked" fails the check whatever the responder says.
+    ocsp_staple_status: str | None = None
 
     @property
     def leaf(self) -> CertInfo | None:
