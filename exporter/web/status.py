@@ -2,8 +2,9 @@
 
 Every probe with its last outcome, reason and age, and its kind's result cell (a round trip's
 delivery; each kind declares its own: :attr:`exporter.registry.Kind.status`); delivery latency of recent
-runs as a small SVG sparkline; the last run's phases as one bar; certificate expiry per endpoint; the
-recent failed runs with their masked dialogue (exporter.run.history); a form for ``/probe`` (with
+runs as a small SVG sparkline; the last run's phases as one bar; certificate expiry per endpoint; what
+each endpoint's TLS scan found (exporter.run.tlsscan: unknown and unscanned said as such); the recent
+failed runs with their masked dialogue (exporter.run.history); a form for ``/probe`` (with
 ``debug=true``). Everything shown comes from data the exporter already holds (ResultStore snapshot,
 History, ExporterState); every value is HTML-escaped, and dialogues and messages were masked by the
 runner before they got here.
