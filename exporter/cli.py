@@ -24,12 +24,12 @@ from exporter.config import (
 )
 from exporter.daemon import Daemon
 from exporter.demo import command as demo
-from exporter.run import tlsscan
 from exporter.run.report import warning as junk_warning
 from exporter.run.results import ResultStore, RunResult
 from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger, key_problem, load_or_create_key
 from exporter.web.webconfig import load_web_config
+from probes.tls import summary
 from probes.tls.audit import TLSFacts
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
@@ -407,14 +407,14 @@ def _tls_report(endpoint: str, f: TLSFacts, now: float) -> list[str]:
         lines.append(
             f"    STARTTLS offered {yes[f.starttls_offered]}   AUTH before TLS {yes[f.auth_before_tls]}"
         )
-    lines.extend(tlsscan.summary(f, now))
-    found = tlsscan.findings(f)
+    lines.extend(summary.summary(f, now))
+    found = summary.findings(f)
     if found:
         lines.append(f"    findings   {'; '.join(found)}")
     verdict = "GOOD" if f.verified and f.handshake_ok and not any(f.legacy.values()) else "NEEDS ATTENTION"
     if f.auth_before_tls or found:
         verdict = "NEEDS ATTENTION"
-    gaps = tlsscan.unchecked(f)
+    gaps = summary.unchecked(f)
     if verdict == "GOOD" and gaps:  # never GOOD for what was not checked
         verdict = f"GOOD as far as checked; not checked or unknown: {', '.join(gaps)}"
     lines.append(f"    verdict    {verdict}")

@@ -649,6 +649,7 @@ async def test_probe_domain_report(world: World, https: int) -> None:
     assert "  MTA-STS policy: mode enforce, max_age 604800, MX uncovered: none" in text
     assert "    must refuse open_relay: ACCEPTED (250 at RCPT)" in text
     assert "    DANE present yes  dnssec secure  matches yes  rollover ready yes" in text
+    assert "    scan       not checked (scan off): SSLv2/SSLv3, weak cipher classes" in text  # never "fine"
     assert text.splitlines()[-1].startswith("verdict: FAIL (")
     # the DNSBL reason is in the dialogue (logs), never in the report's fixed words
     assert any("listed: test entry" in line for line in rec.transcript or [])

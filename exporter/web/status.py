@@ -3,7 +3,7 @@
 Every probe with its last outcome, reason and age, and its kind's result cell (a round trip's
 delivery; each kind declares its own: :attr:`exporter.registry.Kind.status`); delivery latency of recent
 runs as a small SVG sparkline; the last run's phases as one bar; certificate expiry per endpoint; what
-each endpoint's TLS scan found (exporter.run.tlsscan: unknown and unscanned said as such); the recent
+each endpoint's TLS scan found (probes.tls.summary: unknown and unscanned said as such); the recent
 failed runs with their masked dialogue (exporter.run.history); a form for ``/probe`` (with
 ``debug=true``). Everything shown comes from data the exporter already holds (ResultStore snapshot,
 History, ExporterState); every value is HTML-escaped, and dialogues and messages were masked by the
@@ -20,9 +20,9 @@ from exporter import registry
 from exporter.buildinfo import build_info
 from exporter.config import ModuleConfig
 from exporter.metrics.collector import ExporterState
-from exporter.run import tlsscan
 from exporter.run.history import FAILURES_KEPT, Failure, History, Point
 from exporter.run.results import ProbeStats
+from probes.tls import summary
 from probes.tls.audit import TLSFacts
 from probes.tls.scan import PROTOCOLS, WEAK_CLASSES
 
@@ -168,11 +168,11 @@ def _cert_rows(snap: Mapping[str, ProbeStats], now: float) -> str:
 def _listed(values: Mapping[str, bool | None], names: Sequence[str], bad: Sequence[str]) -> str:
     """The names answered yes (those in ``bad`` in red), then the unknown ones, muted."""
     yes = [
-        f'<span class="{"fail" if n in bad else "ok"}">{escape(tlsscan.CLASS_NAMES.get(n, n))}</span>'
+        f'<span class="{"fail" if n in bad else "ok"}">{escape(summary.CLASS_NAMES.get(n, n))}</span>'
         for n in names
         if values.get(n)
     ]
-    unknown = [escape(tlsscan.CLASS_NAMES.get(n, n)) for n in names if values.get(n) is None]
+    unknown = [escape(summary.CLASS_NAMES.get(n, n)) for n in names if values.get(n) is None]
     text = " ".join(yes) or '<span class="ok">none</span>'
     return text + (f' <span class="muted">(unknown: {", ".join(unknown)})</span>' if unknown else "")
 
@@ -216,7 +216,7 @@ def _scan_rows(snap: Mapping[str, ProbeStats], now: float) -> str:
     rows = []
     for name in sorted(snap):
         for endpoint, facts in sorted(snap[name].tls.items()):
-            found = tlsscan.findings(facts)
+            found = summary.findings(facts)
             rows.append(
                 f'<tr class="scan" data-probe="{escape(name)}" data-endpoint="{escape(endpoint)}" '
                 f'data-findings="{len(found)}"><td>{escape(name)}</td><td>{escape(endpoint)}</td>'

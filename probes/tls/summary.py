@@ -1,5 +1,5 @@
-"""What ``mailcanary probe`` and the status page say about an endpoint's TLS scan (issue 21): a testssl-like
-summary, the weaknesses it found, and what it could not tell.
+"""What reports say about an endpoint's TLS scan (issue 21): ``mailcanary probe`` (TLS blocks and the
+domain report), the status page: a testssl-like summary, the weaknesses it found, what it could not tell.
 
 The rule is the monitor's: a fact that was never checked is "not checked", one the scan could not tell
 is "unknown"; neither is ever shown as fine, and a report with either never says a plain GOOD.
