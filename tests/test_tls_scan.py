@@ -10,25 +10,37 @@ faults (a suite never offered, garbage, truncated or oversize records, 421 after
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
+from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.tls import hello as h
 from probes.tls.audit import TLSCheckSettings, openssl_offers
+from probes.tls.chain import Anchors, chain_facts, staple_status, trust_anchors
 from probes.tls.scan import INFO_CLASSES, WEAK_CLASSES, ScanCache, ScanFacts, scan, scan_key
 from probes.wire.certs import presented_chain
 from probes.wire.net import Endpoint, TLSSettings
 from probes.wire.slots import ServerSlots
 from tests.mailstack import SERVER_NAME, MailStack
+from tests.mailstack.variants import TestPKI, VariantSet, reap_orphans
+from tests.support import gnutlsns
 from tests.support.fakehello import FakeHello, fake_hello
 from tests.support.faultservers import refused_port
-from tests.support.tlsaudit import SOURCE
+from tests.support.tlsaudit import NAMES, SOURCE
+
+pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 
 PORTS = {
     "smtp": ("smtp", "starttls"),
@@ -139,8 +151,11 @@ async def test_real_stack_port(mailstack: MailStack, port_name: str) -> None:
     protocol, mode = PORTS[port_name]
     settings = settings_for(mailstack.host, mailstack.ports[port_name], protocol, mode)
     transcript: list[str] = []
+    cpu = time.process_time()
     facts = await scan(settings, Recorder(transcript=transcript))
+    cpu = time.process_time() - cpu
     print("\n".join(transcript))
+    print(f"scan cost {port_name}: {facts.connections} connections, {cpu * 1000:.0f} ms CPU")  # not asserted
 
     assert facts.errors == {}
     assert facts.checked_at is not None
@@ -344,8 +359,133 @@ async def test_silent_listener_times_out_as_unknown() -> None:
     assert "no complete answer" in facts.errors["TLSv1.2"]
 
 
+@pytest.mark.parametrize(
+    ("fault", "why"), [("drip_banner", "no STARTTLS within"), ("long_line", "line longer")]
+)
+async def test_a_bad_dialogue_before_tls_stops_the_scan(fault: str, why: str) -> None:
+    facts = await scan_fake(FakeHello(protocol="smtp", fault=fault), timeout=0.5)  # type: ignore[arg-type]
+    assert facts.connections == 1 and all(v is None for v in known(facts))
+    assert why in facts.errors["TLSv1.2"] and not facts.rate_limited
+
+
+async def test_bad_settings_are_config_errors() -> None:
+    for settings in (
+        TLSCheckSettings(Endpoint("127.0.0.1", 1, "starttls"), "tcp"),
+        TLSCheckSettings(Endpoint("127.0.0.1", 1, "none"), "smtp"),
+        TLSCheckSettings(Endpoint("127.0.0.1", 1, "implicit"), "ftp"),
+    ):
+        with pytest.raises(ProbeError) as info:
+            await scan(settings, Recorder())
+        assert info.value.reason == "config"
+
+
 async def test_nothing_listening_is_unknown() -> None:
     port = refused_port()
     facts = await scan(fake_settings(port), Recorder())
     assert facts.connections == 1 and all(v is None for v in known(facts))
     assert "cannot connect" in facts.errors["TLSv1.2"]
+
+
+# ---- GnuTLS: RC4, 3DES, NULL, anonymous and a staple, for real -----------------------------------------
+
+
+@pytest.mark.skipif(not gnutlsns.available(), reason="gnutls-serv or unprivileged namespaces unavailable")
+def test_gnutls_weak_classes_and_staple(tmp_path: Path) -> None:
+    pki = TestPKI("gnutls scan")
+    leaf = pki.leaf(["mail.example.test"], issuer=pki.root, common_name="mail.example.test")
+    (tmp_path / "cert.pem").write_bytes(leaf.pem)
+    (tmp_path / "key.pem").write_bytes(
+        leaf.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    response = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf.cert,
+            issuer=pki.root.cert,
+            algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=now - dt.timedelta(hours=1),
+            next_update=now + dt.timedelta(days=1),
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, pki.root.cert)
+        .sign(pki.root.key, hashes.SHA256())
+    )
+    (tmp_path / "ocsp.der").write_bytes(response.public_bytes(serialization.Encoding.DER))
+    priority = "NORMAL:+ARCFOUR-128:+3DES-CBC:+ANON-ECDH:+NULL:+VERS-TLS1.0:+VERS-TLS1.1"
+    facts = gnutlsns.scan_in_namespace(tmp_path, priority)
+    print("\n".join(facts["transcript"]))
+    # GnuTLS 3.7 turns TLS 1.3 off when +NULL is in the priority (its own gnutls-cli gets a fatal alert
+    # for TLS 1.3 too): TLS 1.3 False is the server's answer, not our hello's fault.
+    assert facts["protocols"] == {
+        "SSLv2": False, "SSLv3": False, "TLSv1": True, "TLSv1.1": True, "TLSv1.2": True, "TLSv1.3": False,
+    }  # fmt: skip
+    assert facts["classes"] == {
+        "null": True, "anon": True, "export": False, "rc4": True, "3des": True,
+        "cbc_only": True, "sha1_mac": True,
+    }  # fmt: skip
+    assert facts["errors"] == {}
+    assert facts["connections"] <= 14
+    served = [base64.b64decode(c) for c in facts["served_chain"]]
+    assert served == [leaf.der]
+    assert facts["stapled"] is True
+    staple = base64.b64decode(facts["ocsp_staple"])
+    chain = chain_facts(served, Anchors.of([pki.root.cert]))
+    assert chain.complete is True and chain.issuer == pki.root.der
+    assert staple_status(staple, leaf.der, chain.issuer, time.time()) == "good"
+
+
+# ---- served chains of a real Dovecot: complete, missing, misordered, root sent --------------------------
+
+
+@pytest.fixture(scope="module")
+def chain_variants(mailstack: MailStack) -> Iterator[VariantSet]:
+    reap_orphans()
+    pki = TestPKI("scan chains")
+    inter = pki.ca("scan intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(900))
+    sub = pki.ca("scan sub-intermediate", issuer=inter, not_before=pki.days(-1), not_after=pki.days(800))
+    leaf = pki.leaf(NAMES, issuer=sub, common_name=SERVER_NAME)
+    vs = VariantSet(mailstack, pki)
+    vs.add("complete", [leaf, sub, inter], dovecot_ports=("imaps",))
+    vs.add("missing", [leaf, inter], dovecot_ports=("imaps",))
+    vs.add("misordered", [leaf, inter, sub], dovecot_ports=("imaps",))
+    vs.add("rootsent", [leaf, sub, inter, pki.root], dovecot_ports=("imaps",))
+    with vs:
+        yield vs
+
+
+@pytest.mark.parametrize(
+    ("name", "complete", "ordered", "superfluous", "anchor_sent"),
+    [
+        ("complete", True, True, 0, False),
+        ("missing", False, True, 1, False),
+        ("misordered", True, False, 0, False),
+        ("rootsent", True, True, 0, True),
+    ],
+)
+async def test_served_chain_facts(
+    chain_variants: VariantSet, name: str, complete: bool, ordered: bool, superfluous: int, anchor_sent: bool
+) -> None:
+    v = chain_variants.variants[name]
+    settings = settings_for(v.host, v.ports["imaps"], "imap", "implicit")
+    facts = await scan(settings, Recorder())
+    assert facts.served_chain == [c.der for c in v.chain]  # as sent, in the order sent
+    chain = chain_facts(facts.served_chain, trust_anchors(str(chain_variants.ca_file)))
+    assert (chain.complete, chain.ordered, chain.superfluous, chain.anchor_sent) == (
+        complete, ordered, superfluous, anchor_sent,
+    )  # fmt: skip
+    # What OpenSSL's own verification says of the same chain (no AIA fetching either).
+    ctx = ssl.create_default_context(cafile=str(chain_variants.ca_file))
+    try:
+        with (
+            socket.create_connection((v.host, v.ports["imaps"]), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname=SERVER_NAME),
+        ):
+            verified = True
+    except ssl.SSLCertVerificationError:
+        verified = False
+    assert verified is complete

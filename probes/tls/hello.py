@@ -462,6 +462,7 @@ class Offer:
     min_version: int = SSL3  # lowest version the answer may carry (TLS 1.3 hello: TLS 1.3 only)
     compression: tuple[int, ...] = (0,)
     groups: tuple[int, ...] = ()
+    shares: tuple[int, ...] = ()  # TLS 1.3: the groups we sent a key share for
 
     @property
     def sslv2(self) -> bool:
@@ -538,7 +539,9 @@ def tls13_client_hello(
     parts.append(_ext(EXT_PSK_MODES, _u8(b"\x01")))
     parts.append(_ext(EXT_EC_POINT_FORMATS, _u8(b"\x00")))
     body = _hello_body(TLS12, list(suites), (0,), b"".join(parts), random, session_id=os.urandom(32))
-    offer = Offer(version=TLS13, suites=tuple(suites), min_version=TLS13, groups=OFFERED_GROUPS)
+    offer = Offer(
+        version=TLS13, suites=tuple(suites), min_version=TLS13, groups=OFFERED_GROUPS, shares=tuple(shares)
+    )
     return _record(TLS10, _handshake(1, body)), offer
 
 
@@ -904,6 +907,8 @@ def judge(flight: Flight, offer: Offer, *, closed: bool = False, close_refuses: 
             return Answer("unknown", f"server chose compression {flight.compression}, not offered")
         if flight.version == TLS13 and flight.key_share_group not in offer.groups:
             return Answer("unknown", "server chose a key-share group we did not offer")
+        if flight.version == TLS13 and not flight.hrr and flight.key_share_group not in offer.shares:
+            return Answer("unknown", "server answered a key share we did not send (no HelloRetryRequest)")
         return Answer("accepted", version=flight.version, suite=flight.suite)
     if flight.alert is not None:
         if flight.alert[1] in REFUSING_ALERTS:

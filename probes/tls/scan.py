@@ -57,7 +57,9 @@ class ScanFacts:
     served_chain: list[bytes] = field(default_factory=list, repr=False)
     stapled: bool | None = None  # an OCSP response was stapled (status_request, TLS ≤1.2)
     ocsp_staple: bytes | None = field(default=None, repr=False)  # the stapled OCSPResponse, DER
-    errors: dict[str, str] = field(default_factory=dict)  # hello name -> why its answer is unknown
+    # hello name -> why its answer is unknown: a protocol ("TLSv1.2" …), "weakN"/"infoN" (the N-th
+    # elimination hello), "non_fs", "dhe"; "not tried: …" for what the scan never reached
+    errors: dict[str, str] = field(default_factory=dict)
     dhe: bool | None = None  # a finite-field DHE suite accepted (dh_bits is its group size)
     rate_limited: bool = False  # the scan stopped at a 421 / BYE / -ERR before TLS: the rest is unknown
 
@@ -71,6 +73,7 @@ class ScanFacts:
 MAX_CONNECTIONS: Final = 14  # the most one scan opens; a fact it did not reach stays unknown
 _LIMITS: Final = ReadLimits(max_line=4096, max_header=4096, max_message=16 * 1024)
 _MAX_REPLY_LINES: Final = 100  # lines of one pre-TLS reply (EHLO lists a dozen)
+_DIALOGUE_STEPS: Final = 3  # banner, EHLO, STARTTLS: the dialogue before TLS has this many step timeouts
 _TIMEOUTS_IN_A_ROW: Final = 2  # hellos left unanswered in a row before the scan gives up
 
 
@@ -94,7 +97,12 @@ class _Unknown(Exception):
 
 async def scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
     """Scan one endpoint (STARTTLS or implicit TLS as ``settings.endpoint`` says), a handful of
-    connections, one at a time. Never raises for what the server does; the facts say unknown."""
+    connections, one at a time. Never raises for what the server does; the facts say unknown.
+
+    Raises :class:`ProbeError` only for bad settings (reason ``config``: a protocol other than smtp,
+    imap, pop3, tcp; a mode other than implicit/starttls; tcp with starttls) and, with ``settings.slots``,
+    ``queue_timeout`` when no session slot came in time (nothing was sent then)."""
+    _check(settings)
     async with maybe_session(settings.slots, settings.endpoint, settings.protocol, recorder):
         with recorder.phase("tls_scan"):
             scanner = _Scanner(settings, recorder)
@@ -102,8 +110,18 @@ async def scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
             return scanner.facts
 
 
+def _check(settings: TLSCheckSettings) -> None:
+    mode, protocol = settings.endpoint.tls_mode, settings.protocol
+    if protocol not in (*_STARTTLS, "tcp"):
+        raise ProbeError(f"unknown TLS scan protocol {protocol!r}", reason="config")
+    if mode not in ("implicit", "starttls"):
+        raise ProbeError(f"a TLS scan needs tls mode implicit or starttls, not {mode!r}", reason="config")
+    if protocol == "tcp" and mode != "implicit":
+        raise ProbeError("plain tcp has no STARTTLS: use mode implicit", reason="config")
+
+
 class _Scanner:
-    """The plan: each step skips what earlier answers already told (see docs/tls.md, "The scan").
+    """The plan: each step skips what earlier answers already told (docs/architecture.md, "The TLS scan").
 
     1. TLS 1.2 with every suite of the table in a modern client's order, status_request,
        renegotiation_info and deflate: preferred suite, served chain, staple, secure renegotiation,
@@ -384,9 +402,13 @@ class _Scanner:
         try:
             if ep.tls_mode == "starttls":
                 lines = BoundedReader(reader, _LIMITS, "tls_connect", read_timeout=settings.timeout)
+                budget = _DIALOGUE_STEPS * settings.timeout  # a drip-fed banner cannot stretch it
                 try:
-                    await _STARTTLS[settings.protocol](self, lines, writer)
-                except ProbeError as exc:  # a timeout, a closed connection, an over-long line
+                    async with asyncio.timeout(budget):
+                        await _STARTTLS[settings.protocol](self, lines, writer)
+                except TimeoutError:
+                    raise _Stop(f"before TLS: no STARTTLS within {budget:g}s") from None
+                except ProbeError as exc:  # a closed connection, an over-long line, garbage
                     raise _Stop(f"before TLS: {exc.message}") from None
                 except OSError as exc:
                     raise _Stop(f"before TLS: connection lost: {exc}") from None

@@ -18,8 +18,9 @@ from typing import Literal
 from probes.tls import hello as h
 
 Fault = Literal[
-    "none", "unoffered_suite", "unoffered_version", "garbage", "truncated", "oversize", "silent", "reset"
-]
+    "none", "unoffered_suite", "unoffered_version", "garbage", "truncated", "oversize", "silent", "reset",
+    "drip_banner", "long_line",
+]  # fmt: skip
 
 
 @dataclass
@@ -73,6 +74,16 @@ class FakeHello:
         if self.protocol == "smtp":
             if limited:
                 writer.write(b"421 4.7.0 mail.example.test Error: too many connections\r\n")
+                return False
+            if self.fault == "drip_banner":  # a banner that never ends, one line at a time
+                while True:
+                    writer.write(b"220-still greeting\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+            if self.fault == "long_line":
+                writer.write(b"220 " + b"x" * 100_000 + b"\r\n")
+                await writer.drain()
+                await reader.read(1)
                 return False
             writer.write(b"220 fake ESMTP\r\n")
             await reader.readline()
@@ -195,7 +206,8 @@ def server_hello(version: int, suite: int, *, tls13: bool = False) -> bytes:
 
 
 def parse_client_hello(body: bytes) -> tuple[int, list[int], dict[str, list[int]]]:
-    """(client_version, suites, {"versions": supported_versions}) of a ClientHello body."""
+    """(client_version, suites, {"versions": supported_versions, "kinds": extension types}) of a
+    ClientHello body."""
     version = struct.unpack("!H", body[0:2])[0]
     pos = 34
     pos += 1 + body[pos]
@@ -210,6 +222,7 @@ def parse_client_hello(body: bytes) -> tuple[int, list[int], dict[str, list[int]
         while pos < end:
             kind, length = struct.unpack("!HH", body[pos : pos + 4])
             data = body[pos + 4 : pos + 4 + length]
+            exts.setdefault("kinds", []).append(kind)
             if kind == h.EXT_SUPPORTED_VERSIONS:
                 exts["versions"] = [struct.unpack("!H", data[1 + i : 3 + i])[0] for i in range(0, data[0], 2)]
             pos += 4 + length
