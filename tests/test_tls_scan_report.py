@@ -6,10 +6,15 @@ step (TLS 1.0/1.1 from the scan, a scanner that fails is an unknown scan), ``mai
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from prometheus_client.core import Metric
 
 from exporter.cli import _tls_report
@@ -24,9 +29,10 @@ from probes.recorder import Recorder
 from probes.tls import audit
 from probes.tls.audit import TLSCheckSettings, TLSFacts, scan_step
 from probes.tls.scan import ScanFacts
-from probes.tls.scanning import SCAN_FACTS, UNKNOWN_RETRY, ScanCache, failed_scan
+from probes.tls.scanning import SCAN_FACTS, UNKNOWN_RETRY, ScanCache, apply_scan, failed_scan
 from probes.wire.net import Endpoint, TLSSettings
 from probes.wire.slots import ServerSlots
+from tests.mailstack.variants import Issued, TestPKI
 from tests.support.tlsfacts import facts as full_facts
 from tests.support.tlsfacts import scan as weak_scan
 
@@ -336,3 +342,69 @@ def test_status_page_shows_the_scan_per_endpoint_with_unknown_and_unscanned() ->
     assert '<span class="fail">3DES</span>' in row and "(unknown: SSLv2)" in row and "(unknown: RC4)" in row
     assert '<span class="ok">good</span>' in row and "2 min ago" in row and ">12</td>" in row
     assert "not checked (scan off)" in page.split('data-endpoint="plain:143" data-findings="0">')[1]
+
+
+# ---- the served chain and the staple, judged when the scan is folded in -------------------------------
+
+
+def _revoked_staple(leaf: Issued, issuer: Issued) -> bytes:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf.cert,
+            issuer=issuer.cert,
+            algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED,
+            this_update=now - dt.timedelta(hours=1),
+            next_update=now + dt.timedelta(days=1),
+            revocation_time=now - dt.timedelta(hours=2),
+            revocation_reason=x509.ReasonFlags.key_compromise,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
+        .sign(issuer.key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def test_apply_scan_judges_the_served_chain_and_a_revoked_staple(tmp_path: Path) -> None:
+    pki = TestPKI("scan report")
+    inter = pki.ca("scan intermediate", issuer=pki.root, not_before=pki.days(-1), not_after=pki.days(900))
+    leaf = pki.leaf(["mail.example.test"], issuer=inter, common_name="mail.example.test")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.root.pem)
+    staple = _revoked_staple(leaf, inter)
+
+    s = clean_scan()
+    s.served_chain, s.stapled, s.ocsp_staple = [leaf.der, inter.der], True, staple
+    f = full_facts("mx:25", "smtp")
+    apply_scan(f, s, legacy=False, ca_file=str(ca))
+    assert (f.chain_complete, f.chain_ordered, f.chain_superfluous, f.chain_anchor_sent) == (
+        True,
+        True,
+        0,
+        False,
+    )
+    assert f.ocsp_staple_status == "revoked"  # what the verdict (i21-verdict) reads
+    m = rendered(f)
+    assert samples(m, "mailcanary_tls_ocsp_staple_status")[(("status", "revoked"),)] == 1
+    assert "stapled OCSP response says revoked" in "\n".join(_tls_report("mx:25", f, NOW))
+
+    missing = clean_scan()
+    missing.served_chain, missing.stapled, missing.ocsp_staple = [leaf.der], True, staple
+    g = full_facts("mx:25", "smtp")
+    g.ocsp_staple_status = None
+    apply_scan(g, missing, legacy=False, ca_file=str(ca))
+    assert g.chain_complete is False  # no AIA fetching: the intermediate is missing
+    assert g.ocsp_staple_status is None  # its issuer unknown: the staple cannot be checked (never "good")
+    assert samples(rendered(g), "mailcanary_tls_chain_complete") == {(): 0}
+    text = "\n".join(_tls_report("mx:25", g, NOW))
+    assert "chain incomplete" in text and "OCSP staple offered, status unknown" in text
+
+    sub = pki.ca("scan sub-intermediate", issuer=inter, not_before=pki.days(-1), not_after=pki.days(800))
+    deep = pki.leaf(["mail.example.test"], issuer=sub, common_name="mail.example.test")
+    misordered = clean_scan()
+    misordered.served_chain = [deep.der, inter.der, sub.der]  # the issuer's issuer before the issuer
+    h = full_facts("mx:25", "smtp")
+    apply_scan(h, misordered, legacy=False, ca_file=str(ca))
+    assert h.chain_ordered is False and h.ocsp_staple_status == "good"  # untouched: nothing stapled
