@@ -26,11 +26,12 @@ from exporter.daemon import Daemon
 from exporter.demo import command as demo
 from exporter.run.report import warning as junk_warning
 from exporter.run.results import ResultStore, RunResult
-from exporter.run.runner import Runner, make_masker
+from exporter.run.runner import Runner, make_masker, revocations
 from exporter.state.ledger import Ledger, key_problem, load_or_create_key
 from exporter.web.webconfig import load_web_config
 from probes.tls import summary
 from probes.tls.audit import TLSFacts
+from probes.tls.hygiene import Hygiene
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
 EXIT_USAGE = 3
@@ -366,7 +367,7 @@ def report(
             lines.append(f"  {'phase'.ljust(width)}  seconds")
             lines.extend(f"  {phase.ljust(width)}  {secs:.4f}" for phase, secs in r.phases.items())
         for endpoint, facts in r.tls.items():
-            lines.extend(_tls_report(endpoint, facts, now))
+            lines.extend(_tls_report(endpoint, facts, now, r.hygiene.get(endpoint)))
         if kind is not None and kind.report_detail is not None:
             lines.extend(kind.report_detail(r))
         if r.transcript:
@@ -379,7 +380,7 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _tls_report(endpoint: str, f: TLSFacts, now: float) -> list[str]:
+def _tls_report(endpoint: str, f: TLSFacts, now: float, hygiene: Hygiene | None = None) -> list[str]:
     yes = {True: "yes", False: "no", None: "unknown"}
     lines = [f"  TLS {endpoint} ({f.protocol}, {f.mode}):"]
     if f.leaf is not None:
@@ -401,6 +402,8 @@ def _tls_report(endpoint: str, f: TLSFacts, now: float) -> list[str]:
         + (f" ({f.verify_reason})" if f.verify_reason else "")
         + f"   hostname match {yes[f.hostname_match]}"
     )
+    if f.handshake_refused is not None:
+        lines.append(f"    refused    by a client with today's defaults: {f.handshake_refused}")
     legacy = ", ".join(f"{v} {yes[a]}" for v, a in f.legacy.items())
     lines.append(f"    legacy TLS accepted: {legacy}")
     if f.mode == "starttls":
@@ -411,12 +414,14 @@ def _tls_report(endpoint: str, f: TLSFacts, now: float) -> list[str]:
     found = summary.findings(f)
     if found:
         lines.append(f"    findings   {'; '.join(found)}")
-    verdict = "GOOD" if f.verified and f.handshake_ok and not any(f.legacy.values()) else "NEEDS ATTENTION"
-    if f.auth_before_tls or found:
-        verdict = "NEEDS ATTENTION"
+    good = f.verified and f.handshake_ok and not any(f.legacy.values()) and f.handshake_refused is None
+    verdict = "GOOD" if good and not f.auth_before_tls and not found else "NEEDS ATTENTION"
     gaps = summary.unchecked(f)
     if verdict == "GOOD" and gaps:  # never GOOD for what was not checked
         verdict = f"GOOD as far as checked; not checked or unknown: {', '.join(gaps)}"
+    revoked = revocations({endpoint: f}, {endpoint: hygiene} if hygiene is not None else {})
+    if revoked:
+        verdict = f"REVOKED ({revoked[0][1]})"
     lines.append(f"    verdict    {verdict}")
     return lines
 

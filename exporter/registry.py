@@ -164,7 +164,9 @@ class Kind(Generic[E, S, D]):
     endpoints: Callable[[E], set[str]] = _no_endpoints  # TLS endpoints whose facts the entry reports
     spec: Callable[[Config, E], object] = _entry_spec  # what a reload compares (a change reschedules)
     status: Callable[[RunResult], str] = delivery_cell  # its cell in the status page's result column
-    hygiene: bool = False  # certificate hygiene (OCSP, CRL) of the chains the run saw
+    # Certificate hygiene (OCSP, CRL) of the chains the run saw; with "tls_revoked" among its outcomes, a
+    # revoked certificate fails a run that got as far as the certificate (exporter.run.runner.revoked_verdict)
+    hygiene: bool = False
     hooks: Callable[[E, RunEnv, ProbeContext], RunHooks] | None = None  # per-run work around the probe
     ledger: bool = False  # its runs keep canaries in the ledger (a reload prunes the others' entries)
     sessions: Callable[[E], list[tuple[Endpoint, str, int | None]]] = _no_sessions  # (ep, service, max)

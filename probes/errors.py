@@ -24,6 +24,8 @@ Reason = Literal[
     "cleanup",  # delete/expunge of our own canary failed
     "tls_connect",  # TLS check: TCP connect, DNS, or the dialogue before TLS failed
     "tls_handshake",  # TLS check: no TLS session at all (STARTTLS not offered, every handshake failed)
+    "tls_params",  # TLS: a client with today's defaults is refused (DH key too small, RSA key exchange only)
+    "tls_revoked",  # TLS: a certificate presented is revoked (OCSP responder, stapled OCSP or CRL)
     "dns_lookup",  # domain check: the MX (or implicit A/AAAA) of the domain could not be looked up
     "domain_findings",  # domain check: checked, with at least one finding (mailcanary_domain_* series)
     "queue_timeout",  # no session slot free on the server within queue_timeout (our own limit)

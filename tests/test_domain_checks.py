@@ -890,7 +890,9 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
     )
     first = await runner.run(found[0], found[1])
     second = await runner.run(found[0], found[1])
-    assert (first.reason, second.reason) == ("success", "success")
+    # The responder says revoked: the check fails (issue 21; it was "success" while the series said revoked).
+    assert (first.reason, second.reason) == ("tls_revoked", "tls_revoked")
+    assert second.message == f"certificate of {address} is revoked (OCSP responder)"
     assert responder.asked == [served.cert.serial_number]  # the second run's answer came from the cache
     h = second.hygiene[address]
     assert (h.key.key_type, h.key.key_bits, h.key.weak_key, h.key.signature_hash) == (
@@ -907,6 +909,7 @@ async def test_hygiene_on_a_tls_check_endpoint(world: World, responder: Responde
         return got.get((name, frozenset({**labels, **extra}.items())))
 
     assert v("mailcanary_tls_cert_ocsp_status", status="revoked") == 1
+    assert got.get(("mailcanary_tls_check_success", frozenset({("probe", "imaps")}))) == 0
     assert v("mailcanary_tls_cert_ocsp_status", status="good") == 0
     assert v("mailcanary_tls_cert_key_bits", key_type="ec") == 256
     assert v("mailcanary_tls_cert_weak_key") == 0

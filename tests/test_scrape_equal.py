@@ -109,6 +109,8 @@ ADDED_SINCE_GOLDEN = (
     "mailcanary_roundtrip_sync_",  # sync_seconds, sync_arrival_seconds, sync_skipped (issue 19)
     "mailcanary_roundtrip_junk_folder_found",  # issue 19
     'outcome="sync_timeout"',
+    'outcome="tls_revoked"',  # issue 21: a revoked certificate fails round trips and TLS checks
+    'outcome="tls_params"',  # issue 21: TLS checks refused for their parameters, the certificate apart
     *(  # issue 21: the TLS scan (each documented in docs/metrics.md)
         f"mailcanary_tls_{n}"
         for n in (

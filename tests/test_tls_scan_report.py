@@ -323,7 +323,8 @@ def test_report_of_a_weak_scan_lists_each_finding() -> None:
         "DH group of 1024 bits",
     ):
         assert finding in text
-    assert "SSLv2 unknown" in text and "RC4 unknown" in text and "NEEDS ATTENTION" in text
+    assert "SSLv2 unknown" in text and "RC4 unknown" in text
+    assert "verdict    REVOKED (stapled OCSP response)" in text  # the verdict reads the staple the scan saw
 
 
 # ---- status page ----------------------------------------------------------------------------------------

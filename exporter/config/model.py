@@ -525,7 +525,9 @@ class DomainCheckConfig(Model):
     def steps(self) -> int:
         """Step timeouts one run may take, in the worst case: the run's deadline is this times timeout."""
         rounds = -(-self.max_mx * self.max_addresses // self.concurrency)
-        per_address = 8 + (3 * 4 if self.must_refuse.enabled else 0) + len(self.dnsbl_zones) + 3
+        # 9: the TLS audit (connect, dialogue, verified + permissive + unverified handshakes, two legacy
+        # ones), the chain, MAIL FROM before TLS
+        per_address = 9 + (3 * 4 if self.must_refuse.enabled else 0) + len(self.dnsbl_zones) + 3
         per_address += SCAN_STEPS if self.scan else 0  # the TLS scan's own time bound
         return 4 + rounds * per_address
 

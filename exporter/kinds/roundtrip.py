@@ -203,7 +203,7 @@ class RoundTripRun:
         )
         scratch = Recorder(masker=rec.masker)
         try:
-            async with asyncio.timeout(side.timeout * 3):
+            async with asyncio.timeout(side.timeout * 4):  # verified, permissive and unverified looks
                 await probe_tls(settings, scratch)
         except (ProbeError, TimeoutError):
             pass  # whatever was learnt is in scratch.tls

@@ -22,7 +22,7 @@ from probes.tls.scanning import SCAN_STEPS, ScanCache
 from probes.wire.net import Endpoint
 from probes.wire.slots import ServerSlots
 
-STEPS = 6  # connect, dialogue, verified + unverified handshakes, two legacy handshakes
+STEPS = 7  # connect, dialogue, verified + permissive verified + unverified handshakes, two legacy ones
 # With the scan on, the run gets SCAN_STEPS more step timeouts: the scan's own bound (probes.tls.scanning).
 
 
@@ -59,11 +59,32 @@ def tls_check_settings(
 
 
 def tls_outcome(facts: TLSFacts | None) -> str:
-    """``success`` only for a verified chain whose name matches; a handshake that works but does not
-    verify is ``tls_verify`` (the facts are still exported)."""
+    """``success`` only for a verified chain whose name matches, not revoked, reached with today's
+    defaults. Otherwise, the certificate first: ``tls_revoked`` (a stapled OCSP response says revoked;
+    the responder's and the CRL's answers are judged by the runner, exporter.run.runner), ``tls_verify``
+    (the certificate does not verify), then ``tls_params`` (it verifies, but only on a permissive
+    handshake: a client with today's defaults is refused). The facts are exported in every case."""
     if facts is None or not facts.handshake_ok:
         return "tls_handshake"
-    return "success" if facts.verified else "tls_verify"
+    if facts.ocsp_staple_status == "revoked":
+        return "tls_revoked"
+    if not facts.verified:
+        return "tls_verify"
+    if facts.handshake_refused is not None:
+        return "tls_params"
+    return "success"
+
+
+def outcome_message(facts: TLSFacts, reason: str) -> str:
+    """The one line of a failed check, said in the words of its reason."""
+    if reason == "tls_revoked":
+        return f"certificate of {facts.endpoint} is revoked (stapled OCSP response)"
+    if reason == "tls_params":
+        return (
+            f"{facts.endpoint}: the certificate verifies, but a client with today's defaults is refused: "
+            f"{facts.handshake_refused}"
+        )
+    return facts.error or f"certificate not verified: {facts.verify_reason}"
 
 
 async def probe(settings: TLSCheckSettings, ctx: ProbeContext) -> TLSFacts:
@@ -79,7 +100,7 @@ def judge(facts: TLSFacts | None, reason: str, message: str) -> Verdict:
         return Verdict(reason, message)
     reason = tls_outcome(facts)
     if reason != "success":
-        message = facts.error or f"certificate not verified: {facts.verify_reason}"
+        message = outcome_message(facts, reason)
     return Verdict(reason, message)
 
 

@@ -35,6 +35,7 @@ DOMAIN_ONLY: frozenset[str] = frozenset({"dns_lookup", "domain_findings"})
 OUTCOMES: tuple[str, ...] = (
     "success",
     *sorted(r for r in REASONS if not r.startswith("tls_") and r not in DOMAIN_ONLY),
+    "tls_revoked",  # a round trip's SMTP or receiving endpoint presented a revoked certificate
 )
 DOMAIN_OUTCOMES: tuple[str, ...] = (
     "success",
@@ -48,6 +49,8 @@ DOMAIN_OUTCOMES: tuple[str, ...] = (
 TLS_OUTCOMES: tuple[str, ...] = (
     "success",
     "tls_verify",
+    "tls_params",
+    "tls_revoked",
     "tls_handshake",
     "tls_connect",
     "queue_timeout",

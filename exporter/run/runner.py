@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +23,7 @@ from probes.context import ProbeContext
 from probes.domain.dnsbl import ListingCache
 from probes.errors import ProbeError
 from probes.recorder import Masker, ReceiverFacts, Recorder
+from probes.tls.audit import TLSFacts
 from probes.tls.hygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
 from probes.tls.legacy import LegacyCache
 from probes.tls.scanning import ScanCache
@@ -70,6 +72,39 @@ def _quota_of(rec: Recorder) -> dict[str, tuple[int, int]] | None:
     if found is None:
         return None
     return {res.lower(): (u.used, u.limit) for res, u in found.items()}
+
+
+# Verdicts a revoked certificate overrides: the run got as far as the certificate. A failure before it
+# (no connection, a timeout, a bounce…) keeps its own reason: it says more about that outage.
+REVOCABLE: frozenset[str] = frozenset({"success", "tls_verify", "tls_params"})
+
+
+def revocations(tls: Mapping[str, TLSFacts], hygiene: Mapping[str, Hygiene]) -> list[tuple[str, str]]:
+    """(endpoint, who says so) for every certificate this run saw that is revoked: the server's stapled
+    OCSP response, the OCSP responder the leaf names, or the CRL it names."""
+    out: list[tuple[str, str]] = []
+    for endpoint, facts in tls.items():
+        h = hygiene.get(endpoint)
+        said = []
+        if facts.ocsp_staple_status == "revoked":
+            said.append("stapled OCSP response")
+        if h is not None and h.ocsp is not None and h.ocsp.status == "revoked":
+            said.append("OCSP responder")
+        if h is not None and h.crl is not None and h.crl.status == "revoked":
+            said.append("CRL")
+        if said:
+            out.append((endpoint, " and ".join(said)))
+    return out
+
+
+def revoked_verdict(verdict: Verdict, tls: Mapping[str, TLSFacts], hygiene: Mapping[str, Hygiene]) -> Verdict:
+    """A revoked certificate fails the run (``tls_revoked``), whatever else went right: a client that
+    checks revocation would not have talked to that server. Delivery facts are kept."""
+    found = revocations(tls, hygiene)
+    if not found or verdict.reason not in REVOCABLE:
+        return verdict
+    said = "; ".join(f"certificate of {endpoint} is revoked ({who})" for endpoint, who in found)
+    return dataclasses.replace(verdict, reason="tls_revoked", message=said)
 
 
 def make_masker(loaded: LoadedConfig) -> Masker:
@@ -225,6 +260,8 @@ class Runner:
             self._log_cancelled(entry.name, rec, t0)
             raise
         verdict = kind.judge(attempt.value, attempt.reason, attempt.message)
+        if kind.hygiene and "tls_revoked" in kind.outcomes:
+            verdict = revoked_verdict(verdict, rec.tls, hygiene)
         # OCSP, CRL and the sender's DNSBL are not part of the probe's time
         run = self._finish(entry.name, rec, verdict, started, t0 + spent + settled.spent, settled, hygiene)
         if hooks is not None:

@@ -22,6 +22,7 @@ from exporter.config import ModuleConfig
 from exporter.metrics.collector import ExporterState
 from exporter.run.history import FAILURES_KEPT, Failure, History, Point
 from exporter.run.results import ProbeStats
+from exporter.run.runner import revocations
 from probes.tls import summary
 from probes.tls.audit import TLSFacts
 from probes.tls.scan import PROTOCOLS, WEAK_CLASSES
@@ -154,6 +155,13 @@ def _cert_rows(snap: Mapping[str, ProbeStats], now: float) -> str:
                 if facts.verified
                 else f'<span class="fail">no ({escape(facts.verify_reason or "unknown")})</span>'
             )
+            hygiene = snap[name].hygiene.get(endpoint)
+            revoked = revocations({endpoint: facts}, {endpoint: hygiene} if hygiene is not None else {})
+            if revoked:  # red whatever verification said: a client that checks would refuse it
+                verified = f'<span class="fail">REVOKED ({escape(revoked[0][1])})</span>'
+            if facts.handshake_refused is not None:
+                refused = escape(f"refused by a client with today's defaults: {facts.handshake_refused}")
+                verified += f'<br><span class="fail">{refused}</span>'
             rows.append(
                 f'<tr class="cert" data-probe="{escape(name)}" data-endpoint="{escape(endpoint)}">'
                 f"<td>{escape(name)}</td><td>{escape(endpoint)}</td><td>{escape(facts.protocol)}</td>"

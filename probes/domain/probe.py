@@ -121,6 +121,10 @@ class DomainReport:
                 continue
             if not tls.verified:
                 out.append(f"{where}: cert_{tls.verify_reason}")
+            if tls.handshake_refused is not None:  # a sender with today's defaults is refused
+                out.append(f"{where}: tls_params")
+            if tls.ocsp_staple_status == "revoked":
+                out.append(f"{where}: ocsp_staple_revoked")
             if any(tls.legacy.values()):
                 out.append(f"{where}: legacy_tls")
             if r.dane is not None and r.dane.present and not r.dane.valid:
@@ -369,6 +373,8 @@ def render_report(report: DomainReport, now: float | None = None) -> str:
         )
         verdict = "yes" if tls.verified else f"no ({tls.verify_reason})"
         lines.append(f"    certificate verified {verdict}  name matches {_yn(tls.hostname_match)}")
+        if tls.handshake_refused is not None:
+            lines.append(f"    refused by a client with today's defaults: {tls.handshake_refused}")
         lines += tls_summary.summary(tls, now)  # the TLS scan, testssl-like ("not checked" when off)
         found = tls_summary.findings(tls)
         if found:

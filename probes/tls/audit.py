@@ -1,9 +1,13 @@
 """TLS and certificate audit of one mail endpoint, on the real protocol dialogue.
 
 One handshake with verification on, through the project's own SMTP/IMAP/POP3 clients (so STARTTLS is
-done exactly as the round trip does it). If that fails, an unverified second look gathers the chain,
-version and expiry anyway: an expired or untrusted certificate is exactly when the dates matter most.
-Then, if asked, one short handshake pinned to each legacy version (TLS 1.0, 1.1) at security level 0.
+done exactly as the round trip does it). If that fails for the server's parameters rather than its
+certificate (DH key too small, RSA key exchange only, old versions only), a second handshake that still
+verifies but accepts any parameters judges the certificate, and the refusal becomes a fact of its own
+(``handshake_refused``). If the certificate fails, or no verifying handshake completes, an unverified look
+gathers the chain, version and expiry anyway: an expired or untrusted certificate is exactly when the
+dates matter most. Then, if asked, one short handshake pinned to each legacy version (TLS 1.0, 1.1) at
+security level 0.
 
 Facts go to ``recorder.tls[endpoint]`` as soon as anything is known, so they survive a later failure. A
 failed verification is a fact (``verified=False`` with a reason), not an exception: :func:`probe_tls`
@@ -39,12 +43,14 @@ from probes.wire.certs import (
     TLSFacts,
     cert_info,
     classify_verify_error,
+    describe_refusal,
     earliest_expiry,
     facts_from_connection,
     find_ssl_error,
     hostname_matches,
     legacy_context,
     openssl_offers,
+    parameters_refused,
     presented_chain,
 )
 from probes.wire.net import Endpoint, client_context, tcp_connect, tls_error_message
@@ -79,6 +85,7 @@ PROTOCOLS: Final = frozenset({"smtp", "imap", "pop3", "tcp"})
 # every other reason means the server could not be reached or spoke garbage before TLS.
 _TLS_STAGE_REASONS: Final = frozenset({"smtp_tls", "receive_tls", "tls_handshake"})
 _CLOSE_TIMEOUT: Final = 2.0
+_CLOSING: Final = 421  # SMTP: service not available, closing the transmission channel
 
 
 @dataclass(frozen=True)
@@ -139,8 +146,9 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
     (STARTTLS and the verified handshake), ``tls_legacy`` (all legacy handshakes) and ``tls_scan``.
 
     Raises :class:`ProbeError` with reason ``tls_connect`` (no connection, or no sane dialogue before
-    TLS), ``tls_handshake`` (no TLS session at all, STARTTLS not offered included: the facts gathered so
-    far are in ``recorder.tls``), ``timeout``, or ``config``.
+    TLS: a greeting that refuses, an SMTP ``421`` at any step, a later look turned away so), ``tls_handshake``
+    (no TLS session at all, STARTTLS not offered or refused included: the facts gathered so far are in
+    ``recorder.tls``), ``timeout``, or ``config``.
     """
     ep = settings.endpoint
     _check(settings)
@@ -166,7 +174,7 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         _copy_phases(scratch, recorder, failed=True)
         if isinstance(exc, ProbeTimeout):
             raise
-        if exc.reason not in _TLS_STAGE_REASONS:
+        if not _tls_stage(exc):
             raise _connect_error(exc) from exc
         first_error = exc
         facts.error = exc.message
@@ -178,24 +186,49 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         publish()
         recorder.debug("tls:", f"verified handshake ok: {facts.version} {facts.cipher}")
 
-    # 2. Verification failed: look again without it, for the chain and dates.
+    # 2. It failed. If not for the certificate (DH key too small, no shared cipher, old versions only),
+    # judge the certificate on a second handshake that still verifies but accepts any parameters; if
+    # that fails too, or the certificate was the reason, look once more without verification, for the
+    # chain and the dates.
+    turned_away: ProbeError | None = None  # a later session refused before TLS (421, BYE) or stalled
     if first_error is not None and facts.starttls_offered is not False:
-        try:
-            async with _secured(settings, _scratch(recorder), _unverified_context(ep), None) as ssl_object:
-                seen = await facts_from_connection(ssl_object, ep, settings.protocol, ep.tls_mode)
-        except ProbeError:
-            pass  # no session even unverified: handshake_ok stays False
-        else:
-            _merge(facts, seen)
-        facts.verified = False
-        facts.verify_reason = classify_verify_error(first_error, facts.chain, time.time())
-        facts.error = _one_line(first_error)
-        publish()
-        recorder.debug(
-            "tls:",
-            f"unverified look: handshake {'ok' if facts.handshake_ok else 'failed'}, "
-            f"{len(facts.chain)} certificate(s), verify reason {facts.verify_reason}",
-        )
+        cert_error: ProbeError = first_error
+        if _refused_in_handshake(first_error):
+            try:
+                seen = await _look(settings, recorder, _permissive_context(ep))
+            except ProbeError as exc:
+                recorder.debug("tls:", f"permissive verified handshake failed ({exc.reason}): {exc.message}")
+                if _certificate_failed(exc):
+                    cert_error = exc  # the certificate's own verdict, at last
+                elif not _tls_stage(exc):
+                    turned_away = exc
+            else:
+                _merge(facts, seen)
+                facts.handshake_refused = describe_refusal(first_error, facts.version, facts.cipher)
+                facts.error = _one_line(first_error)
+                publish()
+                recorder.debug("tls:", f"permissive verified handshake ok: {facts.version} {facts.cipher}")
+        if not facts.verified:
+            try:
+                seen = await _look(settings, recorder, _unverified_context(ep))
+            except ProbeError as exc:  # no session even unverified: handshake_ok stays False
+                if not _tls_stage(exc):
+                    turned_away = exc
+            else:
+                _merge(facts, seen)
+                if _refused_in_handshake(first_error):
+                    facts.handshake_refused = describe_refusal(first_error, facts.version, facts.cipher)
+            facts.verified = False
+            facts.verify_reason = classify_verify_error(cert_error, facts.chain, time.time())
+            facts.error = _one_line(cert_error)
+            publish()
+            recorder.debug(
+                "tls:",
+                f"unverified look: handshake {'ok' if facts.handshake_ok else 'failed'}, "
+                f"{len(facts.chain)} certificate(s), verify reason {facts.verify_reason}",
+            )
+        if facts.handshake_refused is not None:
+            recorder.debug("tls:", f"refused by a client with today's defaults: {facts.handshake_refused}")
 
     # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of, nor
     # when the scan (step 4) answers it with its own TLS 1.0/1.1 hellos.
@@ -218,6 +251,15 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         if facts.verify_reason is None:
             facts.verify_reason = "other"
         recorder.facts.current_phase = "tls_handshake"  # the legacy phase has cleared it
+        if isinstance(turned_away, ProbeTimeout):  # a later look stalled: the stall rule
+            raise ProbeTimeout(f"{ep.address}: {facts.error or 'handshake failed'}; {turned_away.message}")
+        if turned_away is not None:  # the server stopped talking: nothing more is known of its TLS
+            recorder.facts.current_phase = "tls_connect"
+            raise ProbeError(
+                f"{ep.address}: {facts.error or 'handshake failed'}; another session to look again was "
+                f"refused before TLS: {turned_away.message}",
+                reason="tls_connect",
+            )
         raise ProbeError(
             f"no TLS session with {ep.address}: {facts.error or 'handshake failed'}", reason="tls_handshake"
         )
@@ -282,6 +324,13 @@ async def bounded_scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFa
         return failed_scan(f"internal: {type(exc).__name__}: {exc}")
 
 
+async def _look(settings: TLSCheckSettings, recorder: Recorder, context: ssl.SSLContext) -> TLSFacts:
+    """One more session secured with ``context``: the facts its handshake shows."""
+    ep = settings.endpoint
+    async with _secured(settings, _scratch(recorder), context, None) as ssl_object:
+        return await facts_from_connection(ssl_object, ep, settings.protocol, ep.tls_mode)
+
+
 def _check(settings: TLSCheckSettings) -> None:
     ep = settings.endpoint
     if settings.protocol not in PROTOCOLS:
@@ -316,6 +365,24 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _tls_stage(exc: ProbeError) -> bool:
+    """Did the dialogue reach TLS and fail there (STARTTLS refused or not offered, the handshake, the
+    certificate)? An SMTP ``421`` is never that, whatever step it answers (STARTTLS included): the
+    server closes the channel (RFC 5321 §3.8, rate limiting, overload) and says nothing about TLS."""
+    return exc.reason in _TLS_STAGE_REASONS and exc.code != _CLOSING
+
+
+def _certificate_failed(exc: BaseException) -> bool:
+    return isinstance(find_ssl_error(exc), ssl.SSLCertVerificationError)
+
+
+def _refused_in_handshake(exc: ProbeError) -> bool:
+    """The handshake itself failed, not on the certificate: an ``ssl`` error other than a verification
+    failure (probes.wire.certs.parameters_refused), or the server hanging up mid-handshake (some do that
+    instead of an alert). A more permissive handshake may then judge the certificate."""
+    return parameters_refused(exc) or (_handshake_tried(exc) and not _certificate_failed(exc))
+
+
 def _connect_error(exc: ProbeError) -> ProbeError:
     if exc.reason == "config":
         return exc
@@ -339,6 +406,12 @@ def _copy_phases(scratch: Recorder, recorder: Recorder, *, failed: bool) -> None
         recorder.facts.current_phase = "tls_handshake" if current == "look_tls" else "tls_connect"
 
 
+def _permissive_context(ep: Endpoint) -> ssl.SSLContext:
+    """Verification as the endpoint asks (trust store, name, client certificate), with any parameters:
+    TLS 1.0+, every suite, security level 0. Shared and cached like every client context."""
+    return client_context(ep.tls, any_version=openssl_offers(ssl.TLSVersion.TLSv1))
+
+
 def _unverified_context(ep: Endpoint) -> ssl.SSLContext:
     """No verification (the client certificate kept), and old versions allowed too: a server that speaks
     only TLS 1.0 still shows its certificate. The server picks its best version, as it would anyway.
@@ -358,7 +431,15 @@ async def _accepts(settings: TLSCheckSettings, recorder: Recorder, version: ssl.
     except ProbeTimeout:
         return None
     except ProbeError as exc:
-        return False if exc.reason in _TLS_STAGE_REASONS else None
+        # Refused means a hello was answered with a failed handshake; a 421, or STARTTLS refused before
+        # any hello, says nothing about the version (unknown, never a false "refused").
+        return False if _tls_stage(exc) and _handshake_tried(exc) else None
+
+
+def _handshake_tried(exc: ProbeError) -> bool:
+    """The failure came from the handshake itself (an ``ssl``/OS error behind it), not from a STARTTLS
+    command answered with a refusal."""
+    return find_ssl_error(exc) is not None or isinstance(exc.__cause__, OSError | EOFError)
 
 
 # ---- one secured connection per protocol, through the project's clients --------------------------------

@@ -311,6 +311,57 @@ def classify_verify_error(exc: BaseException | None, chain: Sequence[CertInfo], 
     return "other"
 
 
+# OpenSSL reasons (``SSLError.reason``) of a handshake refused for its parameters, not its certificate,
+# as the words of TLSFacts.handshake_refused.
+_REFUSALS: Final[dict[str, str]] = {
+    "DH_KEY_TOO_SMALL": "DH key too small",
+    "BAD_DH_VALUE": "DH key too small",
+    "NO_SHARED_CIPHER": "no cipher suite in common",
+    "NO_CIPHERS_AVAILABLE": "no cipher suite in common",
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": "no signature algorithm in common",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "handshake_failure alert (no cipher suite in common)",
+    "UNSUPPORTED_PROTOCOL": "no protocol version in common",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no protocol version in common",
+    "WRONG_VERSION_NUMBER": "no protocol version in common",
+    "TLSV1_ALERT_INSUFFICIENT_SECURITY": "the server wants weaker parameters (insufficient_security alert)",
+    "UNSAFE_LEGACY_RENEGOTIATION_DISABLED": "no secure renegotiation (RFC 5746)",
+    "EE_KEY_TOO_SMALL": "certificate key too small",
+    "CA_KEY_TOO_SMALL": "certificate key too small",
+    "CA_MD_TOO_WEAK": "certificate signature too weak",
+}
+
+
+def parameters_refused(exc: BaseException | None) -> bool:
+    """Did a handshake fail in TLS itself for a reason that is not the certificate's verdict?
+
+    True for an ``ssl`` error that is not an SSLCertVerificationError (DH_KEY_TOO_SMALL, no shared
+    cipher, protocol version…): a more permissive, still verifying handshake may then judge the
+    certificate. False for a verification failure, and for failures beside TLS (STARTTLS refused, a
+    connection reset, a timeout): those say nothing about parameters.
+    """
+    err = find_ssl_error(exc)
+    return err is not None and not isinstance(err, ssl.SSLCertVerificationError)
+
+
+def describe_refusal(exc: BaseException | None, version: str | None, cipher: str | None) -> str:
+    """One line: why a client with today's defaults was refused (``exc``), with what a permissive
+    handshake then negotiated (``version``, ``cipher``; None when it did not complete)."""
+    err = find_ssl_error(exc)
+    code = str(getattr(err, "reason", None) or "")
+    words = _REFUSALS.get(code) or (code.replace("_", " ").lower() if code else "handshake refused")
+    if not cipher:
+        return words
+    chose = f"the server chose {cipher}" + (f" ({version})" if version else "")
+    if version != "TLSv1.3" and not forward_secret(cipher):
+        chose += ": RSA key exchange, no forward secrecy"
+    return f"{words}; {chose}"
+
+
+def forward_secret(cipher: str) -> bool:
+    """An OpenSSL suite name with ephemeral key exchange (TLS 1.3 suites always are)."""
+    return cipher.startswith(("TLS_", "ECDHE-", "DHE-", "EDH-")) or "-DHE-" in cipher
+
+
 # ---- legacy protocol versions ---------------------------------------------------------------------------
 
 

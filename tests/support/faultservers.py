@@ -630,3 +630,63 @@ def fault_settings(
         key=KEY,
         poll=PollSchedule(initial=0.3, factor=1.0, maximum=0.3) if idle else PollSchedule(0.01, 1.5, 0.05),
     )
+
+
+# ---- the dialogue before TLS (issue 21: which failures are tls_connect, which tls_handshake) -------------
+
+_PRETLS_GOOD: dict[str, dict[str, bytes]] = {
+    "smtp": {
+        "greeting": b"220 fake ESMTP\r\n",
+        "EHLO": b"250-fake\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+        "STARTTLS": b"220 go ahead\r\n",
+        "QUIT": b"221 bye\r\n",
+    },
+    "imap": {
+        "greeting": b"* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED] fake ready\r\n",
+        "CAPABILITY": b"* CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED\r\n{tag} OK done\r\n",
+        "STARTTLS": b"{tag} OK begin TLS\r\n",
+        "LOGOUT": b"* BYE bye\r\n{tag} OK done\r\n",
+    },
+    "pop3": {
+        "greeting": b"+OK fake POP3 ready\r\n",
+        "CAPA": b"+OK\r\nSTLS\r\nUSER\r\n.\r\n",
+        "STLS": b"+OK begin TLS\r\n",
+        "QUIT": b"+OK bye\r\n",
+    },
+}
+
+
+def pretls_handler(protocol: str, step: str, reply: bytes, *, close: bool = False) -> Handler:
+    """A plain SMTP, IMAP or POP3 server that offers STARTTLS/STLS and answers ``reply`` at ``step``
+    (``greeting``, or a command: EHLO, STARTTLS, CAPABILITY, CAPA, STLS; ``{tag}`` in an IMAP reply is
+    the command's tag), then closes the connection if ``close`` (as a server does after SMTP ``421`` or
+    IMAP ``* BYE``). It never speaks TLS: after a STARTTLS it accepted, it hangs up."""
+    good = _PRETLS_GOOD[protocol]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def answer(verb: str, tag: bytes) -> bool:
+            text = reply if verb == step else good.get(verb)
+            if text is None:
+                text = b"{tag} BAD unknown\r\n" if protocol == "imap" else b"-ERR unknown\r\n"
+                if protocol == "smtp":
+                    text = b"502 unknown\r\n"
+            writer.write(text.replace(b"{tag}", tag))
+            await writer.drain()
+            return (
+                (verb == step and close)
+                or verb in ("QUIT", "LOGOUT")
+                or (verb in ("STARTTLS", "STLS") and verb != step)
+            )
+
+        try:
+            if await answer("greeting", b""):
+                return
+            while raw := await reader.readline():
+                words = raw.strip().split(b" ")
+                tag, verb = (words[0], words[1]) if protocol == "imap" and len(words) > 1 else (b"", words[0])
+                if await answer(verb.upper().decode(errors="replace"), tag):
+                    return
+        except (ConnectionError, OSError):
+            return
+
+    return handle
