@@ -232,7 +232,8 @@ class RoundTripRun:
                 scan_cache=self.env.scans,
                 scan_recheck=side.scan_recheck,
             )
-            scratch = Recorder(masker=rec.masker)  # its phases (queue, tls_scan) are not the run's
+            # its phases (queue, tls_scan) are not the run's; its dialogue is (--debug)
+            scratch = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
             try:
                 async with asyncio.timeout(side.timeout * (SCAN_STEPS + 1)):
                     fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
