@@ -232,8 +232,10 @@ class RoundTripRun:
                 scan_cache=self.env.scans,
                 scan_recheck=side.scan_recheck,
             )
-            # its phases (queue, tls_scan) are not the run's; its dialogue is (--debug)
-            scratch = Recorder(masker=rec.masker, transcript=rec.transcript, clock=rec.clock)
+            # Its phases (queue, tls_scan) are not the run's; its dialogue is shown with --debug only
+            # (a failed run's kept dialogue must end with the failure, not with a dozen hellos).
+            transcript = rec.transcript if self.ctx.debug else None
+            scratch = Recorder(masker=rec.masker, transcript=transcript, clock=rec.clock)
             try:
                 async with asyncio.timeout(side.timeout * (SCAN_STEPS + 1)):
                     fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
