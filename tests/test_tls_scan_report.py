@@ -174,6 +174,13 @@ def test_an_incomplete_scan_is_retried_after_an_hour_and_bounded() -> None:
     assert cache.fresh(("k",), None, 86400) is partial
     clock.now += 1
     assert cache.fresh(("k",), None, 86400) is None
+    again = clean_scan()
+    again.errors = {"SSLv2": "timeout"}  # the early retry could not tell either: wait the whole period
+    cache.put(("k",), again, None)
+    clock.now += 86400 - 1
+    assert cache.fresh(("k",), None, 86400) is again
+    clock.now += 1
+    assert cache.fresh(("k",), None, 86400) is None  # at most two scans a period
     cache.put(("a",), clean_scan(), None)
     cache.put(("b",), clean_scan(), None)
     assert len(cache) == 2 and cache.fresh(("k",), None, 1e9) is None  # the oldest went

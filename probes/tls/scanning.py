@@ -5,8 +5,10 @@ A scan costs a handful of connections (one hello each; a mail server counts them
 limits), and what it finds changes when the server's TLS configuration changes, not between two runs
 minutes apart. So, like the legacy answers (:mod:`probes.tls.legacy`), an endpoint is scanned again
 when its scan is older than the recheck period (default a day) or its leaf certificate changed; a scan
-that could not tell everything (a ``421``, a refused connection, a timeout) is tried again after
-:data:`UNKNOWN_RETRY` at the soonest. Two runs that want the same endpoint at once share one scan.
+that could not tell everything (a ``421``, a refused connection, a timeout) is tried again once after
+:data:`UNKNOWN_RETRY`; if that one cannot either (a server that never answers some hello), the next is
+after the recheck period again: at most two scans a period. Two runs that want the same endpoint at
+once share one scan.
 
 A new scan that learnt nothing at all (every fact unknown: the server refused every connection, or it
 overran) does not wipe out what an earlier scan of the same certificate found: those facts stay, with
@@ -120,7 +122,7 @@ class ScanAnswer:
     facts: ScanFacts
     fingerprint: str | None  # leaf certificate (sha256) when it was scanned
     tried_at: float  # the last attempt (a scan that learnt nothing keeps the earlier facts)
-    complete: bool  # that attempt could tell everything
+    retry_soon: bool  # that attempt could not tell everything, and was not itself the early retry
 
 
 class ScanCache:
@@ -141,7 +143,7 @@ class ScanCache:
         if answer is None:
             return None
         age = self.clock() - answer.tried_at
-        limit = every if answer.complete else min(every, UNKNOWN_RETRY)
+        limit = min(every, UNKNOWN_RETRY) if answer.retry_soon else every
         if age >= limit or (fingerprint is not None and answer.fingerprint != fingerprint):
             return None
         self._answers.move_to_end(key)
@@ -152,8 +154,8 @@ class ScanCache:
         nothing and the certificate is the same)."""
         if facts.checked_at is None:
             return facts
-        tried, complete = self.clock(), not facts.errors
-        earlier = self._answers.get(key)
+        tried, earlier = self.clock(), self._answers.get(key)
+        retry_soon = bool(facts.errors) and not (earlier is not None and earlier.retry_soon)
         if (
             learnt_nothing(facts)
             and earlier is not None
@@ -161,7 +163,7 @@ class ScanCache:
             and not learnt_nothing(earlier.facts)
         ):
             facts = earlier.facts
-        self._answers[key] = ScanAnswer(facts, fingerprint, tried, complete)
+        self._answers[key] = ScanAnswer(facts, fingerprint, tried, retry_soon)
         self._answers.move_to_end(key)
         while len(self._answers) > self.max_entries:
             self._answers.popitem(last=False)
