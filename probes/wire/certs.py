@@ -106,7 +106,7 @@ class TLSFacts:
     # a permissive handshake completed, one line (e.g. "DH key too small"); None: not refused, or unknown.
     # The certificate is then judged on the permissive, still verifying handshake (issue 21).
     handshake_refused: str | None = None
-    # The OCSP response the server staples, judged: one of probes.tls.hygiene.OCSP_STATUSES; None: not
+    # The OCSP response the server staples, judged: one of probes.tls.chain.STAPLE_STATUSES; None: not
     # looked at (the scan fills it). "revoked" fails the check whatever the responder says.
     ocsp_staple_status: str | None = None
 
