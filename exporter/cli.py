@@ -30,6 +30,7 @@ from exporter.run.results import ResultStore, RunResult
 from exporter.run.runner import Runner, make_masker, revocations
 from exporter.state.ledger import Ledger, key_problem, load_or_create_key
 from exporter.web.webconfig import load_web_config
+from probes.tls import summary
 from probes.tls.audit import TLSFacts
 from probes.tls.hygiene import Hygiene
 
@@ -420,8 +421,15 @@ def _tls_report(endpoint: str, f: TLSFacts, now: float, hygiene: Hygiene | None 
         lines.append(
             f"    STARTTLS offered {yes[f.starttls_offered]}   AUTH before TLS {yes[f.auth_before_tls]}"
         )
+    lines.extend(summary.summary(f, now))
+    found = summary.findings(f)
+    if found:
+        lines.append(f"    findings   {'; '.join(found)}")
     good = f.verified and f.handshake_ok and not any(f.legacy.values()) and f.handshake_refused is None
-    verdict = "GOOD" if good and not f.auth_before_tls else "NEEDS ATTENTION"
+    verdict = "GOOD" if good and not f.auth_before_tls and not found else "NEEDS ATTENTION"
+    gaps = summary.unchecked(f)
+    if verdict == "GOOD" and gaps:  # never GOOD for what was not checked
+        verdict = f"GOOD as far as checked; not checked or unknown: {', '.join(gaps)}"
     revoked = revocations({endpoint: f}, {endpoint: hygiene} if hygiene is not None else {})
     if revoked:
         verdict = f"REVOKED ({revoked[0][1]})"

@@ -41,6 +41,7 @@ from probes.domain.dnsbl import ListingCache
 from probes.recorder import Masker
 from probes.tls.hygiene import CRLCache, OCSPCache
 from probes.tls.legacy import LegacyCache
+from probes.tls.scanning import ScanCache
 from probes.wire.net import clear_contexts
 from probes.wire.slots import ServerSlots
 
@@ -83,7 +84,11 @@ class Daemon:
                 web.get(
                     "/probe",
                     probe_handler(
-                        self._modules, self._masker, controls=self._probe_rules, slots=lambda: self.slots
+                        self._modules,
+                        self._masker,
+                        controls=self._probe_rules,
+                        slots=lambda: self.slots,
+                        scans=lambda: self.runner.scans if self.runner is not None else None,
                     ),
                 ),
                 web.post("/-/reload", self._http_reload),
@@ -131,6 +136,7 @@ class Daemon:
             else Ledger(state / "ledger.json", health=self.health)
         )
         legacy = self.runner.legacy if self.runner is not None else LegacyCache()
+        scans = self.runner.scans if self.runner is not None else ScanCache()  # a scan is a dozen hellos
         ocsp = self.runner.ocsp if self.runner is not None else OCSPCache()  # answers kept until nextUpdate
         crl = self.runner.crl if self.runner is not None else CRLCache()
         return Runner(
@@ -142,6 +148,7 @@ class Daemon:
             history=self.history,
             slots=self.slots,  # one limiter for the daemon's life: sessions in flight span reloads
             legacy=legacy,
+            scans=scans,
             ocsp=ocsp,
             crl=crl,
             dnsbl=self.runner.dnsbl if self.runner is not None else ListingCache(),  # kept across reloads

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from probes.recorder import Masker, Recorder
     from probes.tls.hygiene import CRLCache, OCSPCache
     from probes.tls.legacy import LegacyCache
+    from probes.tls.scanning import ScanCache
     from probes.wire.net import Endpoint
     from probes.wire.slots import ServerSlots
 
@@ -50,6 +51,7 @@ class RunEnv(Protocol):
     masker: Masker
     slots: ServerSlots
     legacy: LegacyCache
+    scans: ScanCache
     ocsp: OCSPCache
     crl: CRLCache
     dnsbl: ListingCache

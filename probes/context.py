@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from probes.recorder import Recorder
     from probes.tls.hygiene import CRLCache, OCSPCache
     from probes.tls.legacy import LegacyCache
+    from probes.tls.scanning import ScanCache
     from probes.wire.slots import ServerSlots
 
 
@@ -25,5 +26,6 @@ class ProbeContext:
     ocsp: OCSPCache | None = None  # OCSP answers until nextUpdate
     crl: CRLCache | None = None  # CRL verdicts until nextUpdate
     legacy: LegacyCache | None = None  # legacy TLS answers per endpoint
+    scans: ScanCache | None = None  # TLS scans per endpoint (issue 21), for settings that bring none
     dnsbl: ListingCache | None = None  # DNSBL answers
     debug: bool = False  # the whole dialogue is wanted

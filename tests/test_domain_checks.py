@@ -649,6 +649,7 @@ async def test_probe_domain_report(world: World, https: int) -> None:
     assert "  MTA-STS policy: mode enforce, max_age 604800, MX uncovered: none" in text
     assert "    must refuse open_relay: ACCEPTED (250 at RCPT)" in text
     assert "    DANE present yes  dnssec secure  matches yes  rollover ready yes" in text
+    assert "    scan       not checked (scan off): SSLv2/SSLv3, weak cipher classes" in text  # never "fine"
     assert text.splitlines()[-1].startswith("verdict: FAIL (")
     # the DNSBL reason is in the dialogue (logs), never in the report's fixed words
     assert any("listed: test entry" in line for line in rec.transcript or [])
@@ -796,6 +797,12 @@ async def test_domain_check_runner_metrics(world: World, https: int, tmp_path: P
         assert (
             v("mailcanary_domain_mx_cert_ocsp_status", **labels, status="good") is None
         )  # no AIA: not asked
+        # the TLS scan of each MX address (issue 21; scan is on by default)
+        assert v("mailcanary_domain_mx_protocol_accepted", **labels, version="TLSv1.3") == 1
+        assert v("mailcanary_domain_mx_protocol_accepted", **labels, version="SSLv3") == 0
+        assert v("mailcanary_domain_mx_cipher_class_accepted", **labels, **{"class": "export"}) == 0
+        assert (v("mailcanary_domain_mx_scan_connections", **labels) or 0) > 0
+        assert v("mailcanary_domain_mx_scan_checked_timestamp_seconds", **labels) is not None
     assert v("mailcanary_domain_dane_rollover_ready", **mx1) == 1
     assert v("mailcanary_domain_mx_cert_verify_error_info", **mx2, reason="hostname_mismatch") == 1
     assert v("mailcanary_domain_mx_cert_verify_error_info", **mx1, reason="hostname_mismatch") is None

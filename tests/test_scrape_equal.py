@@ -118,6 +118,23 @@ ADDED_SINCE_GOLDEN = (
     'mailcanary_config_probes{kind="reports"}',
     "mailcanary_heartbeat_",  # issue 22: heartbeats (their families render headers even with none)
     'mailcanary_config_probes{kind="heartbeats"}',
+    *(  # issue 21: the TLS scan (each documented in docs/metrics.md)
+        f"mailcanary_tls_{n}"
+        for n in (
+            "protocol_accepted",
+            "cipher_class_accepted",
+            "forward_secrecy",
+            "preferred_cipher_info",
+            "dh_group_bits",
+            "tls13_group_info",
+            "secure_renegotiation",
+            "compression",
+            "chain_",  # complete, ordered, superfluous_certs
+            "ocsp_stapled",
+            "ocsp_staple_status",
+            "scan_",  # checked_timestamp_seconds, connections, unknown
+        )
+    ),
 )
 
 

@@ -30,6 +30,7 @@ from probes.canary import PROBE_NAME_RE
 from probes.receipt.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.receipt.verdict import Preset
 from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
+from probes.tls.scanning import SCAN_STEPS
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
 
@@ -39,6 +40,8 @@ def _duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+# How long a TLS scan is reused: a scan is a dozen connections, and mail servers rate-limit them.
+ScanRecheck = Annotated[float, BeforeValidator(_duration), Field(ge=60)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 TLSModeName = Literal["implicit", "starttls", "none"]
 
@@ -136,6 +139,9 @@ class EndpointConfig(Model):
     allow_plaintext_auth: bool = False
     oauth: OAuthConfig | None = None
     max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
+    # The TLS scan of this side (probes.tls.scan): after the run, outside its time, once per scan_recheck.
+    scan: bool = True
+    scan_recheck: ScanRecheck = 86400.0
 
     @model_validator(mode="after")
     def _auth(self) -> Self:
@@ -357,6 +363,8 @@ class TLSCheckConfig(Model):
     timeout: Duration = 10.0
     check_legacy: bool = True
     legacy_recheck: Duration = 86400.0  # legacy TLS answers are tested again after this (or a new cert)
+    scan: bool = True  # the TLS scan (protocols, weak classes, FS, chain, stapling): a dozen hellos
+    scan_recheck: ScanRecheck = 86400.0  # scanned again after this (or a new certificate)
     helo: str | None = None
     max_sessions: int | None = Field(default=None, ge=1, le=10000)  # this server: default global.max_sessions
 
@@ -422,6 +430,8 @@ class DomainCheckConfig(Model):
     source_address: str | list[str] | None = None
     helo: str | None = None
     check_legacy: bool = True
+    scan: bool = True  # the TLS scan of every MX address (a dozen hellos each, once per scan_recheck)
+    scan_recheck: ScanRecheck = 86400.0
     check_dane: bool = True
     check_mta_sts: bool = True
     mta_sts_port: Port = 443
@@ -518,6 +528,7 @@ class DomainCheckConfig(Model):
         # 9: the TLS audit (connect, dialogue, verified + permissive + unverified handshakes, two legacy
         # ones), the chain, MAIL FROM before TLS
         per_address = 9 + (3 * 4 if self.must_refuse.enabled else 0) + len(self.dnsbl_zones) + 3
+        per_address += SCAN_STEPS if self.scan else 0  # the TLS scan's own time bound
         return 4 + rounds * per_address
 
 
@@ -529,6 +540,8 @@ class ModuleConfig(Model):
     tls_config: TLSConfig = TLSConfig()
     timeout: Duration = 10.0
     check_legacy: bool = True
+    scan: bool = False  # opt in: the TLS scan of the target (a dozen hellos; remembered per target)
+    scan_recheck: ScanRecheck = 86400.0
     helo: str | None = None
 
 

@@ -13,11 +13,14 @@ from exporter.run.results import DOMAIN_OUTCOMES
 from probes.context import ProbeContext
 from probes.domain.mx import MXCheckSettings
 from probes.domain.probe import DomainReport, DomainSettings, probe_domain, render_report
+from probes.tls.scanning import ScanCache
 from probes.wire.dns import DNSSettings
 from probes.wire.slots import ServerSlots
 
 
-def domain_settings(check: DomainCheckConfig, slots: ServerSlots | None = None) -> DomainSettings:
+def domain_settings(
+    check: DomainCheckConfig, slots: ServerSlots | None = None, scans: ScanCache | None = None
+) -> DomainSettings:
     """A domain_checks entry as the probe library's settings."""
     refuse = check.must_refuse
     return DomainSettings(
@@ -32,6 +35,9 @@ def domain_settings(check: DomainCheckConfig, slots: ServerSlots | None = None) 
             source_address=check.source_addresses,
             check_plain_mail_from=refuse.enabled and refuse.mail_from_before_tls,
             slots=slots,
+            scan=check.scan,
+            scan_cache=scans,
+            scan_recheck=check.scan_recheck,
         ),
         max_hosts=check.max_mx,
         max_addresses=check.max_addresses,
@@ -97,7 +103,7 @@ KIND = Kind(
     name="domain",
     section="domain_checks",
     model=DomainCheckConfig,
-    settings=lambda check, env: domain_settings(check, env.slots),
+    settings=lambda check, env: domain_settings(check, env.slots, env.scans),
     probe=probe,
     deadline=_deadline,
     outcomes=DOMAIN_OUTCOMES,

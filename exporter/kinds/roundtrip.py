@@ -32,11 +32,12 @@ from probes.roundtrip import (
     SyncSettings,
     probe_roundtrip,
 )
-from probes.tls.audit import TLSCheckSettings, probe_tls
+from probes.tls.audit import TLSCheckSettings, probe_tls, scan_key, scan_step
+from probes.tls.scanning import SCAN_STEPS
 from probes.wire.dns import DNSSettings
 from probes.wire.framing import ReadLimits
 from probes.wire.net import Endpoint
-from probes.wire.slots import ServerSlots
+from probes.wire.slots import ServerSlots, maybe_session
 
 log = structlog.get_logger("mailcanary.runner")
 
@@ -145,7 +146,7 @@ def judge(value: RoundTripResult | None, reason: str, message: str) -> Verdict:
 class RoundTripRun:
     """One run's ledger work around the probe: begin (which canaries count late), the write-ahead
     record of each canary, and one settling transaction at the end, which runs even if the run is
-    cancelled; then a TLS second look and the sender's DNSBL."""
+    cancelled; then a TLS second look, the sender's DNSBL and the TLS scan of each side."""
 
     def __init__(self, probe: RoundTripConfig, env: RunEnv, ctx: ProbeContext) -> None:
         self.probe, self.env, self.ctx = probe, env, ctx
@@ -172,6 +173,7 @@ class RoundTripRun:
         self.settled = True  # from here on the ledger operation is queued: it runs even if we are cancelled
         late, swept, lost, outstanding = await self._settle(rec)
         listings, spent = await self._sender_dnsbl(reason, rec)
+        spent += await self._scan_sides(rec)
         return Settled(late, swept, lost, outstanding, listings, spent)
 
     async def cancelled(self) -> None:
@@ -205,6 +207,45 @@ class RoundTripRun:
         except (ProbeError, TimeoutError):
             pass  # whatever was learnt is in scratch.tls
         rec.tls.update(scratch.tls)
+
+    async def _scan_sides(self, rec: Recorder) -> float:
+        """The TLS scan of each side this run secured (``scan: true``): the remembered one while fresh
+        (no connection), else a new one through the session slots. Outside the run's time and phases
+        (returns the seconds it took), in its own time bound, and it never changes the run's outcome."""
+        t0 = time.monotonic()
+        probe = self.probe
+        sides = [("smtp", probe.smtp, "smtp"), ("receive", probe.receive, probe.receive.protocol)]
+        for _, side, protocol in sides:
+            endpoint = endpoint_of(side, protocol)
+            facts = rec.tls.get(endpoint.address)
+            if not side.scan or side.tls == "none" or facts is None:
+                continue  # not asked, no TLS, or the run never reached this side's TLS
+            settings = TLSCheckSettings(
+                endpoint=endpoint,
+                protocol=protocol,
+                timeout=side.timeout,
+                check_legacy=False,  # the round trip never tested legacy versions: not now either
+                helo_name=getattr(side, "helo", None),
+                slots=self.env.slots,
+                scan=True,
+                scan_cache=self.env.scans,
+                scan_recheck=side.scan_recheck,
+            )
+            # Its phases (queue, tls_scan) are not the run's; its dialogue is shown with --debug only
+            # (a failed run's kept dialogue must end with the failure, not with a dozen hellos).
+            transcript = rec.transcript if self.ctx.debug else None
+            scratch = Recorder(masker=rec.masker, transcript=transcript, clock=rec.clock)
+            try:
+                async with asyncio.timeout(side.timeout * (SCAN_STEPS + 1)):
+                    fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
+                    if self.env.scans.fresh(scan_key(settings), fingerprint, side.scan_recheck):
+                        await scan_step(settings, facts, scratch)  # remembered: no session needed
+                    else:
+                        async with maybe_session(self.env.slots, endpoint, protocol, scratch):
+                            await scan_step(settings, facts, scratch)
+            except (ProbeError, TimeoutError) as exc:  # no slot in time: this run shows no scan
+                log.info("tls_scan_skipped", probe=probe.name, endpoint=endpoint.address, reason=str(exc))
+        return time.monotonic() - t0
 
     async def _settle(self, rec: Recorder) -> tuple[int, int, int, int]:
         """One ledger transaction at the end of a run: (late, swept, lost, outstanding)."""

@@ -4,6 +4,7 @@ same audit against a target its caller names (``TARGET``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from prometheus_client.core import Metric
@@ -17,10 +18,12 @@ from probes.context import ProbeContext
 from probes.recorder import Recorder
 from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
 from probes.tls.legacy import LegacyCache
+from probes.tls.scanning import SCAN_STEPS, ScanCache
 from probes.wire.net import Endpoint
 from probes.wire.slots import ServerSlots
 
 STEPS = 7  # connect, dialogue, verified + permissive verified + unverified handshakes, two legacy ones
+# With the scan on, the run gets SCAN_STEPS more step timeouts: the scan's own bound (probes.tls.scanning).
 
 
 def tls_check_settings(
@@ -29,6 +32,7 @@ def tls_check_settings(
     port: int | None,
     slots: ServerSlots | None = None,
     legacy: LegacyCache | None = None,
+    scans: ScanCache | None = None,
 ) -> TLSCheckSettings:
     if port is None:
         port = default_port(check.protocol, check.tls)
@@ -48,6 +52,9 @@ def tls_check_settings(
         slots=slots,
         legacy_cache=legacy,
         legacy_recheck=getattr(check, "legacy_recheck", 0.0),
+        scan=check.scan,
+        scan_cache=scans,
+        scan_recheck=check.scan_recheck,
     )
 
 
@@ -81,7 +88,10 @@ def outcome_message(facts: TLSFacts, reason: str) -> str:
 
 
 async def probe(settings: TLSCheckSettings, ctx: ProbeContext) -> TLSFacts:
-    """The one probe signature over the library's audit."""
+    """The one probe signature over the library's audit; scans are remembered in ``ctx.scans`` when the
+    settings bring no cache of their own (``/probe``)."""
+    if settings.scan and settings.scan_cache is None and ctx.scans is not None:
+        settings = dataclasses.replace(settings, scan_cache=ctx.scans)
     return await probe_tls(settings, ctx.recorder)
 
 
@@ -130,14 +140,16 @@ def _sessions(check: TLSCheckConfig) -> list[tuple[Endpoint, str, int | None]]:
 
 
 def _deadline(check: TLSCheckConfig, cfg: Config) -> float:
-    return check.timeout * STEPS
+    return check.timeout * (STEPS + (SCAN_STEPS if check.scan else 0))
 
 
 KIND = Kind(
     name="tls",
     section="tls_checks",
     model=TLSCheckConfig,
-    settings=lambda check, env: tls_check_settings(check, check.host, check.port, env.slots, env.legacy),
+    settings=lambda check, env: tls_check_settings(
+        check, check.host, check.port, env.slots, env.legacy, env.scans
+    ),
     probe=probe,
     deadline=_deadline,
     outcomes=TLS_OUTCOMES,

@@ -16,7 +16,7 @@ from prometheus_client.core import Metric
 
 from exporter.metrics.family import NONE, FamilySpec, Samples, each, flag, gauge, info, render, value
 from exporter.metrics.run import run_families
-from exporter.metrics.tls import legacy_accepted, verified, verify_error
+from exporter.metrics.tls import legacy_accepted, scan_specs, verified, verify_error
 from exporter.run.results import DOMAIN_OUTCOMES, ProbeStats
 from probes.domain.mtasts import Policy, mx_covered
 from probes.domain.mx import MXResolution, resolution_dnssec
@@ -365,6 +365,16 @@ ADDRESS_SPECS: list[FamilySpec[MXAddressResult]] = [
 ]
 
 
+@cache
+def address_scan_specs() -> tuple[FamilySpec[MXAddressResult], ...]:
+    """The TLS scan's families (exporter.metrics.tls.scan_specs) per MX address:
+    ``mailcanary_domain_mx_protocol_accepted`` and the rest, absent for an address that did not answer."""
+    return tuple(
+        FamilySpec(spec.name, spec.type, spec.help, _tls(spec.samples), spec.labels)
+        for spec in scan_specs("mailcanary_domain_mx_")
+    )
+
+
 def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metric]:
     """Every ``mailcanary_domain_*`` fact family for ``rows`` of (probe name, last report): the findings,
     then (only for a report whose MX resolution succeeded) :data:`DOMAIN_SPECS`, :data:`ADDRESS_SPECS`
@@ -379,5 +389,6 @@ def domain_fact_families(rows: Iterable[tuple[str, DomainReport]]) -> list[Metri
         *render([FINDINGS], reports, dl),
         *render(DOMAIN_SPECS, resolved, dl),
         *render(ADDRESS_SPECS, addresses, al),
+        *render(address_scan_specs(), addresses, al),
         *render(hygiene_specs("mailcanary_domain_mx_"), hygiene, al),
     ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import cache
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from exporter.metrics.family import NONE, FamilySpec, Samples, flag, gauge, info, render, value
+from exporter.metrics.family import NONE, FamilySpec, Samples, flag, gauge, info, one_of, render, value
 from exporter.metrics.run import run_families
 from exporter.run.results import TLS_OUTCOMES, ProbeStats
 from probes.tls.audit import LEGACY_VERSIONS, TLSFacts, openssl_offers
+from probes.tls.scan import INFO_CLASSES, PROTOCOLS, WEAK_CLASSES, ScanFacts
+from probes.tls.scanning import SCAN_FACTS, STAPLE_STATUSES, unknown_facts
 
 # blackbox_exporter spells versions the Go way; /probe answers as it does, /metrics the OpenSSL way.
 BLACKBOX_VERSIONS = {"TLSv1": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2", "TLSv1.3": "TLS 1.3"}
@@ -34,6 +37,137 @@ def verify_error(f: TLSFacts) -> Samples:
 
 def legacy_accepted(f: TLSFacts) -> Samples:
     return [((name,), _bool(ok)) for name, ok in f.legacy.items() if ok is not None]
+
+
+def _scanned(samples: Callable[[ScanFacts], Samples]) -> Callable[[TLSFacts], Samples]:
+    """Samples of the endpoint's scan: none when it was not scanned (scan off, or not yet)."""
+    return lambda f: NONE if f.scan is None or f.scan.checked_at is None else samples(f.scan)
+
+
+def _checked(samples: Callable[[TLSFacts], Samples]) -> Callable[[TLSFacts], Samples]:
+    """Facts the audit derives from the scan: none without a scan."""
+    return lambda f: NONE if f.scan is None or f.scan.checked_at is None else samples(f)
+
+
+def _known(values: dict[str, bool | None], names: Iterable[str]) -> Samples:
+    """1/0 for each name of a fixed set whose answer is known; an unknown one has no sample."""
+    return [((n,), _bool(v)) for n in names if (v := values.get(n)) is not None]
+
+
+def _unknown(f: TLSFacts) -> Samples:
+    unknown = set(unknown_facts(f))
+    return [((n,), _bool(n in unknown)) for n in SCAN_FACTS]
+
+
+@cache
+def scan_specs(prefix: str) -> tuple[FamilySpec[TLSFacts], ...]:
+    """``<prefix>*`` families of the scan (issue 21): the same facts for every endpoint
+    (``mailcanary_tls_``) and for each MX address of a domain check (``mailcanary_domain_mx_``). Every
+    fact is absent while unknown, and ``scan_unknown`` says which; ``scan_checked_timestamp_seconds``
+    is the time of the scan they all come from."""
+
+    def g(name: str, doc: str, samples: Callable[[TLSFacts], Samples], *extra: str) -> FamilySpec[TLSFacts]:
+        return gauge(f"{prefix}{name}", doc, samples, *extra)
+
+    return (
+        g(
+            "protocol_accepted",
+            "1 if the server chose this version for a hello offering only it (SSLv2 ... TLSv1.3), 0 if it "
+            "refused; absent when unknown.",
+            _scanned(lambda s: _known(s.protocols, PROTOCOLS)),
+            "version",
+        ),
+        g(
+            "cipher_class_accepted",
+            "1 if the server chose a suite of this class (null, anon, export, rc4, 3des; cbc_only and "
+            "sha1_mac informational), 0 if it refused all of them; absent when unknown.",
+            _scanned(lambda s: _known(s.classes, (*WEAK_CLASSES, *INFO_CLASSES))),
+            "class",
+        ),
+        g(
+            "forward_secrecy",
+            "1 if no suite without forward secrecy (static RSA/DH key exchange) was accepted, 0 if one "
+            "was; absent when unknown.",
+            _scanned(lambda s: NONE if s.non_fs is None else flag(not s.non_fs)),
+        ),
+        g(
+            "preferred_cipher_info",
+            "The suite the server chose at each version it accepts, from our full offer (IANA name).",
+            _scanned(lambda s: [((v, s.preferred[v]), 1) for v in PROTOCOLS if s.preferred.get(v)]),
+            "version",
+            "cipher",
+        ),
+        g(
+            "dh_group_bits",
+            "Size of the finite-field DHE group the server sends, where it accepts DHE.",
+            _scanned(lambda s: value(s.dh_bits)),
+        ),
+        g(
+            "tls13_group_info",
+            "The key-share group the server chose in TLS 1.3.",
+            _scanned(lambda s: info(s.tls13_group)),
+            "group",
+        ),
+        g(
+            "secure_renegotiation",
+            "1 if the server supports RFC 5746 secure renegotiation (renegotiation_info), 0 if not.",
+            _scanned(lambda s: flag(s.secure_renegotiation)),
+        ),
+        g(
+            "compression",
+            "1 if the server chose TLS compression (CRIME), 0 if not.",
+            _scanned(lambda s: flag(s.compression)),
+        ),
+        g(
+            "chain_complete",
+            "1 if the served chain reaches a trust anchor without fetching an intermediate (AIA).",
+            _checked(lambda f: flag(f.chain_complete)),
+        ),
+        g(
+            "chain_ordered",
+            "1 if each served certificate is followed by its issuer, 0 if they are out of order.",
+            _checked(lambda f: flag(f.chain_ordered)),
+        ),
+        g(
+            "chain_superfluous_certs",
+            "Certificates served that the path to the trust anchor does not use.",
+            _checked(lambda f: value(f.chain_superfluous)),
+        ),
+        g(
+            "chain_anchor_sent",
+            "1 if the served chain includes the trust anchor (root) itself: allowed, wasted bytes.",
+            _checked(lambda f: flag(f.chain_anchor_sent)),
+        ),
+        g(
+            "ocsp_stapled",
+            "1 if the server stapled an OCSP response when asked (status_request), 0 if not.",
+            _scanned(lambda s: flag(s.stapled)),
+        ),
+        g(
+            "ocsp_staple_status",
+            "1 for what the stapled OCSP response says (good, revoked, unknown, stale, invalid), 0 for the "
+            "others; absent when nothing was stapled.",
+            _checked(lambda f: one_of(f.ocsp_staple_status, STAPLE_STATUSES)),
+            "status",
+        ),
+        g(
+            "scan_checked_timestamp_seconds",
+            "When the scan these facts come from was made (scans are reused for scan_recheck).",
+            _scanned(lambda s: value(s.checked_at)),
+        ),
+        g(
+            "scan_connections",
+            "Connections that scan opened (its cost to the server).",
+            _scanned(lambda s: value(s.connections)),
+        ),
+        g(
+            "scan_unknown",
+            "1 for each fact the scan could not tell (a 421, a refused or failed connection, a timeout, "
+            "a reply we could not read), 0 for each it told.",
+            _checked(_unknown),
+            "fact",
+        ),
+    )
 
 
 # mailcanary_tls_*: rows of (label values, facts); empty facts render nothing.
@@ -96,8 +230,8 @@ SPECS: list[FamilySpec[TLSFacts]] = [
 
 
 def tls_families(rows: Iterable[tuple[Sequence[str], TLSFacts]], labels: Sequence[str]) -> Iterator[Metric]:
-    """The :data:`SPECS` families for ``rows`` of (label values, facts)."""
-    yield from render(SPECS, rows, labels)
+    """The :data:`SPECS` and scan families for ``rows`` of (label values, facts)."""
+    yield from render([*SPECS, *scan_specs("mailcanary_tls_")], rows, labels)
 
 
 def legacy_testable() -> GaugeMetricFamily:

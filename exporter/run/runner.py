@@ -26,6 +26,7 @@ from probes.recorder import Masker, ReceiverFacts, Recorder
 from probes.tls.audit import TLSFacts
 from probes.tls.hygiene import CRLCache, Hygiene, OCSPCache, chain_hygiene
 from probes.tls.legacy import LegacyCache
+from probes.tls.scanning import ScanCache
 from probes.wire.net import Endpoint
 from probes.wire.slots import ServerSlots, deadline_extender
 
@@ -125,6 +126,7 @@ class Runner:
     history: History | None = None  # the status page's recent runs and failed dialogues
     slots: ServerSlots = field(default_factory=ServerSlots)  # shared across reloads: sessions in flight
     legacy: LegacyCache = field(default_factory=LegacyCache)  # legacy TLS answers, kept across reloads
+    scans: ScanCache = field(default_factory=ScanCache)  # TLS scans per endpoint, kept across reloads
     ocsp: OCSPCache = field(default_factory=OCSPCache)  # OCSP answers until nextUpdate, kept across reloads
     crl: CRLCache = field(default_factory=CRLCache)  # CRL verdicts until nextUpdate, kept across reloads
     dnsbl: ListingCache = field(default_factory=ListingCache)  # sending-IP DNSBL answers, for cache_for
@@ -235,6 +237,7 @@ class Runner:
             ocsp=self.ocsp,
             crl=self.crl,
             legacy=self.legacy,
+            scans=self.scans,
             dnsbl=self.dnsbl,
             debug=debug,
         )

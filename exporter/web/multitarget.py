@@ -21,6 +21,7 @@ from exporter.web.server import render
 from probes.context import ProbeContext
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
+from probes.tls.scanning import SCAN_STEPS, ScanCache
 from probes.wire.slots import QueueTimeout, ServerSlots
 
 SCRAPE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus' scrape timeout to answer in time
@@ -76,9 +77,11 @@ def probe_handler(
     *,
     controls: Callable[[], ProbeEndpointConfig] = ProbeEndpointConfig,
     slots: Callable[[], ServerSlots | None] = lambda: None,
+    scans: Callable[[], ScanCache | None] = lambda: None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The /probe handler. ``controls`` (the config's ``probe_endpoint``) can turn it off, cap how many
-    run at once and restrict targets and modules: /probe connects wherever its caller says (SSRF)."""
+    run at once and restrict targets and modules: /probe connects wherever its caller says (SSRF).
+    ``scans`` remembers TLS scans per target (a module with ``scan: true``), as the daemon's checks do."""
     running = 0
 
     async def handle(request: web.Request) -> web.Response:
@@ -113,7 +116,9 @@ def probe_handler(
             )
         running += 1
         try:
-            return await _probe(request, kind, kind.target, available[name], host, port, masker(), slots())
+            return await _probe(
+                request, kind, kind.target, available[name], host, port, masker(), slots(), scans()
+            )
         finally:
             running -= 1
 
@@ -129,9 +134,11 @@ async def _probe(
     port: int | None,
     masker: Masker,
     slots: ServerSlots | None,
+    scans: ScanCache | None = None,
 ) -> web.Response:
     """One run of the named target, rendered as blackbox_exporter-style series."""
-    deadline = module.timeout * target.steps
+    # A module with scan: true may scan the target (remembered per target): its own time on top.
+    deadline = module.timeout * (target.steps + (SCAN_STEPS if module.scan else 0))
     header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     if header:
         try:
@@ -145,7 +152,8 @@ async def _probe(
     value: object = None
     try:
         async with asyncio.timeout(deadline):
-            value = await kind.probe(settings, ProbeContext(recorder=rec, slots=slots, debug=debug))
+            ctx = ProbeContext(recorder=rec, slots=slots, scans=scans, debug=debug)
+            value = await kind.probe(settings, ctx)
     except QueueTimeout as exc:
         # Our own session limit, not the target: a failed scrape, never a false probe_success 0.
         return web.Response(status=503, text=f"{exc.message}\n", headers={"Retry-After": "1"})

@@ -2,8 +2,9 @@
 
 Every probe with its last outcome, reason and age, and its kind's result cell (a round trip's
 delivery; each kind declares its own: :attr:`exporter.registry.Kind.status`); delivery latency of recent
-runs as a small SVG sparkline; the last run's phases as one bar; certificate expiry per endpoint; the
-recent failed runs with their masked dialogue (exporter.run.history); a form for ``/probe`` (with
+runs as a small SVG sparkline; the last run's phases as one bar; certificate expiry per endpoint; what
+each endpoint's TLS scan found (probes.tls.summary: unknown and unscanned said as such); the recent
+failed runs with their masked dialogue (exporter.run.history); a form for ``/probe`` (with
 ``debug=true``). Everything shown comes from data the exporter already holds (ResultStore snapshot,
 History, ExporterState); every value is HTML-escaped, and dialogues and messages were masked by the
 runner before they got here.
@@ -22,6 +23,9 @@ from exporter.metrics.collector import ExporterState
 from exporter.run.history import FAILURES_KEPT, Failure, History, Point
 from exporter.run.results import ProbeStats
 from exporter.run.runner import revocations
+from probes.tls import summary
+from probes.tls.audit import TLSFacts
+from probes.tls.scan import PROTOCOLS, WEAK_CLASSES
 
 PHASE_COLOURS = ("#4e79a7", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 
@@ -169,6 +173,68 @@ def _cert_rows(snap: Mapping[str, ProbeStats], now: float) -> str:
     return "".join(rows)
 
 
+def _listed(values: Mapping[str, bool | None], names: Sequence[str], bad: Sequence[str]) -> str:
+    """The names answered yes (those in ``bad`` in red), then the unknown ones, muted."""
+    yes = [
+        f'<span class="{"fail" if n in bad else "ok"}">{escape(summary.CLASS_NAMES.get(n, n))}</span>'
+        for n in names
+        if values.get(n)
+    ]
+    unknown = [escape(summary.CLASS_NAMES.get(n, n)) for n in names if values.get(n) is None]
+    text = " ".join(yes) or '<span class="ok">none</span>'
+    return text + (f' <span class="muted">(unknown: {", ".join(unknown)})</span>' if unknown else "")
+
+
+def _flag(v: bool | None, good: str, bad: str) -> str:
+    if v is None:
+        return '<span class="muted">unknown</span>'
+    return f'<span class="ok">{good}</span>' if v else f'<span class="fail">{bad}</span>'
+
+
+def _scan_cells(f: TLSFacts, now: float) -> str:
+    s = f.scan
+    if s is None or s.checked_at is None:
+        why = "not checked (scan off)" if s is None else "not scanned yet"
+        return f'<td colspan="7" class="muted">{why}</td>'
+    chain = (
+        '<span class="muted">unknown</span>'
+        if f.chain_complete is None
+        else _flag(f.chain_complete, "complete", "incomplete")
+        + ("" if f.chain_ordered is not False else ' <span class="fail">misordered</span>')
+    )
+    staple = (
+        '<span class="muted">unknown</span>'
+        if s.stapled is None
+        else "not stapled"
+        if not s.stapled
+        else f'<span class="{"fail" if f.ocsp_staple_status == "revoked" else "ok"}">'
+        f"{escape(f.ocsp_staple_status or 'stapled')}</span>"
+    )
+    fs = _flag(None if s.non_fs is None else not s.non_fs, "yes", "no")
+    return (
+        f"<td>{_listed(s.protocols, PROTOCOLS, ('SSLv2', 'SSLv3', 'TLSv1', 'TLSv1.1'))}</td>"
+        f"<td>{_listed(s.classes, WEAK_CLASSES, WEAK_CLASSES)}</td><td>{fs}</td><td>{chain}</td>"
+        f"<td>{staple}</td>"
+        f'<td class="num">{_age(max(now - s.checked_at, 0))}</td><td class="num">{s.connections}</td>'
+    )
+
+
+def _scan_rows(snap: Mapping[str, ProbeStats], now: float) -> str:
+    """One row per endpoint with its TLS scan: what it accepts; unknown and unchecked said as such."""
+    rows = []
+    for name in sorted(snap):
+        for endpoint, facts in sorted(snap[name].tls.items()):
+            found = summary.findings(facts)
+            rows.append(
+                f'<tr class="scan" data-probe="{escape(name)}" data-endpoint="{escape(endpoint)}" '
+                f'data-findings="{len(found)}"><td>{escape(name)}</td><td>{escape(endpoint)}</td>'
+                f"{_scan_cells(facts, now)}</tr>"
+            )
+    if not rows:
+        return '<tr><td colspan="9" class="muted">no TLS endpoint seen yet</td></tr>'
+    return "".join(rows)
+
+
 def _failures(failures: Sequence[Failure]) -> str:
     if not failures:
         return f'<p class="muted">No failed run kept (the last {FAILURES_KEPT} are kept here).</p>'
@@ -237,6 +303,10 @@ def render_status(
         '<h2>Certificates</h2><table id="certificates"><thead><tr><th>probe</th><th>endpoint</th>'
         "<th>protocol</th><th>days left</th><th>earliest expiry</th><th>verified</th><th>TLS</th></tr>"
         f"</thead><tbody>{_cert_rows(snap, now)}</tbody></table>"
+        '<h2>TLS scan</h2><table id="tls-scan"><thead><tr><th>probe</th><th>endpoint</th>'
+        "<th>protocols accepted</th><th>weak classes accepted</th><th>forward secrecy</th><th>chain</th>"
+        "<th>OCSP staple</th><th>scanned</th><th>connections</th></tr>"
+        f"</thead><tbody>{_scan_rows(snap, now)}</tbody></table>"
         f'<h2>Recent failures</h2><div id="failures">{_failures(history.failures())}</div>'
         '<h2 id="probe">/probe</h2><p>One TLS check of any target, as Prometheus would scrape it; with '
         "debug the answer is the masked dialogue and the metrics as text.</p>"

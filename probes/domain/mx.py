@@ -24,6 +24,8 @@ from probes.clients.smtp import SMTPSettings, open_session
 from probes.errors import ProbeError, never_answered
 from probes.recorder import Recorder
 from probes.tls.audit import TLSCheckSettings, TLSFacts, probe_tls
+from probes.tls.scan import DEFAULT_RESCAN
+from probes.tls.scanning import ScanCache
 from probes.wire.certs import presented_chain
 from probes.wire.dns import DNSError, DNSSECStatus, DNSSettings, addresses, query, weakest
 from probes.wire.net import Endpoint, TLSSettings, client_context, family_of, source_for
@@ -138,6 +140,9 @@ class MXCheckSettings:
     check_plain_mail_from: bool = False  # does the server refuse MAIL FROM before STARTTLS?
     mail_from: str = ""  # the envelope sender of that test ("" = the null sender <>)
     slots: ServerSlots | None = field(default=None, compare=False, repr=False)  # per-server session limits
+    scan: bool = False  # the TLS scan of each address (probes.tls.scan), in its audit
+    scan_cache: ScanCache | None = field(default=None, compare=False, repr=False)  # scans per address
+    scan_recheck: float = DEFAULT_RESCAN
 
 
 @dataclass
@@ -201,6 +206,9 @@ async def check_address(
         check_legacy=settings.check_legacy,
         helo_name=settings.helo_name,
         slots=settings.slots,  # the MX's smtpd count against the same limits as every other session
+        scan=settings.scan,
+        scan_cache=settings.scan_cache,
+        scan_recheck=settings.scan_recheck,
     )
     try:
         report.tls = await probe_tls(audit, scratch)

@@ -30,6 +30,7 @@ from probes.domain.mx import (
 )
 from probes.errors import ProbeError, never_answered
 from probes.recorder import Recorder
+from probes.tls import summary as tls_summary
 from probes.tls.hygiene import (
     CRLCache,
     CRLResult,
@@ -327,8 +328,9 @@ def _skipped_lines(a: MXAddressResult) -> list[str]:
     ]
 
 
-def render_report(report: DomainReport) -> str:
+def render_report(report: DomainReport, now: float | None = None) -> str:
     """Text for humans: domain-wide lines, then one block per MX address, then the verdict."""
+    now = time.time() if now is None else now
     lines = [f"domain {report.domain}"]
     res = report.resolution
     if res is None:
@@ -373,6 +375,10 @@ def render_report(report: DomainReport) -> str:
         lines.append(f"    certificate verified {verdict}  name matches {_yn(tls.hostname_match)}")
         if tls.handshake_refused is not None:
             lines.append(f"    refused by a client with today's defaults: {tls.handshake_refused}")
+        lines += tls_summary.summary(tls, now)  # the TLS scan, testssl-like ("not checked" when off)
+        found = tls_summary.findings(tls)
+        if found:
+            lines.append(f"    TLS scan findings: {'; '.join(found)}")
         if a.leaf is not None:
             lf = a.leaf
             lines.append(

@@ -1,6 +1,7 @@
 """The TLS audit of a mail endpoint (audit), its legacy-protocol scan (legacy), certificate-chain
 hygiene with revocation (hygiene: CRL, OCSP, key facts), the scan of what the endpoint accepts with
-ClientHellos of our own (scan, hello) and the served chain's facts (chain).
+ClientHellos of our own (scan, hello; remembered per endpoint and run as an audit step by scanning) and
+the served chain's facts (chain).
 """
 
 from probes.tls.audit import (
@@ -35,12 +36,12 @@ from probes.tls.scan import (
     DEFAULT_RESCAN,
     INFO_CLASSES,
     WEAK_CLASSES,
-    ScanCache,
     ScanFacts,
     scan,
     scan_key,
 )
 from probes.tls.scan import PROTOCOLS as SCAN_PROTOCOLS
+from probes.tls.scanning import ScanCache
 
 __all__ = [
     "CRL_STATUSES",

@@ -34,6 +34,8 @@ from probes.clients.smtp import SMTPSettings, open_session
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import Recorder
 from probes.tls.legacy import DEFAULT_RECHECK, LegacyCache
+from probes.tls.scan import DEFAULT_RESCAN, ScanFacts, scan, scan_key
+from probes.tls.scanning import SCAN_STEPS, ScanCache, apply_scan, failed_scan
 from probes.wire.certs import (
     LEGACY_VERSIONS,
     VERIFY_REASONS,
@@ -61,6 +63,7 @@ __all__ = [
     "CertInfo",
     "TLSCheckSettings",
     "TLSFacts",
+    "bounded_scan",
     "cert_info",
     "classify_verify_error",
     "earliest_expiry",
@@ -72,6 +75,8 @@ __all__ = [
     "pop3_auth_offered",
     "presented_chain",
     "probe_tls",
+    "scan_key",
+    "scan_step",
     "smtp_auth_offered",
 ]
 
@@ -96,6 +101,11 @@ class TLSCheckSettings:
     slots: ServerSlots | None = dataclasses.field(default=None, compare=False, repr=False)  # session limits
     legacy_cache: LegacyCache | None = dataclasses.field(default=None, compare=False, repr=False)
     legacy_recheck: float = DEFAULT_RECHECK  # with a cache: test legacy versions again after this long
+    # The scan (issue 21): protocols SSLv2..TLS 1.3, weak classes, FS, chain, stapling, by hellos of our
+    # own; off unless asked (the config turns it on). With it, TLS 1.0/1.1 answers come from the scan.
+    scan: bool = False
+    scan_cache: ScanCache | None = dataclasses.field(default=None, compare=False, repr=False)
+    scan_recheck: float = DEFAULT_RESCAN  # with a cache: scan again after this long (or a new cert)
 
 
 # ---- what a plain port offers before TLS (pure) -----------------------------------------------------
@@ -133,7 +143,7 @@ async def probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
 
 async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts:
     """Audit one endpoint; phases ``tls_connect`` (TCP and the dialogue before TLS), ``tls_handshake``
-    (STARTTLS and the verified handshake) and ``tls_legacy`` (all legacy handshakes).
+    (STARTTLS and the verified handshake), ``tls_legacy`` (all legacy handshakes) and ``tls_scan``.
 
     Raises :class:`ProbeError` with reason ``tls_connect`` (no connection, or no sane dialogue before
     TLS: a greeting that refuses, an SMTP ``421`` at any step, a later look turned away so), ``tls_handshake``
@@ -220,21 +230,22 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
         if facts.handshake_refused is not None:
             recorder.debug("tls:", f"refused by a client with today's defaults: {facts.handshake_refused}")
 
-    # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of.
-    if settings.check_legacy and facts.starttls_offered is not False:
-        cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
-        fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
-        known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
-        if known is not None:  # same certificate, answered recently: no more sessions for it
-            facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
-        else:
-            with recorder.phase("tls_legacy"):
-                for name, version in LEGACY_VERSIONS.items():
-                    facts.legacy[name] = await _accepts(settings, recorder, version)
-            facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
+    # 3. Does the server still accept legacy versions? Not asked if there is no TLS to speak of, nor
+    # when the scan (step 4) answers it with its own TLS 1.0/1.1 hellos.
+    if settings.check_legacy and not settings.scan and facts.starttls_offered is not False:
+        await _legacy_step(settings, facts, recorder)
         publish()
-        answers = {True: "accepted", False: "refused", None: "not tested"}
-        recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
+
+    # 4. The scan: what else the endpoint accepts (remembered; never fails the audit). Its TLS 1.0/1.1
+    # answers stand for the legacy handshakes; only a version it could not tell gets them (as in step 3).
+    if settings.scan and facts.starttls_offered is not False:
+        await scan_step(settings, facts, recorder)
+        publish()
+        if settings.check_legacy and any(v is None for v in facts.legacy.values()):
+            from_scan = dict(facts.legacy)
+            await _legacy_step(settings, facts, recorder)
+            facts.legacy = {n: a if a is not None else facts.legacy[n] for n, a in from_scan.items()}
+            publish()
 
     if not facts.handshake_ok:
         if facts.verify_reason is None:
@@ -253,6 +264,64 @@ async def _probe_tls(settings: TLSCheckSettings, recorder: Recorder) -> TLSFacts
             f"no TLS session with {ep.address}: {facts.error or 'handshake failed'}", reason="tls_handshake"
         )
     return facts
+
+
+async def scan_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recorder) -> bool:
+    """Fill ``facts.scan`` (and the legacy answers, when asked) from the endpoint's scan: the remembered
+    one while fresh, else a new one (phase ``tls_scan``) bounded by :data:`SCAN_STEPS` step timeouts.
+    Returns whether a new scan was made. Never raises a :class:`ProbeError`: a scan that fails or
+    overruns is a scan whose facts are unknown."""
+    key, fingerprint = scan_key(settings), facts.leaf.fingerprint_sha256 if facts.leaf else None
+
+    async def run() -> ScanFacts:  # the scanner records its own phase, tls_scan
+        return await bounded_scan(settings, recorder)
+
+    if settings.scan_cache is not None:
+        found, new = await settings.scan_cache.get(key, fingerprint, settings.scan_recheck, run)
+    else:
+        found, new = await run(), True
+    apply_scan(facts, found, legacy=settings.check_legacy, ca_file=settings.endpoint.tls.ca_file)
+    recorder.debug(
+        "tls:",
+        f"scan {'made' if new else 'remembered'}: {found.connections} connection(s)"
+        + (f", unknown: {', '.join(sorted(found.errors))}" if found.errors else ""),
+    )
+    return new
+
+
+async def _legacy_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recorder) -> None:
+    """One OpenSSL handshake pinned to each legacy version (phase ``tls_legacy``), or the answers the
+    legacy cache remembers for this certificate."""
+    ep = settings.endpoint
+    cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
+    fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
+    known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
+    if known is not None:  # same certificate, answered recently: no more sessions for it
+        facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
+    else:
+        with recorder.phase("tls_legacy"):
+            for name, version in LEGACY_VERSIONS.items():
+                facts.legacy[name] = await _accepts(settings, recorder, version)
+        facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
+    answers = {True: "accepted", False: "refused", None: "not tested"}
+    recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
+
+
+async def bounded_scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:
+    """:func:`probes.tls.scan.scan` within its own time; whatever goes wrong is an unknown scan. The
+    caller holds the endpoint's session slot (the audit's, or the round trip's for its scan): the scanner
+    is given none, so it does not wait for a second one."""
+    budget = settings.timeout * SCAN_STEPS
+    try:
+        async with asyncio.timeout(budget):
+            return await scan(dataclasses.replace(settings, slots=None), recorder)
+    except TimeoutError:
+        return failed_scan(f"no scan result within {budget:g}s")
+    except ProbeError as exc:
+        return failed_scan(f"{exc.reason}: {exc.message}")
+    except Exception as exc:  # a bug in the scanner must not fail the audit: unknown, and said loudly
+        recorder.debug("tls:", f"scan failed: {type(exc).__name__}: {exc}")
+        return failed_scan(f"internal: {type(exc).__name__}: {exc}")
 
 
 async def _look(settings: TLSCheckSettings, recorder: Recorder, context: ssl.SSLContext) -> TLSFacts:

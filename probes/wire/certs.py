@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
+    from probes.tls.scan import ScanFacts
     from probes.wire.net import Endpoint
 
 VERIFY_REASONS: Final[frozenset[str]] = frozenset(
@@ -87,6 +88,14 @@ class TLSFacts:
     verified: bool = False  # chain and name verified against the trust store (system or ca_file)
     verify_reason: str | None = None  # one of VERIFY_REASONS; None when verified
     hostname_match: bool | None = None  # None: no certificate seen
+    # The scan (probes.tls.scan, issue 21): what else the endpoint accepts, from hellos of our own; None
+    # when it was not scanned. It may be remembered from an earlier run: its own ``checked_at`` says when.
+    scan: ScanFacts | None = None
+    # The chain as the scan's hello saw it served (TLS <= 1.2 Certificate message); None: unknown.
+    chain_complete: bool | None = None  # reaches a trust anchor with what was sent (no AIA fetching)
+    chain_ordered: bool | None = None  # each certificate is followed by its issuer (RFC 5246 7.4.2)
+    chain_superfluous: int | None = None  # certificates sent that the path to the anchor does not use
+    chain_anchor_sent: bool | None = None  # the trust anchor itself was sent (allowed, useless)
     # True/False: the server did/did not complete a handshake pinned to that version. None: unknown —
     # not checked, or this machine's OpenSSL cannot offer the version (see openssl_offers); never a false 0.
     legacy: dict[str, bool | None] = field(default_factory=lambda: dict.fromkeys(LEGACY_VERSIONS))
@@ -97,7 +106,7 @@ class TLSFacts:
     # a permissive handshake completed, one line (e.g. "DH key too small"); None: not refused, or unknown.
     # The certificate is then judged on the permissive, still verifying handshake (issue 21).
     handshake_refused: str | None = None
-    # The OCSP response the server staples, judged: one of probes.tls.hygiene.OCSP_STATUSES; None: not
+    # The OCSP response the server staples, judged: one of probes.tls.chain.STAPLE_STATUSES; None: not
     # looked at (the scan fills it). "revoked" fails the check whatever the responder says.
     ocsp_staple_status: str | None = None
 

@@ -143,6 +143,9 @@ class PostfixInstance(Daemon):
             # Debian's default (>=TLSv1) accepts TLS 1.0/1.1: a healthy stack should not.
             "smtpd_tls_protocols": ">=TLSv1.2",
             "smtpd_tls_mandatory_protocols": ">=TLSv1.2",
+            # Postfix accepts anonymous (aNULL) suites by default; the TLS scan reports that (alert
+            # MailcanaryTLSWeakCipherClass): a healthy stack should not (issue 21).
+            "smtpd_tls_exclude_ciphers": "aNULL",
             "smtpd_tls_auth_only": "yes",
             "smtpd_tls_loglevel": "1",
             "smtpd_tls_received_header": "yes",

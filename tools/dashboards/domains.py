@@ -138,6 +138,21 @@ def build() -> Json:
         ("Key bits", "min", f"mailcanary_domain_mx_cert_key_bits{{{DOM}}}", None),
         ("Weak signature", "max", f"mailcanary_domain_mx_cert_weak_signature{{{DOM}}}", False),
         ("OCSP revoked", "max", f'mailcanary_domain_mx_cert_ocsp_status{{{DOM}, status="revoked"}}', False),
+        # the TLS scan (issue 21): 1 is bad for SSLv2/SSLv3 and weak classes; empty is unknown or not scanned
+        (
+            "SSLv2/v3",
+            "max",
+            f'mailcanary_domain_mx_protocol_accepted{{{DOM}, version=~"SSLv2|SSLv3"}}',
+            False,
+        ),
+        (
+            "Weak ciphers",
+            "max",
+            f'mailcanary_domain_mx_cipher_class_accepted{{{DOM}, class=~"null|anon|export|rc4|3des"}}',
+            False,
+        ),
+        ("Forward secrecy", "min", f"mailcanary_domain_mx_forward_secrecy{{{DOM}}}", True),
+        ("Chain complete", "min", f"mailcanary_domain_mx_chain_complete{{{DOM}}}", True),
     ]
     b.row(
         "MX addresses",
@@ -151,7 +166,8 @@ def build() -> Json:
             ],
             description=(
                 "Every (MX host, address) of each domain, bounded by max_mx x max_addresses. Empty cells: "
-                "not asked (no TLSA, no DNSBL zone, must_refuse disabled, no OCSP responder named)."
+                "not asked (no TLSA, no DNSBL zone, must_refuse disabled, no OCSP responder named, scan "
+                "off) or unknown (a fact the TLS scan could not tell)."
             ),
             auto_cells=True,
             sort_by=("Verified", False),

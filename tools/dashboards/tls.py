@@ -1,4 +1,5 @@
-"""The TLS dashboard: every endpoint the probes and TLS checks audited (expiry, verification, protocol)."""
+"""The TLS dashboard: every endpoint the probes and TLS checks audited (expiry, verification, protocol,
+and what its TLS scan found)."""
 
 from __future__ import annotations
 
@@ -227,6 +228,143 @@ def build() -> Json:
             mappings=value_map(("1", "testable", "green"), ("0", "not testable", "orange")),
             thresholds=thresholds((None, "orange")),
             size=(12, 7),
+        ),
+    )
+    scan_by = f"max by ({BY}) "
+
+    def accepted(version: str) -> str:
+        return scan_by + f'(mailcanary_tls_protocol_accepted{{{T}, version="{version}"}})'
+
+    b.row(
+        "TLS scan",
+        stat(
+            "Endpoints with scan findings",
+            [
+                target(
+                    "count(max by (endpoint) ("
+                    f'mailcanary_tls_protocol_accepted{{{T}, version=~"SSLv2|SSLv3"}} == 1 '
+                    "or mailcanary_tls_cipher_class_accepted"
+                    f'{{{T}, class=~"null|anon|export|rc4|3des"}} == 1 '
+                    f"or mailcanary_tls_forward_secrecy{{{T}}} == 0 "
+                    f"or mailcanary_tls_chain_complete{{{T}}} == 0 "
+                    f'or mailcanary_tls_ocsp_staple_status{{{T}, status="revoked"}} == 1'
+                    ")) or vector(0)",
+                    "endpoints",
+                )
+            ],
+            description=(
+                "Endpoints whose TLS scan found SSLv2/SSLv3, a weak cipher class, a suite without forward "
+                "secrecy, an incomplete chain or a revoked staple (each an alert)."
+            ),
+            thresholds=thresholds((None, "green"), (1, "red")),
+            text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 4),
+        ),
+        stat(
+            "Facts the scan could not tell",
+            [target(f"sum(mailcanary_tls_scan_unknown{{{T}}}) or vector(0)", "facts")],
+            description=(
+                "Scan facts left unknown (a 421, a refused or failed connection, a timeout): never shown as "
+                "fine. Empty cells in the tables below are these, or endpoints not scanned."
+            ),
+            thresholds=thresholds((None, "green"), (1, "orange")),
+            text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 4),
+        ),
+        stat(
+            "Oldest scan",
+            [
+                target(
+                    f"max(time() - mailcanary_tls_scan_checked_timestamp_seconds{{{T}}})",
+                    "age",
+                )
+            ],
+            description="Age of the oldest scan shown (scans are reused for scan_recheck, default 1 d).",
+            unit="s",
+            thresholds=thresholds((None, "green"), (172800, "orange")),
+            text_mode=cm.BigValueTextMode.VALUE,
+            size=(6, 4),
+        ),
+        stat(
+            "Scan connections",
+            [target(f"sum(mailcanary_tls_scan_connections{{{T}}})", "connections")],
+            description="Connections the scans shown opened (each scan once per scan_recheck).",
+            color=FIXED_TEXT,
+            text_mode=cm.BigValueTextMode.VALUE,
+            color_mode=cm.BigValueColorMode.VALUE,
+            size=(6, 4),
+        ),
+        merged_table_panel(
+            "Protocols and key exchange (scan)",
+            [
+                yes_no("SSLv2", accepted("SSLv2"), good=False),
+                yes_no("SSLv3", accepted("SSLv3"), good=False),
+                yes_no("TLS 1.0", accepted("TLSv1"), good=False),
+                yes_no("TLS 1.1", accepted("TLSv1.1"), good=False),
+                yes_no("TLS 1.2", accepted("TLSv1.2")),
+                yes_no("TLS 1.3", accepted("TLSv1.3")),
+                yes_no("Forward secrecy", scan_by + f"(mailcanary_tls_forward_secrecy{{{T}}})"),
+                col("DH bits", scan_by + f"(mailcanary_tls_dh_group_bits{{{T}}})"),
+                yes_no("Secure reneg.", scan_by + f"(mailcanary_tls_secure_renegotiation{{{T}}})"),
+                yes_no("Compression", scan_by + f"(mailcanary_tls_compression{{{T}}})", good=False),
+            ],
+            description=(
+                "What each endpoint accepts, from its TLS scan: a version is accepted when the server chose "
+                "it for a hello offering only it. An empty cell is unknown (or not scanned), never fine."
+            ),
+            auto_cells=True,
+            size=(24, 8),
+        ),
+        table_panel(
+            "Weak cipher classes (scan)",
+            [table_target(f"max by ({BY}, class) (mailcanary_tls_cipher_class_accepted{{{T}}})")],
+            description=(
+                "Whether the server chose a suite of each class when offered only that class. null, anon, "
+                "export, rc4, 3des are weak (alerted); cbc_only and sha1_mac informational."
+            ),
+            overrides=[
+                column_override(
+                    "accepted",
+                    mappings=value_map(("1", "ACCEPTED", "red"), ("0", "refused", "green")),
+                    custom__cellOptions={"type": "color-text"},
+                )
+            ],
+            transformations=merged_table({"A": "accepted"}),
+            size=(12, 8),
+        ),
+        table_panel(
+            "Preferred suites (scan)",
+            [table_target(f"max by ({BY}, version, cipher) (mailcanary_tls_preferred_cipher_info{{{T}}})")],
+            description="The suite the server chose from our full offer at each version it accepts.",
+            transformations=merged_table({}, hide=("Time", "Value")),
+            size=(12, 8),
+        ),
+        merged_table_panel(
+            "Chain, stapling and scan age",
+            [
+                yes_no("Chain complete", scan_by + f"(mailcanary_tls_chain_complete{{{T}}})"),
+                yes_no("Chain ordered", scan_by + f"(mailcanary_tls_chain_ordered{{{T}}})"),
+                col("Superfluous certs", scan_by + f"(mailcanary_tls_chain_superfluous_certs{{{T}}})"),
+                yes_no("OCSP stapled", scan_by + f"(mailcanary_tls_ocsp_stapled{{{T}}})"),
+                yes_no(
+                    "Staple revoked",
+                    scan_by + f'(mailcanary_tls_ocsp_staple_status{{{T}, status="revoked"}})',
+                    good=False,
+                ),
+                col(
+                    "Scan age (h)",
+                    f"min by ({BY}) (time() - mailcanary_tls_scan_checked_timestamp_seconds{{{T}}}) / 3600",
+                    decimals=1,
+                ),
+                col("Connections", scan_by + f"(mailcanary_tls_scan_connections{{{T}}})"),
+                col("Unknown facts", f"sum by ({BY}) (mailcanary_tls_scan_unknown{{{T}}})"),
+            ],
+            description=(
+                "The served chain (complete without AIA fetching, in order, extra certificates), OCSP "
+                "stapling, and the scan these facts come from. Empty: unknown or not scanned."
+            ),
+            auto_cells=True,
+            size=(24, 8),
         ),
     )
     b.row(
