@@ -46,6 +46,25 @@ def test_every_window_closes_with_its_mail_and_the_next_is_due_a_period_later() 
     assert hb.state(s, 1, 1120) == "ok" and hb.windows["ok"] == 2
 
 
+def test_missing_stays_missing_through_the_next_deadline_until_mail_comes() -> None:
+    """No flapping: once a window closed missing (or failed), the next window's deadline does not turn
+    the state into "late" for its grace time (which would resolve MailcanaryHeartbeatMissing and fire it
+    again every period); the state changes only when a window gets its mail."""
+    s = Schedule(grace=1, every=2)
+    hb = Heartbeat.new(s, 1000.0)
+    seen = []
+    for t in (1003.0, 1004.5, 1005.0, 1006.5, 1007.0, 1009.5):
+        hb.advance(s, 1, t)
+        seen.append(hb.state(s, 1, t))
+    assert seen == ["missing"] * 6
+    hb.count(s, 1, 1010, failure=False)
+    assert hb.state(s, 1, 1010) == "ok"
+    failed = Heartbeat.new(s, 1000.0)
+    failed.count(s, 1, 1000.5, failure=True)
+    failed.advance(s, 1, 1002.7)  # the next window's grace time: still failed, not "late"
+    assert failed.state(s, 1, 1002.7) == "failed"
+
+
 def test_a_mail_in_the_grace_time_counts_late_and_before_the_window_not_at_all() -> None:
     s = Schedule(grace=10, every=60)
     hb = Heartbeat.new(s, 1000.0)

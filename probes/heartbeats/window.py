@@ -196,8 +196,10 @@ class Heartbeat:
             return "failed"
         if w.count >= expect:
             return "ok"
+        if self.last_closed in ("missing", "failed"):
+            # Stays so until a window gets its mail: never back through "late" at the next deadline,
+            # which would resolve a Missing alert for the grace time of every period (flapping).
+            return "missing" if self.last_closed == "missing" else "failed"
         if now >= w.deadline:
             return "late"
-        if self.last_closed in ("missing", "failed"):
-            return "missing" if self.last_closed == "missing" else "failed"
         return "ok"
