@@ -9,7 +9,7 @@ the state directory a host volume, read-only root file system, all capabilities 
 (everything on loopback). It is scraped until both round trips succeed, and SIGTERM must end it with
 exit code 0 within podman's grace.
 
-It runs when MAILCANARY_CONTAINER_TEST=1, as scripts/test's step after the suite (and so in CI): an
+It runs when MAILCANARY_CONTAINER_TEST=1, as .ci/run's step after the suite (scripts/test): an
 image build is minutes of CPU that would slow every other test file. Otherwise, or without a usable
 podman (not installed, not root, ``podman info`` failing), the module is SKIPPED with the exact
 reason. scripts/install-deps.sh installs podman, runc and mmdebstrap; the hadolint check in
@@ -46,7 +46,7 @@ def podman_problem() -> str | None:
     """Why podman can't build and run the image here, or None."""
     if os.environ.get("MAILCANARY_CONTAINER_TEST") != "1":
         return (
-            "runs as the last step of ./scripts/test (minutes of CPU beside the suite); "
+            "runs as .ci/run's step after the suite (minutes of CPU beside it); "
             "by hand: MAILCANARY_CONTAINER_TEST=1 pytest tests/test_container.py"
         )
     if shutil.which("podman") is None:
