@@ -216,6 +216,21 @@ def _rename_job_in_series(text: str, old: str, new: str) -> str:
 _JOB_IN_TEXT = re.compile(r'(\bjob "?)mailcanary("?)')
 
 
+class _PromtoolLoader(yaml.SafeLoader):
+    """YAML 1.1 reads promtool's series notation ``0x60`` (the value 0, 60 times) as the hex number 96;
+    a test file loaded and written again must keep it as written."""
+
+
+def _int_or_notation(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | str:
+    text = str(loader.construct_scalar(node))
+    if re.match(r"^[-+]?0[xXoObB]", text):
+        return text
+    return int(yaml.SafeLoader.construct_yaml_int(loader, node))
+
+
+_PromtoolLoader.add_constructor("tag:yaml.org,2002:int", _int_or_notation)
+
+
 def _for_new_job(test_file: dict[str, Any]) -> dict[str, Any]:
     """The unit tests with every job="mailcanary" (series, expected labels and annotations) renamed."""
     doc = copy.deepcopy(test_file)
@@ -281,7 +296,7 @@ def test_generated_rules_fire_on_their_job_and_on_no_other(
             )
         variants[variant] = []
         for path in TEST_FILES:
-            shipped = yaml.safe_load(path.read_text(encoding="utf-8"))
+            shipped = yaml.load(path.read_text(encoding="utf-8"), Loader=_PromtoolLoader)
             if variant == "new-job":
                 doc = _for_new_job(shipped)
             else:

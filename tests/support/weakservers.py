@@ -309,9 +309,9 @@ def _openssl_settings(weak: str, tls_dir: Path) -> tuple[dict[str, str | int | b
         dovecot["ssl_cipher_list"] = spec["ciphers"]
         # smtpd's opportunistic grade is "medium": its list is the one in use.
         postfix["tls_medium_cipherlist"] = spec["ciphers"]
-    if weak != "anon":
-        # Stock smtpd offers anonymous suites to opportunistic clients: one weakness at a time.
-        postfix["smtpd_tls_exclude_ciphers"] = "aNULL"
+    # Stock smtpd offers anonymous suites to opportunistic clients (the test stack's Postfix excludes
+    # them): one weakness at a time, so only the anonymous server offers them, and it must say so.
+    postfix["smtpd_tls_exclude_ciphers"] = "" if weak == "anon" else "aNULL"
     if min_proto == "TLSv1":
         postfix["smtpd_tls_protocols"] = postfix["smtpd_tls_mandatory_protocols"] = ">=TLSv1"
     if spec.get("max12"):
