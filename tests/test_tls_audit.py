@@ -536,16 +536,26 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         )
     )
     port = free_ports(1)[0]
-    proc = subprocess.Popen(
-        exporter_argv(config, port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(exporter_argv(config, port), stdout=out, stderr=subprocess.STDOUT, text=True)
     d = Daemon(port, proc)
 
+    def listening() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return '"event": "started"' in log.read_text()
+
+    # Starting is a process start and imports: seconds on a loaded 2-core machine, not bounded by the
+    # checks' 30 s below (which start counting once the daemon serves).
+    eventually(
+        listening,
+        timeout=120,
+        interval=0.2,
+        message=lambda: f"the daemon started (its log: {log.read_text()[-3000:]!r})",
+    )
+
     def checked() -> set[str | None]:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert proc.poll() is None, log.read_text()
         status, text = d.get("/metrics")
         assert status == 200, text
         return {dict(k[1]).get("probe") for k in _samples(text) if k[0] == "mailcanary_tls_check_success"}
@@ -556,7 +566,7 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         ignoring=(OSError,),
         timeout=30,
         interval=0.2,
-        message="the TLS checks all completed",
+        message=lambda: f"the TLS checks all completed (daemon log: {log.read_text()[-3000:]!r})",
     )
     try:
         yield d
