@@ -45,6 +45,7 @@ import yaml
 
 from tests.mailstack import MailStack
 from tests.mailstack._net import claim_ports
+from tests.support.alerting import stop_process, tail
 from tests.support.dashboards import DASHBOARD_DIR, load, queries, substitute
 from tests.support.reports import (
     DAY,
@@ -113,24 +114,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
     return eventually(check, timeout=timeout, interval=interval, ignoring=(OSError, ValueError), message=what)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @dataclass
 class QuietWatch:
     """What Prometheus showed while the stack was healthy, before any test stopped or changed anything."""
@@ -191,7 +174,7 @@ class Live:
         self.exporter.send_signal(signal.SIGHUP)
 
     def logs(self) -> str:
-        exporter, prometheus = tail(self.exporter_log), tail(self.prometheus_log, 15)
+        exporter, prometheus = tail(self.exporter_log, 40), tail(self.prometheus_log, 15)
         return f"--- exporter log\n{exporter}\n--- prometheus log\n{prometheus}"
 
 
