@@ -16,6 +16,7 @@ module comes in three variants, each measured in its own block against blackbox 
   the default module did before issue 23).
 - ``nolegacy``: ``check_legacy: false``: no legacy handshakes at all (blackbox has none).
 
+Every request carries Prometheus' Accept header (``--accept none``: none), as a real scrape does.
 Requests alternate mailcanary / blackbox, ``--checks`` of each per endpoint and variant; each exporter's
 CPU is read from /proc (user + system, all threads) before and after the block, so the client's own cost
 is not counted. Prints mailcanary's figure, blackbox's, the ratio and the goal (≤ 1.2x blackbox with the
@@ -29,14 +30,15 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
 
 from bench._common import (
+    PROMETHEUS_ACCEPT,
     cpu_seconds,
     free_port,
-    get,
     load,
     mailcanary_argv,
     start_logged,
@@ -46,7 +48,15 @@ from bench._common import (
 )
 from tests.mailstack import MailStack, make_root
 
+ACCEPT = {"prometheus": PROMETHEUS_ACCEPT, "none": ""}
 BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+
+
+def get(url: str, accept: str) -> bytes:
+    """One /probe, with the Accept header a scraper sends (Prometheus' by default: OpenMetrics first)."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return bytes(resp.read())
 
 
 def blackbox_config(ca: str, server_name: str) -> dict[str, object]:
@@ -84,7 +94,7 @@ def blackbox_config(ca: str, server_name: str) -> dict[str, object]:
     }
 
 
-VARIANTS = {  # name -> (what it is, the module's legacy keys)
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {  # name -> (what it is, its legacy keys)
     "default": ("default module (legacy remembered)", {}),
     "retest": ("legacy re-tested every request", {"legacy_recheck": "0s"}),
     "nolegacy": ("legacy off", {"check_legacy": False}),
@@ -107,6 +117,7 @@ def main() -> int:
         "--variants", default=",".join(VARIANTS), help="mailcanary module variants to measure"
     )
     args = parser.parse_args()
+    accept = ACCEPT[args.accept]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -137,16 +148,16 @@ def main() -> int:
                     mc_url = f"http://127.0.0.1:{mc_port}/probe?module={mc_module}&target={target}"
                     bb_url = f"http://127.0.0.1:{bb_port}/probe?module={bb_module}&target={target}"
                     for url in (mc_url, bb_url):  # warm-up, and a check that both succeed
-                        body = get(url).decode()
+                        body = get(url, accept).decode()
                         if "probe_success 1" not in body:
                             print(f"probe failed: {url}\n{body}", file=sys.stderr)
                             return 1
                     failed = {"mailcanary": 0, "blackbox": 0}
                     mc0, bb0 = cpu_seconds(mc.pid), cpu_seconds(bb.pid)
                     for _ in range(args.checks):
-                        if "probe_success 1" not in get(mc_url).decode():
+                        if "probe_success 1" not in get(mc_url, accept).decode():
                             failed["mailcanary"] += 1
-                        if "probe_success 1" not in get(bb_url).decode():
+                        if "probe_success 1" not in get(bb_url, accept).decode():
                             failed["blackbox"] += 1
                     ours = (cpu_seconds(mc.pid) - mc0) / args.checks * 1000
                     theirs = (cpu_seconds(bb.pid) - bb0) / args.checks * 1000
@@ -164,7 +175,7 @@ def main() -> int:
         finally:
             stop(mc)
             stop(bb)
-    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {load()}")
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {load()}, Accept: {args.accept}")
     print(table(rows))
     return 0
 
