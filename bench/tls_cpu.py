@@ -114,6 +114,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--checks", type=int, default=200, help="checks per exporter, endpoint and variant")
     parser.add_argument(
+        "--accept", choices=sorted(ACCEPT), default="prometheus", help="Accept header of every /probe request"
+    )
+    parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="mailcanary module variants to measure"
     )
     args = parser.parse_args()
