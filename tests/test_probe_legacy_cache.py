@@ -150,10 +150,13 @@ async def test_second_probe_within_the_period_makes_no_legacy_handshake(mailstac
         assert again[CHECKED] == first[CHECKED]  # the answer's time: its age is now 600 s
         assert clock.now - again[CHECKED] == 600
         assert {k: again[k] for k in legacy} == legacy
+        resp = await client.get(f"/probe?module=m&target={relay.target}&debug=true")
+        assert "tls: legacy remembered: " in await resp.text()  # ?debug=true says so
+        assert relay.accepted == 3 + legacy_tests()
 
         clock.now += DAY  # older than legacy_recheck (1 d): tested again
         later = await ask(client, "m", relay.target)
-        assert relay.accepted == 3 + 2 * legacy_tests()
+        assert relay.accepted == 4 + 2 * legacy_tests()
         assert later[CHECKED] == clock.now
 
 
@@ -222,9 +225,8 @@ async def test_a_scan_module_is_scanned_once_per_period(mailstack: MailStack) ->
         assert scanned > 1 + legacy_tests()
         again = await ask(client, "s", relay.target)
         assert relay.accepted == scanned + 1
-        assert again["mailcanary_tls_scan_checked_timestamp_seconds"] == (
-            first["mailcanary_tls_scan_checked_timestamp_seconds"]
-        )
+        scan_checked = "mailcanary_tls_scan_checked_timestamp_seconds"
+        assert again[scan_checked] == first[scan_checked]
 
 
 # ---- the cache's own rules -----------------------------------------------------------------------------
