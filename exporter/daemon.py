@@ -88,7 +88,6 @@ class Daemon:
                         self._masker,
                         controls=self._probe_rules,
                         slots=lambda: self.slots,
-                        scans=lambda: self.runner.scans if self.runner is not None else None,
                     ),
                 ),
                 web.post("/-/reload", self._http_reload),

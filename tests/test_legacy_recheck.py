@@ -36,8 +36,8 @@ def test_cache_rules() -> None:
     cache.put(key, {"TLSv1": None, "TLSv1.1": False}, "fp")  # incomplete: not kept
     assert cache.fresh(key, "fp", 100) is None
     for i in range(3):
-        cache.put((f"e{i}",), {"TLSv1": False}, None)
-    assert cache.fresh(("e0",), None, 100) is None and cache.fresh(("e2",), None, 100) is not None
+        cache.put((f"e{i}",), {"TLSv1": False}, "fp")
+    assert cache.fresh(("e0",), "fp", 100) is None and cache.fresh(("e2",), "fp", 100) is not None
 
 
 async def test_real_endpoint_is_tested_once_per_period(variants: VariantSet) -> None:

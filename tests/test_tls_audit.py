@@ -672,6 +672,24 @@ def test_probe_endpoint_matches_blackbox_exporter(
     assert ours["mailcanary_tls_cert_verified"] == (1 if verifies else 0)
 
 
+def test_probe_endpoint_remembers_legacy_answers(daemon: Daemon, variants: VariantSet) -> None:
+    """The daemon's /probe with a built-in module (legacy on, ``legacy_recheck`` 1d): the second request
+    reuses the first one's legacy answers (same time in the answer), the certificate is audited again."""
+    target = variants["legacy"].address("imaps")
+    answers = []
+    for _ in range(2):
+        status, text = daemon.get(f"/probe?module=imap_implicit&target={target}")
+        assert status == 200, text
+        answers.append(_samples(text))
+    checked = ("mailcanary_tls_legacy_protocol_checked_timestamp_seconds", frozenset())
+    assert answers[0][checked] == answers[1][checked]
+    legacy = [k for k in answers[0] if k[0] == "mailcanary_tls_legacy_protocol_accepted"]
+    assert legacy and all(answers[0][k] == answers[1][k] == 1 for k in legacy)
+    # the system store does not know the test CA: unverified, at every request
+    assert answers[1][("probe_success", frozenset())] == 0
+    assert ("probe_ssl_earliest_cert_expiry", frozenset()) in answers[1]
+
+
 def test_probe_endpoint_rejects_bad_requests(daemon: Daemon) -> None:
     status, text = daemon.get("/probe?module=nope&target=127.0.0.1:1")
     assert status == 400 and text.startswith("unknown module 'nope' (have: ")

@@ -540,6 +540,7 @@ class ModuleConfig(Model):
     tls_config: TLSConfig = TLSConfig()
     timeout: Duration = 10.0
     check_legacy: bool = True
+    legacy_recheck: Duration = 86400.0  # legacy answers remembered per target this long (0: never)
     scan: bool = False  # opt in: the TLS scan of the target (a dozen hellos; remembered per target)
     scan_recheck: ScanRecheck = 86400.0
     helo: str | None = None

@@ -5,6 +5,7 @@ same audit against a target its caller names (``TARGET``)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 from prometheus_client.core import Metric
@@ -33,6 +34,7 @@ def tls_check_settings(
     slots: ServerSlots | None = None,
     legacy: LegacyCache | None = None,
     scans: ScanCache | None = None,
+    scope: tuple[str, ...] = (),
 ) -> TLSCheckSettings:
     if port is None:
         port = default_port(check.protocol, check.tls)
@@ -51,11 +53,20 @@ def tls_check_settings(
         helo_name=check.helo,
         slots=slots,
         legacy_cache=legacy,
-        legacy_recheck=getattr(check, "legacy_recheck", 0.0),
+        legacy_recheck=check.legacy_recheck,
         scan=check.scan,
         scan_cache=scans,
         scan_recheck=check.scan_recheck,
+        cache_scope=scope,
     )
+
+
+def module_scope(module: ModuleConfig) -> tuple[str, ...]:
+    """The cache scope of a /probe module: a digest of all its settings, so a target's remembered legacy
+    answers and scan are reused only by a module that would make the same handshakes (another
+    ``tls_config``, ``helo``, ``timeout``, … is another key), and never by the daemon's own checks."""
+    digest = hashlib.sha256(module.model_dump_json().encode()).hexdigest()[:16]
+    return ("probe", digest)
 
 
 def tls_outcome(facts: TLSFacts | None) -> str:
@@ -88,10 +99,12 @@ def outcome_message(facts: TLSFacts, reason: str) -> str:
 
 
 async def probe(settings: TLSCheckSettings, ctx: ProbeContext) -> TLSFacts:
-    """The one probe signature over the library's audit; scans are remembered in ``ctx.scans`` when the
-    settings bring no cache of their own (``/probe``)."""
+    """The one probe signature over the library's audit; legacy answers and scans are remembered in
+    ``ctx.legacy`` / ``ctx.scans`` when the settings bring no cache of their own (``/probe``)."""
     if settings.scan and settings.scan_cache is None and ctx.scans is not None:
         settings = dataclasses.replace(settings, scan_cache=ctx.scans)
+    if settings.check_legacy and settings.legacy_cache is None and ctx.legacy is not None:
+        settings = dataclasses.replace(settings, legacy_cache=ctx.legacy)
     return await probe_tls(settings, ctx.recorder)
 
 
@@ -114,7 +127,7 @@ class Target:
     def settings(
         self, module: ModuleConfig, host: str, port: int | None, slots: ServerSlots | None
     ) -> TLSCheckSettings:
-        return tls_check_settings(module, host, port, slots)
+        return tls_check_settings(module, host, port, slots, scope=module_scope(module))
 
     def recover(self, rec: Recorder, settings: TLSCheckSettings) -> TLSFacts | None:
         return rec.tls.get(settings.endpoint.address)

@@ -21,10 +21,15 @@ from exporter.web.server import render
 from probes.context import ProbeContext
 from probes.errors import ProbeError
 from probes.recorder import Masker, Recorder
+from probes.tls.legacy import LegacyCache
 from probes.tls.scanning import SCAN_STEPS, ScanCache
 from probes.wire.slots import QueueTimeout, ServerSlots
 
 SCRAPE_TIMEOUT_OFFSET = 0.5  # seconds kept back from Prometheus' scrape timeout to answer in time
+# Targets (module x target) whose legacy TLS answers, and whose scans, /probe remembers: LRU beyond this,
+# so a scrape storm over many targets costs re-tests, never memory without bound. Its own caches, apart
+# from the daemon's checks, so such a storm cannot evict the scheduled checks' answers either.
+PROBE_TARGETS = 1024
 _TARGET_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+))(?::(?P<port>\d{1,5}))?$")
 
 
@@ -77,11 +82,16 @@ def probe_handler(
     *,
     controls: Callable[[], ProbeEndpointConfig] = ProbeEndpointConfig,
     slots: Callable[[], ServerSlots | None] = lambda: None,
-    scans: Callable[[], ScanCache | None] = lambda: None,
+    scans: Callable[[], ScanCache | None] | None = None,
+    legacy: Callable[[], LegacyCache | None] | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The /probe handler. ``controls`` (the config's ``probe_endpoint``) can turn it off, cap how many
     run at once and restrict targets and modules: /probe connects wherever its caller says (SSRF).
-    ``scans`` remembers TLS scans per target (a module with ``scan: true``), as the daemon's checks do."""
+    ``legacy`` and ``scans`` remember legacy TLS answers and TLS scans per module and target for the
+    module's ``legacy_recheck`` / ``scan_recheck``, as the daemon's checks do (default: caches of the
+    handler's own, bounded to :data:`PROBE_TARGETS` targets each, for the daemon's life)."""
+    own_scans = ScanCache(max_entries=PROBE_TARGETS) if scans is None else None
+    own_legacy = LegacyCache(max_entries=PROBE_TARGETS) if legacy is None else None
     running = 0
 
     async def handle(request: web.Request) -> web.Response:
@@ -117,7 +127,16 @@ def probe_handler(
         running += 1
         try:
             return await _probe(
-                request, kind, kind.target, available[name], host, port, masker(), slots(), scans()
+                request,
+                kind,
+                kind.target,
+                available[name],
+                host,
+                port,
+                masker(),
+                slots(),
+                scans() if scans is not None else own_scans,
+                legacy() if legacy is not None else own_legacy,
             )
         finally:
             running -= 1
@@ -135,6 +154,7 @@ async def _probe(
     masker: Masker,
     slots: ServerSlots | None,
     scans: ScanCache | None = None,
+    legacy: LegacyCache | None = None,
 ) -> web.Response:
     """One run of the named target, rendered as blackbox_exporter-style series."""
     # A module with scan: true may scan the target (remembered per target): its own time on top.
@@ -152,7 +172,7 @@ async def _probe(
     value: object = None
     try:
         async with asyncio.timeout(deadline):
-            ctx = ProbeContext(recorder=rec, slots=slots, scans=scans, debug=debug)
+            ctx = ProbeContext(recorder=rec, slots=slots, scans=scans, legacy=legacy, debug=debug)
             value = await kind.probe(settings, ctx)
     except QueueTimeout as exc:
         # Our own session limit, not the target: a failed scrape, never a false probe_success 0.

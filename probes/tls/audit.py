@@ -106,6 +106,9 @@ class TLSCheckSettings:
     scan: bool = False
     scan_cache: ScanCache | None = dataclasses.field(default=None, compare=False, repr=False)
     scan_recheck: float = DEFAULT_RESCAN  # with a cache: scan again after this long (or a new cert)
+    # Prefixed to the legacy and scan cache keys: a /probe module's name and settings digest, so one
+    # module's answers are never another's (empty for the daemon's own checks).
+    cache_scope: tuple[str, ...] = ()
 
 
 # ---- what a plain port offers before TLS (pure) -----------------------------------------------------
@@ -291,20 +294,35 @@ async def scan_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recor
 
 async def _legacy_step(settings: TLSCheckSettings, facts: TLSFacts, recorder: Recorder) -> None:
     """One OpenSSL handshake pinned to each legacy version (phase ``tls_legacy``), or the answers the
-    legacy cache remembers for this certificate."""
-    ep = settings.endpoint
-    cache, key = settings.legacy_cache, (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
+    legacy cache remembers for this certificate (or another run is testing for it right now)."""
+    cache = settings.legacy_cache
     fingerprint = facts.leaf.fingerprint_sha256 if facts.leaf else None
-    known = cache.fresh(key, fingerprint, settings.legacy_recheck) if cache else None
-    if known is not None:  # same certificate, answered recently: no more sessions for it
-        facts.legacy, facts.legacy_checked_at = dict(known.results), known.checked_at
-    else:
+
+    async def run() -> dict[str, bool | None]:
         with recorder.phase("tls_legacy"):
-            for name, version in LEGACY_VERSIONS.items():
-                facts.legacy[name] = await _accepts(settings, recorder, version)
-        facts.legacy_checked_at = cache.put(key, facts.legacy, fingerprint) if cache else time.time()
+            return {
+                name: await _accepts(settings, recorder, version) for name, version in LEGACY_VERSIONS.items()
+            }
+
+    if cache is None:
+        facts.legacy, facts.legacy_checked_at = await run(), time.time()
+        new = True
+    else:  # same certificate, answered recently: no more sessions for it
+        answer, new = await cache.get(legacy_key(settings), fingerprint, settings.legacy_recheck, run)
+        facts.legacy, facts.legacy_checked_at = dict(answer.results), answer.checked_at
     answers = {True: "accepted", False: "refused", None: "not tested"}
-    recorder.debug("tls:", "legacy " + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()))
+    recorder.debug(
+        "tls:",
+        f"legacy {'tested' if new else 'remembered'}: "
+        + ", ".join(f"{n} {answers[a]}" for n, a in facts.legacy.items()),
+    )
+
+
+def legacy_key(settings: TLSCheckSettings) -> tuple[str, ...]:
+    """The legacy cache key of one endpoint: the settings' ``cache_scope`` (a /probe module's), then
+    address, protocol, mode, SNI name."""
+    ep = settings.endpoint
+    return (*settings.cache_scope, ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
 
 
 async def bounded_scan(settings: TLSCheckSettings, recorder: Recorder) -> ScanFacts:

@@ -564,6 +564,7 @@ class ScanCache:
 
 
 def scan_key(settings: TLSCheckSettings) -> tuple[str, ...]:
-    """The cache key of one scanned endpoint (address, protocol, mode, SNI name)."""
+    """The cache key of one scanned endpoint (the settings' ``cache_scope``, address, protocol, mode, SNI
+    name)."""
     ep = settings.endpoint
-    return (ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
+    return (*settings.cache_scope, ep.address, settings.protocol, ep.tls_mode, ep.server_hostname)
