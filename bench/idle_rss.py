@@ -54,13 +54,12 @@ TARGET_MB = 40.0
 OPTIONAL = (
     "dns",  # dnspython: domain checks, DNSBL, MTA-STS, DANE
     "defusedxml",  # DMARC reports
-    "probes.reports",
-    "probes.heartbeats",
-    "probes.domain.probe",
+    "probes.reports.mailbox",  # the reports kind (parsers, unpacking)
+    "probes.heartbeats.mailbox",  # the heartbeats kind
+    "probes.domain.probe",  # the domain checks
     "probes.tls.hello",  # the TLS scan's ClientHello tables
-    "probes.tls.scan",
     "probes.receipt.dsn",  # bounce (DSN) parsing: only when a bounce is seen
-    "probes.auth.oauth",
+    "probes.auth.oauth",  # OAuth logins
     "exporter.web.status",  # the status page: on its first request
     "exporter.demo",
     "exporter.generate",
@@ -71,11 +70,12 @@ OPTIONAL = (
     "aioimaplib",
 )
 
-# `mailcanary run`, writing sys.modules to $MAILCANARY_BENCH_MODULES when it stops.
+# `mailcanary run`, writing the modules it loaded to $MAILCANARY_BENCH_MODULES when it stops (not those
+# registered by importlib.util.LazyLoader and never read: probes.lazy.module).
 WRAPPER = (
     "import atexit, json, os, sys\n"
-    "atexit.register(lambda: open(os.environ['MAILCANARY_BENCH_MODULES'], 'w')"
-    ".write(json.dumps(sorted(sys.modules))))\n"
+    "atexit.register(lambda: open(os.environ['MAILCANARY_BENCH_MODULES'], 'w').write(json.dumps("
+    "sorted(n for n, m in list(sys.modules.items()) if type(m).__name__ != '_LazyModule'))))\n"
     "from exporter.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
@@ -130,10 +130,16 @@ def import_costs(tree: Path) -> dict[str, Any]:
     return result
 
 
-def _start(tree: Path, config: Path, port: int, log: Path, modules: Path) -> subprocess.Popen[bytes]:
+def _start(
+    tree: Path, config: Path, port: int, log: Path, modules: Path, extra: dict[str, str]
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-c", WRAPPER, "run", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
-    env = {**_env(tree), "MAILCANARY_BENCH_MODULES": str(modules)}
-    return start_logged([*argv, "--log-format", "json"], log, env=env)
+    env = {**_env(tree), "MAILCANARY_BENCH_MODULES": str(modules), **extra}
+    # cwd: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*argv, "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=env
+        )
 
 
 def _wait_success(port: int, name: str, timeout: float = 60.0) -> None:
@@ -157,9 +163,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--settle", type=float, default=20.0, help="seconds idle after the first run")
     parser.add_argument("--compare", type=Path, default=None, help="another source tree, run side by side")
+    parser.add_argument(
+        "--arena-max", type=int, default=None, help="also this tree with MALLOC_ARENA_MAX=N (glibc)"
+    )
     parser.add_argument("--imports-only", action="store_true", help="only the import table (no stack)")
     args = parser.parse_args()
     trees = [("this tree", ROOT)] + ([("compare", args.compare.resolve())] if args.compare else [])
+    variants: list[tuple[str, Path, dict[str, str]]] = [(label, tree, {}) for label, tree in trees]
+    if args.arena_max is not None:
+        variants.append(
+            (f"this tree, MALLOC_ARENA_MAX={args.arena_max}", ROOT, {"MALLOC_ARENA_MAX": str(args.arena_max)})
+        )
     if args.imports_only:
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {load()}")
         for label, tree in trees:
@@ -179,7 +193,7 @@ def main() -> int:
             tmp / "blackbox.log",
         )
         try:
-            for i, (label, tree) in enumerate(trees):
+            for i, (label, tree, extra) in enumerate(variants):
                 home = tmp / f"mc{i}"
                 home.mkdir()
                 probe = roundtrip(
@@ -188,7 +202,7 @@ def main() -> int:
                 config = write_config(home, [probe], interval="10s", timeout="10s")
                 port = free_port()
                 procs[label] = (
-                    _start(tree, config, port, home / "mailcanary.log", home / "modules.json"),
+                    _start(tree, config, port, home / "mailcanary.log", home / "modules.json", extra),
                     port,
                     home / "modules.json",
                 )
@@ -212,6 +226,7 @@ def main() -> int:
     print(when)
     for label, tree in trees:
         print(_imports_line(label, import_costs(tree)))
+    for label, _, _ in variants:
         names = set(loaded[label])
         have = [m for m in OPTIONAL if m in names or any(n.startswith(m + ".") for n in names)]
         print(f"{label}: optional modules loaded after the first run: {', '.join(have) or 'none'}")
@@ -224,7 +239,7 @@ def main() -> int:
             f"{figures[label] / bb_mb:.1f}x blackbox",
             f"≤ {TARGET_MB:.0f} MB",
         )
-        for label, _ in trees
+        for label, _, _ in variants
     ]
     print(table(rows))
     return 0

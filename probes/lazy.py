@@ -30,6 +30,12 @@ def face(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any]
         for export in names.split():
             public, _, own = export.partition("=")
             where[public] = (f"{package}.{module}", own or public)
+    # A name that is also one of the package's modules (``probes.tls.scan``'s function ``scan``): importing
+    # that module sets the package's attribute to the module, so the name is bound now, as a plain
+    # import would bind it, and not left to ``__getattr__`` (never asked once the attribute exists).
+    for public, (module, own) in where.items():
+        if module == f"{package}.{public}":
+            setattr(sys.modules[package], public, getattr(importlib.import_module(module), own))
 
     def __getattr__(name: str) -> Any:
         found = where.get(name)

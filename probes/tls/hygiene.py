@@ -359,9 +359,7 @@ async def _fetch(
     factory = source_socket_factory(source)
     connector = None
     if dns is not None or factory is not None:
-        connector = aiohttp.TCPConnector(
-            resolver=_resolver(dns), limit=1, socket_factory=factory
-        )
+        connector = aiohttp.TCPConnector(resolver=_resolver(dns), limit=1, socket_factory=factory)
     try:
         async with (
             aiohttp.ClientSession(
