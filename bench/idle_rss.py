@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,6 +132,21 @@ def import_costs(tree: Path) -> dict[str, Any]:
     return result
 
 
+def import_cpu(trees: list[tuple[str, Path]], rounds: int = 7) -> dict[str, float]:
+    """Median CPU seconds (user + system) of ``python -c 'import exporter.cli'`` per tree, the trees
+    alternating round by round (the machine is shared: CPU time, not wall time)."""
+    spent: dict[str, list[float]] = {label: [] for label, _ in trees}
+    for _ in range(rounds):
+        for label, tree in trees:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(
+                [sys.executable, "-c", "import exporter.cli"], env=_env(tree), cwd=tree, check=True
+            )
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            spent[label].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return {label: statistics.median(values) for label, values in spent.items()}
+
+
 def _start(
     tree: Path, config: Path, port: int, log: Path, modules: Path, extra: dict[str, str]
 ) -> subprocess.Popen[bytes]:
@@ -178,6 +195,11 @@ def main() -> int:
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {load()}")
         for label, tree in trees:
             print(_imports_line(label, import_costs(tree)))
+        cpu = import_cpu(trees)
+        print(
+            "CPU of `import exporter.cli` (median of 7, alternating): "
+            + ", ".join(f"{label} {seconds * 1000:.0f} ms" for label, seconds in cpu.items())
+        )
         return 0
     figures: dict[str, float] = {}
     loaded: dict[str, list[str]] = {}
