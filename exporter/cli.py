@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from exporter import generate, logs, registry
 from exporter.buildinfo import version_text
@@ -30,9 +30,10 @@ from exporter.run.results import ResultStore, RunResult
 from exporter.run.runner import Runner, make_masker, revocations
 from exporter.state.ledger import Ledger, key_problem, load_or_create_key
 from exporter.web.webconfig import load_web_config
-from probes.tls import summary
-from probes.tls.audit import TLSFacts
-from probes.tls.hygiene import Hygiene
+
+if TYPE_CHECKING:
+    from probes.tls.hygiene import Hygiene
+    from probes.wire.certs import TLSFacts
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_UNKNOWN = 0, 1, 2, 3  # Nagios plugin convention
 EXIT_USAGE = 3
@@ -392,6 +393,8 @@ def _when(ts: float) -> str:
 
 
 def _tls_report(endpoint: str, f: TLSFacts, now: float, hygiene: Hygiene | None = None) -> list[str]:
+    from probes.tls import summary  # `mailcanary probe` only
+
     yes = {True: "yes", False: "no", None: "unknown"}
     lines = [f"  TLS {endpoint} ({f.protocol}, {f.mode}):"]
     if f.leaf is not None:

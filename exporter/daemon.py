@@ -35,7 +35,6 @@ from exporter.run.scheduler import ProbeScheduler
 from exporter.state.ledger import Ledger, StateCollector, StateHealth, load_or_create_key
 from exporter.web.multitarget import probe_handler
 from exporter.web.server import HTTPServer
-from exporter.web.status import render_status
 from exporter.web.webconfig import WebConfig
 from probes.domain.dnsbl import ListingCache
 from probes.recorder import Masker
@@ -93,9 +92,7 @@ class Daemon:
                 web.post("/-/reload", self._http_reload),
             ],
             web_config=web_config,
-            status_page=lambda: render_status(
-                self.store.snapshot(), self.state, self.history, self._modules()
-            ),
+            status_page=self._status_page,
             labels=self._labels,
             metrics_body=self.series.body,
             runtime=runtime,
@@ -105,6 +102,12 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[None]] = set()  # probe runs, in their own tasks (see _run)
         self._stopping = False
+
+    def _status_page(self) -> str:
+        """The status page, its module loaded with the first request for it (idle memory)."""
+        from exporter.web.status import render_status
+
+        return render_status(self.store.snapshot(), self.state, self.history, self._modules())
 
     def _labels(self) -> dict[str, str]:
         """Labels on every mailcanary_* series of our own collectors (as MailcanaryCollector adds them)."""

@@ -9,7 +9,6 @@ import re
 from typing import Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, field_validator, model_validator
 
 from exporter.config.model import Duration, EndpointConfig, Model, RoundTripConfig, _domain_name
@@ -143,6 +142,8 @@ class HeartbeatConfig(Model):
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
         if v is not None:
+            from apscheduler.triggers.cron import CronTrigger  # with a cron heartbeat only
+
             try:
                 CronTrigger.from_crontab(v, timezone="UTC")
             except ValueError as exc:

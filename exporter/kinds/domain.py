@@ -5,23 +5,28 @@ series of their own (``mailcanary_domain_*``), from the report kept in ``RunResu
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING, TypeGuard
 
 from exporter.config import Config, DomainCheckConfig, LoadedConfig
 from exporter.metrics.domain import domain_families
 from exporter.registry import Kind, Verdict
 from exporter.run.results import DOMAIN_OUTCOMES
-from probes.context import ProbeContext
-from probes.domain.mx import MXCheckSettings
-from probes.domain.probe import DomainReport, DomainSettings, probe_domain, render_report
-from probes.tls.scanning import ScanCache
-from probes.wire.dns import DNSSettings
-from probes.wire.slots import ServerSlots
+
+if TYPE_CHECKING:  # the domain check's modules (dnspython, MTA-STS, DANE) load with its first entry
+    from probes.context import ProbeContext
+    from probes.domain.probe import DomainReport, DomainSettings
+    from probes.tls.scanning import ScanCache
+    from probes.wire.slots import ServerSlots
 
 
 def domain_settings(
     check: DomainCheckConfig, slots: ServerSlots | None = None, scans: ScanCache | None = None
 ) -> DomainSettings:
     """A domain_checks entry as the probe library's settings."""
+    from probes.domain.mx import MXCheckSettings
+    from probes.domain.probe import DomainSettings
+    from probes.wire.dns import DNSSettings
+
     refuse = check.must_refuse
     return DomainSettings(
         domain=check.domain,
@@ -68,6 +73,8 @@ def domain_outcome(report: DomainReport) -> tuple[str, str]:
 
 async def probe(settings: DomainSettings, ctx: ProbeContext) -> DomainReport:
     """The one probe signature: the library's domain check with the OCSP and CRL caches from ``ctx``."""
+    from probes.domain.probe import probe_domain
+
     return await probe_domain(settings, ctx.recorder, ctx.ocsp, ctx.crl)
 
 
@@ -95,6 +102,19 @@ def load(loaded: LoadedConfig, check: DomainCheckConfig, where: str, environ: di
     return []
 
 
+def _is_report(detail: object) -> TypeGuard[DomainReport]:
+    """A domain check's report (no result holds one before the domain check's module is loaded)."""
+    from probes.domain.probe import DomainReport
+
+    return isinstance(detail, DomainReport)
+
+
+def _report_detail(detail: object) -> list[str]:
+    from probes.domain.probe import render_report
+
+    return [f"  {line}" for line in render_report(detail).splitlines()] if _is_report(detail) else []
+
+
 def _deadline(check: DomainCheckConfig, cfg: Config) -> float:
     return check.timeout * check.steps
 
@@ -113,11 +133,7 @@ KIND = Kind(
     judge=judge,
     load=load,
     done="domains without findings",
-    claims=lambda run: isinstance(run.detail, DomainReport),
-    report_detail=lambda run: (
-        [f"  {line}" for line in render_report(run.detail).splitlines()]
-        if isinstance(run.detail, DomainReport)
-        else []
-    ),
+    claims=lambda run: _is_report(run.detail),
+    report_detail=lambda run: _report_detail(run.detail),
     # its MX facts are series of its own (mailcanary_domain_*): no TLS endpoints, no chain hygiene
 )

@@ -19,6 +19,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
@@ -29,27 +30,18 @@ from exporter.metrics.run import run_families
 from exporter.registry import Kind, RunEnv, Verdict
 from exporter.run.results import HEARTBEAT_OUTCOMES, ProbeStats, RunResult
 from exporter.run.settings import endpoint_of
-from exporter.state.heartbeats import HeartbeatBook, MailboxState
 from exporter.state.ledger import Ledger
+from probes import heartbeats as lib  # a lazy face: the mailbox scan and window math load with an entry
 from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
 from probes.context import ProbeContext
 from probes.errors import ProbeError
-from probes.heartbeats import (
-    RESULTS,
-    STATES,
-    Cursor,
-    MailboxSettings,
-    Match,
-    Rule,
-    Rules,
-    ScanStats,
-    Schedule,
-    Watched,
-    scan_mailbox,
-)
 from probes.wire.framing import ReadLimits
 from probes.wire.net import Endpoint
+
+if TYPE_CHECKING:
+    from exporter.state.heartbeats import HeartbeatBook, MailboxState
+    from probes.heartbeats import Cursor, MailboxSettings, Match, Rule, ScanStats, Schedule, Watched
 
 REUSE = 1.0  # seconds: a scan of the mailbox this recent serves the group's other heartbeats
 SIDE = "imap"
@@ -62,6 +54,8 @@ def book_for(env: RunEnv) -> HeartbeatBook:
     found = _BOOKS.get(env.ledger)
     if found is None:
         path = env.ledger.path.parent / "heartbeats" if env.ledger.path is not None else None
+        from exporter.state.heartbeats import HeartbeatBook
+
         found = _BOOKS[env.ledger] = HeartbeatBook(path, env.ledger.health)
     return found
 
@@ -73,11 +67,11 @@ def mailbox_key(hb: HeartbeatConfig) -> str:
 
 
 def schedule_of(hb: HeartbeatConfig) -> Schedule:
-    return Schedule(grace=hb.grace, every=hb.every, cron=hb.cron, timezone=hb.timezone)
+    return lib.Schedule(grace=hb.grace, every=hb.every, cron=hb.cron, timezone=hb.timezone)
 
 
 def _rule(m: MatchConfig) -> Rule:
-    return Rule(
+    return lib.Rule(
         sender=m.from_address,
         sender_domain=m.from_domain,
         subject=re.compile(m.subject) if m.subject is not None else None,
@@ -91,10 +85,10 @@ def _rule(m: MatchConfig) -> Rule:
 
 
 def watched(hb: HeartbeatConfig) -> Watched:
-    rules = Rules(
+    rules = lib.Rules(
         match=_rule(hb.match), fail_if=tuple(_rule(r) for r in hb.fail_if), body_bytes=hb.body_bytes
     )
-    return Watched(hb.name, tuple(hb.folders), rules, hb.mark_keyword, hb.move_to)
+    return lib.Watched(hb.name, tuple(hb.folders), rules, hb.mark_keyword, hb.move_to)
 
 
 def _credentials(loaded: LoadedConfig, hb: HeartbeatConfig) -> Credentials:
@@ -139,7 +133,7 @@ def heartbeat_settings(hb: HeartbeatConfig, env: RunEnv) -> HeartbeatSettings:
     return HeartbeatSettings(
         name=hb.name,
         key=key,
-        mailbox=MailboxSettings(
+        mailbox=lib.MailboxSettings(
             imap=imap,
             heartbeats=tuple(watched(h) for h in group),
             slots=env.slots,
@@ -213,7 +207,7 @@ async def probe(s: HeartbeatSettings, ctx: ProbeContext) -> HeartbeatReport:
 
                     # IDLE is trusted only while no window of the group is due (see scan_mailbox)
                     due = any(now >= box.entries[n].heartbeat.window.deadline for n in s.specs)
-                    stats = await scan_mailbox(
+                    stats = await lib.scan_mailbox(
                         s.mailbox,
                         box.cursors,
                         ctx.recorder,
@@ -310,7 +304,7 @@ SPECS: list[FamilySpec[HeartbeatReport]] = [
     gauge(
         "mailcanary_heartbeat_state",
         "1 for the heartbeat's state (ok, late, missing, failed) as of the last good read, 0 for the others.",
-        lambda r: one_of(r.state, STATES),
+        lambda r: one_of(r.state, lib.STATES),
         "state",
     ),
     gauge(
@@ -348,7 +342,7 @@ SPECS: list[FamilySpec[HeartbeatReport]] = [
     counter(
         "mailcanary_heartbeat_windows",
         "Closed windows by result (ok, late: its mail came in the grace time, missing, failed).",
-        lambda r: counts(r.windows, RESULTS),
+        lambda r: counts(r.windows, lib.RESULTS),
         "result",
     ),
 ]
@@ -392,7 +386,7 @@ def report_lines(run: RunResult) -> list[str]:
         f"  window: {r.count} of {r.expect} mails since {_when(r.window_start)}, due {_when(r.deadline)}"
         f" (+{r.grace:g}s grace)",
         f"  last seen: {_when(r.last_seen)}; counted {r.matched_total}, failure reports {r.failed_total}",
-        "  closed windows: " + ", ".join(f"{k} {r.windows.get(k, 0)}" for k in RESULTS),
+        "  closed windows: " + ", ".join(f"{k} {r.windows.get(k, 0)}" for k in lib.RESULTS),
     ]
     if r.quiet:
         lines.append("  read: the session kept in IDLE since the last read; the server pushed nothing new")

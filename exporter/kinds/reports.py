@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client.core import Metric
@@ -19,9 +20,11 @@ from exporter.run.settings import endpoint_of
 from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
 from probes.context import ProbeContext
-from probes.reports import Limits, ReportsResult, ReportsSettings, Rules, probe_reports, shown
 from probes.wire.framing import ReadLimits
 from probes.wire.net import Endpoint
+
+if TYPE_CHECKING:  # the report parsers (defusedxml, zip, gzip) load with the kind's first entry
+    from probes.reports import ReportsResult, ReportsSettings
 
 log = structlog.get_logger("mailcanary.reports")
 
@@ -43,6 +46,8 @@ def _credentials(loaded: LoadedConfig, entry: ReportsConfig) -> Credentials:
 
 def reports_settings(entry: ReportsConfig, env: RunEnv) -> ReportsSettings:
     """A ``reports`` entry as the probe library's settings."""
+    from probes.reports import Limits, ReportsSettings, Rules
+
     ep = entry.imap
     senders = tuple(
         (name, tuple(ipaddress.ip_network(c, strict=False) for c in cidrs))
@@ -87,6 +92,8 @@ def reports_settings(entry: ReportsConfig, env: RunEnv) -> ReportsSettings:
 
 async def probe(settings: ReportsSettings, ctx: ProbeContext) -> ReportsResult:
     """The one probe signature over the library's reader; its events become one log line each."""
+    from probes.reports import probe_reports
+
     result = await probe_reports(settings, ctx.recorder)
     _LAST[settings.name] = result
     for event in result.events:
@@ -125,6 +132,8 @@ def summary(result: ReportsResult) -> str:
 
 
 def _detail(run: RunResult) -> ReportsResult | None:
+    from probes.reports import ReportsResult
+
     return run.detail if isinstance(run.detail, ReportsResult) else None
 
 
@@ -142,6 +151,8 @@ def status_cell(run: RunResult) -> str:
 
 def report_detail(run: RunResult) -> list[str]:
     """``mailcanary probe``: what this run counted, one line per report, then what was skipped and why."""
+    from probes.reports import shown
+
     result = _detail(run)
     if result is None:
         return []
@@ -209,6 +220,6 @@ KIND = Kind(
     load=load,
     secret_sides=("imap",),
     done="report mailboxes read",
-    claims=lambda run: isinstance(run.detail, ReportsResult),
+    claims=lambda run: _detail(run) is not None,
     report_detail=report_detail,
 )

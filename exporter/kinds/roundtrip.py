@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,7 +22,6 @@ from probes.clients.imap import IMAPSettings
 from probes.clients.pop3 import LoginGate
 from probes.clients.smtp import SMTPSettings
 from probes.context import ProbeContext
-from probes.domain.dnsbl import Listing
 from probes.errors import ProbeError
 from probes.recorder import Recorder
 from probes.roundtrip import (
@@ -32,12 +32,13 @@ from probes.roundtrip import (
     SyncSettings,
     probe_roundtrip,
 )
-from probes.tls.audit import TLSCheckSettings, probe_tls, scan_key, scan_step
 from probes.tls.scanning import SCAN_STEPS
-from probes.wire.dns import DNSSettings
 from probes.wire.framing import ReadLimits
 from probes.wire.net import Endpoint
 from probes.wire.slots import ServerSlots, maybe_session
+
+if TYPE_CHECKING:  # the TLS audit and DNSBL lookups load when a run needs them (a TLS failure, scan, DNSBL)
+    from probes.domain.dnsbl import Listing
 
 log = structlog.get_logger("mailcanary.runner")
 
@@ -192,6 +193,8 @@ class RoundTripRun:
         if side.tls == "none":
             return
         endpoint = endpoint_of(side, protocol)
+        from probes.tls.audit import TLSCheckSettings, probe_tls
+
         settings = TLSCheckSettings(
             endpoint=endpoint,
             protocol=protocol,
@@ -220,6 +223,8 @@ class RoundTripRun:
             facts = rec.tls.get(endpoint.address)
             if not side.scan or side.tls == "none" or facts is None:
                 continue  # not asked, no TLS, or the run never reached this side's TLS
+            from probes.tls.audit import TLSCheckSettings, scan_key, scan_step
+
             settings = TLSCheckSettings(
                 endpoint=endpoint,
                 protocol=protocol,
@@ -271,6 +276,8 @@ class RoundTripRun:
         if conf is None or reason != "success" or address is None:
             return (), 0.0
         t0 = time.monotonic()
+        from probes.wire.dns import DNSSettings
+
         settings = DNSSettings(
             nameservers=tuple(conf.resolvers), port=conf.resolver_port, timeout=conf.timeout
         )

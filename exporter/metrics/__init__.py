@@ -5,10 +5,15 @@ names its own). The collector, the pre-rendered cache and the registries
 the kind modules import these families, and need not load the collector with them.
 """
 
-from exporter.metrics.domain import domain_fact_families, domain_families, hygiene_families
-from exporter.metrics.family import FamilySpec, HistogramSpec, render
-from exporter.metrics.roundtrip import roundtrip_families
-from exporter.metrics.tls import blackbox_families, tls_check_families, tls_families
+from typing import TYPE_CHECKING
+
+from probes.lazy import face
+
+if TYPE_CHECKING:
+    from exporter.metrics.domain import domain_fact_families, domain_families, hygiene_families
+    from exporter.metrics.family import FamilySpec, HistogramSpec, render
+    from exporter.metrics.roundtrip import roundtrip_families
+    from exporter.metrics.tls import blackbox_families, tls_check_families, tls_families
 
 __all__ = [
     "FamilySpec",
@@ -22,3 +27,15 @@ __all__ = [
     "tls_check_families",
     "tls_families",
 ]
+
+
+if not TYPE_CHECKING:  # a module loads when one of its names is first used (probes/lazy.py)
+    __getattr__, __dir__ = face(
+        __name__,
+        {
+            "domain": "domain_fact_families domain_families hygiene_families",
+            "family": "FamilySpec HistogramSpec render",
+            "roundtrip": "roundtrip_families",
+            "tls": "blackbox_families tls_check_families tls_families",
+        },
+    )

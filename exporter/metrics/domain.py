@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import Metric
 
@@ -18,11 +18,13 @@ from exporter.metrics.family import NONE, FamilySpec, Samples, each, flag, gauge
 from exporter.metrics.run import run_families
 from exporter.metrics.tls import legacy_accepted, scan_specs, verified, verify_error
 from exporter.run.results import DOMAIN_OUTCOMES, ProbeStats
-from probes.domain.mtasts import Policy, mx_covered
-from probes.domain.mx import MXResolution, resolution_dnssec
-from probes.domain.probe import DomainReport, MXAddressResult
-from probes.tls.audit import TLSFacts
 from probes.tls.hygiene import CRL_STATUSES, OCSP_STATUSES, CRLResult, KeyFacts, OCSPResult
+
+if TYPE_CHECKING:  # the domain checks' modules (dnspython) load with a domain check, not with these families
+    from probes.domain.mtasts import Policy
+    from probes.domain.mx import MXResolution
+    from probes.domain.probe import DomainReport, MXAddressResult
+    from probes.wire.certs import TLSFacts
 
 HygieneRow = tuple[Sequence[str], KeyFacts, OCSPResult | None, CRLResult | None]
 
@@ -114,6 +116,10 @@ def domain_families(snap: dict[str, ProbeStats], names: list[str]) -> list[Metri
         "Completed domain checks by outcome (success, domain_findings or a failure reason).",
         DOMAIN_OUTCOMES,
     )
+    if not names:  # (the headers, or no domain check configured)
+        return [*families, *domain_fact_families([])]
+    from probes.domain.probe import DomainReport
+
     reports = [
         (name, detail)
         for name in names
@@ -148,8 +154,16 @@ def _policy_error(d: Resolved) -> Samples:
 
 
 def _covered(d: Resolved) -> Samples:
+    from probes.domain.mtasts import mx_covered
+
     policy = _policy(d)
     return NONE if policy is None else [((h.name,), _b(mx_covered(h.name, policy.mx))) for h in d.res.hosts]
+
+
+def _dnssec(res: MXResolution) -> str:
+    from probes.domain.mx import resolution_dnssec
+
+    return resolution_dnssec(res)
 
 
 FINDINGS: FamilySpec[DomainReport] = gauge(
@@ -173,7 +187,7 @@ DOMAIN_SPECS: list[FamilySpec[Resolved]] = [
     gauge(
         "mailcanary_domain_mx_dnssec_valid",
         "1 if the MX answer and every MX host's addresses validated (AD bit of the resolver), else 0.",
-        lambda d: flag(resolution_dnssec(d.res) == "secure"),
+        lambda d: flag(_dnssec(d.res) == "secure"),
     ),
     gauge(
         "mailcanary_domain_mx_hosts", "MX hosts checked (after max_mx).", lambda d: value(len(d.res.hosts))

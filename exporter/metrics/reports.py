@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
 from exporter.metrics.family import FamilySpec, Samples, counter, gauge, render, value
 from exporter.metrics.run import run_families
 from exporter.run.results import ProbeStats
-from probes.reports import ERROR_KINDS, ERROR_REASONS, KINDS, SKIP_REASONS, ReportsResult
+from probes import reports as lib  # a lazy face: a report module loads when a family has rows
+
+if TYPE_CHECKING:
+    from probes.reports import ReportsResult
 
 REPORTS_OUTCOMES: tuple[str, ...] = (
     "success",
@@ -49,14 +53,14 @@ REPORTS_SPECS: list[FamilySpec[ReportsResult]] = [
     counter(
         "mailcanary_reports_ingested",
         "Reports counted, by kind (tlsrpt, dmarc); each report once across restarts (kind + org + id).",
-        lambda r: [((k,), r.state.ingested.get((k,), 0)) for k in KINDS],
+        lambda r: [((k,), r.state.ingested.get((k,), 0)) for k in lib.KINDS],
         "kind",
     ),
     counter(
         "mailcanary_reports_skipped",
         "Reports or mails not counted, by kind (tlsrpt, dmarc, unknown) and reason (duplicate, "
         "changed_duplicate, too_old, kind_disabled, not_a_report).",
-        lambda r: _fixed(r.state.skipped, ERROR_KINDS, SKIP_REASONS),
+        lambda r: _fixed(r.state.skipped, lib.ERROR_KINDS, lib.SKIP_REASONS),
         "kind",
         "reason",
     ),
@@ -64,7 +68,7 @@ REPORTS_SPECS: list[FamilySpec[ReportsResult]] = [
         "mailcanary_reports_errors",
         "Reports or mails that could not be read, by kind (tlsrpt, dmarc, unknown) and reason (see "
         "docs/metrics.md); each is logged in one line (report_error) and skipped.",
-        lambda r: _fixed(r.state.errors, ERROR_KINDS, ERROR_REASONS),
+        lambda r: _fixed(r.state.errors, lib.ERROR_KINDS, lib.ERROR_REASONS),
         "kind",
         "reason",
     ),

@@ -10,9 +10,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from exporter.metrics.family import NONE, FamilySpec, Samples, flag, gauge, info, one_of, render, value
 from exporter.metrics.run import run_families
 from exporter.run.results import TLS_OUTCOMES, ProbeStats
-from probes.tls.audit import LEGACY_VERSIONS, TLSFacts, openssl_offers
 from probes.tls.scan import INFO_CLASSES, PROTOCOLS, WEAK_CLASSES, ScanFacts
 from probes.tls.scanning import SCAN_FACTS, STAPLE_STATUSES, unknown_facts
+from probes.wire.certs import LEGACY_VERSIONS, TLSFacts, openssl_offers
 
 # blackbox_exporter spells versions the Go way; /probe answers as it does, /metrics the OpenSSL way.
 BLACKBOX_VERSIONS = {"TLSv1": "TLS 1.0", "TLSv1.1": "TLS 1.1", "TLSv1.2": "TLS 1.2", "TLSv1.3": "TLS 1.3"}

@@ -13,9 +13,10 @@ import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from probes.wire.dns import DNSError, DNSSettings, query
+if TYPE_CHECKING:
+    from probes.wire.dns import DNSSettings
 
 Status = Literal["not_listed", "listed", "refused", "error"]
 STATUSES: Final[tuple[str, ...]] = ("not_listed", "listed", "refused", "error")
@@ -76,6 +77,8 @@ def classify(answers: Iterable[str]) -> tuple[Status, tuple[str, ...]]:
 
 async def lookup(address: str, zone: str, settings: DNSSettings, *, want_reason: bool = True) -> Listing:
     """One address against one zone; DNS failures are ``error``, never an exception."""
+    from probes.wire.dns import DNSError, query  # dnspython, loaded with the first DNSBL lookup
+
     name = reverse_name(address, zone)
     try:
         answer = await query(name, "A", settings)

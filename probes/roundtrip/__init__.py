@@ -3,17 +3,22 @@
 ``probe`` runs it; ``settings`` is what it is told and returns; ``receiver`` the receiving side's shape,
 ``imap`` and ``pop3`` its two kinds, ``bounces`` the DSN watch of the IMAP side."""
 
-from probes.roundtrip.probe import probe_roundtrip
-from probes.roundtrip.settings import (
-    DEFAULT_POLL_FACTOR,
-    DEFAULT_POLL_MAX,
-    SYNC_SKIP_REASONS,
-    PollSchedule,
-    POP3Settings,
-    RoundTripResult,
-    RoundTripSettings,
-    SyncSettings,
-)
+from typing import TYPE_CHECKING
+
+from probes.lazy import face
+
+if TYPE_CHECKING:
+    from probes.roundtrip.probe import probe_roundtrip
+    from probes.roundtrip.settings import (
+        DEFAULT_POLL_FACTOR,
+        DEFAULT_POLL_MAX,
+        SYNC_SKIP_REASONS,
+        PollSchedule,
+        POP3Settings,
+        RoundTripResult,
+        RoundTripSettings,
+        SyncSettings,
+    )
 
 __all__ = [
     "DEFAULT_POLL_FACTOR",
@@ -26,3 +31,16 @@ __all__ = [
     "SyncSettings",
     "probe_roundtrip",
 ]
+
+
+if not TYPE_CHECKING:  # a module loads when one of its names is first used (probes/lazy.py)
+    __getattr__, __dir__ = face(
+        __name__,
+        {
+            "probe": "probe_roundtrip",
+            "settings": (
+                "DEFAULT_POLL_FACTOR DEFAULT_POLL_MAX SYNC_SKIP_REASONS PollSchedule POP3Settings"
+                " RoundTripResult RoundTripSettings SyncSettings"
+            ),
+        },
+    )

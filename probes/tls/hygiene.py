@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Final, Generic, Literal, Protocol, TypeVar
 
 import aiohttp
 from cryptography import x509
@@ -25,8 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from probes.wire.dns import DNSResolver, DNSSettings
 from probes.wire.net import source_socket_factory
+
+if TYPE_CHECKING:
+    from probes.wire.dns import DNSSettings
 
 WEAK_HASHES: Final = frozenset({"sha1", "md5"})
 MIN_BITS: Final = {"rsa": 2048, "dsa": 2048, "ec": 256}
@@ -331,6 +333,15 @@ class CRLCache(_UntilNextUpdate[CRLResult]):
     CACHEABLE = frozenset({"good", "revoked"})
 
 
+def _resolver(dns: DNSSettings | None) -> aiohttp.abc.AbstractResolver | None:
+    """Our own resolver when the caller brings DNS settings (domain checks); dnspython is loaded then only."""
+    if dns is None:
+        return None
+    from probes.wire.dns import DNSResolver
+
+    return DNSResolver(dns)
+
+
 async def _fetch(
     url: str,
     who: str,
@@ -348,9 +359,7 @@ async def _fetch(
     factory = source_socket_factory(source)
     connector = None
     if dns is not None or factory is not None:
-        connector = aiohttp.TCPConnector(
-            resolver=DNSResolver(dns) if dns is not None else None, limit=1, socket_factory=factory
-        )
+        connector = aiohttp.TCPConnector(resolver=_resolver(dns), limit=1, socket_factory=factory)
     try:
         async with (
             aiohttp.ClientSession(

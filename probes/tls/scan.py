@@ -19,14 +19,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from probes.errors import ProbeError
-from probes.tls import hello as h
 from probes.wire.framing import BoundedReader, ReadLimits, show
 from probes.wire.net import close_writer, tcp_connect
 from probes.wire.slots import maybe_session
 
 if TYPE_CHECKING:
     from probes.recorder import Recorder
+    from probes.tls import hello as h
     from probes.tls.audit import TLSCheckSettings
+else:  # the ClientHello tables and key shares (cryptography's ec/x25519) load with the first scan
+    from probes.lazy import module
+
+    h = module("probes.tls.hello")
 
 # Label values (metrics and reports use exactly these spellings).
 PROTOCOLS: Final = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")

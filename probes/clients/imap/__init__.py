@@ -14,8 +14,24 @@ and the command lock, close/abort), :mod:`.auth` (LOGIN, AUTHENTICATE XOAUTH2/OA
 (:mod:`probes.wire.imapwire`).
 """
 
-from probes.clients.imap.commands import FETCH_BATCH, Fetched, QuotaMalformed
-from probes.clients.imap.connection import IMAPSettings
-from probes.clients.imap.session import IMAPSession
+from typing import TYPE_CHECKING
+
+from probes.lazy import face
+
+if TYPE_CHECKING:
+    from probes.clients.imap.commands import FETCH_BATCH, Fetched, QuotaMalformed
+    from probes.clients.imap.connection import IMAPSettings
+    from probes.clients.imap.session import IMAPSession
 
 __all__ = ["FETCH_BATCH", "Fetched", "IMAPSession", "IMAPSettings", "QuotaMalformed"]
+
+
+if not TYPE_CHECKING:  # a module loads when one of its names is first used (probes/lazy.py)
+    __getattr__, __dir__ = face(
+        __name__,
+        {
+            "commands": "FETCH_BATCH Fetched QuotaMalformed",
+            "connection": "IMAPSettings",
+            "session": "IMAPSession",
+        },
+    )

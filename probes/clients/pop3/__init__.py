@@ -7,24 +7,29 @@ and :class:`POP3Client` (:mod:`.session`) composed of them. Whatever the server 
 every failure becomes a :class:`ProbeError` with a fixed reason.
 """
 
-from probes.clients.pop3.auth import LOGIN_GATE, LoginGate, login_key
-from probes.clients.pop3.commands import Refused
-from probes.clients.pop3.connection import MAX_COMMAND, MAX_LINE, MAX_RESPONSE
-from probes.clients.pop3.parse import (
-    MAX_LOGIN_DELAY,
-    Capabilities,
-    login_refusal_reason,
-    parse_capa,
-    parse_list,
-    parse_login_delay,
-    parse_stat,
-    parse_status,
-    parse_uidl,
-    response_code,
-    sasl_plain,
-    unstuff,
-)
-from probes.clients.pop3.session import POP3Client
+from typing import TYPE_CHECKING
+
+from probes.lazy import face
+
+if TYPE_CHECKING:
+    from probes.clients.pop3.auth import LOGIN_GATE, LoginGate, login_key
+    from probes.clients.pop3.commands import Refused
+    from probes.clients.pop3.connection import MAX_COMMAND, MAX_LINE, MAX_RESPONSE
+    from probes.clients.pop3.parse import (
+        MAX_LOGIN_DELAY,
+        Capabilities,
+        login_refusal_reason,
+        parse_capa,
+        parse_list,
+        parse_login_delay,
+        parse_stat,
+        parse_status,
+        parse_uidl,
+        response_code,
+        sasl_plain,
+        unstuff,
+    )
+    from probes.clients.pop3.session import POP3Client
 
 __all__ = [
     "LOGIN_GATE",
@@ -48,3 +53,19 @@ __all__ = [
     "sasl_plain",
     "unstuff",
 ]
+
+
+if not TYPE_CHECKING:  # a module loads when one of its names is first used (probes/lazy.py)
+    __getattr__, __dir__ = face(
+        __name__,
+        {
+            "auth": "LOGIN_GATE LoginGate login_key",
+            "commands": "Refused",
+            "connection": "MAX_COMMAND MAX_LINE MAX_RESPONSE",
+            "parse": (
+                "MAX_LOGIN_DELAY Capabilities login_refusal_reason parse_capa parse_list parse_login_delay"
+                " parse_stat parse_status parse_uidl response_code sasl_plain unstuff"
+            ),
+            "session": "POP3Client",
+        },
+    )
