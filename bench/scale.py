@@ -105,6 +105,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=300.0, help="measured seconds after start-up")
     parser.add_argument("--anchor-duration", type=float, default=60.0, help="0: no anchor run")
     parser.add_argument("--keep", type=Path, help="copy the daemon's log here (for a later look)")
+    parser.add_argument(
+        "--start-second",
+        type=float,
+        help="start the daemon at this second of the minute (the start-up schedule depends on it)",
+    )
     args = parser.parse_args()
     with (
         MailStack(make_root(), users=numbered_users(args.probes)) as stack,
@@ -129,6 +134,8 @@ def main() -> int:
         log = many / "mailcanary.log"
         dovecot_log = stack.log_dir / "dovecot.log"
         limit_hits_before = _limit_hits(dovecot_log)
+        if args.start_second is not None:
+            time.sleep((args.start_second - time.time()) % 60)
         proc = start_logged(mailcanary_argv(config, port), log)
         rss_peak = 0
         lag_values: list[float] = []
@@ -160,10 +167,13 @@ def main() -> int:
                 failures[r.get("outcome", "?")] = failures.get(r.get("outcome", "?"), 0) + 1
         deliveries = [r["delivery_seconds"] for r in ok if "delivery_seconds" in r]
         limit_hits = _limit_hits(dovecot_log) - limit_hits_before
+        records = json_lines(log)
         if args.keep is not None:
             args.keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(log, args.keep / "mailcanary.log")
     p50, p99 = median(deliveries), percentile(deliveries, 99)
+    durations = [float(r.get("duration_seconds", 0.0)) for r in runs]
+    queues = [float(r.get("queue_seconds", r.get("phases", {}).get("queue", 0.0))) for r in runs]
     cpu_share = (cpu1 - cpu0) / (t1 - t0) * 100
     success = len(ok) / len(runs) * 100 if runs else 0.0
     expected = args.probes * (t1 - t0) / args.interval
@@ -183,6 +193,20 @@ def main() -> int:
         ),
         ("scheduler lag p99", f"{percentile(lag_values, 99) * 1000:.0f} ms", "", "", "≤ 1 s"),
         (
+            "run duration p50 / p99",
+            f"{median(durations) * 1000:.0f} / {percentile(durations, 99) * 1000:.0f} ms",
+            "",
+            "",
+            "p99 ≤ 2 s unless the mail system is slow",
+        ),
+        (
+            "… of which queue (session slots) p50 / p99",
+            f"{median(queues) * 1000:.0f} / {percentile(queues, 99) * 1000:.0f} ms",
+            "",
+            "",
+            "",
+        ),
+        (
             "delivery p50 / p99",
             f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms",
             f"{single_p50 * 1000:.0f} ms (one probe alone)",
@@ -193,8 +217,37 @@ def main() -> int:
         ("mailcanary peak RSS", f"{rss_peak / 2**20:.0f} MB", "", "", "≤ 200 MB"),
     ]
     print(table(rows))
+    print(start_rates(records, args.interval))
     print(breakdown(runs))
     return 0
+
+
+def _unix(stamp: str) -> float:
+    return (
+        time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+        - time.timezone
+        + float("0" + stamp[19:].rstrip("Z"))
+    )
+
+
+def start_rates(records: list[dict[str, Any]], interval: float) -> str:
+    """Runs started per second (finish time minus duration) in 10 s bins over the first two intervals
+    after the daemon started, and the busiest 10 s later on: a burst at start-up shows here."""
+    started = next((_unix(r["timestamp"]) for r in records if r.get("event") == "started"), None)
+    if started is None:
+        return "no 'started' line"
+    bins: dict[int, int] = {}
+    for r in records:
+        if r.get("event") == "probe_run":
+            k = int((_unix(r["timestamp"]) - float(r.get("duration_seconds", 0.0)) - started) // 10)
+            bins[k] = bins.get(k, 0) + 1
+    early = range(int(2 * interval // 10))
+    later = [v for k, v in bins.items() if k >= len(early)]
+    return (
+        "runs started per second after the daemon started, 10 s bins: "
+        + " ".join(f"{k * 10}s:{bins.get(k, 0) / 10:.0f}" for k in early)
+        + (f"; busiest 10 s later {max(later) / 10:.0f}/s" if later else "")
+    )
 
 
 OTHER = "(not in a phase)"
