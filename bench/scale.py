@@ -218,6 +218,13 @@ def main() -> int:
     ]
     print(table(rows))
     print(start_rates(records, args.interval))
+    held = [d - q for d, q in zip(durations, queues, strict=True)]
+    print(
+        f"sessions the receiving side needs at the steady rate: {args.probes / args.interval:.1f} runs/s x "
+        f"{sum(held) / len(held) if held else float('nan'):.2f} s held (duration minus queue, mean) = "
+        f"{args.probes / args.interval * (sum(held) / len(held) if held else float('nan')):.0f} of "
+        f"max_sessions 50 (above 50 runs queue and the queue does not drain)"
+    )
     print(breakdown(runs))
     return 0
 
