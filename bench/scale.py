@@ -21,6 +21,7 @@ p50 ≤ 2x the single probe's, ≤ 35 % of one core, RSS ≤ 200 MB.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -77,8 +78,10 @@ def lags(text: str) -> dict[str, float]:
 
 
 def anchor(stack: MailStack, tmp: Path, duration: float) -> float:
-    """Delivery p50 (s) of one probe alone."""
+    """Delivery p50 (s) of one probe alone (NaN with no anchor run)."""
     tmp.mkdir()
+    if duration <= 0:
+        return float("nan")
     config = write_config(
         tmp, probes_for(stack, tmp, [stack.test_addresses[0]]), interval="5s", timeout="30s"
     )
@@ -100,7 +103,13 @@ def main() -> int:
     parser.add_argument("--probes", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--duration", type=float, default=300.0, help="measured seconds after start-up")
-    parser.add_argument("--anchor-duration", type=float, default=60.0)
+    parser.add_argument("--anchor-duration", type=float, default=60.0, help="0: no anchor run")
+    parser.add_argument("--keep", type=Path, help="copy the daemon's log here (for a later look)")
+    parser.add_argument(
+        "--start-second",
+        type=float,
+        help="start the daemon at this second of the minute (the start-up schedule depends on it)",
+    )
     args = parser.parse_args()
     with (
         MailStack(make_root(), users=numbered_users(args.probes)) as stack,
@@ -125,6 +134,8 @@ def main() -> int:
         log = many / "mailcanary.log"
         dovecot_log = stack.log_dir / "dovecot.log"
         limit_hits_before = _limit_hits(dovecot_log)
+        if args.start_second is not None:
+            time.sleep((args.start_second - time.time()) % 60)
         proc = start_logged(mailcanary_argv(config, port), log)
         rss_peak = 0
         lag_values: list[float] = []
@@ -156,7 +167,13 @@ def main() -> int:
                 failures[r.get("outcome", "?")] = failures.get(r.get("outcome", "?"), 0) + 1
         deliveries = [r["delivery_seconds"] for r in ok if "delivery_seconds" in r]
         limit_hits = _limit_hits(dovecot_log) - limit_hits_before
+        records = json_lines(log)
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, args.keep / "mailcanary.log")
     p50, p99 = median(deliveries), percentile(deliveries, 99)
+    durations = [float(r.get("duration_seconds", 0.0)) for r in runs]
+    queues = [float(r.get("queue_seconds", r.get("phases", {}).get("queue", 0.0))) for r in runs]
     cpu_share = (cpu1 - cpu0) / (t1 - t0) * 100
     success = len(ok) / len(runs) * 100 if runs else 0.0
     expected = args.probes * (t1 - t0) / args.interval
@@ -176,6 +193,20 @@ def main() -> int:
         ),
         ("scheduler lag p99", f"{percentile(lag_values, 99) * 1000:.0f} ms", "", "", "≤ 1 s"),
         (
+            "run duration p50 / p99",
+            f"{median(durations) * 1000:.0f} / {percentile(durations, 99) * 1000:.0f} ms",
+            "",
+            "",
+            "p99 ≤ 2 s unless the mail system is slow",
+        ),
+        (
+            "… of which queue (session slots) p50 / p99",
+            f"{median(queues) * 1000:.0f} / {percentile(queues, 99) * 1000:.0f} ms",
+            "",
+            "",
+            "",
+        ),
+        (
             "delivery p50 / p99",
             f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms",
             f"{single_p50 * 1000:.0f} ms (one probe alone)",
@@ -186,7 +217,94 @@ def main() -> int:
         ("mailcanary peak RSS", f"{rss_peak / 2**20:.0f} MB", "", "", "≤ 200 MB"),
     ]
     print(table(rows))
+    print(start_rates(records, args.interval))
+    held = [d - q for d, q in zip(durations, queues, strict=True)]
+    print(
+        f"sessions the receiving side needs at the steady rate: {args.probes / args.interval:.1f} runs/s x "
+        f"{sum(held) / len(held) if held else float('nan'):.2f} s held (duration minus queue, mean) = "
+        f"{args.probes / args.interval * (sum(held) / len(held) if held else float('nan')):.0f} of "
+        f"max_sessions 50 (above 50 runs queue and the queue does not drain)"
+    )
+    print(breakdown(runs))
     return 0
+
+
+def _unix(stamp: str) -> float:
+    return (
+        time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
+        - time.timezone
+        + float("0" + stamp[19:].rstrip("Z"))
+    )
+
+
+def start_rates(records: list[dict[str, Any]], interval: float) -> str:
+    """Runs started per second (finish time minus duration) in 10 s bins over the first two intervals
+    after the daemon started, and the busiest 10 s later on: a burst at start-up shows here."""
+    started = next((_unix(r["timestamp"]) for r in records if r.get("event") == "started"), None)
+    if started is None:
+        return "no 'started' line"
+    bins: dict[int, int] = {}
+    for r in records:
+        if r.get("event") == "probe_run":
+            k = int((_unix(r["timestamp"]) - float(r.get("duration_seconds", 0.0)) - started) // 10)
+            bins[k] = bins.get(k, 0) + 1
+    early = range(int(2 * interval // 10))
+    later = [v for k, v in bins.items() if k >= len(early)]
+    return (
+        "runs started per second after the daemon started, 10 s bins: "
+        + " ".join(f"{k * 10}s:{bins.get(k, 0) / 10:.0f}" for k in early)
+        + (f"; busiest 10 s later {max(later) / 10:.0f}/s" if later else "")
+    )
+
+
+OTHER = "(not in a phase)"
+
+
+def phases_of(run: dict[str, Any]) -> dict[str, float]:
+    """A run's phases as logged, plus what its duration holds outside every phase (the ledger's
+    transactions, the bookkeeping between phases, time the loop spent elsewhere)."""
+    phases = {k: float(v) for k, v in run.get("phases", {}).items()}
+    phases[OTHER] = max(0.0, float(run.get("duration_seconds", 0.0)) - sum(phases.values()))
+    return phases
+
+
+def breakdown(runs: list[dict[str, Any]]) -> str:
+    """Where run duration goes: p50/p99 of the duration and of each phase over all runs, and the
+    slowest 1 % of runs phase by phase (their mean) against the median run (each phase's median)."""
+    if not runs:
+        return "no runs"
+    durations = [float(r.get("duration_seconds", 0.0)) for r in runs]
+    per_run = [phases_of(r) for r in runs]
+    names = sorted({k for p in per_run for k in p}, key=lambda k: -sum(p.get(k, 0.0) for p in per_run))
+    slow_n = max(1, len(runs) // 100)
+    order = sorted(range(len(runs)), key=lambda i: durations[i], reverse=True)
+    slow = [per_run[i] for i in order[:slow_n]]
+    lines = [
+        f"run duration over {len(runs)} runs: p50 {median(durations) * 1000:.0f} ms, "
+        f"p99 {percentile(durations, 99) * 1000:.0f} ms, max {max(durations) * 1000:.0f} ms",
+        "",
+        f"| phase | p50 | p99 | max | slowest 1 % ({slow_n} runs), mean |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ["(duration)", *names]:
+        vals = durations if name == "(duration)" else [p.get(name, 0.0) for p in per_run]
+        slow_vals = (
+            [durations[i] for i in order[:slow_n]]
+            if name == "(duration)"
+            else [p.get(name, 0.0) for p in slow]
+        )
+        lines.append(
+            f"| {name} | {median(vals) * 1000:.1f} ms | {percentile(vals, 99) * 1000:.1f} ms | "
+            f"{max(vals) * 1000:.1f} ms | {sum(slow_vals) / len(slow_vals) * 1000:.1f} ms |"
+        )
+    lines += ["", "slowest runs (finish time, probe, duration, its three longest phases):"]
+    for i in order[: min(10, slow_n)]:
+        top = sorted(per_run[i].items(), key=lambda kv: -kv[1])[:3]
+        lines.append(
+            f"  {runs[i].get('timestamp', '?')[11:23]} {runs[i].get('probe')} {durations[i] * 1000:.0f} ms: "
+            + ", ".join(f"{k} {v * 1000:.0f}" for k, v in top)
+        )
+    return "\n".join(lines)
 
 
 def _limit_hits(path: Path) -> int:

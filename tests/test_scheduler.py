@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import statistics
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,10 @@ from exporter.run.results import ResultStore
 from exporter.run.scheduler import (
     EPOCH,
     START_MIN,
+    START_RATE,
     PhaseTrigger,
     ProbeScheduler,
+    first_run,
     jitter_for,
     next_slot,
     offset_for,
@@ -114,3 +117,26 @@ def test_jobs_start_soon_spread_then_keep_their_phase_on_reload() -> None:
             sched.shutdown()
 
     asyncio.run(main())
+
+
+def test_start_never_doubles_the_run_rate_whatever_the_second_of_the_start() -> None:
+    """1,000 probes at 60 s started at any second: the catch-up runs and the first runs at their phase
+    never overlap (issue 23: ordered by the bare hash, some starts ran 33-40 runs a second for 20 s, which
+    filled the session slots and queued runs for up to 30 s). In any 5 s no more runs start than the
+    catch-up rate allows (20 a second, plus what the hash's unevenness adds), and each probe's first
+    phase run is at least half an interval after its catch-up run, on its grid."""
+    names = [f"p-user{i:04d}" for i in range(1000)]
+    interval = 60.0
+    for second in range(0, 60, 5):
+        now = datetime(2026, 12, 7, 8, 12, second, 123000, tzinfo=UTC)
+        starts: list[datetime] = []
+        for name in names:
+            trigger = PhaseTrigger(name, interval, 0.0)
+            first = first_run(name, interval, now, len(names))
+            assert now <= first < now + timedelta(seconds=start_window(interval, len(names)))
+            nxt = trigger.get_next_fire_time(first, first)
+            assert nxt - first >= timedelta(seconds=interval / 2)
+            assert nxt == next_slot(name, interval, nxt)  # on its grid
+            starts += [first, nxt, nxt + timedelta(seconds=interval)]
+        bins = collections.Counter(int((s - now).total_seconds() // 5) for s in starts)
+        assert max(bins.values()) <= 5 * START_RATE * 1.4, (second, sorted(bins.items()))

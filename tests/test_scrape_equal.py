@@ -60,7 +60,7 @@ def build(vantage: str = "") -> tuple[ResultStore, ExporterState]:
             store.note_skipped(name)
     store.record(result("tls-a", phases={"tls_connect": 0.01}, tls={"[::1]:993": facts("[::1]:993", "imap")}))
     store.record(result("tls-b", "tls_verify", tls={"h:25": facts("h:25", "smtp", ok=False)}))
-    store.record(result("tls-b", "queue_timeout", phases={"queue": 30.0}))
+    store.record(result("tls-b", "queue_timeout", phases={"queue": 30.0}, queue=30.0))
     state = ExporterState(
         config_path="/etc/mailcanary/mailcanary.yml",
         config_digest="abc123",

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from exporter.run.runner import QueueClock
 from probes.errors import REASONS
 from probes.recorder import Recorder
 from probes.wire.net import Endpoint
@@ -203,3 +204,41 @@ def test_a_pool_below_the_count_admits_such_a_run_alone() -> None:
             return slots.in_use("127.0.0.1:993")
 
     assert asyncio.run(main()) == 2  # limit 1, sync check on: the run goes alone rather than never
+
+
+def test_queue_clock_counts_overlapping_waits_once() -> None:
+    """Two sessions queue at once behind a held slot: the run's queue time is the wall time during which
+    any of its sessions waited (here the longer wait), not the sum of both waits."""
+    clock = QueueClock()
+    recs = [Recorder(), Recorder()]
+
+    async def main() -> None:
+        slots = ServerSlots(default_limit=1, queue_timeout=30)
+        token = deadline_extender.set(clock.note)
+        try:
+            release = asyncio.Event()
+
+            async def hog() -> None:
+                async with slots.session(SMTP, "smtp", Recorder()):
+                    await release.wait()
+
+            async def waiter(rec: Recorder) -> None:
+                async with slots.session(SMTP, "smtp", rec):
+                    await asyncio.sleep(0.2)
+
+            held = asyncio.create_task(hog())
+            await asyncio.sleep(0)
+            waiters = [asyncio.create_task(waiter(r)) for r in recs]
+            await asyncio.sleep(0)  # both waiters run up to their wait
+            assert slots.waiting(SMTP.address) == 2
+            await asyncio.sleep(0.3)
+            release.set()
+            await asyncio.gather(held, *waiters)
+        finally:
+            deadline_extender.reset(token)
+
+    asyncio.run(main())
+    first, second = sorted(r.phases["queue"] for r in recs)
+    assert first >= 0.3 and second >= first + 0.2  # the second waited for the first, too
+    assert second - 0.01 <= clock.seconds() < first + second - first / 2
+    assert clock.waiting == 0

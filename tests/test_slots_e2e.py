@@ -7,7 +7,12 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
+from prometheus_client import generate_latest
+
 from exporter.config import load_config
+from exporter.metrics.collector import ExporterState, build_registry
+from exporter.run.results import RunResult
 from exporter.run.runner import Runner
 from probes.recorder import Recorder
 from probes.wire.net import Endpoint, TLSSettings, client_context
@@ -73,6 +78,44 @@ def test_queueing_does_not_count_against_the_deadline(
     result = asyncio.run(main())
     assert result.reason == "success", result.message  # type: ignore[attr-defined]
     assert result.phases["queue"] > 2  # type: ignore[attr-defined]
+
+
+def test_queue_time_is_measured_and_exported(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:
+    """The only IMAP slot is held until the run has queued for at least HOLD seconds: the run's queue
+    time is exported (mailcanary_roundtrip_queue_seconds) and logged, and its duration includes it."""
+    hold = 0.5
+    runner = runner_for(tmp_path, [roundtrip(mailstack, tmp_path, "queued", mailbox)], max_sessions=1)
+    probe = runner.loaded.config.roundtrip[0]
+    imaps = Endpoint(mailstack.host, mailstack.ports["imaps"], "implicit")
+
+    async def main() -> RunResult:
+        held = asyncio.Event()
+
+        async def hog() -> None:
+            async with runner.slots.session(imaps, "imap", Recorder()):
+                held.set()
+                # until the run queues behind us (the limiter has no event for a new waiter)
+                while not runner.slots.waiting(imaps.address):  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(hold)  # then keep the slot: the run waits at least this long
+
+        task = asyncio.create_task(hog())
+        await held.wait()
+        result = await runner.run_entry(probe)
+        await task
+        return result
+
+    with structlog.testing.capture_logs() as logs:
+        result = asyncio.run(main())
+    assert result.reason == "success", result.message
+    assert result.queue >= hold
+    assert result.duration > result.queue  # included: the run's wall time holds its wait
+    assert result.queue <= result.phases["queue"] + 0.01  # one session waited: the queue phase
+    text = generate_latest(build_registry(runner.store, ExporterState())).decode()
+    exported = float(text.split('mailcanary_roundtrip_queue_seconds{probe="queued"} ')[1].split()[0])
+    assert exported == result.queue
+    (line,) = [e for e in logs if e["event"] == "probe_run"]
+    assert line["queue_seconds"] == round(result.queue, 4)
 
 
 def test_no_slot_in_time_is_queue_timeout(mailstack: MailStack, mailbox: str, tmp_path: Path) -> None:

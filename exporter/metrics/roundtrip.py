@@ -21,7 +21,7 @@ from exporter.metrics.family import (
     render,
     value,
 )
-from exporter.metrics.run import last_duration, last_finish, last_success
+from exporter.metrics.run import QUEUE_HELP, last_duration, last_finish, last_queue, last_success
 from exporter.run.results import DELIVERY_BUCKETS, OUTCOMES, ProbeStats
 from probes.domain.dnsbl import STATUSES as DNSBL_STATUSES
 from probes.receipt.placement import PLACEMENTS
@@ -107,6 +107,7 @@ SPECS: list[Spec[ProbeStats]] = [
         "Wall time of the last run, all phases included.",
         last_duration,
     ),
+    gauge("mailcanary_roundtrip_queue_seconds", QUEUE_HELP.format(what="run"), last_queue),
     gauge("mailcanary_roundtrip_last_run_timestamp_seconds", "When the last run finished.", last_finish),
     gauge(
         "mailcanary_roundtrip_last_success_timestamp_seconds",

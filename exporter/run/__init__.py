@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         START_MIN,
         PhaseTrigger,
         ProbeScheduler,
+        first_run,
         jitter_for,
         next_slot,
         offset_for,
@@ -50,6 +51,7 @@ __all__ = [
     "RunResult",
     "Runner",
     "endpoint_of",
+    "first_run",
     "jitter_for",
     "make_masker",
     "next_slot",
@@ -71,7 +73,7 @@ if not TYPE_CHECKING:  # a module loads when one of its names is first used (pro
             ),
             "runner": "Runner make_masker session_limits session_pools",
             "scheduler": (
-                "EPOCH START_MIN PhaseTrigger ProbeScheduler jitter_for next_slot offset_for start_window"
+                "EPOCH START_MIN PhaseTrigger ProbeScheduler first_run jitter_for next_slot offset_for start_window"
             ),
             "settings": "endpoint_of tls_settings",
         },

@@ -81,8 +81,11 @@ class RunResult:
     reason: str  # "success" or a failure reason from probes.errors.REASONS
     message: str
     started: float  # wall clock, unix seconds
-    duration: float
+    duration: float  # includes ``queue``
     phases: dict[str, float]
+    # Seconds the run waited for session slots on the servers (probes.wire.slots: this instance's own
+    # max_sessions), overlapping waits once; part of ``duration``, never of the deadline.
+    queue: float = 0.0
     delivery: float | None = None
     late: int = 0  # earlier canaries seen this run that had timed out
     swept: int = 0  # other stale canaries of this probe deleted this run

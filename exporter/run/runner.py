@@ -39,6 +39,32 @@ class Attempt(Generic[T]):
     value: T | None
     reason: str
     message: str
+    queued: float = 0.0  # seconds spent waiting for session slots (see QueueClock)
+
+
+class QueueClock:
+    """Wall time a run spends waiting for session slots (probes.wire.slots), overlapping waits counted
+    once. Fed by the deadline extender: a wait starts with ``+queue_timeout`` (> 0) and ends with what
+    was not waited (<= 0), whatever way it ends."""
+
+    __slots__ = ("since", "total", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting, self.since, self.total = 0, 0.0, 0.0
+
+    def note(self, seconds: float) -> None:
+        now = time.monotonic()
+        if seconds > 0:
+            if self.waiting == 0:
+                self.since = now
+            self.waiting += 1
+        elif self.waiting:
+            self.waiting -= 1
+            if self.waiting == 0:
+                self.total += now - self.since
+
+    def seconds(self) -> float:
+        return self.total + (time.monotonic() - self.since if self.waiting else 0.0)
 
 
 # Probe facts about what the receiver did that go into the run's log line (RunResult.receiver), in order:
@@ -151,11 +177,19 @@ class Runner:
         """Run under the deadline; every way it can end becomes (value or None, reason, message).
 
         Time spent waiting for a session slot (the ``queue`` phase) moves the deadline on: queueing is
-        our own doing and must not turn into a ``timeout`` of the server."""
+        our own doing and must not turn into a ``timeout`` of the server. It is measured (``queued``)."""
+        queue = QueueClock()
+        attempt = await self._attempt_in(name, run, deadline, queue)
+        return dataclasses.replace(attempt, queued=queue.seconds())
+
+    async def _attempt_in(
+        self, name: str, run: Callable[[], Awaitable[T]], deadline: float, queue: QueueClock
+    ) -> Attempt[T]:
         try:
             async with asyncio.timeout(deadline) as cm:
 
                 def extend(seconds: float) -> None:
+                    queue.note(seconds)
                     when = cm.when()
                     if when is not None:
                         with contextlib.suppress(RuntimeError):  # already expiring: too late to move
@@ -184,6 +218,7 @@ class Runner:
         t0: float,
         settled: Settled,
         hygiene: dict[str, Hygiene],
+        queued: float = 0.0,
     ) -> RunResult:
         reason, message = verdict.reason, verdict.message
         run = RunResult(
@@ -193,6 +228,7 @@ class Runner:
             message=self.masker(" ".join(message.split())),
             started=started,
             duration=time.monotonic() - t0,
+            queue=queued,
             phases=dict(rec.phases),
             delivery=verdict.delivery,
             late=settled.late,
@@ -263,7 +299,9 @@ class Runner:
         if kind.hygiene and "tls_revoked" in kind.outcomes:
             verdict = revoked_verdict(verdict, rec.tls, hygiene)
         # OCSP, CRL and the sender's DNSBL are not part of the probe's time
-        run = self._finish(entry.name, rec, verdict, started, t0 + spent + settled.spent, settled, hygiene)
+        run = self._finish(
+            entry.name, rec, verdict, started, t0 + spent + settled.spent, settled, hygiene, attempt.queued
+        )
         if hooks is not None:
             hooks.finished(run)
         return run
@@ -327,6 +365,7 @@ class Runner:
             "probe": run.probe,
             "outcome": run.reason,
             "duration_seconds": round(run.duration, 4),
+            "queue_seconds": round(run.queue, 4),
             "phases": {k: round(v, 4) for k, v in run.phases.items()},
         }
         if run.delivery is not None:

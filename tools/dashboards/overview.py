@@ -313,9 +313,16 @@ def build() -> Json:
             size=(8, 8),
         ),
         timeseries_panel(
-            "Run duration",
-            [target(f"mailcanary_roundtrip_duration_seconds{{{RT}}}", "{{probe}}")],
-            description="Wall time of the last run, all phases included.",
+            "Run duration and queue time",
+            [
+                target(f"mailcanary_roundtrip_duration_seconds{{{RT}}}", "{{probe}}", "A"),
+                target(f"mailcanary_roundtrip_queue_seconds{{{RT}}}", "{{probe}} queue", "B"),
+            ],
+            description=(
+                "Wall time of the last run, all phases included, and the part of it spent waiting for "
+                "this instance's own session slots (max_sessions): a run whose duration is mostly queue "
+                "waited for the limit, not for the mail system."
+            ),
             unit="s",
             size=(12, 7),
         ),
