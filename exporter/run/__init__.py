@@ -73,7 +73,8 @@ if not TYPE_CHECKING:  # a module loads when one of its names is first used (pro
             ),
             "runner": "Runner make_masker session_limits session_pools",
             "scheduler": (
-                "EPOCH START_MIN PhaseTrigger ProbeScheduler first_run jitter_for next_slot offset_for start_window"
+                "EPOCH START_MIN PhaseTrigger ProbeScheduler first_run jitter_for next_slot offset_for "
+                "start_window"
             ),
             "settings": "endpoint_of tls_settings",
         },
