@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from exporter.state.ledger import (
     load_or_create_key,
 )
 from probes.canary import MIN_KEY_BYTES, Token, new_token
+from tests.support.ledgerfile import ledger_on_disk
 
 CFG = "/etc/mailcanary/mailcanary.yml"
 DATA = Path(__file__).parent / "data"
@@ -152,22 +152,6 @@ def record(ledger: Ledger, probe: str, token: Token, state: str) -> None:
     asyncio.run(ledger.record(probe, token, state))
 
 
-def on_disk(path: Path) -> dict[str, Any]:
-    """The ledger file as its format says (version 3): a snapshot line, then one change per line."""
-    head, *lines = path.read_bytes().split(b"\n")
-    data: dict[str, Any] = json.loads(head)
-    probes = data["probes"]
-    for line in lines:
-        if line:
-            op, probe, nonce, *item = json.loads(line)
-            if op == "set":
-                probes.setdefault(probe, {})[nonce] = item[0]
-            else:
-                probes.get(probe, {}).pop(nonce, None)
-    data["probes"] = {p: v for p, v in probes.items() if v}
-    return data
-
-
 def metric(health: StateHealth, name: str, **labels: str) -> float:
     for fam in StateCollector(health).collect():
         for sample in fam.samples:
@@ -226,7 +210,7 @@ def test_ledger_persists_across_instances(tmp_path: Path) -> None:
     first = Ledger(path)
     finish(first, "p", tok("a"))
     finish(first, "q", tok("c", probe="q"))
-    data = on_disk(path)
+    data = ledger_on_disk(path)
     assert data["version"] == 3
     assert data["probes"]["p"] == {"a" * 32: {"sent": NOW, "state": "waiting", "session": None}}
     second = Ledger(path)
@@ -264,7 +248,7 @@ def test_ledger_file_of_release_0_3_0_is_read_then_rewritten_as_a_journal(tmp_pa
     assert ledger.entries("p")["c" * 32].state == "unsure"  # its run is gone
     assert ledger.nonces("q") == {"b" * 32}
     record(ledger, "q", tok("d", probe="q"), "sending")
-    data = on_disk(path)
+    data = ledger_on_disk(path)
     assert data["version"] == 3 and set(data["probes"]["q"]) == {"b" * 32, "d" * 32}
     assert set(Ledger(path).nonces("p")) == {"a" * 32, "c" * 32}
 
@@ -280,9 +264,18 @@ def test_changes_are_appended_with_one_fdatasync_per_transaction(
     inode, size = path.stat().st_ino, path.stat().st_size
     calls: list[str] = []
     real_fdatasync, real_replace = os.fdatasync, os.replace
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append("fdatasync"), real_fdatasync(fd))[1])
+
+    def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    def replace(a: str, b: str) -> None:
+        calls.append("replace")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
-    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "replace", replace)
     record(ledger, "p", tok("a"), "accepted")
     assert calls == ["fdatasync"]
     assert path.stat().st_ino == inode and path.stat().st_size > size
@@ -295,7 +288,7 @@ def test_changes_are_appended_with_one_fdatasync_per_transaction(
     before = ledger.transactions
     asyncio.run(many())
     assert calls == ["fdatasync"] * (ledger.transactions - before) and len(calls) < 50
-    assert len(on_disk(path)["probes"]["p"]) == 51
+    assert len(ledger_on_disk(path)["probes"]["p"]) == 51
     assert len(Ledger(path).nonces("p")) == 51
 
 
@@ -360,7 +353,12 @@ def test_journal_is_compacted_past_its_bound(tmp_path: Path, monkeypatch: pytest
     ledger = Ledger(path)
     compactions: list[str] = []
     real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda a, b: (compactions.append(b), real_replace(a, b))[1])
+
+    def replace(a: str, b: str) -> None:
+        compactions.append(b)
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
     biggest = 0
     for n in range(200):
         t = new_token("p", now=NOW + n)
@@ -372,7 +370,7 @@ def test_journal_is_compacted_past_its_bound(tmp_path: Path, monkeypatch: pytest
     snapshot = len(path.read_bytes().split(b"\n")[0])
     assert snapshot < 4096 / 4 * 1.5 and biggest < 4096 + 2048  # the bound plus one transaction's lines
     assert len(Ledger(path).nonces("p")) == 10
-    assert len(on_disk(path)["probes"]["p"]) == 10
+    assert len(ledger_on_disk(path)["probes"]["p"]) == 10
     assert not list(tmp_path.glob(".ledger-*"))
 
 
@@ -406,7 +404,7 @@ def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
     parsed: list[int] = []
     real_parse = state_module._parse
 
-    def counting_parse(raw: bytes) -> tuple[object, str | None]:
+    def counting_parse(raw: bytes) -> object:
         parsed.append(len(raw))
         return real_parse(raw)
 
@@ -422,7 +420,7 @@ def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
     parsed.clear()
     assert ours.nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
     assert parsed == []  # only the lines it appended were read, not the whole file
-    data = on_disk(path)  # an edit in place (in the old format), same inode: size or times differ
+    data = ledger_on_disk(path)  # an edit in place (in the old format), same inode: size or times differ
     del data["probes"]["p"]["a" * 32]
     path.write_text(json.dumps({**data, "version": 2}))
     assert ours.nonces("p") == {"b" * 32, "c" * 32}
@@ -451,7 +449,7 @@ def test_slow_disk_gives_the_default_and_an_operation_error_reaches_the_caller(
     assert ledger.health.errors[("ledger", "slow")] == 1
 
 
-def test_record_soon_is_in_order_before_the_next_operation_and_on_disk(tmp_path: Path) -> None:
+def test_record_soon_is_in_order_before_the_next_operation_and_ledger_on_disk(tmp_path: Path) -> None:
     """``accepted`` is queued, not awaited: the run's finish (queued after it) still sees it, and it
     reaches the file without anyone waiting for it."""
     path = tmp_path / "ledger.json"
@@ -671,13 +669,14 @@ def test_full_disk_no_leak_visible_and_recovers(small_fs: Path) -> None:
             n += 1
             assert n < 200, "the full disk never refused a write"
             finish(ledger, "p", new_token("p", now=NOW + n))
-        saved = on_disk(path)["probes"]["p"].keys()
+        saved = ledger_on_disk(path)["probes"]["p"].keys()
         for m in range(n + 1, n + 8):
             finish(ledger, "p", new_token("p", now=NOW + m))
     assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="write") == 8
     assert len([e for e in logs if e["event"] == "state_error"]) == 1
     assert not list(small_fs.glob(".ledger-*"))  # no temp file leaked by the failed writes
-    assert len(saved) == n and on_disk(path)["probes"]["p"].keys() == saved  # no torn line, nothing lost
+    assert len(saved) == n  # nothing lost, no torn line:
+    assert ledger_on_disk(path)["probes"]["p"].keys() == saved
     assert path.read_bytes().endswith(b"\n")
     filler.unlink()
     finish(ledger, "p", None)
