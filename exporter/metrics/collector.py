@@ -142,17 +142,37 @@ def _escape_value(value: str) -> str:
 
 
 def _number(value: float) -> str:
+    """``floatToGoString``, with the common cases first: an int or float below 1e6 (where Go's form and
+    Python's ``repr`` agree) needs neither the float() nor the checks for infinities and NaN."""
+    kind = value.__class__
+    if kind is int and -(10**15) < value < 1_000_000:
+        return f"{value}.0"
+    if kind is float and -1e15 < value < 1e6:  # (False for NaN and the infinities)
+        return repr(value)
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 def sample_lines(fam: Metric) -> str:
     """A family's samples in the Prometheus text format, exactly as ``generate_latest`` writes them
-    (labels sorted by name, values through ``floatToGoString``); our names never need escaping."""
+    (labels sorted by name, values through ``floatToGoString``); our names never need escaping.
+    Rendered for every probe after every run, so written for speed: label names sorted once per set
+    of names, values escaped only when they hold a character that needs it."""
     out = []
+    orders: dict[tuple[str, ...], list[str]] = {}
     for sample in fam.samples:
-        if sample.labels:
-            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(sample.labels.items()))
-            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
+        labels = sample.labels
+        if labels:
+            names = tuple(labels)
+            order = orders.get(names)
+            if order is None:
+                order = orders[names] = sorted(names)
+            pairs = []
+            for k in order:
+                v = labels[k]
+                if "\\" in v or "\n" in v or '"' in v:
+                    v = _escape_value(v)
+                pairs.append(f'{k}="{v}"')
+            out.append(f"{sample.name}{{{','.join(pairs)}}} {_number(sample.value)}\n")
         else:
             out.append(f"{sample.name} {_number(sample.value)}\n")
     return "".join(out)
