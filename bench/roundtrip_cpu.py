@@ -25,8 +25,10 @@ target (≤ 8 ms per round trip, ≥ 12x less than the anchor).
 and then with one cut undone (the code before it, patched in by this bench only), interleaved, and
 prints CPU per round trip (process, and the event loop's thread alone) for each. The undone cuts:
 ``ledger`` (every transaction rewrites the whole file: temp file, fsync, rename, fsync of the
-directory, as 0.3.0 did, instead of appending with one fdatasync) and ``logout`` (close waits for
-the IMAP LOGOUT reply, as 0.3.0 did).
+directory, as 0.3.0 did, instead of appending with one fdatasync), ``logout`` (close waits for the
+IMAP LOGOUT reply, as 0.3.0 did), ``quit`` (the same for SMTP QUIT's 221), ``anchors`` (the trust
+store's files stat'ed on every TLS connection: ~300 with the system store) and ``render`` (the
+per-run /metrics render's sample lines as 0.3.0 wrote them).
 """
 
 from __future__ import annotations
@@ -45,13 +47,21 @@ import venv
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiosmtplib
+from prometheus_client.core import Metric
+from prometheus_client.utils import floatToGoString
+
 from bench._common import ROOT, load, table
 from exporter import logs
 from exporter.config import load_config
 from exporter.daemon import Daemon
+from exporter.metrics import collector
 from exporter.state.ledger import Ledger
+from probes.clients import smtp as smtp_client
 from probes.clients.imap.connection import IMAPConnection
 from probes.errors import ProbeError
+from probes.recorder import Recorder
+from probes.tls import chain
 from probes.wire.net import CLOSE_TIMEOUT, close_writer
 from tests.mailstack import MailStack, make_root
 from tests.support.stackconfig import roundtrip, write_config
@@ -75,14 +85,41 @@ async def _close_awaiting_logout(self: IMAPConnection) -> None:
         await close_writer(self._writer)
 
 
+def _sample_lines_before(fam: Metric) -> str:
+    """0.3.0's sample_lines: labels sorted and escaped, values through floatToGoString, per sample."""
+
+    def esc(value: str) -> str:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+    out = []
+    for sample in fam.samples:
+        number = floatToGoString(sample.value)  # type: ignore[no-untyped-call]
+        if sample.labels:
+            labels = ",".join(f'{k}="{esc(v)}"' for k, v in sorted(sample.labels.items()))
+            out.append(f"{sample.name}{{{labels}}} {number}\n")
+        else:
+            out.append(f"{sample.name} {number}\n")
+    return "".join(out)
+
+
+async def _quit_awaiting_reply(smtp: aiosmtplib.SMTP, recorder: Recorder) -> None:
+    """0.3.0's goodbye: QUIT, and its 221 read, before closing."""
+    recorder.debug("C: smtp", "QUIT")
+    with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+        await smtp.quit()
+
+
 def _rewrite_whole(self: Ledger, data: bytes) -> None:
     """0.3.0's save: the whole ledger written to a temp file, fsynced, renamed, directory fsynced."""
     self._compact(self._entries)
 
 
-UNDO = {
+UNDO: dict[str, tuple[object, str, object]] = {
     "ledger": (Ledger, "_append", _rewrite_whole),
     "logout": (IMAPConnection, "close", _close_awaiting_logout),
+    "quit": (smtp_client, "send_quit", _quit_awaiting_reply),
+    "anchors": (chain, "ANCHOR_RECHECK", 0.0),
+    "render": (collector, "sample_lines", _sample_lines_before),
 }
 
 

@@ -156,3 +156,13 @@ def test_trust_store_is_looked_at_again_only_after_the_recheck_period(
     assert len(trust_anchors(str(ca))) == 1 and str(ca) not in stats  # within the period: not looked at
     monkeypatch.setattr(chain, "ANCHOR_RECHECK", 0.0)
     assert len(trust_anchors(str(ca))) == 2 and str(ca) in stats  # after it: the change is seen
+
+
+def test_a_judged_chain_is_remembered_per_set_of_anchors(pki: TestPKI, inter: Issued, leaf: Issued) -> None:
+    """Issue 23: a remembered scan's chain is applied to every run; it is judged once per anchors."""
+    served = [leaf.der, inter.der]
+    known, empty = anchors_of(pki.root), Anchors.of([])
+    first = chain_facts(served, known)
+    assert first.complete is True and chain_facts(list(served), known) is first
+    assert chain_facts(served, empty).complete is False  # another store: judged on its own
+    assert chain_facts(served, anchors_of(pki.root)) == first  # an equal store: the same verdict

@@ -115,13 +115,13 @@ async def send_message(
         with recorder.phase(f"{prefix}_send"):
             result = await _send(smtp, sender, recipients, message, recorder)
         accepted_at = recorder.clock()
-        send_quit(smtp, recorder)
+        await send_quit(smtp, recorder)
         return SendResult(accepted_at=accepted_at, reply=result, tls_version=tls_version)
     finally:
         smtp.close()
 
 
-def send_quit(smtp: aiosmtplib.SMTP, recorder: Recorder) -> None:
+async def send_quit(smtp: aiosmtplib.SMTP, recorder: Recorder) -> None:
     """Say QUIT and go (the caller closes the session next): nothing depends on the 221 once the
     message is accepted, so it is not waited for, and not read (the transcript shows no reply)."""
     transport = smtp.transport
