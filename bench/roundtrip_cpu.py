@@ -27,8 +27,9 @@ prints CPU per round trip (process, and the event loop's thread alone) for each.
 ``ledger`` (every transaction rewrites the whole file: temp file, fsync, rename, fsync of the
 directory, as 0.3.0 did, instead of appending with one fdatasync), ``logout`` (close waits for the
 IMAP LOGOUT reply, as 0.3.0 did), ``quit`` (the same for SMTP QUIT's 221), ``anchors`` (the trust
-store's files stat'ed on every TLS connection: ~300 with the system store) and ``render`` (the
-per-run /metrics render's sample lines as 0.3.0 wrote them).
+store's files stat'ed on every TLS connection: ~300 with the system store), ``render`` (the
+per-run /metrics render's sample lines as 0.3.0 wrote them) and ``chain`` (the served chain of a
+remembered TLS scan judged again at every run).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from probes.clients import smtp as smtp_client
 from probes.clients.imap.connection import IMAPConnection
 from probes.errors import ProbeError
 from probes.recorder import Recorder
-from probes.tls import chain
+from probes.tls import chain, scanning
 from probes.wire.net import CLOSE_TIMEOUT, close_writer
 from tests.mailstack import MailStack, make_root
 from tests.support.stackconfig import roundtrip, write_config
@@ -120,6 +121,7 @@ UNDO: dict[str, tuple[object, str, object]] = {
     "quit": (smtp_client, "send_quit", _quit_awaiting_reply),
     "anchors": (chain, "ANCHOR_RECHECK", 0.0),
     "render": (collector, "sample_lines", _sample_lines_before),
+    "chain": (scanning, "chain_facts", chain._judge),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import socket
@@ -125,7 +126,7 @@ async def send_quit(smtp: aiosmtplib.SMTP, recorder: Recorder) -> None:
     """Say QUIT and go (the caller closes the session next): nothing depends on the 221 once the
     message is accepted, so it is not waited for, and not read (the transcript shows no reply)."""
     transport = smtp.transport
-    if transport is None or transport.is_closing():
+    if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
         return
     recorder.debug("C: smtp", "QUIT")
     with contextlib.suppress(OSError, RuntimeError):
