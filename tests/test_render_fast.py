@@ -36,3 +36,30 @@ def test_sample_lines_equal_generate_latest(rows: list[tuple[str, str, float]], 
         fam.add_metric([zeta, alpha], value)
     single = GaugeMetricFamily("x_plain", "no labels", value=plain)
     assert text_of([fam, single]) == reference([fam, single])
+
+
+async def test_changes_on_the_loop_are_rendered_once_and_never_read_stale() -> None:
+    """A run's lag note (at its start) and its result (at its end) are one render on the event loop,
+    not two; a read before the timer renders what is pending, so it is never older than the store."""
+    from exporter.metrics.collector import ExporterState, MailcanaryCollector, SeriesCache
+    from exporter.run.results import ResultStore, RunResult
+
+    store, state = ResultStore(), ExporterState(probes={"p": "roundtrip"})
+    store.ensure(["p"])
+    cache = SeriesCache(store, state)
+    cache.text()
+    before = cache.renders
+    store.note_lag("p", 0.25)
+    ok = RunResult(
+        probe="p", success=True, reason="success", message="ok", started=1.7e9, duration=0.5, phases={}
+    )
+    store.record(ok)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    assert cache.text() == generate_latest(registry).decode()  # read at once: current
+    assert cache.renders == before + 1  # both changes in one render
+    store.note_lag("p", 0.5)
+    cache.flush()  # what the timer does within COALESCE_SECONDS
+    assert cache.renders == before + 2
+    cache.flush()
+    assert cache.renders == before + 2  # nothing pending: nothing rendered
