@@ -5,7 +5,8 @@
 Starts the real Postfix + Dovecot of tests/mailstack on loopback (root). One round trip is SMTP
 submission with STARTTLS + AUTH, then IMAPS with the default detection; mailcanary runs it through the
 Runner the daemon builds (``Daemon._prepare``: durable ledger, status-page history with its bounded
-transcript, the pre-rendered /metrics series re-rendered per run, the info-level JSON log line
+transcript, the pre-rendered /metrics series re-rendered per run (with the scheduler's lag note before
+it), the info-level JSON log line
 written to /dev/null), in this process, warm. The anchor is ``bench/_anchor_check.py``, one new
 interpreter per check with smtplib + imaplib, as check_mail_loop and check_email_delivery work, run
 by the python of a bare venv made for the run (``venv --without-pip``): a normal interpreter start
@@ -28,8 +29,10 @@ prints CPU per round trip (process, and the event loop's thread alone) for each.
 directory, as 0.3.0 did, instead of appending with one fdatasync), ``logout`` (close waits for the
 IMAP LOGOUT reply, as 0.3.0 did), ``quit`` (the same for SMTP QUIT's 221), ``anchors`` (the trust
 store's files stat'ed on every TLS connection: ~300 with the system store), ``render`` (the
-per-run /metrics render's sample lines as 0.3.0 wrote them) and ``chain`` (the served chain of a
-remembered TLS scan judged again at every run).
+probe's /metrics series rendered at every change, i.e. twice per run: the scheduler's lag note and
+the result, with 0.3.0's sample lines) and ``chain`` (the served chain of a remembered TLS scan
+judged again at every run). Each run is preceded by the scheduler's lag note and followed by the
+render timer's flush, as in the daemon (where a probe's runs are an interval apart).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from exporter import logs
 from exporter.config import load_config
 from exporter.daemon import Daemon
 from exporter.metrics import collector
+from exporter.metrics.collector import SeriesCache
 from exporter.state.ledger import Ledger
 from probes.clients import smtp as smtp_client
 from probes.clients.imap.connection import IMAPConnection
@@ -115,13 +119,16 @@ def _rewrite_whole(self: Ledger, data: bytes) -> None:
     self._compact(self._entries)
 
 
-UNDO: dict[str, tuple[object, str, object]] = {
-    "ledger": (Ledger, "_append", _rewrite_whole),
-    "logout": (IMAPConnection, "close", _close_awaiting_logout),
-    "quit": (smtp_client, "send_quit", _quit_awaiting_reply),
-    "anchors": (chain, "ANCHOR_RECHECK", 0.0),
-    "render": (collector, "sample_lines", _sample_lines_before),
-    "chain": (scanning, "chain_facts", chain._judge),
+UNDO: dict[str, list[tuple[object, str, object]]] = {
+    "ledger": [(Ledger, "_append", _rewrite_whole)],
+    "logout": [(IMAPConnection, "close", _close_awaiting_logout)],
+    "quit": [(smtp_client, "send_quit", _quit_awaiting_reply)],
+    "anchors": [(chain, "ANCHOR_RECHECK", 0.0)],
+    "chain": [(scanning, "chain_facts", chain._judge)],
+    "render": [
+        (collector, "sample_lines", _sample_lines_before),
+        (SeriesCache, "_changed", SeriesCache._render),
+    ],
 }
 
 
@@ -131,13 +138,14 @@ def undone(cut: str | None) -> Iterator[None]:
     if cut is None:
         yield
         return
-    owner, name, old = UNDO[cut]
-    current = owner.__dict__[name]
-    setattr(owner, name, old)
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in UNDO[cut]]
+    for owner, name, old in UNDO[cut]:
+        setattr(owner, name, old)
     try:
         yield
     finally:
-        setattr(owner, name, current)
+        for owner, name, current in saved:
+            setattr(owner, name, current)
 
 
 def children_cpu() -> float:
@@ -219,7 +227,9 @@ async def measure(
         for variant in variants:
             with undone(variant):
                 t0, m0 = time.process_time(), time.thread_time()
+                daemon.store.note_lag(rt.name, 0.0)  # what the scheduler does as it starts a run
                 result = await runner.run_entry(rt)
+                daemon.series.flush()  # what the render timer does before the probe's next run
                 mine[variant][0] += time.process_time() - t0
                 mine[variant][1] += time.thread_time() - m0
             failures += 0 if result.success else 1
