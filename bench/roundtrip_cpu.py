@@ -31,8 +31,9 @@ IMAP LOGOUT reply, as 0.3.0 did), ``quit`` (the same for SMTP QUIT's 221), ``anc
 store's files stat'ed on every TLS connection: ~300 with the system store), ``render`` (the
 probe's /metrics series rendered at every change, i.e. twice per run: the scheduler's lag note and
 the result, with 0.3.0's sample lines) and ``chain`` (the served chain of a remembered TLS scan
-judged again at every run). Each run is preceded by the scheduler's lag note and followed by the
-render timer's flush, as in the daemon (where a probe's runs are an interval apart).
+judged again at every run); ``all`` undoes them all (0.3.0's round trip). Each run is preceded by
+the scheduler's lag note and followed by the render timer's flush, as in the daemon (where a
+probe's runs are an interval apart).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ UNDO: dict[str, list[tuple[object, str, object]]] = {
         (SeriesCache, "_changed", SeriesCache._render),
     ],
 }
+UNDO["all"] = [patch for patches in list(UNDO.values()) for patch in patches]  # as 0.3.0 was
 
 
 @contextlib.contextmanager
