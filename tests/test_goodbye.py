@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import warnings
 
+from probes.auth.credentials import Credentials
 from probes.clients.smtp import SMTPSettings, send_message
 from probes.recorder import Recorder
-from probes.wire.net import Endpoint
+from probes.wire.net import Endpoint, TLSSettings
+from tests.mailstack import MailStack
 from tests.support.faultservers import serving
 
 
@@ -45,3 +49,24 @@ async def test_quit_is_sent_and_its_reply_not_awaited() -> None:
         await asyncio.wait_for(eof.wait(), 30)
     assert quit_seen.is_set() and "queued" in sent.reply
     assert rec.transcript is not None and rec.transcript[-1] == "C: smtp QUIT"
+
+
+def test_no_transport_outlives_a_submission_over_tls(mailstack: MailStack) -> None:
+    """The real Postfix, STARTTLS + AUTH: QUIT unanswered, the session's close (TLS close_notify) is
+    still waited for, bounded, so when the loop ends right after the run nothing is left open (before
+    the wait, the TLS shutdown was still in flight and the transport was reported unclosed)."""
+    user = mailstack.test_addresses[0]
+    tls = TLSSettings(ca_file=str(mailstack.ca_file), server_name=mailstack.server_name)
+    settings = SMTPSettings(
+        Endpoint(mailstack.host, mailstack.ports["submission"], "starttls", tls),
+        Credentials(user, mailstack.password(user)),
+    )
+    message = b"Subject: goodbye test\r\n\r\nbody\r\n"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(5):
+            rec = Recorder(transcript=[])
+            asyncio.run(send_message(settings, user, [user], message, rec))  # the loop closes at once
+            assert rec.transcript is not None and rec.transcript[-1] == "C: smtp QUIT"
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
