@@ -374,6 +374,37 @@ def test_journal_is_compacted_past_its_bound(tmp_path: Path, monkeypatch: pytest
     assert not list(tmp_path.glob(".ledger-*"))
 
 
+def test_two_ledgers_appending_and_compacting_in_turn_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon and a one-shot probe on one journal, each appending and compacting (a new inode) in
+    turn: each reads the other's appends from where it left off, or the whole file after a compaction."""
+    import exporter.state.ledger as state_module
+
+    monkeypatch.setattr(state_module, "JOURNAL_MIN_BYTES", 2048)
+    path = tmp_path / "ledger.json"
+    first, second = Ledger(path), Ledger(path)
+    compactions: list[str] = []
+    real_replace = os.replace
+
+    def replace(a: str, b: str) -> None:
+        compactions.append(b)
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    kept = set()
+    for n in range(90):
+        ledger = first if n % 3 else second  # two of three by the first, every third by the second
+        t = new_token("p", now=NOW + n)
+        record(ledger, "p", t, "accepted")
+        finish(ledger, "p", t, seen=n % 10 != 0)  # one canary in ten stays awaited
+        if n % 10 == 0:
+            kept.add(t.nonce)
+    assert len(compactions) > 3  # compacted on the way, by either
+    assert first.nonces("p") == second.nonces("p") == kept
+    assert set(ledger_on_disk(path)["probes"]["p"]) == kept
+
+
 def test_io_runs_on_the_writer_thread_and_batches(tmp_path: Path) -> None:
     """Ledger file I/O never runs on the event loop: it runs on one thread, and concurrent requests
     share transactions (one read-modify-write and fsync for many)."""
