@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from tests.mailstack import MailStack
 from tests.support.daemon import Daemon, json_lines
+from tests.support.ledgerfile import ledger_on_disk
 from tests.support.metrics import scrape, value
 from tests.support.postfix import queued
 from tests.support.stackconfig import roundtrip, write_config
@@ -21,7 +21,7 @@ from tests.support.wait import eventually
 
 def ledger_entries(state: Path, probe: str) -> dict[str, Any]:
     try:
-        data = json.loads((state / "ledger.json").read_text())
+        data = ledger_on_disk(state / "ledger.json")
     except (OSError, ValueError):
         return {}
     entries: dict[str, Any] = data.get("probes", {}).get(probe, {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -150,3 +151,36 @@ async def test_close_beside_a_cut_idle_drops_the_session_instead_of_reading_twic
         await session.close()  # before: RuntimeError from LOGOUT's read
         assert not session.is_open
         await asyncio.gather(idling, return_exceptions=True)
+
+
+async def test_close_says_logout_and_does_not_wait_for_its_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: LOGOUT is sent and the connection closed at once (nothing depends on the reply). A
+    server that would answer only once the client is gone sees LOGOUT and then the client's EOF; before,
+    close() waited for the reply (up to CLOSE_TIMEOUT). The transcript shows no reply it did not read."""
+    import probes.clients.imap.connection as connection
+
+    monkeypatch.setattr(connection, "CLOSE_TIMEOUT", 60.0, raising=False)  # the old wait: min(timeout, it)
+    logout, eof = asyncio.Event(), asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE UIDPLUS] hi\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            while line := await reader.readline():
+                if line.split()[1:2] == [b"LOGOUT"]:
+                    logout.set()
+                    if await reader.read() == b"":  # replies only after the client's EOF: never
+                        eof.set()
+                    break
+        writer.close()
+
+    async with serving(handler) as port:
+        settings = IMAPSettings(Endpoint("127.0.0.1", port, "none"), Credentials("u", "p"), timeout=60.0)
+        rec = Recorder(transcript=[])
+        session = IMAPSession(settings, rec)
+        await session.secure()
+        await asyncio.wait_for(session.close(), 30)
+        await asyncio.wait_for(eof.wait(), 30)
+        assert logout.is_set() and not session.is_open
+    assert rec.transcript is not None
+    assert rec.transcript[-1].endswith("LOGOUT") and rec.transcript[-1].startswith("C: imap")

@@ -26,8 +26,10 @@ from exporter.state.ledger import (
     load_or_create_key,
 )
 from probes.canary import MIN_KEY_BYTES, Token, new_token
+from tests.support.ledgerfile import ledger_on_disk
 
 CFG = "/etc/mailcanary/mailcanary.yml"
+DATA = Path(__file__).parent / "data"
 NOW = 1_700_000_000.0
 
 
@@ -208,8 +210,8 @@ def test_ledger_persists_across_instances(tmp_path: Path) -> None:
     first = Ledger(path)
     finish(first, "p", tok("a"))
     finish(first, "q", tok("c", probe="q"))
-    data = json.loads(path.read_text())
-    assert data["version"] == 2
+    data = ledger_on_disk(path)
+    assert data["version"] == 3
     assert data["probes"]["p"] == {"a" * 32: {"sent": NOW, "state": "waiting", "session": None}}
     second = Ledger(path)
     assert begin(second, "p") == {"a" * 32}
@@ -233,6 +235,174 @@ def test_version_1_ledger_is_read(tmp_path: Path) -> None:
     ledger = Ledger(path)
     assert begin(ledger, "p") == {"a" * 32}
     assert ledger.health.errors[("ledger", "corrupt")] == 0
+
+
+def test_ledger_file_of_release_0_3_0_is_read_then_rewritten_as_a_journal(tmp_path: Path) -> None:
+    """tests/data/ledger-0.3.0.json was written by the 0.3.0 ledger (one JSON object, version 2): two
+    waiting canaries and one a run (long dead) was sending."""
+    path = tmp_path / "ledger.json"
+    path.write_bytes((DATA / "ledger-0.3.0.json").read_bytes())
+    ledger = Ledger(path)
+    assert ledger.health.errors[("ledger", "corrupt")] == 0
+    assert begin(ledger, "p") == {"a" * 32, "c" * 32}
+    assert ledger.entries("p")["c" * 32].state == "unsure"  # its run is gone
+    assert ledger.nonces("q") == {"b" * 32}
+    record(ledger, "q", tok("d", probe="q"), "sending")
+    data = ledger_on_disk(path)
+    assert data["version"] == 3 and set(data["probes"]["q"]) == {"b" * 32, "d" * 32}
+    assert set(Ledger(path).nonces("p")) == {"a" * 32, "c" * 32}
+
+
+def test_changes_are_appended_with_one_fdatasync_per_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction appends its changes to the journal and syncs them once: no temp file, no rename,
+    no directory fsync; operations queued together share the append and its fdatasync."""
+    path = tmp_path / "ledger.json"
+    ledger = Ledger(path)
+    record(ledger, "p", tok("a"), "sending")  # the first save creates the file (a snapshot)
+    inode, size = path.stat().st_ino, path.stat().st_size
+    calls: list[str] = []
+    real_fdatasync, real_replace = os.fdatasync, os.replace
+
+    def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    def replace(a: str, b: str) -> None:
+        calls.append("replace")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
+    monkeypatch.setattr(os, "replace", replace)
+    record(ledger, "p", tok("a"), "accepted")
+    assert calls == ["fdatasync"]
+    assert path.stat().st_ino == inode and path.stat().st_size > size
+    assert path.read_bytes().count(b"\n") == 2  # the snapshot and one change
+
+    async def many() -> None:
+        await asyncio.gather(*(ledger.record("p", new_token("p"), "sending") for _ in range(50)))
+
+    calls.clear()
+    before = ledger.transactions
+    asyncio.run(many())
+    assert calls == ["fdatasync"] * (ledger.transactions - before) and len(calls) < 50
+    assert len(ledger_on_disk(path)["probes"]["p"]) == 51
+    assert len(Ledger(path).nonces("p")) == 51
+
+
+def test_torn_last_line_of_a_crash_mid_append_is_ignored_and_cut_off(tmp_path: Path) -> None:
+    """A writer killed mid-append leaves a line without its newline: it was never acknowledged, so it
+    is ignored (no corrupt file, every earlier change kept) and cut off before the next append."""
+    path = tmp_path / "ledger.json"
+    ledger = Ledger(path)
+    record(ledger, "p", tok("a"), "sending")
+    record(ledger, "p", tok("a"), "accepted")
+    record(ledger, "p", tok("b"), "sending")
+    ledger.close()
+    good = path.read_bytes()
+    with open(path, "ab") as fh:
+        fh.write(b'["set", "p", "' + b"c" * 32 + b'", {"sent": 1700000000.0, "sta')
+    again = Ledger(path)
+    assert again.health.errors[("ledger", "corrupt")] == 0
+    assert again.nonces("p") == {"a" * 32, "b" * 32}
+    assert again.entries("p")["a" * 32].state == "accepted"
+    record(again, "p", tok("d"), "sending")
+    assert path.read_bytes().startswith(good) and b"sta\n" not in path.read_bytes()
+    assert path.read_bytes().count(b"\n") == good.count(b"\n") + 1
+    assert Ledger(path).nonces("p") == {"a" * 32, "b" * 32, "d" * 32}
+
+
+def test_torn_line_of_another_process_is_not_applied(tmp_path: Path) -> None:
+    """The same while another process shares the journal: what it appended whole is read, its torn
+    last line is not, and our next append replaces it."""
+    path = tmp_path / "ledger.json"
+    ours, other = Ledger(path), Ledger(path)
+    record(ours, "p", tok("a"), "accepted")
+    record(other, "p", tok("b"), "accepted")
+    with open(path, "ab") as fh:
+        fh.write(b'["del", "p", "' + b"a" * 32)  # killed before the end of the line
+    assert ours.nonces("p") == {"a" * 32, "b" * 32}
+    record(ours, "p", tok("c"), "accepted")
+    assert Ledger(path).nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
+    assert other.nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
+
+
+def test_bad_line_inside_the_journal_is_corrupt_and_earlier_changes_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = Ledger(path)
+    record(ledger, "p", tok("a"), "accepted")
+    record(ledger, "p", tok("b"), "accepted")
+    ledger.close()
+    with open(path, "ab") as fh:
+        fh.write(b'["set", "p", "x", {"sent": "never"}]\n["del", "p", "' + b"a" * 32 + b'"]\n')
+    again = Ledger(path)
+    assert again.health.errors[("ledger", "corrupt")] == 1
+    assert again.nonces("p") == {"a" * 32, "b" * 32}  # what came before the bad line
+    assert len(list(tmp_path.glob("ledger.json.corrupt-*"))) == 1
+
+
+def test_journal_is_compacted_past_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound the journal is rewritten as one snapshot (atomically: temp file, rename), so it
+    stays small however many runs there are; nothing is lost on the way."""
+    import exporter.state.ledger as state_module
+
+    monkeypatch.setattr(state_module, "JOURNAL_MIN_BYTES", 4096)
+    path = tmp_path / "ledger.json"
+    ledger = Ledger(path)
+    compactions: list[str] = []
+    real_replace = os.replace
+
+    def replace(a: str, b: str) -> None:
+        compactions.append(b)
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    biggest = 0
+    for n in range(200):
+        t = new_token("p", now=NOW + n)
+        record(ledger, "p", t, "sending")
+        ledger.record_soon("p", t, "accepted")
+        finish(ledger, "p", t, seen=n % 20 != 0)  # one canary in 20 stays awaited
+        biggest = max(biggest, path.stat().st_size)
+    assert len(compactions) > 5  # compacted again and again
+    snapshot = len(path.read_bytes().split(b"\n")[0])
+    assert snapshot < 4096 / 4 * 1.5 and biggest < 4096 + 2048  # the bound plus one transaction's lines
+    assert len(Ledger(path).nonces("p")) == 10
+    assert len(ledger_on_disk(path)["probes"]["p"]) == 10
+    assert not list(tmp_path.glob(".ledger-*"))
+
+
+def test_two_ledgers_appending_and_compacting_in_turn_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon and a one-shot probe on one journal, each appending and compacting (a new inode) in
+    turn: each reads the other's appends from where it left off, or the whole file after a compaction."""
+    import exporter.state.ledger as state_module
+
+    monkeypatch.setattr(state_module, "JOURNAL_MIN_BYTES", 2048)
+    path = tmp_path / "ledger.json"
+    first, second = Ledger(path), Ledger(path)
+    compactions: list[str] = []
+    real_replace = os.replace
+
+    def replace(a: str, b: str) -> None:
+        compactions.append(b)
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    kept = set()
+    for n in range(90):
+        ledger = first if n % 3 else second  # two of three by the first, every third by the second
+        t = new_token("p", now=NOW + n)
+        record(ledger, "p", t, "accepted")
+        finish(ledger, "p", t, seen=n % 10 != 0)  # one canary in ten stays awaited
+        if n % 10 == 0:
+            kept.add(t.nonce)
+    assert len(compactions) > 3  # compacted on the way, by either
+    assert first.nonces("p") == second.nonces("p") == kept
+    assert set(ledger_on_disk(path)["probes"]["p"]) == kept
 
 
 def test_io_runs_on_the_writer_thread_and_batches(tmp_path: Path) -> None:
@@ -265,7 +435,7 @@ def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
     parsed: list[int] = []
     real_parse = state_module._parse
 
-    def counting_parse(raw: bytes) -> tuple[object, str | None]:
+    def counting_parse(raw: bytes) -> object:
         parsed.append(len(raw))
         return real_parse(raw)
 
@@ -277,13 +447,13 @@ def test_unchanged_file_is_not_reread_but_any_other_writer_is_seen(
     assert begin(ours, "p") == frozenset()  # our own save: not read back
     record(ours, "p", tok("b"), "accepted")
     assert parsed == []
-    record(other, "p", tok("c"), "accepted")  # another process's save (a new file renamed in)
+    record(other, "p", tok("c"), "accepted")  # another process's append to the journal
     parsed.clear()
     assert ours.nonces("p") == {"a" * 32, "b" * 32, "c" * 32}
-    assert len(parsed) == 1
-    data = json.loads(path.read_text())  # an edit in place, same inode: size or times differ
+    assert parsed == []  # only the lines it appended were read, not the whole file
+    data = ledger_on_disk(path)  # an edit in place (in the old format), same inode: size or times differ
     del data["probes"]["p"]["a" * 32]
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps({**data, "version": 2}))
     assert ours.nonces("p") == {"b" * 32, "c" * 32}
 
 
@@ -310,7 +480,7 @@ def test_slow_disk_gives_the_default_and_an_operation_error_reaches_the_caller(
     assert ledger.health.errors[("ledger", "slow")] == 1
 
 
-def test_record_soon_is_in_order_before_the_next_operation_and_on_disk(tmp_path: Path) -> None:
+def test_record_soon_is_in_order_before_the_next_operation_and_ledger_on_disk(tmp_path: Path) -> None:
     """``accepted`` is queued, not awaited: the run's finish (queued after it) still sees it, and it
     reaches the file without anyone waiting for it."""
     path = tmp_path / "ledger.json"
@@ -517,22 +687,32 @@ def fill(directory: Path) -> Path:
 
 
 def test_full_disk_no_leak_visible_and_recovers(small_fs: Path) -> None:
+    """Appends fill the file's last page (tmpfs allocates by page) until the disk refuses one: from
+    then on nothing is appended after a failed write (no half line), and the file keeps every change
+    saved before; once there is space, memory is written whole."""
     path = small_fs / "ledger.json"
     ledger = Ledger(path)
     finish(ledger, "p", tok("a"))
     filler = fill(small_fs)
     with capture_logs() as logs:
-        for n in "bcdefgh":
-            finish(ledger, "p", tok(n, sent=NOW + ord(n)))
-    assert metric(ledger.health, "mailcanary_state_writable") == 0
-    assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="write") == 7
+        n = 0
+        while metric(ledger.health, "mailcanary_state_writable") == 1:
+            n += 1
+            assert n < 200, "the full disk never refused a write"
+            finish(ledger, "p", new_token("p", now=NOW + n))
+        saved = ledger_on_disk(path)["probes"]["p"].keys()
+        for m in range(n + 1, n + 8):
+            finish(ledger, "p", new_token("p", now=NOW + m))
+    assert metric(ledger.health, "mailcanary_state_errors_total", file="ledger", kind="write") == 8
     assert len([e for e in logs if e["event"] == "state_error"]) == 1
     assert not list(small_fs.glob(".ledger-*"))  # no temp file leaked by the failed writes
-    assert json.loads(path.read_text())["probes"]["p"].keys() == {"a" * 32}  # the old file intact
+    assert len(saved) == n  # nothing lost, no torn line:
+    assert ledger_on_disk(path)["probes"]["p"].keys() == saved
+    assert path.read_bytes().endswith(b"\n")
     filler.unlink()
     finish(ledger, "p", None)
     assert metric(ledger.health, "mailcanary_state_writable") == 1
-    assert len(Ledger(path).nonces("p")) == 8
+    assert len(Ledger(path).nonces("p")) == n + 8
 
 
 def test_read_only_state_dir_is_visible_and_recovers(small_fs: Path) -> None:

@@ -137,3 +137,32 @@ def test_stale_and_invalid_staples(pki: TestPKI, inter: Issued, leaf: Issued) ->
     assert staple_status(b"junk", leaf.der, inter.der, now.timestamp()) == "invalid"
     assert staple_status(old, b"junk", inter.der, now.timestamp()) == "invalid"
     assert set(STAPLE_STATUSES) == {"good", "revoked", "unknown", "stale", "invalid"}
+
+
+def test_trust_store_is_looked_at_again_only_after_the_recheck_period(
+    tmp_path: Path, pki: TestPKI, inter: Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: the store's files are stat'ed at most every ANCHOR_RECHECK seconds (the system store
+    is ~300 files, looked up twice per round trip); a changed store is still seen after that."""
+    import probes.tls.chain as chain
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.root.pem)
+    assert len(trust_anchors(str(ca))) == 1
+    stats: list[str] = []
+    real_stat = chain.os.stat
+    monkeypatch.setattr(chain.os, "stat", lambda p, *a, **k: (stats.append(str(p)), real_stat(p, *a, **k))[1])
+    ca.write_bytes(pki.root.pem + inter.pem)
+    assert len(trust_anchors(str(ca))) == 1 and str(ca) not in stats  # within the period: not looked at
+    monkeypatch.setattr(chain, "ANCHOR_RECHECK", 0.0)
+    assert len(trust_anchors(str(ca))) == 2 and str(ca) in stats  # after it: the change is seen
+
+
+def test_a_judged_chain_is_remembered_per_set_of_anchors(pki: TestPKI, inter: Issued, leaf: Issued) -> None:
+    """Issue 23: a remembered scan's chain is applied to every run; it is judged once per anchors."""
+    served = [leaf.der, inter.der]
+    known, empty = anchors_of(pki.root), Anchors.of([])
+    first = chain_facts(served, known)
+    assert first.complete is True and chain_facts(list(served), known) is first
+    assert chain_facts(served, empty).complete is False  # another store: judged on its own
+    assert chain_facts(served, anchors_of(pki.root)) == first  # an equal store: the same verdict

@@ -142,17 +142,37 @@ def _escape_value(value: str) -> str:
 
 
 def _number(value: float) -> str:
+    """``floatToGoString``, with the common cases first: an int or float below 1e6 (where Go's form and
+    Python's ``repr`` agree) needs neither the float() nor the checks for infinities and NaN."""
+    kind = value.__class__
+    if kind is int and -(10**15) < value < 1_000_000:
+        return f"{value}.0"
+    if kind is float and -1e15 < value < 1e6:  # (False for NaN and the infinities)
+        return repr(value)
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 def sample_lines(fam: Metric) -> str:
     """A family's samples in the Prometheus text format, exactly as ``generate_latest`` writes them
-    (labels sorted by name, values through ``floatToGoString``); our names never need escaping."""
+    (labels sorted by name, values through ``floatToGoString``); our names never need escaping.
+    Rendered for every probe after every run, so written for speed: label names sorted once per set
+    of names, values escaped only when they hold a character that needs it."""
     out = []
+    orders: dict[tuple[str, ...], list[str]] = {}
     for sample in fam.samples:
-        if sample.labels:
-            labels = ",".join(f'{k}="{_escape_value(v)}"' for k, v in sorted(sample.labels.items()))
-            out.append(f"{sample.name}{{{labels}}} {_number(sample.value)}\n")
+        labels = sample.labels
+        if labels:
+            names = tuple(labels)
+            order = orders.get(names)
+            if order is None:
+                order = orders[names] = sorted(names)
+            pairs = []
+            for k in order:
+                v = labels[k]
+                if "\\" in v or "\n" in v or '"' in v:
+                    v = _escape_value(v)
+                pairs.append(f'{k}="{v}"')
+            out.append(f"{sample.name}{{{','.join(pairs)}}} {_number(sample.value)}\n")
         else:
             out.append(f"{sample.name} {_number(sample.value)}\n")
     return "".join(out)
@@ -245,6 +265,7 @@ def openmetrics_lines(fam: Metric) -> str:
 
 
 _EMPTY: dict[str, ProbeStats] = {}
+COALESCE_SECONDS = 1.0  # changes of a probe on the event loop within this are rendered once
 FACT_HEADERS = _headers(tls_fact_families(_EMPTY, []))
 FACT_HEADERS_OM = _openmetrics_headers(tls_fact_families(_EMPTY, []))
 
@@ -262,7 +283,8 @@ class SeriesCache:
     """/metrics that costs (almost) nothing at scrape time.
 
     A probe's series are rendered to text when its stats change (a run finished, the scheduler noted lag
-    or a skip, a reload added or pruned it): that costs about 0.3 ms per run, spread over the interval. A
+    or a skip, a reload added or pruned it; changes on the event loop within COALESCE_SECONDS are
+    rendered once): that costs about 0.5 ms per run, spread over the interval. A
     scrape then writes each family's header and concatenates the probes' pre-rendered lines, sorted by
     name, which gives byte for byte what prometheus_client renders from :class:`MailcanaryCollector`
     (tests/test_scrape_equal.py). A reload that changes probe kinds or the vantage (or a kind registered
@@ -286,6 +308,8 @@ class SeriesCache:
         self._kinds: list[tuple[str, Families]] = []
         self._headers: dict[str, list[str]] = {}
         self._headers_om: dict[str, list[str]] = {}
+        self._pending: set[str] = set()  # probes changed on the loop, rendered by the timer (or a read)
+        self._timer: asyncio.TimerHandle | None = None
         self._load_kinds()
         self.renders = 0  # probe renders so far (tests and benchmarks read it)
         store.subscribe(self._changed)
@@ -318,6 +342,36 @@ class SeriesCache:
         return _Fragment(kind, own_text, facts_text, own_om, facts_om)
 
     def _changed(self, name: str) -> None:
+        """A probe's stats changed. Off the event loop (a worker thread, a test): rendered now. On the
+        loop: rendered within COALESCE_SECONDS, once for every change meanwhile (the scheduler's lag
+        note at a run's start and the run's result at its end are one render, not two); :meth:`text`
+        renders whatever is still pending first, so a scrape never sees an older state."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._render(name)
+            return
+        with self._lock:
+            self._pending.add(name)
+            if self._timer is None:
+                self._timer = loop.call_later(COALESCE_SECONDS, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Render every probe whose stats changed since its last render (none: nothing to do)."""
+        with self._lock:
+            if not self._pending:
+                return
+            names = sorted(self._pending)
+            self._pending.clear()
+        for name in names:
+            self._render(name)
+
+    def _render(self, name: str) -> None:
         with self._lock:  # a render that started later wins, whichever thread finishes first
             self._seq += 1
             mine = self._want[name] = self._seq
@@ -346,8 +400,10 @@ class SeriesCache:
         with self._lock:
             for gone in set(self._frags) - names:
                 del self._frags[gone]
+        with self._lock:
+            self._pending -= names
         for name in names:
-            self._changed(name)
+            self._render(name)
         self._signature = signature
 
     @property
@@ -360,6 +416,7 @@ class SeriesCache:
         after the runtime collectors)."""
         if self.stale:
             self.rerender_all()
+        self.flush()
         vantage = self.state.vantage
         exporter = [with_vantage(f, vantage) if vantage else f for f in exporter_families(self.state)]
         out = [_render_openmetrics(exporter) if openmetrics else _render(exporter)]

@@ -4,7 +4,13 @@ The ledger is written *ahead*: a canary is recorded (durably) before its message
 accepted once the SMTP server took it, so a daemon killed in the middle of a run still knows, after a
 restart, which canary it was waiting for: when that canary turns up it is counted late, and if it never
 does it is counted lost, as if the daemon had never died. File I/O happens on one writer thread (never on
-the event loop); requests that arrive together share one locked read-modify-write and one fsync.
+the event loop); requests that arrive together share one locked transaction and one ``fdatasync``.
+
+The file is a journal (version 3): its first line is a snapshot of every entry, each further line one
+change (an entry set or dropped), appended and ``fdatasync``ed once per transaction; past a bound it is
+compacted (a new snapshot written to a temp file, fsynced and renamed into place). A crash mid-append
+leaves a torn last line, which is ignored (it was never acknowledged) and cut off before the next append.
+Version 2 and 1 files (one JSON object) are read and rewritten as a journal on the first save.
 
 Failures to read or save state are never silent: they are counted (``mailcanary_state_errors_total``),
 shown by ``mailcanary_state_writable``, and logged once with what to do. A corrupt ledger is moved aside,
@@ -41,8 +47,9 @@ log = structlog.get_logger("mailcanary.state")
 R = TypeVar("R")
 
 LEDGER_MAX_AGE = 7 * 86400.0  # a canary not seen within a week is forgotten whatever lost_after says
-LEDGER_VERSION = 2
+LEDGER_VERSION = 3  # the journal; 2 (one JSON object with "version": 2) and 1 (no version) are read
 MAX_LEDGER_BYTES = 16 * 1024 * 1024  # a bigger "ledger" is not ours: moved aside as corrupt
+JOURNAL_MIN_BYTES = 64 * 1024  # the journal is compacted once it is past this and 4x its snapshot
 MAX_ENTRIES_PER_PROBE = 1000  # canaries remembered per probe; the oldest unowned ones go first
 MAX_SESSION_SCAN = 1000  # session lock files looked at per start when cleaning up after dead processes
 LEDGER_WAIT = 10.0  # seconds a run waits for the ledger (a hung disk must not hang probes)
@@ -260,21 +267,28 @@ class Entry:
 Entries = dict[str, dict[str, Entry]]
 
 
-def _parse(raw: bytes) -> tuple[Entries, str | None]:
-    """(entries, None) for a good ledger; (what could be salvaged, why it is corrupt) otherwise.
+def _entry(item: object) -> Entry | None:
+    if not isinstance(item, dict):
+        return None
+    sent, state, session = item.get("sent"), item.get("state"), item.get("session")
+    if (
+        isinstance(sent, int | float)
+        and not isinstance(sent, bool)
+        and state in STATES
+        and (session is None or (isinstance(session, str) and _SESSION_RE.match(session)))
+    ):
+        return Entry(float(sent), str(state), session)
+    return None
 
-    Reads version 2 (``{"version": 2, "probes": {probe: {nonce: {sent, state, session}}}}``) and the
-    version 1 form (``{probe: {nonce: sent}}``), whose entries are all waiting.
-    """
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        return {}, f"not JSON ({type(exc).__name__})"
+
+def _parse_object(data: object, versions: tuple[int | None, ...]) -> tuple[Entries, str | None]:
+    """A snapshot: ``{"version": N, "probes": {probe: {nonce: {sent, state, session}}}}`` (N in
+    ``versions``), or the version 1 form ``{probe: {nonce: sent}}`` (all waiting)."""
     if not isinstance(data, dict):
         return {}, f"a JSON {type(data).__name__}, not an object"
     version = data.get("version")
-    probes: object = data.get("probes") if version == LEDGER_VERSION else data
-    if version not in (None, LEDGER_VERSION) or not isinstance(probes, dict):
+    probes: object = data.get("probes") if version is not None else data
+    if version not in versions or not isinstance(probes, dict):
         return {}, "not a mailcanary ledger"
     out: Entries = {}
     bad = 0
@@ -286,15 +300,8 @@ def _parse(raw: bytes) -> tuple[Entries, str | None]:
             entry: Entry | None = None
             if version is None and isinstance(item, int | float) and not isinstance(item, bool):
                 entry = Entry(float(item), "waiting")
-            elif isinstance(item, dict):
-                sent, state, session = item.get("sent"), item.get("state"), item.get("session")
-                if (
-                    isinstance(sent, int | float)
-                    and not isinstance(sent, bool)
-                    and state in STATES
-                    and (session is None or (isinstance(session, str) and _SESSION_RE.match(session)))
-                ):
-                    entry = Entry(float(sent), str(state), session)
+            else:
+                entry = _entry(item) if version is not None else None
             if entry is None:
                 bad += 1
             else:
@@ -302,9 +309,97 @@ def _parse(raw: bytes) -> tuple[Entries, str | None]:
     return out, (f"{bad} entries of the wrong type" if bad else None)
 
 
-def _dump(entries: Entries) -> bytes:
+def _apply(entries: Entries, line: bytes) -> bool:
+    """Apply one journal line (``["set", probe, nonce, {sent, state, session}]`` or
+    ``["del", probe, nonce]``) to ``entries``; False if it is not one."""
+    try:
+        rec = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(rec, list) or len(rec) < 3 or not all(isinstance(x, str) for x in rec[:3]):
+        return False
+    op, probe, nonce = rec[0], rec[1], rec[2]
+    if op == "del" and len(rec) == 3:
+        items = entries.get(probe)
+        if items is not None:
+            items.pop(nonce, None)
+            if not items:
+                del entries[probe]
+        return True
+    entry = _entry(rec[3]) if op == "set" and len(rec) == 4 else None
+    if entry is None:
+        return False
+    entries.setdefault(probe, {})[nonce] = entry
+    return True
+
+
+@dataclass
+class _Parsed:
+    entries: Entries
+    why: str | None  # why the file is corrupt (entries: what could be salvaged), None if good
+    end: int  # bytes of complete, good lines: appends go here (a torn last line past it is cut off)
+    journal: bool  # a version 3 journal (appendable); else an old format, rewritten on the next save
+    snapshot: int  # bytes of the snapshot line (the compaction bound grows with it)
+
+
+def _parse(raw: bytes) -> _Parsed:
+    """The ledger file: a version 3 journal, or a version 2 / 1 object (read, then rewritten).
+
+    A last line without its newline is a torn append (the writer died mid-write; nobody was told it
+    was saved): ignored. Any other bad line makes the file corrupt (the entries before it are kept)."""
+    first, nl, _ = raw.partition(b"\n")
+    head: object = None
+    head_error: str | None = None
+    try:
+        head = json.loads(first)
+    except (UnicodeDecodeError, ValueError) as exc:
+        head_error = f"not JSON ({type(exc).__name__})"
+    if head_error is None and isinstance(head, dict) and head.get("version") == LEDGER_VERSION:
+        entries, why = _parse_object(head, (LEDGER_VERSION,))
+        if why is not None:
+            return _Parsed(entries, why, 0, False, 0)
+        end = len(first) + len(nl)
+        if not nl:  # (we always end it with a newline; an edit by hand may not): rewritten on next save
+            return _Parsed(entries, None, end, False, end)
+        while end < len(raw):
+            stop = raw.find(b"\n", end)
+            if stop < 0:  # a torn last line: never acknowledged, dropped
+                break
+            if not _apply(entries, raw[end:stop]):
+                return _Parsed(entries, f"bad journal line at byte {end}", end, False, 0)
+            end = stop + 1
+        return _Parsed(entries, None, end, True, len(first) + 1)
+    # One JSON object, possibly over several lines: version 2 or 1.
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return _Parsed({}, head_error or f"not JSON ({type(exc).__name__})", 0, False, 0)
+    entries, why = _parse_object(data, (None, 2))
+    return _Parsed(entries, why, len(raw), False, len(raw))
+
+
+def _snapshot(entries: Entries) -> bytes:
     probes = {p: {n: e.to_json() for n, e in sorted(v.items())} for p, v in sorted(entries.items()) if v}
-    return json.dumps({"version": LEDGER_VERSION, "probes": probes}, sort_keys=True).encode()
+    return json.dumps({"version": LEDGER_VERSION, "probes": probes}, sort_keys=True).encode() + b"\n"
+
+
+Flat = dict[tuple[str, str], tuple[float, str, str | None]]
+
+
+def _flat(entries: Entries) -> Flat:
+    return {(p, n): (e.sent, e.state, e.session) for p, v in entries.items() for n, e in v.items()}
+
+
+def _changes(before: Flat, after: Flat) -> bytes:
+    """The journal lines that turn ``before`` into ``after`` (one per entry set or dropped)."""
+    out = []
+    for key, value in after.items():
+        if before.get(key) != value:
+            sent, state, session = value
+            item = {"sent": sent, "state": state, "session": session}
+            out.append(json.dumps(["set", key[0], key[1], item]).encode())
+    out.extend(json.dumps(["del", *key]).encode() for key in before if key not in after)
+    return b"".join(line + b"\n" for line in out)
 
 
 class _Sessions:
@@ -383,10 +478,11 @@ class Ledger:
     """Canaries in flight or overdue, per probe; persisted in ``path`` (None: in memory only).
 
     Every operation is a function applied to the entries on the writer thread, inside a transaction that
-    re-reads the file under an exclusive lock (``ledger.json.lock``), so a daemon and a one-shot
+    reads what others wrote under an exclusive lock (``ledger.json.lock``), so a daemon and a one-shot
     ``mailcanary probe`` sharing the state dir keep each other's entries. Operations queued together
-    share one transaction. While the file cannot be saved, memory is authoritative and every later
-    transaction tries again.
+    share one transaction: their changes are appended to the journal with one ``fdatasync``. While the
+    file cannot be saved, memory is authoritative and every later transaction tries again (a whole
+    rewrite, never an append after a failed one).
     """
 
     def __init__(self, path: Path | None, health: StateHealth | None = None) -> None:
@@ -398,6 +494,9 @@ class Ledger:
         self._unsaved = False  # the file could not be read (so was not written): save when it can be
         self._swept_temps = False
         self._seen: tuple[int, ...] | None = None  # identity of the file as last read or written by us
+        self._end = 0  # bytes of good journal in that file: the next change is appended there
+        self._journal = False  # that file is a version 3 journal (else: rewritten whole on next save)
+        self._snapshot_bytes = 0  # its snapshot line's size: compacted past 4x this
         self._queue: queue.SimpleQueue[tuple[Op, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -480,7 +579,7 @@ class Ledger:
             if lock_fd is not None and not self._swept_temps:
                 self._sweep_temps()
             entries, blocked = (self._entries, False) if self.path is None or self._dirty else self._load()
-            before = _dump(entries)
+            before = _flat(entries)
             results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
             for op, fut in jobs:
                 try:
@@ -491,10 +590,16 @@ class Ledger:
             if blocked:
                 self._unsaved = True  # the file could not be read: save once it can be, never over it
             elif self.path is not None:
-                after = _dump(entries)
-                if self._dirty or self._unsaved or after != before:
+                changes = _changes(before, _flat(entries))
+                bound = min(max(JOURNAL_MIN_BYTES, 4 * self._snapshot_bytes), MAX_LEDGER_BYTES // 2)
+                if self._dirty or self._unsaved:
                     self._unsaved = False
-                    self._save(after)
+                    self._compact(entries)
+                elif changes:
+                    if not self._journal or self._seen is None or self._end + len(changes) > bound:
+                        self._compact(entries)
+                    else:
+                        self._append(changes)
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)  # releases the lock
@@ -539,9 +644,13 @@ class Ledger:
                 stat = os.fstat(fh.fileno())
                 seen = _identity(stat)
                 if seen == self._seen:
-                    # The very file we last read or wrote (every save is a new inode renamed into
+                    # The very file we last read or wrote (a compaction is a new inode renamed into
                     # place, and any write changes size or times): memory holds what it holds.
                     return self._entries, False
+                if self._appended(fh, stat):
+                    self._seen = seen
+                    return self._entries, False
+                fh.seek(0)
                 raw = fh.read(min(stat.st_size, MAX_LEDGER_BYTES) + 1)
         except (FileNotFoundError, NotADirectoryError):  # not made yet (or its directory cannot be)
             self._seen = None
@@ -555,14 +664,14 @@ class Ledger:
                 "it is not overwritten meanwhile and late/lost accounting is kept in memory only",
             )
             return self._entries, True
-        entries: Entries
-        why: str | None
         if len(raw) > MAX_LEDGER_BYTES:
-            entries, why = {}, f"bigger than {MAX_LEDGER_BYTES} bytes"
+            parsed = _Parsed({}, f"bigger than {MAX_LEDGER_BYTES} bytes", 0, False, 0)
         else:
-            entries, why = _parse(raw)
+            parsed = _parse(raw)
+        entries, why = parsed.entries, parsed.why
         if why is None:
             self._seen = seen
+            self._end, self._journal, self._snapshot_bytes = parsed.end, parsed.journal, parsed.snapshot
             return entries, False
         self._seen = None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -589,8 +698,74 @@ class Ledger:
                 entries.setdefault(probe, {}).setdefault(nonce, entry)
         return entries, False
 
-    def _save(self, data: bytes) -> None:
+    def _appended(self, fh: Any, stat: os.stat_result) -> bool:
+        """Apply what another process appended to the journal we last read or wrote (same file, grown,
+        our last line still ending where we left it); False if the file must be read whole."""
+        if not self._journal or self._seen is None or self._end <= 0:
+            return False
+        if (stat.st_dev, stat.st_ino) != self._seen[:2] or stat.st_size < self._end:
+            return False
+        if stat.st_size - self._end > MAX_LEDGER_BYTES:
+            return False
+        fh.seek(self._end - 1)
+        tail = fh.read(stat.st_size - self._end + 1)
+        if tail[:1] != b"\n":
+            return False  # not where our journal ended: edited in place
+        work = {p: dict(v) for p, v in self._entries.items()}  # applied to a copy: all or nothing
+        pos = 1
+        while (stop := tail.find(b"\n", pos)) >= 0:
+            if not _apply(work, tail[pos:stop]):
+                return False  # a bad line: the whole read reports it
+            pos = stop + 1
+        self._entries = work  # a torn last line (its writer died mid-append) stays past _end
+        self._end += pos - 1
+        return True
+
+    def _append(self, data: bytes) -> None:
+        """Append journal lines at the end of the good journal (cutting off a torn line a crashed
+        writer left) and ``fdatasync`` them: durable once this returns."""
         assert self.path is not None
+        self._seen = None
+        fd = -1
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+            if os.fstat(fd).st_size != self._end:
+                os.ftruncate(fd, self._end)
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], self._end + done)
+            os.fdatasync(fd)
+            self._seen = _identity(os.fstat(fd))
+            self._end += len(data)
+        except OSError as exc:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, self._end)  # (shrinking needs no space) no half line left behind
+            self._failed(exc)
+        else:
+            self._dirty = False
+            self.health.ok("ledger")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _failed(self, exc: OSError) -> None:
+        """A save failed: memory is ahead of the file; the next transaction rewrites it whole."""
+        assert self.path is not None
+        self._dirty = True
+        self._seen = None
+        self.health.error(
+            "ledger",
+            "write",
+            f"cannot save {self.path}: {_why(exc)}",
+            f"free disk space and make {self.path.parent} writable by this user; until then late/lost "
+            "accounting is kept in memory only (lost on restart)",
+        )
+
+    def _compact(self, entries: Entries) -> None:
+        """Write a new journal holding only the snapshot: temp file, fsync, rename, fsync the directory."""
+        assert self.path is not None
+        data = _snapshot(entries)
         tmp: str | None = None
         self._seen = None
         try:
@@ -602,17 +777,11 @@ class Ledger:
             os.replace(tmp, self.path)
             tmp = None
             _fsync_dir(self.path.parent)
+            self._end, self._journal, self._snapshot_bytes = len(data), True, len(data)
             with contextlib.suppress(OSError):
                 self._seen = _identity(os.stat(self.path))  # under the lock: nobody wrote since
         except OSError as exc:
-            self._dirty = True
-            self.health.error(
-                "ledger",
-                "write",
-                f"cannot save {self.path}: {_why(exc)}",
-                f"free disk space and make {self.path.parent} writable by this user; until then late/lost "
-                "accounting is kept in memory only (lost on restart)",
-            )
+            self._failed(exc)
         else:
             self._dirty = False
             self.health.ok("ledger")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import socket
@@ -17,7 +18,7 @@ from probes.auth.oauth import error_of_challenge, initial_response
 from probes.errors import ProbeError, ProbeTimeout, Reason
 from probes.recorder import MASK, Recorder
 from probes.wire.certs import facts_from_connection
-from probes.wire.net import Endpoint, client_context, tcp_connect, tls_error_message
+from probes.wire.net import CLOSE_TIMEOUT, Endpoint, client_context, tcp_connect, tls_error_message
 
 # Longest AUTH line with an inline initial response (CRLF included): far below Postfix's line_length_limit
 # (2048), which truncates longer lines; RFC 4954 allows 12288, but an empty challenge works everywhere.
@@ -115,12 +116,70 @@ async def send_message(
         with recorder.phase(f"{prefix}_send"):
             result = await _send(smtp, sender, recipients, message, recorder)
         accepted_at = recorder.clock()
-        recorder.debug("C: smtp", "QUIT")
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            await smtp.quit()  # the message is accepted; a rude goodbye changes nothing
+        await send_quit(smtp, recorder)
         return SendResult(accepted_at=accepted_at, reply=result, tls_version=tls_version)
     finally:
+        await close_session(smtp)
+
+
+async def send_quit(smtp: aiosmtplib.SMTP, recorder: Recorder) -> None:
+    """Say QUIT and go (the caller closes the session next): nothing depends on the 221 once the
+    message is accepted, so it is not waited for, and not read (the transcript shows no reply)."""
+    transport = smtp.transport
+    if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        return
+    recorder.debug("C: smtp", "QUIT")
+    with contextlib.suppress(OSError, RuntimeError):
+        transport.write(b"QUIT\r\n")
+
+
+class _Gone(asyncio.Protocol):
+    """Stands in for aiosmtplib's protocol while a session closes: tells when the connection is gone
+    (after the TLS close_notify exchange), drops what the server still sends (the 221 is not read)."""
+
+    def __init__(self, inner: asyncio.BaseProtocol) -> None:
+        self.inner = inner
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self.inner.connection_lost(exc)
+        finally:
+            if not self.gone.done():
+                self.gone.set_result(None)
+
+
+async def close_session(smtp: aiosmtplib.SMTP) -> None:
+    """Close the session and wait until its connection is gone, at most CLOSE_TIMEOUT (else abort it):
+    no transport outlives the run. Never raises but for cancellation (closing must not mask the run's
+    result)."""
+    transport = smtp.transport
+    if not isinstance(transport, asyncio.Transport) or transport.is_closing():
         smtp.close()
+        return
+    gone = _Gone(transport.get_protocol())
+    transport.set_protocol(gone)
+    smtp.close()
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await asyncio.shield(gone.gone)
+    except asyncio.CancelledError:
+        transport.abort()
+        raise
+    except Exception:
+        transport.abort()
 
 
 async def open_session(

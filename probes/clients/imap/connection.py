@@ -19,7 +19,6 @@ from probes.wire import imapwire as wire
 from probes.wire.certs import facts_from_connection
 from probes.wire.framing import BoundedReader, ConnectionClosed, FrameError, ReadLimits
 from probes.wire.net import (
-    CLOSE_TIMEOUT,
     Endpoint,
     client_context,
     close_writer,
@@ -319,9 +318,10 @@ class IMAPConnection:
         return not self._closed and self._in is not None
 
     async def close(self) -> None:
-        """LOGOUT politely if possible, then drop the connection; never raises. While another command
-        is in flight on this session (a task cut short, not yet unwound), no LOGOUT is read beside it:
-        the connection is dropped at once."""
+        """Say LOGOUT and close the connection (TLS close_notify, within CLOSE_TIMEOUT); never raises.
+        The reply is not waited for: nothing depends on it once the session's work is done (so it is
+        not read, and the transcript shows none). While another command is in flight on this session
+        (a task cut short, not yet unwound), no LOGOUT is sent beside it: the connection is dropped."""
         if self._closed or self._writer is None:
             self._closed = True
             return
@@ -329,14 +329,15 @@ class IMAPConnection:
             self._abort()
             await close_writer(self._writer)
             return
+        self._closed = True
         try:
-            async with asyncio.timeout(min(self.settings.timeout, CLOSE_TIMEOUT)):
-                await self._command("LOGOUT", [b"LOGOUT"])
-        except (ProbeError, OSError, TimeoutError):
+            tag = next(self._tags)
+            self.recorder.commands += 1
+            self.recorder.debug("C: imap", f"{tag.decode()} LOGOUT")
+            self._writer.write(tag + b" LOGOUT\r\n")
+        except (OSError, RuntimeError):
             pass  # closing must not mask the run's result
-        finally:
-            self._closed = True
-            await close_writer(self._writer)
+        await close_writer(self._writer)
 
     def abort(self) -> None:
         """Drop the connection at once (a caller cut a command short): no LOGOUT on close."""
