@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.schedule import COSTS, DEFAULT_PER_TEST, SPLIT, by_cost, cost, scope_of
+from tests.support.schedule import COSTS, DEFAULT_PER_TEST, SPLIT, by_cost, cost, costs_from_junit, scope_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,3 +38,20 @@ def test_most_expensive_first_unknown_files_by_test_count() -> None:
         "tests/test_new_many.py",
         "tests/test_new_unit.py",
     ]
+
+
+def test_costs_from_a_junit_report(tmp_path: Path) -> None:
+    xml = tmp_path / "run.xml"
+    xml.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_rules" name="a" time="2.5"/>'
+        '<testcase classname="tests.test_rules" name="b" time="1.0"/>'
+        '<testcase classname="tests.interop.test_opensmtpd" name="c" time="4"/>'
+        '<testcase classname="tests.test_release.Inner" name="d" time="0.5"/>'
+        "</testsuite></testsuites>"
+    )
+    assert costs_from_junit(xml, ROOT) == {
+        "tests/interop/test_opensmtpd.py": 4.0,
+        "tests/test_rules.py": 3.5,
+        "tests/test_release.py": 0.5,
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 # Seconds per file in a whole run (3 workers, 2 cores, load 7-24: 2026-12-07 08:02 UTC), rounded. The
@@ -90,3 +91,31 @@ def make_scheduler(config: Any, log: Any) -> Any:
             super()._assign_work_unit(node)
 
     return CostOrderedScheduling(config, log)
+
+
+def costs_from_junit(xml_file: Path, root: Path) -> dict[str, float]:
+    """Seconds per test file of a run (``pytest --junitxml=FILE``): the sum of its test cases' times
+    (setup and teardown included, so a module fixture counts once, in its first test)."""
+    import xml.etree.ElementTree as ET
+
+    out: dict[str, float] = {}
+    for case in ET.parse(xml_file).iter("testcase"):
+        parts = (case.get("classname") or "").split(".")
+        path = next(
+            (
+                "/".join(parts[:n]) + ".py"
+                for n in range(len(parts), 0, -1)
+                if (root / "/".join(parts[:n])).with_suffix(".py").is_file()
+            ),
+            None,
+        )
+        if path is not None:
+            out[path] = out.get(path, 0.0) + float(case.get("time") or 0)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+if __name__ == "__main__":  # python -m tests.support.schedule run.xml: the figures for COSTS
+    import sys
+
+    for name, seconds in costs_from_junit(Path(sys.argv[1]), Path.cwd()).items():
+        print(f"    {name!r}: {seconds:.0f},")
