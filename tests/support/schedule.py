@@ -82,7 +82,7 @@ def make_scheduler(config: Any, log: Any) -> Any:
     """xdist's loadfile scheduler with our scopes and our order (imported only when xdist runs)."""
     from xdist.scheduler import LoadFileScheduling
 
-    class CostOrderedScheduling(LoadFileScheduling):  # type: ignore[misc]
+    class CostOrderedScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return scope_of(nodeid)
 
