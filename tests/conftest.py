@@ -15,6 +15,7 @@ from hypothesis import settings
 from tests.mailstack import MailStack, StackError, make_root, reap_orphans, requirement_problems
 from tests.mailstack.variants import VariantSet
 from tests.support.postfix import drain
+from tests.support.schedule import make_scheduler
 from tests.support.tlsaudit import Certs, audit_variants, make_certs
 
 # Property tests check what a function does, never how fast: Hypothesis's per-example deadline (200 ms)
@@ -22,6 +23,18 @@ from tests.support.tlsaudit import Certs, audit_variants, make_certs
 # each test's own bounds (sizes, the reader's deadlines) stay what they assert.
 settings.register_profile("mailcanary", deadline=None)
 settings.load_profile("mailcanary")
+
+# ---- xdist ----------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile``: the most expensive files first, the fault matrix in parts
+    (tests/support/schedule.py); any other mode is xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    return make_scheduler(config, log)
+
 
 # ---- mailstack ------------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from tests.support.deploy import (
     load_all,
     with_stand_in_secrets,
 )
-from tests.support.wait import eventually
+from tests.support.wait import STARTUP_BOUND, eventually
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE_DIR = DEPLOY / "compose"
@@ -212,7 +212,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[str]) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return True
 
-    eventually(connect, ignoring=(OSError,), timeout=20, message="mailcanary listening")
+    eventually(connect, ignoring=(OSError,), timeout=STARTUP_BOUND, message="mailcanary listening")
 
 
 @pytest.fixture

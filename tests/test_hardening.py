@@ -29,7 +29,7 @@ from exporter.web import webconfig
 from exporter.web.server import HEADER_TIMEOUT
 from exporter.web.webconfig import WebConfig
 from tests.support.daemon import Daemon, json_lines
-from tests.support.wait import eventually
+from tests.support.wait import STARTUP_BOUND, eventually
 
 USER, PASSWORD = "prometheus", "scrape-secret"
 
@@ -86,13 +86,20 @@ def metrics(
 
 
 def wait_ready(d: Daemon, headers: dict[str, str] | None = None) -> None:
+    """Until the daemon answers ready, or fails at once if it exits (starting is not what these tests
+    time: STARTUP_BOUND is a hang guard)."""
 
     def status() -> int:
         assert d.proc.poll() is None, d.stop()
         return get(d.port, "/-/ready", headers, timeout=2)[0]
 
     eventually(
-        status, until=lambda code: code == 200, ignoring=(OSError,), timeout=20, message="daemon ready"
+        status,
+        until=lambda code: code == 200,
+        ignoring=(OSError,),
+        timeout=STARTUP_BOUND,
+        interval=0.2,
+        message="daemon ready",
     )
 
 

@@ -61,10 +61,23 @@ def test_rebuilt_on_reload_and_when_a_file_changes(tmp_path: Path) -> None:
     assert client_context(settings) is not second
 
 
-def test_cache_is_bounded() -> None:
-    for i in range(_net.MAX_CONTEXTS + 20):
+def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound holds and the least recently used context goes first. At a bound of 8 rather than the
+    shipped 256: each build reads the system trust store (~40 ms of CPU), and the bound is read per call."""
+    assert _net.MAX_CONTEXTS == 256
+    monkeypatch.setattr(_net, "MAX_CONTEXTS", 8)
+    clear_contexts()
+    first = TLSSettings(insecure_skip_verify=True, server_name="h0")
+    kept = client_context(first)
+    for i in range(1, 8):
         client_context(TLSSettings(insecure_skip_verify=True, server_name=f"h{i}"))
-    assert len(_net._contexts) == _net.MAX_CONTEXTS
+    assert client_context(first) is kept  # a hit: h1 is now the least recently used
+    client_context(TLSSettings(insecure_skip_verify=True, server_name="h8"))
+    assert client_context(first) is kept  # h1 went, not the older but recently used h0
+    for i in range(9, 8 + 20):
+        client_context(TLSSettings(insecure_skip_verify=True, server_name=f"h{i}"))
+    assert len(_net._contexts) == 8
+    assert client_context(first) is not kept  # evicted once 8 newer ones were used after it
 
 
 def test_ip_literals_do_not_use_getaddrinfo(monkeypatch: pytest.MonkeyPatch) -> None:

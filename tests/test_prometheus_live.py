@@ -60,7 +60,7 @@ from tests.support.reports import (
     tlsrpt_mail,
 )
 from tests.support.stackconfig import exporter_argv
-from tests.support.wait import eventually
+from tests.support.wait import STARTUP_BOUND, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "deploy" / "prometheus").glob("*.yml"))
@@ -387,7 +387,7 @@ def live(
                 http_get(f"{live.prometheus_url}/-/ready")
                 return True
 
-            wait_for("exporter and Prometheus answering", up, timeout=20)
+            wait_for("exporter and Prometheus answering", up, timeout=STARTUP_BOUND)  # ends if one exits
             live.quiet = watch_quiet(live)  # before any test: (c) and (d) disturb it for good
             yield live
         finally:

@@ -1,7 +1,10 @@
 """What tests share, by concern. A test module imports from here (or gets a fixture from a conftest),
 never from another test module: a test file can then be run, moved or deleted on its own.
 
-- ``wait``: ``eventually()``, the one way a test waits for a condition (no hand-written deadline loops).
+- ``wait``: ``eventually()``, the one way a test waits for a condition (no hand-written deadline loops);
+  ``STARTUP_BOUND``, the hang guard for a process of ours to start serving.
+- ``schedule``: the order ``--dist loadfile`` hands files to the workers (most expensive first, the fault
+  matrix in parts), hooked in by conftest.
 - ``daemon``: a ``mailcanary run`` subprocess, its JSON log lines.
 - ``metrics``: scraping ``/metrics`` over HTTP and picking one sample.
 - ``postfix``: the session stack's Postfix queue (wait until it is empty, then clear a mailbox).

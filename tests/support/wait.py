@@ -15,6 +15,12 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# How long a process of ours (the daemon, a server) may take to start serving: a process start and its
+# imports, which no code bounds: on a loaded 2-core machine `mailcanary --help` took 42 s of wall clock for
+# 0.9 s of CPU (load 12, 2026-12-07), and daemons failed 20 s readiness waits at load 25 while alive. A
+# hang guard, not a measurement: a wait that uses it must end at once when the process exits.
+STARTUP_BOUND = 120.0
+
 _NOT_YET = object()
 
 
