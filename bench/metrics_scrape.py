@@ -95,7 +95,7 @@ def serve(port: int, probes: int) -> None:
             registry,
             ready=lambda: True,
             extra_routes=[web.get("/metrics-reference", reference)],
-            metrics_body=cache.body,
+            metrics_body=cache.parts,
         )
         await http.start(f"127.0.0.1:{port}")
 

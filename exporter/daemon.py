@@ -98,7 +98,7 @@ class Daemon:
                 self.store.snapshot(), self.state, self.history, self._modules()
             ),
             labels=self._labels,
-            metrics_body=self.series.body,
+            metrics_body=self.series.parts,
             runtime=runtime,
         )
         self.runner: Runner | None = None
