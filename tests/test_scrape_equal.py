@@ -529,3 +529,24 @@ def test_gzip_without_a_pre_rendered_body() -> None:
     assert isinstance(resp.body, bytes)
     assert gunzip_one_member(resp.body).decode() == reference(store, state)
     assert "Content-Encoding" not in render(registry, "text/plain", "identity").headers
+
+
+def test_gzip_an_older_generation_never_replaces_the_kept_newer_copy() -> None:
+    """A scrape that started on an older render (it finished last) is served its own bytes, and the copy
+    kept for the next scrapes stays the newer one."""
+    from exporter.metrics.collector import BodyParts
+    from exporter.web.gzipbody import GzipBodies
+
+    def parts(generation: int, text: bytes) -> BodyParts:
+        return BodyParts((True, generation, "head"), lambda: text, b"# EOF\n")
+
+    async def main() -> None:
+        gz = GzipBodies()
+        assert gunzip_one_member(await gz.body(parts(5, b"new\n"))) == b"new\n# EOF\n"
+        assert gunzip_one_member(await gz.body(parts(3, b"old\n"))) == b"old\n# EOF\n"
+        assert gunzip_one_member(await gz.body(parts(5, b"new\n"))) == b"new\n# EOF\n"
+        assert gz.deflated == 2  # generation 5 was still kept
+        other_head = BodyParts((True, 5, "reloaded"), lambda: b"other\n", b"# EOF\n")
+        assert gunzip_one_member(await gz.body(other_head)) == b"other\n# EOF\n"
+
+    asyncio.run(main())
