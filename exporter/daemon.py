@@ -94,7 +94,7 @@ class Daemon:
             web_config=web_config,
             status_page=self._status_page,
             labels=self._labels,
-            metrics_body=self.series.body,
+            metrics_body=self.series.parts,
             runtime=runtime,
         )
         self.runner: Runner | None = None

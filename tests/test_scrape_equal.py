@@ -351,3 +351,202 @@ def test_negotiation_honours_the_scrapers_preference(accept: str, openmetrics: b
     from exporter.web.server import wants_openmetrics
 
     assert wants_openmetrics(accept) is openmetrics
+
+
+# ---- gzip (issue 23): what Prometheus asks for with Accept-Encoding ------------------------------------
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+FORMATS = {"openmetrics": PROMETHEUS_ACCEPT, "text": "text/plain;version=0.0.4"}
+
+
+def fixed_runtime() -> CollectorRegistry:
+    """A live part that renders the same bytes every time, so whole bodies can be compared."""
+    from prometheus_client import Gauge
+
+    registry = CollectorRegistry(auto_describe=False)
+    Gauge("fixed_live", "A live series that does not move.", registry=registry).set(7)
+    return registry
+
+
+async def scrape(port: int, accept: str, encoding: str | None) -> tuple[dict[str, str], bytes]:
+    """One GET /metrics over loopback; the body as sent (never decompressed by the client)."""
+    import aiohttp
+
+    headers = {"Accept": accept, **({"Accept-Encoding": encoding} if encoding is not None else {})}
+    skip = () if encoding is not None else ("Accept-Encoding",)
+    async with (
+        aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=skip) as session,
+        session.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        return dict(resp.headers), await resp.read()
+
+
+def gunzip_one_member(data: bytes) -> bytes:
+    """What a strict client reads: exactly one gzip member, nothing after it (Go's and curl's readers
+    accept that whatever their multistream setting)."""
+    import zlib
+
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = inflater.decompress(data)
+    assert inflater.eof and inflater.unused_data == b""
+    return out
+
+
+class Served:
+    """HTTPServer on 127.0.0.1 (a kernel-chosen port) over a SeriesCache of :func:`build`."""
+
+    def __init__(self, runtime: CollectorRegistry | None = None) -> None:
+        from exporter.web.server import HTTPServer
+
+        self.store, self.state = build()
+        self.cache = SeriesCache(self.store, self.state, runtime if runtime is not None else fixed_runtime())
+        self.http = HTTPServer(
+            CollectorRegistry(auto_describe=False), ready=lambda: True, metrics_body=self.cache.parts
+        )
+
+    async def __aenter__(self) -> int:
+        await self.http.start("127.0.0.1:0")
+        return self.http.bound[0][1]
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.stop()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("off_loop", [False, True])
+def test_gzip_body_is_the_same_bytes_compressed(
+    fmt: str, off_loop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus' headers get one gzip member that inflates to exactly the uncompressed body, with
+    Content-Encoding and Vary; compressed on the loop (small) and in a thread (large) alike."""
+    from exporter.web import gzipbody
+
+    if off_loop:
+        monkeypatch.setattr(gzipbody, "OFF_LOOP", 0)
+
+    async def main() -> None:
+        served = Served()
+        async with served as port:
+            plain_headers, plain = await scrape(port, FORMATS[fmt], "identity")
+            headers, gz = await scrape(port, FORMATS[fmt], "gzip")  # what Prometheus 2.42 sends
+        assert headers["Content-Encoding"] == "gzip"
+        assert "Content-Encoding" not in plain_headers
+        for h in (headers, plain_headers):
+            assert "Accept-Encoding" in h["Vary"]
+            assert h["Content-Type"].startswith(
+                "application/openmetrics-text" if fmt == "openmetrics" else "text/plain"
+            )
+        assert gunzip_one_member(gz) == plain == await served.cache.body(fmt == "openmetrics")
+        assert int(headers["Content-Length"]) == len(gz) < len(plain)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("encoding", "gzipped"),
+    [
+        (None, False),  # no header: never compressed
+        ("", False),
+        ("identity", False),
+        ("gzip;q=0", False),
+        ("gzip;q=0, identity", False),
+        ("*;q=0", False),
+        ("gzip;q=0.5, identity", False),  # the client prefers identity
+        ("deflate, br", False),
+        ("gzip;q=bogus", False),
+        ("gzip", True),  # Prometheus
+        ("gzip, deflate", True),  # aiohttp, requests
+        ("x-gzip", True),
+        ("*", True),
+        ("identity;q=0.5, gzip", True),
+        ("br;q=1.0, gzip;q=0.8, *;q=0.1", True),  # browsers
+        (" GZIP ; Q=1 ", True),
+    ],
+)
+def test_gzip_only_when_asked(encoding: str | None, gzipped: bool) -> None:
+    from exporter.web.gzipbody import accepts_gzip
+
+    assert accepts_gzip(encoding or "") is gzipped
+
+    async def main() -> None:
+        served = Served()
+        async with served as port:
+            headers, body = await scrape(port, PROMETHEUS_ACCEPT, encoding)
+        assert ("Content-Encoding" in headers) is gzipped
+        assert (gunzip_one_member(body) if gzipped else body) == await served.cache.body(True)
+
+    asyncio.run(main())
+
+
+def test_gzip_follows_a_new_render_and_keeps_one_copy_per_format() -> None:
+    """A run recorded after a gzip scrape is in the next gzip body (no stale copy); with nothing changed
+    the compressed pre-rendered part is reused, per format, and concurrent scrapes compress it once."""
+
+    async def main() -> None:
+        served = Served()
+        gz = served.http.gzip
+        async with served as port:
+            first = gunzip_one_member((await scrape(port, PROMETHEUS_ACCEPT, "gzip"))[1])
+            assert gz.deflated == 1
+            again = gunzip_one_member((await scrape(port, PROMETHEUS_ACCEPT, "gzip"))[1])
+            assert again == first and gz.deflated == 1  # reused
+            text = gunzip_one_member((await scrape(port, FORMATS["text"], "gzip"))[1])
+            assert text == await served.cache.body(False) and gz.deflated == 2
+            assert gunzip_one_member((await scrape(port, PROMETHEUS_ACCEPT, "gzip"))[1]) == first
+            assert gz.deflated == 2  # one copy per format, both kept
+
+            served.store.record(result("rt-01", "smtp_auth", message="no"))  # a run finished
+            after = gunzip_one_member((await scrape(port, PROMETHEUS_ACCEPT, "gzip"))[1])
+            assert after != first and after == await served.cache.body(True)
+            assert 'mailcanary_roundtrip_success{probe="rt-01"} 0.0' in after.decode()
+            assert gz.deflated == 3
+
+            served.state.reload_success_time = 1_800_000_000.0  # the exporter's own facts, rendered live
+            reloaded = gunzip_one_member((await scrape(port, PROMETHEUS_ACCEPT, "gzip"))[1])
+            assert reloaded == await served.cache.body(True) != after
+
+            served.store.record(result("rt-02", "smtp_auth", message="no"))
+            many = await asyncio.gather(*(scrape(port, PROMETHEUS_ACCEPT, "gzip") for _ in range(5)))
+            assert gz.deflated == 5  # five scrapes of one new generation: compressed once
+            assert {gunzip_one_member(body) for _, body in many} == {await served.cache.body(True)}
+
+    asyncio.run(main())
+
+
+def test_gzip_without_a_pre_rendered_body() -> None:
+    """The registry path (no SeriesCache) compresses too, the same bytes as prometheus_client renders."""
+    from exporter.web.server import render
+
+    store, state = build()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MailcanaryCollector(store, state))
+    resp = render(registry, "text/plain", "gzip")
+    assert resp.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in resp.headers["Vary"]
+    assert isinstance(resp.body, bytes)
+    assert gunzip_one_member(resp.body).decode() == reference(store, state)
+    assert "Content-Encoding" not in render(registry, "text/plain", "identity").headers
+
+
+def test_gzip_an_older_generation_never_replaces_the_kept_newer_copy() -> None:
+    """A scrape that started on an older render (it finished last) is served its own bytes, and the copy
+    kept for the next scrapes stays the newer one."""
+    from exporter.metrics.collector import BodyParts
+    from exporter.web.gzipbody import GzipBodies
+
+    def parts(generation: int, text: bytes) -> BodyParts:
+        return BodyParts((True, generation, "head"), lambda: text, b"# EOF\n")
+
+    async def main() -> None:
+        gz = GzipBodies()
+        assert gunzip_one_member(await gz.body(parts(5, b"new\n"))) == b"new\n# EOF\n"
+        assert gunzip_one_member(await gz.body(parts(3, b"old\n"))) == b"old\n# EOF\n"
+        assert gunzip_one_member(await gz.body(parts(5, b"new\n"))) == b"new\n# EOF\n"
+        assert gz.deflated == 2  # generation 5 was still kept
+        other_head = BodyParts((True, 5, "reloaded"), lambda: b"other\n", b"# EOF\n")
+        assert gunzip_one_member(await gz.body(other_head)) == b"other\n# EOF\n"
+
+    asyncio.run(main())

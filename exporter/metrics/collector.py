@@ -298,6 +298,9 @@ class SeriesCache:
         self.state = state
         self.runtime = runtime  # process, platform and GC collectors: a handful of series, rendered live
         self._lock = threading.Lock()
+        # Bumped under _lock with every change of what the pre-rendered part is made of: the same
+        # generation (and exporter facts) means the same bytes, so a compressed copy can be kept (BodyParts).
+        self.generation = 0
         self._frags: dict[str, _Fragment] = {}
         self._want: dict[str, int] = {}  # probe -> sequence number of the newest render in progress
         self._seq = 0
@@ -381,6 +384,7 @@ class SeriesCache:
             if self._want.get(name) != mine:
                 return
             del self._want[name]
+            self.generation += 1
             if frag is None:
                 self._frags.pop(name, None)
             else:
@@ -391,16 +395,19 @@ class SeriesCache:
         """Every probe again (the probe kinds or the vantage changed); safe to run in a worker thread."""
         signature = self._current_signature()
         if self._kinds_at != registry.version():  # a kind was registered or removed
-            self._load_kinds()
+            with self._lock:
+                self._load_kinds()
+                self.generation += 1
         vantage = self.state.vantage
         testable = legacy_testable()
         legacy = with_vantage(testable, vantage) if vantage else testable
-        self._legacy, self._legacy_om = _render([legacy]), _render_openmetrics([legacy])
+        legacy_text = _render([legacy]), _render_openmetrics([legacy])
         names = set(self.store.names())
         with self._lock:
+            self._legacy, self._legacy_om = legacy_text
+            self.generation += 1
             for gone in set(self._frags) - names:
                 del self._frags[gone]
-        with self._lock:
             self._pending -= names
         for name in names:
             self._render(name)
@@ -417,35 +424,67 @@ class SeriesCache:
         if self.stale:
             self.rerender_all()
         self.flush()
+        return self._view(openmetrics)[1]()
+
+    def _view(self, openmetrics: bool) -> tuple[tuple[int, str], Callable[[], str]]:
+        """(key, render): the key names what ``render`` joins (generation, exporter facts), both taken
+        at the same moment under the lock, so one key never stands for two different texts."""
         vantage = self.state.vantage
         exporter = [with_vantage(f, vantage) if vantage else f for f in exporter_families(self.state)]
-        out = [_render_openmetrics(exporter) if openmetrics else _render(exporter)]
+        head = _render_openmetrics(exporter) if openmetrics else _render(exporter)
         with self._lock:
+            generation = self.generation
             frags = sorted(self._frags.items())
-        headers = self._headers_om if openmetrics else self._headers
-        for kind, _ in self._kinds:
-            mine = [f for _, f in frags if f.kind == kind]
-            for i, header in enumerate(headers[kind]):
+            kinds = self._kinds
+            headers = self._headers_om if openmetrics else self._headers
+            legacy = self._legacy_om if openmetrics else self._legacy
+
+        def render() -> str:
+            out = [head]
+            for kind, _ in kinds:
+                mine = [f for _, f in frags if f.kind == kind]
+                for i, header in enumerate(headers[kind]):
+                    out.append(header)
+                    out.extend((f.own_om if openmetrics else f.own)[i] for f in mine)
+            for i, header in enumerate(FACT_HEADERS_OM if openmetrics else FACT_HEADERS):
                 out.append(header)
-                out.extend((f.own_om if openmetrics else f.own)[i] for f in mine)
-        for i, header in enumerate(FACT_HEADERS_OM if openmetrics else FACT_HEADERS):
-            out.append(header)
-            out.extend((f.facts_om if openmetrics else f.facts)[i] for _, f in frags)
-        out.append(self._legacy_om if openmetrics else self._legacy)
-        return "".join(out)
+                out.extend((f.facts_om if openmetrics else f.facts)[i] for _, f in frags)
+            out.append(legacy)
+            return "".join(out)
+
+        return (generation, head), render
+
+    async def parts(self, openmetrics: bool = False) -> BodyParts:
+        """The /metrics body in the parts a compressing server caches by (exporter.web.gzipbody); a full
+        re-render after a reload runs in a thread, never on the loop."""
+        if self.stale:
+            await asyncio.to_thread(self.rerender_all)
+        self.flush()  # changes still waiting for the coalescing timer: a scrape never sees an older state
+        key, render = self._view(openmetrics)
+        if openmetrics:
+            runtime = openmetrics_of(self.runtime).encode() if self.runtime is not None else b""
+            live = runtime + EOF.encode()
+        else:
+            live = generate_latest(self.runtime) if self.runtime is not None else b""
+        return BodyParts((openmetrics, *key), lambda: render().encode(), live)
 
     async def body(self, openmetrics: bool = False) -> bytes:
         """The /metrics body; a full re-render after a reload runs in a thread, never on the loop. Both
         formats come from the same pre-rendered lines; only the few runtime series render live."""
-        if self.stale:
-            await asyncio.to_thread(self.rerender_all)
-        body = self.text(openmetrics).encode()
-        if openmetrics:
-            runtime = openmetrics_of(self.runtime).encode() if self.runtime is not None else b""
-            return b"".join((body, runtime, EOF.encode()))
-        if self.runtime is None:
-            return body
-        return b"".join((body, generate_latest(self.runtime)))
+        return (await self.parts(openmetrics)).body()
+
+
+@dataclass(frozen=True)
+class BodyParts:
+    """A /metrics body as two parts: ``stable()``, the pre-rendered part (what ``key`` names: the same
+    key, the same bytes), and ``live``, the runtime series (and OpenMetrics' ``# EOF``) rendered now."""
+
+    key: tuple[bool, int, str]  # format, SeriesCache.generation, the exporter's own facts as rendered
+    stable: Callable[[], bytes]
+    live: bytes
+
+    def body(self) -> bytes:
+        return b"".join((self.stable(), self.live))
 
 
 def runtime_registry() -> CollectorRegistry:

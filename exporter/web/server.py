@@ -17,7 +17,8 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
-from exporter.metrics.collector import text_of
+from exporter.metrics.collector import BodyParts, text_of
+from exporter.web.gzipbody import GzipBodies, accepts_gzip, gzip_bytes
 from exporter.web.webconfig import WebConfig, middleware, server_context
 
 # The status page is inline styles and inline SVG only: nothing to fetch, nothing to run.
@@ -233,18 +234,24 @@ def wants_openmetrics(accept: str) -> bool:
     return best["openmetrics"] > 0 and best["openmetrics"] >= best["text"]
 
 
-def render(registry: CollectorRegistry, accept: str) -> web.Response:
-    """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+def render(registry: CollectorRegistry, accept: str, accept_encoding: str = "") -> web.Response:
+    """Prometheus text format, or OpenMetrics when the scraper asks for it; gzip when it asks for that
+    (compressed whole, every time: this path has no pre-rendered body to keep a compressed copy of)."""
     if wants_openmetrics(accept):
         body, ctype = generate_openmetrics(registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
     else:  # the same bytes as generate_latest, faster (tests/test_scrape_equal.py)
         body, ctype = text_of(registry.collect()).encode(), CONTENT_TYPE_LATEST
-    return _response(body, ctype)
+    gzipped = accepts_gzip(accept_encoding)
+    return _response(gzip_bytes(body) if gzipped else body, ctype, gzipped)
 
 
-def _response(body: bytes, ctype: str) -> web.Response:
+def _response(body: bytes, ctype: str, gzipped: bool = False) -> web.Response:
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = ctype
+    # The body depends on both headers: a cache between scraper and exporter must key on them.
+    resp.headers["Vary"] = "Accept, Accept-Encoding"
+    if gzipped:
+        resp.headers["Content-Encoding"] = "gzip"
     return resp
 
 
@@ -264,12 +271,13 @@ class HTTPServer:
         web_config: WebConfig | None = None,
         status_page: Callable[[], str] | None = None,
         labels: Callable[[], dict[str, str]] = dict,
-        metrics_body: Callable[[bool], Awaitable[bytes]] | None = None,
+        metrics_body: Callable[[bool], Awaitable[BodyParts]] | None = None,
         runtime: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry
-        # Pre-rendered /metrics in either format (exporter.metrics.collector.SeriesCache.body).
+        # Pre-rendered /metrics in either format (exporter.metrics.collector.SeriesCache.parts).
         self.metrics_body = metrics_body
+        self.gzip = GzipBodies()  # its compressed copies, one per format
         self.ready = ready
         self.status_page = status_page  # the page at / (exporter.web.status); else the short LANDING
         self.web_config = web_config
@@ -299,14 +307,22 @@ class HTTPServer:
         return resp
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        """Never renders on the loop: both formats are pre-rendered (what Prometheus asks for first is
-        OpenMetrics); without a pre-rendered body the registry renders in a worker thread."""
-        accept = request.headers.get("Accept", "")
+        return await self.metrics_response(
+            request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+        )
+
+    async def metrics_response(self, accept: str, accept_encoding: str) -> web.Response:
+        """/metrics for these request headers. Never renders on the loop: both formats are pre-rendered
+        (what Prometheus asks for first is OpenMetrics), and gzip, when asked for, reuses the compressed
+        pre-rendered part while its generation lasts; without a pre-rendered body the registry renders
+        (and compresses) in a worker thread."""
         if self.metrics_body is not None:
             openmetrics = wants_openmetrics(accept)
-            body = await self.metrics_body(openmetrics)
-            return _response(body, OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_LATEST)
-        return await asyncio.to_thread(render, self.registry, accept)
+            parts = await self.metrics_body(openmetrics)
+            gzipped = accepts_gzip(accept_encoding)
+            body = await self.gzip.body(parts) if gzipped else parts.body()
+            return _response(body, OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_LATEST, gzipped)
+        return await asyncio.to_thread(render, self.registry, accept, accept_encoding)
 
     async def _healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
