@@ -5,9 +5,14 @@
 
 from probes.roundtrip.probe import probe_roundtrip
 from probes.roundtrip.settings import (
+    DEFAULT_IDLE_MAX,
     DEFAULT_POLL_FACTOR,
+    DEFAULT_POLL_INITIAL,
     DEFAULT_POLL_MAX,
+    IDLE_PUSH,
+    MAX_WAIT_RATE,
     SYNC_SKIP_REASONS,
+    IdlePush,
     PollSchedule,
     POP3Settings,
     RoundTripResult,
@@ -16,9 +21,14 @@ from probes.roundtrip.settings import (
 )
 
 __all__ = [
+    "DEFAULT_IDLE_MAX",
     "DEFAULT_POLL_FACTOR",
+    "DEFAULT_POLL_INITIAL",
     "DEFAULT_POLL_MAX",
+    "IDLE_PUSH",
+    "MAX_WAIT_RATE",
     "SYNC_SKIP_REASONS",
+    "IdlePush",
     "POP3Settings",
     "PollSchedule",
     "RoundTripResult",

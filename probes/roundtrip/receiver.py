@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TypeVar
 
@@ -50,3 +51,35 @@ def count_skipped(recorder: Recorder, n: int) -> None:
     """Foreign messages that carried something like our token but did not verify (or could not be read)."""
     if n > 0:
         recorder.facts.foreign_skipped += n
+
+
+class Pacer:
+    """The in-flight command budget (``MAX_WAIT_RATE``): by t seconds after ``since``, at most
+    ``rate`` x max(t, 1 s) of the recorder's commands. A look that would exceed it (its cost estimated
+    from the last look) waits until it fits, so any wait of a second or more averages at most ``rate``
+    commands per second, and a wait shorter than a second sends at most ``rate`` commands."""
+
+    def __init__(self, recorder: Recorder, since: float, rate: float) -> None:
+        self.recorder, self.since, self.rate = recorder, since, rate
+        self.base = self.mark = recorder.commands
+        self.cost = 1
+
+    def earliest(self, gap: float) -> float:
+        """Seconds from now until the next look may start: ``gap``, or longer if the budget asks."""
+        clock = self.recorder.clock
+        wait = gap
+        need = self.recorder.commands - self.base + self.cost
+        if self.rate > 0 and need > self.rate:
+            wait = max(wait, self.since + need / self.rate - clock())
+        return max(0.0, wait)
+
+    async def pause(self, gap: float) -> None:
+        wait = self.earliest(gap)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.mark = self.recorder.commands
+
+    def looked(self) -> None:
+        """A look ended: its commands are the next look's estimate."""
+        self.cost = max(1, self.recorder.commands - self.mark)
+        self.mark = self.recorder.commands
