@@ -293,9 +293,9 @@ def test_poll_schedule_defaults() -> None:
     cap = 0.25  # the IMAP default: one NOOP per 250 ms at most when polling (no IDLE, or IDLE silent)
     gaps = list(itertools.islice(PollSchedule().gaps(), 30))
     assert gaps[0] == 0.005  # after the first look, which comes right after DATA was accepted
-    assert gaps[1] == pytest.approx(0.0075)
+    assert gaps[1] == pytest.approx(0.01)
     for a, b in itertools.pairwise(gaps):
-        assert b == pytest.approx(min(a * 1.5, cap))
+        assert b == pytest.approx(min(a * 2.0, cap))
     assert max(gaps) == cap
     assert gaps[-1] == cap
     first_capped = gaps.index(cap)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from dataclasses import replace
 
 from probes import canary
@@ -23,6 +22,7 @@ from probes.receipt.placement import (
 from probes.recorder import Recorder
 from probes.roundtrip.bounces import BounceWatch
 from probes.roundtrip.receiver import Pacer, Receiver, count_skipped
+from probes.roundtrip.receiver import looks as _looks
 from probes.roundtrip.settings import RoundTripSettings
 from probes.wire.net import CLOSE_TIMEOUT, Endpoint
 from probes.wire.slots import maybe_session
@@ -216,12 +216,14 @@ class IMAPReceiver(Receiver):
         s, rec, st = self.session, self.recorder, self.settings
         push = self._pushes(s)
         pace = Pacer(rec, since, st.max_rate)
+        # Sessions polled per look: the gaps stretch by as much, so the budget holds with them too.
+        polled = 1 + (self.junk is not None) + (self.bounce is not None and self.bounce_session is not None)
         last_search = rec.clock()
-        for gap in itertools.chain([0.0], st.poll.gaps()):
+        for gap in _looks(st):
             if push and gap >= st.idle_min_gap:
                 announced, junk_announced, bounce_announced = await self._idle_all(s)
             else:
-                await pace.pause(gap)
+                await pace.pause(gap * polled)
                 announced = await s.noop()
                 junk_announced = await self.junk.noop() if self.junk is not None else False
                 bounce_announced = announced
@@ -325,7 +327,7 @@ class IMAPReceiver(Receiver):
         push = flag is None and self._pushes(s)
         pace = Pacer(rec, rec.clock(), st.max_rate)
         last_search = rec.clock()
-        for gap in itertools.chain([0.0], st.poll.gaps()):
+        for gap in _looks(st):
             if push and gap >= st.idle_min_gap:
                 announced = await s.idle(st.idle_max) or await s.noop()
             elif use_idle and gap >= st.idle_min_gap:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -12,7 +11,8 @@ from probes.canary import Token
 from probes.clients.pop3 import POP3Client, Refused, login_key, parse_login_delay
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import Recorder
-from probes.roundtrip.receiver import Pacer, Receiver, count_skipped
+from probes.roundtrip.receiver import Receiver, count_skipped
+from probes.roundtrip.receiver import looks as _looks
 from probes.roundtrip.settings import POP3Settings, RoundTripSettings
 
 MAX_REFUSED = 64  # messages a look could not read (-ERR) remembered per run, to look at again
@@ -262,13 +262,11 @@ class POP3Receiver(Receiver):
             raise ProbeError(self._too_late(wait), reason="receive_login_delay")
 
     async def wait(self, token: Token, since: float) -> float:
-        """The first look right after DATA was accepted, then one after each gap (or later: the
-        server's LOGIN-DELAY, the in-flight command budget); each look is a session of its own."""
+        """The first look right after DATA was accepted, then one after each gap (or later, as the
+        server's LOGIN-DELAY asks); each look is a session of its own, so its schedule is sparser."""
         rec = self.recorder
-        pace = Pacer(rec, since, self.settings.max_rate)
-        for gap in itertools.chain([0.0], self.settings.poll.gaps()):
-            await self._next_look(pace.earliest(gap))
-            pace.mark = rec.commands
+        for gap in _looks(self.settings):
+            await self._next_look(gap)
             poll_rec = self._poll_recorder()
             self.looks += 1
             client = await self._session(poll_rec, "poll")
@@ -295,7 +293,6 @@ class POP3Receiver(Receiver):
             finally:
                 rec.commands += poll_rec.commands
                 rec.tls.update(poll_rec.tls)  # with a LOGIN-DELAY the looks are the only sessions
-                pace.looked()
                 if not keep:
                     await client.close()
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover

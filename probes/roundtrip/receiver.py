@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Iterator
 from typing import TypeVar
 
 from probes.canary import Token
@@ -83,3 +85,9 @@ class Pacer:
         """A look ended: its commands are the next look's estimate."""
         self.cost = max(1, self.recorder.commands - self.mark)
         self.mark = self.recorder.commands
+
+
+def looks(settings: RoundTripSettings) -> Iterator[float]:
+    """The gap before each look: none before the first (it comes right after DATA), then the schedule."""
+    gaps = settings.poll.gaps()
+    return itertools.chain([0.0], gaps) if settings.first_look else gaps
