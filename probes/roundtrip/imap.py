@@ -282,11 +282,11 @@ class IMAPReceiver(Receiver):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), st.idle_max)
                 return False, False
-            pushed = await x.idle(st.idle_max, stop)
-            told = stop.is_set()
-            if pushed:
+            announced = await x.idle(st.idle_max, stop)
+            told = stop.is_set() and not x.idle_pushed
+            if x.idle_pushed:
                 stop.set()
-            return pushed, told
+            return announced, told
 
         before = s.exists
         tasks = [asyncio.ensure_future(one(x)) for x in sessions]
@@ -298,12 +298,13 @@ class IMAPReceiver(Receiver):
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         seen: list[bool] = []
-        for x, (pushed, told) in zip(sessions, done, strict=True):
-            announced = pushed or await x.noop()
+        for x, (idle_announced, told) in zip(sessions, done, strict=True):
+            announced = idle_announced or await x.noop()
             if x is s and self._idles(s):
-                if pushed:
+                if s.idle_pushed:
                     st.idle_push.note(self._server(s), pushed=True)
                 elif announced and not told and s.exists > before:
+                    # A whole IDLE without a push, yet new mail at its end (after DONE, or at the NOOP).
                     st.idle_push.note(self._server(s), pushed=False)
             seen.append(announced)
         inbox = seen[0]

@@ -83,6 +83,9 @@ class IdlePush:
     def silent(self, key: tuple[str, int]) -> bool:
         return self._fresh(self._silent, key) and not self._fresh(self._pushes, key)
 
+    def pushes(self, key: tuple[str, int]) -> bool:
+        return self._fresh(self._pushes, key)
+
     def note(self, key: tuple[str, int], *, pushed: bool) -> None:
         table = self._pushes if pushed else self._silent
         table[key] = self.clock()

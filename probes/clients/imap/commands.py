@@ -37,6 +37,10 @@ class QuotaMalformed(ProbeError):
 class IMAPCommands(IMAPConnection):
     """The commands a probe sends once logged in."""
 
+    # Whether the last IDLE was ended by an EXISTS the server pushed before DONE (not one it reported
+    # after DONE, as Cyrus without idled does): tells servers that push from those that never do.
+    idle_pushed = False
+
     async def noop(self) -> bool:
         """NOOP (makes servers such as Dovecot look at the mailbox now); True if new mail was announced."""
         _, untagged = await self._command("NOOP", [b"NOOP"])
@@ -52,7 +56,7 @@ class IMAPCommands(IMAPConnection):
 
     async def idle(self, seconds: float, stop: asyncio.Event | None = None) -> bool:
         """IDLE for up to ``seconds`` (or until ``stop`` is set: another session of the run saw news);
-        True if the server pushed new mail meanwhile.
+        True if the server announced new mail meanwhile (``idle_pushed``: before DONE, of its own).
 
         One reader task runs across the whole IDLE, so no read is ever cut in the middle of a literal;
         ``DONE`` is sent when the time is up or mail was announced, then the tagged reply is awaited
@@ -63,6 +67,7 @@ class IMAPCommands(IMAPConnection):
             return await self._idle_now(seconds, stop)
 
     async def _idle_now(self, seconds: float, stop: asyncio.Event | None) -> bool:
+        self.idle_pushed = False
         if self._closed or self._in is None:
             raise ProbeError("IMAP IDLE: the connection is closed", reason=PROTOCOL)
         tag = next(self._tags)
@@ -92,7 +97,9 @@ class IMAPCommands(IMAPConnection):
                     reader = asyncio.ensure_future(self._read_response("IDLE", tag, cap))
                 left = (until if not done_sent else done_by) - loop.time()
                 told = stop is not None and stop.is_set()
-                if not done_sent and (left <= 0 or told or _exists(pushed, None) is not None):
+                news = _exists(pushed, None) is not None
+                if not done_sent and (left <= 0 or told or news):
+                    self.idle_pushed = news  # the server's own push, not its report after DONE
                     assert self._writer is not None
                     self.recorder.debug("C: imap", "DONE")
                     self._writer.write(b"DONE\r\n")
