@@ -1,17 +1,23 @@
-"""How early does the probe see a canary, compared with the moment it lands in the Maildir?
+"""How early does the probe see a canary, compared with the moment it lands in the mailbox?
 
 Runs N round trips per detection strategy against a real Postfix + Dovecot (tests/mailstack, started
 here on loopback) and compares the probe's "first seen" time with the moment a 1 ms watcher thread sees
 the message file appear in ``new/`` or ``cur/`` (Dovecot moves it as soon as a session syncs, so both
-are watched). Reports p50/p99 of that overhead, the receiving side's commands per round, and commands
-per second while a canary is in flight, measured on the stack's slow mailbox (delivery delayed by
-``--slow-delay``): with immediate delivery a round is over after one or two looks, so a per-second
-rate over a 50 ms wait says nothing about the load a probe puts on a server.
+are watched). "before" (the schedule before issue 23, emulated on today's code) and "after" (the shipped
+defaults) run interleaved, round by round, so both meet the same load. Reports p50/p99 of that
+overhead, the receiving side's commands per round, and commands per second while a canary is in flight,
+measured on the stack's slow mailbox (delivery delayed by ``--slow-delay``): with immediate delivery a
+round is over after one or two looks, so a per-second rate over a few ms says nothing about the load a
+probe puts on a server.
 
     python -m bench.detection [--rounds 30] [--slow-delay 3] [--json out.json] [--silent-idle-only]
+                              [--interop auto|yes|no] [--interop-only]
 
-Then the same in flight against a server whose IDLE never pushes (Courier without FAM, Cyrus without
-idled; an in-process fake with a known landing time), with IDLE and without.
+With the interop servers installed (scripts/install-interop.sh, root): Exim -> Cyrus and OpenSMTPD ->
+Cyrus the same way (ground truth: the file in Cyrus's spool), and a canary held in Exim's queue (Cyrus
+runs without idled: its IDLE never pushes). Then the same in flight against an in-process server whose
+IDLE never pushes (Courier without FAM; a known landing time): before, after on its first wait, after
+once it is known silent, and with ``idle: false``.
 
 A benchmark, not a test: it prints figures and ratios; nothing is asserted. Machines are shared and
 noisy, so compare strategies within one run rather than across runs.
