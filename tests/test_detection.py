@@ -20,6 +20,7 @@ from probes.roundtrip import MAX_WAIT_RATE, IdlePush, PollSchedule, RoundTripSet
 from probes.roundtrip.imap import IMAPReceiver
 from probes.wire.net import Endpoint, TLSSettings
 from tests.mailstack import MailStack
+from tests.support.heartbeats import imap
 from tests.support.wait import eventually_async
 
 KEY = b"detection-test-key-0123456789abc"
@@ -107,3 +108,41 @@ async def test_in_flight_commands_stay_within_the_budget(mailstack: MailStack, s
     commands = rec.facts.wait_commands
     assert commands is not None
     assert commands <= MAX_WAIT_RATE * result.delivery_seconds + 1, (commands, result.delivery_seconds)
+
+
+async def test_a_foreign_push_during_idle_is_searched_not_taken_for_the_canary(
+    mailstack: MailStack, slow_mailbox: str
+) -> None:
+    """A user's message delivered while the run waits in IDLE: Dovecot pushes its EXISTS, the run
+    searches for the token, finds nothing, and goes back to IDLE; the canary is found later by its own
+    push. The foreign message is left as it was."""
+    mailstack.slow_delay = 2.5
+    rec = Recorder(transcript=[])
+    st = settings(mailstack, slow_mailbox)
+    run = asyncio.ensure_future(probe_roundtrip(st, rec))
+
+    async def idling() -> bool:
+        return any(line == "C: imap DONE" or line.endswith(" IDLE") for line in rec.transcript or [])
+
+    await eventually_async(idling, timeout=20, interval=0.01, message="the run in IDLE")
+    foreign = b"From: user@example.test\r\nSubject: not ours\r\n\r\nhello\r\n"
+    await asyncio.to_thread(append, mailstack, slow_mailbox, foreign)
+    result = await asyncio.wait_for(run, 30)
+    assert result.placement == "inbox"
+    sent = wait_commands(rec)
+    # Two pushes, two searches: the foreign message's (nothing found), then the canary's.
+    assert sent.count("UID SEARCH") == 2 and sent.count("IDLE") >= 2, sent
+    assert sent[sent.index("IDLE") :][:3] == ["IDLE", "DONE", "UID SEARCH"], sent
+    assert sent[-3:] == ["IDLE", "DONE", "UID SEARCH"], sent
+    stored = [p.read_bytes() for p in mailstack.messages(slow_mailbox)]
+    assert stored == [foreign.replace(b"\r\n", b"\n")]  # Dovecot keeps a Maildir file with LF line ends
+
+
+def append(stack: MailStack, address: str, raw: bytes) -> None:
+    """APPEND ``raw`` to the INBOX as the user (another client of the mailbox)."""
+    conn = imap(stack, address)
+    try:
+        typ, _ = conn.append("INBOX", None, None, raw)
+        assert typ == "OK"
+    finally:
+        conn.logout()
