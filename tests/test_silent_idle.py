@@ -76,7 +76,9 @@ async def test_silent_idle_is_learnt_and_then_polled() -> None:
     async with serving(smtp_handler(inbox, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
         base = fault_settings("silent", sp, ip)
         assert isinstance(base.receiver, IMAPSettings)
-        settings = replace(base, receiver=replace(base.receiver, use_idle=True), poll=PollSchedule())
+        receiver = replace(base.receiver, use_idle=True)
+        # One IDLE of 1 s (the shortest that teaches: SILENT_AFTER), not the default 5 s.
+        settings = replace(base, receiver=receiver, poll=PollSchedule(), idle_max=1.0)
         server = ("127.0.0.1", ip)
         assert not settings.idle_push.silent(server)
         rec = Recorder(transcript=[])

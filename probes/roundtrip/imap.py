@@ -28,6 +28,9 @@ from probes.wire.net import CLOSE_TIMEOUT, Endpoint
 from probes.wire.slots import maybe_session
 
 FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
+# An IDLE at least this long that ends with news the server did not push marks it silent. Shorter ones
+# teach nothing: a server that pushes late (Dovecot: ~0.5 s) would often be caught mid-delay.
+SILENT_AFTER = 1.0
 
 
 class IMAPReceiver(Receiver):
@@ -221,7 +224,10 @@ class IMAPReceiver(Receiver):
         last_search = rec.clock()
         for gap in _looks(st):
             if push and gap >= st.idle_min_gap:
-                announced, junk_announced, bounce_announced = await self._idle_all(s)
+                # Until the next periodic search at the latest (other folders, bounces, the safety look).
+                due_in = st.search_every - (rec.clock() - last_search)
+                seconds = max(st.idle_min_gap, min(st.idle_max, due_in))
+                announced, junk_announced, bounce_announced = await self._idle_all(s, seconds)
             else:
                 await pace.pause(gap * polled)
                 announced = await s.noop()
@@ -267,11 +273,12 @@ class IMAPReceiver(Receiver):
         """IDLE allowed and offered, and the server not known to keep its news until a NOOP."""
         return self._idles(s) and not self.settings.idle_push.silent(self._server(s))
 
-    async def _idle_all(self, s: IMAPSession) -> tuple[bool, bool, bool]:
-        """One IDLE of up to ``idle_max`` on the inbox, the junk and the bounce session at once, all
+    async def _idle_all(self, s: IMAPSession, seconds: float) -> tuple[bool, bool, bool]:
+        """One IDLE of up to ``seconds`` on the inbox, the junk and the bounce session at once, all
         ended by the first push; a session that was not pushed to then gets a NOOP (the safety look:
         servers that accept IDLE and never push are seen here). What each announced: (inbox, junk,
-        bounce). A whole IDLE without a push whose NOOP announces mail marks the server silent."""
+        bounce). A whole IDLE of a second or more without a push, after which the server reports new
+        mail (after DONE, or at the NOOP), marks the server silent."""
         st = self.settings
         stop = asyncio.Event()
         bounce = self.bounce_session if self.bounce is not None else None
@@ -280,9 +287,9 @@ class IMAPReceiver(Receiver):
         async def one(x: IMAPSession) -> tuple[bool, bool]:
             if x is not s and not self._idles(x):  # a bounce mailbox elsewhere without IDLE
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), st.idle_max)
+                    await asyncio.wait_for(stop.wait(), seconds)
                 return False, False
-            announced = await x.idle(st.idle_max, stop)
+            announced = await x.idle(seconds, stop)
             told = stop.is_set() and not x.idle_pushed
             if x.idle_pushed:
                 stop.set()
@@ -303,7 +310,7 @@ class IMAPReceiver(Receiver):
             if x is s and self._idles(s):
                 if s.idle_pushed:
                     st.idle_push.note(self._server(s), pushed=True)
-                elif announced and not told and s.exists > before:
+                elif announced and not told and s.exists > before and seconds >= SILENT_AFTER:
                     # A whole IDLE without a push, yet new mail at its end (after DONE, or at the NOOP).
                     st.idle_push.note(self._server(s), pushed=False)
             seen.append(announced)
