@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from probes.auth.credentials import Credentials
+from probes.canary import Token
 from probes.clients.imap import IMAPSettings
 from probes.clients.smtp import SMTPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import IdlePush, RoundTripResult, RoundTripSettings, probe_roundtrip
+from probes.roundtrip import IdlePush, PollSchedule, RoundTripResult, RoundTripSettings, probe_roundtrip
+from probes.roundtrip.imap import IMAPReceiver
 from probes.wire.net import Endpoint, TLSSettings
 from tests.interop.cyrus import CyrusServer
 from tests.interop.exim import LATE_LOCAL, EximServer
@@ -20,11 +24,13 @@ from tests.interop.probeconfig import KEY
 from tests.support.wait import eventually_async
 
 
-def late_settings(cyrus: CyrusServer, exim: EximServer, memory: IdlePush) -> RoundTripSettings:
+def late_settings(
+    cyrus: CyrusServer, exim: EximServer, memory: IdlePush, local: str = LATE_LOCAL
+) -> RoundTripSettings:
     """Exim (587, STARTTLS + AUTH) -> Cyrus late@ (held in Exim's queue while ``hold_late``), IMAPS,
     the shipped schedule with IDLE, one IDLE of at most 1 s (the test's length, not the default 5 s)."""
-    address = cyrus.address(LATE_LOCAL)
-    creds = Credentials(address, cyrus.users[LATE_LOCAL])
+    address = cyrus.address(local)
+    creds = Credentials(address, cyrus.users[local])
     tls = TLSSettings(ca_file=str(cyrus.ca_file), server_name=cyrus.server_name)
     return RoundTripSettings(
         name="detect",
@@ -94,3 +100,26 @@ async def test_silent_cyrus_idle_found_by_the_safety_look_then_polled(
     assert "IDLE" not in sent, sent
     assert sent[-1] == "UID SEARCH" and sent[-2] == "NOOP", sent
     assert cyrus.count(LATE_LOCAL) == 0
+
+
+async def test_first_look_on_cyrus_comes_right_after_data(
+    cyrus: CyrusServer, exim: EximServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canary already in the Cyrus INBOX when the wait begins is found by the first look (NOOP, one
+    SEARCH) with no gap waited: the schedule's first gap here is 30 s, more than the test allows."""
+    local = "frank"
+    cyrus.clear(local)
+    original = IMAPReceiver.wait
+
+    async def after_landing(self: IMAPReceiver, token: Token, since: float) -> float:
+        assert await asyncio.to_thread(cyrus.wait_for, local, 1, timeout=20) == 1  # delivered by LMTP
+        return await original(self, token, since)
+
+    monkeypatch.setattr(IMAPReceiver, "wait", after_landing)
+    settings = replace(late_settings(cyrus, exim, IdlePush(), local), poll=PollSchedule(30.0, 1.0, 30.0))
+    rec = Recorder(transcript=[])
+    result = await asyncio.wait_for(probe_roundtrip(settings, rec), 25)
+    assert result.placement == "inbox"
+    assert rec.facts.wait_commands == 2
+    assert sent_while_waiting(rec) == ["NOOP", "UID SEARCH"]
+    assert cyrus.count(local) == 0
