@@ -328,14 +328,17 @@ class IMAPReceiver(Receiver):
 
     async def _look(self, s: IMAPSession, token: Token, flag: str | None = None) -> tuple[float, list[int]]:
         """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). The first look comes
-        at once. Without a flag, as the wait: IDLE without polling on a server that pushes. With a flag
-        every look searches (a flag change announces no EXISTS), on the gap schedule."""
+        at once. Without a flag (the second device waiting for the canary): then gaps of at least
+        ``idle_min_gap``, IDLE without polling on a server that pushes. With a flag every look searches
+        (a flag change announces no EXISTS), on the gap schedule."""
         rec, st = self.recorder, self.settings
         use_idle = self._idles(s)
         push = flag is None and self._pushes(s)
         pace = Pacer(rec, rec.clock(), st.max_rate)
         last_search = rec.clock()
         for gap in _looks(st):
+            if flag is None and gap > 0:  # the second device: no dense first looks (the wait has them)
+                gap = max(gap, st.idle_min_gap)
             if push and gap >= st.idle_min_gap:
                 announced = await s.idle(st.idle_max) or await s.noop()
             elif use_idle and gap >= st.idle_min_gap:

@@ -56,23 +56,24 @@ def count_skipped(recorder: Recorder, n: int) -> None:
 
 
 class Pacer:
-    """The in-flight command budget (``MAX_WAIT_RATE``): by t seconds after ``since``, at most
-    ``rate`` x max(t, 1 s) of the recorder's commands. A look that would exceed it (its cost estimated
-    from the last look) waits until it fits, so any wait of a second or more averages at most ``rate``
-    commands per second, and a wait shorter than a second sends at most ``rate`` commands."""
+    """The in-flight command budget of one waiting loop (``MAX_WAIT_RATE``): by t seconds after
+    ``since``, at most ``rate`` x max(t, 1 s) commands sent by its looks. A look that would exceed it (its
+    cost estimated from the last look) waits until it fits, so any wait of a second or more averages at
+    most ``rate`` commands per second, and a wait shorter than a second sends at most ``rate``. Only the
+    loop's own looks count (the sync check's second session waits beside the first, on its own budget)."""
 
     def __init__(self, recorder: Recorder, since: float, rate: float) -> None:
         self.recorder, self.since, self.rate = recorder, since, rate
-        self.base = self.mark = recorder.commands
+        self.mark = recorder.commands
+        self.spent = 0
         self.cost = 1
 
     def earliest(self, gap: float) -> float:
         """Seconds from now until the next look may start: ``gap``, or longer if the budget asks."""
-        clock = self.recorder.clock
         wait = gap
-        need = self.recorder.commands - self.base + self.cost
+        need = self.spent + self.cost
         if self.rate > 0 and need > self.rate:
-            wait = max(wait, self.since + need / self.rate - clock())
+            wait = max(wait, self.since + need / self.rate - self.recorder.clock())
         return max(0.0, wait)
 
     async def pause(self, gap: float) -> None:
@@ -82,8 +83,10 @@ class Pacer:
         self.mark = self.recorder.commands
 
     def looked(self) -> None:
-        """A look ended: its commands are the next look's estimate."""
-        self.cost = max(1, self.recorder.commands - self.mark)
+        """A look ended: its commands are spent, and the next look's estimate."""
+        delta = self.recorder.commands - self.mark
+        self.spent += delta
+        self.cost = max(1, delta)
         self.mark = self.recorder.commands
 
 

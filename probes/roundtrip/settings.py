@@ -30,7 +30,8 @@ DEFAULT_POLL_MAX = {"imap": 0.25, "pop3": 1.0}
 # IMAP: looks at 0, 5, 15, 35, 75, 155, 315, 565, 815 ms...: ten in the first second (one NOOP each),
 # within MAX_WAIT_RATE; the error is at most the time already waited, until the 250 ms cap.
 DEFAULT_POLL_FACTOR = {"imap": 2.0, "pop3": 2.0}
-# IMAP commands the receiving side sends while a canary is in flight (all of the run's sessions): by t
+# IMAP commands the receiving side sends while a canary is in flight (the inbox, junk and bounce
+# sessions; the sync check's second session waits on a budget of its own): by t
 # seconds after DATA was accepted, at most MAX_WAIT_RATE x max(t, 1 s) (a look that would exceed it
 # waits): at most 10 commands in a wait shorter than a second, at most 10 per second averaged over any
 # longer one. With the junk folder or a bounce mailbox watched, a look polls several sessions: its gaps
