@@ -290,12 +290,12 @@ def test_poll_schedule_grows_geometrically_and_caps() -> None:
 
 
 def test_poll_schedule_defaults() -> None:
-    cap = 0.25  # the IMAP default: one NOOP (or IDLE + NOOP) per 250 ms at most while a canary is in flight
+    cap = 0.25  # the IMAP default: one NOOP per 250 ms at most when polling (no IDLE, or IDLE silent)
     gaps = list(itertools.islice(PollSchedule().gaps(), 30))
-    assert gaps[0] == 0.05
-    assert gaps[1] == pytest.approx(0.0625)
+    assert gaps[0] == 0.005  # after the first look, which comes right after DATA was accepted
+    assert gaps[1] == pytest.approx(0.01)
     for a, b in itertools.pairwise(gaps):
-        assert b == pytest.approx(min(a * 1.25, cap))
+        assert b == pytest.approx(min(a * 2.0, cap))
     assert max(gaps) == cap
     assert gaps[-1] == cap
     first_capped = gaps.index(cap)

@@ -20,6 +20,7 @@ from tests.support.faultservers import (
     serving,
     smtp_handler,
 )
+from tests.support.wait import eventually_async
 
 
 class _Later(Store):
@@ -61,3 +62,44 @@ async def test_silent_idle_is_bounded_by_the_gap_and_followed_by_noop() -> None:
     for i, cmd in enumerate(sent):
         if cmd.endswith("IDLE"):
             assert sent[i + 1] == "DONE" and sent[i + 2].endswith("NOOP"), sent[i : i + 3]
+
+
+async def test_silent_idle_is_learnt_and_then_polled() -> None:
+    """Issue 23: on a server that pushes, the wait IDLEs without polling, up to ``idle_max``. Here the
+    server never pushes: the first wait finds the canary by the safety look after one whole IDLE (the
+    client's DONE, a NOOP, the SEARCH), and the server is remembered as silent; the next run on it polls
+    with NOOPs on the gap schedule and sends no IDLE at all."""
+    first_idle = asyncio.Event()
+    boxes = Mailboxes(on_idle=lambda n: first_idle.set())
+    inbox = _Later()
+    boxes.folders["INBOX"] = inbox
+    async with serving(smtp_handler(inbox, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
+        base = fault_settings("silent", sp, ip)
+        assert isinstance(base.receiver, IMAPSettings)
+        receiver = replace(base.receiver, use_idle=True)
+        # One IDLE of 1 s (the shortest that teaches: SILENT_AFTER), not the default 5 s.
+        settings = replace(base, receiver=receiver, poll=PollSchedule(), idle_max=1.0)
+        server = ("127.0.0.1", ip)
+        assert not settings.idle_push.silent(server)
+        rec = Recorder(transcript=[])
+        run = asyncio.ensure_future(probe_roundtrip(settings, rec))
+        await asyncio.wait_for(first_idle.wait(), 30)  # the run is in its (silent) IDLE
+        inbox.land()
+        await asyncio.wait_for(run, 30)
+        sent = [line.split(" ", 3)[-1] for line in rec.transcript or [] if line.startswith("C: imap")]
+        idle = sent.index("IDLE")
+        # One IDLE, ended by the client; Courier announces nothing after DONE, so a NOOP, then the SEARCH.
+        assert sent[idle : idle + 4] == ["IDLE", "DONE", "NOOP", "UID SEARCH"], sent
+        assert settings.idle_push.silent(server)
+
+        idles_before = boxes.idles
+        rec = Recorder(transcript=[])
+        run = asyncio.ensure_future(probe_roundtrip(settings, rec))
+
+        async def noops() -> int:  # looks made while nothing has landed: past the gaps where IDLE began
+            return sum(1 for line in rec.transcript or [] if line.endswith(" NOOP"))
+
+        await eventually_async(noops, until=lambda n: n >= 10, timeout=30, interval=0.01, message="ten looks")
+        inbox.land()
+        await asyncio.wait_for(run, 30)
+        assert boxes.idles == idles_before  # polled: no IDLE on a server known to keep its news

@@ -29,7 +29,7 @@ from exporter.config.shard import parse_shard
 from probes.canary import PROBE_NAME_RE
 from probes.receipt.placement import DEFAULT_JUNK_FOLDERS, MAX_OTHER_FOLDERS
 from probes.receipt.verdict import Preset
-from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_MAX
+from probes.roundtrip import DEFAULT_POLL_FACTOR, DEFAULT_POLL_INITIAL, DEFAULT_POLL_MAX
 from probes.tls.scanning import SCAN_STEPS
 
 DEFAULT_CONFIG_PATH = "/etc/mailcanary/mailcanary.yml"
@@ -228,7 +228,7 @@ class ReceiveConfig(EndpointConfig):
     spam_headers: bool = True
     quota: bool = True  # IMAP only: read the mailbox quota (GETQUOTAROOT) when the server offers QUOTA
     sync: SyncConfig | None = None  # IMAP only: the second-device sync check (off unless given)
-    poll_initial: Duration = 0.05
+    poll_initial: Duration | None = None  # default: 5ms for IMAP (a look is one NOOP), 50ms for POP3
     poll_factor: float | None = Field(default=None, ge=1.0, le=10.0)  # default: 1.25 IMAP, 2 POP3
     poll_max: Duration | None = None  # default: 250ms for IMAP (a look is one NOOP), 1s for POP3 (a session)
     # Read caps (bytes): a server line, a fetched header block, a fetched message (see docs/configuration.md).
@@ -252,6 +252,12 @@ class ReceiveConfig(EndpointConfig):
         return self.poll_factor if self.poll_factor is not None else DEFAULT_POLL_FACTOR[self.protocol]
 
     @property
+    def first_gap(self) -> float:
+        if self.poll_initial is not None:
+            return self.poll_initial
+        return DEFAULT_POLL_INITIAL[self.protocol]
+
+    @property
     def max_gap(self) -> float:
         if self.poll_max is not None:
             return self.poll_max
@@ -261,7 +267,7 @@ class ReceiveConfig(EndpointConfig):
     def _receive(self) -> Self:
         if self.username is None:
             raise ValueError("the receiving side needs username and a password")
-        if not 0 < self.poll_initial <= self.max_gap:
+        if not 0 < self.first_gap <= self.max_gap:
             raise ValueError("need 0 < poll_initial <= poll_max")
         if self.protocol == "pop3" and self.sync is not None and self.sync.enabled:
             raise ValueError("sync: an IMAP check (POP3 has no flags for a second session to see)")

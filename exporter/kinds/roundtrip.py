@@ -97,7 +97,7 @@ def roundtrip_settings(
         sender=probe.sender,
         recipient=probe.recipient,
         key=key,
-        poll=PollSchedule(initial=rc.poll_initial, factor=rc.gap_factor, maximum=rc.max_gap),
+        poll=PollSchedule(initial=rc.first_gap, factor=rc.gap_factor, maximum=rc.max_gap),
         sweep_after=probe.sweep_after,
         junk_folders=tuple(rc.junk_folders) if rc.protocol == "imap" and rc.junk else None,
         other_folders=rc.placement_max_folders if rc.protocol == "imap" and rc.placement_all_folders else 0,

@@ -10,9 +10,14 @@ from probes.lazy import face
 if TYPE_CHECKING:
     from probes.roundtrip.probe import probe_roundtrip
     from probes.roundtrip.settings import (
+        DEFAULT_IDLE_MAX,
         DEFAULT_POLL_FACTOR,
+        DEFAULT_POLL_INITIAL,
         DEFAULT_POLL_MAX,
+        IDLE_PUSH,
+        MAX_WAIT_RATE,
         SYNC_SKIP_REASONS,
+        IdlePush,
         PollSchedule,
         POP3Settings,
         RoundTripResult,
@@ -21,9 +26,14 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_IDLE_MAX",
     "DEFAULT_POLL_FACTOR",
+    "DEFAULT_POLL_INITIAL",
     "DEFAULT_POLL_MAX",
+    "IDLE_PUSH",
+    "MAX_WAIT_RATE",
     "SYNC_SKIP_REASONS",
+    "IdlePush",
     "POP3Settings",
     "PollSchedule",
     "RoundTripResult",
@@ -39,8 +49,9 @@ if not TYPE_CHECKING:  # a module loads when one of its names is first used (pro
         {
             "probe": "probe_roundtrip",
             "settings": (
-                "DEFAULT_POLL_FACTOR DEFAULT_POLL_MAX SYNC_SKIP_REASONS PollSchedule POP3Settings"
-                " RoundTripResult RoundTripSettings SyncSettings"
+                "DEFAULT_IDLE_MAX DEFAULT_POLL_FACTOR DEFAULT_POLL_INITIAL DEFAULT_POLL_MAX IDLE_PUSH"
+                " MAX_WAIT_RATE SYNC_SKIP_REASONS IdlePush PollSchedule POP3Settings RoundTripResult"
+                " RoundTripSettings SyncSettings"
             ),
         },
     )

@@ -21,12 +21,16 @@ from probes.receipt.placement import (
 )
 from probes.recorder import Recorder
 from probes.roundtrip.bounces import BounceWatch
-from probes.roundtrip.receiver import Receiver, count_skipped
+from probes.roundtrip.receiver import Pacer, Receiver, count_skipped
+from probes.roundtrip.receiver import looks as _looks
 from probes.roundtrip.settings import RoundTripSettings
 from probes.wire.net import CLOSE_TIMEOUT, Endpoint
 from probes.wire.slots import maybe_session
 
 FETCH_CANDIDATES = 8  # messages carrying this run's nonce fetched at most (ours plus copies of it)
+# An IDLE at least this long that ends with news the server did not push marks it silent. Shorter ones
+# teach nothing: a server that pushes late (Dovecot: ~0.5 s) would often be caught mid-delay.
+SILENT_AFTER = 1.0
 
 
 class IMAPReceiver(Receiver):
@@ -207,17 +211,33 @@ class IMAPReceiver(Receiver):
         return min(self.limits.max_message, canary.MAX_CANARY_BYTES)
 
     async def wait(self, token: Token, since: float) -> float:
-        s, rec = self.session, self.recorder
-        use_idle = self._idles(s)
+        """Look right away (a local delivery may be done by the time DATA is accepted), then after each
+        gap: short ones slept, then a NOOP per session; once the gaps reach ``idle_min_gap`` on a
+        server that pushes, one IDLE per session (all at once) until a push or ``idle_max``, no polling
+        in between. Only a SEARCH for our token ends the wait: an EXISTS (a foreign message) only
+        triggers the search."""
+        s, rec, st = self.session, self.recorder, self.settings
+        push = self._pushes(s)
+        pace = Pacer(rec, since, st.max_rate)
+        # Sessions polled per look: the gaps stretch by as much, so the budget holds with them too.
+        polled = 1 + (self.junk is not None) + (self.bounce is not None and self.bounce_session is not None)
         last_search = rec.clock()
-        for gap in self.settings.poll.gaps():
-            announced = await self._pause(s, gap, use_idle)
-            junk_announced = False
-            if self.junk is not None:
-                junk_announced = await self.junk.noop()
-                self._count_junk_commands()
+        for gap in _looks(st):
+            if push and gap >= st.idle_min_gap:
+                # Until the next periodic search at the latest (other folders, bounces, the safety look).
+                due_in = st.search_every - (rec.clock() - last_search)
+                seconds = max(st.idle_min_gap, min(st.idle_max, due_in))
+                announced, junk_announced, bounce_announced = await self._idle_all(s, seconds)
+            else:
+                await pace.pause(gap * polled)
+                announced = await s.noop()
+                junk_announced = await self.junk.noop() if self.junk is not None else False
+                bounce_announced = announced
+                if self.bounce is not None and self.bounce_session is not None:
+                    bounce_announced = await self.bounce_session.noop()
+            self._count_junk_commands()
             seen = rec.clock()
-            due = seen - last_search >= self.settings.search_every
+            due = seen - last_search >= st.search_every
             if announced or due:
                 uids = await s.search_header(canary.HEADER, token.nonce)
                 if uids:
@@ -233,26 +253,70 @@ class IMAPReceiver(Receiver):
             if self.other is not None and due and await self._search_others(token):
                 return seen
             if self.bounce is not None:
-                own = self.bounce_session is not None
-                bounce_announced = await self.bounce.session.noop() if own else announced
                 if bounce_announced or due:
                     await self.bounce.look(token)  # raises "bounced" on a permanent failure
                 self._count_junk_commands()
             if due:
                 last_search = seen
+            pace.looked()
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
 
     def _idles(self, s: IMAPSession) -> bool:
         receiver = self.settings.receiver
         return isinstance(receiver, IMAPSettings) and receiver.use_idle and "IDLE" in s.capabilities
 
-    async def _pause(self, s: IMAPSession, gap: float, use_idle: bool) -> bool:
-        """One poll gap on ``s`` (in IDLE when allowed and long enough, else asleep), then NOOP unless IDLE
-        was told already: whether the server announced anything."""
-        if use_idle and gap >= self.settings.idle_min_gap:
-            return await s.idle(gap) or await s.noop()
-        await asyncio.sleep(gap)
-        return await s.noop()
+    def _server(self, s: IMAPSession) -> tuple[str, int]:
+        endpoint = s.settings.endpoint
+        return endpoint.host, endpoint.port
+
+    def _pushes(self, s: IMAPSession) -> bool:
+        """IDLE allowed and offered, and the server not known to keep its news until a NOOP."""
+        return self._idles(s) and not self.settings.idle_push.silent(self._server(s))
+
+    async def _idle_all(self, s: IMAPSession, seconds: float) -> tuple[bool, bool, bool]:
+        """One IDLE of up to ``seconds`` on the inbox, the junk and the bounce session at once, all
+        ended by the first push; a session that was not pushed to then gets a NOOP (the safety look:
+        servers that accept IDLE and never push are seen here). What each announced: (inbox, junk,
+        bounce). A whole IDLE of a second or more without a push, after which the server reports new
+        mail (after DONE, or at the NOOP), marks the server silent."""
+        st = self.settings
+        stop = asyncio.Event()
+        bounce = self.bounce_session if self.bounce is not None else None
+        sessions = [x for x in (s, self.junk, bounce) if x is not None]
+
+        async def one(x: IMAPSession) -> tuple[bool, bool]:
+            if x is not s and not self._idles(x):  # a bounce mailbox elsewhere without IDLE
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), seconds)
+                return False, False
+            announced = await x.idle(seconds, stop)
+            told = stop.is_set() and not x.idle_pushed
+            if x.idle_pushed:
+                stop.set()
+            return announced, told
+
+        before = s.exists
+        tasks = [asyncio.ensure_future(one(x)) for x in sessions]
+        try:
+            done = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()  # a cut IDLE drops its session: the run is failing anyway
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        seen: list[bool] = []
+        for x, (idle_announced, told) in zip(sessions, done, strict=True):
+            announced = idle_announced or await x.noop()
+            if x is s and self._idles(s):
+                if s.idle_pushed:
+                    st.idle_push.note(self._server(s), pushed=True)
+                elif announced and not told and s.exists > before and seconds >= SILENT_AFTER:
+                    # A whole IDLE without a push, yet new mail at its end (after DONE, or at the NOOP).
+                    st.idle_push.note(self._server(s), pushed=False)
+            seen.append(announced)
+        inbox = seen[0]
+        junk = seen[1] if self.junk is not None else False
+        return inbox, junk, (seen[-1] if bounce is not None else inbox)
 
     def _count_junk_commands(self) -> None:
         """Commands of the second and third session count as the run's (wait_commands)."""
@@ -263,19 +327,32 @@ class IMAPReceiver(Receiver):
                 aux.commands = 0
 
     async def _look(self, s: IMAPSession, token: Token, flag: str | None = None) -> tuple[float, list[int]]:
-        """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). With a flag every
-        look searches (a flag change announces no EXISTS)."""
-        rec = self.recorder
+        """Poll ``s`` until ``token`` (with ``flag``, if given) shows: (when, UIDs). The first look comes
+        at once. Without a flag (the second device waiting for the canary): then gaps of at least
+        ``idle_min_gap``, IDLE without polling on a server that pushes. With a flag every look searches
+        (a flag change announces no EXISTS), on the gap schedule."""
+        rec, st = self.recorder, self.settings
         use_idle = self._idles(s)
+        push = flag is None and self._pushes(s)
+        pace = Pacer(rec, rec.clock(), st.max_rate)
         last_search = rec.clock()
-        for gap in self.settings.poll.gaps():
-            announced = await self._pause(s, gap, use_idle)
+        for gap in _looks(st):
+            if flag is None and gap > 0:  # the second device: no dense first looks (the wait has them)
+                gap = max(gap, st.idle_min_gap)
+            if push and gap >= st.idle_min_gap:
+                announced = await s.idle(st.idle_max) or await s.noop()
+            elif use_idle and gap >= st.idle_min_gap:
+                announced = await s.idle(gap) or await s.noop()
+            else:
+                await pace.pause(gap)
+                announced = await s.noop()
             seen = rec.clock()
-            if announced or flag is not None or seen - last_search >= self.settings.search_every:
+            if announced or flag is not None or seen - last_search >= st.search_every:
                 last_search = seen
                 uids = await s.search_header(canary.HEADER, token.nonce, flag=flag)
                 if uids:
                     return seen, uids
+            pace.looked()
         raise AssertionError("unreachable: the schedule is endless")  # pragma: no cover
 
     async def open_device(self) -> None:

@@ -12,6 +12,7 @@ from probes.clients.pop3 import POP3Client, Refused, login_key, parse_login_dela
 from probes.errors import ProbeError, ProbeTimeout
 from probes.recorder import Recorder
 from probes.roundtrip.receiver import Receiver, count_skipped
+from probes.roundtrip.receiver import looks as _looks
 from probes.roundtrip.settings import POP3Settings, RoundTripSettings
 
 MAX_REFUSED = 64  # messages a look could not read (-ERR) remembered per run, to look at again
@@ -261,8 +262,10 @@ class POP3Receiver(Receiver):
             raise ProbeError(self._too_late(wait), reason="receive_login_delay")
 
     async def wait(self, token: Token, since: float) -> float:
+        """The first look right after DATA was accepted, then one after each gap (or later, as the
+        server's LOGIN-DELAY asks); each look is a session of its own, so its schedule is sparser."""
         rec = self.recorder
-        for gap in self.settings.poll.gaps():
+        for gap in _looks(self.settings):
             await self._next_look(gap)
             poll_rec = self._poll_recorder()
             self.looks += 1

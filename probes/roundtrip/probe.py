@@ -1,10 +1,11 @@
 """The round trip: send a signed canary over SMTP, detect its arrival over IMAP or POP3, verify, delete.
 
-Detection polls on a geometric schedule that starts dense (Postfix delivers in milliseconds, so the first
-looks catch most canaries early) and thins out, so a slow delivery costs few commands while the timing
-error stays a bounded fraction of the latency. Over IMAP, gaps long enough are spent in IDLE, so servers
-that push at once are seen at once; a NOOP after each gap makes servers that batch IDLE pushes (Dovecot
-waits ~0.5 s) look at the mailbox now. Canaries are found by their token, never by position or subject.
+Detection looks once right after the SMTP server accepted DATA (a local delivery is often done by then),
+then on a geometric schedule that starts dense and thins out, so a slow delivery costs few commands while
+the timing error stays a bounded fraction of the latency; IMAP commands in flight stay within a budget
+(``MAX_WAIT_RATE``). Over IMAP, once the gaps are long enough, a server that pushes is waited on in IDLE
+without polling (ended by its EXISTS), with a safety look after ``idle_max`` for servers that never push;
+those are remembered and polled. Canaries are found by their token, never by position or subject.
 """
 
 from __future__ import annotations

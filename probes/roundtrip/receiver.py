@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
+from collections.abc import Iterator
 from typing import TypeVar
 
 from probes.canary import Token
@@ -50,3 +53,44 @@ def count_skipped(recorder: Recorder, n: int) -> None:
     """Foreign messages that carried something like our token but did not verify (or could not be read)."""
     if n > 0:
         recorder.facts.foreign_skipped += n
+
+
+class Pacer:
+    """The in-flight command budget of one waiting loop (``MAX_WAIT_RATE``): by t seconds after
+    ``since``, at most ``rate`` x max(t, 1 s) commands sent by its looks. A look that would exceed it (its
+    cost estimated from the last look) waits until it fits, so any wait of a second or more averages at
+    most ``rate`` commands per second, and a wait shorter than a second sends at most ``rate``. Only the
+    loop's own looks count (the sync check's second session waits beside the first, on its own budget)."""
+
+    def __init__(self, recorder: Recorder, since: float, rate: float) -> None:
+        self.recorder, self.since, self.rate = recorder, since, rate
+        self.mark = recorder.commands
+        self.spent = 0
+        self.cost = 1
+
+    def earliest(self, gap: float) -> float:
+        """Seconds from now until the next look may start: ``gap``, or longer if the budget asks."""
+        wait = gap
+        need = self.spent + self.cost
+        if self.rate > 0 and need > self.rate:
+            wait = max(wait, self.since + need / self.rate - self.recorder.clock())
+        return max(0.0, wait)
+
+    async def pause(self, gap: float) -> None:
+        wait = self.earliest(gap)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.mark = self.recorder.commands
+
+    def looked(self) -> None:
+        """A look ended: its commands are spent, and the next look's estimate."""
+        delta = self.recorder.commands - self.mark
+        self.spent += delta
+        self.cost = max(1, delta)
+        self.mark = self.recorder.commands
+
+
+def looks(settings: RoundTripSettings) -> Iterator[float]:
+    """The gap before each look: none before the first (it comes right after DATA), then the schedule."""
+    gaps = settings.poll.gaps()
+    return itertools.chain([0.0], gaps) if settings.first_look else gaps

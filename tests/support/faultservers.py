@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from probes.auth.credentials import Credentials
 from probes.clients.imap import IMAPSettings
 from probes.clients.smtp import SMTPSettings
-from probes.roundtrip import PollSchedule, POP3Settings, RoundTripSettings
+from probes.roundtrip import IdlePush, PollSchedule, POP3Settings, RoundTripSettings
 from probes.wire.net import Endpoint, TLSMode, TLSSettings
 from tests.mailstack._net import claim_ports
 
@@ -629,6 +629,10 @@ def fault_settings(
         recipient="canary@example.test",
         key=KEY,
         poll=PollSchedule(initial=0.3, factor=1.0, maximum=0.3) if idle else PollSchedule(0.01, 1.5, 0.05),
+        # With IDLE, every look is one (the first too: the server's IDLE faults must be met), of 0.3 s.
+        idle_min_gap=0.0 if idle else 0.2,
+        idle_max=0.3,
+        idle_push=IdlePush(),  # what this server does with IDLE is never taken for another's
     )
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from asyncio import FIRST_COMPLETED
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from probes.clients.imap.connection import PROTOCOL, IMAPConnection
 from probes.errors import ProbeError, ProbeTimeout
@@ -35,6 +37,10 @@ class QuotaMalformed(ProbeError):
 class IMAPCommands(IMAPConnection):
     """The commands a probe sends once logged in."""
 
+    # Whether the last IDLE was ended by an EXISTS the server pushed before DONE (not one it reported
+    # after DONE, as Cyrus without idled does): tells servers that push from those that never do.
+    idle_pushed = False
+
     async def noop(self) -> bool:
         """NOOP (makes servers such as Dovecot look at the mailbox now); True if new mail was announced."""
         _, untagged = await self._command("NOOP", [b"NOOP"])
@@ -48,8 +54,9 @@ class IMAPCommands(IMAPConnection):
         self.exists = count
         return grew or count > 0  # an EXISTS at all means the mailbox changed: worth a search
 
-    async def idle(self, seconds: float) -> bool:
-        """IDLE for up to ``seconds``; True if the server pushed new mail meanwhile.
+    async def idle(self, seconds: float, stop: asyncio.Event | None = None) -> bool:
+        """IDLE for up to ``seconds`` (or until ``stop`` is set: another session of the run saw news);
+        True if the server announced new mail meanwhile (``idle_pushed``: before DONE, of its own).
 
         One reader task runs across the whole IDLE, so no read is ever cut in the middle of a literal;
         ``DONE`` is sent when the time is up or mail was announced, then the tagged reply is awaited
@@ -57,9 +64,10 @@ class IMAPCommands(IMAPConnection):
         dropped before the session's lock is given up: nothing can read the stream after it.
         """
         async with self._busy:
-            return await self._idle_now(seconds)
+            return await self._idle_now(seconds, stop)
 
-    async def _idle_now(self, seconds: float) -> bool:
+    async def _idle_now(self, seconds: float, stop: asyncio.Event | None) -> bool:
+        self.idle_pushed = False
         if self._closed or self._in is None:
             raise ProbeError("IMAP IDLE: the connection is closed", reason=PROTOCOL)
         tag = next(self._tags)
@@ -67,6 +75,7 @@ class IMAPCommands(IMAPConnection):
         cap = self.settings.limits.max_line
         pushed: list[wire.Response] = []
         reader: asyncio.Task[wire.Response] | None = None
+        stopped: asyncio.Task[bool] | None = None
         try:
             async with asyncio.timeout(self.settings.timeout):
                 self._in.reset_budget()
@@ -87,7 +96,10 @@ class IMAPCommands(IMAPConnection):
                 if reader is None:
                     reader = asyncio.ensure_future(self._read_response("IDLE", tag, cap))
                 left = (until if not done_sent else done_by) - loop.time()
-                if not done_sent and (left <= 0 or _exists(pushed, None) is not None):
+                told = stop is not None and stop.is_set()
+                news = _exists(pushed, None) is not None
+                if not done_sent and (left <= 0 or told or news):
+                    self.idle_pushed = news  # the server's own push, not its report after DONE
                     assert self._writer is not None
                     self.recorder.debug("C: imap", "DONE")
                     self._writer.write(b"DONE\r\n")
@@ -95,8 +107,13 @@ class IMAPCommands(IMAPConnection):
                     done_by = loop.time() + self.settings.timeout
                     self._in.reset_budget()
                     continue
-                finished, _ = await asyncio.wait({reader}, timeout=max(left, 0))
-                if not finished:
+                if stop is not None and stopped is None and not done_sent:
+                    stopped = asyncio.ensure_future(stop.wait())
+                waits: set[asyncio.Future[Any]] = {reader}
+                if stopped is not None and not done_sent:
+                    waits.add(stopped)
+                finished, _ = await asyncio.wait(waits, timeout=max(left, 0), return_when=FIRST_COMPLETED)
+                if reader not in finished:
                     if done_sent and loop.time() >= done_by:
                         raise TimeoutError
                     continue
@@ -109,6 +126,8 @@ class IMAPCommands(IMAPConnection):
         except (TimeoutError, ProbeError, OSError) as exc:
             raise self._idle_failed(exc, "no reply") from None
         finally:
+            if stopped is not None and not stopped.done():
+                stopped.cancel()
             if reader is not None and not reader.done():
                 # Cancelled mid-IDLE (the run's deadline): the dialogue is out of step, end it.
                 reader.cancel()
