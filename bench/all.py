@@ -27,8 +27,8 @@ from bench._common import ROOT, load
 # name -> (full argv, quick argv): the modules after ``python -m``; each row of issue 23's table.
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "metrics_scrape": (
-        ["bench.metrics_scrape", "--scrapes", "20"],
-        ["bench.metrics_scrape", "--scrapes", "3"],
+        ["bench.metrics_scrape", "--scrapes", "20", "--slow-scrapes", "3", "--prometheus-scrapes", "10"],
+        ["bench.metrics_scrape", "--scrapes", "3", "--slow-scrapes", "1", "--prometheus-scrapes", "2"],
     ),
     "roundtrip_cpu": (["bench.roundtrip_cpu", "--rounds", "40"], ["bench.roundtrip_cpu", "--rounds", "4"]),
     "tls_cpu": (["bench.tls_cpu", "--checks", "100"], ["bench.tls_cpu", "--checks", "10"]),
