@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
-from probes.clients.imap import IMAPSettings
+import pytest
+
+from probes.clients.imap import IMAPSession, IMAPSettings
 from probes.recorder import Recorder
-from probes.roundtrip import PollSchedule, probe_roundtrip
+from probes.roundtrip import DEFAULT_IDLE_MAX, PollSchedule, probe_roundtrip
+from probes.roundtrip.imap import SILENT_AFTER
 from tests.support.faultservers import (
     NO_FAULT,
     Mailboxes,
@@ -103,3 +107,34 @@ async def test_silent_idle_is_learnt_and_then_polled() -> None:
         inbox.land()
         await asyncio.wait_for(run, 30)
         assert boxes.idles == idles_before  # polled: no IDLE on a server known to keep its news
+
+
+async def test_an_unknown_server_is_idled_at_most_silent_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until a server has been seen to push, no IDLE is longer than SILENT_AFTER (1 s), whatever
+    ``idle_max``: a server that accepts IDLE and never pushes (Cyrus without idled) would otherwise hold
+    a delivered canary for ``idle_max`` (5 s) and fail a run with a shorter timeout (found by the
+    OpenSMTPD -> Cyrus late-canary test, timeout 2 s)."""
+    asked: list[float] = []
+    original = IMAPSession.idle
+
+    async def recording(self: IMAPSession, seconds: float, *args: Any, **kw: Any) -> bool:
+        asked.append(seconds)
+        return await original(self, seconds, *args, **kw)
+
+    monkeypatch.setattr(IMAPSession, "idle", recording)
+    two = asyncio.Event()
+    boxes = Mailboxes(on_idle=lambda n: two.set() if n >= 2 else None)
+    inbox = _Later()
+    boxes.folders["INBOX"] = inbox
+    async with serving(smtp_handler(inbox, NO_FAULT)) as sp, serving(courier_imap_handler(boxes)) as ip:
+        base = fault_settings("silent", sp, ip)
+        assert isinstance(base.receiver, IMAPSettings)
+        receiver = replace(base.receiver, use_idle=True)
+        settings = replace(base, receiver=receiver, poll=PollSchedule(), idle_max=DEFAULT_IDLE_MAX)
+        assert settings.idle_max > SILENT_AFTER
+        run = asyncio.ensure_future(probe_roundtrip(settings, Recorder()))
+        await asyncio.wait_for(two.wait(), 30)
+        inbox.land()
+        result = await asyncio.wait_for(run, 30)
+    assert result.placement == "inbox"
+    assert asked and max(asked) <= SILENT_AFTER, asked

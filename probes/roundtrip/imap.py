@@ -224,9 +224,14 @@ class IMAPReceiver(Receiver):
         last_search = rec.clock()
         for gap in _looks(st):
             if push and gap >= st.idle_min_gap:
-                # Until the next periodic search at the latest (other folders, bounces, the safety look).
+                # Until the next periodic search at the latest (other folders, bounces, the safety look);
+                # on a server not yet seen to push, only SILENT_AFTER: one that accepts IDLE and never
+                # pushes must not cost a run with a short timeout its canary (nor a 5 s detection).
                 due_in = st.search_every - (rec.clock() - last_search)
-                seconds = max(st.idle_min_gap, min(st.idle_max, due_in))
+                longest = (
+                    st.idle_max if st.idle_push.pushes(self._server(s)) else min(st.idle_max, SILENT_AFTER)
+                )
+                seconds = max(st.idle_min_gap, min(longest, due_in))
                 announced, junk_announced, bounce_announced = await self._idle_all(s, seconds)
             else:
                 await pace.pause(gap * polled)
