@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from probes.tls.flights import Flights
+
 DEFAULT_RECHECK = 86400.0  # seconds
 MAX_ENDPOINTS = 4096
 
@@ -35,7 +37,7 @@ class LegacyCache:
 
     def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = MAX_ENDPOINTS) -> None:
         self._answers: OrderedDict[tuple[str, ...], LegacyAnswer] = OrderedDict()
-        self._running: dict[tuple[str, ...], asyncio.Future[LegacyAnswer]] = {}
+        self._flights: Flights[tuple[str, ...], LegacyAnswer] = Flights()
         self.clock = clock
         self.max_entries = max_entries
 
@@ -80,7 +82,7 @@ class LegacyCache:
             known = self.fresh(key, fingerprint, every)
             if known is not None:
                 return known, False
-            running = self._running.get(key)
+            running = self._flights.running(key)
             if running is None:
                 break
             await asyncio.wait([running])  # a waiter cut short leaves the test running for the others
@@ -88,19 +90,10 @@ class LegacyCache:
                 answer = running.result()
                 if answer.fingerprint == fingerprint:
                     return answer, False
-        future: asyncio.Future[LegacyAnswer] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
+
+        async def test() -> LegacyAnswer:
             results = await run()
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters read it through wait()
-            raise
-        finally:
-            del self._running[key]
-        answer = LegacyAnswer(dict(results), fingerprint, self.put(key, results, fingerprint))
-        future.set_result(answer)
+            return LegacyAnswer(dict(results), fingerprint, self.put(key, results, fingerprint))
+
+        answer = await self._flights.lead(key, test)
         return answer, True

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from probes.tls.chain import STAPLE_STATUSES, chain_facts, staple_status, trust_anchors
+from probes.tls.flights import Flights
 from probes.tls.scan import DEFAULT_RESCAN, INFO_CLASSES, PROTOCOLS, WEAK_CLASSES, ScanFacts
 from probes.wire.certs import LEGACY_VERSIONS, TLSFacts
 
@@ -130,7 +131,7 @@ class ScanCache:
 
     def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = MAX_ENDPOINTS) -> None:
         self._answers: OrderedDict[tuple[str, ...], ScanAnswer] = OrderedDict()
-        self._running: dict[tuple[str, ...], asyncio.Future[ScanFacts]] = {}
+        self._flights: Flights[tuple[str, ...], ScanFacts] = Flights()
         self.clock = clock
         self.max_entries = max_entries
 
@@ -181,28 +182,20 @@ class ScanCache:
         known = self.fresh(key, fingerprint, every)
         if known is not None:
             return known, False
-        running = self._running.get(key)
+        running = self._flights.running(key)
         if running is not None:  # another run is scanning it now: its answer is ours too
             await asyncio.wait([running])
             if running.cancelled() or running.exception() is not None:
                 return failed_scan("the scan this run waited for did not finish", self.clock), False
             return running.result(), False
-        future: asyncio.Future[ScanFacts] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
-        try:
-            facts = await run()
-        except asyncio.CancelledError:
+
+        async def scan() -> ScanFacts:
+            return self.put(key, await run(), fingerprint)
+
+        def cut_short() -> None:
             # Cut short by the run's deadline (a /probe scrape timeout): remembered as unknown, so the
             # next runs do not start it again at once (a dozen connections each) but after UNKNOWN_RETRY.
             self.put(key, failed_scan("cut short by the run's deadline", self.clock), fingerprint)
-            future.cancel()
-            raise
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters read it through wait()
-            raise
-        finally:
-            del self._running[key]
-        facts = self.put(key, facts, fingerprint)
-        future.set_result(facts)
+
+        facts = await self._flights.lead(key, scan, cut_short)
         return facts, True
