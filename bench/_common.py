@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import socket
@@ -30,6 +31,30 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` (all its threads) so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and every process below it so far (user + system, with what their reaped children
+    used): a server's master process and its workers, which come and go. The difference of two readings
+    is what the tree used in between (a worker that exits is then counted in its parent's share)."""
+    parents: dict[int, int] = {}
+    totals: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        totals[child] = sum(int(f) for f in fields[11:15]) / CLK_TCK
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(totals.get(p, 0.0) for p in tree)
 
 
 def rss_bytes(pid: int) -> int:
@@ -66,6 +91,14 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 def get(url: str, timeout: float = 30.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return bytes(resp.read())
+
+
+def scrape(url: str, timeout: float = 30.0) -> bytes:
+    """GET /metrics as Prometheus does: its own Accept header (OpenMetrics first) and gzip; inflated."""
+    request = urllib.request.Request(url, headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        body = bytes(resp.read())
+        return gzip.decompress(body) if resp.headers.get("Content-Encoding") == "gzip" else body
 
 
 def percentile(values: Sequence[float], q: float) -> float:
