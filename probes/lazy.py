@@ -6,7 +6,8 @@ dnspython, aiohttp and cryptography through ``probes.wire.dns`` and ``probes.wir
 that runs one round trip carried the domain checks, the TLS scan tables and the report parsers (issue 23,
 idle memory). A lazy face keeps the same names: under ``if TYPE_CHECKING:`` the imports as before (what
 mypy and readers see), and at run time ``__getattr__`` from :func:`face`, which imports a module the
-first time one of its names is asked for. ``tests/test_lazy_faces.py`` checks that both agree.
+first time one of its names is asked for. ``tests/test_idle_imports.py``
+(``test_lazy_faces_offer_what_mypy_sees``) checks that both agree.
 
 :func:`module` does the same for a module used as a namespace (``h.client_hello``, the TLS scan's tables).
 """
@@ -48,7 +49,7 @@ def face(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any]
     def __dir__() -> list[str]:
         return sorted({*vars(sys.modules[package]), *where})
 
-    __getattr__.exports = where  # type: ignore[attr-defined]  # read by tests/test_lazy_faces.py
+    __getattr__.exports = where  # type: ignore[attr-defined]  # read by tests/test_idle_imports.py
     return __getattr__, __dir__
 
 
