@@ -120,17 +120,46 @@ class QuietWatch:
 
     active: list[dict[str, Any]]  # the alerts pending or firing at the first evaluation that had any
     legacy_refused: dict[str, list[dict[str, Any]]]  # TLS check -> its `legacy accepted == 0` series
+    true_skips: list[dict[str, Any]]  # MailcanaryProbeRunsSkipped for skips the exporter really made
+
+
+def skipped_in_log(log: str, probe: str) -> bool:
+    """Whether the exporter's log shows a run of ``probe`` not started because its previous run was still
+    going (APScheduler's line): the ground truth of MailcanaryProbeRunsSkipped."""
+    for line in log.splitlines():
+        try:
+            event = str(json.loads(line).get("event", ""))
+        except (ValueError, AttributeError):
+            continue
+        mine = event.startswith(f'Execution of job "{probe} (')
+        if mine and "maximum number of running instances" in event:
+            return True
+    return False
 
 
 def watch_quiet(live: Live) -> QuietWatch:
     """Watch a few evaluations (5 s), so that the 2 s `for:` of the variant would have turned anything
     true into firing; stop at the first alert pending or firing. This is a watch over a window, not a
-    wait for an event: nothing is expected to happen."""
+    wait for an event: nothing is expected to happen.
+
+    One alert may be true on a healthy stack: MailcanaryProbeRunsSkipped, when a starved machine (two
+    suites on 2 cores) made the first runs (their TLS scans, the first imports) take longer than the
+    probes' 2 s interval, so the scheduler really skipped slots. Such an alert is checked against the
+    exporter's own log (the skip happened, for that probe) and kept apart; any other alert, or a skip
+    alert the log does not bear out, fails the test."""
     wait_for_data(live)
     active: list[dict[str, Any]] = []
+    true_skips: list[dict[str, Any]] = []
     end = time.monotonic() + 5
     while time.monotonic() < end:
-        active = live.alerts()
+        log = live.exporter_log.read_text(errors="replace")
+        active, true_skips = [], []
+        for alert in live.alerts():
+            labels = alert["labels"]
+            if labels["alertname"] == "MailcanaryProbeRunsSkipped" and skipped_in_log(log, labels["probe"]):
+                true_skips.append(alert)
+            else:
+                active.append(alert)
         if active:
             break
         time.sleep(1)
@@ -138,7 +167,7 @@ def watch_quiet(live: Live) -> QuietWatch:
         probe: live.query(f'mailcanary_tls_legacy_protocol_accepted{{probe="{probe}"}} == 0')
         for probe in ("tls-imaps", "tls-submission")
     }
-    return QuietWatch(active, legacy)
+    return QuietWatch(active, legacy, true_skips)
 
 
 @dataclass
@@ -495,6 +524,8 @@ def test_no_alert_while_the_stack_is_healthy(live: Live) -> None:
     (watched by the fixture before any test ran: see watch_quiet)."""
     assert live.quiet is not None
     active = live.quiet.active
+    for alert in live.quiet.true_skips:  # true: the machine, not the stack, was slow (see watch_quiet)
+        print(f"true on a starved machine: {alert['labels']}")
     assert not active, "alerts on a healthy stack:\n" + "\n".join(
         f"{a['state']}: {a['labels']} value={a['value']}" for a in active
     )
