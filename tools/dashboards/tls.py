@@ -13,6 +13,7 @@ from .common import (
     RT,
     Board,
     Json,
+    Override,
     S,
     bar_gauge,
     col,
@@ -34,6 +35,15 @@ from .common import (
 
 T = RT + ', endpoint=~"$endpoint"'
 BY = "probe, endpoint, protocol"
+
+
+def accepted_column() -> Override:
+    """The ``accepted`` column of a "did the server take it" table: ACCEPTED in red, refused in green."""
+    return column_override(
+        "accepted",
+        mappings=value_map(("1", "ACCEPTED", "red"), ("0", "refused", "green")),
+        custom__cellOptions={"type": "color-text"},
+    )
 
 
 def build() -> Json:
@@ -179,13 +189,7 @@ def build() -> Json:
                 "Whether a handshake pinned to TLS 1.0 / 1.1 completed. Absent where it was not tested or "
                 "this machine's OpenSSL cannot offer the version (see the panel below)."
             ),
-            overrides=[
-                column_override(
-                    "accepted",
-                    mappings=value_map(("1", "ACCEPTED", "red"), ("0", "refused", "green")),
-                    custom__cellOptions={"type": "color-text"},
-                )
-            ],
+            overrides=[accepted_column()],
             transformations=merged_table({"A": "accepted"}),
             size=(12, 8),
         ),
@@ -322,13 +326,7 @@ def build() -> Json:
                 "Whether the server chose a suite of each class when offered only that class. null, anon, "
                 "export, rc4, 3des are weak (alerted); cbc_only and sha1_mac informational."
             ),
-            overrides=[
-                column_override(
-                    "accepted",
-                    mappings=value_map(("1", "ACCEPTED", "red"), ("0", "refused", "green")),
-                    custom__cellOptions={"type": "color-text"},
-                )
-            ],
+            overrides=[accepted_column()],
             transformations=merged_table({"A": "accepted"}),
             size=(12, 8),
         ),
