@@ -29,6 +29,7 @@ from exporter.run.report import warning as junk_warning
 from exporter.run.results import ResultStore, RunResult
 from exporter.run.runner import Runner, make_masker, revocations
 from exporter.state.ledger import Ledger, key_problem, load_or_create_key
+from exporter.stopwatch import StopWatch
 from exporter.web.webconfig import load_web_config
 
 if TYPE_CHECKING:
@@ -207,7 +208,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.vantage and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,63}", args.vantage):
         print("mailcanary: --vantage: 1-63 of letters, digits, '_', '.', ':', '-'", file=sys.stderr)
         return EXIT_USAGE
-    daemon = Daemon(path, args.listen, web_config=web_config, shard=args.shard, vantage=args.vantage)
+    daemon = Daemon(
+        path,
+        args.listen,
+        web_config=web_config,
+        shard=args.shard,
+        vantage=args.vantage,
+        stopwatch=StopWatch(),
+    )
     try:
         asyncio.run(daemon.run_forever())
     except OSError as exc:  # e.g. the listen port is taken

@@ -33,6 +33,7 @@ from exporter.run.results import ResultStore
 from exporter.run.runner import Runner, make_masker
 from exporter.run.scheduler import ProbeScheduler
 from exporter.state.ledger import Ledger, StateCollector, StateHealth, load_or_create_key
+from exporter.stopwatch import StopWatch
 from exporter.web.multitarget import probe_handler
 from exporter.web.server import HTTPServer
 from exporter.web.webconfig import WebConfig
@@ -47,6 +48,9 @@ from probes.wire.slots import ServerSlots
 log = structlog.get_logger("mailcanary")
 
 STOP_GRACE = 3.0  # seconds given to in-flight probes on shutdown before they are cancelled
+SETTLE_BOUND = 2.0  # seconds cancelled runs get to log their line and leave the ledger right
+CLOSE_BOUND = 1.0  # seconds for the sessions kinds keep between runs (heartbeats' IDLE) to close
+LEDGER_BOUND = 3.0  # seconds for the ledger's queued writes (a hung disk: the journal survives a kill)
 
 
 class Daemon:
@@ -58,8 +62,10 @@ class Daemon:
         web_config: WebConfig | None = None,
         shard: str | None = None,
         vantage: str | None = None,
+        stopwatch: StopWatch | None = None,
     ) -> None:
         self.config_path = config_path
+        self.stopwatch = stopwatch  # the process's bound on a stop (the CLI's; none in tests in-process)
         self.listen = listen
         self.loader = loader
         self.shard_override = shard
@@ -242,6 +248,20 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        if self.stopwatch is not None:
+            self.stopwatch.arm(asyncio.get_running_loop())
+
+    def _step(self, name: str) -> None:
+        if self.stopwatch is not None:
+            self.stopwatch.step = name
+
+    @staticmethod
+    async def _bounded(step: str, work: Awaitable[None], bound: float) -> None:
+        """``work`` for at most ``bound`` seconds; past it the stop goes on and says what it left."""
+        try:
+            await asyncio.wait_for(work, bound)
+        except TimeoutError:
+            log.error("stop_step_overdue", step=step, bound_seconds=bound)
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -259,7 +279,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """No new runs; in-flight ones get STOP_GRACE seconds, then are cancelled (each logs its line and
-        leaves the ledger right); then the ledger is flushed and HTTP stops."""
+        leaves the ledger right); then the ledger is flushed and HTTP stops. Every step is bounded, so a
+        stuck one (a run that ignores its cancel, a hung disk) cannot keep the daemon up past its grace."""
         self._stopping = True
         if self.scheduler.running:
             self.scheduler.scheduler.pause()
@@ -268,13 +289,28 @@ class Daemon:
             _, still = await asyncio.wait(runs, timeout=STOP_GRACE)
             for task in still:
                 task.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
+            if still:
+                self._step("cancelled runs")
+                _, stuck = await asyncio.wait(still, timeout=SETTLE_BOUND)
+                if stuck:
+                    stuck_runs = sorted(t.get_name() for t in stuck)
+                    log.error(
+                        "stop_step_overdue",
+                        step="cancelled runs",
+                        bound_seconds=SETTLE_BOUND,
+                        runs=stuck_runs,
+                    )
         await asyncio.sleep(0)  # let the scheduler's jobs see their runs end
         self.scheduler.shutdown()
         if self.runner is not None:
+            self._step("kept sessions")
             for kind in kinds_registry.kinds():  # sessions a kind keeps between runs (heartbeats' IDLE)
                 if kind.close is not None:
-                    await kind.close(self.runner)
-            await asyncio.to_thread(self.runner.ledger.close)
+                    await self._bounded(f"{kind.name} sessions", kind.close(self.runner), CLOSE_BOUND)
+            self._step("ledger")
+            ledger = self.runner.ledger
+            await self._bounded("ledger", asyncio.to_thread(ledger.close, LEDGER_BOUND), LEDGER_BOUND + 0.5)
+        self._step("http")
         await self.http.stop()
+        self._step("exit")
         log.info("stopped", cancelled=sum(1 for t in runs if t.cancelled()))

@@ -488,8 +488,9 @@ def test_bad_request_is_one_json_line(
         assert s.recv(100).split(b"\r\n")[0].endswith(b" 400 Bad Request")
     assert get(d.port, "/-/healthy")[0] == 200
     d.proc.send_signal(signal.SIGTERM)
-    d.proc.wait(timeout=15)
+    code = d.proc.wait(timeout=30)  # a hang guard: the daemon's own bound is STOP_BOUND (9 s)
     _, err = d.stop()
+    assert code == 0, err
     lines = json_lines(err)  # every line JSON
     assert "Traceback" not in err
     (bad,) = [e for e in lines if e["event"] == "http_bad_request"]
@@ -546,3 +547,35 @@ def test_probe_allow_lists_and_switch(tmp_path: Path, silent_port: int, daemons:
         404,
         "/probe is turned off (probe_endpoint.enabled: false)\n",
     )
+
+
+def test_a_probe_request_in_progress_does_not_hold_up_a_stop(tmp_path: Path, daemons: list[Daemon]) -> None:
+    """SIGTERM while a /probe waits on a silent target with a 60 s module timeout: the request is cut short
+    (aiohttp would give it 60 s), the daemon exits 0 with its `stopped` line and nothing overdue."""
+    with socket.socket() as target:
+        target.bind(("127.0.0.1", 0))
+        target.listen(8)
+        config = write_config(
+            tmp_path, target.getsockname()[1], modules={"slow": {"protocol": "smtp", "timeout": "60s"}}
+        )
+        d = Daemon(config)
+        daemons.append(d)
+        wait_ready(d)
+        path = f"/probe?module=slow&target=127.0.0.1:{target.getsockname()[1]}"
+
+        def ask() -> None:
+            with contextlib.suppress(OSError):  # cut short by the stop: no answer
+                get(d.port, path, timeout=90)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        target.settimeout(STARTUP_BOUND)
+        accepted, _ = target.accept()  # the probe's connection: the request is in progress
+        with accepted:
+            d.proc.send_signal(signal.SIGTERM)
+            # A hang guard well under the request's 60 s, not a timing claim: the bound is STOP_BOUND.
+            assert d.proc.wait(timeout=45) == 0
+        asking.join()
+    _, err = d.stop()
+    events = [e["event"] for e in json_lines(err)]
+    assert events[-1] == "stopped" and "stop_overdue" not in events and "stop_step_overdue" not in events

@@ -573,7 +573,8 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         yield d
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        # A hang guard: the daemon's own bound on a stop is STOP_BOUND (9 s), then exit 1, `stop_overdue`.
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
 
 
 def test_daemon_exports_every_tls_fact(daemon: Daemon, variants: VariantSet) -> None:

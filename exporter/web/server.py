@@ -31,6 +31,7 @@ log = structlog.get_logger("mailcanary.http")
 # connection is closed after KEEPALIVE_TIMEOUT. At MAX_CONNECTIONS, a new connection evicts the oldest
 # one still sending its request (a slow-loris), else the oldest idle keep-alive one, so a scraper gets in.
 HEADER_TIMEOUT = 10.0
+STOP_TIMEOUT = 0.5  # seconds a request in progress at stop gets, then as many for its cancel (aiohttp: 60)
 KEEPALIVE_TIMEOUT = 75.0  # longer than usual scrape intervals, so scrapers reuse connections
 MAX_CONNECTIONS = 256
 _HEAD_KEEP = 65536  # bytes of a request head kept to read its Content-Length
@@ -338,7 +339,11 @@ class HTTPServer:
         if _BAD_REQUEST_LOG not in server_log.filters:
             server_log.addFilter(_BAD_REQUEST_LOG)
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            shutdown_timeout=STOP_TIMEOUT,
         )
         await self._runner.setup()
         tls = self.web_config.tls_server_config if self.web_config else None

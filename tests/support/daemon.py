@@ -25,6 +25,8 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
         out, err = self.proc.communicate(timeout=20)
+        overdue = [line for line in err.splitlines() if '"stop_overdue"' in line]
+        assert not overdue, f"the daemon's stop hung: {overdue[0]}"
         return out, err
 
 

@@ -1,0 +1,93 @@
+"""A bound on stopping. Each step of a stop has its own bound (exporter.daemon), but a stop also waits
+for things no step controls: worker threads asyncio joins at the end, the interpreter's own exit. A
+daemon that outlives its SIGTERM gets SIGKILLed by its supervisor with nothing said, and its next start
+is late; so past STOP_BOUND the process says in one log line what it was still waiting for (the step,
+every thread's stack, the tasks left) and exits 1 at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("mailcanary")
+
+STOP_BOUND = 9.0  # seconds from SIGTERM to exit, whatever hangs (compose and `podman stop` wait 10 s)
+EXIT_OVERDUE = 1
+_FRAMES = 6  # innermost frames kept per thread and task
+
+
+class StopWatch:
+    """Armed once a stop begins; ``step`` names what the stop is doing (for the overdue line)."""
+
+    def __init__(self, bound: float = STOP_BOUND, exit: Callable[[int], Any] = os._exit) -> None:
+        self.bound = bound
+        self.step = "runs"
+        self._exit = exit
+        self._armed: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0.0
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._armed is not None:
+            return
+        self._loop, self._started = loop, time.monotonic()
+        # A daemon thread: it never holds up an exit itself, and still runs while the interpreter
+        # joins the other threads (which is one of the waits it bounds).
+        self._armed = threading.Thread(target=self._watch, name="mailcanary-stopwatch", daemon=True)
+        self._armed.start()
+
+    def _watch(self) -> None:
+        time.sleep(self.bound)
+        try:
+            log.error(
+                "stop_overdue",
+                bound_seconds=self.bound,
+                seconds=round(time.monotonic() - self._started, 3),
+                step=self.step,
+                threads=_threads(),
+                tasks=_tasks(self._loop),
+            )
+            sys.stderr.flush()
+        finally:
+            self._exit(EXIT_OVERDUE)
+
+
+def _where(frames: list[traceback.FrameSummary]) -> list[str]:
+    return [f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in frames[-_FRAMES:]]
+
+
+def _threads() -> dict[str, list[str]]:
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    return {
+        f"{names.get(ident, 'unknown')} ({ident})": _where(traceback.extract_stack(frame))
+        for ident, frame in sys._current_frames().items()
+        if ident != me
+    }
+
+
+def _tasks(loop: asyncio.AbstractEventLoop | None) -> list[str]:
+    """The loop's unfinished tasks, read from another thread: best effort (the set may change under us)."""
+    if loop is None or loop.is_closed():
+        return []
+    for _ in range(3):
+        with contextlib.suppress(RuntimeError):
+            tasks = list(asyncio.all_tasks(loop))
+            break
+    else:
+        return ["(the task set kept changing)"]
+    out = []
+    for task in tasks:
+        stack = task.get_stack(limit=_FRAMES)
+        frames = [traceback.FrameSummary(f.f_code.co_filename, f.f_lineno, f.f_code.co_name) for f in stack]
+        out.append(f"{task.get_name()}: {' < '.join(reversed(_where(frames)))}")
+    return out
