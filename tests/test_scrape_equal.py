@@ -417,16 +417,17 @@ class Served:
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-@pytest.mark.parametrize("off_loop", [False, True])
+@pytest.mark.parametrize("piece", [None, 64], ids=["one-piece", "64-char-pieces"])
 def test_gzip_body_is_the_same_bytes_compressed(
-    fmt: str, off_loop: bool, monkeypatch: pytest.MonkeyPatch
+    fmt: str, piece: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Prometheus' headers get one gzip member that inflates to exactly the uncompressed body, with
-    Content-Encoding and Vary; compressed on the loop (small) and in a thread (large) alike."""
-    from exporter.web import gzipbody
+    Content-Encoding and Vary; a body encoded and deflated in many pieces is the same bytes as one
+    joined whole."""
+    from exporter.metrics import collector
 
-    if off_loop:
-        monkeypatch.setattr(gzipbody, "OFF_LOOP", 0)
+    if piece is not None:
+        monkeypatch.setattr(collector, "PIECE", piece)
 
     async def main() -> None:
         served = Served()
@@ -441,6 +442,7 @@ def test_gzip_body_is_the_same_bytes_compressed(
                 "application/openmetrics-text" if fmt == "openmetrics" else "text/plain"
             )
         assert gunzip_one_member(gz) == plain == await served.cache.body(fmt == "openmetrics")
+        assert plain.startswith(served.cache.text(fmt == "openmetrics").encode())
         assert int(headers["Content-Length"]) == len(gz) < len(plain)
 
     asyncio.run(main())
@@ -538,7 +540,7 @@ def test_gzip_an_older_generation_never_replaces_the_kept_newer_copy() -> None:
     from exporter.web.gzipbody import GzipBodies
 
     def parts(generation: int, text: bytes) -> BodyParts:
-        return BodyParts((True, generation, "head"), lambda: text, b"# EOF\n")
+        return BodyParts((True, generation, "head"), lambda: [text], b"# EOF\n")
 
     async def main() -> None:
         gz = GzipBodies()
@@ -546,7 +548,19 @@ def test_gzip_an_older_generation_never_replaces_the_kept_newer_copy() -> None:
         assert gunzip_one_member(await gz.body(parts(3, b"old\n"))) == b"old\n# EOF\n"
         assert gunzip_one_member(await gz.body(parts(5, b"new\n"))) == b"new\n# EOF\n"
         assert gz.deflated == 2  # generation 5 was still kept
-        other_head = BodyParts((True, 5, "reloaded"), lambda: b"other\n", b"# EOF\n")
+        other_head = BodyParts((True, 5, "reloaded"), lambda: [b"other\n"], b"# EOF\n")
         assert gunzip_one_member(await gz.body(other_head)) == b"other\n# EOF\n"
 
     asyncio.run(main())
+
+
+def test_pieces_split_between_texts_never_inside_one() -> None:
+    """Each piece ends on a text's end (a multi-byte character is never cut) and the pieces join to the
+    whole; a text longer than a piece is a piece of its own."""
+    from exporter.metrics.collector import encoded
+
+    texts = ["a" * 5, "é" * 7, "b" * 40, "ü", "c" * 3]
+    pieces = list(encoded(texts, piece=10))
+    assert b"".join(pieces) == "".join(texts).encode()
+    assert [p.decode() for p in pieces] == ["a" * 5 + "é" * 7, "b" * 40, "ü" + "c" * 3]
+    assert list(encoded([], piece=10)) == []

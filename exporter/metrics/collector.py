@@ -424,11 +424,13 @@ class SeriesCache:
         if self.stale:
             self.rerender_all()
         self.flush()
-        return self._view(openmetrics)[1]()
+        return "".join(self._view(openmetrics)[1]())
 
-    def _view(self, openmetrics: bool) -> tuple[tuple[int, str], Callable[[], str]]:
-        """(key, render): the key names what ``render`` joins (generation, exporter facts), both taken
-        at the same moment under the lock, so one key never stands for two different texts."""
+    def _view(self, openmetrics: bool) -> tuple[tuple[int, str], Callable[[], Iterator[str]]]:
+        """(key, texts): the key names what ``texts`` yields in order (generation, exporter facts), both
+        taken at the same moment under the lock, so one key never stands for two different bodies. The
+        snapshot is of immutable strings and of containers replaced, never changed, by later renders:
+        ``texts`` may run in a worker thread while the loop renders on."""
         vantage = self.state.vantage
         exporter = [with_vantage(f, vantage) if vantage else f for f in exporter_families(self.state)]
         head = _render_openmetrics(exporter) if openmetrics else _render(exporter)
@@ -439,20 +441,19 @@ class SeriesCache:
             headers = self._headers_om if openmetrics else self._headers
             legacy = self._legacy_om if openmetrics else self._legacy
 
-        def render() -> str:
-            out = [head]
+        def texts() -> Iterator[str]:
+            yield head
             for kind, _ in kinds:
                 mine = [f for _, f in frags if f.kind == kind]
                 for i, header in enumerate(headers[kind]):
-                    out.append(header)
-                    out.extend((f.own_om if openmetrics else f.own)[i] for f in mine)
+                    yield header
+                    yield from ((f.own_om if openmetrics else f.own)[i] for f in mine)
             for i, header in enumerate(FACT_HEADERS_OM if openmetrics else FACT_HEADERS):
-                out.append(header)
-                out.extend((f.facts_om if openmetrics else f.facts)[i] for _, f in frags)
-            out.append(legacy)
-            return "".join(out)
+                yield header
+                yield from ((f.facts_om if openmetrics else f.facts)[i] for _, f in frags)
+            yield legacy
 
-        return (generation, head), render
+        return (generation, head), texts
 
     async def parts(self, openmetrics: bool = False) -> BodyParts:
         """The /metrics body in the parts a compressing server caches by (exporter.web.gzipbody); a full
@@ -460,13 +461,13 @@ class SeriesCache:
         if self.stale:
             await asyncio.to_thread(self.rerender_all)
         self.flush()  # changes still waiting for the coalescing timer: a scrape never sees an older state
-        key, render = self._view(openmetrics)
+        key, texts = self._view(openmetrics)
         if openmetrics:
             runtime = openmetrics_of(self.runtime).encode() if self.runtime is not None else b""
             live = runtime + EOF.encode()
         else:
             live = generate_latest(self.runtime) if self.runtime is not None else b""
-        return BodyParts((openmetrics, *key), lambda: render().encode(), live)
+        return BodyParts((openmetrics, *key), lambda: encoded(texts()), live)
 
     async def body(self, openmetrics: bool = False) -> bytes:
         """The /metrics body; a full re-render after a reload runs in a thread, never on the loop. Both
@@ -474,17 +475,39 @@ class SeriesCache:
         return (await self.parts(openmetrics)).body()
 
 
+PIECE = 256 * 1024  # characters per encoded piece of a body: its bytes are never all in one buffer
+
+
+def encoded(texts: Iterable[str], piece: int | None = None) -> Iterator[bytes]:
+    """``texts`` as UTF-8, in pieces of about ``piece`` characters: the 17 MB body of 1,000 probes never
+    exists as one string and one bytes copy of it (each freed block that size is kept by malloc, a
+    peak that stays in the RSS)."""
+    piece = PIECE if piece is None else piece
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if size >= piece:
+            yield "".join(batch).encode()
+            batch.clear()
+            size = 0
+    if batch:
+        yield "".join(batch).encode()
+
+
 @dataclass(frozen=True)
 class BodyParts:
-    """A /metrics body as two parts: ``stable()``, the pre-rendered part (what ``key`` names: the same
-    key, the same bytes), and ``live``, the runtime series (and OpenMetrics' ``# EOF``) rendered now."""
+    """A /metrics body as two parts: ``stable()``, the pre-rendered part in pieces (what ``key`` names:
+    the same key, the same bytes; safe to iterate in a worker thread), and ``live``, the runtime series
+    (and OpenMetrics' ``# EOF``) rendered now."""
 
     key: tuple[bool, int, str]  # format, SeriesCache.generation, the exporter's own facts as rendered
-    stable: Callable[[], bytes]
+    stable: Callable[[], Iterable[bytes]]
     live: bytes
 
     def body(self) -> bytes:
-        return b"".join((self.stable(), self.live))
+        return b"".join((*self.stable(), self.live))
 
 
 def runtime_registry() -> CollectorRegistry:

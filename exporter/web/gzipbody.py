@@ -4,8 +4,9 @@ The pre-rendered part of the body (exporter.metrics.collector.BodyParts) is defl
 generation and format and kept (one per format: bounded); a scrape then deflates only the live runtime
 series and appends them to the same gzip member. That works because a raw deflate stream ended with a
 sync flush stops on a byte boundary with no final block: a second, independent deflate stream may follow
-it, and the CRC-32 of the whole continues from the first part's. The big deflate runs in a worker thread
-(zlib releases the GIL), so the event loop keeps answering ``/-/healthy``.
+it, and the CRC-32 of the whole continues from the first part's. The pre-rendered part is encoded and
+deflated piece by piece in a worker thread (zlib releases the GIL), so the event loop keeps answering
+``/-/healthy`` and the uncompressed body never exists whole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from exporter.metrics.collector import BodyParts
@@ -20,7 +22,6 @@ from exporter.metrics.collector import BodyParts
 # Level 1: at 1,000 probes (17.6 MB of OpenMetrics) ~30 ms of CPU for a 23x smaller body; level 6 costs
 # about three times the CPU for 28x (bench/README.md, "/metrics with gzip").
 LEVEL = 1
-OFF_LOOP = 256 * 1024  # bytes: smaller parts deflate on the loop in well under a millisecond
 _XFL = {1: 4, 9: 2}  # RFC 1952's extra flags: fastest, best; 0 otherwise
 _MAX_ITEMS = 64  # an Accept-Encoding header of thousands of items is not parsed whole
 
@@ -75,8 +76,17 @@ class _Deflated:
     size: int
 
 
-def _deflate_stable(key: tuple[bool, int, str], stable: bytes, level: int) -> _Deflated:
-    return _Deflated(key, _deflate(stable, level, last=False), zlib.crc32(stable), len(stable))
+def _deflate_stable(key: tuple[bool, int, str], pieces: Iterable[bytes], level: int) -> _Deflated:
+    """One raw deflate stream of ``pieces``, sync-flushed, with their CRC-32 and length."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out: list[bytes] = []
+    crc = size = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        out.append(compressor.compress(piece))
+    out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    return _Deflated(key, b"".join(out), crc, size)
 
 
 class GzipBodies:
@@ -109,11 +119,7 @@ class GzipBodies:
 
     async def _compress(self, parts: BodyParts) -> _Deflated:
         try:
-            stable = parts.stable()
-            if len(stable) > OFF_LOOP:
-                done = await asyncio.to_thread(_deflate_stable, parts.key, stable, self.level)
-            else:
-                done = _deflate_stable(parts.key, stable, self.level)
+            done = await asyncio.to_thread(_deflate_stable, parts.key, parts.stable(), self.level)
         finally:
             del self._pending[parts.key]
         self.deflated += 1

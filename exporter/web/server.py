@@ -314,14 +314,14 @@ class HTTPServer:
 
     async def metrics_response(self, accept: str, accept_encoding: str) -> web.Response:
         """/metrics for these request headers. Never renders on the loop: both formats are pre-rendered
-        (what Prometheus asks for first is OpenMetrics), and gzip, when asked for, reuses the compressed
-        pre-rendered part while its generation lasts; without a pre-rendered body the registry renders
-        (and compresses) in a worker thread."""
+        (what Prometheus asks for first is OpenMetrics) and joined in a worker thread, and gzip, when
+        asked for, reuses the compressed pre-rendered part while its generation lasts; without a
+        pre-rendered body the registry renders (and compresses) in a worker thread."""
         if self.metrics_body is not None:
             openmetrics = wants_openmetrics(accept)
             parts = await self.metrics_body(openmetrics)
             gzipped = accepts_gzip(accept_encoding)
-            body = await self.gzip.body(parts) if gzipped else parts.body()
+            body = await (self.gzip.body(parts) if gzipped else asyncio.to_thread(parts.body))
             return _response(body, OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_LATEST, gzipped)
         return await asyncio.to_thread(render, self.registry, accept, accept_encoding)
 
