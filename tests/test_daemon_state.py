@@ -15,6 +15,7 @@ from tests.support.daemon import Daemon, json_lines
 from tests.support.ledgerfile import ledger_on_disk
 from tests.support.metrics import scrape, value
 from tests.support.postfix import queued
+from tests.support.procs import wait_exit
 from tests.support.stackconfig import roundtrip, write_config
 from tests.support.wait import eventually
 
@@ -109,7 +110,7 @@ def test_sigterm_lets_the_run_in_flight_finish(
     try:
         wait_queued(mailstack, daemon.proc)
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=15) == 0
+        assert wait_exit(daemon.proc, 20) == 0  # a hang guard; the daemon bounds its own stop
     finally:
         out, err = daemon.stop()
     lines = json_lines(err)
@@ -135,7 +136,7 @@ def test_sigterm_past_the_grace_cancels_logs_and_hands_the_canary_over(
     try:
         wait_queued(mailstack, daemon.proc)
         daemon.proc.send_signal(signal.SIGTERM)
-        assert daemon.proc.wait(timeout=15) == 0
+        assert wait_exit(daemon.proc, 20) == 0  # a hang guard; the daemon bounds its own stop
     finally:
         out, err = daemon.stop()
     lines = json_lines(err)

@@ -29,6 +29,7 @@ from exporter.web import webconfig
 from exporter.web.server import HEADER_TIMEOUT
 from exporter.web.webconfig import WebConfig
 from tests.support.daemon import Daemon, json_lines
+from tests.support.procs import wait_exit
 from tests.support.wait import STARTUP_BOUND, eventually
 
 USER, PASSWORD = "prometheus", "scrape-secret"
@@ -488,7 +489,7 @@ def test_bad_request_is_one_json_line(
         assert s.recv(100).split(b"\r\n")[0].endswith(b" 400 Bad Request")
     assert get(d.port, "/-/healthy")[0] == 200
     d.proc.send_signal(signal.SIGTERM)
-    code = d.proc.wait(timeout=30)  # a hang guard: the daemon's own bound is STOP_BOUND (9 s)
+    code = wait_exit(d.proc, 20)  # a hang guard: the daemon's own bound is STOP_BOUND (9 s)
     _, err = d.stop()
     assert code == 0, err
     lines = json_lines(err)  # every line JSON
@@ -574,7 +575,7 @@ def test_a_probe_request_in_progress_does_not_hold_up_a_stop(tmp_path: Path, dae
         with accepted:
             d.proc.send_signal(signal.SIGTERM)
             # A hang guard well under the request's 60 s, not a timing claim: the bound is STOP_BOUND.
-            assert d.proc.wait(timeout=45) == 0
+            assert wait_exit(d.proc, 30) == 0
         asking.join()
     _, err = d.stop()
     events = [e["event"] for e in json_lines(err)]

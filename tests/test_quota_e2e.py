@@ -4,7 +4,6 @@ at 95 % of its storage and message limits gives exact metric values, and the rou
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from exporter.run.runner import Runner, make_masker
 from exporter.state.ledger import Ledger
 from tests.mailstack import MailStack
 from tests.mailstack._net import free_ports, wait_ready
+from tests.support.procs import run_bounded
 from tests.support.stackconfig import roundtrip, write_config
 
 KEY = b"quota-test-key-0123456789abcdef!"
@@ -147,7 +147,7 @@ def test_probe_command_reports_quota_and_sync(
     probe["receive"]["sync"] = {"timeout": "5s"}
     config = str(write_config(tmp_path, [probe]))
     cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", config, "qs"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = run_bounded(cmd, 60, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     first = out.stdout.splitlines()[0]
     assert first.startswith("MAILCANARY OK - 1 round trips delivered | 'qs_delivery'=")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 from structlog.testing import capture_logs
 
@@ -56,6 +57,31 @@ def test_overdue_names_the_step_the_threads_and_the_tasks() -> None:
     assert any("stuck_worker" in f for f in stuck)
     (task,) = [t for t in line["tasks"] if t.startswith("probe:never-ends: ")]
     assert "stuck_task" in task
+
+
+def test_time_spent_waiting_for_a_cpu_does_not_count() -> None:
+    """A process starved of CPU (its main thread runnable, waiting on the run queue the whole time) is
+    not mistaken for a hung one: only the wall-time cap ends it, and the line says it was starved."""
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        exited.set()
+
+    async def main() -> float:
+        started = time.monotonic()
+        # Starved throughout: the run-queue wait grows as fast as the wall clock.
+        watch = StopWatch(bound=0.2, exit=fake_exit, starved_bound=1.0, cpu_wait=time.monotonic)
+        watch.arm(asyncio.get_running_loop())
+        await asyncio.to_thread(exited.wait, 10)
+        return time.monotonic() - started
+
+    with capture_logs() as logs:
+        took = asyncio.run(main())
+    assert exits == [EXIT_OVERDUE] and took >= 1.0  # not at 0.2 s: the starved time was not counted
+    (line,) = [e for e in logs if e["event"] == "stop_overdue"]
+    assert line["cpu_wait_seconds"] >= 0.7
 
 
 def test_a_stop_within_the_bound_is_not_interrupted() -> None:

@@ -44,6 +44,7 @@ from tests.mailstack.variants import (
     blackbox_available,
     blackbox_starttls_modules,
 )
+from tests.support.procs import run_bounded, wait_exit
 from tests.support.stackconfig import exporter_argv
 from tests.support.tlsaudit import NAMES, SOURCE, Certs, endpoint, expected_legacy
 from tests.support.wait import eventually
@@ -574,7 +575,7 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
     finally:
         proc.terminate()
         # A hang guard: the daemon's own bound on a stop is STOP_BOUND (9 s), then exit 1, `stop_overdue`.
-        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+        assert wait_exit(proc, 20) == 0, log.read_text()[-3000:]
 
 
 def test_daemon_exports_every_tls_fact(daemon: Daemon, variants: VariantSet) -> None:
@@ -746,7 +747,7 @@ def test_one_shot_report_and_expiry_exit_codes(variants: VariantSet, tmp_path: P
         )
     )
     cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", str(config)]
-    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    ok = run_bounded(cmd, 60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert ok.stdout.startswith("MAILCANARY OK - 1 TLS checks verified")
     for line in (
@@ -756,11 +757,7 @@ def test_one_shot_report_and_expiry_exit_codes(variants: VariantSet, tmp_path: P
         "verified   yes",
     ):
         assert line in ok.stdout, ok.stdout
-    warn = subprocess.run(
-        [*cmd, "--warn-days", "7", "--crit-days", "1"], capture_output=True, text=True, timeout=60
-    )
+    warn = run_bounded([*cmd, "--warn-days", "7", "--crit-days", "1"], 60)
     assert warn.returncode == 1 and warn.stdout.startswith("MAILCANARY WARNING - expiring ")
-    crit = subprocess.run(
-        [*cmd, "--warn-days", "30", "--crit-days", "7"], capture_output=True, text=True, timeout=60
-    )
+    crit = run_bounded([*cmd, "--warn-days", "30", "--crit-days", "7"], 60)
     assert crit.returncode == 2 and crit.stdout.startswith("MAILCANARY CRITICAL - expiring ")
