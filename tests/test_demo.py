@@ -16,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import free_ports
+from tests.support.procs import wait_exit
 from tests.support.wait import eventually
 
 Samples = list[tuple[str, dict[str, str], float]]
@@ -156,12 +157,9 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
             assert value(samples, "mailcanary_tls_starttls_offered", **labels) == 1
             assert value(samples, "mailcanary_tls_auth_before_tls", **labels) == 0
 
-    # Ctrl-C: exit 0, quickly.
+    # Ctrl-C: exit 0 (a hang guard, not a timing: a loaded machine may starve the process for long).
     proc.send_signal(signal.SIGINT)
-    t1 = time.monotonic()
-    rc = proc.wait(timeout=5)
-    assert rc == 0
-    assert time.monotonic() - t1 < 5
+    assert wait_exit(proc, 10) == 0
     text = proc.stdout.read() if proc.stdout else ""
     assert f"http://127.0.0.1:{port}/metrics" in text
     assert "job_name: mailcanary-demo" in text and f'targets: ["127.0.0.1:{port}"]' in text
@@ -216,7 +214,7 @@ def test_demo_stops_by_itself_and_sigterm(tmp_path: Path) -> None:
             if "Ctrl-C stops it" in line:
                 break
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
+        assert wait_exit(proc, 10) == 0
     finally:
         stop(proc)
 
