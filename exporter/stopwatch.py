@@ -4,9 +4,10 @@ daemon that outlives its SIGTERM gets SIGKILLed by its supervisor with nothing s
 is late; so past STOP_BOUND the process says in one log line what it was still waiting for (the step,
 every thread's stack, the tasks left) and exits 1 at once.
 
-The bound counts the time the main thread was not waiting for a CPU (Linux: /proc/self/task/PID/
-schedstat's run-queue delay is taken off), so a starved machine (on 2 cores with two test suites, a
-process may get a tenth of a core) is not mistaken for a hang; a hang sleeps, and its time counts.
+The bound counts the time the process's threads were not waiting for a CPU (Linux: each thread's
+schedstat run-queue delay is taken off, at most the wall time), so a starved machine (on 2 cores with
+two test suites, a process may get a tenth of a core) is not mistaken for a hang; a hang sleeps, and
+its time counts.
 STARVED_BOUND caps the wall time all the same."""
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ class StopWatch:
         bound: float = STOP_BOUND,
         exit: Callable[[int], Any] = os._exit,
         starved_bound: float = STARVED_BOUND,
-        cpu_wait: Callable[[], float | None] | None = None,
+        cpu_wait: Callable[[], dict[int, float] | None] | None = None,
     ) -> None:
         self.bound = bound
         self.starved_bound = starved_bound
-        self._cpu_wait = cpu_wait if cpu_wait is not None else _main_thread_cpu_wait
+        self._cpu_wait = cpu_wait if cpu_wait is not None else _threads_cpu_wait
         self.step = "runs"
         self._exit = exit
         self._armed: threading.Thread | None = None
@@ -61,11 +62,16 @@ class StopWatch:
         self._armed.start()
 
     def _watch(self) -> None:
-        waited_before = self._cpu_wait() or 0.0
+        last = self._cpu_wait() or {}
+        starved = 0.0
         while True:
             time.sleep(_TICK)
             wall = time.monotonic() - self._started
-            starved = max((self._cpu_wait() or 0.0) - waited_before, 0.0)
+            now = self._cpu_wait() or {}
+            # Per thread, so threads that come and go (worker threads) neither add nor take away time.
+            starved += sum(max(w - last.get(tid, 0.0), 0.0) for tid, w in now.items())
+            last = now
+            starved = min(starved, wall)
             if wall - starved >= self.bound or wall >= self.starved_bound:
                 break
         try:
@@ -83,14 +89,28 @@ class StopWatch:
             self._exit(EXIT_OVERDUE)
 
 
-def _main_thread_cpu_wait() -> float | None:
-    """Seconds the main thread has spent runnable but waiting for a CPU; None where the kernel does not
-    say (not Linux, schedstat off): the bound is then in wall time."""
+def _threads_cpu_wait() -> dict[int, float] | None:
+    """Seconds each thread of this process (but the calling one: the watch) has spent runnable but
+    waiting for a CPU; None where the kernel does not say (not Linux, schedstat off): the bound is then
+    in wall time. All threads, not only the main one: the main thread waiting for the GIL that a starved
+    thread holds sleeps, and would count as hung."""
+    me = threading.get_native_id()
+    waits: dict[int, float] = {}
     try:
-        with open(f"/proc/self/task/{os.getpid()}/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except (OSError, ValueError):
         return None
+    for tid in tids:
+        if tid == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                waits[tid] = int(f.read().split()[1]) / 1e9
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        except (OSError, ValueError, IndexError):
+            return None
+    return waits
 
 
 def _where(frames: list[traceback.FrameSummary]) -> list[str]:

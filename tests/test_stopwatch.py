@@ -72,7 +72,9 @@ def test_time_spent_waiting_for_a_cpu_does_not_count() -> None:
     async def main() -> float:
         started = time.monotonic()
         # Starved throughout: the run-queue wait grows as fast as the wall clock.
-        watch = StopWatch(bound=0.2, exit=fake_exit, starved_bound=1.0, cpu_wait=time.monotonic)
+        watch = StopWatch(
+            bound=0.2, exit=fake_exit, starved_bound=1.0, cpu_wait=lambda: {1: time.monotonic()}
+        )
         watch.arm(asyncio.get_running_loop())
         await asyncio.to_thread(exited.wait, 10)
         return time.monotonic() - started

@@ -3,12 +3,13 @@
 On 2 cores with two test suites a process may get a tenth of a core: `mailcanary probe` then takes a
 minute of wall clock for seconds of CPU, and a fixed wall-clock timeout fails a process that is only
 starved. A hung process sleeps; a starved one is runnable and waits on the run queue. So the guard
-here counts a process's wall time minus the time its main thread waited for a CPU (Linux schedstat):
+here counts a process's wall time minus the time its threads waited for a CPU (Linux schedstat):
 ``bound`` such seconds without an exit is a hang. ``cap`` bounds the wall time whatever.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -19,13 +20,20 @@ _TICK = 0.25
 CAP = 900.0  # wall seconds, however starved: the whole suite's budget
 
 
-def cpu_wait(pid: int) -> float:
-    """Seconds the main thread of ``pid`` has waited on the run queue (0 once it is gone)."""
+def cpu_waits(pid: int) -> dict[int, float]:
+    """Seconds each thread of ``pid`` has waited on the run queue (none once it is gone)."""
+    waits: dict[int, float] = {}
     try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return waits
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                waits[int(tid)] = int(f.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+    return waits
 
 
 class Hung(AssertionError):
@@ -33,11 +41,14 @@ class Hung(AssertionError):
 
 
 def _guard(proc: subprocess.Popen[Any], bound: float, cap: float) -> None:
-    started, waited0 = time.monotonic(), cpu_wait(proc.pid)
+    started, last, starved = time.monotonic(), cpu_waits(proc.pid), 0.0
     while proc.poll() is None:
         wall = time.monotonic() - started
-        unstarved = wall - (cpu_wait(proc.pid) - waited0)
-        if unstarved >= bound or wall >= cap:
+        now = cpu_waits(proc.pid)
+        # Per thread (threads come and go), at most the wall time (several may wait at once).
+        starved = min(starved + sum(max(w - last.get(t, 0.0), 0.0) for t, w in now.items()), wall)
+        last = now
+        if wall - starved >= bound or wall >= cap:
             proc.kill()
             proc.wait()
             raise Hung(f"{proc.args!r}: no exit within {bound:g} s not waiting for a CPU ({wall:.1f} s wall)")
