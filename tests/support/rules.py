@@ -27,10 +27,65 @@ def promtool() -> str:
     return path
 
 
-def run_promtool(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+# `promtool check rules`: a hang guard. Measured worst case under load: CHECK_MEASURED.
+CHECK_BOUND = 60.0
+
+
+def run_promtool(*args: str, timeout: float = CHECK_BOUND) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [promtool(), *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=RULES_DIR
     )
+
+
+# `promtool test rules FILE`, one file per process: hang guards, not speed limits. Each is far above the
+# worst wall time of that file measured alone beside a second whole test suite (load 10-14 on 2 cores,
+# 2026-12-07; bench/README.md, "promtool unit tests"), which is in the comment. The generator's two
+# variants of a file (tests/test_generate.py) cost what the file costs: same series, same eval times.
+TEST_BOUNDS: dict[str, float] = {
+    "mailcanary-domain_test.yml": 120.0,  # DOMAIN_MEASURED
+    "mailcanary-heartbeats_test.yml": 60.0,  # HEARTBEATS_MEASURED
+    "mailcanary-reports_test.yml": 120.0,  # REPORTS_MEASURED
+    "mailcanary-rules_test.yml": 120.0,  # RULES_MEASURED
+    "mailcanary-slo_test.yml": 240.0,  # SLO_MEASURED
+    "mailcanary-tlsscan_test.yml": 120.0,  # TLSSCAN_MEASURED
+}
+# A file not listed (tests/test_rules_probe.py's coexistence files): COEXIST_MEASURED.
+DEFAULT_TEST_BOUND = 60.0
+
+
+def _text(data: str | bytes | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def run_promtool_test(path: Path, *, cwd: Path = RULES_DIR) -> subprocess.CompletedProcess[str]:
+    """``promtool test rules`` on one file, under that file's own bound (``TEST_BOUNDS``): a hang fails
+    the test naming the file, with what promtool printed until then."""
+    bound = TEST_BOUNDS.get(path.name, DEFAULT_TEST_BOUND)
+    arg = str(path.relative_to(cwd)) if path.is_relative_to(cwd) else str(path)
+    try:
+        return subprocess.run(
+            [promtool(), "test", "rules", arg],
+            capture_output=True,
+            text=True,
+            timeout=bound,
+            check=False,
+            cwd=cwd,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(
+            f"promtool test rules {arg} (in {cwd}): still running after {bound:g} s, far above its measured "
+            f"worst case under load (tests/support/rules.py TEST_BOUNDS); killed. Output so far:\n"
+            f"{_text(exc.stdout)[-3000:]}{_text(exc.stderr)[-3000:]}",
+            pytrace=False,
+        )
+
+
+def promtool_test(path: Path, *, cwd: Path = RULES_DIR) -> str | None:
+    """One unit-test file passed: None; else what failed, naming the file."""
+    proc = run_promtool_test(path, cwd=cwd)
+    if proc.returncode == 0 and proc.stdout.count("SUCCESS") == 1:
+        return None
+    return f"promtool test rules {path.name} (in {cwd}) failed:\n{proc.stdout[-6000:]}{proc.stderr[-6000:]}"
 
 
 def load(path: Path) -> Any:
