@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.support.rules import ROOT, RULE_FILES, RULES_DIR, alert_rules, load, run_promtool
+from tests.support import rules as rules_support
+from tests.support.rules import ROOT, RULE_FILES, RULES_DIR, alert_rules, load, promtool_test, run_promtool
 
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.yml"))
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
@@ -50,10 +52,41 @@ def test_promtool_check_rules() -> None:
     assert proc.returncode == 0, f"promtool check rules failed:\n{proc.stdout}\n{proc.stderr}"
 
 
-def test_promtool_unit_tests() -> None:
-    proc = run_promtool("test", "rules", *(str(p.relative_to(RULES_DIR)) for p in TEST_FILES))
-    assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}\n{proc.stderr}"
-    assert proc.stdout.count("SUCCESS") == len(TEST_FILES), proc.stdout
+@pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
+def test_promtool_unit_tests(test_file: Path) -> None:
+    """One promtool process per file, each under its own hang guard: a failure or a hang names the file."""
+    problem = promtool_test(test_file)
+    assert problem is None, problem
+
+
+def _unit_test_file(path: Path, eval_time: str, firing: bool) -> Path:
+    """A unit test of the shipped rules: MailcanaryExporterAbsent (absent(up), for: 10m) at eval_time."""
+    exp = [{"exp_labels": {"job": "mailcanary", "severity": "critical"}}] if firing else []
+    case = {"eval_time": eval_time, "alertname": "MailcanaryExporterAbsent", "exp_alerts": exp}
+    doc = {
+        "rule_files": [str(RULES_DIR / "mailcanary-rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [], "alert_rule_test": [case]}],
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_failing_unit_test_file_is_named(tmp_path: Path) -> None:
+    path = _unit_test_file(tmp_path / "quiet-but-absent_test.yml", "20m", firing=False)
+    problem = promtool_test(path, cwd=tmp_path)
+    assert problem is not None and "quiet-but-absent_test.yml" in problem, problem
+
+
+def test_a_unit_test_file_over_its_bound_fails_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hang guard: 30 days of evaluations every minute (43,200 steps, minutes of CPU) against a 1 s
+    bound. Only a faster machine than any could pass it in time: load makes it slower, never faster."""
+    monkeypatch.setattr(rules_support, "DEFAULT_TEST_BOUND", 1.0)
+    path = _unit_test_file(tmp_path / "thirty-days_test.yml", "30d", firing=True)
+    with pytest.raises(pytest.fail.Exception, match=r"thirty-days_test\.yml.*still running after 1 s"):
+        promtool_test(path, cwd=tmp_path)
 
 
 # ---- conventions -----------------------------------------------------------------------------------
