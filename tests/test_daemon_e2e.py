@@ -124,9 +124,7 @@ def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]
 
 def test_run_without_config_names_default_and_demo(tmp_path: Path) -> None:
     env = {**os.environ, "MAILCANARY_CONFIG": str(tmp_path / "nope.yml")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "run"], capture_output=True, text=True, env=env, timeout=30
-    )
+    proc = run_bounded([sys.executable, "-m", "exporter.cli", "run"], 30, env=env)
     assert proc.returncode == 3
     assert str(tmp_path / "nope.yml") in proc.stderr and "mailcanary demo" in proc.stderr
     assert "Traceback" not in proc.stderr

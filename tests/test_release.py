@@ -33,6 +33,7 @@ import pytest
 from tests.mailstack import free_ports
 from tests.support.deploy import shipped_configs, with_stand_in_secrets
 from tests.support.metrics import Scrape, scrape, value
+from tests.support.procs import run_bounded
 from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,15 +108,8 @@ class Installed:
     cwd: Path
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.bin / "mailcanary"), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=self.env,
-            cwd=self.cwd,
-        )
+        """``timeout``: seconds not waiting for a CPU (a starved process is not a hung one)."""
+        return run_bounded([str(self.bin / "mailcanary"), *args], timeout, env=self.env, cwd=self.cwd)
 
 
 @pytest.fixture(scope="session")
@@ -249,12 +243,9 @@ def test_installed_check_config_passes_the_shipped_examples(
     text, env = with_stand_in_secrets(shipped_configs()[name], tmp_path)
     config = tmp_path / "mailcanary.yml"
     config.write_text(text)
-    proc = subprocess.run(
+    proc = run_bounded(
         [str(installed.bin / "mailcanary"), "check-config", "--config.file", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        60,  # seconds not waiting for a CPU: a busy run starved this past 60 s of wall clock
         env={**installed.env, **env},
         cwd=installed.cwd,
     )

@@ -239,6 +239,9 @@ def test_queue_clock_counts_overlapping_waits_once() -> None:
 
     asyncio.run(main())
     first, second = sorted(r.phases["queue"] for r in recs)
-    assert first >= 0.3 and second >= first + 0.2  # the second waited for the first, too
+    # The second waited for the first, too. asyncio's timers may fire up to the clock's resolution
+    # early, and the phase clock is read a little apart from the loop's: 10 ms of slack (a busy run
+    # measured 0.5012 s against 0.3022 + 0.2).
+    assert first >= 0.29 and second >= first + 0.19
     assert second - 0.01 <= clock.seconds() < first + second - first / 2
     assert clock.waiting == 0

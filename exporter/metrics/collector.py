@@ -7,6 +7,7 @@ Nothing here is a global gauge mutated by probe code: a probe removed from the c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -508,6 +509,17 @@ class BodyParts:
 
     def body(self) -> bytes:
         return b"".join((*self.stable(), self.live))
+
+    def small(self) -> tuple[bytes | None, Iterator[bytes]]:
+        """(the whole pre-rendered part, if it is one piece; else None), and the pieces. A small body is
+        made on the loop (a thread hop costs more than it, and on a starved machine a hop waits for a
+        CPU); only a big one goes to a worker thread, which then takes the pieces from the first on."""
+        pieces = iter(self.stable())
+        first = next(pieces, b"")
+        second = next(pieces, None)
+        if second is None:
+            return first, iter((first,))
+        return None, itertools.chain((first, second), pieces)
 
 
 def runtime_registry() -> CollectorRegistry:

@@ -4,9 +4,10 @@ The pre-rendered part of the body (exporter.metrics.collector.BodyParts) is defl
 generation and format and kept (one per format: bounded); a scrape then deflates only the live runtime
 series and appends them to the same gzip member. That works because a raw deflate stream ended with a
 sync flush stops on a byte boundary with no final block: a second, independent deflate stream may follow
-it, and the CRC-32 of the whole continues from the first part's. The pre-rendered part is encoded and
-deflated piece by piece in a worker thread (zlib releases the GIL), so the event loop keeps answering
-``/-/healthy`` and the uncompressed body never exists whole.
+it, and the CRC-32 of the whole continues from the first part's. A pre-rendered part of more than one
+piece (exporter.metrics.collector.PIECE) is encoded and deflated piece by piece in a worker thread
+(zlib releases the GIL), so the event loop keeps answering ``/-/healthy`` and the uncompressed body
+never exists whole; a part of one piece is deflated on the loop (cheaper than the thread hop).
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ class GzipBodies:
 
     async def _compress(self, parts: BodyParts) -> _Deflated:
         try:
-            done = await asyncio.to_thread(_deflate_stable, parts.key, parts.stable(), self.level)
+            whole, pieces = parts.small()
+            if whole is not None:
+                done = _deflate_stable(parts.key, (whole,), self.level)
+            else:
+                done = await asyncio.to_thread(_deflate_stable, parts.key, pieces, self.level)
         finally:
             del self._pending[parts.key]
         self.deflated += 1

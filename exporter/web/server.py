@@ -321,7 +321,14 @@ class HTTPServer:
             openmetrics = wants_openmetrics(accept)
             parts = await self.metrics_body(openmetrics)
             gzipped = accepts_gzip(accept_encoding)
-            body = await (self.gzip.body(parts) if gzipped else asyncio.to_thread(parts.body))
+            if gzipped:
+                body = await self.gzip.body(parts)
+            else:
+                whole, pieces = parts.small()
+                if whole is not None:
+                    body = whole + parts.live
+                else:
+                    body = await asyncio.to_thread(lambda: b"".join((*pieces, parts.live)))
             return _response(body, OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_LATEST, gzipped)
         return await asyncio.to_thread(render, self.registry, accept, accept_encoding)
 
