@@ -49,6 +49,7 @@ class StopWatch:
         self.step = "runs"
         self._exit = exit
         self._armed: threading.Thread | None = None
+        self._disarmed = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = 0.0
 
@@ -61,11 +62,16 @@ class StopWatch:
         self._armed = threading.Thread(target=self._watch, name="mailcanary-stopwatch", daemon=True)
         self._armed.start()
 
+    def disarm(self) -> None:
+        """The stop finished in process (an embedding or a test): the watch ends without a word."""
+        self._disarmed.set()
+
     def _watch(self) -> None:
         last = self._cpu_wait() or {}
         starved = 0.0
         while True:
-            time.sleep(_TICK)
+            if self._disarmed.wait(_TICK):
+                return
             wall = time.monotonic() - self._started
             now = self._cpu_wait() or {}
             # Per thread, so threads that come and go (worker threads) neither add nor take away time.

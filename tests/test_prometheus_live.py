@@ -429,7 +429,9 @@ def wait_for_data(live: Live) -> None:
     """Until several scrapes of completed runs exist: both round trips, the TLS check, recorded SLO series."""
     needed = (
         f'count_over_time(up{{job="{JOB}"}}[1m]) >= 4',
-        "count(mailcanary_roundtrip_success == 1) == 3",
+        # Every round trip has a result (not "all three succeeded at once": on a starved machine one
+        # may time out, truly, at its 8 s deadline: seen in a busy run, a POP3 sweep at load 11+).
+        "count(mailcanary_roundtrip_success) == 3",
         "increase(mailcanary_roundtrip_runs_total{outcome='success'}[1m]) > 0",
         "mailcanary_tls_check_success",
         "mailcanary:delivery_slo_errors:ratio_rate5m",

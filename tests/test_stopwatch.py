@@ -87,13 +87,23 @@ def test_time_spent_waiting_for_a_cpu_does_not_count() -> None:
 
 
 def test_a_stop_within_the_bound_is_not_interrupted() -> None:
+    """A watch disarmed before its bound never fires (and leaves no thread that could log later)."""
     exits: list[int] = []
 
-    async def main() -> None:
-        StopWatch(bound=0.5, exit=exits.append).arm(asyncio.get_running_loop())
+    async def main() -> StopWatch:
+        watch = StopWatch(bound=0.5, exit=exits.append)
+        watch.arm(asyncio.get_running_loop())
+        await asyncio.sleep(0.1)
+        watch.disarm()
+        return watch
 
-    asyncio.run(main())  # returns at once: the watch is a daemon thread that never fires in this test
-    assert exits == []
+    with capture_logs() as logs:
+        watch = asyncio.run(main())
+        assert watch._armed is not None
+        watch._armed.join(10)
+        assert not watch._armed.is_alive()
+        time.sleep(0.6)  # past the bound: nothing
+    assert exits == [] and not [e for e in logs if e["event"] == "stop_overdue"]
 
 
 def test_the_process_exits_even_while_a_thread_holds_its_exit() -> None:
