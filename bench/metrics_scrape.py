@@ -102,26 +102,36 @@ def _results(name: str, i: int):  # type: ignore[no-untyped-def]
     )
 
 
+def filled_store(probes: int):  # type: ignore[no-untyped-def]
+    """A result store of ``probes`` round trips with full results (3 runs each) and its SeriesCache:
+    the /metrics of a 1,000-probe daemon (also bench.scrape_memory's)."""
+    from exporter.metrics.collector import ExporterState, SeriesCache, runtime_registry
+    from exporter.run.results import ResultStore
+
+    store = ResultStore()
+    names = [f"user{i:04d}" for i in range(probes)]
+    state = ExporterState(probes=dict.fromkeys(names, "roundtrip"), config_digest="bench")
+    cache = SeriesCache(store, state, runtime_registry())
+    store.ensure(names)
+    for i, name in enumerate(names):
+        for _ in range(3):
+            store.record(_results(name, i))
+        store.note_lag(name, 0.01)
+    return store, state, cache
+
+
 def serve(port: int, probes: int, level: int) -> None:
     """The child: a store of ``probes`` round trips behind exporter.web.server, runs finishing meanwhile."""
     from aiohttp import web
     from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 
-    from exporter.metrics.collector import ExporterState, SeriesCache, build_registry, runtime_registry
-    from exporter.run.results import ResultStore
+    from exporter.metrics.collector import build_registry
     from exporter.web.gzipbody import GzipBodies, accepts_gzip, gzip_bytes
     from exporter.web.server import HTTPServer, render, wants_openmetrics
 
     async def main() -> None:
-        store = ResultStore()
-        names = [f"user{i:04d}" for i in range(probes)]
-        state = ExporterState(probes=dict.fromkeys(names, "roundtrip"), config_digest="bench")
-        cache = SeriesCache(store, state, runtime_registry())
-        store.ensure(names)
-        for i, name in enumerate(names):
-            for _ in range(3):
-                store.record(_results(name, i))
-            store.note_lag(name, 0.01)
+        store, state, cache = filled_store(probes)
+        names = store.names()
         registry = build_registry(store, state)
 
         def reference_response(request: web.Request, encoding: str) -> web.Response:

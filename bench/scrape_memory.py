@@ -36,21 +36,21 @@ def _vm(field: str) -> int:
 
 def child(probes: int, scrapes: int, gzipped: bool) -> dict[str, float]:
     """In a fresh process: build the store, then measure ``scrapes`` bodies of one kind."""
-    from bench.metrics_scrape import _results
-    from exporter.metrics.collector import ExporterState, SeriesCache, runtime_registry
-    from exporter.run.results import ResultStore
+    import importlib.util
+
     from exporter.web.gzipbody import GzipBodies
 
+    # This checkout's store builder (an older tree compared may not have it), over the tree's exporter.
+    spec = importlib.util.spec_from_file_location(
+        "metrics_scrape_here", Path(__file__).with_name("metrics_scrape.py")
+    )
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+
     async def measure() -> dict[str, float]:
-        store = ResultStore()
-        names = [f"user{i:04d}" for i in range(probes)]
-        state = ExporterState(probes=dict.fromkeys(names, "roundtrip"), config_digest="bench")
-        cache = SeriesCache(store, state, runtime_registry())
-        store.ensure(names)
-        for i, name in enumerate(names):
-            for _ in range(3):
-                store.record(_results(name, i))
-            store.note_lag(name, 0.01)
+        store, _, cache = builder.filled_store(probes)
+        names = store.names()
         gz = GzipBodies()
         first = await gz.body(await cache.parts(True)) if gzipped else await cache.body(True)
         size = len(first)
@@ -58,7 +58,7 @@ def child(probes: int, scrapes: int, gzipped: bool) -> dict[str, float]:
         rss_before = _vm("VmRSS")
         peaks: list[float] = []
         for n in range(scrapes):
-            store.record(_results(names[n % probes], n))  # a run: one probe re-rendered
+            store.record(builder._results(names[n % probes], n))  # a run: one probe re-rendered
             tracemalloc.start()
             body = await gz.body(await cache.parts(True)) if gzipped else await cache.body(True)
             peaks.append(tracemalloc.get_traced_memory()[1])
