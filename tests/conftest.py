@@ -14,7 +14,7 @@ from hypothesis import settings
 
 from tests.mailstack import MailStack, StackError, make_root, reap_orphans, requirement_problems
 from tests.mailstack.variants import VariantSet
-from tests.support.postfix import drain
+from tests.support.postfix import drain, settle
 from tests.support.schedule import make_scheduler
 from tests.support.tlsaudit import Certs, audit_variants, make_certs
 
@@ -73,12 +73,13 @@ def mailstack() -> Iterator[MailStack]:
 
 @pytest.fixture(scope="session")
 def fresh_mailbox(mailstack: MailStack) -> Callable[[], str]:
-    """Call it for another emptied mailbox address (cycles through ``mailstack.test_addresses``)."""
+    """Call it for another emptied mailbox address (cycles through ``mailstack.test_addresses``), with
+    nothing queued in Postfix for it: an earlier test's mail to it cannot land after it is handed out."""
     addresses = itertools.cycle(mailstack.test_addresses)
 
     def take() -> str:
         address = next(addresses)
-        mailstack.clear(address)
+        settle(mailstack, address)
         return address
 
     return take

@@ -25,8 +25,13 @@ class Daemon:
     @property
     def running(self) -> bool:
         """True if the pid file names a live process of our executable."""
+        return self.pid is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The master's pid while it runs (a test's waits watch it and its children for starvation)."""
         pid = read_pid(self.pid_file)
-        return pid is not None and pid_runs(pid, self.executable)
+        return pid if pid is not None and pid_runs(pid, self.executable) else None
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until every endpoint greets; StackError naming the silent ones and the log tail."""

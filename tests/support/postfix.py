@@ -1,5 +1,6 @@
 """The session stack's Postfix queue: tests that send to the slow mailbox wait for it to empty, so that
-no canary of theirs lands there while another test (in any order) uses that mailbox."""
+no canary of theirs lands there while another test (in any order) uses that mailbox; a test mailbox is
+handed out only when nothing is on its way to it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,47 @@ def queued(stack: MailStack, queues: tuple[str, ...] = QUEUES) -> list[str]:
     return sorted(str(f.relative_to(root)) for sub in queues for f in (root / sub).rglob("*") if f.is_file())
 
 
+def queued_for(stack: MailStack, address: str) -> list[str]:
+    """The queue files that name ``address`` (as recipient, sender or in the text: any of them may still
+    deliver to it, or bounce to it). A file that cannot be read counts: it may."""
+    root, needle = stack.postfix.queue_dir, address.lower().encode()
+    found = []
+    for name in queued(stack):
+        try:
+            data = (root / name).read_bytes()
+        except FileNotFoundError:  # delivered (or moved) meanwhile
+            continue
+        except OSError:
+            found.append(name)
+            continue
+        if needle in data.lower():
+            found.append(name)
+    return found
+
+
+def _postfix(stack: MailStack) -> list[int]:
+    pid = stack.postfix.pid
+    return [pid] if pid is not None else []
+
+
+def settle(stack: MailStack, address: str, timeout: float = 60) -> None:
+    """Wait until Postfix holds nothing naming ``address``, then empty its mailbox: mail an earlier test
+    sent there (slow on a loaded machine) must not land in the next test's fresh mailbox.
+
+    As :func:`drain`, a message still queued after ``timeout`` s (of Postfix not waiting for a CPU: a
+    deferred one) does not fail the caller; the mailbox is emptied all the same."""
+    with contextlib.suppress(AssertionError):
+        eventually(
+            lambda: queued_for(stack, address),
+            until=lambda files: not files,
+            timeout=timeout,
+            interval=0.05,
+            message=f"nothing queued for {address}",
+            runnable=lambda: _postfix(stack),
+        )
+    stack.clear(address)
+
+
 def drain(stack: MailStack, address: str, timeout: float = 60) -> None:
     """Wait until Postfix holds nothing more (slow deliveries done), then empty ``address``'s mailbox.
 
@@ -29,5 +71,6 @@ def drain(stack: MailStack, address: str, timeout: float = 60) -> None:
             timeout=timeout,
             interval=0.2,
             message="the Postfix queue to empty",
+            runnable=lambda: _postfix(stack),
         )
     stack.clear(address)

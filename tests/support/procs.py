@@ -5,6 +5,7 @@ minute of wall clock for seconds of CPU, and a fixed wall-clock timeout fails a 
 starved. A hung process sleeps; a starved one is runnable and waits on the run queue. So the guard
 here counts a process's wall time minus the time its threads waited for a CPU (Linux schedstat):
 ``bound`` such seconds without an exit is a hang. ``cap`` bounds the wall time whatever.
+:class:`RunnableClock` is that count for a wait on several processes at once (``eventually(runnable=)``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 _TICK = 0.25
@@ -36,21 +37,83 @@ def cpu_waits(pid: int) -> dict[int, float]:
     return waits
 
 
+def _parent(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    try:  # the name in parentheses may hold spaces and parentheses: the fields after the last ')'
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (ValueError, IndexError):
+        return None
+
+
+def with_descendants(roots: Iterable[int]) -> set[int]:
+    """``roots`` and every live process below them (a server's master and the children it forks)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (parent := _parent(entry)) is not None:
+            children.setdefault(parent, []).append(int(entry))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+class RunnableClock:
+    """Seconds since creation in which the watched processes were not kept off a CPU.
+
+    Each call samples every watched process's threads; in each interval between calls, the time lost is
+    the longest any one process waited on the run queue (its threads' waits summed, at most the
+    interval). The watched set is asked anew on every call (``roots``), with their descendants when
+    ``children`` is set, so a server that forks a process per session is covered. One process: the time
+    it could have run. Several that hand work to each other (exporter, Prometheus, Postfix, Dovecot): a
+    lower bound of the time lost, so a wait stays a bound a broken system still trips.
+    """
+
+    def __init__(self, roots: Callable[[], Iterable[int]], *, children: bool = True) -> None:
+        self._roots, self._children = roots, children
+        self._started = self._at = time.monotonic()
+        self._waits = self._sample()
+        self._lost = 0.0
+
+    def _sample(self) -> dict[int, dict[int, float]]:
+        pids = with_descendants(self._roots()) if self._children else set(self._roots())
+        return {pid: cpu_waits(pid) for pid in pids}
+
+    @property
+    def wall(self) -> float:
+        return time.monotonic() - self._started
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        interval, waits = now - self._at, self._sample()
+        worst = 0.0
+        for pid, threads in waits.items():
+            before = self._waits.get(pid, {})  # a process or thread new since the last call: all its wait
+            waited = sum(max(w - before.get(tid, 0.0), 0.0) for tid, w in threads.items())
+            worst = max(worst, min(waited, interval))
+        self._lost += worst
+        self._waits, self._at = waits, now
+        return now - self._started - self._lost
+
+
 class Hung(AssertionError):
     pass
 
 
 def _guard(proc: subprocess.Popen[Any], bound: float, cap: float) -> None:
-    started, last, starved = time.monotonic(), cpu_waits(proc.pid), 0.0
+    clock = RunnableClock(lambda: (proc.pid,), children=False)
     while proc.poll() is None:
-        wall = time.monotonic() - started
-        now = cpu_waits(proc.pid)
-        # Per thread (threads come and go), at most the wall time (several may wait at once).
-        starved = min(starved + sum(max(w - last.get(t, 0.0), 0.0) for t, w in now.items()), wall)
-        last = now
-        if wall - starved >= bound or wall >= cap:
+        if clock() >= bound or clock.wall >= cap:
             proc.kill()
             proc.wait()
+            wall = clock.wall
             raise Hung(f"{proc.args!r}: no exit within {bound:g} s not waiting for a CPU ({wall:.1f} s wall)")
         time.sleep(_TICK)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
+
+from tests.support.procs import CAP, RunnableClock
 
 T = TypeVar("T")
 
@@ -46,6 +48,7 @@ def eventually(
     until: Callable[[T], object] = bool,
     ignoring: tuple[type[BaseException], ...] = (),
     message: str | Callable[[], str] = "condition",
+    runnable: Callable[[], Iterable[int]] | None = None,
 ) -> T:
     """Call ``check`` until ``until(value)`` holds (by default: the value is truthy) and return the value.
 
@@ -54,7 +57,13 @@ def eventually(
     exception, an ``AssertionError`` from ``check`` included (e.g. "the daemon exited"), ends the wait
     at once. After ``timeout`` seconds: ``AssertionError`` naming ``message``, the last value and the last
     ignored error. ``check`` runs at least once, even with a timeout of 0.
+
+    ``runnable``: the processes the awaited event depends on (asked anew each time; their descendants
+    count too). The timeout then counts only time in which none of them waited for a CPU
+    (:class:`~tests.support.procs.RunnableClock`), with a wall-clock cap of ``CAP``: on a starved machine
+    a wait on a stack of servers stretches as they do, and a broken stack still fails it.
     """
+    clock = RunnableClock(runnable) if runnable is not None else None
     deadline = time.monotonic() + timeout
     last: object = _NOT_YET
     error: BaseException | None = None
@@ -66,8 +75,13 @@ def eventually(
                 return value
         except ignoring as exc:
             error = exc
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{_message(message)}: not within {timeout:g} s; {_describe(last, error)}")
+        if clock is None:
+            over, within = time.monotonic() >= deadline, f"{timeout:g} s"
+        else:
+            over = clock() >= timeout or clock.wall >= CAP
+            within = f"{timeout:g} s not waiting for a CPU ({clock.wall:.1f} s wall)"
+        if over:
+            raise AssertionError(f"{_message(message)}: not within {within}; {_describe(last, error)}")
         time.sleep(interval)
 
 
