@@ -48,6 +48,7 @@ from tests.support.alerting import (
     stop_process,
     tail,
 )
+from tests.support.procs import run_bounded
 from tests.support.rules import RULE_FILES
 from tests.support.stackconfig import exporter_argv, roundtrip
 from tests.support.wait import eventually
@@ -98,7 +99,12 @@ class AlertPath:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 pytest.fail(f"{name} exited with {proc.returncode}\n{self.logs()}", pytrace=False)
-        return self.receiver.wait_for(what, check, timeout, self.logs)
+        return self.receiver.wait_for(what, check, timeout, self.logs, self.runnable)
+
+    def runnable(self) -> list[int]:
+        """The alert path's processes: exporter, Prometheus, Alertmanager and the mail servers."""
+        servers = [pid for d in self.dovecots.values() if (pid := d.pid) is not None]
+        return [*(p.pid for p in self.procs.values()), *self.stack.pids(), *servers]
 
 
 def runbook_anchors() -> set[str]:
@@ -181,9 +187,7 @@ def alert_path(
             )
         )
         amtool = binary("amtool", package="prometheus-alertmanager")
-        checked = subprocess.run(
-            [amtool, "check-config", str(am_config)], capture_output=True, text=True, timeout=60, check=False
-        )
+        checked = run_bounded([amtool, "check-config", str(am_config)], 60)
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
         logs_of = {name: tmp / f"{name}.log" for name in ("exporter", "prometheus", "alertmanager")}
@@ -230,6 +234,7 @@ def alert_path(
             healthy,
             timeout=60,
             interval=0.5,
+            runnable=path.runnable,
             ignoring=(OSError, ValueError),
             message=lambda: f"a successful round trip in Prometheus\n{path.logs()}",
         )
@@ -389,13 +394,7 @@ def test_certificate_near_expiry_reaches_the_receiver_grouped_and_resolves(alert
 
 def test_the_example_alertmanager_config_passes_amtool() -> None:
     amtool = binary("amtool", package="prometheus-alertmanager")
-    result = subprocess.run(
-        [amtool, "check-config", str(ALERTMANAGER_EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_bounded([amtool, "check-config", str(ALERTMANAGER_EXAMPLE)], 60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

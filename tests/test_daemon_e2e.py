@@ -54,7 +54,9 @@ def daemon(
         proc.wait(timeout=10)
 
 
-def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]]) -> None:
+def test_daemon_exports_real_roundtrips(
+    daemon: tuple[int, subprocess.Popen[str]], mailstack: MailStack
+) -> None:
     port, proc = daemon
 
     def running() -> Scrape:
@@ -71,6 +73,7 @@ def test_daemon_exports_real_roundtrips(daemon: tuple[int, subprocess.Popen[str]
         timeout=30,
         interval=0.3,
         message="two successful runs per probe",
+        runnable=lambda: [proc.pid, *mailstack.pids()],
     )
 
     now = time.time()

@@ -36,7 +36,13 @@ def wait_queued(stack: MailStack, proc: subprocess.Popen[str], timeout: float = 
         assert proc.poll() is None, "daemon exited"
         return queued(stack, ("incoming", "active", "deferred"))
 
-    eventually(files, timeout=timeout, interval=0.05, message="a message in the Postfix queue")
+    eventually(
+        files,
+        timeout=timeout,
+        interval=0.05,
+        message="a message in the Postfix queue",
+        runnable=lambda: [proc.pid, *stack.pids()],
+    )
 
 
 def wait_accepted(state: Path, probe: str, proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -54,6 +60,7 @@ def wait_accepted(state: Path, probe: str, proc: subprocess.Popen[str], timeout:
         timeout=timeout,
         interval=0.02,
         message=f"a canary of {probe} recorded as accepted",
+        runnable=lambda: [proc.pid],
     )
 
 
@@ -87,6 +94,7 @@ def test_sigkill_mid_flight_canary_is_counted_late_after_restart(
             timeout=60,
             interval=0.3,
             message="the canary in flight at kill -9 counted late after the restart",
+            runnable=lambda: [second.proc.pid, *mailstack.pids()],
         )
         assert late == 1, "the canary in flight at kill -9 was not counted late after the restart"
         (nonce,) = written

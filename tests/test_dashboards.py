@@ -21,6 +21,7 @@ from tests.support.dashboards import (
     queries,
     substitute,
 )
+from tests.support.procs import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -74,13 +75,7 @@ def test_both_dashboards_exist() -> None:
 
 
 def test_committed_json_is_the_generator_output() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "gen_dashboards.py"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_bounded([sys.executable, str(ROOT / "tools" / "gen_dashboards.py"), "--check"], 60)
     assert proc.returncode == 0, (
         "dashboards/*.json differ from tools/gen_dashboards.py; run python3 tools/gen_dashboards.py\n"
         + proc.stdout[-3000:]

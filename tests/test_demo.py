@@ -104,6 +104,7 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
         timeout=25,
         interval=0.2,
         message="successful IMAP and POP3 round trips and TLS checks",
+        runnable=lambda: [proc.pid],  # the sandbox's servers run inside it
     )
     ready = time.monotonic() - t0
     # The demo mails itself a "nightly report"; its heartbeat counts it (read-only, beside the round trips).
@@ -114,6 +115,7 @@ def test_demo_round_trips_tls_facts_and_clean_stop(demo: tuple[int, subprocess.P
         timeout=30,
         interval=0.2,
         message="the demo's nightly report counted by its heartbeat",
+        runnable=lambda: [proc.pid],
     )
     assert value(heartbeat, "mailcanary_heartbeat_state", probe="sandbox-nightly-report", state="ok") == 1
 

@@ -49,6 +49,7 @@ from tests.support.deploy import (
     load_all,
     with_stand_in_secrets,
 )
+from tests.support.procs import run_bounded, wait_exit
 from tests.support.wait import STARTUP_BOUND, eventually
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
@@ -82,7 +83,7 @@ def tool(name: str) -> str:
 
 
 def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+    return run_bounded(cmd, 120, **kw)
 
 
 def load_shipped_config(text: str, where: str, secret_dirs: tuple[str, ...], tmp: Path) -> list[str]:
@@ -277,7 +278,7 @@ def test_healthcheck_command_against_a_real_daemon(
     # ... while any other HTTP error is unhealthy.
     assert health(f"http://127.0.0.1:{plain}/-/nonexistent") == 1
     stop_later[0].terminate()
-    stop_later[0].wait(timeout=10)
+    wait_exit(stop_later[0], 10)  # a hang guard; the daemon bounds its own stop
     assert health(f"http://127.0.0.1:{plain}/-/healthy") == 1
 
 

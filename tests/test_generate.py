@@ -14,7 +14,6 @@ import copy
 import json
 import re
 import runpy
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from exporter import cli, generate
+from tests.support.procs import run_bounded
 from tests.support.rules import RULE_FILES, RULES_DIR, promtool, promtool_test
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,12 +134,8 @@ def test_another_selector_replaces_exactly_the_job_matchers(
 def test_generated_rules_pass_promtool_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for what, name in generate.RULE_FILES.items():
         assert run_cli(what, "--selector", OTHER_SELECTOR, "-o", str(tmp_path / name), capsys=capsys)[0] == 0
-    proc = subprocess.run(
-        [promtool(), "check", "rules", *(str(tmp_path / n) for n in generate.RULE_FILES.values())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    proc = run_bounded(
+        [promtool(), "check", "rules", *(str(tmp_path / n) for n in generate.RULE_FILES.values())], 120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

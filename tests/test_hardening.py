@@ -101,6 +101,7 @@ def wait_ready(d: Daemon, headers: dict[str, str] | None = None) -> None:
         timeout=STARTUP_BOUND,
         interval=0.2,
         message="daemon ready",
+        runnable=lambda: [d.proc.pid],
     )
 
 
@@ -111,6 +112,7 @@ def wait_metric(d: Daemon, name: str, want: float, timeout: float = 20, **labels
         timeout=timeout,
         interval=0.2,
         message=f"{name}{labels} to be {want}",
+        runnable=lambda: [d.proc.pid],
     )
 
 
@@ -465,6 +467,7 @@ def test_slow_loris_connections_are_closed_and_metrics_answers(
             timeout=HEADER_TIMEOUT + 15,
             interval=0.2,
             message="no slow-loris connection left open (the value counts the open ones)",
+            runnable=lambda: [d.proc.pid],
         )
         m = metrics(d.port)
         closed = sum(v for (n, _), v in m.items() if n == "mailcanary_http_connections_closed_total")
@@ -561,6 +564,7 @@ def test_probe_allow_lists_and_switch(tmp_path: Path, silent_port: int, daemons:
         timeout=20,
         interval=0.2,
         message="/probe turned off by the reload",
+        runnable=lambda: [d.proc.pid],
     )
     assert get(d.port, f"/probe?module=smtp_starttls&target=127.0.0.1:{silent_port}", hdr) == (
         404,

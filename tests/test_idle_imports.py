@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.mailstack import MailStack, free_ports
+from tests.support.procs import run_bounded
 from tests.support.stackconfig import roundtrip, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,9 +96,7 @@ def test_run_path_leaves_optional_modules_out(tmp_path: Path) -> None:
         "page = daemon.http.status_page()\n"
         f"print(json.dumps([before, {LOADED}]))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, check=False
-    )
+    proc = run_bounded([sys.executable, "-c", code], 120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     before, after = json.loads(proc.stdout)
     assert _loaded_optional(before, OPTIONAL + SCAN) == []

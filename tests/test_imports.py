@@ -8,13 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.procs import run_bounded
+
 ROOT = Path(__file__).resolve().parent.parent
 CHECKER = ROOT / "tools" / "check_imports.py"
 
 
 def _run(root: Path | None = None) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, str(CHECKER)] + ([str(root)] if root else [])
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    return run_bounded(args, 120)
 
 
 def test_project_is_clean() -> None:

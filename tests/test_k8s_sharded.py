@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -21,6 +20,7 @@ from kubernetes_validate.utils import all_versions
 from exporter.config import DEFAULT_MODULES, parse_shard
 from exporter.config.model import _DEFAULT_PORTS
 from tests.support.deploy import DEPLOY, K8S, PORT, by_kind, cli_args, load_all
+from tests.support.procs import run_bounded
 
 SHARDED = DEPLOY / "kubernetes-sharded"
 POD_INDEX = "metadata.labels['apps.kubernetes.io/pod-index']"
@@ -84,9 +84,7 @@ def test_overlay_replaces_the_deployment() -> None:
     assert "$patch: delete" in patch["patch"]
     kubectl = shutil.which("kubectl")
     if kubectl is not None:  # the real render where kubectl is at hand (CI's Debian has none)
-        out = subprocess.run(
-            [kubectl, "kustomize", str(SHARDED)], capture_output=True, text=True, timeout=120, check=False
-        )
+        out = run_bounded([kubectl, "kustomize", str(SHARDED)], 120)
         assert out.returncode == 0, out.stderr
         kinds = [d["kind"] for d in yaml.safe_load_all(out.stdout) if d]
         assert "Deployment" not in kinds and kinds.count("StatefulSet") == 1

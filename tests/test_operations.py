@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.mailstack import MailStack, free_ports
+from tests.support.procs import run_bounded
 from tests.support.stackconfig import exporter_argv
 from tests.support.wait import eventually
 
@@ -91,6 +92,7 @@ class Exporter:
             timeout=timeout,
             interval=0.2,
             message="condition on the metrics",
+            runnable=lambda: [self.proc.pid],
         )
 
     def output(self) -> str:
@@ -185,7 +187,12 @@ def test_web_config_tls_and_basic_auth(
         return e.get("/metrics", scheme="https", context=ctx, headers=good)
 
     status, body = eventually(
-        get_metrics, ignoring=(OSError,), timeout=15, interval=0.2, message="an HTTPS answer to /metrics"
+        get_metrics,
+        ignoring=(OSError,),
+        timeout=15,
+        interval=0.2,
+        message="an HTTPS answer to /metrics",
+        runnable=lambda: [e.proc.pid],
     )
     assert status == 200 and "mailcanary_build_info" in body
     assert e.get("/metrics", scheme="https", context=ctx, headers=bad)[0] == 401
@@ -199,11 +206,9 @@ def test_bad_web_config_is_one_line_error(tmp_path: Path) -> None:
     web.write_text("basic_auth_users: {u: plaintext}\nbogus: 1\n")
     config = tmp_path / "mc.yml"
     config.write_text("tls_checks: []\n")
-    proc = subprocess.run(
+    proc = run_bounded(
         [sys.executable, "-m", "exporter.cli", "run", "--config", str(config), "--web.config.file", str(web)],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        30,
     )
     assert proc.returncode == 3
     assert f"{web}: bogus: unknown key" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from exporter import buildinfo, cli
+from tests.support.procs import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -108,9 +109,7 @@ def test_run_does_not_load_what_it_does_not_use() -> None:
         "import probes.roundtrip.probe\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'pymap', 'aiosmtpd'}), 'loaded')"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
-    )
+    proc = run_bounded([sys.executable, "-c", code], 60, cwd=ROOT, check=True)
     assert proc.stdout.strip() == "[] loaded"
 
 
@@ -120,9 +119,7 @@ def test_demo_without_the_extra_says_what_to_install() -> None:
         "from exporter.cli import main\n"
         "sys.exit(main(['demo', '--web.listen-address', '127.0.0.1:0', '--duration', '1']))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
-    )
+    proc = run_bounded([sys.executable, "-c", code], 60, cwd=ROOT)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import smtplib
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +45,7 @@ from tests.support.faultservers import (
     serving,
     smtp_handler,
 )
+from tests.support.procs import run_bounded
 from tests.support.roundtrip import make_runner, run_one
 from tests.support.stackconfig import roundtrip, write_config
 
@@ -143,7 +143,7 @@ def test_probe_command_says_the_canary_landed_in_junk(mailstack: MailStack, tmp_
     probe = roundtrip(mailstack, tmp_path, "junkcli", address, receive__junk=True)
     config = write_config(tmp_path, [probe])
     cmd = [sys.executable, "-m", "exporter.cli", "probe", "--config", str(config), "junkcli"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = run_bounded(cmd, 120, cwd=ROOT)
     assert out.returncode == 1, out.stdout + out.stderr
     status = out.stdout.splitlines()[0]
     assert status.startswith("MAILCANARY WARNING - junkcli: canary delivered into the junk folder 'Junk' | ")

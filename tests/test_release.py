@@ -297,6 +297,7 @@ def test_installed_demo_reaches_a_successful_round_trip_and_stops_on_sigterm(ins
             timeout=120,
             interval=0.3,
             message="a successful sandbox round trip from the installed wheel",
+            runnable=lambda: [proc.pid],
         )
         assert value(metrics, "mailcanary_config_info", sandbox="true") == 1
         proc.send_signal(signal.SIGTERM)

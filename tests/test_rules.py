@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support import rules as rules_support
+from tests.support.procs import run_bounded
 from tests.support.rules import ROOT, RULE_FILES, RULES_DIR, alert_rules, load, promtool_test, run_promtool
 
 TEST_FILES = sorted((RULES_DIR / "tests").glob("*.yml"))
@@ -154,13 +155,7 @@ def test_alert_names_are_unique_per_labels() -> None:
 
 
 def gen_slo(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "gen_slo_rules.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_bounded([sys.executable, str(ROOT / "tools" / "gen_slo_rules.py"), *args], 60)
 
 
 def test_committed_slo_file_is_the_generator_output() -> None:

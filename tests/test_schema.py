@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from exporter.config.schema import config_schema, config_schema_text
+from tests.support.procs import run_bounded
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "mailcanary.schema.json"
@@ -34,14 +34,7 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def test_committed_schema_is_the_command_output() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "config-schema"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = run_bounded([sys.executable, "-m", "exporter.cli", "config-schema"], 60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == config_schema_text()
     assert COMMITTED.read_text(encoding="utf-8") == proc.stdout, (

@@ -554,6 +554,7 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         timeout=120,
         interval=0.2,
         message=lambda: f"the daemon started (its log: {log.read_text()[-3000:]!r})",
+        runnable=lambda: [proc.pid],
     )
 
     def checked() -> set[str | None]:
@@ -569,6 +570,7 @@ def daemon(variants: VariantSet, tmp_path_factory: pytest.TempPathFactory) -> It
         timeout=30,
         interval=0.2,
         message=lambda: f"the TLS checks all completed (daemon log: {log.read_text()[-3000:]!r})",
+        runnable=lambda: [proc.pid],
     )
     try:
         yield d

@@ -38,6 +38,7 @@ from tests.mailstack import SERVER_NAME, MailStack
 from tests.support import oracle
 from tests.support.fakehello import FakeHello, fake_hello
 from tests.support.oracle import OracleFacts, OracleRun
+from tests.support.procs import run_bounded
 from tests.support.weakservers import Target, WeakServers, rate_limited, threaded, weak_servers
 
 TOOLS = ("testssl", "sslscan", "gnutls-serv", "unshare", "/usr/bin/time")
@@ -199,7 +200,7 @@ def _group(name: str) -> str:
 def third_look_staple(t: Target) -> str | None:
     """``openssl s_client -status``: the stapled response's ``Cert Status`` (good/revoked), or None."""
     argv = ["openssl", "s_client", "-connect", f"{t.host}:{t.port}", "-status", "-servername", SERVER_NAME]
-    out = subprocess.run(argv, input=b"", capture_output=True, timeout=30).stdout.decode(errors="replace")
+    out = run_bounded(argv, 30, input="").stdout
     found = re.search(r"Cert Status: (\w+)", out)
     return found.group(1) if found else None
 

@@ -5,7 +5,6 @@ rspamd and Microsoft. Headers in the formats the real tools write; fuzzed."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from exporter.metrics.collector import ExporterState, build_registry
 from probes import canary
 from probes.receipt.verdict import spam_scores, verdict_of
 from tests.mailstack import MailStack
+from tests.support.procs import run_bounded
 from tests.support.roundtrip import make_runner, run_one
 from tests.support.stackconfig import roundtrip
 
@@ -88,7 +88,7 @@ def test_real_spamassassin_header_is_read() -> None:
         pytest.fail("spamassassin not installed (scripts/install-deps.sh installs it)", pytrace=False)
     token = canary.new_token("sa")
     message = canary.build_message(token, b"k" * 32, "a@example.test", "b@example.test")
-    out = subprocess.run([binary, "-L", "-x"], input=message, capture_output=True, timeout=120, check=True)
+    out = run_bounded([binary, "-L", "-x"], 120, input=message, check=True, text=False)
     scored = out.stdout
     assert b"X-Spam-Status:" in scored
     status = canary.header_values(scored, "X-Spam-Status", spaced=True)[0]

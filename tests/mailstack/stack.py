@@ -652,6 +652,12 @@ class MailStack:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / OWNER_FILE).write_text(f"{pid or os.getpid()}\n")
 
+    def pids(self) -> list[int]:
+        """The running masters (Postfix, Dovecot, a relay): a test waiting on the stack watches them and
+        their children for starvation (tests/support/procs.py)."""
+        daemons = [self._postfix, self._dovecot, self._relay]
+        return [pid for d in daemons if d is not None and (pid := d.pid) is not None]
+
     def stop_dovecot(self) -> None:
         """Stop only Dovecot: IMAP/POP3 refuse connections, SMTP AUTH fails ("receiving server down")."""
         self.dovecot.stop()

@@ -3,11 +3,14 @@ never from another test module: a test file can then be run, moved or deleted on
 
 - ``wait``: ``eventually()``, the one way a test waits for a condition (no hand-written deadline loops);
   ``STARTUP_BOUND``, the hang guard for a process of ours to start serving.
+- ``procs``: bounds on our processes counted in time they were not waiting for a CPU (``RunnableClock``,
+  ``run_bounded``, ``wait_exit``; ``eventually(runnable=)`` uses it): a starved machine is slow, not a hang.
 - ``schedule``: the order ``--dist loadfile`` hands files to the workers (most expensive first, the fault
   matrix in parts), hooked in by conftest.
 - ``daemon``: a ``mailcanary run`` subprocess, its JSON log lines.
 - ``metrics``: scraping ``/metrics`` over HTTP and picking one sample.
-- ``postfix``: the session stack's Postfix queue (wait until it is empty, then clear a mailbox).
+- ``postfix``: the session stack's Postfix queue (wait until it is empty, or holds nothing for a mailbox,
+  then clear the mailbox).
 - ``stackconfig``: YAML configs pointing at the session MailStack; ``roundtrip``: a Runner over them and
   one round trip through it.
 - ``configs``: a complete config file and the one-line error checks of the config tests.

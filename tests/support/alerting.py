@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -134,11 +134,15 @@ class WebhookReceiver:
         check: Callable[[], Any],
         timeout: float,
         logs: Callable[[], str] = lambda: "",
+        runnable: Callable[[], Iterable[int]] | None = None,
     ) -> Any:
+        """``eventually``, failing with what was received and ``logs``; ``runnable``: the processes the
+        alert path runs on (their time waiting for a CPU does not count)."""
         return eventually(
             check,
             timeout=timeout,
             interval=0.2,
+            runnable=runnable,
             message=lambda: (
                 f"{what}\nreceived: {json.dumps(self.notifications(), indent=1)[:4000]}\n{logs()}"
             ),

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.procs import run_bounded
+
 PORT = 4433  # inside the namespace: nothing else lives there
 
 
@@ -42,14 +44,7 @@ def scan_in_namespace(directory: Path, priority: str, timeout: float = 120) -> d
         [sys.executable, "-m", "tests.support.gnutlsns", str(directory), priority]
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    done = subprocess.run(
-        ["unshare", "-rn", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    done = run_bounded(["unshare", "-rn", "sh", "-c", script], timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"namespace run failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,12 +10,14 @@ here counts a process's wall time minus the time its threads waited for a CPU (L
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 _TICK = 0.25
 CAP = 900.0  # wall seconds, however starved: the whole suite's budget
@@ -103,14 +105,25 @@ class RunnableClock:
         return now - self._started - self._lost
 
 
+def this_process() -> RunnableClock:
+    """A :class:`RunnableClock` of the test's own process: for a bound on work done in-process (a stop
+    that must not wait out a 30 s delay), which a starved machine must not trip."""
+    pid = os.getpid()
+    return RunnableClock(lambda: (pid,), children=False)
+
+
 class Hung(AssertionError):
     pass
 
 
 def _guard(proc: subprocess.Popen[Any], bound: float, cap: float) -> None:
-    clock = RunnableClock(lambda: (proc.pid,), children=False)
+    # Its children too: a process waiting on a starved child (a shell, `unshare`) sleeps, but is not hung.
+    clock = RunnableClock(lambda: (proc.pid,))
     while proc.poll() is None:
         if clock() >= bound or clock.wall >= cap:
+            for pid in with_descendants([proc.pid]) - {proc.pid}:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             proc.kill()
             proc.wait()
             wall = clock.wall
@@ -125,19 +138,67 @@ def wait_exit(proc: subprocess.Popen[Any], bound: float, cap: float = CAP) -> in
     return proc.returncode
 
 
+@overload
 def run_bounded(
-    cmd: Sequence[str], bound: float, cap: float = CAP, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    """``subprocess.run(cmd, capture_output=True, text=True)`` with the guard of :func:`wait_exit`.
-    Output goes to temporary files, so a chatty process never blocks on a full pipe."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kw)
+    cmd: Sequence[str],
+    bound: float,
+    cap: float = ...,
+    *,
+    input: str | None = ...,
+    check: bool = ...,
+    text: Literal[True] = ...,
+    **kw: Any,
+) -> subprocess.CompletedProcess[str]: ...
+
+
+@overload
+def run_bounded(
+    cmd: Sequence[str],
+    bound: float,
+    cap: float = ...,
+    *,
+    input: bytes | None = ...,
+    check: bool = ...,
+    text: Literal[False],
+    **kw: Any,
+) -> subprocess.CompletedProcess[bytes]: ...
+
+
+def run_bounded(
+    cmd: Sequence[str],
+    bound: float,
+    cap: float = CAP,
+    *,
+    input: str | bytes | None = None,
+    check: bool = False,
+    text: bool = True,
+    **kw: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run(cmd, capture_output=True, input=, check=, text=)`` with the guard of
+    :func:`wait_exit` in place of a wall-clock ``timeout``. Input and output go through temporary
+    files, so neither side ever blocks on a full pipe."""
+    with (
+        tempfile.TemporaryFile() as stdin,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
+        if input is not None:
+            stdin.write(input.encode() if isinstance(input, str) else input)
+            stdin.seek(0)
+        proc = subprocess.Popen(cmd, stdin=stdin if input is not None else None, stdout=out, stderr=err, **kw)
+
+        def output() -> tuple[Any, Any]:
+            out.seek(0)
+            err.seek(0)
+            o, e = out.read(), err.read()
+            return (o.decode(errors="replace"), e.decode(errors="replace")) if text else (o, e)
+
         try:
             _guard(proc, bound, cap)
         except Hung as exc:
-            out.seek(0)
-            err.seek(0)
-            raise Hung(f"{exc}\nstdout: {out.read()[-3000:]}\nstderr: {err.read()[-3000:]}") from None
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+            o, e = output()
+            raise Hung(f"{exc}\nstdout: {o[-3000:]!s}\nstderr: {e[-3000:]!s}") from None
+        o, e = output()
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, o, e)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, o, e)
