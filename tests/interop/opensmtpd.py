@@ -29,6 +29,7 @@ import contextlib
 import grp
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -222,11 +223,14 @@ class OpenSMTPD:
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         deadline = time.monotonic() + self.start_timeout
-        # Ready when the plain listeners greet and the implicit-TLS one accepts: a TLS greeting can't be
-        # awaited from this build (its handshakes fail, see the module docstring).
+        # Ready when the plain listeners greet, the implicit-TLS one accepts (a TLS greeting can't be
+        # awaited from this build: its handshakes fail, see the module docstring) and the control socket
+        # accepts: smtpd binds it before it forks, but its control process listens later, and smtpctl
+        # before that says "smtpd doesn't seem to be running" (seen at load 31 in a second instance).
         plain = [e for e in self.endpoints() if not e.implicit_tls]
         implicit = [e for e in self.endpoints() if e.implicit_tls]
-        pending = plain + implicit
+        control = False
+        pending: list[object] = [*plain, *implicit, "control socket"]
         while pending and time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise StackError(
@@ -234,15 +238,35 @@ class OpenSMTPD:
                 )
             plain = wait_ready(plain, min(1.0, max(0.1, deadline - time.monotonic())))
             implicit = [e for e in implicit if not accepts(e)]
-            pending = plain + implicit
+            control = control or self._control_accepts()
+            pending = [*plain, *implicit, *([] if control else ["control socket"])]
             if pending:
                 time.sleep(0.02)
         if pending:
             self.stop()
+            waiting = [e.address if isinstance(e, Endpoint) else e for e in pending]
             raise StackError(
-                f"smtpd: not greeting after {self.start_timeout:g}s on {[e.address for e in pending]}\n"
+                f"smtpd: not ready after {self.start_timeout:g}s: {waiting}\n"
                 f"--- {self.log_file}\n{tail(self.log_file)}"
             )
+
+    def _control_accepts(self) -> bool:
+        """Whether smtpctl could reach smtpd now: its control socket (``/run/smtpd.sock`` in the
+        namespace, ``run/`` here) accepts a connection. Reached through a directory descriptor, so a
+        long root never exceeds a socket path's 107 bytes."""
+        try:
+            fd = os.open(self.root / "run", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1.0)
+                sock.connect(f"/proc/self/fd/{fd}/smtpd.sock")
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     @property
     def running(self) -> bool:
