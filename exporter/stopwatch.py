@@ -95,27 +95,33 @@ class StopWatch:
             self._exit(EXIT_OVERDUE)
 
 
-def _threads_cpu_wait() -> dict[int, float] | None:
-    """Seconds each thread of this process (but the calling one: the watch) has spent runnable but
-    waiting for a CPU; None where the kernel does not say (not Linux, schedstat off): the bound is then
-    in wall time. All threads, not only the main one: the main thread waiting for the GIL that a starved
-    thread holds sleeps, and would count as hung."""
-    me = threading.get_native_id()
+def cpu_waits(pid: int | str = "self") -> dict[int, float] | None:
+    """Seconds each thread of ``pid`` has spent runnable but waiting for a CPU (Linux schedstat); None
+    where the kernel does not say (gone, not Linux, schedstat off). A thread that ends meanwhile is left
+    out. Also the test suite's starvation-aware bounds (tests/support/procs.py)."""
     waits: dict[int, float] = {}
     try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except (OSError, ValueError):
         return None
     for tid in tids:
-        if tid == me:
-            continue
         try:
-            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
                 waits[tid] = int(f.read().split()[1]) / 1e9
-        except FileNotFoundError:  # a thread that ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
             continue
         except (OSError, ValueError, IndexError):
             return None
+    return waits
+
+
+def _threads_cpu_wait() -> dict[int, float] | None:
+    """:func:`cpu_waits` of every thread of this process but the calling one (the watch). All threads,
+    not only the main one: the main thread waiting for the GIL that a starved thread holds sleeps, and
+    would count as hung."""
+    waits = cpu_waits()
+    if waits is not None:
+        waits.pop(threading.get_native_id(), None)
     return waits
 
 

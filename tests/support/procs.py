@@ -19,24 +19,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, overload
 
+from exporter import stopwatch
+
 _TICK = 0.25
 CAP = 900.0  # wall seconds, however starved: the whole suite's budget
 
 
 def cpu_waits(pid: int) -> dict[int, float]:
-    """Seconds each thread of ``pid`` has waited on the run queue (none once it is gone)."""
-    waits: dict[int, float] = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return waits
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                waits[int(tid)] = int(f.read().split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            continue
-    return waits
+    """Seconds each thread of ``pid`` has waited on the run queue (none once it is gone): the daemon's
+    own reader (exporter.stopwatch), which bounds its stop the same way."""
+    return stopwatch.cpu_waits(pid) or {}
 
 
 def _parent(pid: str) -> int | None:
