@@ -39,10 +39,10 @@ def run_promtool(*args: str, timeout: float = CHECK_BOUND) -> subprocess.Complet
 
 # `promtool test rules FILE`, one file per process: hang guards, not speed limits, counted in seconds
 # promtool was not waiting for a CPU (tests/support/procs.py: a 60 s wall-clock bound killed the 2.7 s
-# tlsscan file in a busy run at load 32). Each is far above the
-# worst wall time measured for that file under load (2026-12-07, 2 cores shared with other suites, load
-# 4-23; bench/README.md, "promtool unit tests"), which is in the comment: at least 10x it. The generator's
-# two variants of a file (tests/test_generate.py) cost what the file costs: same series, same eval times.
+# tlsscan file in a busy run at load 32). Each is at least 10x the worst wall time measured for that file
+# under load (2026-12-07, 2 cores shared with other suites, load 4-23; bench/README.md, "promtool unit
+# tests"), which is in the comment. The generator's two variants of a file (tests/test_generate.py) cost
+# what the file costs: same series, same eval times.
 TEST_BOUNDS: dict[str, float] = {
     "mailcanary-domain_test.yml": 120.0,  # worst 7.4 s (load 9)
     "mailcanary-heartbeats_test.yml": 60.0,  # worst 1.8 s (load 9)
