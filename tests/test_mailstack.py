@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import imaplib
+import os
 import poplib
 import smtplib
 import socket
@@ -172,6 +173,33 @@ def test_messages_sees_new_and_cur_and_clear_empties(mailstack: MailStack, mailb
     assert len(mailstack.messages(mailbox)) == 2
     mailstack.clear(mailbox)
     assert mailstack.messages(mailbox) == []
+
+
+def test_clear_of_mail_only_ever_examined_empties_dovecots_view(mailstack: MailStack, mailbox: str) -> None:
+    """Mail that was only EXAMINEd stays in new/; Dovecot, seeing only new/ changed after it is deleted,
+    kept it in its index: the next test's mailbox listed 3 ghosts (a CI failure). clear() forces a
+    full resync."""
+    for i in range(3):
+        mailstack.inject(mailbox, f"Subject: report {i}\r\n\r\nx\r\n".encode())
+    maildir = mailstack.maildir(mailbox)
+    old = time.time() - 10  # as if delivered a while ago: Dovecot re-checks a directory changed < 1 s ago
+    for sub in ("new", "cur"):
+        os.utime(maildir / sub, (old, old))
+    ctx = mailstack.ssl_context()
+    imap = imaplib.IMAP4_SSL(mailstack.host, mailstack.imaps_port, ssl_context=ctx, timeout=10)
+    imap.login(mailbox, mailstack.password(mailbox))
+    imap.select("INBOX", readonly=True)  # EXAMINE, as the reports reader: nothing moves to cur/
+    _, data = imap.fetch("1:*", "(BODY.PEEK[])")
+    assert len([d for d in data if isinstance(d, tuple)]) == 3
+    imap.logout()
+    mailstack.clear(mailbox)
+    mailstack.inject(mailbox, b"Subject: the only one\r\n\r\nx\r\n")
+    imap = imaplib.IMAP4_SSL(mailstack.host, mailstack.imaps_port, ssl_context=ctx, timeout=10)
+    imap.login(mailbox, mailstack.password(mailbox))
+    imap.select("INBOX")
+    _, data = imap.search(None, "ALL")
+    imap.logout()
+    assert data[0].split() == [b"1"]
 
 
 def test_slow_address_delays_delivery(mailstack: MailStack) -> None:

@@ -843,13 +843,21 @@ class MailStack:
         return final
 
     def clear(self, address: str) -> None:
-        """Delete every message of the mailbox, in all folders (tests only; Dovecot resyncs its index)."""
+        """Delete every message of the mailbox, in all folders (tests only), and make Dovecot see it.
+
+        Dovecot expects a file to leave ``new/`` only by its own move to ``cur/``: when only ``new/``
+        changed since its last look, it scans ``new/`` alone and keeps what vanished from there in its
+        index (a SEARCH ALL still lists it). Messages only ever EXAMINEd stay in ``new/``, so deleting
+        them left ghosts in the next test's mailbox. ``cur/`` gets a fresh mtime: a full resync.
+        """
         maildir = self.maildir(address)
         folders = [maildir, *(p for p in maildir.glob(".*") if p.is_dir())]
         for folder in folders:
             for sub in ("new", "cur", "tmp"):
                 for f in (folder / sub).glob("*"):
                     f.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(folder / "cur")
 
     # ---- description for the CLI, README and benchmarks -----------------------------------------
 
