@@ -183,9 +183,8 @@ class Live:
 
     def runnable(self) -> list[int]:
         """The processes every wait here depends on: the exporter, Prometheus, the mail servers."""
-        servers = (self.stack.postfix, self.stack.dovecot, self.quota_dovecot)
-        masters = [pid for d in servers if (pid := d.pid) is not None]
-        return [self.exporter.pid, self.prometheus.pid, *masters]
+        quota = [pid] if (pid := self.quota_dovecot.pid) is not None else []
+        return [self.exporter.pid, self.prometheus.pid, *self.stack.pids(), *quota]
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
         """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s in

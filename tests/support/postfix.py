@@ -5,6 +5,7 @@ handed out only when nothing is on its way to it."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from tests.mailstack import MailStack
 from tests.support.wait import eventually
@@ -41,36 +42,32 @@ def _postfix(stack: MailStack) -> list[int]:
     return [pid] if pid is not None else []
 
 
-def settle(stack: MailStack, address: str, timeout: float = 60) -> None:
-    """Wait until Postfix holds nothing naming ``address``, then empty its mailbox: mail an earlier test
-    sent there (slow on a loaded machine) must not land in the next test's fresh mailbox.
-
-    As :func:`drain`, a message still queued after ``timeout`` s (of Postfix not waiting for a CPU: a
-    deferred one) does not fail the caller; the mailbox is emptied all the same."""
+def _until_none_then_clear(
+    stack: MailStack, address: str, files: Callable[[], list[str]], what: str, interval: float, timeout: float
+) -> None:
+    """Wait until ``files()`` is empty, then empty ``address``'s mailbox. A queue that does not empty
+    within ``timeout`` s (of Postfix not waiting for a CPU: a message another test left deferred) does
+    not fail the caller: the mailbox is emptied all the same."""
     with contextlib.suppress(AssertionError):
         eventually(
-            lambda: queued_for(stack, address),
-            until=lambda files: not files,
+            files,
+            until=lambda found: not found,
             timeout=timeout,
-            interval=0.05,
-            message=f"nothing queued for {address}",
+            interval=interval,
+            message=what,
             runnable=lambda: _postfix(stack),
         )
     stack.clear(address)
+
+
+def settle(stack: MailStack, address: str, timeout: float = 60) -> None:
+    """Wait until Postfix holds nothing naming ``address``, then empty its mailbox: mail an earlier test
+    sent there (slow on a loaded machine) must not land in the next test's fresh mailbox."""
+    _until_none_then_clear(
+        stack, address, lambda: queued_for(stack, address), f"nothing queued for {address}", 0.05, timeout
+    )
 
 
 def drain(stack: MailStack, address: str, timeout: float = 60) -> None:
-    """Wait until Postfix holds nothing more (slow deliveries done), then empty ``address``'s mailbox.
-
-    A queue that does not empty within ``timeout`` (a message another test left deferred) does not fail
-    the caller: the mailbox is emptied all the same, as it always was."""
-    with contextlib.suppress(AssertionError):
-        eventually(
-            lambda: queued(stack),
-            until=lambda files: not files,
-            timeout=timeout,
-            interval=0.2,
-            message="the Postfix queue to empty",
-            runnable=lambda: _postfix(stack),
-        )
-    stack.clear(address)
+    """Wait until Postfix holds nothing more (slow deliveries done), then empty ``address``'s mailbox."""
+    _until_none_then_clear(stack, address, lambda: queued(stack), "the Postfix queue to empty", 0.2, timeout)
